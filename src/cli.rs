@@ -1,0 +1,198 @@
+//! Command-line interface.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use avap_codegen::check::{CheckOptions, SourceLoader, check_file};
+use avap_codegen::diag::{render_text, to_json};
+use avap_codegen::{SourceFile, Sources, parse};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// AVAP sandbox runtime: compile AVAP scripts to signed WebAssembly and run
+/// them under hard limits.
+#[derive(Debug, Parser)]
+#[command(name = "avap", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check scripts for errors and warnings (exit 1 on errors)
+    Check(CheckArgs),
+    /// Print the syntax tree of a script
+    Parse(ParseArgs),
+    /// Start the HTTP execution server
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Source lines with carets (colored on a terminal)
+    Human,
+    /// One JSON document: {"files": [{"file", "errors", "warnings", "diagnostics": […]}]}
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Script files to check
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Treat warnings (unknown commands, …) as errors
+    #[arg(long)]
+    deny_warnings: bool,
+    /// Never color the output
+    #[arg(long)]
+    no_color: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ParseArgs {
+    /// Script file to parse
+    file: PathBuf,
+    /// Print the syntax tree as JSON (the stable form; the default is Rust debug form)
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address and port to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Directory for the embedded database and artifacts
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Parse(args) => parse_cmd(&args),
+        Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_source(path: &Path) -> Result<SourceFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(SourceFile::from_bytes(path.display().to_string(), &bytes))
+}
+
+/// Includes resolve relative to the including file's directory.
+struct FsLoader;
+
+impl SourceLoader for FsLoader {
+    fn load(&self, from: &str, path: &str) -> std::result::Result<(String, String), String> {
+        let base = Path::new(from).parent().unwrap_or(Path::new("."));
+        let full = base.join(path);
+        let canonical = std::fs::canonicalize(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+        let bytes = std::fs::read(&canonical).map_err(|e| format!("{}: {e}", canonical.display()))?;
+        // Diagnostics show the path as the author would write it.
+        let shown = full.display().to_string();
+        let _ = canonical;
+        Ok((shown, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+fn check(args: &CheckArgs) -> Result<ExitCode> {
+    let options = CheckOptions {
+        deny_warnings: args.deny_warnings,
+    };
+    let color = !args.no_color && args.format == Format::Human && std::io::stderr().is_terminal();
+    let mut failed = false;
+    let mut json_files = Vec::new();
+    let (mut errors, mut warnings) = (0, 0);
+    for path in &args.files {
+        let file = read_source(path)?;
+        let checked = check_file(file, &FsLoader);
+        failed |= checked.fails(options);
+        errors += checked.error_count();
+        warnings += checked.warning_count();
+        match args.format {
+            Format::Human => {
+                eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
+            }
+            Format::Json => json_files.push(serde_json::json!({
+                "file": path.display().to_string(),
+                "errors": checked.error_count(),
+                "warnings": checked.warning_count(),
+                "diagnostics": to_json(&checked.sources, &checked.diagnostics),
+            })),
+        }
+    }
+    match args.format {
+        Format::Human => {
+            let files = args.files.len();
+            let verdict = if failed { "failed" } else { "ok" };
+            eprintln!(
+                "{verdict}: {files} file{} checked, {errors} error{}, {warnings} warning{}{}",
+                if files == 1 { "" } else { "s" },
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" },
+                if args.deny_warnings && warnings > 0 {
+                    " (warnings denied)"
+                } else {
+                    ""
+                },
+            );
+        }
+        Format::Json => {
+            let doc = serde_json::json!({ "ok": !failed, "files": json_files });
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn parse_cmd(args: &ParseArgs) -> Result<ExitCode> {
+    let file = read_source(&args.file)?;
+    let (program, diags) = parse(&file);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &program)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{program:#?}")?;
+    }
+    if diags.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut sources = Sources::new();
+    sources.add(file);
+    eprint!("{}", render_text(&sources, &diags, std::io::stderr().is_terminal()));
+    Ok(if diags.iter().any(avap_codegen::Diagnostic::is_error) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn serve(args: &ServeArgs) -> Result<ExitCode> {
+    eprintln!(
+        "avap serve: the HTTP execution server is not built yet (it arrives with the server work, issue 5).\n\
+         It will listen on {} with its data in {}.\n\
+         Today you can check scripts with `avap check FILE…` and inspect them with `avap parse FILE --json`.",
+        args.listen,
+        args.data_dir
+            .as_ref()
+            .map_or_else(|| "the user data directory".to_string(), |d| d.display().to_string()),
+    );
+    Ok(ExitCode::from(2))
+}
