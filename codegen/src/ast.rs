@@ -42,7 +42,7 @@ pub enum StmtKind {
         value: Expr,
     },
     /// A command or user-function call on its own line.
-    Call(Call),
+    Call { call: Call },
     /// `if(lhs, rhs, cmp)` … `else()` … `end()`.
     If {
         condition: Condition,
@@ -318,7 +318,7 @@ pub fn walk_stmts<'a>(stmts: &'a [Stmt], f: &mut dyn FnMut(&'a Stmt)) {
                 walk_stmts(handler, f);
             }
             StmtKind::Function(func) => walk_stmts(&func.body, f),
-            StmtKind::Assign { .. } | StmtKind::Call(_) | StmtKind::Return { .. } | StmtKind::Include { .. } => {}
+            StmtKind::Assign { .. } | StmtKind::Call { .. } | StmtKind::Return { .. } | StmtKind::Include { .. } => {}
         }
     }
 }

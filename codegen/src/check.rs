@@ -213,6 +213,9 @@ impl Checker<'_> {
             // they are not callable.
         }
         for (file, f) in found {
+            if f.name.name.is_empty() {
+                continue; // a header that did not parse (already reported)
+            }
             self.current = file;
             let name = &f.name.name;
             let shadowed = if signature::command(name).is_some() {
@@ -291,7 +294,7 @@ impl Checker<'_> {
             self.stmt(s);
             ended_by = match &s.kind {
                 StmtKind::Return { .. } => Some(s.span),
-                StmtKind::Call(c) if c.name().is_some_and(|n| n.name == "raise") => Some(s.span),
+                StmtKind::Call { call: c } if c.name().is_some_and(|n| n.name == "raise") => Some(s.span),
                 _ => None,
             };
         }
@@ -308,7 +311,7 @@ impl Checker<'_> {
                     _ => self.expr(value),
                 }
             }
-            StmtKind::Call(call) => self.call(call, CallSite::Statement),
+            StmtKind::Call { call } => self.call(call, CallSite::Statement),
             StmtKind::If {
                 condition,
                 then_body,

@@ -332,6 +332,8 @@ struct JsonDiagnostic<'a> {
     message: &'a str,
     #[serde(flatten)]
     primary: JsonPosition<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
     labels: Vec<JsonPosition<'a>>,
     notes: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -363,7 +365,8 @@ pub fn to_json(sources: &Sources, diagnostics: &[Diagnostic]) -> serde_json::Val
             code: d.code.as_str(),
             severity: d.severity,
             message: &d.message,
-            primary: json_position(sources, d.file, d.span, d.label.as_deref()),
+            primary: json_position(sources, d.file, d.span, None),
+            label: d.label.as_deref(),
             labels: d
                 .secondary
                 .iter()

@@ -255,7 +255,11 @@ impl<'s> Parser<'s> {
                             self.end_of_statement();
                         }
                     }
-                    Err(Reported) => self.recover(),
+                    Err(Reported) => {
+                        let start = self.pos_of(tok.span);
+                        self.recover();
+                        out.extend(self.placeholder_opener(start));
+                    }
                 },
             }
         }
@@ -280,6 +284,52 @@ impl<'s> Parser<'s> {
                 );
                 self.recover();
             }
+        }
+    }
+
+    fn pos_of(&self, span: Span) -> usize {
+        self.tokens.partition_point(|t| t.span.start < span.start)
+    }
+
+    /// A block opener whose line failed to parse still opens its block, so
+    /// its closer is not reported as stray. The error is already reported.
+    fn placeholder_opener(&self, start: usize) -> Option<Line> {
+        let line = &self.tokens[start..self.pos];
+        let first = line.first()?;
+        let span = first.span.to(line.last().map_or(first.span, |t| t.span));
+        let none = Expr {
+            kind: ExprKind::None,
+            span,
+        };
+        let follows_paren = line.get(1).is_some_and(|t| t.kind == TokenKind::LParen);
+        match (self.text(first.span), follows_paren) {
+            ("if", true) => Some(Line::If {
+                condition: Condition::Expression {
+                    expr: none,
+                    source_span: span,
+                },
+                span,
+            }),
+            ("startLoop", true) => Some(Line::Loop {
+                var: Ident {
+                    name: String::new(),
+                    span,
+                },
+                from: none.clone(),
+                to: none,
+                span,
+            }),
+            ("go_async", true) => Some(Line::Async { id: none, span }),
+            ("function", _) => Some(Line::Function {
+                name: Ident {
+                    name: String::new(),
+                    span,
+                },
+                params: Vec::new(),
+                header: span,
+                braced: line.iter().any(|t| t.kind == TokenKind::BlockOpen),
+            }),
+            _ => None,
         }
     }
 
@@ -356,7 +406,7 @@ impl<'s> Parser<'s> {
         let span = expr.span;
         match expr.kind {
             ExprKind::Call(call) => Ok(Line::Stmt(Stmt {
-                kind: StmtKind::Call(call),
+                kind: StmtKind::Call { call },
                 span,
             })),
             kind => {
