@@ -96,7 +96,10 @@ fn script() -> String {
     let mut lines: Vec<&str> = out.lines().collect();
     while lines.len() > TARGET_LINES {
         // Drop whole trailing chunks until we are under the target.
-        let cut = lines.iter().rposition(|l| l.starts_with("// ---- section")).unwrap_or(0);
+        let cut = lines
+            .iter()
+            .rposition(|l| l.starts_with("// ---- section"))
+            .unwrap_or(0);
         lines.truncate(cut);
     }
     let mut text = lines.join("\n");

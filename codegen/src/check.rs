@@ -385,7 +385,9 @@ impl Checker<'_> {
             }
             ExprKind::Compare { first, rest } => {
                 self.expr(first);
-                rest.iter().for_each(|(_, r)| self.expr(r));
+                for (_, r) in rest {
+                    self.expr(r);
+                }
             }
             ExprKind::Conditional { then, cond, otherwise } => {
                 self.expr(then);

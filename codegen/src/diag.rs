@@ -85,7 +85,7 @@ codes! {
     IncludePath = "E0062", Error, "an `include`/`import` whose argument is not a string literal";
     HandlerNotFunction = "E0070", Error, "a `registerEndpoint` handler or middleware that is not a function";
     BadMethod = "E0071", Error, "a `registerEndpoint` HTTP method that is not supported";
-    UnknownCommand = "W0001", Warning, "a call to a name that is neither a command nor a function (a runtime NameError)";
+    UnknownCommand = "W0001", Warning, "a call to a name that is neither a command nor a function (a runtime `NameError`)";
     CommentLooksLikeFloorDivision = "W0002", Warning, "`//` after an operand starts a comment, not floor division";
     UnreachableCode = "W0003", Warning, "statements after `return` or `raise` in the same block";
     IncludeTopLevel = "W0004", Warning, "top-level statements in an included file are ignored";

@@ -65,7 +65,9 @@ fn conformance_programs_check_without_errors() {
             for d in &result.diagnostics {
                 let rendered = render_text(&result.sources, std::slice::from_ref(d), false);
                 let allowed = d.code == Code::UnknownCommand
-                    && DELIBERATELY_UNKNOWN.iter().any(|n| d.message.contains(&format!("`{n}`")));
+                    && DELIBERATELY_UNKNOWN
+                        .iter()
+                        .any(|n| d.message.contains(&format!("`{n}`")));
                 assert!(allowed, "{}:\n{rendered}", path.display());
             }
             checked += 1;
@@ -243,7 +245,11 @@ fn did_you_mean() {
         SourceFile::new("t", "addvar(x, 1)\nstartloop(i, 1, 2)"),
         &avap_codegen::check::NoIncludes,
     );
-    let helps: Vec<_> = result.diagnostics.iter().map(|d| d.help.clone().unwrap_or_default()).collect();
+    let helps: Vec<_> = result
+        .diagnostics
+        .iter()
+        .map(|d| d.help.clone().unwrap_or_default())
+        .collect();
     assert_eq!(helps, ["did you mean `addVar`?", "did you mean `startLoop`?"]);
     assert!(result.diagnostics.iter().all(|d| d.severity == Severity::Warning));
 }

@@ -13,6 +13,10 @@ use crate::span::{SourceFile, Span};
 /// Blocks nest at most this deep (bounds the depth of the tree).
 const MAX_BLOCK_DEPTH: usize = 64;
 
+/// The `exception(var)` part of a `try`: its line, `var`, the `v =` of
+/// `v = exception(var)`, and the handler body.
+type Handler = (Span, Option<Ident>, Option<Ident>, Vec<Stmt>);
+
 enum Frame {
     If {
         opener: Span,
@@ -30,7 +34,7 @@ enum Frame {
     Try {
         opener: Span,
         body: Vec<Stmt>,
-        handler: Option<(Span, Option<Ident>, Option<Ident>, Vec<Stmt>)>,
+        handler: Option<Handler>,
     },
     Async {
         opener: Span,

@@ -296,16 +296,13 @@ impl Parser<'_> {
                     self.enter_bracket();
                     let index = self.nest(Self::conditional);
                     let close = match &index {
-                        Ok(_) => self.close(TokenKind::RBracket, open, "`]`"),
+                        Ok(_) => self.close(&TokenKind::RBracket, open, "`]`"),
                         Err(_) => Err(Reported),
                     };
                     self.brackets -= 1;
-                    let (index, close) = match (index, close) {
-                        (Ok(i), Ok(c)) => (i, c),
-                        _ => {
-                            self.depth = saved;
-                            return Err(Reported);
-                        }
+                    let (Ok(index), Ok(close)) = (index, close) else {
+                        self.depth = saved;
+                        return Err(Reported);
                     };
                     let span = expr.span.to(close);
                     expr = Expr {
@@ -370,14 +367,14 @@ impl Parser<'_> {
                 self.bump();
                 continue;
             }
-            let close = self.close(TokenKind::RParen, open, "`,` or `)`")?;
+            let close = self.close(&TokenKind::RParen, open, "`,` or `)`")?;
             return Ok((args, close));
         }
     }
 
     /// Expect a closing bracket; a missing one reports the opener too.
-    pub(crate) fn close(&mut self, kind: TokenKind, open: Span, expected: &str) -> PResult<Span> {
-        if self.peek().kind == kind {
+    pub(crate) fn close(&mut self, kind: &TokenKind, open: Span, expected: &str) -> PResult<Span> {
+        if self.peek().kind == *kind {
             return Ok(self.bump().span);
         }
         let found = self.peek().clone();
@@ -462,7 +459,7 @@ impl Parser<'_> {
                 self.enter_bracket();
                 let inner = self.nest(Self::conditional);
                 let close = match &inner {
-                    Ok(_) => self.close(TokenKind::RParen, open, "`)`"),
+                    Ok(_) => self.close(&TokenKind::RParen, open, "`)`"),
                     Err(_) => Err(Reported),
                 };
                 self.brackets -= 1;
@@ -499,7 +496,7 @@ impl Parser<'_> {
             if self.peek().kind == TokenKind::Comma {
                 self.bump();
             } else {
-                let close = self.close(TokenKind::RBracket, open, "`,` or `]`")?;
+                let close = self.close(&TokenKind::RBracket, open, "`,` or `]`")?;
                 return Ok(Expr {
                     kind: ExprKind::List(items),
                     span: open.to(close),
@@ -536,7 +533,7 @@ impl Parser<'_> {
             if self.peek().kind == TokenKind::Comma {
                 self.bump();
             } else {
-                let close = self.close(TokenKind::RBrace, open, "`,` or `}`")?;
+                let close = self.close(&TokenKind::RBrace, open, "`,` or `}`")?;
                 return Ok(Expr {
                     kind: ExprKind::Dict(entries),
                     span: open.to(close),

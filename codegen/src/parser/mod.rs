@@ -644,7 +644,7 @@ impl<'s> Parser<'s> {
             if self.peek().kind == TokenKind::Comma {
                 self.bump();
             } else {
-                let close = self.close(TokenKind::RParen, open, "`,` or `)`")?;
+                let close = self.close(&TokenKind::RParen, open, "`,` or `)`")?;
                 return Ok((params, close));
             }
         }
@@ -764,7 +764,7 @@ impl<'s> Parser<'s> {
                 self.bump();
                 continue;
             }
-            let close = self.close(TokenKind::RParen, open, "`,` or `)`")?;
+            let close = self.close(&TokenKind::RParen, open, "`,` or `)`")?;
             return Ok((args, close));
         }
     }
