@@ -159,23 +159,20 @@ fn sexpr(e: &Expr) -> String {
         ExprKind::Binary { op, lhs, rhs } => format!("({op:?} {} {})", sexpr(lhs), sexpr(rhs)),
         ExprKind::Logical { op, lhs, rhs } => format!("({op:?} {} {})", sexpr(lhs), sexpr(rhs)),
         ExprKind::Compare { first, rest } => {
-            let mut s = format!("(cmp {}", sexpr(first));
-            for (op, e) in rest {
-                s.push_str(&format!(" {op:?} {}", sexpr(e)));
-            }
-            s + ")"
+            let rest: Vec<String> = rest.iter().map(|(op, e)| format!("{op:?} {}", sexpr(e))).collect();
+            format!("(cmp {} {})", sexpr(first), rest.join(" "))
         }
         ExprKind::Conditional { then, cond, otherwise } => {
             format!("(if {} {} {})", sexpr(cond), sexpr(then), sexpr(otherwise))
         }
-        ExprKind::Call(c) => format!(
-            "(call {}{})",
-            sexpr(&c.callee),
-            c.args
+        ExprKind::Call(c) => {
+            let args: Vec<String> = c
+                .args
                 .iter()
-                .map(|a| a.value.as_ref().map_or(" _".into(), |v| format!(" {}", sexpr(v))))
-                .collect::<String>()
-        ),
+                .map(|a| a.value.as_ref().map_or_else(|| "_".into(), sexpr))
+                .collect();
+            format!("(call {} {})", sexpr(&c.callee), args.join(" "))
+        }
         ExprKind::Index { object, index } => format!("(index {} {})", sexpr(object), sexpr(index)),
         ExprKind::Attribute { object, name } => format!("(. {} {})", sexpr(object), name.name),
     }
