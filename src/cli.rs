@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use avap_codegen::check::{CheckOptions, SourceLoader, check_file};
+use avap_codegen::check::{CheckOptions, LoadedSource, SourceLoader, check_file};
 use avap_codegen::diag::{render_text, to_json};
 use avap_codegen::{SourceFile, Sources, parse};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -93,19 +93,27 @@ fn read_source(path: &Path) -> Result<SourceFile> {
     Ok(SourceFile::from_bytes(path.display().to_string(), &bytes))
 }
 
-/// Includes resolve relative to the including file's directory.
+/// Includes resolve relative to the including file's directory; a file's
+/// identity is its canonical path, so `a.avap`, `./a.avap` and
+/// `sub/../a.avap` are one file.
 struct FsLoader;
 
 impl SourceLoader for FsLoader {
-    fn load(&self, from: &str, path: &str) -> std::result::Result<(String, String), String> {
+    fn load(&self, from: &str, path: &str) -> std::result::Result<LoadedSource, String> {
         let base = Path::new(from).parent().unwrap_or(Path::new("."));
         let full = base.join(path);
         let canonical = std::fs::canonicalize(&full).map_err(|e| format!("{}: {e}", full.display()))?;
         let bytes = std::fs::read(&canonical).map_err(|e| format!("{}: {e}", canonical.display()))?;
-        // Diagnostics show the path as the author would write it.
-        let shown = full.display().to_string();
-        let _ = canonical;
-        Ok((shown, String::from_utf8_lossy(&bytes).into_owned()))
+        Ok(LoadedSource {
+            identity: canonical.display().to_string(),
+            // Diagnostics show the path as the author would write it.
+            name: full.display().to_string(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    fn identity(&self, name: &str) -> String {
+        std::fs::canonicalize(name).map_or_else(|_| name.to_string(), |p| p.display().to_string())
     }
 }
 

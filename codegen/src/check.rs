@@ -33,12 +33,27 @@ pub const STATEMENT_WORDS: &[&str] = &[
 /// HTTP methods `registerEndpoint` accepts.
 pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
+/// A file a [`SourceLoader`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSource {
+    /// Identity of the file (a canonical path, a store key): two includes of
+    /// the same file must give the same identity, whatever the spelling.
+    pub identity: String,
+    /// How diagnostics name the file.
+    pub name: String,
+    pub text: String,
+}
+
 /// Where `include("name")` finds its files. The CLI reads the including
 /// file's directory; the server reads its script store.
 pub trait SourceLoader {
-    /// Resolve `path` as written in file `from`. Returns a canonical name
-    /// (used for cycle detection and in diagnostics) and the text.
-    fn load(&self, from: &str, path: &str) -> Result<(String, String), String>;
+    /// Resolve `path` as written in the file displayed as `from`.
+    fn load(&self, from: &str, path: &str) -> Result<LoadedSource, String>;
+
+    /// Identity of the main file (see [`LoadedSource::identity`]).
+    fn identity(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 /// A loader for contexts without includes (inline scripts).
@@ -46,12 +61,15 @@ pub trait SourceLoader {
 pub struct NoIncludes;
 
 impl SourceLoader for NoIncludes {
-    fn load(&self, _from: &str, path: &str) -> Result<(String, String), String> {
+    fn load(&self, _from: &str, path: &str) -> Result<LoadedSource, String> {
         Err(format!(
             "`{path}` cannot be included here: this script has no file or script store to include from"
         ))
     }
 }
+
+/// Includes nest at most this deep.
+pub const MAX_INCLUDE_DEPTH: usize = 32;
 
 /// Options of a check run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,8 +120,10 @@ pub fn check_file(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram
         diags: Vec::new(),
         loader,
         current: 0,
+        identities: Vec::new(),
     };
-    cx.load_file(file, &mut Vec::new());
+    let identity = loader.identity(file.name());
+    cx.load_file(file, identity, &mut Vec::new());
     cx.collect_functions();
     for id in 0..cx.programs.len() {
         cx.current = id;
@@ -128,6 +148,8 @@ struct Checker<'l> {
     diags: Vec<Diagnostic>,
     loader: &'l dyn SourceLoader,
     current: FileId,
+    /// Identity of each loaded file, indexed by `FileId`.
+    identities: Vec<String>,
 }
 
 impl Checker<'_> {
@@ -136,11 +158,13 @@ impl Checker<'_> {
     }
 
     /// Parse a file and, depth first, the files it includes. `chain` holds
-    /// the include path from the main script, for cycle detection.
-    fn load_file(&mut self, file: SourceFile, chain: &mut Vec<String>) -> FileId {
+    /// the include path from the main script (identity, display name), for
+    /// cycle detection.
+    fn load_file(&mut self, file: SourceFile, identity: String, chain: &mut Vec<(String, String)>) -> FileId {
         let name = file.name().to_string();
         let (program, diags) = parse(&file);
         let id = self.sources.add(file);
+        self.identities.push(identity.clone());
         self.diags.extend(diags.into_iter().map(|d| d.in_file(id)));
         let includes: Vec<(String, Span)> = program
             .body
@@ -166,21 +190,26 @@ impl Checker<'_> {
             }
         }
         self.programs.push(program);
-        chain.push(name.clone());
+        chain.push((identity, name.clone()));
         for (path, span) in includes {
-            match self.loader.load(&name, &path) {
+            let loaded = if chain.len() > MAX_INCLUDE_DEPTH {
+                Err(format!("includes nest deeper than {MAX_INCLUDE_DEPTH} files"))
+            } else {
+                self.loader.load(&name, &path)
+            };
+            match loaded {
                 Err(message) => self.diags.push(
                     Diagnostic::new(Code::IncludeNotFound, span, format!("cannot include `{path}`"))
                         .with_note(message)
                         .with_help("include paths are relative to the including file (or names in the script store)")
                         .in_file(id),
                 ),
-                Ok((canonical, text)) => {
-                    if let Some(pos) = chain.iter().position(|c| *c == canonical) {
+                Ok(found) => {
+                    if let Some(pos) = chain.iter().position(|(c, _)| *c == found.identity) {
                         let cycle: Vec<&str> = chain[pos..]
                             .iter()
-                            .map(String::as_str)
-                            .chain([canonical.as_str()])
+                            .map(|(_, n)| n.as_str())
+                            .chain([found.name.as_str()])
                             .collect();
                         self.diags.push(
                             Diagnostic::new(
@@ -191,8 +220,8 @@ impl Checker<'_> {
                             .with_help("move the shared functions into a file that includes nothing")
                             .in_file(id),
                         );
-                    } else if self.sources.find(&canonical).is_none() {
-                        self.load_file(SourceFile::new(canonical, text), chain);
+                    } else if !self.identities.contains(&found.identity) {
+                        self.load_file(SourceFile::new(found.name, found.text), found.identity, chain);
                     }
                 }
             }
@@ -595,15 +624,24 @@ impl Checker<'_> {
     }
 
     fn register_endpoint(&mut self, call: &Call) {
-        let method = call.args.get(1).and_then(|a| a.value.as_ref());
-        if let Some(Expr {
-            kind: ExprKind::Str { value, .. },
-            span,
-        }) = method
+        // A quoted method, or a bare word in capitals (a bare lower-case word
+        // may be a variable holding the method).
+        let method = call
+            .args
+            .get(1)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|e| match &e.kind {
+                ExprKind::Str { value, .. } => Some((value.as_str(), e.span)),
+                ExprKind::Name(id) if id.name.bytes().all(|b| b.is_ascii_uppercase()) => {
+                    Some((id.name.as_str(), e.span))
+                }
+                _ => None,
+            });
+        if let Some((value, span)) = method
             && !HTTP_METHODS.contains(&value.to_ascii_uppercase().as_str())
         {
             self.report(
-                Diagnostic::new(Code::BadMethod, *span, format!("`{value}` is not an HTTP method"))
+                Diagnostic::new(Code::BadMethod, span, format!("`{value}` is not an HTTP method"))
                     .with_help(format!("use one of {}", HTTP_METHODS.join(", "))),
             );
         }

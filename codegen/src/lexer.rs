@@ -287,8 +287,19 @@ impl Lexer<'_, '_> {
         if next == b'u' {
             let hex = self.src.get(self.pos + 2..self.pos + 6).unwrap_or("");
             if hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let code = u32::from_str_radix(hex, 16).unwrap_or(0xFFFD);
+                let mut code = u32::from_str_radix(hex, 16).unwrap_or(0xFFFD);
                 self.pos += 6;
+                // A UTF-16 surrogate pair (`\uD83D\uDE00`, as JSON writes it).
+                if (0xD800..0xDC00).contains(&code) && self.src[self.pos..].starts_with("\\u") {
+                    let low = self
+                        .src
+                        .get(self.pos + 2..self.pos + 6)
+                        .and_then(|h| u32::from_str_radix(h, 16).ok());
+                    if let Some(low) = low.filter(|l| (0xDC00..0xE000).contains(l)) {
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                        self.pos += 6;
+                    }
+                }
                 return match char::from_u32(code) {
                     Some(c) => c.to_string(),
                     None => {
@@ -489,7 +500,9 @@ impl Lexer<'_, '_> {
                 format!("`{}` is not a valid number", &self.src[start..self.pos]),
             )
             .help = Some("names cannot start with a digit; numbers are written `42`, `1.5` or `1e3`".into());
-            self.push(TokenKind::Int(0), start);
+            // An identifier token keeps the parser and checker quiet about a
+            // mistake already reported here.
+            self.push(TokenKind::Ident, start);
             return;
         }
         let text = &self.src[start..self.pos];

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use avap_codegen::ast::{Expr, ExprKind, StmtKind};
-use avap_codegen::check::{SourceLoader, check_file};
+use avap_codegen::check::{LoadedSource, SourceLoader, check_file};
 use avap_codegen::diag::{Code, Severity, render_text, to_json};
 use avap_codegen::{SourceFile, parse};
 
@@ -28,17 +28,40 @@ fn avap_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Resolves includes relative to the including file, naming files by their
-/// path relative to the test's base directory so snapshots are stable.
+/// path relative to the test's base directory so snapshots are stable. The
+/// identity is the lexically normalised path (`a/../b` is `b`).
 struct TestLoader {
     base: PathBuf,
 }
 
+fn normalise(path: &Path) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(p) => parts.push(p.to_str().expect("utf-8 path")),
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
 impl SourceLoader for TestLoader {
-    fn load(&self, from: &str, path: &str) -> Result<(String, String), String> {
+    fn load(&self, from: &str, path: &str) -> Result<LoadedSource, String> {
         let from_dir = Path::new(from).parent().unwrap_or(Path::new(""));
         let rel = from_dir.join(path);
         let text = std::fs::read_to_string(self.base.join(&rel)).map_err(|e| format!("{}: {e}", rel.display()))?;
-        Ok((rel.to_string_lossy().replace('\\', "/"), text))
+        Ok(LoadedSource {
+            identity: normalise(&rel),
+            name: normalise(&rel),
+            text,
+        })
+    }
+
+    fn identity(&self, name: &str) -> String {
+        normalise(Path::new(name))
     }
 }
 

@@ -197,7 +197,7 @@ impl Builder<'_> {
     }
 
     fn open(&mut self, frame: Frame) {
-        if self.stack.len() >= MAX_BLOCK_DEPTH {
+        if self.stack.len() == MAX_BLOCK_DEPTH {
             self.diags.push(
                 Diagnostic::new(
                     Code::NestingTooDeep,
@@ -355,6 +355,40 @@ impl Builder<'_> {
         self.diags.push(d.with_help(hint.to_string()));
     }
 
+    /// `else()`/`exception()` whose block is not the innermost one (or
+    /// does not exist).
+    fn misplaced_middle(&mut self, span: Span, what: &str, owner: fn(&Frame) -> bool) {
+        let owner_frame = self
+            .stack
+            .iter()
+            .rev()
+            .find(|f| owner(f))
+            .map(|f| (f.opener(), f.what()));
+        let top = self.stack.last().map(|f| (f.opener(), f.what(), f.closer()));
+        match (owner_frame, top) {
+            (Some((owner_span, owner_what)), Some((inner_span, inner_what, inner_closer))) => {
+                let owner_line = self.line_no(owner_span);
+                self.diags.push(
+                    Diagnostic::new(
+                        Code::StrayCloser,
+                        span,
+                        format!("{what} cannot belong to the {owner_what} from line {owner_line} while an inner block is open"),
+                    )
+                    .with_secondary(inner_span, format!("this {inner_what} is still open"))
+                    .with_help(format!("close the inner block with {inner_closer} first")),
+                );
+            }
+            _ => {
+                let opener = if what.starts_with("`else") {
+                    "`if(…)`"
+                } else {
+                    "`try()`"
+                };
+                self.stray(span, what, &format!("{what} goes between {opener} and its `end()`"));
+            }
+        }
+    }
+
     fn else_line(&mut self, span: Span) {
         match self.stack.last_mut() {
             Some(Frame::If { else_part: None, .. }) => {
@@ -373,7 +407,7 @@ impl Builder<'_> {
                         .with_help("close the `if` with `end()` before starting another"),
                 );
             }
-            _ => self.stray(span, "`else()`", "`else()` goes between `if(…)` and its `end()`"),
+            _ => self.misplaced_middle(span, "`else()`", |f| matches!(f, Frame::If { .. })),
         }
     }
 
@@ -473,7 +507,10 @@ impl Builder<'_> {
     }
 
     fn finish_file(&mut self) {
-        let eof = Span::new(self.file.text().len(), self.file.text().len());
+        // Point at the end of the last line with text, not at the empty
+        // line after the final newline.
+        let end = self.file.text().trim_end().len();
+        let eof = Span::new(end, end);
         while let Some(top) = self.stack.last() {
             let (opener, what, needed) = (top.opener(), top.what(), top.closer());
             let line = self.line_no(opener);

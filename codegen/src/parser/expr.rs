@@ -30,7 +30,7 @@ impl Parser<'_> {
         self.depth += NEST_COST;
         let result = if self.depth > MAX_DEPTH {
             let span = self.peek().span;
-            self.report(
+            self.report_once_too_deep(
                 Diagnostic::new(Code::NestingTooDeep, span, "expression is nested too deeply")
                     .with_help("split it into several assignments"),
             );
@@ -42,13 +42,20 @@ impl Parser<'_> {
         result
     }
 
+    /// One "too deep" report per statement is enough.
+    fn report_once_too_deep(&mut self, d: Diagnostic) {
+        if !self.diags.iter().any(|x| x.code == Code::NestingTooDeep) {
+            self.report(d);
+        }
+    }
+
     /// Account for one more link in an operator chain.
     fn link(&mut self, links: &mut u32) -> PResult<()> {
         *links += 1;
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             let span = self.peek().span;
-            self.report(
+            self.report_once_too_deep(
                 Diagnostic::new(Code::NestingTooDeep, span, "expression has too many operators")
                     .with_help("split it into several assignments"),
             );

@@ -29,8 +29,20 @@ pub fn parse(file: &SourceFile) -> (Program, Vec<Diagnostic>) {
     let tokens = lex(file.text(), &mut diags);
     let mut parser = Parser::new(file.text(), tokens, file.line_starts());
     let lines = parser.lines();
+    // A line the lexer already complained about (unterminated string, stray
+    // `#`, …) yields parser errors that only echo the first one.
+    let lexer_lines: Vec<usize> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| file.line_index(d.span.start as usize))
+        .collect();
     let mut diags_all = diags;
-    diags_all.append(&mut parser.diags);
+    diags_all.extend(
+        parser
+            .diags
+            .drain(..)
+            .filter(|d| !lexer_lines.contains(&file.line_index(d.span.start as usize))),
+    );
     let body = blocks::build(lines, file, &mut diags_all);
     diags_all.sort_by_key(|d| (d.span.start, d.span.end));
     (
@@ -212,7 +224,11 @@ impl<'s> Parser<'s> {
 
     /// Report "expected `what`, found …" at the current token.
     pub(crate) fn unexpected<T>(&mut self, what: &str) -> PResult<T> {
-        let tok = self.peek().clone();
+        let mut tok = self.peek().clone();
+        if tok.kind == TokenKind::Newline {
+            // Point at the end of the line, not across the line break.
+            tok.span = Span::new(tok.span.start as usize, tok.span.start as usize);
+        }
         let found = self.describe(&tok);
         let mut d = Diagnostic::new(
             Code::UnexpectedToken,
@@ -241,7 +257,20 @@ impl<'s> Parser<'s> {
                 }
                 TokenKind::BlockOpen => {
                     self.bump();
-                    out.push(Line::BlockOpen(tok.span));
+                    if matches!(out.last(), Some(Line::Function { braced: false, .. })) {
+                        out.push(Line::BlockOpen(tok.span));
+                    } else {
+                        self.report(
+                            Diagnostic::new(
+                                Code::UnexpectedToken,
+                                tok.span,
+                                "unexpected `{` at the start of a statement",
+                            )
+                            .with_note("`{` at the start of a line opens a function body")
+                            .with_help("assign a dict to a variable: `config = {\"k\": 1}`"),
+                        );
+                        self.recover();
+                    }
                 }
                 TokenKind::BlockClose => {
                     self.bump();
@@ -897,13 +926,18 @@ impl<'s> Parser<'s> {
         if expr.is_ok() && sub.peek().kind != TokenKind::Eof {
             let _ = sub.unexpected::<()>("the end of the condition");
         }
+        // Lexer diagnostics are relative to the string; the sub-parser's
+        // are already in file positions (its tokens were shifted).
+        for d in &mut diags {
+            d.span = Span::new((d.span.start + shift) as usize, (d.span.end + shift) as usize);
+        }
         diags.append(&mut sub.diags);
         let failed = !diags.is_empty();
         for mut d in diags {
             if d.is_error() {
-                d.message = format!("invalid condition expression: {}", d.message);
+                let message = d.message.replace("found end of file", "found the end of the condition");
+                d.message = format!("invalid condition expression: {message}");
                 d.code = Code::BadConditionExpression;
-                d.span = Span::new((d.span.start + shift) as usize, (d.span.end + shift) as usize).to(d.span);
             }
             self.report(d);
         }
