@@ -121,6 +121,7 @@ pub fn check_file(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram
         loader,
         current: 0,
         identities: Vec::new(),
+        block_depth: 0,
     };
     let identity = loader.identity(file.name());
     cx.load_file(file, identity, &mut Vec::new());
@@ -128,7 +129,7 @@ pub fn check_file(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram
     for id in 0..cx.programs.len() {
         cx.current = id;
         let body = std::mem::take(&mut cx.programs[id].body);
-        cx.stmts(&body, id != 0);
+        cx.stmts_in_block(&body, id != 0);
         cx.programs[id].body = body;
     }
     let mut diagnostics = cx.diags;
@@ -150,6 +151,8 @@ struct Checker<'l> {
     current: FileId,
     /// Identity of each loaded file, indexed by `FileId`.
     identities: Vec<String>,
+    /// How many blocks enclose the statements being checked (0 = top level).
+    block_depth: usize,
 }
 
 impl Checker<'_> {
@@ -309,6 +312,12 @@ impl Checker<'_> {
     }
 
     fn stmts(&mut self, stmts: &[Stmt], included: bool) {
+        self.block_depth += 1;
+        self.stmts_in_block(stmts, included);
+        self.block_depth -= 1;
+    }
+
+    fn stmts_in_block(&mut self, stmts: &[Stmt], included: bool) {
         let mut ended_by: Option<Span> = None;
         for s in stmts {
             if let Some(end) = ended_by.take() {
@@ -380,7 +389,15 @@ impl Checker<'_> {
                 self.expr(id);
                 self.stmts(body, false);
             }
-            StmtKind::Include { .. } => {}
+            StmtKind::Include { path_span, .. } => {
+                if self.block_depth > 0 {
+                    self.report(
+                        Diagnostic::new(Code::IncludeNotTopLevel, *path_span, "`include` inside a block")
+                            .with_note("includes are resolved at compile time, before anything runs")
+                            .with_help("move the `include` to the top level of the file"),
+                    );
+                }
+            }
         }
     }
 
@@ -528,13 +545,14 @@ impl Checker<'_> {
         }
         let target_supplied = site != CallSite::Statement && sig.returns == Returns::Target;
         let written = call.args.len();
-        let form = sig.form_with_arity(written).or_else(|| {
-            if target_supplied {
-                sig.form_with_arity(written + 1)
-            } else {
-                None
-            }
-        });
+        // In the assignment form the assignment supplies the target, so the
+        // reading with the trailing target left out comes first.
+        let form = if target_supplied {
+            sig.form_with_arity(written + 1)
+                .or_else(|| sig.form_with_arity(written))
+        } else {
+            sig.form_with_arity(written)
+        };
         let Some(form) = form else {
             let forms: Vec<String> = sig
                 .forms

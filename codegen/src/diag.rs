@@ -83,6 +83,7 @@ codes! {
     IncludeNotFound = "E0060", Error, "an included file that cannot be read";
     IncludeCycle = "E0061", Error, "files that include each other";
     IncludePath = "E0062", Error, "an `include`/`import` whose argument is not a string literal";
+    IncludeNotTopLevel = "E0063", Error, "an `include`/`import` inside a block or function";
     HandlerNotFunction = "E0070", Error, "a `registerEndpoint` handler or middleware that is not a function";
     BadMethod = "E0071", Error, "a `registerEndpoint` HTTP method that is not supported";
     UnknownCommand = "W0001", Warning, "a call to a name that is neither a command nor a function (a runtime `NameError`)";

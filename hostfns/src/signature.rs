@@ -155,7 +155,7 @@ static COMMANDS: &[CommandSig] = &[
     sig!(
         "addVar",
         Pure,
-        Target,
+        Nothing,
         "Set a variable to a value",
         [[p("target", Target), p("value", Value)]]
     ),

@@ -42,9 +42,12 @@ impl Parser<'_> {
         result
     }
 
-    /// One "too deep" report per statement is enough.
+    /// One "too deep" report per line is enough.
     fn report_once_too_deep(&mut self, d: Diagnostic) {
-        if !self.diags.iter().any(|x| x.code == Code::NestingTooDeep) {
+        if !self.diags[self.line_diags..]
+            .iter()
+            .any(|x| x.code == Code::NestingTooDeep)
+        {
             self.report(d);
         }
     }

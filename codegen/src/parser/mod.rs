@@ -107,6 +107,8 @@ pub(crate) struct Parser<'s> {
     depth: u32,
     line_starts: &'s [usize],
     diags: Vec<Diagnostic>,
+    /// Index into `diags` where the current line's diagnostics start.
+    line_diags: usize,
 }
 
 /// An `if` argument: an ordinary argument or a bare comparator.
@@ -125,6 +127,7 @@ impl<'s> Parser<'s> {
             depth: 0,
             line_starts,
             diags: Vec::new(),
+            line_diags: 0,
         }
     }
 
@@ -249,6 +252,7 @@ impl<'s> Parser<'s> {
         loop {
             self.brackets = 0;
             self.depth = 0;
+            self.line_diags = self.diags.len();
             let tok = self.peek().clone();
             match tok.kind {
                 TokenKind::Eof => break,
