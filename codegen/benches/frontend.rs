@@ -154,6 +154,37 @@ fn frontend(c: &mut Criterion) {
         b.iter(|| black_box(check_file(black_box(file.clone()), &NoIncludes)));
     });
     group.finish();
+
+    // Baseline measured in the same run: a mature hand-tuned parser
+    // (serde_json into a `Value` tree) over a JSON document of the same size.
+    let json = json_document(text.len());
+    let mut group = c.benchmark_group("baseline_serde_json");
+    group.throughput(Throughput::Bytes(json.len() as u64));
+    group.bench_function("same_size_document", |b| {
+        b.iter(|| black_box(serde_json::from_str::<serde_json::Value>(black_box(&json)).expect("valid JSON")));
+    });
+    group.finish();
+}
+
+/// A JSON array of small API-like records, about `size` bytes long.
+fn json_document(size: usize) -> String {
+    let mut out = String::from("[");
+    let mut i = 0;
+    while out.len() < size {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"id": {i}, "name": "customer {i}", "active": {}, "score": {}.5, "tags": ["a", "b{i}"], "address": {{"city": "Lisbon", "zip": "1000-{i}"}}}}"#,
+            i % 2 == 0,
+            i % 100
+        );
+        out.push('\n');
+        i += 1;
+    }
+    out.push(']');
+    out
 }
 
 criterion_group!(benches, frontend);

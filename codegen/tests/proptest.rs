@@ -226,83 +226,169 @@ proptest! {
 }
 
 // ---- (c) deep nesting ------------------------------------------------------
+//
+// A stack overflow aborts the whole test process, so each deep input runs in
+// a child process (this test binary, re-run on `deep_child`) on a thread with
+// a 2 MiB stack — the default for spawned threads, tokio workers and libtest.
+// The parent reports every input that killed its child, not just the first.
 
 const DEPTH: usize = 10_000;
+const CHILD_STACK: usize = 2 << 20;
+const CASE_VAR: &str = "AVAP_DEEP_CASE";
 
 fn nested(open: &str, middle: &str, close: &str) -> String {
-    let mut s = String::with_capacity(DEPTH * (open.len() + close.len()) + middle.len());
-    for _ in 0..DEPTH {
-        s.push_str(open);
-    }
-    s.push_str(middle);
-    for _ in 0..DEPTH {
-        s.push_str(close);
-    }
-    s
+    format!("{}{middle}{}", open.repeat(DEPTH), close.repeat(DEPTH))
 }
 
-fn run_text(text: &str) {
-    run(&SourceFile::new("deep.avap", text));
+type Case = (&'static str, fn() -> String);
+
+const CASES: &[Case] = &[
+    // brackets
+    ("10k `(`", || "(".repeat(DEPTH)),
+    ("10k `[`", || "[".repeat(DEPTH)),
+    ("10k `{`", || "{".repeat(DEPTH)),
+    ("10k `)`", || ")".repeat(DEPTH)),
+    ("10k `}`", || "}".repeat(DEPTH)),
+    ("x = 10k `(`", || format!("x = {}", "(".repeat(DEPTH))),
+    ("x = ((…1…))", || format!("x = {}", nested("(", "1", ")"))),
+    ("x = [[…1…]]", || format!("x = {}", nested("[", "1", "]"))),
+    ("x = {\"k\": {…}}", || format!("x = {}", nested("{\"k\": ", "1", "}"))),
+    ("x = f(f(…1…))", || format!("x = {}", nested("f(", "1", ")"))),
+    ("addVar(x, [[…]])", || format!("addVar(x, {})", nested("[", "", "]"))),
+    ("addVar(x, ((…)))", || format!("addVar(x, {})", nested("(", "", ")"))),
+    ("x = a[0][0]…", || format!("x = a{}", "[0]".repeat(DEPTH))),
+    ("x = a.b.b…", || format!("x = a{}", ".b".repeat(DEPTH))),
+    ("x = f(1)(1)…", || format!("x = f{}", "(1)".repeat(DEPTH))),
+    // operators
+    ("x = not not … 1", || format!("x = {}1", "not ".repeat(DEPTH))),
+    ("x = ---…1", || format!("x = {}1", "-".repeat(DEPTH))),
+    ("x = - - … 1", || format!("x = {}1", "- ".repeat(DEPTH))),
+    ("x = 1 + 1 + …", || format!("x = {}1", "1 + ".repeat(DEPTH))),
+    ("x = 2 ** 2 ** …", || format!("x = {}2", "2 ** ".repeat(DEPTH))),
+    ("x = 1 == 1 == …", || format!("x = {}1", "1 == ".repeat(DEPTH))),
+    ("x = 1 and 1 and …", || format!("x = {}1", "1 and ".repeat(DEPTH))),
+    ("x = a if b else a if b else …", || {
+        format!("x = {}c", "a if b else ".repeat(DEPTH))
+    }),
+    ("x = `${`${…", || format!("x = {}", "`${".repeat(DEPTH))),
+    ("if(None, None, \"((…1…))\")", || {
+        format!("if(None, None, \"{}\")\nend()\n", nested("(", "1", ")"))
+    }),
+    ("if(None, None, \"not not … 1\")", || {
+        format!("if(None, None, \"{}1\")\nend()\n", "not ".repeat(DEPTH))
+    }),
+    // blocks, balanced
+    ("nested if … end()", || {
+        nested("if(a, 1, =)\n", "addVar(x, 1)\n", "end()\n")
+    }),
+    ("nested if/else … end()", || {
+        nested("if(a, 1, =)\nelse()\n", "addVar(x, 1)\n", "end()\n")
+    }),
+    ("nested startLoop … endLoop()", || {
+        nested("startLoop(i, 0, 1)\n", "addVar(x, 1)\n", "endLoop()\n")
+    }),
+    ("nested try … exception … end()", || {
+        nested("try()\n", "addVar(x, 1)\n", "exception(e)\nend()\n")
+    }),
+    ("nested go_async … end()", || {
+        nested("go_async(t)\n", "addVar(x, 1)\n", "end()\n")
+    }),
+    ("nested function … }", || {
+        nested("function f(){\n", "return(1)\n", "}\n")
+    }),
+    ("nested { … }", || nested("{\n", "addVar(x, 1)\n", "}\n")),
+    // blocks, unclosed or stray
+    ("10k unclosed if", || "if(a, 1, =)\n".repeat(DEPTH)),
+    ("10k unclosed startLoop", || "startLoop(i, 0, 1)\n".repeat(DEPTH)),
+    ("10k unclosed function", || "function f(){\n".repeat(DEPTH)),
+    ("10k stray end()", || "end()\n".repeat(DEPTH)),
+    ("10k stray }", || "}\n".repeat(DEPTH)),
+    ("if/startLoop/try interleaved", || {
+        "if(a, 1, =)\nstartLoop(i, 0, 1)\ntry()\n".repeat(DEPTH / 3)
+    }),
+    ("if/startLoop/end() mismatched", || {
+        "if(a, 1, =)\nstartLoop(i, 0, 1)\nend()\n".repeat(DEPTH / 3)
+    }),
+    // comments and strings
+    ("10k `/*`", || "/*".repeat(DEPTH)),
+    ("10k `/*` then 10k `*/`", || {
+        format!("{}{}", "/*".repeat(DEPTH), "*/".repeat(DEPTH))
+    }),
+    ("10k backslashes in a string", || {
+        format!("x = \"{}\"", "\\".repeat(DEPTH))
+    }),
+    ("10k interpolations", || format!("x = `{}`", "${x}".repeat(DEPTH))),
+];
+
+/// Runs one case when started by [`run_deep_cases`]; does nothing otherwise.
+#[test]
+#[ignore = "child process of the deep-nesting tests"]
+fn deep_child() {
+    let Some(index) = std::env::var(CASE_VAR).ok().and_then(|v| v.parse::<usize>().ok()) else {
+        return;
+    };
+    let text = (CASES[index].1)();
+    std::thread::Builder::new()
+        .stack_size(CHILD_STACK)
+        .spawn(move || run(&SourceFile::new("deep.avap", text)))
+        .expect("spawn")
+        .join()
+        .expect("case panicked");
+}
+
+/// Run the cases whose names `select` accepts, each in a child process;
+/// fail listing every case whose child did not succeed.
+fn run_deep_cases(select: impl Fn(usize) -> bool) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut failures = Vec::new();
+    for (index, (name, _)) in CASES.iter().enumerate().filter(|(i, _)| select(*i)) {
+        let output = std::process::Command::new(&exe)
+            .args(["deep_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CASE_VAR, index.to_string())
+            .output()
+            .expect("run child");
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reason = stderr
+                .lines()
+                .find(|l| l.contains("overflowed its stack") || l.contains("panicked"))
+                .unwrap_or("child failed")
+                .to_string();
+            failures.push(format!("{name}: {reason}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "deep inputs that failed:\n  {}",
+        failures.join("\n  ")
+    );
+}
+
+fn case_range(first: &str, last: &str) -> std::ops::RangeInclusive<usize> {
+    let at = |n: &str| CASES.iter().position(|c| c.0 == n).expect("case name");
+    at(first)..=at(last)
 }
 
 #[test]
 fn deep_brackets_do_not_overflow() {
-    run_text(&"(".repeat(DEPTH));
-    run_text(&"[".repeat(DEPTH));
-    run_text(&"{".repeat(DEPTH));
-    run_text(&")".repeat(DEPTH));
-    run_text(&"}".repeat(DEPTH));
-    run_text(&format!("x = {}", "(".repeat(DEPTH)));
-    run_text(&format!("x = {}", nested("(", "1", ")")));
-    run_text(&format!("x = {}", nested("[", "1", "]")));
-    run_text(&format!("x = {}", nested("{\"k\": ", "1", "}")));
-    run_text(&format!("x = {}", nested("f(", "1", ")")));
-    run_text(&format!("addVar(x, {})", nested("[", "", "]")));
-    run_text(&format!("addVar(x, {})", nested("(", "", ")")));
-    run_text(&format!("x = a{}", "[0]".repeat(DEPTH)));
-    run_text(&format!("x = a{}", ".b".repeat(DEPTH)));
-    run_text(&format!("x = f{}", "(1)".repeat(DEPTH)));
+    let r = case_range("10k `(`", "x = f(1)(1)…");
+    run_deep_cases(|i| r.contains(&i));
 }
 
 #[test]
 fn deep_operators_do_not_overflow() {
-    run_text(&format!("x = {}1", "not ".repeat(DEPTH)));
-    run_text(&format!("x = {}1", "-".repeat(DEPTH)));
-    run_text(&format!("x = {}1", "- ".repeat(DEPTH)));
-    run_text(&format!("x = {}1", "1 + ".repeat(DEPTH)));
-    run_text(&format!("x = {}2", "2 ** ".repeat(DEPTH)));
-    run_text(&format!("x = {}1", "1 == ".repeat(DEPTH)));
-    run_text(&format!("x = {}1", "1 and ".repeat(DEPTH)));
-    run_text(&format!("x = {}c", "a if b else ".repeat(DEPTH)));
-    run_text(&format!("x = {}", "`${".repeat(DEPTH)));
-    run_text(&format!("if(None, None, \"{}\")\nend()\n", nested("(", "1", ")")));
-    run_text(&format!("if(None, None, \"{}1\")\nend()\n", "not ".repeat(DEPTH)));
+    let r = case_range("x = not not … 1", "if(None, None, \"not not … 1\")");
+    run_deep_cases(|i| r.contains(&i));
 }
 
 #[test]
 fn deep_blocks_do_not_overflow() {
-    run_text(&nested("if(a, 1, =)\n", "addVar(x, 1)\n", "end()\n"));
-    run_text(&nested("if(a, 1, =)\nelse()\n", "addVar(x, 1)\n", "end()\n"));
-    run_text(&nested("startLoop(i, 0, 1)\n", "addVar(x, 1)\n", "endLoop()\n"));
-    run_text(&nested("try()\n", "addVar(x, 1)\n", "exception(e)\nend()\n"));
-    run_text(&nested("go_async(t)\n", "addVar(x, 1)\n", "end()\n"));
-    run_text(&nested("function f(){\n", "return(1)\n", "}\n"));
-    run_text(&nested("{\n", "addVar(x, 1)\n", "}\n"));
-    // Unclosed and stray closers.
-    run_text(&"if(a, 1, =)\n".repeat(DEPTH));
-    run_text(&"startLoop(i, 0, 1)\n".repeat(DEPTH));
-    run_text(&"function f(){\n".repeat(DEPTH));
-    run_text(&"end()\n".repeat(DEPTH));
-    run_text(&"}\n".repeat(DEPTH));
-    // Mixed, interleaved wrongly.
-    run_text(&"if(a, 1, =)\nstartLoop(i, 0, 1)\ntry()\n".repeat(DEPTH / 3));
-    run_text(&"if(a, 1, =)\nstartLoop(i, 0, 1)\nend()\n".repeat(DEPTH / 3));
+    let r = case_range("nested if … end()", "if/startLoop/end() mismatched");
+    run_deep_cases(|i| r.contains(&i));
 }
 
 #[test]
 fn deep_comments_and_strings_do_not_overflow() {
-    run_text(&"/*".repeat(DEPTH));
-    run_text(&format!("{}{}", "/*".repeat(DEPTH), "*/".repeat(DEPTH)));
-    run_text(&format!("x = \"{}\"", "\\".repeat(DEPTH)));
-    run_text(&format!("x = `{}`", "${x}".repeat(DEPTH)));
+    let r = case_range("10k `/*`", "10k interpolations");
+    run_deep_cases(|i| r.contains(&i));
 }

@@ -210,12 +210,17 @@ impl Builder<'_> {
         self.stack.push(frame);
     }
 
-    /// Close the top frame with `closer` and attach its statement.
+    /// Close the top frame with `closer` and attach its statement. Blocks
+    /// beyond `MAX_BLOCK_DEPTH` (already reported) are tracked for matching
+    /// but dropped from the tree, so the tree's depth stays bounded and no
+    /// later pass can overflow the stack on it.
     fn close_top(&mut self, closer: Span) {
         let frame = self.stack.pop().expect("caller checked");
         self.last_closed = Some((frame.what(), frame.opener(), closer));
         let stmt = frame.finish(closer);
-        self.push_stmt(stmt);
+        if self.stack.len() < MAX_BLOCK_DEPTH {
+            self.push_stmt(stmt);
+        }
     }
 
     fn in_function(&self) -> bool {
