@@ -1,0 +1,105 @@
+//! The `avap` binary as a user runs it: exit codes, output formats.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn avap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_avap"))
+        .args(args)
+        .output()
+        .expect("run avap")
+}
+
+/// Write `src` to a fresh file under the target directory and return its path.
+fn script(name: &str, src: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, src).expect("write script");
+    path
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_clean_script_exits_zero() {
+    let path = script("clean.avap", "addVar(greeting, 'Hello')\naddResult(greeting)\n");
+    let out = avap(&["check", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ok: 1 file checked, 0 errors, 0 warnings"));
+}
+
+#[test]
+fn check_errors_exit_one_with_caret() {
+    let path = script("broken.avap", "if(x, 1, =)\naddVar(y, 2)\n");
+    let out = avap(&["check", "--no-color", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("error[E0020]"), "{err}");
+    assert!(err.contains("^^^^^^^^^^^ needs `end()`"), "{err}");
+}
+
+#[test]
+fn warnings_pass_unless_denied() {
+    let path = script("warn.avap", "addvar(x, 1)\n");
+    let p = path.to_str().unwrap();
+    let out = avap(&["check", p]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = avap(&["check", "--deny-warnings", p]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("(warnings denied)"));
+}
+
+#[test]
+fn check_json_for_editors() {
+    let path = script("json.avap", "addvar(x, 1)\nend()\n");
+    let out = avap(&["check", "--format", "json", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(doc["ok"], false);
+    let diags = doc["files"][0]["diagnostics"].as_array().expect("diagnostics");
+    let codes: Vec<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["W0001", "E0021"]);
+    assert_eq!(diags[0]["line"], 1);
+    assert_eq!(diags[0]["help"], "did you mean `addVar`?");
+    assert_eq!(diags[1]["line"], 2);
+}
+
+#[test]
+fn parse_json_prints_the_tree() {
+    let path = script("tree.avap", "x = 1 + 2\n");
+    let out = avap(&["parse", path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let tree: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON AST");
+    assert_eq!(tree["body"][0]["stmt"], "assign");
+    assert_eq!(tree["body"][0]["value"]["expr"], "binary");
+    assert_eq!(tree["span"], serde_json::json!([0, 10]));
+}
+
+#[test]
+fn includes_resolve_relative_to_the_file() {
+    script("helpers.avap", "function twice(x) {\n    return(x * 2)\n}\n");
+    let main = script("main.avap", "include(\"helpers.avap\")\ny = twice(2)\naddResult(y)\n");
+    let out = avap(&["check", main.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cyc = script("self.avap", "include(\"./self.avap\")\n");
+    let out = avap(&["check", "--no-color", cyc.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("error[E0061]"));
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = avap(&["check", "/nonexistent/x.avap"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/x.avap"));
+}
+
+#[test]
+fn serve_says_not_yet() {
+    let out = avap(&["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not built yet"));
+}
