@@ -87,34 +87,63 @@ impl Parser<'_> {
         Ok(then)
     }
 
-    fn logical(&mut self, keyword: &str, op: LogicalOp, next: fn(&mut Self) -> PResult<Expr>) -> PResult<Expr> {
+    /// A left-associative chain `next (op next)*`. Each link spends one unit
+    /// of the depth budget, which is returned when the chain ends.
+    fn chain<O: Copy>(
+        &mut self,
+        op_at: fn(&Self) -> Option<O>,
+        make: fn(O, Box<Expr>, Box<Expr>) -> ExprKind,
+        next: fn(&mut Self) -> PResult<Expr>,
+    ) -> PResult<Expr> {
         let saved = self.depth;
+        let result = self.chain_links(op_at, make, next);
+        self.depth = saved;
+        result
+    }
+
+    fn chain_links<O: Copy>(
+        &mut self,
+        op_at: fn(&Self) -> Option<O>,
+        make: fn(O, Box<Expr>, Box<Expr>) -> ExprKind,
+        next: fn(&mut Self) -> PResult<Expr>,
+    ) -> PResult<Expr> {
         let mut links = 0;
         let mut lhs = next(self)?;
-        while self.at_keyword(keyword) {
+        while let Some(op) = op_at(self) {
             self.bump();
-            self.link(&mut links).inspect_err(|_| self.depth = saved)?;
-            let rhs = next(self).inspect_err(|_| self.depth = saved)?;
+            self.link(&mut links)?;
+            let rhs = next(self)?;
             let span = lhs.span.to(rhs.span);
             lhs = Expr {
-                kind: ExprKind::Logical {
-                    op,
-                    lhs: Box::new(lhs),
-                    rhs: Box::new(rhs),
-                },
+                kind: make(op, Box::new(lhs), Box::new(rhs)),
                 span,
             };
         }
-        self.depth = saved;
         Ok(lhs)
     }
 
+    fn logical(op: LogicalOp, lhs: Box<Expr>, rhs: Box<Expr>) -> ExprKind {
+        ExprKind::Logical { op, lhs, rhs }
+    }
+
+    fn binary(op: BinaryOp, lhs: Box<Expr>, rhs: Box<Expr>) -> ExprKind {
+        ExprKind::Binary { op, lhs, rhs }
+    }
+
     fn or_expr(&mut self) -> PResult<Expr> {
-        self.logical("or", LogicalOp::Or, Self::and_expr)
+        self.chain(
+            |p| p.at_keyword("or").then_some(LogicalOp::Or),
+            Self::logical,
+            Self::and_expr,
+        )
     }
 
     fn and_expr(&mut self) -> PResult<Expr> {
-        self.logical("and", LogicalOp::And, Self::not_expr)
+        self.chain(
+            |p| p.at_keyword("and").then_some(LogicalOp::And),
+            Self::logical,
+            Self::not_expr,
+        )
     }
 
     fn not_expr(&mut self) -> PResult<Expr> {
@@ -183,52 +212,28 @@ impl Parser<'_> {
         })
     }
 
-    fn binary_chain(
-        &mut self,
-        ops: fn(&TokenKind) -> Option<BinaryOp>,
-        next: fn(&mut Self) -> PResult<Expr>,
-    ) -> PResult<Expr> {
-        let saved = self.depth;
-        let mut links = 0;
-        let mut lhs = next(self)?;
-        while let Some(op) = ops(&self.peek().kind) {
-            self.bump();
-            self.link(&mut links).inspect_err(|_| self.depth = saved)?;
-            let rhs = next(self).inspect_err(|_| self.depth = saved)?;
-            let span = lhs.span.to(rhs.span);
-            lhs = Expr {
-                kind: ExprKind::Binary {
-                    op,
-                    lhs: Box::new(lhs),
-                    rhs: Box::new(rhs),
-                },
-                span,
-            };
-        }
-        self.depth = saved;
-        Ok(lhs)
-    }
-
     fn arith(&mut self) -> PResult<Expr> {
-        self.binary_chain(
-            |k| match k {
+        self.chain(
+            |p| match p.peek().kind {
                 TokenKind::Plus => Some(BinaryOp::Add),
                 TokenKind::Minus => Some(BinaryOp::Sub),
                 _ => None,
             },
+            Self::binary,
             Self::term,
         )
     }
 
     fn term(&mut self) -> PResult<Expr> {
-        self.binary_chain(
-            |k| match k {
+        self.chain(
+            |p| match p.peek().kind {
                 TokenKind::Star => Some(BinaryOp::Mul),
                 TokenKind::Slash => Some(BinaryOp::Div),
                 TokenKind::SlashSlash => Some(BinaryOp::FloorDiv),
                 TokenKind::Percent => Some(BinaryOp::Mod),
                 _ => None,
             },
+            Self::binary,
             Self::factor,
         )
     }
@@ -360,19 +365,7 @@ impl Parser<'_> {
             return Ok((args, self.bump().span));
         }
         loop {
-            let at = self.peek().span;
-            if matches!(self.peek().kind, TokenKind::Comma | TokenKind::RParen) {
-                args.push(Arg {
-                    value: None,
-                    span: Span::new(at.start as usize, at.start as usize),
-                });
-            } else {
-                let value = self.expr()?;
-                args.push(Arg {
-                    span: value.span,
-                    value: Some(value),
-                });
-            }
+            args.push(self.arg()?);
             if self.peek().kind == TokenKind::Comma {
                 self.bump();
                 continue;
@@ -380,6 +373,23 @@ impl Parser<'_> {
             let close = self.close(&TokenKind::RParen, open, "`,` or `)`")?;
             return Ok((args, close));
         }
+    }
+
+    /// One call argument: an expression, or nothing before `,`/`)` (kept
+    /// as an empty argument).
+    pub(crate) fn arg(&mut self) -> PResult<Arg> {
+        let at = self.peek().span;
+        if matches!(self.peek().kind, TokenKind::Comma | TokenKind::RParen) {
+            return Ok(Arg {
+                value: None,
+                span: Span::new(at.start as usize, at.start as usize),
+            });
+        }
+        let value = self.expr()?;
+        Ok(Arg {
+            span: value.span,
+            value: Some(value),
+        })
     }
 
     /// Expect a closing bracket; a missing one reports the opener too.

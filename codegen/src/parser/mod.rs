@@ -781,17 +781,8 @@ impl<'s> Parser<'s> {
                     span = span.to(self.bump().span);
                 }
                 args.push(IfArg::Comparator(cmp, span));
-            } else if ends_arg(&tok.kind) {
-                args.push(IfArg::Arg(Arg {
-                    value: None,
-                    span: Span::new(tok.span.start as usize, tok.span.start as usize),
-                }));
             } else {
-                let value = self.expr()?;
-                args.push(IfArg::Arg(Arg {
-                    span: value.span,
-                    value: Some(value),
-                }));
+                args.push(IfArg::Arg(self.arg()?));
             }
             if self.peek().kind == TokenKind::Comma {
                 self.bump();
