@@ -284,19 +284,16 @@ impl Checker<'_> {
                 }
             }
             if let Some(prev) = self.functions.get(name) {
-                let mut d = Diagnostic::new(
+                // Built in its file first: `report` would move a same-file
+                // label along with the file id.
+                let d = Diagnostic::new(
                     Code::DuplicateFunction,
                     f.name.span,
                     format!("function `{name}` is defined twice"),
                 )
-                .with_help("rename one of them");
-                d.secondary.push(crate::diag::Label {
-                    file: prev.file,
-                    span: prev.header,
-                    message: "first defined here".into(),
-                });
-                // `report` would move a same-file label along with the file id.
-                d.file = file;
+                .with_help("rename one of them")
+                .in_file(file)
+                .with_secondary_in(prev.file, prev.header, "first defined here");
                 self.diags.push(d);
                 continue;
             }
@@ -724,17 +721,4 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
-}
-
-impl Diagnostic {
-    /// A secondary label in a given file (which may differ from the primary's).
-    #[must_use]
-    pub fn with_secondary_in(mut self, file: FileId, span: Span, message: impl Into<String>) -> Diagnostic {
-        self.secondary.push(crate::diag::Label {
-            file,
-            span,
-            message: message.into(),
-        });
-        self
-    }
 }

@@ -159,6 +159,17 @@ impl Diagnostic {
         self
     }
 
+    /// A secondary span in a given file (which may differ from the primary's).
+    #[must_use]
+    pub fn with_secondary_in(mut self, file: FileId, span: Span, message: impl Into<String>) -> Diagnostic {
+        self.secondary.push(Label {
+            file,
+            span,
+            message: message.into(),
+        });
+        self
+    }
+
     #[must_use]
     pub fn with_note(mut self, note: impl Into<String>) -> Diagnostic {
         self.notes.push(note.into());
