@@ -25,6 +25,14 @@ enum Command {
     Check(CheckArgs),
     /// Print the syntax tree of a script
     Parse(ParseArgs),
+    /// Compile and run a script (or run a signed .wasm) once; print the response envelope
+    Run(crate::cmd_run::RunArgs),
+    /// Compile a script to a (signed) WebAssembly artifact
+    Compile(crate::cmd_run::CompileArgs),
+    /// Show an artifact's metadata, imports, endpoints and signature status
+    Inspect(crate::cmd_inspect::InspectArgs),
+    /// Create an ed25519 key pair for signing artifacts
+    Keygen(crate::cmd_keys::KeygenArgs),
     /// Start the HTTP execution server
     Serve(ServeArgs),
 }
@@ -77,6 +85,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check(&args),
         Command::Parse(args) => parse_cmd(&args),
+        Command::Run(args) => crate::cmd_run::run(&args),
+        Command::Compile(args) => crate::cmd_run::compile(&args),
+        Command::Inspect(args) => crate::cmd_inspect::inspect(&args),
+        Command::Keygen(args) => crate::cmd_keys::keygen(&args),
         Command::Serve(args) => Ok(serve(&args)),
     };
     match result {
@@ -88,7 +100,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn read_source(path: &Path) -> Result<SourceFile> {
+pub(crate) fn read_source(path: &Path) -> Result<SourceFile> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(SourceFile::from_bytes(path.display().to_string(), &bytes))
 }
@@ -96,7 +108,7 @@ fn read_source(path: &Path) -> Result<SourceFile> {
 /// Includes resolve relative to the including file's directory; a file's
 /// identity is its canonical path, so `a.avap`, `./a.avap` and
 /// `sub/../a.avap` are one file.
-struct FsLoader;
+pub(crate) struct FsLoader;
 
 impl SourceLoader for FsLoader {
     fn load(&self, from: &str, path: &str) -> std::result::Result<LoadedSource, String> {

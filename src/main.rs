@@ -1,6 +1,10 @@
 //! `avap`: compile, check and run AVAP scripts; serve them over HTTP.
 
 mod cli;
+mod cmd_inspect;
+mod cmd_keys;
+mod cmd_run;
+mod exec;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -19,12 +19,15 @@
 
 pub mod ast;
 pub mod check;
+pub mod compile;
 pub mod diag;
 pub mod lexer;
+pub mod lower;
 pub mod parser;
 pub mod span;
 
 pub use check::{CheckOptions, CheckedProgram, SourceLoader, check_file};
+pub use compile::{Artifact, compile};
 pub use diag::{Code, Diagnostic, Severity, Sources};
 pub use parser::parse;
 pub use span::{SourceFile, Span};

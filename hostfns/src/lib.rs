@@ -1,13 +1,18 @@
-//! `avap-hostfns` is the one place that says what an AVAP command is.
+//! `avap-hostfns` is the one place that says what an AVAP command is and
+//! what it does.
 //!
-//! Today it holds the **signature registry** ([`signature`]): every command's
-//! parameters and their kinds (spec §4), its capability class and whether it
-//! yields a value. The compiler front end checks calls against it, `avap
-//! audit` prints it, and the runtime linker will register exactly these names.
+//! * [`signature`]: every command's parameters and their kinds (spec §4), its
+//!   capability class and whether it yields a value — static data the
+//!   compiler checks calls against and `avap audit` prints.
+//! * [`commands`]: the implementation of every command without outside
+//!   effects, as plain Rust over [`Value`]s and a [`HostContext`].
+//! * [`ops`]: operator, comparison and built-in semantics on host values
+//!   (the slow path of the inline arithmetic the compiler emits).
+//! * [`abi`] and [`artifact`]: the contract between compiled modules and the
+//!   runtime (value tags, helper imports, memory layout, custom sections,
+//!   signatures). Both sides depend on this crate, never on each other.
 //!
-//! The signature tables are plain `static` data with no dependencies beyond
-//! `serde`, so depending on this crate never pulls HTTP or database clients
-//! into the compiler.
+//! Nothing here depends on wasmtime.
 //!
 //! ```
 //! use avap_hostfns::signature::{command, Capability, ParamKind};
@@ -17,6 +22,18 @@
 //! assert_eq!(sig.forms[0][1].kind, ParamKind::Target);
 //! ```
 
+pub mod abi;
+pub mod artifact;
+pub mod commands;
+pub mod context;
+pub mod error;
+pub mod limits;
+pub mod ops;
 pub mod signature;
+pub mod value;
 
+pub use context::{Endpoint, HostContext, Request};
+pub use error::{AvapError, ErrorKind, HostError};
+pub use limits::{LimitHit, LimitKind};
 pub use signature::{Capability, CommandSig, ParamKind, Returns, command, commands};
+pub use value::{Dict, Value};

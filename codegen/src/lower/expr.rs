@@ -1,0 +1,547 @@
+//! Expressions. Every expression leaves `(tag, payload)` on the wasm stack,
+//! or branches to the innermost error handler.
+//!
+//! Int and float arithmetic and comparisons run inline; anything else (heap
+//! values, overflow, mixed types, errors) takes the slow path through the
+//! `binary` helper, which implements the full semantics.
+
+use avap_hostfns::ErrorKind;
+use avap_hostfns::abi::{self, BinOp, BuiltinCode, Helper, UnOp};
+use wasm_encoder::{BlockType, ValType};
+
+use super::func::{FuncCtx, Undefined};
+use crate::ast::{BinaryOp, Call, CompareOp, Expr, ExprKind, LogicalOp, TemplatePart, UnaryOp};
+
+impl FuncCtx<'_, '_> {
+    pub fn expr(&mut self, e: &Expr) {
+        match &e.kind {
+            ExprKind::Int(i) => {
+                self.ins().i32_const(abi::TAG_INT).i64_const(*i);
+            }
+            ExprKind::Float(f) => {
+                self.ins().i32_const(abi::TAG_FLOAT).i64_const(f.to_bits().cast_signed());
+            }
+            ExprKind::Str { value, .. } => self.push_str(value),
+            ExprKind::Bool(b) => {
+                self.ins().i32_const(abi::TAG_BOOL).i64_const(i64::from(*b));
+            }
+            ExprKind::None => self.push_none(),
+            ExprKind::Template(parts) => self.template(parts, e),
+            ExprKind::Name(id) => {
+                let home = self.home(&id.name);
+                self.mark(e.span);
+                self.read(home, &id.name, Undefined::NameError);
+            }
+            ExprKind::Global(id) => {
+                let home = self.global_home(&id.name);
+                self.mark(e.span);
+                self.read(home, &id.name, Undefined::NameError);
+            }
+            ExprKind::List(items) => self.list(items, false),
+            ExprKind::Dict(entries) => {
+                let h = self.new_local(ValType::I64);
+                self.helper(Helper::DictNew);
+                self.ins().local_set(h);
+                for (k, v) in entries {
+                    self.ins().local_get(h);
+                    self.expr(k);
+                    self.expr(v);
+                    self.mark(k.span);
+                    self.helper(Helper::DictSet);
+                    self.check_status();
+                }
+                self.ins().i32_const(abi::TAG_DICT).local_get(h);
+            }
+            ExprKind::Unary { op, operand } => {
+                self.expr(operand);
+                self.mark(e.span);
+                match op {
+                    UnaryOp::Not => {
+                        self.truthy();
+                        let r = self.tmp64;
+                        self.ins().i32_eqz().i64_extend_i32_u().local_set(r);
+                        self.ins().i32_const(abi::TAG_BOOL).local_get(r);
+                    }
+                    UnaryOp::Neg => self.unary_slow(UnOp::Neg),
+                    UnaryOp::Pos => self.unary_slow(UnOp::Pos),
+                }
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                self.expr(lhs);
+                self.expr(rhs);
+                self.mark(e.span);
+                self.binary(binop(*op));
+            }
+            ExprKind::Compare { first, rest } => self.compare_chain(first, rest, e),
+            ExprKind::Logical { op, lhs, rhs } => {
+                // Python: `a and b` is `b if a else a`; `a or b` is `a if a else b`.
+                let keep = self.new_pair();
+                self.expr(lhs);
+                self.store_pair(keep);
+                self.load_pair(keep);
+                self.truthy();
+                if *op == LogicalOp::Or {
+                    self.ins().i32_eqz();
+                }
+                let ty = self.pair_type();
+                self.ins().if_(ty);
+                self.open(false);
+                self.expr(rhs);
+                self.ins().else_();
+                self.load_pair(keep);
+                self.close();
+            }
+            ExprKind::Conditional { then, cond, otherwise } => {
+                self.expr(cond);
+                self.truthy();
+                let ty = self.pair_type();
+                self.ins().if_(ty);
+                self.open(false);
+                self.expr(then);
+                self.ins().else_();
+                self.expr(otherwise);
+                self.close();
+            }
+            ExprKind::Call(call) => self.call_expr(call),
+            ExprKind::Index { object, index } => {
+                self.expr(object);
+                self.expr(index);
+                self.mark(e.span);
+                self.helper(Helper::Index);
+                self.check_err();
+            }
+            ExprKind::Attribute { object, name } => {
+                self.expr(object);
+                let k = self.m.const_index(&name.name);
+                self.ins().i32_const(k);
+                self.mark(e.span);
+                self.helper(Helper::Attr);
+                self.check_err();
+            }
+        }
+    }
+
+    /// A list display. In value arguments (`own_text`), bare undefined names
+    /// inside it give their own text, as they would as the argument itself
+    /// (`registerEndpoint(…, [auth, log], …)` names functions).
+    pub fn list(&mut self, items: &[Expr], own_text: bool) {
+        let h = self.new_local(ValType::I64);
+        self.helper(Helper::ListNew);
+        self.ins().local_set(h);
+        for item in items {
+            self.ins().local_get(h);
+            if own_text {
+                self.value_arg(item);
+            } else {
+                self.expr(item);
+            }
+            self.helper(Helper::ListPush);
+        }
+        self.ins().i32_const(abi::TAG_LIST).local_get(h);
+    }
+
+    /// An expression in a *value* argument position (spec §4): a bare
+    /// undefined name gives its own text.
+    pub fn value_arg(&mut self, e: &Expr) {
+        match &e.kind {
+            ExprKind::Name(id) => {
+                let home = self.home(&id.name);
+                self.read(home, &id.name, Undefined::OwnText);
+            }
+            ExprKind::List(items) => self.list(items, true),
+            _ => self.expr(e),
+        }
+    }
+
+    fn template(&mut self, parts: &[TemplatePart], e: &Expr) {
+        if parts.is_empty() {
+            self.push_str("");
+            return;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            match part {
+                TemplatePart::Text { text } => self.push_str(text),
+                TemplatePart::Var { name } => {
+                    let home = self.home(&name.name);
+                    self.load(home);
+                    self.helper(Helper::ToText);
+                }
+            }
+            if i > 0 {
+                self.mark(e.span);
+                self.binary_helper(BinOp::Add);
+            }
+        }
+    }
+
+    fn compare_chain(&mut self, first: &Expr, rest: &[(CompareOp, Expr)], e: &Expr) {
+        if let [(op, rhs)] = rest {
+            self.expr(first);
+            self.expr(rhs);
+            self.mark(e.span);
+            self.binary(cmpop(*op));
+            return;
+        }
+        // a < b < c  ==  (a < b) and (b < c), each operand evaluated once.
+        let left = self.new_pair();
+        let right = self.new_pair();
+        let ty = self.pair_type();
+        self.expr(first);
+        self.store_pair(left);
+        self.ins().block(ty);
+        self.open(false);
+        let out = self.label_count() - 1;
+        for (i, (op, rhs)) in rest.iter().enumerate() {
+            self.expr(rhs);
+            self.store_pair(right);
+            self.load_pair(left);
+            self.load_pair(right);
+            self.mark(e.span);
+            self.binary(cmpop(*op));
+            if i + 1 == rest.len() {
+                break;
+            }
+            // Stop at the first false comparison (its result is the answer).
+            let s = self.scratch;
+            self.ins().local_set(s.payload()).local_set(s.tag());
+            self.ins().local_get(s.tag()).local_get(s.payload());
+            self.ins().local_get(s.payload()).i64_eqz();
+            let d = self.depth_of(out);
+            self.ins().br_if(d).drop().drop();
+            self.load_pair(right);
+            self.store_pair(left);
+        }
+        self.close();
+    }
+
+    /// Stack `(tag, payload)` → `i32` truthiness. Inline for scalars.
+    pub fn truthy(&mut self) {
+        let s = self.lhs;
+        self.ins().local_set(s.payload()).local_set(s.tag());
+        self.ins()
+            .local_get(s.tag())
+            .i32_const(abi::TAG_INT)
+            .i32_eq()
+            .local_get(s.tag())
+            .i32_const(abi::TAG_BOOL)
+            .i32_eq()
+            .i32_or()
+            .if_(BlockType::Result(ValType::I32));
+        self.open(false);
+        self.ins().local_get(s.payload()).i64_const(0).i64_ne().else_();
+        self.ins().local_get(s.tag()).i32_const(abi::TAG_STR).i32_ge_u().if_(BlockType::Result(ValType::I32));
+        self.open(false);
+        self.ins().local_get(s.tag()).local_get(s.payload());
+        self.helper(Helper::Truthy);
+        self.ins().else_();
+        self.ins()
+            .local_get(s.payload())
+            .f64_reinterpret_i64()
+            .f64_const(0.0.into())
+            .f64_ne()
+            .local_get(s.tag())
+            .i32_const(abi::TAG_FLOAT)
+            .i32_eq()
+            .i32_and();
+        self.close();
+        self.close();
+    }
+
+    fn unary_slow(&mut self, op: UnOp) {
+        let s = self.lhs;
+        self.ins().local_set(s.payload()).local_set(s.tag());
+        self.ins().i32_const(op as i32).local_get(s.tag()).local_get(s.payload());
+        self.helper(Helper::Unary);
+        self.check_err();
+    }
+
+    /// Stack `(ta, pa, tb, pb)` → result of `op`, inline when both operands
+    /// are numbers and nothing unusual happens.
+    pub fn binary(&mut self, op: BinOp) {
+        let (a, b) = (self.lhs, self.rhs);
+        self.store_pair(b);
+        self.store_pair(a);
+        let ty = self.pair_type();
+        self.ins().block(ty);
+        self.open(false);
+        let done = self.label_count() - 1;
+
+        // Both ints.
+        self.ins().block(BlockType::Empty);
+        self.open(false);
+        self.ins()
+            .local_get(a.tag())
+            .i32_const(abi::TAG_INT)
+            .i32_eq()
+            .local_get(b.tag())
+            .i32_const(abi::TAG_INT)
+            .i32_eq()
+            .i32_and()
+            .i32_eqz()
+            .br_if(0);
+        if self.int_fast_path(op) {
+            let d = self.depth_of(done);
+            self.ins().br(d);
+        }
+        self.close();
+
+        // At least one float, both numbers.
+        self.ins().block(BlockType::Empty);
+        self.open(false);
+        if self.float_fast_path(op) {
+            let d = self.depth_of(done);
+            self.ins().br(d);
+        }
+        self.close();
+
+        self.ins().i32_const(op as i32);
+        self.load_pair(a);
+        self.load_pair(b);
+        self.helper(Helper::Binary);
+        self.check_err();
+        self.close();
+    }
+
+    /// Slow path only (heap values such as template pieces).
+    fn binary_helper(&mut self, op: BinOp) {
+        let (a, b) = (self.lhs, self.rhs);
+        self.store_pair(b);
+        self.store_pair(a);
+        self.ins().i32_const(op as i32);
+        self.load_pair(a);
+        self.load_pair(b);
+        self.helper(Helper::Binary);
+        self.check_err();
+    }
+
+    /// Inside a block whose label 0 means "take the slow path": push the
+    /// int result and return true, or return false when `op` has no inline
+    /// int form (the block then falls through to the slow path).
+    fn int_fast_path(&mut self, op: BinOp) -> bool {
+        let (a, b, r) = (self.lhs, self.rhs, self.tmp64);
+        let (pa, pb) = (a.payload(), b.payload());
+        match op {
+            BinOp::Add | BinOp::Sub => {
+                self.ins().local_get(pa).local_get(pb);
+                if op == BinOp::Add {
+                    self.ins().i64_add();
+                } else {
+                    self.ins().i64_sub();
+                }
+                self.ins().local_set(r);
+                // Overflow: add: (a ^ r) & (b ^ r) < 0; sub: (a ^ b) & (a ^ r) < 0.
+                if op == BinOp::Add {
+                    self.ins().local_get(pa).local_get(r).i64_xor().local_get(pb).local_get(r).i64_xor();
+                } else {
+                    self.ins().local_get(pa).local_get(pb).i64_xor().local_get(pa).local_get(r).i64_xor();
+                }
+                self.ins().i64_and().i64_const(0).i64_lt_s().br_if(0);
+                self.ins().i32_const(abi::TAG_INT).local_get(r);
+                true
+            }
+            BinOp::Mul => {
+                // Both within i32 range: the product cannot overflow i64.
+                for p in [pa, pb] {
+                    self.ins()
+                        .local_get(p)
+                        .i64_const(0x8000_0000)
+                        .i64_add()
+                        .i64_const(0xFFFF_FFFF)
+                        .i64_gt_u()
+                        .br_if(0);
+                }
+                self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb).i64_mul();
+                true
+            }
+            BinOp::Mod | BinOp::FloorDiv => {
+                // Non-negative dividend, positive divisor: wasm and Python agree.
+                self.ins().local_get(pa).i64_const(0).i64_lt_s().br_if(0);
+                self.ins().local_get(pb).i64_const(0).i64_le_s().br_if(0);
+                self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb);
+                if op == BinOp::Mod {
+                    self.ins().i64_rem_s();
+                } else {
+                    self.ins().i64_div_s();
+                }
+                true
+            }
+            BinOp::Div => {
+                self.ins().local_get(pb).i64_eqz().br_if(0);
+                self.ins()
+                    .local_get(pa)
+                    .f64_convert_i64_s()
+                    .local_get(pb)
+                    .f64_convert_i64_s()
+                    .f64_div()
+                    .i64_reinterpret_f64()
+                    .local_set(r);
+                self.ins().i32_const(abi::TAG_FLOAT).local_get(r);
+                true
+            }
+            BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                self.ins().local_get(pa).local_get(pb);
+                match op {
+                    BinOp::Eq => self.ins().i64_eq(),
+                    BinOp::NotEq => self.ins().i64_ne(),
+                    BinOp::Lt => self.ins().i64_lt_s(),
+                    BinOp::Le => self.ins().i64_le_s(),
+                    BinOp::Gt => self.ins().i64_gt_s(),
+                    _ => self.ins().i64_ge_s(),
+                };
+                self.ins().i64_extend_i32_u().local_set(r);
+                self.ins().i32_const(abi::TAG_BOOL).local_get(r);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Like [`Self::int_fast_path`] for float/int mixes with at least one
+    /// float.
+    fn float_fast_path(&mut self, op: BinOp) -> bool {
+        let is_arith = matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div);
+        let is_cmp = matches!(
+            op,
+            BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        );
+        if !is_arith && !is_cmp {
+            return false;
+        }
+        let (a, b, r) = (self.lhs, self.rhs, self.tmp64);
+        // Guard: (a float or b float) and both numeric (int or float).
+        self.ins()
+            .local_get(a.tag())
+            .i32_const(abi::TAG_FLOAT)
+            .i32_eq()
+            .local_get(b.tag())
+            .i32_const(abi::TAG_FLOAT)
+            .i32_eq()
+            .i32_or();
+        for p in [a, b] {
+            self.ins()
+                .local_get(p.tag())
+                .i32_const(abi::TAG_INT)
+                .i32_eq()
+                .local_get(p.tag())
+                .i32_const(abi::TAG_FLOAT)
+                .i32_eq()
+                .i32_or()
+                .i32_and();
+        }
+        self.ins().i32_eqz().br_if(0);
+        if op == BinOp::Div {
+            self.as_f64(b);
+            self.ins().f64_const(0.0.into()).f64_eq().br_if(0);
+        }
+        self.as_f64(a);
+        self.as_f64(b);
+        if is_arith {
+            match op {
+                BinOp::Add => self.ins().f64_add(),
+                BinOp::Sub => self.ins().f64_sub(),
+                BinOp::Mul => self.ins().f64_mul(),
+                _ => self.ins().f64_div(),
+            };
+            self.ins().i64_reinterpret_f64().local_set(r);
+            self.ins().i32_const(abi::TAG_FLOAT).local_get(r);
+        } else {
+            match op {
+                BinOp::Eq => self.ins().f64_eq(),
+                BinOp::NotEq => self.ins().f64_ne(),
+                BinOp::Lt => self.ins().f64_lt(),
+                BinOp::Le => self.ins().f64_le(),
+                BinOp::Gt => self.ins().f64_gt(),
+                _ => self.ins().f64_ge(),
+            };
+            self.ins().i64_extend_i32_u().local_set(r);
+            self.ins().i32_const(abi::TAG_BOOL).local_get(r);
+        }
+        true
+    }
+
+    /// Push pair `p` (an int or a float) as an `f64`.
+    fn as_f64(&mut self, p: super::func::Pair) {
+        self.ins()
+            .local_get(p.payload())
+            .f64_convert_i64_s()
+            .local_get(p.payload())
+            .f64_reinterpret_i64()
+            .local_get(p.tag())
+            .i32_const(abi::TAG_INT)
+            .i32_eq()
+            .select();
+    }
+
+    /// A call in expression position.
+    fn call_expr(&mut self, call: &Call) {
+        let Some(name) = call.name() else {
+            self.mark(call.span);
+            self.raise(ErrorKind::NotAvailable, "method calls are not available yet (command not available yet)");
+            return;
+        };
+        let name = name.name.as_str();
+        if let Some(code) = builtin_code(name) {
+            let n = call.args.len();
+            for a in &call.args {
+                match &a.value {
+                    Some(v) => self.expr(v),
+                    None => self.push_none(),
+                }
+            }
+            if n != 1 {
+                for _ in 0..n {
+                    self.ins().drop().drop();
+                }
+                self.mark(call.span);
+                self.raise(ErrorKind::TypeError, &format!("{name}() takes exactly one argument ({n} given)"));
+                return;
+            }
+            let s = self.lhs;
+            self.store_pair(s);
+            self.ins().i32_const(code as i32).i32_const(1);
+            self.load_pair(s);
+            self.mark(call.span);
+            self.helper(Helper::Builtin);
+            self.check_err();
+            return;
+        }
+        self.call_named(call, super::command::Site::Expression);
+    }
+}
+
+fn builtin_code(name: &str) -> Option<BuiltinCode> {
+    Some(match name {
+        "str" => BuiltinCode::Str,
+        "int" => BuiltinCode::Int,
+        "float" => BuiltinCode::Float,
+        "len" => BuiltinCode::Len,
+        _ => return None,
+    })
+}
+
+fn binop(op: BinaryOp) -> BinOp {
+    match op {
+        BinaryOp::Add => BinOp::Add,
+        BinaryOp::Sub => BinOp::Sub,
+        BinaryOp::Mul => BinOp::Mul,
+        BinaryOp::Div => BinOp::Div,
+        BinaryOp::FloorDiv => BinOp::FloorDiv,
+        BinaryOp::Mod => BinOp::Mod,
+        BinaryOp::Pow => BinOp::Pow,
+    }
+}
+
+fn cmpop(op: CompareOp) -> BinOp {
+    match op {
+        CompareOp::Eq => BinOp::Eq,
+        CompareOp::NotEq => BinOp::NotEq,
+        CompareOp::Lt => BinOp::Lt,
+        CompareOp::Le => BinOp::Le,
+        CompareOp::Gt => BinOp::Gt,
+        CompareOp::Ge => BinOp::Ge,
+        CompareOp::In => BinOp::In,
+        CompareOp::NotIn => BinOp::NotIn,
+        CompareOp::Is => BinOp::Is,
+        CompareOp::IsNot => BinOp::IsNot,
+    }
+}

@@ -1,0 +1,320 @@
+//! One WebAssembly function under construction: locals, the control-label
+//! stack, error branches, variable access and source-map marks.
+
+use std::collections::HashMap;
+
+use avap_hostfns::abi::{self, Helper};
+use wasm_encoder::{BlockType, Function, InstructionSink, MemArg, ValType};
+
+use super::module::ModuleCtx;
+use crate::diag::FileId;
+use crate::span::Span;
+
+/// Where a variable lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Home {
+    /// Wasm locals `tag` and `tag + 1` (payload).
+    Local(u32),
+    /// Top-level variable slot in linear memory.
+    Global(u32),
+}
+
+/// What reading an unassigned variable yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Undefined {
+    /// Raise `NameError` (expressions).
+    NameError,
+    /// The variable's own name as a string (value arguments, spec §4).
+    OwnText,
+    /// `None` (name arguments, targets).
+    AsNone,
+}
+
+/// Kind of function being built; decides scope rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FuncKind {
+    /// The top level: every variable is global.
+    Main,
+    /// A user function: its locals, then globals.
+    User,
+    /// A `go_async` block: everything it writes is its own (a snapshot).
+    Async,
+}
+
+/// One value-producing pair of wasm locals `(tag: i32, payload: i64)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pair(pub u32);
+
+impl Pair {
+    pub fn tag(self) -> u32 {
+        self.0
+    }
+    pub fn payload(self) -> u32 {
+        self.0 + 1
+    }
+}
+
+pub(crate) struct FuncCtx<'m, 'a> {
+    pub m: &'m mut ModuleCtx<'a>,
+    pub file: FileId,
+    pub kind: FuncKind,
+    body: Vec<u8>,
+    params: u32,
+    locals: Vec<ValType>,
+    /// Variables with a local home.
+    pub vars: HashMap<String, Pair>,
+    /// Open control constructs; `true` marks an error handler target.
+    labels: Vec<bool>,
+    /// Scratch for error checks and stores (never live across evaluation).
+    pub scratch: Pair,
+    /// Operands of a binary operator (never live across evaluation).
+    pub lhs: Pair,
+    pub rhs: Pair,
+    pub tmp64: u32,
+    /// `(offset in body, line, column)`.
+    marks: Vec<(usize, u32, u32)>,
+    /// Bytes of stack budget this frame costs (user functions only).
+    pub frame_cost: i64,
+    /// For endpoint handlers: the `output` variable reported at return.
+    pub output_var: Option<String>,
+}
+
+impl<'m, 'a> FuncCtx<'m, 'a> {
+    /// A function whose first `params` wasm locals are parameter pairs.
+    pub fn new(m: &'m mut ModuleCtx<'a>, file: FileId, kind: FuncKind, param_pairs: u32) -> Self {
+        let mut f = FuncCtx {
+            m,
+            file,
+            kind,
+            body: Vec::new(),
+            params: param_pairs * 2,
+            locals: Vec::new(),
+            vars: HashMap::new(),
+            labels: Vec::new(),
+            scratch: Pair(0),
+            lhs: Pair(0),
+            rhs: Pair(0),
+            tmp64: 0,
+            marks: Vec::new(),
+            frame_cost: 0,
+            output_var: None,
+        };
+        f.scratch = f.new_pair();
+        f.lhs = f.new_pair();
+        f.rhs = f.new_pair();
+        f.tmp64 = f.new_local(ValType::I64);
+        f
+    }
+
+    pub fn ins(&mut self) -> InstructionSink<'_> {
+        InstructionSink::new(&mut self.body)
+    }
+
+    pub fn new_local(&mut self, ty: ValType) -> u32 {
+        let idx = self.params + u32::try_from(self.locals.len()).expect("local count fits u32");
+        self.locals.push(ty);
+        idx
+    }
+
+    /// A fresh `(tag, payload)` pair of locals.
+    pub fn new_pair(&mut self) -> Pair {
+        let t = self.new_local(ValType::I32);
+        self.new_local(ValType::I64);
+        Pair(t)
+    }
+
+
+    /// Record that the code emitted next belongs to `span`.
+    pub fn mark(&mut self, span: Span) {
+        let lc = self.m.sources.get(self.file).line_col(span.start as usize);
+        if self.marks.last().is_some_and(|&(o, l, c)| o == self.body.len() && l == lc.line && c == lc.column) {
+            return;
+        }
+        self.marks.push((self.body.len(), lc.line, lc.column));
+    }
+
+    // ---- control labels ------------------------------------------------
+
+    pub fn open(&mut self, handler: bool) {
+        self.labels.push(handler);
+    }
+
+    pub fn close(&mut self) {
+        self.labels.pop();
+        self.ins().end();
+    }
+
+    pub fn block(&mut self, ty: BlockType, handler: bool) {
+        self.ins().block(ty);
+        self.open(handler);
+    }
+
+    /// Relative depth of the innermost error handler.
+    pub fn handler_depth(&self) -> u32 {
+        let pos = self.labels.iter().rposition(|h| *h).expect("every function has an error handler label");
+        u32::try_from(self.labels.len() - 1 - pos).expect("label depth fits u32")
+    }
+
+    /// Relative depth of the label opened `n`-th (0 = outermost).
+    pub fn depth_of(&self, index: usize) -> u32 {
+        u32::try_from(self.labels.len() - 1 - index).expect("label depth fits u32")
+    }
+
+    pub fn label_count(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn pair_type(&mut self) -> BlockType {
+        BlockType::FunctionType(self.m.type_index(&[], &[ValType::I32, ValType::I64]))
+    }
+
+    // ---- errors ----------------------------------------------------------
+
+    /// Stack: `(tag, payload)` → same; branches to the handler on `TAG_ERR`.
+    pub fn check_err(&mut self) {
+        let s = self.scratch;
+        let depth = self.handler_depth();
+        self.ins()
+            .local_set(s.payload())
+            .local_tee(s.tag())
+            .i32_const(abi::TAG_ERR)
+            .i32_eq()
+            .br_if(depth)
+            .local_get(s.tag())
+            .local_get(s.payload());
+    }
+
+    /// Stack: `i32` status → nothing; branches to the handler when negative.
+    pub fn check_status(&mut self) {
+        let depth = self.handler_depth();
+        self.ins().i32_const(0).i32_lt_s().br_if(depth);
+    }
+
+    /// Raise a catchable error of `kind` with a constant message and branch
+    /// to the handler. Leaves a well-typed `(tag, payload)` for validation.
+    pub fn raise(&mut self, kind: avap_hostfns::ErrorKind, message: &str) {
+        let k = self.m.const_index(message);
+        self.ins().i32_const(kind.code()).i32_const(k);
+        self.helper(Helper::Raise);
+        self.check_err();
+    }
+
+    pub fn helper(&mut self, h: Helper) {
+        let idx = self.m.helper_index(h);
+        self.ins().call(idx);
+    }
+
+    // ---- constants -------------------------------------------------------
+
+    pub fn push_str(&mut self, s: &str) {
+        let k = self.m.const_index(s);
+        self.ins().i32_const(abi::TAG_STR).i64_const(i64::from(k));
+    }
+
+    pub fn push_none(&mut self) {
+        self.ins().i32_const(abi::TAG_NONE).i64_const(0);
+    }
+
+    // ---- variables -------------------------------------------------------
+
+    /// Where `name` lives when read in this function.
+    pub fn home(&mut self, name: &str) -> Home {
+        match self.vars.get(name) {
+            Some(p) => Home::Local(p.0),
+            None => Home::Global(self.m.global_slot(name)),
+        }
+    }
+
+    pub fn global_home(&mut self, name: &str) -> Home {
+        Home::Global(self.m.global_slot(name))
+    }
+
+    /// Push the raw `(tag, payload)` of a variable (tag may be `TAG_UNDEF`).
+    pub fn load(&mut self, home: Home) {
+        match home {
+            Home::Local(t) => {
+                self.ins().local_get(t).local_get(t + 1);
+            }
+            Home::Global(slot) => {
+                let addr = global_addr(slot);
+                self.ins()
+                    .i32_const(addr)
+                    .i32_load(mem(0, 2))
+                    .i32_const(addr)
+                    .i64_load(mem(8, 3));
+            }
+        }
+    }
+
+    /// Pop `(tag, payload)` into a variable.
+    pub fn store(&mut self, home: Home) {
+        match home {
+            Home::Local(t) => {
+                self.ins().local_set(t + 1).local_set(t);
+            }
+            Home::Global(slot) => {
+                let addr = global_addr(slot);
+                let s = self.scratch;
+                self.ins()
+                    .local_set(s.payload())
+                    .local_set(s.tag())
+                    .i32_const(addr)
+                    .local_get(s.tag())
+                    .i32_store(mem(0, 2))
+                    .i32_const(addr)
+                    .local_get(s.payload())
+                    .i64_store(mem(8, 3));
+            }
+        }
+    }
+
+    pub fn load_pair(&mut self, p: Pair) {
+        self.ins().local_get(p.tag()).local_get(p.payload());
+    }
+
+    pub fn store_pair(&mut self, p: Pair) {
+        self.ins().local_set(p.payload()).local_set(p.tag());
+    }
+
+    /// Read variable `name` with the given rule for unassigned variables.
+    pub fn read(&mut self, home: Home, name: &str, undefined: Undefined) {
+        self.load(home);
+        let s = self.scratch;
+        let ty = self.pair_type();
+        self.ins().local_set(s.payload()).local_tee(s.tag()).i32_eqz().if_(ty);
+        self.open(false);
+        match undefined {
+            Undefined::NameError => {
+                self.raise(avap_hostfns::ErrorKind::NameError, &format!("name '{name}' is not defined"));
+            }
+            Undefined::OwnText => self.push_str(name),
+            Undefined::AsNone => self.push_none(),
+        }
+        self.ins().else_();
+        let s = self.scratch;
+        self.ins().local_get(s.tag()).local_get(s.payload());
+        self.close();
+    }
+
+    /// Finish: the encoded function and its source-map marks (offsets
+    /// relative to the start of the body as wasmtime reports them).
+    pub fn finish(self) -> (Function, Vec<(u32, u32, u32)>) {
+        let mut f = Function::new_with_locals_types(self.locals.iter().copied());
+        let header = f.byte_len();
+        f.raw(self.body.iter().copied());
+        let marks = self
+            .marks
+            .into_iter()
+            .map(|(o, l, c)| (u32::try_from(header + o).unwrap_or(u32::MAX), l, c))
+            .collect();
+        (f, marks)
+    }
+}
+
+pub(crate) fn global_addr(slot: u32) -> i32 {
+    i32::try_from(abi::GLOBALS_BASE + slot * abi::SLOT_BYTES).expect("global slot address fits i32")
+}
+
+pub(crate) fn mem(offset: u64, align: u32) -> MemArg {
+    MemArg { offset, align, memory_index: 0 }
+}

@@ -1,0 +1,367 @@
+//! Statements and blocks.
+
+use avap_hostfns::abi::{self, BinOp, Helper, IfCmp};
+use wasm_encoder::{BlockType, ValType};
+
+use super::command::{Site, statement_target};
+use super::func::{FuncCtx, FuncKind, Undefined};
+use super::module::PendingAsync;
+use super::scope::written_names;
+use crate::ast::{Arg, AssignOp, AssignTarget, Comparator, Condition, Expr, ExprKind, Ident, Stmt, StmtKind};
+
+/// Name of the request-wide variable holding the last caught error.
+pub(crate) const LAST_ERROR: &str = "__last_error__";
+
+impl<'a> FuncCtx<'_, 'a> {
+    pub fn stmts(&mut self, body: &'a [Stmt]) {
+        for s in body {
+            self.stmt(s);
+        }
+    }
+
+    fn stmt(&mut self, s: &'a Stmt) {
+        self.mark(s.span);
+        match &s.kind {
+            StmtKind::Assign { target, op, value } => self.assign(target, *op, value),
+            StmtKind::Call { call } => {
+                self.call_named(call, Site::Statement);
+                self.ins().drop().drop();
+            }
+            StmtKind::If {
+                condition,
+                then_body,
+                else_body,
+            } => {
+                self.condition(condition);
+                self.ins().if_(BlockType::Empty);
+                self.open(false);
+                self.stmts(then_body);
+                if let Some(e) = else_body {
+                    self.ins().else_();
+                    self.stmts(e);
+                }
+                self.close();
+            }
+            StmtKind::Loop { var, from, to, body } => self.loop_(var, from, to, body),
+            StmtKind::Try {
+                body,
+                error_var,
+                assign,
+                handler,
+            } => {
+                self.ins().block(BlockType::Empty);
+                self.open(false);
+                let after = self.label_count() - 1;
+                self.ins().block(BlockType::Empty);
+                self.open(true);
+                self.stmts(body);
+                let d = self.depth_of(after);
+                self.ins().br(d);
+                self.close();
+                // An error is pending: take its message.
+                self.helper(Helper::TakeError);
+                let msg = self.new_pair();
+                self.store_pair(msg);
+                let last = self.global_home(LAST_ERROR);
+                self.load_pair(msg);
+                self.store(last);
+                for v in [error_var, assign].into_iter().flatten() {
+                    let home = self.target_home(&v.name);
+                    self.load_pair(msg);
+                    self.store(home);
+                }
+                self.stmts(handler);
+                self.close();
+            }
+            StmtKind::Function(_) | StmtKind::Include { .. } => {}
+            StmtKind::Return { value } => {
+                match value {
+                    Some(v) => self.value_with_call(v),
+                    None => self.push_none(),
+                }
+                self.epilogue();
+            }
+            StmtKind::Async { id, body } => self.go_async(id, body),
+        }
+    }
+
+    /// An expression whose outermost call may use the assignment form.
+    fn value_with_call(&mut self, v: &Expr) {
+        match &v.kind {
+            ExprKind::Call(call) if call.name().is_some() => self.call_named(call, Site::Assigned(None)),
+            _ => self.expr(v),
+        }
+    }
+
+    fn assign(&mut self, target: &AssignTarget, op: AssignOp, value: &Expr) {
+        let name = &target.name.name;
+        let home = match self.kind {
+            FuncKind::Main => self.global_home(name),
+            _ => self.home(name),
+        };
+        let binop = match op {
+            AssignOp::Assign => None,
+            AssignOp::AddAssign => Some(BinOp::Add),
+            AssignOp::SubAssign => Some(BinOp::Sub),
+            AssignOp::MulAssign => Some(BinOp::Mul),
+            AssignOp::DivAssign => Some(BinOp::Div),
+        };
+        if target.indices.is_empty() {
+            if let Some(op) = binop {
+                self.read(home, name, Undefined::NameError);
+                self.expr(value);
+                self.mark(target.span);
+                self.binary(op);
+            } else {
+                match &value.kind {
+                    ExprKind::Call(call) if call.name().is_some() => {
+                        self.call_named(call, Site::Assigned(Some(&target.name)));
+                    }
+                    _ => self.expr(value),
+                }
+            }
+            self.store(home);
+            return;
+        }
+        // obj[i]…[k] = value: evaluate the container and the last index.
+        self.read(home, name, Undefined::NameError);
+        let (last, path) = target.indices.split_last().expect("indices is not empty");
+        let obj = self.new_pair();
+        let idx = self.new_pair();
+        if path.is_empty() {
+            self.store_pair(obj);
+            self.expr(last);
+            self.store_pair(idx);
+        } else {
+            // Nested containers are values inside their parent, so the
+            // runtime sets a whole path at once.
+            self.store_pair(obj);
+            let all: Vec<Expr> = target.indices.clone();
+            self.list(&all, false);
+            self.store_pair(idx);
+        }
+        match binop {
+            Some(op) => {
+                self.load_pair(obj);
+                for i in path {
+                    self.expr(i);
+                    self.helper(Helper::Index);
+                    self.check_err();
+                }
+                self.expr(last);
+                self.mark(target.span);
+                self.helper(Helper::Index);
+                self.check_err();
+                self.expr(value);
+                self.binary(op);
+            }
+            None => self.expr(value),
+        }
+        let v = self.new_pair();
+        self.store_pair(v);
+        self.load_pair(obj);
+        self.load_pair(idx);
+        self.load_pair(v);
+        self.mark(target.span);
+        self.helper(if path.is_empty() { Helper::SetIndex } else { Helper::SetPath });
+        self.check_status();
+    }
+
+    /// Push an `i32` truth value for an `if` condition.
+    fn condition(&mut self, c: &Condition) {
+        match c {
+            Condition::Expression { expr, .. } => {
+                self.expr(expr);
+                self.truthy();
+            }
+            Condition::Compare {
+                lhs, rhs, comparator, ..
+            } => {
+                self.if_arg(lhs);
+                self.if_arg(rhs);
+                let (a, b) = (self.lhs, self.rhs);
+                self.store_pair(b);
+                self.store_pair(a);
+                let cmp = if_cmp(*comparator);
+                self.ins().block(BlockType::Result(ValType::I32));
+                self.open(false);
+                if !matches!(cmp, IfCmp::In | IfCmp::NotIn) {
+                    // Two ints compare inline (text normalisation agrees).
+                    self.ins().block(BlockType::Empty);
+                    self.open(false);
+                    self.ins()
+                        .local_get(a.tag())
+                        .i32_const(abi::TAG_INT)
+                        .i32_eq()
+                        .local_get(b.tag())
+                        .i32_const(abi::TAG_INT)
+                        .i32_eq()
+                        .i32_and()
+                        .i32_eqz()
+                        .br_if(0)
+                        .local_get(a.payload())
+                        .local_get(b.payload());
+                    match cmp {
+                        IfCmp::Eq => self.ins().i64_eq(),
+                        IfCmp::NotEq => self.ins().i64_ne(),
+                        IfCmp::Lt => self.ins().i64_lt_s(),
+                        IfCmp::Le => self.ins().i64_le_s(),
+                        IfCmp::Gt => self.ins().i64_gt_s(),
+                        _ => self.ins().i64_ge_s(),
+                    };
+                    self.ins().br(1);
+                    self.close();
+                }
+                self.ins().i32_const(cmp as i32);
+                self.load_pair(a);
+                self.load_pair(b);
+                self.helper(Helper::IfCompare);
+                let s = self.scratch;
+                self.ins().local_tee(s.tag());
+                self.check_status();
+                self.ins().local_get(s.tag());
+                self.close();
+            }
+        }
+    }
+
+    fn if_arg(&mut self, a: &Arg) {
+        match &a.value {
+            Some(e) => self.value_arg(e),
+            None => self.push_none(),
+        }
+    }
+
+    fn loop_(&mut self, var: &Ident, from: &Expr, to: &Expr, body: &'a [Stmt]) {
+        let lo = self.new_local(ValType::I64);
+        let hi = self.new_local(ValType::I64);
+        for (e, local) in [(from, lo), (to, hi)] {
+            self.value_arg(e);
+            self.loop_bound();
+            self.ins().local_set(local);
+        }
+        let home = self.target_home(&var.name);
+        self.ins().block(BlockType::Empty);
+        self.open(false);
+        self.ins().local_get(lo).local_get(hi).i64_gt_s().br_if(0);
+        self.ins().loop_(BlockType::Empty);
+        self.open(false);
+        self.ins().i32_const(abi::TAG_INT).local_get(lo);
+        self.store(home);
+        self.stmts(body);
+        // Counter after the loop: to + 1 (spec §5).
+        self.ins().local_get(lo).i64_const(1).i64_add().local_set(lo);
+        self.ins().local_get(lo).local_get(hi).i64_le_s().br_if(0);
+        self.ins().i32_const(abi::TAG_INT).local_get(lo);
+        self.store(home);
+        self.close();
+        self.close();
+    }
+
+    /// Stack `(tag, payload)` → `i64` bound, converted like `int(float(x))`.
+    fn loop_bound(&mut self) {
+        let s = self.lhs;
+        self.store_pair(s);
+        self.ins()
+            .local_get(s.tag())
+            .i32_const(abi::TAG_INT)
+            .i32_eq()
+            .if_(BlockType::Result(ValType::I64));
+        self.open(false);
+        self.ins().local_get(s.payload()).else_();
+        for code in [abi::BuiltinCode::Float, abi::BuiltinCode::Int] {
+            let s = self.lhs;
+            self.ins().i32_const(code as i32).i32_const(1).local_get(s.tag()).local_get(s.payload());
+            self.helper(Helper::Builtin);
+            self.check_err();
+            self.store_pair(s);
+        }
+        let s = self.lhs;
+        self.ins().local_get(s.payload());
+        self.close();
+    }
+
+    /// The normal exit of a function: give back the stack budget, report
+    /// an endpoint handler's output, return the value on the stack.
+    pub fn epilogue(&mut self) {
+        match self.kind {
+            FuncKind::Main => {
+                self.ins().drop().drop().i32_const(0).return_();
+            }
+            FuncKind::User | FuncKind::Async => {
+                let ret = self.lhs;
+                self.store_pair(ret);
+                self.give_back_stack();
+                if let Some(out) = self.output_var.clone() {
+                    let home = self.home(&out);
+                    self.load(home);
+                    self.helper(Helper::SetOutput);
+                }
+                self.load_pair(ret);
+                self.ins().return_();
+            }
+        }
+    }
+
+    pub fn give_back_stack(&mut self) {
+        let cost = self.frame_cost;
+        if cost > 0 {
+            self.ins()
+                .global_get(super::STACK_LEFT_GLOBAL)
+                .i64_const(cost)
+                .i64_add()
+                .global_set(super::STACK_LEFT_GLOBAL);
+        }
+    }
+
+    fn go_async(&mut self, id: &Expr, body: &'a [Stmt]) {
+        let written = written_names(body, &statement_target);
+        let mut captured: Vec<String> = match self.kind {
+            FuncKind::Main => Vec::new(),
+            _ => {
+                let mut v: Vec<String> = self.vars.keys().cloned().collect();
+                v.sort();
+                v
+            }
+        };
+        for w in &written {
+            if !captured.contains(w) {
+                captured.push(w.clone());
+            }
+        }
+        let idp = self.new_pair();
+        self.value_arg(id);
+        self.store_pair(idp);
+        let index = self.m.reserve_function();
+        self.m.pending_async.push(PendingAsync {
+            index,
+            file: self.file,
+            body,
+            captured: captured.clone(),
+            written: written.into_iter().collect(),
+        });
+        for name in &captured {
+            let home = self.home(name);
+            self.load(home);
+        }
+        self.ins().call(index);
+        let res = self.new_pair();
+        self.store_pair(res);
+        self.load_pair(idp);
+        self.load_pair(res);
+        self.helper(Helper::AsyncDone);
+    }
+}
+
+fn if_cmp(c: Comparator) -> IfCmp {
+    match c {
+        Comparator::Eq => IfCmp::Eq,
+        Comparator::NotEq => IfCmp::NotEq,
+        Comparator::Lt => IfCmp::Lt,
+        Comparator::Le => IfCmp::Le,
+        Comparator::Gt => IfCmp::Gt,
+        Comparator::Ge => IfCmp::Ge,
+        Comparator::In => IfCmp::In,
+        Comparator::NotIn => IfCmp::NotIn,
+    }
+}

@@ -1,0 +1,192 @@
+//! The request, the response and the run: `addResult`, `addParam`,
+//! `getQueryParamList`, `registerEndpoint`, `gather`, `raise`.
+
+use super::{Args, Outcome, charge, value};
+use crate::context::{Endpoint, HostContext};
+use crate::error::{AvapError, ErrorKind, HostError};
+use crate::value::{Dict, Value};
+
+/// `addResult(name)`: records the variable's current value (a snapshot;
+/// undefined → `null`) under its name. Fuel: the value's size.
+pub(super) fn add_result(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
+    let name = a.get(0).to_text();
+    let v = a.get(1);
+    charge(ctx, name.len() + v.heap_bytes())?;
+    ctx.add_result(&name, v)?;
+    value(Value::None)
+}
+
+/// Does a request key name `param`? Quotes around the key are ignored, as
+/// in the reference (which stripped them from query keys).
+fn key_matches(key: &str, param: &str) -> bool {
+    key == param || key.trim_matches(['"', '\'']) == param
+}
+
+/// Coercion of a query or form string (spec §7): `""` → `None`; optionally
+/// signed ASCII digits → int (when it fits); else a finite float if it
+/// parses; else JSON text of an array, object, `true`, `false` or `null` is
+/// decoded; else the string itself.
+pub(crate) fn coerce_param(raw: &str) -> Value {
+    if raw.is_empty() {
+        return Value::None;
+    }
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    if !digits.is_empty()
+        && digits.bytes().all(|c| c.is_ascii_digit())
+        && let Ok(i) = raw.parse::<i64>()
+    {
+        return Value::Int(i);
+    }
+    if let Ok(f) = raw.parse::<f64>()
+        && f.is_finite()
+    {
+        return Value::Float(f);
+    }
+    let t = raw.trim();
+    if (t.starts_with(['[', '{']) || matches!(t, "true" | "false" | "null"))
+        && let Ok(json) = serde_json::from_str::<serde_json::Value>(t)
+    {
+        return Value::from_json(&json);
+    }
+    Value::Str(raw.to_owned())
+}
+
+/// `addParam(param, target)` (spec §7): the first query value named
+/// `param`, else the JSON body object's key (JSON types kept), else the
+/// first form field; query and form strings go through [`coerce_param`].
+/// Missing → `None`. Fuel: the request parts scanned plus the value's size.
+pub(super) fn add_param(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
+    let param = a.literal(0);
+    let request = ctx.request();
+    let scanned = request.query.len() + request.form.len() + 1;
+    let found = if let Some((_, raw)) = request.query.iter().find(|(k, _)| key_matches(k, &param)) {
+        coerce_param(raw)
+    } else if let Some(v) = request
+        .json
+        .as_ref()
+        .and_then(|json| json.as_object())
+        .and_then(|obj| obj.get(&param))
+    {
+        Value::from_json(v)
+    } else if let Some((_, raw)) = request.form.iter().find(|(k, _)| key_matches(k, &param)) {
+        coerce_param(raw)
+    } else {
+        Value::None
+    };
+    charge(ctx, scanned + found.heap_bytes())?;
+    value(found)
+}
+
+/// `getQueryParamList(target)`: one single-key dict per distinct query
+/// parameter, in order of first appearance, holding its first value as the
+/// raw string (spec §10). Fuel: the query's size.
+pub(super) fn get_query_param_list(ctx: &mut dyn HostContext) -> Result<Outcome, HostError> {
+    let query = &ctx.request().query;
+    let mut seen = std::collections::HashSet::new();
+    let mut list = Vec::new();
+    let mut bytes = 0;
+    for (k, v) in query {
+        bytes += k.len() + v.len();
+        if seen.insert(k.as_str()) {
+            let mut one = Dict::new();
+            one.insert(k.clone(), Value::Str(v.clone()));
+            list.push(Value::Dict(one));
+        }
+    }
+    charge(ctx, bytes + list.len())?;
+    value(Value::List(list))
+}
+
+/// The middleware argument of `registerEndpoint`: a list of function names,
+/// `None`/`""` for none, a JSON array text, or a comma-separated text.
+fn middleware_names(a: &Args, v: &Value) -> Result<Vec<String>, HostError> {
+    let list = match v {
+        Value::None => return Ok(Vec::new()),
+        Value::List(items) => items.clone(),
+        Value::Str(s) if s.trim().is_empty() => return Ok(Vec::new()),
+        Value::Str(s) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(json @ serde_json::Value::Array(_)) => match Value::from_json(&json) {
+                Value::List(items) => items,
+                _ => Vec::new(),
+            },
+            _ => s.split(',').map(|n| Value::Str(n.trim().to_owned())).collect(),
+        },
+        other => {
+            return Err(a.error(
+                ErrorKind::TypeError,
+                format!("middleware must be a list of function names, not {}", other.type_name()),
+            ));
+        }
+    };
+    list.into_iter()
+        .map(|item| match item {
+            Value::Str(name) if !name.trim().is_empty() => Ok(name.trim().to_owned()),
+            other => Err(a.error(
+                ErrorKind::TypeError,
+                format!("middleware names must be strings, not {}", other.repr()),
+            )),
+        })
+        .collect()
+}
+
+/// `registerEndpoint(path, method, middleware, description, handler,
+/// output)`: declares a route. The method is upper-cased; a path without a
+/// leading `/` gets one; an empty path, method or handler name is a
+/// `ValueError`. `handler` and `output` are *names* (their first slot);
+/// an empty output name means none. Fuel: the texts' length.
+pub(super) fn register_endpoint(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
+    let mut path = a.text(0).trim().to_owned();
+    let method = a.text(1).trim().to_ascii_uppercase();
+    let middleware = middleware_names(a, a.get(2))?;
+    let description = a.text(3);
+    let handler = a.text(4).trim().to_owned();
+    let output = a.text(6).trim().to_owned();
+    if path.is_empty() {
+        return Err(a.error(ErrorKind::ValueError, "the path is empty"));
+    }
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    if method.is_empty() {
+        return Err(a.error(ErrorKind::ValueError, "the method is empty"));
+    }
+    if handler.is_empty() {
+        return Err(a.error(ErrorKind::ValueError, "the handler name is empty"));
+    }
+    let size = path.len() + method.len() + description.len() + handler.len() + output.len();
+    charge(ctx, size + middleware.iter().map(String::len).sum::<usize>())?;
+    ctx.register_endpoint(Endpoint {
+        path,
+        method,
+        middleware,
+        description,
+        handler,
+        output: if output.is_empty() { None } else { Some(output) },
+    })?;
+    value(Value::None)
+}
+
+/// `gather(id, timeoutSeconds)`: the dict of variables the `go_async` block
+/// `id` assigned, or the error it failed with. Waiting and the timeout are
+/// the runtime's (behind [`HostContext::async_result`]). No block with that
+/// id → `ValueError`. Fuel: the result's size.
+pub(super) fn gather(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
+    let id = a.text(0);
+    charge(ctx, id.len())?;
+    match ctx.async_result(&id) {
+        Some(Ok(v)) => {
+            charge(ctx, v.heap_bytes())?;
+            value(v)
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(a.error(ErrorKind::ValueError, format!("no go_async block with id '{id}'"))),
+    }
+}
+
+/// `raise(message)`: a catchable `UserError` whose message is `str(message)`
+/// exactly (no prefix).
+pub(super) fn raise(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
+    let message = a.get(0).to_text();
+    charge(ctx, message.len())?;
+    Err(HostError::Script(AvapError::new(ErrorKind::UserError, message)))
+}

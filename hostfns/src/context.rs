@@ -1,0 +1,59 @@
+//! What a command may see and touch: the [`HostContext`] trait.
+//!
+//! The runtime implements it per run (request, response, clock, CSPRNG, fuel,
+//! output accounting); tests implement it with plain data. Commands never
+//! reach anything that is not behind this trait.
+
+use crate::error::HostError;
+use crate::value::Value;
+
+/// The HTTP request a script sees (`addParam`, `getQueryParamList`, routing).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Query parameters in order (a key may repeat).
+    pub query: Vec<(String, String)>,
+    /// The JSON body, when there is one.
+    pub json: Option<serde_json::Value>,
+    /// Form fields in order.
+    pub form: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A route declared with `registerEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Endpoint {
+    pub path: String,
+    /// Upper-case HTTP method.
+    pub method: String,
+    /// Names of middleware functions, run in order before the handler.
+    pub middleware: Vec<String>,
+    pub description: String,
+    pub handler: String,
+    /// Variable returned as the result when the handler made no `addResult`.
+    pub output: Option<String>,
+}
+
+/// Per-run services available to commands.
+pub trait HostContext {
+    /// The request being served.
+    fn request(&self) -> &Request;
+    /// Current time (the conformance runner may fix it).
+    fn now(&self) -> chrono::DateTime<chrono::Utc>;
+    /// The server's configured time zone (default UTC).
+    fn time_zone(&self) -> chrono_tz::Tz;
+    /// Fill `buf` from a CSPRNG.
+    fn fill_random(&mut self, buf: &mut [u8]) -> Result<(), HostError>;
+    /// Charge `units` of fuel for host work (roughly one unit per byte or
+    /// item touched). Fails with `FuelExhausted` when the budget is spent.
+    fn charge(&mut self, units: u64) -> Result<(), HostError>;
+    /// Record `value` under `key` in the response result (a snapshot).
+    /// Fails with `OutputLimit` when the response would grow past its cap.
+    fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError>;
+    /// Declare a route.
+    fn register_endpoint(&mut self, endpoint: Endpoint) -> Result<(), HostError>;
+    /// The outcome of the `go_async` block `id`: the dict of variables it
+    /// assigned, or the error it failed with. `None` when no such block ran.
+    fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>>;
+}

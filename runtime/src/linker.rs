@@ -1,0 +1,407 @@
+//! The wasmtime `Linker`: runtime helpers (module `rt`) and every command
+//! of the registry (module `avap`), adapted from `avap-hostfns`.
+//!
+//! Convention: a catchable error is stored in [`RunState::pending`] and the
+//! helper returns `TAG_ERR` (or -1); a sandbox limit is returned as a wasm
+//! error, which unwinds the whole run past every `try`.
+
+use std::borrow::Cow;
+
+use avap_hostfns::abi::{self, BinOp, BuiltinCode, Helper, IfCmp, UnOp};
+use avap_hostfns::commands::{self, Outcome};
+use avap_hostfns::signature::{CommandSig, ParamKind};
+use avap_hostfns::{AvapError, ErrorKind, HostError, LimitHit, LimitKind, Value, ops};
+use wasmtime::{Caller, Engine, Linker, WasmBacktrace};
+
+use crate::state::RunState;
+
+type Pair = (i32, i64);
+type Res<T> = wasmtime::Result<T>;
+
+/// Build the linker with every helper and command.
+pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
+    let mut l: Linker<RunState> = Linker::new(engine);
+    let rt = abi::RT_MODULE;
+    l.func_wrap(rt, Helper::Binary.name(), |mut c: Caller<'_, RunState>, op: i32, ta: i32, pa: i64, tb: i32, pb: i64| {
+        let op = BinOp::from_code(op).ok_or_else(|| bad("operator code"))?;
+        with_values(&mut c, &[(ta, pa), (tb, pb)], |v| ops::binary(op, v[0], v[1]))
+    })?;
+    l.func_wrap(rt, Helper::Unary.name(), |mut c: Caller<'_, RunState>, op: i32, t: i32, p: i64| {
+        let op = match op {
+            0 => UnOp::Neg,
+            1 => UnOp::Pos,
+            2 => UnOp::Not,
+            _ => return Err(bad("unary operator code")),
+        };
+        with_values(&mut c, &[(t, p)], |v| ops::unary(op, v[0]))
+    })?;
+    l.func_wrap(rt, Helper::Truthy.name(), |c: Caller<'_, RunState>, t: i32, p: i64| -> Res<i32> {
+        let v = value(&c.data().heap, t, p)?;
+        Ok(i32::from(v.truthy()))
+    })?;
+    l.func_wrap(
+        rt,
+        Helper::IfCompare.name(),
+        |mut c: Caller<'_, RunState>, cmp: i32, ta: i32, pa: i64, tb: i32, pb: i64| -> Res<i32> {
+            let cmp = IfCmp::from_code(cmp).ok_or_else(|| bad("comparator code"))?;
+            let r = {
+                let heap = &c.data().heap;
+                let a = value(heap, ta, pa)?;
+                let b = value(heap, tb, pb)?;
+                ops::if_compare(cmp, &a, &b)
+            };
+            match r {
+                Ok(b) => Ok(i32::from(b)),
+                Err(e) => {
+                    raise(&mut c, e);
+                    Ok(-1)
+                }
+            }
+        },
+    )?;
+    l.func_wrap(rt, Helper::Builtin.name(), |mut c: Caller<'_, RunState>, code: i32, _argc: i32, t: i32, p: i64| {
+        let code = match code {
+            0 => BuiltinCode::Str,
+            1 => BuiltinCode::Int,
+            2 => BuiltinCode::Float,
+            3 => BuiltinCode::Len,
+            _ => return Err(bad("builtin code")),
+        };
+        with_values(&mut c, &[(t, p)], |v| ops::builtin(code, v[0]))
+    })?;
+    l.func_wrap(rt, Helper::Index.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64| {
+        with_values(&mut c, &[(t, p), (ti, pi)], |v| ops::index(v[0], v[1]))
+    })?;
+    l.func_wrap(rt, Helper::Attr.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64, name: i32| {
+        with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v| match v[1] {
+            Value::Str(n) => ops::attr(v[0], n),
+            _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name")),
+        })
+    })?;
+    l.func_wrap(
+        rt,
+        Helper::SetIndex.name(),
+        |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64, tv: i32, pv: i64| -> Res<i32> {
+            set_path(&mut c, (t, p), (ti, pi), (tv, pv), false)
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::SetPath.name(),
+        |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64, tv: i32, pv: i64| -> Res<i32> {
+            set_path(&mut c, (t, p), (ti, pi), (tv, pv), true)
+        },
+    )?;
+    l.func_wrap(rt, Helper::ListNew.name(), |mut c: Caller<'_, RunState>| -> Res<i64> {
+        Ok(c.data_mut().heap.alloc(Value::List(Vec::new()))?)
+    })?;
+    l.func_wrap(rt, Helper::ListPush.name(), |mut c: Caller<'_, RunState>, h: i64, t: i32, p: i64| -> Res<()> {
+        let v = value(&c.data().heap, t, p)?.into_owned();
+        let heap = &mut c.data_mut().heap;
+        heap.account(v.heap_bytes() as u64)?;
+        match heap.get_mut(h)? {
+            Value::List(items) => items.push(v),
+            _ => return Err(bad("list_push on a non-list")),
+        }
+        Ok(())
+    })?;
+    l.func_wrap(rt, Helper::DictNew.name(), |mut c: Caller<'_, RunState>| -> Res<i64> {
+        Ok(c.data_mut().heap.alloc(Value::Dict(avap_hostfns::Dict::new()))?)
+    })?;
+    l.func_wrap(
+        rt,
+        Helper::DictSet.name(),
+        |mut c: Caller<'_, RunState>, h: i64, tk: i32, pk: i64, tv: i32, pv: i64| -> Res<i32> {
+            let (k, v) = {
+                let heap = &c.data().heap;
+                (value(heap, tk, pk)?.into_owned(), value(heap, tv, pv)?.into_owned())
+            };
+            let Value::Str(key) = k else {
+                raise(&mut c, AvapError::new(ErrorKind::TypeError, format!("dict keys must be strings, not {}", k.type_name())));
+                return Ok(-1);
+            };
+            let heap = &mut c.data_mut().heap;
+            heap.account((key.len() + v.heap_bytes()) as u64)?;
+            match heap.get_mut(h)? {
+                Value::Dict(d) => {
+                    d.insert(key, v);
+                }
+                _ => return Err(bad("dict_set on a non-dict")),
+            }
+            Ok(0)
+        },
+    )?;
+    l.func_wrap(rt, Helper::ToText.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<Pair> {
+        if t == abi::TAG_STR {
+            return Ok((t, p));
+        }
+        let text = if t == abi::TAG_UNDEF { String::new() } else { ops::template_text(value(&c.data().heap, t, p)?.as_ref()) };
+        let h = c.data_mut().heap.alloc(Value::Str(text))?;
+        Ok((abi::TAG_STR, h))
+    })?;
+    l.func_wrap(rt, Helper::Raise.name(), |mut c: Caller<'_, RunState>, kind: i32, msg: i32| -> Res<Pair> {
+        let kind = ErrorKind::from_code(kind).ok_or_else(|| bad("error kind"))?;
+        let message = match value(&c.data().heap, abi::TAG_STR, i64::from(msg))?.as_ref() {
+            Value::Str(s) => s.clone(),
+            _ => String::new(),
+        };
+        raise(&mut c, AvapError::new(kind, message));
+        Ok((abi::TAG_ERR, 0))
+    })?;
+    l.func_wrap(rt, Helper::TakeError.name(), |mut c: Caller<'_, RunState>| -> Res<Pair> {
+        let message = c.data_mut().pending.take().map(|(e, _)| e.message).unwrap_or_default();
+        let h = c.data_mut().heap.alloc(Value::Str(message))?;
+        Ok((abi::TAG_STR, h))
+    })?;
+    l.func_wrap(rt, Helper::StackOverflow.name(), |_c: Caller<'_, RunState>| -> Res<()> {
+        Err(wasmtime::Error::new(LimitHit::new(LimitKind::StackOverflow, "call depth exceeded the stack limit")))
+    })?;
+    l.func_wrap(rt, Helper::SetOutput.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<()> {
+        c.data_mut().output = Some((t, p));
+        Ok(())
+    })?;
+    l.func_wrap(
+        rt,
+        Helper::AsyncDone.name(),
+        |mut c: Caller<'_, RunState>, idt: i32, idp: i64, t: i32, p: i64| -> Res<()> {
+            let id = ops::template_text(value(&c.data().heap, idt, idp)?.as_ref());
+            let outcome = if t == abi::TAG_ERR {
+                let (e, _) = c.data_mut().pending.take().unwrap_or((AvapError::new(ErrorKind::ValueError, "failed"), None));
+                Err(HostError::Script(e))
+            } else {
+                Ok(value(&c.data().heap, t, p)?.into_owned())
+            };
+            c.data_mut().services.async_results.insert(id, outcome);
+            Ok(())
+        },
+    )?;
+    for sig in avap_hostfns::commands() {
+        l.func_wrap(abi::COMMAND_MODULE, sig.name, move |mut c: Caller<'_, RunState>, ptr: i32, argc: i32| {
+            command(&mut c, sig, ptr, argc)
+        })?;
+    }
+    Ok(l)
+}
+
+fn bad(what: &str) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("corrupt module: invalid {what}"))
+}
+
+/// The value a `(tag, payload)` pair stands for.
+pub fn value(heap: &crate::heap::Heap, t: i32, p: i64) -> Res<Cow<'_, Value>> {
+    Ok(match t {
+        abi::TAG_UNDEF | abi::TAG_NONE => Cow::Owned(Value::None),
+        abi::TAG_BOOL => Cow::Owned(Value::Bool(p != 0)),
+        abi::TAG_INT => Cow::Owned(Value::Int(p)),
+        abi::TAG_FLOAT => Cow::Owned(Value::Float(f64::from_bits(p.cast_unsigned()))),
+        abi::TAG_STR | abi::TAG_LIST | abi::TAG_DICT => Cow::Borrowed(heap.get(p)?),
+        _ => return Err(bad("value tag")),
+    })
+}
+
+/// Store a value for wasm: scalars inline, the rest on the heap.
+pub fn to_pair(heap: &mut crate::heap::Heap, v: Value) -> Res<Pair> {
+    Ok(match v {
+        Value::None => (abi::TAG_NONE, 0),
+        Value::Bool(b) => (abi::TAG_BOOL, i64::from(b)),
+        Value::Int(i) => (abi::TAG_INT, i),
+        Value::Float(f) => (abi::TAG_FLOAT, f.to_bits().cast_signed()),
+        v @ Value::Str(_) => (abi::TAG_STR, heap.alloc(v)?),
+        v @ Value::List(_) => (abi::TAG_LIST, heap.alloc(v)?),
+        v @ Value::Dict(_) => (abi::TAG_DICT, heap.alloc(v)?),
+    })
+}
+
+/// Record a catchable error with the wasm location that raised it.
+pub fn raise(c: &mut Caller<'_, RunState>, e: AvapError) {
+    let loc = WasmBacktrace::capture(&*c).frames().first().and_then(|f| {
+        let off = f.func_offset()?;
+        Some((f.func_index(), u32::try_from(off).ok()?))
+    });
+    c.data_mut().pending = Some((e, loc));
+}
+
+/// Evaluate `f` on the values of `pairs`; store its result or its error.
+fn with_values(
+    c: &mut Caller<'_, RunState>,
+    pairs: &[Pair],
+    f: impl FnOnce(&[&Value]) -> Result<Value, AvapError>,
+) -> Res<Pair> {
+    let r = {
+        let heap = &c.data().heap;
+        let vals: Vec<Cow<'_, Value>> = pairs.iter().map(|&(t, p)| value(heap, t, p)).collect::<Res<_>>()?;
+        let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
+        f(&refs)
+    };
+    match r {
+        Ok(v) => to_pair(&mut c.data_mut().heap, v),
+        Err(e) => {
+            raise(c, e);
+            Ok((abi::TAG_ERR, 0))
+        }
+    }
+}
+
+fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path: bool) -> Res<i32> {
+    if !matches!(obj.0, abi::TAG_LIST | abi::TAG_DICT) {
+        let name = value(&c.data().heap, obj.0, obj.1)?.type_name();
+        raise(c, AvapError::new(ErrorKind::TypeError, format!("'{name}' object does not support item assignment")));
+        return Ok(-1);
+    }
+    let (indices, v) = {
+        let heap = &c.data().heap;
+        let i = value(heap, idx.0, idx.1)?.into_owned();
+        let indices = match (path, i) {
+            (true, Value::List(items)) => items,
+            (_, i) => vec![i],
+        };
+        (indices, value(heap, val.0, val.1)?.into_owned())
+    };
+    let heap = &mut c.data_mut().heap;
+    heap.account(v.heap_bytes() as u64)?;
+    let root = heap.get_mut(obj.1)?;
+    let r = walk_and_set(root, &indices, v);
+    match r {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            raise(c, e);
+            Ok(-1)
+        }
+    }
+}
+
+/// A command call: read the argument slots, run the command, store the
+/// result. See `avap_hostfns::abi::COMMAND_SIGNATURE` for the layout.
+fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
+    let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
+    let argc = usize::try_from(argc).map_err(|_| bad("argument count"))?;
+    let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
+    let mut slots: Vec<Pair> = Vec::with_capacity(argc);
+    {
+        let data = memory.data(&*c);
+        for i in 0..argc {
+            let at = start + i * abi::SLOT_BYTES as usize;
+            let bytes = data.get(at..at + 16).ok_or_else(|| bad("argument area"))?;
+            let t = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+            let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+            slots.push((t, p));
+        }
+    }
+    // Which form: the one whose slot count matches (name params take two).
+    let slot_count = |form: &[avap_hostfns::signature::Param]| {
+        form.iter().map(|p| if p.kind == ParamKind::Name { 2 } else { 1 }).sum::<usize>()
+    };
+    let form_index = sig.forms.iter().position(|f| slot_count(f) == argc).ok_or_else(|| bad("argument count"))?;
+    let form = sig.forms[form_index];
+    // Position of the target slot, if the form has one.
+    let mut target_slot = None;
+    let mut at = 0;
+    for p in form {
+        if p.kind == ParamKind::Target {
+            target_slot = Some(at);
+        }
+        at += if p.kind == ParamKind::Name { 2 } else { 1 };
+    }
+    let fuel = c.get_fuel().unwrap_or(u64::MAX);
+    let state = c.data_mut();
+    state.services.fuel_available = fuel;
+    state.services.fuel_charged = 0;
+    // Take the target out of the heap so the command may update it in place.
+    let target_handle = target_slot
+        .map(|i| slots[i])
+        .filter(|(t, _)| matches!(*t, abi::TAG_LIST | abi::TAG_DICT));
+    let mut target = match (target_slot, target_handle) {
+        (_, Some((_, h))) => {
+            let aliased = slots.iter().enumerate().any(|(i, s)| Some(i) != target_slot && s.1 == h && s.0 >= abi::TAG_STR);
+            let slot = state.heap.get_mut(h)?;
+            if aliased { slot.clone() } else { std::mem::take(slot) }
+        }
+        (Some(i), None) => value(&state.heap, slots[i].0, slots[i].1)?.into_owned(),
+        (None, None) => Value::None,
+    };
+    let result = {
+        let heap = &state.heap;
+        let vals: Vec<Cow<'_, Value>> = slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != target_slot)
+            .map(|(_, &(t, p))| value(heap, t, p))
+            .collect::<Res<_>>()?;
+        let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
+        let added: u64 = refs.iter().map(|v| v.heap_bytes() as u64).sum();
+        commands::call(sig.name, form_index, &mut state.services, &refs, &mut target).map(|o| (o, added))
+    };
+    let charged = state.services.fuel_charged;
+    if charged > 0 && fuel != u64::MAX {
+        c.set_fuel(fuel.saturating_sub(charged))?;
+    }
+    let state = c.data_mut();
+    match result {
+        Ok((Outcome::Value(v), _)) => {
+            if let Some((_, h)) = target_handle {
+                *state.heap.get_mut(h)? = target;
+            }
+            to_pair(&mut state.heap, v)
+        }
+        Ok((Outcome::InPlace, added)) => {
+            state.heap.account(added)?;
+            let tag = match &target {
+                Value::List(_) => Some(abi::TAG_LIST),
+                Value::Dict(_) => Some(abi::TAG_DICT),
+                _ => None,
+            };
+            match (target_handle, tag) {
+                (Some((_, h)), Some(tag)) => {
+                    *state.heap.get_mut(h)? = target;
+                    Ok((tag, h))
+                }
+                _ => to_pair(&mut state.heap, target),
+            }
+        }
+        Err(e) => {
+            if let Some((_, h)) = target_handle {
+                *state.heap.get_mut(h)? = target;
+            }
+            match e {
+                HostError::Script(e) => {
+                    raise(c, e);
+                    Ok((abi::TAG_ERR, 0))
+                }
+                HostError::Limit(l) => Err(wasmtime::Error::new(l)),
+            }
+        }
+    }
+}
+
+/// `obj[idx]` as a place to assign into (the inner steps of `x[a][b] = v`).
+fn index_mut<'v>(obj: &'v mut Value, idx: &Value) -> Result<&'v mut Value, AvapError> {
+    let type_name = obj.type_name();
+    match (obj, idx) {
+        (Value::List(items), Value::Int(i)) => {
+            let len = i64::try_from(items.len()).unwrap_or(i64::MAX);
+            let at = if *i < 0 { i + len } else { *i };
+            usize::try_from(at)
+                .ok()
+                .and_then(|at| items.get_mut(at))
+                .ok_or_else(|| AvapError::new(ErrorKind::IndexError, "list index out of range"))
+        }
+        (Value::Dict(map), Value::Str(k)) => {
+            map.get_mut(k).ok_or_else(|| AvapError::new(ErrorKind::KeyError, format!("'{k}'")))
+        }
+        (_, i) => Err(AvapError::new(
+            ErrorKind::TypeError,
+            format!("'{type_name}' object cannot be indexed by {}", i.type_name()),
+        )),
+    }
+}
+
+fn walk_and_set(root: &mut Value, indices: &[Value], v: Value) -> Result<(), AvapError> {
+    let Some((last, walk)) = indices.split_last() else {
+        return Err(AvapError::new(ErrorKind::TypeError, "empty index path"));
+    };
+    let mut target = root;
+    for i in walk {
+        target = index_mut(target, i)?;
+    }
+    ops::set_index(target, last, v)
+}

@@ -1,0 +1,286 @@
+//! One run: a fresh `Store<RunState>` with the run's limits, the top level,
+//! then `registerEndpoint` dispatch, then the response envelope (spec §7).
+
+use std::time::Instant;
+
+use avap_hostfns::abi;
+use avap_hostfns::{AvapError, ErrorKind, LimitHit, LimitKind, Request, Value};
+use serde_json::json;
+use wasmtime::{Instance, Store, Trap, WasmBacktrace};
+
+use crate::engine::Runtime;
+use crate::heap::Heap;
+use crate::linker::value;
+use crate::load::LoadedModule;
+use crate::state::{CodeLocation, MemoryLimiter, RunState, Services};
+use crate::{Limits, RunReport, Usage};
+
+/// What a run needs besides the module.
+#[derive(Debug, Clone, Default)]
+pub struct RunInput {
+    pub request: Request,
+    pub limits: Limits,
+    /// Server time zone (default UTC).
+    pub time_zone: Option<chrono_tz::Tz>,
+    /// A fixed clock (tests); `None` = the real clock.
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How a run ended, before it becomes an envelope.
+enum Failure {
+    Script(AvapError, Option<CodeLocation>),
+    Limit(LimitHit, Option<CodeLocation>),
+    Internal(String),
+}
+
+impl Runtime {
+    /// Run `module` once. Never panics and never returns an error: every
+    /// outcome, including sandbox limits, is a [`RunReport`].
+    pub async fn run(&self, module: &LoadedModule, input: RunInput) -> RunReport {
+        let start = Instant::now();
+        let limits = input.limits;
+        let tz = input.time_zone.unwrap_or(chrono_tz::UTC);
+        let mut services = Services::new(input.request, tz, limits.output_bytes);
+        services.now = input.now;
+        let state = RunState {
+            heap: Heap::new(limits.memory_bytes),
+            services,
+            memory: None,
+            pending: None,
+            output: None,
+            limiter: MemoryLimiter { limit: limits.memory_bytes },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        if !self.config.unmetered {
+            let _ = store.set_fuel(limits.fuel);
+            let tick = self.config.epoch_tick.as_millis().max(1) as u64;
+            store.set_epoch_deadline(limits.time_ms / tick + 1);
+        }
+        let outcome = self.execute(module, &mut store, &limits).await;
+        let fuel_used = if self.config.unmetered { 0 } else { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) };
+        let wall = start.elapsed();
+        let usage = Usage {
+            fuel: fuel_used,
+            wall_ms: wall.as_secs_f64() * 1000.0,
+            peak_memory_bytes: store.data().heap.peak(),
+        };
+        let elapsed = wall.as_secs_f64();
+        match outcome {
+            Ok(result) => {
+                let status = status_code(&store);
+                RunReport {
+                    http_status: status,
+                    envelope: json!({"status": true, "elapsed": elapsed, "result": result}),
+                    usage,
+                }
+            }
+            Err(f) => {
+                let (kind, message, loc) = match f {
+                    Failure::Script(e, loc) => (e.kind.as_str().to_owned(), e.message, loc),
+                    Failure::Limit(l, loc) => (l.kind.as_str().to_owned(), l.message, loc),
+                    Failure::Internal(m) => ("InternalError".to_owned(), m, None),
+                };
+                let http_status = match kind.as_str() {
+                    "TimeLimit" => 504,
+                    "FuelExhausted" | "MemoryLimit" | "StackOverflow" | "OutputLimit" => 422,
+                    "MethodNotAllowed" => 405,
+                    "NotFound" => 404,
+                    "InternalError" => 500,
+                    _ => 400,
+                };
+                let mut error = json!({"kind": kind, "message": message});
+                if let Some((file, line, column)) = loc.and_then(|(f, o)| module.srcmap().lookup(f, o)) {
+                    error["line"] = json!(line);
+                    error["column"] = json!(column);
+                    if file != module.meta().source_name {
+                        error["file"] = json!(file);
+                    }
+                }
+                RunReport {
+                    http_status,
+                    envelope: json!({"status": false, "elapsed": elapsed, "error": error}),
+                    usage,
+                }
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        module: &LoadedModule,
+        store: &mut Store<RunState>,
+        limits: &Limits,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
+        let instance = module
+            .pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}"))))?;
+        prepare(&instance, store, limits)?;
+        let main = instance
+            .get_typed_func::<(), i32>(&mut *store, abi::EXPORT_MAIN)
+            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+        match main.call_async(&mut *store, ()).await {
+            Ok(0) => {}
+            Ok(_) => return Err(uncaught(store)),
+            Err(e) => return Err(classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("{e:#}")))),
+        }
+        if !store.data().services.endpoints.is_empty() {
+            self.dispatch(&instance, store).await?;
+        }
+        let results = std::mem::take(&mut store.data_mut().services.results);
+        Ok(results.into_iter().collect())
+    }
+
+    /// Route the request to a `registerEndpoint` handler (spec §7).
+    async fn dispatch(&self, instance: &Instance, store: &mut Store<RunState>) -> Result<(), Failure> {
+        let (method, path) = {
+            let r = &store.data().services.request;
+            (r.method.to_ascii_uppercase(), r.path.clone())
+        };
+        let endpoints = store.data().services.endpoints.clone();
+        let on_path: Vec<_> = endpoints.iter().filter(|e| e.path == path).collect();
+        if on_path.is_empty() {
+            return Err(Failure::Script(
+                AvapError::new(ErrorKind::NotFound, format!("no endpoint is registered for {path}")),
+                None,
+            ));
+        }
+        let Some(ep) = on_path.iter().find(|e| e.method == method || (method == "HEAD" && e.method == "GET")) else {
+            let allowed: Vec<&str> = on_path.iter().map(|e| e.method.as_str()).collect();
+            return Err(Failure::Script(
+                AvapError::new(
+                    ErrorKind::MethodNotAllowed,
+                    format!("{method} is not allowed on {path}; allowed: {}", allowed.join(", ")),
+                ),
+                None,
+            ));
+        };
+        for name in ep.middleware.iter().chain(std::iter::once(&ep.handler)) {
+            let before = store.data().services.results.len();
+            store.data_mut().output = None;
+            let export = format!("{}{name}", abi::EXPORT_FN_PREFIX);
+            let Ok(f) = instance.get_typed_func::<(), (i32, i64)>(&mut *store, &export) else {
+                return Err(Failure::Script(
+                    AvapError::new(
+                        ErrorKind::NameError,
+                        format!("endpoint function `{name}` is not defined (or takes parameters)"),
+                    ),
+                    None,
+                ));
+            };
+            match f.call_async(&mut *store, ()).await {
+                Ok((abi::TAG_ERR, _)) => return Err(uncaught(store)),
+                Ok(_) => {}
+                Err(e) => return Err(classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("{e:#}")))),
+            }
+            let is_handler = std::ptr::eq(name, &ep.handler);
+            if is_handler
+                && store.data().services.results.len() == before
+                && let (Some(out), Some((t, p))) = (&ep.output, store.data().output)
+            {
+                let v = value(&store.data().heap, t, p).map_or(Value::None, std::borrow::Cow::into_owned);
+                let services = &mut store.data_mut().services;
+                avap_hostfns::HostContext::add_result(services, out, &v).map_err(|e| match e {
+                    avap_hostfns::HostError::Limit(l) => Failure::Limit(l, None),
+                    avap_hostfns::HostError::Script(e) => Failure::Script(e, None),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Instance set-up before `main`: memory accounting, constants, stack budget.
+fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) -> Result<(), Failure> {
+    let memory = instance
+        .get_memory(&mut *store, abi::EXPORT_MEMORY)
+        .ok_or_else(|| Failure::Internal("module exports no memory".into()))?;
+    store.data_mut().memory = Some(memory);
+    let linear = memory.data_size(&*store) as u64;
+    store.data_mut().heap.linear_bytes = linear;
+    if linear > limits.memory_bytes {
+        return Err(Failure::Limit(
+            LimitHit::new(
+                LimitKind::MemoryLimit,
+                format!("the module needs {linear} bytes of memory; the limit is {}", limits.memory_bytes),
+            ),
+            None,
+        ));
+    }
+    let table = instance
+        .get_global(&mut *store, abi::EXPORT_CONSTS)
+        .and_then(|g| g.get(&mut *store).i32())
+        .ok_or_else(|| Failure::Internal("module exports no constant table".into()))?;
+    let consts = read_consts(memory.data(&*store), table).ok_or_else(|| Failure::Internal("bad constant table".into()))?;
+    for c in consts {
+        store.data_mut().heap.alloc(Value::Str(c)).map_err(|l| Failure::Limit(l, None))?;
+    }
+    let stack = instance
+        .get_global(&mut *store, abi::EXPORT_STACK_LEFT)
+        .ok_or_else(|| Failure::Internal("module exports no stack budget".into()))?;
+    let budget = i64::try_from(limits.stack_bytes).unwrap_or(i64::MAX);
+    stack.set(&mut *store, wasmtime::Val::I64(budget)).map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    Ok(())
+}
+
+fn read_consts(mem: &[u8], table: i32) -> Option<Vec<String>> {
+    let at = usize::try_from(table).ok()?;
+    let u32_at = |i: usize| mem.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    let count = u32_at(at)?;
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let off = u32_at(at + 4 + 8 * k)?;
+        let len = u32_at(at + 8 + 8 * k)?;
+        out.push(String::from_utf8(mem.get(off..off + len)?.to_vec()).ok()?);
+    }
+    Some(out)
+}
+
+/// The uncaught error pending after `main` (or a handler) returned failure.
+fn uncaught(store: &mut Store<RunState>) -> Failure {
+    match store.data_mut().pending.take() {
+        Some((e, loc)) => Failure::Script(e, loc),
+        None => Failure::Internal("the script failed without an error".into()),
+    }
+}
+
+/// Sort a wasm error into a limit, a script error or an internal fault.
+fn classify(e: wasmtime::Error, store: &mut Store<RunState>) -> Result<Failure, wasmtime::Error> {
+    let loc = e
+        .downcast_ref::<WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .and_then(|f| Some((f.func_index(), u32::try_from(f.func_offset()?).ok()?)));
+    if let Some(t) = e.downcast_ref::<Trap>() {
+        let limit = match t {
+            Trap::OutOfFuel => LimitHit::new(LimitKind::FuelExhausted, "all fuel consumed"),
+            Trap::Interrupt => LimitHit::new(LimitKind::TimeLimit, "wall-clock time limit reached"),
+            Trap::StackOverflow => LimitHit::new(LimitKind::StackOverflow, "call depth exceeded the wasm stack"),
+            other => return Ok(Failure::Internal(format!("wasm trap: {other}"))),
+        };
+        return Ok(Failure::Limit(limit, loc));
+    }
+    if let Some(l) = e.downcast_ref::<LimitHit>() {
+        return Ok(Failure::Limit(l.clone(), loc));
+    }
+    if let Some((err, l)) = store.data_mut().pending.take() {
+        return Ok(Failure::Script(err, l.or(loc)));
+    }
+    Err(e)
+}
+
+/// `_status` if it holds an int in 100..=599, else 200.
+fn status_code(store: &Store<RunState>) -> u16 {
+    let Some(memory) = store.data().memory else { return 200 };
+    let data = memory.data(store);
+    let at = (abi::GLOBALS_BASE + abi::STATUS_SLOT * abi::SLOT_BYTES) as usize;
+    let Some(bytes) = data.get(at..at + 16) else { return 200 };
+    let tag = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let payload = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if tag == abi::TAG_INT && (100..=599).contains(&payload) {
+        u16::try_from(payload).unwrap_or(200)
+    } else {
+        200
+    }
+}

@@ -1,0 +1,218 @@
+//! `avap run` and `avap compile`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use avap_codegen::check_file;
+use avap_codegen::diag::render_text;
+use avap_hostfns::Request;
+use avap_runtime::{CapabilityPolicy, Limits, Runtime, RuntimeConfig};
+
+use crate::cli::{FsLoader, read_source};
+use crate::cmd_keys::{load_signing_key, load_trusted_keys};
+use crate::exec::{Executor, RunSettings};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A `.avap` script (compiled in memory) or a signed `.wasm` artifact
+    pub file: PathBuf,
+    /// The request as JSON: {"method", "path", "query": {…}, "json": …, "form": {…}, "headers": {…}}
+    #[arg(long, value_name = "FILE")]
+    pub request: Option<PathBuf>,
+    /// A query parameter (repeatable)
+    #[arg(long = "query", short = 'q', value_name = "K=V")]
+    pub query: Vec<String>,
+    /// The JSON body the script reads with addParam
+    #[arg(long, value_name = "JSON")]
+    pub json: Option<String>,
+    /// HTTP method the script sees (routing of registerEndpoint)
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Request path the script sees
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Per-run limits, e.g. fuel=1000000,time_ms=500,memory_mb=64,stack_kb=256,output_kb=1024
+    #[arg(long, value_name = "K=V,…")]
+    pub limits: Option<String>,
+    /// Public keys (files or directories of .pub files) trusted for .wasm artifacts
+    #[arg(long, value_name = "PATH")]
+    pub trust: Vec<PathBuf>,
+    /// Run .wasm artifacts without a trusted signature (development only)
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Time zone the date commands use (IANA name)
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// Also print the usage report (fuel, wall time, peak memory) to stderr
+    #[arg(long)]
+    pub usage: bool,
+    /// Turn fuel metering and epoch checks off (measures their overhead; never use in production)
+    #[arg(long, hide = true)]
+    pub unmetered: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompileArgs {
+    /// The `.avap` script
+    pub file: PathBuf,
+    /// Output artifact (default: the script's name with `.wasm`)
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Secret key to sign with (from `avap keygen`); without it the artifact is unsigned
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<PathBuf>,
+    /// Also write a wasmtime-precompiled `.cwasm` for this machine and engine configuration
+    #[arg(long)]
+    pub precompile: bool,
+    /// Treat warnings as errors
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// Parse `fuel=N,time_ms=N,memory_mb=N,stack_kb=N,output_kb=N` over `base`.
+pub fn parse_limits(text: &str, base: Limits) -> Result<Limits> {
+    let mut l = base;
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').with_context(|| format!("limit `{part}` is not KEY=VALUE"))?;
+        let n: u64 = v.trim().replace('_', "").parse().with_context(|| format!("limit `{k}`: `{v}` is not a number"))?;
+        match k.trim() {
+            "fuel" => l.fuel = n,
+            "time_ms" => l.time_ms = n,
+            "memory_mb" => l.memory_bytes = n << 20,
+            "memory_bytes" => l.memory_bytes = n,
+            "stack_kb" => l.stack_bytes = n << 10,
+            "output_kb" => l.output_bytes = n << 10,
+            other => bail!("unknown limit `{other}`; known: fuel, time_ms, memory_mb, memory_bytes, stack_kb, output_kb"),
+        }
+    }
+    Ok(l)
+}
+
+fn build_request(args: &RunArgs) -> Result<Request> {
+    let mut req = match &args.request {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))?;
+            request_from_json(&v).with_context(|| format!("in {}", p.display()))?
+        }
+        None => Request { method: args.method.to_ascii_uppercase(), path: args.path.clone(), ..Request::default() },
+    };
+    for q in &args.query {
+        let (k, v) = q.split_once('=').with_context(|| format!("--query `{q}` is not K=V"))?;
+        req.query.push((k.to_owned(), v.to_owned()));
+    }
+    if let Some(j) = &args.json {
+        req.json = Some(serde_json::from_str(j).context("--json is not valid JSON")?);
+    }
+    Ok(req)
+}
+
+/// A request from its JSON form (the conformance `request` object).
+pub fn request_from_json(v: &serde_json::Value) -> Result<Request> {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let pairs = |key: &str| -> Vec<(String, String)> {
+        v.get(key)
+            .and_then(serde_json::Value::as_object)
+            .map(|o| o.iter().map(|(k, x)| (k.clone(), text(x))).collect())
+            .unwrap_or_default()
+    };
+    if !v.is_object() {
+        bail!("the request must be a JSON object");
+    }
+    Ok(Request {
+        method: v.get("method").and_then(serde_json::Value::as_str).unwrap_or("GET").to_ascii_uppercase(),
+        path: v.get("path").and_then(serde_json::Value::as_str).unwrap_or("/").to_owned(),
+        query: pairs("query"),
+        json: v.get("json").filter(|j| !j.is_null()).cloned(),
+        form: pairs("form"),
+        headers: pairs("headers"),
+    })
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let limits = match &args.limits {
+        Some(t) => parse_limits(t, Limits::CLI)?,
+        None => Limits::CLI,
+    };
+    let tz: chrono_tz::Tz = args.tz.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{}`", args.tz))?;
+    let request = build_request(args)?;
+    let trusted = load_trusted_keys(&args.trust)?;
+    let config = RuntimeConfig {
+        trusted_keys: trusted,
+        allow_unsigned: args.allow_unsigned,
+        policy: CapabilityPolicy::allow_all(),
+        unmetered: args.unmetered,
+        max_concurrent_runs: 4,
+        ..RuntimeConfig::default()
+    };
+    let executor = Executor::with_config(config)?;
+    let settings = RunSettings { limits, time_zone: Some(tz), now: None };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = rt.block_on(executor.execute_file(&args.file, request, &settings))?;
+    println!("{}", serde_json::to_string_pretty(&report.envelope)?);
+    if args.usage {
+        eprintln!(
+            "status {} · fuel {} · wall {:.3} ms · peak memory {} bytes",
+            report.http_status, report.usage.fuel, report.usage.wall_ms, report.usage.peak_memory_bytes
+        );
+    }
+    Ok(if report.envelope["status"] == serde_json::Value::Bool(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
+    let source = read_source(&args.file)?;
+    let checked = check_file(source, &FsLoader);
+    if !checked.diagnostics.is_empty() {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
+    }
+    let options = avap_codegen::CheckOptions { deny_warnings: args.deny_warnings };
+    if checked.fails(options) {
+        eprintln!("error: {} not compiled", args.file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let key = args.key.as_deref().map(load_signing_key).transpose()?;
+    let start = std::time::Instant::now();
+    let artifact = avap_codegen::compile(&checked, key.as_ref());
+    let compile_time = start.elapsed();
+    let out = args.output.clone().unwrap_or_else(|| args.file.with_extension("wasm"));
+    write_file(&out, &artifact.bytes)?;
+    let sign_note = match &key {
+        Some(k) => format!("signed by key {}", avap_hostfns::artifact::key_id(&k.verifying_key())),
+        None => "UNSIGNED (pass --key KEY to sign; runtimes refuse unsigned artifacts unless --allow-unsigned)".into(),
+    };
+    eprintln!(
+        "wrote {} ({} bytes, {} commands imported, {:.2} ms), {sign_note}",
+        out.display(),
+        artifact.bytes.len(),
+        artifact.meta.imports.len(),
+        compile_time.as_secs_f64() * 1000.0
+    );
+    if args.precompile {
+        let runtime = Runtime::new(RuntimeConfig { allow_unsigned: true, ..RuntimeConfig::default() })?;
+        let start = std::time::Instant::now();
+        let cwasm = runtime.precompile(&artifact.bytes)?;
+        let cpath = out.with_extension("cwasm");
+        write_file(&cpath, &cwasm)?;
+        eprintln!(
+            "wrote {} ({} bytes, wasmtime compile {:.2} ms; only valid for this wasmtime version and engine configuration)",
+            cpath.display(),
+            cwasm.len(),
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,131 @@
+//! Compile-and-run glue shared by `avap run`, `avap conformance` and the
+//! server: source or artifact in, response envelope out.
+//!
+//! Sources compiled in this process are signed with an ephemeral key that
+//! only this process trusts, so the runtime never needs `--allow-unsigned`
+//! for them; `.wasm` files must carry a signature from a trusted key.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use avap_codegen::diag::Diagnostic;
+use avap_codegen::{CheckedProgram, check_file, compile};
+use avap_hostfns::Request;
+use avap_hostfns::artifact::{SigningKey, TrustedKeys, generate_key};
+use avap_runtime::{CapabilityPolicy, Limits, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
+use serde_json::json;
+
+use crate::cli::{FsLoader, read_source};
+
+/// How runs are set up, besides the program and the request.
+#[derive(Debug, Clone, Default)]
+pub struct RunSettings {
+    pub limits: Limits,
+    /// IANA time zone; `None` = UTC.
+    pub time_zone: Option<chrono_tz::Tz>,
+    /// A fixed clock; `None` = the real clock.
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Process-wide executor: one runtime, one ephemeral signing key.
+pub struct Executor {
+    runtime: Arc<Runtime>,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").field("runtime", &self.runtime).finish_non_exhaustive()
+    }
+}
+
+/// What one file became: a loaded module, or the compile error response.
+pub enum Prepared {
+    Module(Arc<LoadedModule>),
+    CompileError(RunReport),
+}
+
+impl Executor {
+    /// `trusted` are the keys `.wasm` artifacts may be signed with.
+    pub fn new(mut trusted: TrustedKeys, allow_unsigned: bool, policy: CapabilityPolicy) -> Result<Executor> {
+        let key = generate_key().context("cannot create the session signing key")?;
+        trusted.add(key.verifying_key());
+        let config = RuntimeConfig { trusted_keys: trusted, allow_unsigned, policy, ..RuntimeConfig::default() };
+        Ok(Executor { runtime: Arc::new(Runtime::new(config)?), key })
+    }
+
+    pub fn with_config(mut config: RuntimeConfig) -> Result<Executor> {
+        let key = generate_key().context("cannot create the session signing key")?;
+        config.trusted_keys.add(key.verifying_key());
+        Ok(Executor { runtime: Arc::new(Runtime::new(config)?), key })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Compile a `.avap` file (or load a `.wasm` artifact).
+    pub fn prepare(&self, path: &Path) -> Result<Prepared> {
+        if path.extension().is_some_and(|e| e == "wasm") {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let module = self.runtime.load(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
+            return Ok(Prepared::Module(module));
+        }
+        let source = read_source(path)?;
+        let checked = check_file(source, &FsLoader);
+        self.prepare_checked(&checked)
+    }
+
+    /// Compile an already checked program.
+    pub fn prepare_checked(&self, checked: &CheckedProgram) -> Result<Prepared> {
+        if checked.error_count() > 0 {
+            return Ok(Prepared::CompileError(compile_error_report(checked)));
+        }
+        let artifact = compile(checked, Some(&self.key));
+        let module = self.runtime.load(&artifact.bytes)?;
+        Ok(Prepared::Module(module))
+    }
+
+    /// Run a prepared module once.
+    pub async fn run(&self, module: &LoadedModule, request: Request, settings: &RunSettings) -> RunReport {
+        let input = RunInput { request, limits: settings.limits, time_zone: settings.time_zone, now: settings.now };
+        self.runtime.run(module, input).await
+    }
+
+    /// Compile (or load) `path` and run it once. Compile errors come back as
+    /// a 400 report with kind `CompileError`; `Err` means the run could not
+    /// be attempted at all (unreadable file, untrusted artifact).
+    pub async fn execute_file(&self, path: &Path, request: Request, settings: &RunSettings) -> Result<RunReport> {
+        match self.prepare(path)? {
+            Prepared::Module(m) => Ok(self.run(&m, request, settings).await),
+            Prepared::CompileError(r) => Ok(r),
+        }
+    }
+}
+
+/// The 400 envelope for a program with compile errors: the first error's
+/// message and position, all errors under `diagnostics`.
+pub fn compile_error_report(checked: &CheckedProgram) -> RunReport {
+    let errors: Vec<&Diagnostic> = checked.diagnostics.iter().filter(|d| d.is_error()).collect();
+    let mut error = json!({"kind": "CompileError", "message": "compile error"});
+    if let Some(first) = errors.first() {
+        let file = checked.sources.get(first.file);
+        let lc = file.line_col(first.span.start as usize);
+        error = json!({
+            "kind": "CompileError",
+            "message": format!("{}: {}", first.code.as_str(), first.message),
+            "line": lc.line,
+            "column": lc.column,
+        });
+        if first.file != 0 {
+            error["file"] = json!(file.name());
+        }
+    }
+    error["diagnostics"] = avap_codegen::diag::to_json(&checked.sources, &checked.diagnostics);
+    RunReport {
+        http_status: 400,
+        envelope: json!({"status": false, "elapsed": 0.0, "error": error}),
+        usage: avap_runtime::Usage::default(),
+    }
+}
