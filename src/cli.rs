@@ -31,6 +31,8 @@ enum Command {
     Compile(crate::cmd_run::CompileArgs),
     /// Show an artifact's metadata, imports, endpoints and signature status
     Inspect(crate::cmd_inspect::InspectArgs),
+    /// Run a directory of conformance cases (NAME.avap + NAME.expected.json)
+    Conformance(crate::conformance::ConformanceArgs),
     /// Create an ed25519 key pair for signing artifacts
     Keygen(crate::cmd_keys::KeygenArgs),
     /// Start the HTTP execution server
@@ -89,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Compile(args) => crate::cmd_run::compile(&args),
         Command::Inspect(args) => crate::cmd_inspect::inspect(&args),
         Command::Keygen(args) => crate::cmd_keys::keygen(&args),
+        Command::Conformance(args) => crate::conformance::conformance(&args),
         Command::Serve(args) => Ok(serve(&args)),
     };
     match result {

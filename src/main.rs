@@ -4,6 +4,7 @@ mod cli;
 mod cmd_inspect;
 mod cmd_keys;
 mod cmd_run;
+mod conformance;
 mod exec;
 
 fn main() -> std::process::ExitCode {

@@ -38,8 +38,14 @@ impl FuncCtx<'_, '_> {
                 self.push_none();
             }
             self.mark(call.span);
+            self.flush_main();
             self.ins().call(f.index);
+            self.reload_main();
             self.check_err();
+            return;
+        }
+        if let Some(code) = super::expr::builtin_code(name) {
+            self.builtin_call(call, code, name);
             return;
         }
         if let Some(sig) = command(name) {
@@ -70,7 +76,10 @@ impl FuncCtx<'_, '_> {
         };
         let Some(fi) = form_index else {
             self.mark(call.span);
-            self.raise(ErrorKind::TypeError, &format!("wrong number of arguments for {}", sig.name));
+            self.raise(
+                ErrorKind::TypeError,
+                &format!("wrong number of arguments for {}", sig.name),
+            );
             return;
         };
         let form = sig.forms[fi];
@@ -112,7 +121,9 @@ impl FuncCtx<'_, '_> {
                     slots.push(self.spill());
                 }
                 ParamKind::Target => {
-                    let name = arg.and_then(variable_name).or_else(|| assigned.map(|id| id.name.clone()));
+                    let name = arg
+                        .and_then(variable_name)
+                        .or_else(|| assigned.map(|id| id.name.clone()));
                     match &name {
                         Some(n) => {
                             let home = self.target_home(n);
@@ -191,4 +202,11 @@ pub(crate) fn statement_target(call: &Call) -> Option<String> {
         .zip(&call.args)
         .find(|(p, _)| p.kind == ParamKind::Target)
         .and_then(|(_, a)| variable_name(a))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`
+pub(crate) fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

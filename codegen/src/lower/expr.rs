@@ -19,7 +19,9 @@ impl FuncCtx<'_, '_> {
                 self.ins().i32_const(abi::TAG_INT).i64_const(*i);
             }
             ExprKind::Float(f) => {
-                self.ins().i32_const(abi::TAG_FLOAT).i64_const(f.to_bits().cast_signed());
+                self.ins()
+                    .i32_const(abi::TAG_FLOAT)
+                    .i64_const(f.to_bits().cast_signed());
             }
             ExprKind::Str { value, .. } => self.push_str(value),
             ExprKind::Bool(b) => {
@@ -229,7 +231,11 @@ impl FuncCtx<'_, '_> {
             .if_(BlockType::Result(ValType::I32));
         self.open(false);
         self.ins().local_get(s.payload()).i64_const(0).i64_ne().else_();
-        self.ins().local_get(s.tag()).i32_const(abi::TAG_STR).i32_ge_u().if_(BlockType::Result(ValType::I32));
+        self.ins()
+            .local_get(s.tag())
+            .i32_const(abi::TAG_STR)
+            .i32_ge_u()
+            .if_(BlockType::Result(ValType::I32));
         self.open(false);
         self.ins().local_get(s.tag()).local_get(s.payload());
         self.helper(Helper::Truthy);
@@ -250,7 +256,10 @@ impl FuncCtx<'_, '_> {
     fn unary_slow(&mut self, op: UnOp) {
         let s = self.lhs;
         self.ins().local_set(s.payload()).local_set(s.tag());
-        self.ins().i32_const(op as i32).local_get(s.tag()).local_get(s.payload());
+        self.ins()
+            .i32_const(op as i32)
+            .local_get(s.tag())
+            .local_get(s.payload());
         self.helper(Helper::Unary);
         self.check_err();
     }
@@ -331,9 +340,21 @@ impl FuncCtx<'_, '_> {
                 self.ins().local_set(r);
                 // Overflow: add: (a ^ r) & (b ^ r) < 0; sub: (a ^ b) & (a ^ r) < 0.
                 if op == BinOp::Add {
-                    self.ins().local_get(pa).local_get(r).i64_xor().local_get(pb).local_get(r).i64_xor();
+                    self.ins()
+                        .local_get(pa)
+                        .local_get(r)
+                        .i64_xor()
+                        .local_get(pb)
+                        .local_get(r)
+                        .i64_xor();
                 } else {
-                    self.ins().local_get(pa).local_get(pb).i64_xor().local_get(pa).local_get(r).i64_xor();
+                    self.ins()
+                        .local_get(pa)
+                        .local_get(pb)
+                        .i64_xor()
+                        .local_get(pa)
+                        .local_get(r)
+                        .i64_xor();
                 }
                 self.ins().i64_and().i64_const(0).i64_lt_s().br_if(0);
                 self.ins().i32_const(abi::TAG_INT).local_get(r);
@@ -474,42 +495,47 @@ impl FuncCtx<'_, '_> {
 
     /// A call in expression position.
     fn call_expr(&mut self, call: &Call) {
-        let Some(name) = call.name() else {
+        let Some(_) = call.name() else {
             self.mark(call.span);
-            self.raise(ErrorKind::NotAvailable, "method calls are not available yet (command not available yet)");
+            self.raise(
+                ErrorKind::NotAvailable,
+                "method calls are not available yet (command not available yet)",
+            );
             return;
         };
-        let name = name.name.as_str();
-        if let Some(code) = builtin_code(name) {
-            let n = call.args.len();
-            for a in &call.args {
-                match &a.value {
-                    Some(v) => self.expr(v),
-                    None => self.push_none(),
-                }
+        self.call_named(call, super::command::Site::Expression);
+    }
+    /// `str`/`int`/`float`/`len`: one argument, evaluated as an expression.
+    pub fn builtin_call(&mut self, call: &Call, code: BuiltinCode, name: &str) {
+        let n = call.args.len();
+        for a in &call.args {
+            match &a.value {
+                Some(v) => self.expr(v),
+                None => self.push_none(),
             }
-            if n != 1 {
-                for _ in 0..n {
-                    self.ins().drop().drop();
-                }
-                self.mark(call.span);
-                self.raise(ErrorKind::TypeError, &format!("{name}() takes exactly one argument ({n} given)"));
-                return;
+        }
+        if n != 1 {
+            for _ in 0..n {
+                self.ins().drop().drop();
             }
-            let s = self.lhs;
-            self.store_pair(s);
-            self.ins().i32_const(code as i32).i32_const(1);
-            self.load_pair(s);
             self.mark(call.span);
-            self.helper(Helper::Builtin);
-            self.check_err();
+            self.raise(
+                ErrorKind::TypeError,
+                &format!("{name}() takes exactly one argument ({n} given)"),
+            );
             return;
         }
-        self.call_named(call, super::command::Site::Expression);
+        let s = self.lhs;
+        self.store_pair(s);
+        self.ins().i32_const(code as i32).i32_const(1);
+        self.load_pair(s);
+        self.mark(call.span);
+        self.helper(Helper::Builtin);
+        self.check_err();
     }
 }
 
-fn builtin_code(name: &str) -> Option<BuiltinCode> {
+pub(crate) fn builtin_code(name: &str) -> Option<BuiltinCode> {
     Some(match name {
         "str" => BuiltinCode::Str,
         "int" => BuiltinCode::Int,

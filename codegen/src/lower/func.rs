@@ -77,6 +77,8 @@ pub(crate) struct FuncCtx<'m, 'a> {
     pub frame_cost: i64,
     /// For endpoint handlers: the `output` variable reported at return.
     pub output_var: Option<String>,
+    /// Top level: globals cached in locals, with their slots.
+    cached: Vec<(Pair, u32)>,
 }
 
 impl<'m, 'a> FuncCtx<'m, 'a> {
@@ -98,6 +100,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             marks: Vec::new(),
             frame_cost: 0,
             output_var: None,
+            cached: Vec::new(),
         };
         f.scratch = f.new_pair();
         f.lhs = f.new_pair();
@@ -123,11 +126,14 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         Pair(t)
     }
 
-
     /// Record that the code emitted next belongs to `span`.
     pub fn mark(&mut self, span: Span) {
         let lc = self.m.sources.get(self.file).line_col(span.start as usize);
-        if self.marks.last().is_some_and(|&(o, l, c)| o == self.body.len() && l == lc.line && c == lc.column) {
+        if self
+            .marks
+            .last()
+            .is_some_and(|&(o, l, c)| o == self.body.len() && l == lc.line && c == lc.column)
+        {
             return;
         }
         self.marks.push((self.body.len(), lc.line, lc.column));
@@ -151,7 +157,11 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
 
     /// Relative depth of the innermost error handler.
     pub fn handler_depth(&self) -> u32 {
-        let pos = self.labels.iter().rposition(|h| *h).expect("every function has an error handler label");
+        let pos = self
+            .labels
+            .iter()
+            .rposition(|h| *h)
+            .expect("every function has an error handler label");
         u32::try_from(self.labels.len() - 1 - pos).expect("label depth fits u32")
     }
 
@@ -225,8 +235,46 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         }
     }
 
+    /// The global variable `name`: its slot, or on the top level the local
+    /// that caches it.
     pub fn global_home(&mut self, name: &str) -> Home {
+        if self.kind == FuncKind::Main
+            && let Some(p) = self.vars.get(name)
+        {
+            return Home::Local(p.0);
+        }
         Home::Global(self.m.global_slot(name))
+    }
+
+    /// Top level: cache every global it touches in a pair of locals.
+    pub fn cache_globals(&mut self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            let slot = self.m.global_slot(&name);
+            let p = self.new_pair();
+            self.vars.insert(name, p);
+            self.cached.push((p, slot));
+        }
+    }
+
+    /// Top level: write the cached globals back to memory, where user
+    /// functions, `go_async` blocks and the host read them.
+    pub fn flush_main(&mut self) {
+        for i in 0..self.cached.len() {
+            let (p, slot) = self.cached[i];
+            let addr = global_addr(slot);
+            self.ins().i32_const(addr).local_get(p.tag()).i32_store(mem(0, 2));
+            self.ins().i32_const(addr).local_get(p.payload()).i64_store(mem(8, 3));
+        }
+    }
+
+    /// Top level, after a call: a function may have written globals.
+    pub fn reload_main(&mut self) {
+        for i in 0..self.cached.len() {
+            let (p, slot) = self.cached[i];
+            let addr = global_addr(slot);
+            self.ins().i32_const(addr).i32_load(mem(0, 2)).local_set(p.tag());
+            self.ins().i32_const(addr).i64_load(mem(8, 3)).local_set(p.payload());
+        }
     }
 
     /// Push the raw `(tag, payload)` of a variable (tag may be `TAG_UNDEF`).
@@ -285,7 +333,10 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         self.open(false);
         match undefined {
             Undefined::NameError => {
-                self.raise(avap_hostfns::ErrorKind::NameError, &format!("name '{name}' is not defined"));
+                self.raise(
+                    avap_hostfns::ErrorKind::NameError,
+                    &format!("name '{name}' is not defined"),
+                );
             }
             Undefined::OwnText => self.push_str(name),
             Undefined::AsNone => self.push_none(),
@@ -316,5 +367,9 @@ pub(crate) fn global_addr(slot: u32) -> i32 {
 }
 
 pub(crate) fn mem(offset: u64, align: u32) -> MemArg {
-    MemArg { offset, align, memory_index: 0 }
+    MemArg {
+        offset,
+        align,
+        memory_index: 0,
+    }
 }

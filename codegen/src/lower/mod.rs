@@ -95,15 +95,27 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
     fns.retain(|(_, f)| seen.insert(f.name.name.clone()));
     for (_, f) in &fns {
         let index = m.reserve_function();
-        m.user_fns.insert(f.name.name.clone(), UserFn { index, params: f.params.len() });
+        m.user_fns.insert(
+            f.name.name.clone(),
+            UserFn {
+                index,
+                params: f.params.len(),
+            },
+        );
     }
     let endpoints = collect_endpoints(checked, &mut m);
 
     // main
     {
         let mut cx = FuncCtx::new(&mut m, 0, FuncKind::Main, 0);
+        let mut names = scope::top_level_names(&checked.programs[0].body);
+        for fixed in abi::FIXED_GLOBALS {
+            names.insert(fixed.to_owned());
+        }
+        cx.cache_globals(names);
         cx.block(wasm_encoder::BlockType::Empty, true);
         cx.stmts(&checked.programs[0].body);
+        cx.flush_main();
         cx.ins().i32_const(0).return_();
         cx.close();
         cx.ins().i32_const(1).end();
@@ -111,7 +123,14 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         let type_index = m.type_index(&[], &[ValType::I32]);
         m.set_function(
             main_index,
-            DefinedFn { type_index, body, marks, name: "main".into(), file: 0, export: Some(abi::EXPORT_MAIN.into()) },
+            DefinedFn {
+                type_index,
+                body,
+                marks,
+                name: "main".into(),
+                file: 0,
+                export: Some(abi::EXPORT_MAIN.into()),
+            },
         );
     }
 
@@ -155,7 +174,17 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         let (body, marks) = cx.finish();
         let type_index = m.user_fn_type(n);
         let export = (n == 0).then(|| format!("{}{}", abi::EXPORT_FN_PREFIX, f.name.name));
-        m.set_function(index, DefinedFn { type_index, body, marks, name: f.name.name.clone(), file: *file, export });
+        m.set_function(
+            index,
+            DefinedFn {
+                type_index,
+                body,
+                marks,
+                name: f.name.name.clone(),
+                file: *file,
+                export,
+            },
+        );
     }
 
     // go_async blocks (compiling one may queue more).
@@ -163,7 +192,8 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         let n = pending.captured.len();
         let mut cx = FuncCtx::new(&mut m, pending.file, FuncKind::Async, u32::try_from(n).unwrap_or(0));
         for (i, name) in pending.captured.iter().enumerate() {
-            cx.vars.insert(name.clone(), func::Pair(u32::try_from(i * 2).unwrap_or(0)));
+            cx.vars
+                .insert(name.clone(), func::Pair(u32::try_from(i * 2).unwrap_or(0)));
         }
         cx.block(wasm_encoder::BlockType::Empty, true);
         cx.stmts(pending.body);
@@ -189,7 +219,14 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         let line = marks.first().map_or(0, |m| m.1);
         m.set_function(
             pending.index,
-            DefinedFn { type_index, body, marks, name: format!("go_async@{line}"), file: pending.file, export: None },
+            DefinedFn {
+                type_index,
+                body,
+                marks,
+                name: format!("go_async@{line}"),
+                file: pending.file,
+                export: None,
+            },
         );
     }
 
@@ -249,7 +286,12 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
             exports.export(e, ExportKind::Func, index);
         }
         names.append(index, &f.name);
-        marks.push(FunctionMarks { func_index: index, name: f.name.clone(), file: f.file, marks: f.marks.clone() });
+        marks.push(FunctionMarks {
+            func_index: index,
+            name: f.name.clone(),
+            file: f.file,
+            marks: f.marks.clone(),
+        });
         if !f.name.starts_with("go_async@") && f.name != "main" {
             fn_names.push(f.name.clone());
         }
@@ -261,18 +303,39 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
     }
 
     let mut memory = MemorySection::new();
-    memory.memory(MemoryType { minimum: pages, maximum: Some(pages), memory64: false, shared: false, page_size_log2: None });
+    memory.memory(MemoryType {
+        minimum: pages,
+        maximum: Some(pages),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
     exports.export(abi::EXPORT_MEMORY, ExportKind::Memory, 0);
 
     let mut globals = GlobalSection::new();
-    globals.global(GlobalType { val_type: ValType::I64, mutable: true, shared: false }, &ConstExpr::i64_const(0));
+    globals.global(
+        GlobalType {
+            val_type: ValType::I64,
+            mutable: true,
+            shared: false,
+        },
+        &ConstExpr::i64_const(0),
+    );
     let table_addr_i32 = i32::try_from(table_addr).expect("address fits i32");
     globals.global(
-        GlobalType { val_type: ValType::I32, mutable: false, shared: false },
+        GlobalType {
+            val_type: ValType::I32,
+            mutable: false,
+            shared: false,
+        },
         &ConstExpr::i32_const(table_addr_i32),
     );
     globals.global(
-        GlobalType { val_type: ValType::I32, mutable: false, shared: false },
+        GlobalType {
+            val_type: ValType::I32,
+            mutable: false,
+            shared: false,
+        },
         &ConstExpr::i32_const(i32::try_from(m.global_count()).expect("global count fits i32")),
     );
     exports.export(abi::EXPORT_STACK_LEFT, ExportKind::Global, STACK_LEFT_GLOBAL);
@@ -301,9 +364,19 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
     let commands = m
         .commands
         .values()
-        .map(|(_, sig, line)| ImportedCommand { name: sig.name, capability: sig.capability, line: *line })
+        .map(|(_, sig, line)| ImportedCommand {
+            name: sig.name,
+            capability: sig.capability,
+            line: *line,
+        })
         .collect();
-    LoweredModule { wasm: module.finish(), commands, endpoints, functions: fn_names, marks }
+    LoweredModule {
+        wasm: module.finish(),
+        commands,
+        endpoints,
+        functions: fn_names,
+        marks,
+    }
 }
 
 /// Every command the program calls, in first-use order, with its import

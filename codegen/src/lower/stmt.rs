@@ -163,7 +163,11 @@ impl<'a> FuncCtx<'_, 'a> {
         self.load_pair(idx);
         self.load_pair(v);
         self.mark(target.span);
-        self.helper(if path.is_empty() { Helper::SetIndex } else { Helper::SetPath });
+        self.helper(if path.is_empty() {
+            Helper::SetIndex
+        } else {
+            Helper::SetPath
+        });
         self.check_status();
     }
 
@@ -271,7 +275,11 @@ impl<'a> FuncCtx<'_, 'a> {
         self.ins().local_get(s.payload()).else_();
         for code in [abi::BuiltinCode::Float, abi::BuiltinCode::Int] {
             let s = self.lhs;
-            self.ins().i32_const(code as i32).i32_const(1).local_get(s.tag()).local_get(s.payload());
+            self.ins()
+                .i32_const(code as i32)
+                .i32_const(1)
+                .local_get(s.tag())
+                .local_get(s.payload());
             self.helper(Helper::Builtin);
             self.check_err();
             self.store_pair(s);
@@ -344,7 +352,9 @@ impl<'a> FuncCtx<'_, 'a> {
             let home = self.home(name);
             self.load(home);
         }
+        self.flush_main();
         self.ins().call(index);
+        self.reload_main();
         let res = self.new_pair();
         self.store_pair(res);
         self.load_pair(idp);
