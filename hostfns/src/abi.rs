@@ -235,10 +235,15 @@ pub enum Helper {
     /// `(idt, idp, t, p) -> ()`: a `go_async` block finished; `(t, p)` is the
     /// dict of variables it assigned, or `TAG_ERR` if it failed.
     AsyncDone,
+    /// `() -> i32`: a safe point on the top level (all its variables are in
+    /// their global slots, nothing else is live): collect garbage if the
+    /// heap grew enough; returns how many loop iterations to run before
+    /// polling again.
+    Collect,
 }
 
 impl Helper {
-    pub const ALL: [Helper; 19] = [
+    pub const ALL: [Helper; 20] = [
         Helper::Binary,
         Helper::Unary,
         Helper::Truthy,
@@ -258,6 +263,7 @@ impl Helper {
         Helper::StackOverflow,
         Helper::SetOutput,
         Helper::AsyncDone,
+        Helper::Collect,
     ];
 
     /// Import name.
@@ -282,6 +288,7 @@ impl Helper {
             Helper::StackOverflow => "stack_overflow",
             Helper::SetOutput => "set_output",
             Helper::AsyncDone => "async_done",
+            Helper::Collect => "collect",
         }
     }
 
@@ -307,6 +314,7 @@ impl Helper {
             Helper::StackOverflow => (&[], &[]),
             Helper::SetOutput => (&[I32, I64], &[]),
             Helper::AsyncDone => (&[I32, I64, I32, I64], &[]),
+            Helper::Collect => (&[], &[I32]),
         }
     }
 }

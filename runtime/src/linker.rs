@@ -97,8 +97,9 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
     })?;
     l.func_wrap(rt, Helper::ListPush.name(), |mut c: Caller<'_, RunState>, h: i64, t: i32, p: i64| -> Res<()> {
         let v = value(&c.data().heap, t, p)?.into_owned();
+        charge(&mut c, 1 + v.heap_bytes() as u64 / BYTES_PER_FUEL)?;
         let heap = &mut c.data_mut().heap;
-        heap.account(v.heap_bytes() as u64)?;
+        heap.grow(h, v.heap_bytes() as u64)?;
         match heap.get_mut(h)? {
             Value::List(items) => items.push(v),
             _ => return Err(bad("list_push on a non-list")),
@@ -120,8 +121,9 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 raise(&mut c, AvapError::new(ErrorKind::TypeError, format!("dict keys must be strings, not {}", k.type_name())));
                 return Ok(-1);
             };
+            charge(&mut c, 1 + (key.len() + v.heap_bytes()) as u64 / BYTES_PER_FUEL)?;
             let heap = &mut c.data_mut().heap;
-            heap.account((key.len() + v.heap_bytes()) as u64)?;
+            heap.grow(h, (key.len() + v.heap_bytes()) as u64)?;
             match heap.get_mut(h)? {
                 Value::Dict(d) => {
                     d.insert(key, v);
@@ -136,6 +138,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             return Ok((t, p));
         }
         let text = if t == abi::TAG_UNDEF { String::new() } else { ops::template_text(value(&c.data().heap, t, p)?.as_ref()) };
+        charge(&mut c, text.len() as u64 / BYTES_PER_FUEL)?;
         let h = c.data_mut().heap.alloc(Value::Str(text))?;
         Ok((abi::TAG_STR, h))
     })?;
@@ -175,6 +178,35 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             Ok(())
         },
     )?;
+    l.func_wrap(rt, Helper::Collect.name(), |mut c: Caller<'_, RunState>| -> Res<i32> {
+        let count = match c.get_export(abi::EXPORT_GLOBAL_COUNT) {
+            Some(wasmtime::Extern::Global(g)) => g.get(&mut c).i32().unwrap_or(0),
+            _ => 0,
+        };
+        let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
+        let (data, state) = memory.data_and_store_mut(&mut c);
+        let roots = || {
+            let mut roots = Vec::new();
+            for slot in 0..u32::try_from(count).unwrap_or(0) {
+                let at = (abi::GLOBALS_BASE + slot * abi::SLOT_BYTES) as usize;
+                if let Some(b) = data.get(at..at + 16) {
+                    let t = i32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
+                    if matches!(t, abi::TAG_STR | abi::TAG_LIST | abi::TAG_DICT) {
+                        roots.push(i64::from_le_bytes(b[8..16].try_into().expect("8 bytes")));
+                    }
+                }
+            }
+            if let Some((t, p)) = state.output
+                && matches!(t, abi::TAG_STR | abi::TAG_LIST | abi::TAG_DICT)
+            {
+                roots.push(p);
+            }
+            roots
+        };
+        let next = state.heap.poll(state.poll_interval, roots);
+        state.poll_interval = next;
+        Ok(i32::try_from(next).unwrap_or(1))
+    })?;
     for sig in avap_hostfns::commands() {
         l.func_wrap(abi::COMMAND_MODULE, sig.name, move |mut c: Caller<'_, RunState>, ptr: i32, argc: i32| {
             command(&mut c, sig, ptr, argc)
@@ -234,12 +266,34 @@ fn with_values(
         f(&refs)
     };
     match r {
-        Ok(v) => to_pair(&mut c.data_mut().heap, v),
+        Ok(v) => {
+            if matches!(v, Value::Str(_) | Value::List(_) | Value::Dict(_)) {
+                charge(c, v.heap_bytes() as u64 / BYTES_PER_FUEL)?;
+            }
+            to_pair(&mut c.data_mut().heap, v)
+        }
         Err(e) => {
             raise(c, e);
             Ok((abi::TAG_ERR, 0))
         }
     }
+}
+
+/// Host work is charged at one fuel unit per this many bytes produced.
+const BYTES_PER_FUEL: u64 = 8;
+
+/// Take `units` of fuel for host work; `FuelExhausted` when there is not
+/// enough left. A no-op when metering is off.
+fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
+    if units == 0 {
+        return Ok(());
+    }
+    let Ok(left) = c.get_fuel() else { return Ok(()) };
+    if units > left {
+        c.set_fuel(0)?;
+        return Err(wasmtime::Error::new(LimitHit::new(LimitKind::FuelExhausted, "all fuel consumed (in a host call)")));
+    }
+    c.set_fuel(left - units)
 }
 
 fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path: bool) -> Res<i32> {
@@ -258,7 +312,7 @@ fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path:
         (indices, value(heap, val.0, val.1)?.into_owned())
     };
     let heap = &mut c.data_mut().heap;
-    heap.account(v.heap_bytes() as u64)?;
+    heap.grow(obj.1, v.heap_bytes() as u64)?;
     let root = heap.get_mut(obj.1)?;
     let r = walk_and_set(root, &indices, v);
     match r {
@@ -344,7 +398,10 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
             to_pair(&mut state.heap, v)
         }
         Ok((Outcome::InPlace, added)) => {
-            state.heap.account(added)?;
+            match target_handle {
+                Some((_, h)) => state.heap.grow(h, added)?,
+                None => state.heap.account(added)?,
+            }
             let tag = match &target {
                 Value::List(_) => Some(abi::TAG_LIST),
                 Value::Dict(_) => Some(abi::TAG_DICT),

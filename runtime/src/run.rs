@@ -49,6 +49,7 @@ impl Runtime {
             pending: None,
             output: None,
             limiter: MemoryLimiter { limit: limits.memory_bytes },
+            poll_interval: 1,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -217,6 +218,7 @@ fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) ->
     for c in consts {
         store.data_mut().heap.alloc(Value::Str(c)).map_err(|l| Failure::Limit(l, None))?;
     }
+    store.data_mut().heap.pin_all();
     let stack = instance
         .get_global(&mut *store, abi::EXPORT_STACK_LEFT)
         .ok_or_else(|| Failure::Internal("module exports no stack budget".into()))?;

@@ -23,6 +23,8 @@ pub struct RunState {
     /// Value of an endpoint handler's `output` variable at its return.
     pub output: Option<(i32, i64)>,
     pub limiter: MemoryLimiter,
+    /// Loop iterations between garbage-collection polls, as last chosen.
+    pub poll_interval: u64,
 }
 
 /// The part of the run state commands see through [`HostContext`].

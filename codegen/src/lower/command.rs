@@ -159,6 +159,7 @@ impl FuncCtx<'_, '_> {
             self.load_pair(s);
             let home = self.target_home(&t);
             self.store(home);
+            self.note_write(&t, false);
             self.load_pair(s);
         }
     }

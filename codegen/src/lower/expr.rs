@@ -12,11 +12,38 @@ use wasm_encoder::{BlockType, ValType};
 use super::func::{FuncCtx, Undefined};
 use crate::ast::{BinaryOp, Call, CompareOp, Expr, ExprKind, LogicalOp, TemplatePart, UnaryOp};
 
+/// What the compiler knows statically about a value on the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Known {
+    /// The tag is `TAG_INT`.
+    pub int: bool,
+    /// The value is this int constant.
+    pub konst: Option<i64>,
+}
+
+impl Known {
+    pub const ANY: Known = Known {
+        int: false,
+        konst: None,
+    };
+    pub const INT: Known = Known { int: true, konst: None };
+}
+
 impl FuncCtx<'_, '_> {
+    /// Evaluate `e`; [`FuncCtx::last`] says what is known about the result.
     pub fn expr(&mut self, e: &Expr) {
+        let k = self.expr_known(e);
+        self.last = k;
+    }
+
+    fn expr_known(&mut self, e: &Expr) -> Known {
         match &e.kind {
             ExprKind::Int(i) => {
                 self.ins().i32_const(abi::TAG_INT).i64_const(*i);
+                return Known {
+                    int: true,
+                    konst: Some(*i),
+                };
             }
             ExprKind::Float(f) => {
                 self.ins()
@@ -32,7 +59,14 @@ impl FuncCtx<'_, '_> {
             ExprKind::Name(id) => {
                 let home = self.home(&id.name);
                 self.mark(e.span);
-                self.read(home, &id.name, Undefined::NameError);
+                if self.defined.contains(&id.name) && matches!(home, super::func::Home::Local(_)) {
+                    self.load(home);
+                } else {
+                    self.read(home, &id.name, Undefined::NameError);
+                }
+                if self.ints.contains(&id.name) && matches!(home, super::func::Home::Local(_)) {
+                    return Known::INT;
+                }
             }
             ExprKind::Global(id) => {
                 let home = self.global_home(&id.name);
@@ -70,9 +104,11 @@ impl FuncCtx<'_, '_> {
             }
             ExprKind::Binary { op, lhs, rhs } => {
                 self.expr(lhs);
+                let a = self.last;
                 self.expr(rhs);
+                let b = self.last;
                 self.mark(e.span);
-                self.binary(binop(*op));
+                return self.binary_known(binop(*op), a, b);
             }
             ExprKind::Compare { first, rest } => self.compare_chain(first, rest, e),
             ExprKind::Logical { op, lhs, rhs } => {
@@ -121,6 +157,7 @@ impl FuncCtx<'_, '_> {
                 self.check_err();
             }
         }
+        Known::ANY
     }
 
     /// A list display. In value arguments (`own_text`), bare undefined names
@@ -267,6 +304,13 @@ impl FuncCtx<'_, '_> {
     /// Stack `(ta, pa, tb, pb)` → result of `op`, inline when both operands
     /// are numbers and nothing unusual happens.
     pub fn binary(&mut self, op: BinOp) {
+        self.binary_known(op, Known::ANY, Known::ANY);
+    }
+
+    /// [`Self::binary`] with what is known about the operands: known ints
+    /// skip the tag checks, a known positive divisor skips its sign check.
+    /// Returns what is known about the result.
+    pub fn binary_known(&mut self, op: BinOp, ka: Known, kb: Known) -> Known {
         let (a, b) = (self.lhs, self.rhs);
         self.store_pair(b);
         self.store_pair(a);
@@ -278,30 +322,37 @@ impl FuncCtx<'_, '_> {
         // Both ints.
         self.ins().block(BlockType::Empty);
         self.open(false);
-        self.ins()
-            .local_get(a.tag())
-            .i32_const(abi::TAG_INT)
-            .i32_eq()
-            .local_get(b.tag())
-            .i32_const(abi::TAG_INT)
-            .i32_eq()
-            .i32_and()
-            .i32_eqz()
-            .br_if(0);
-        if self.int_fast_path(op) {
+        let guards: Vec<u32> = [(ka, a), (kb, b)]
+            .iter()
+            .filter(|(k, _)| !k.int)
+            .map(|(_, p)| p.tag())
+            .collect();
+        for (i, t) in guards.iter().enumerate() {
+            self.ins().local_get(*t).i32_const(abi::TAG_INT).i32_eq();
+            if i == 1 {
+                self.ins().i32_and();
+            }
+        }
+        if !guards.is_empty() {
+            self.ins().i32_eqz().br_if(0);
+        }
+        let positive_divisor = kb.konst.is_some_and(|k| k > 0);
+        if self.int_fast_path(op, positive_divisor) {
             let d = self.depth_of(done);
             self.ins().br(d);
         }
         self.close();
 
-        // At least one float, both numbers.
-        self.ins().block(BlockType::Empty);
-        self.open(false);
-        if self.float_fast_path(op) {
-            let d = self.depth_of(done);
-            self.ins().br(d);
+        // At least one float, both numbers (impossible when both are ints).
+        if !(ka.int && kb.int) {
+            self.ins().block(BlockType::Empty);
+            self.open(false);
+            if self.float_fast_path(op) {
+                let d = self.depth_of(done);
+                self.ins().br(d);
+            }
+            self.close();
         }
-        self.close();
 
         self.ins().i32_const(op as i32);
         self.load_pair(a);
@@ -309,6 +360,12 @@ impl FuncCtx<'_, '_> {
         self.helper(Helper::Binary);
         self.check_err();
         self.close();
+        let int_result = matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Mod | BinOp::FloorDiv);
+        if ka.int && kb.int && int_result {
+            Known::INT
+        } else {
+            Known::ANY
+        }
     }
 
     /// Slow path only (heap values such as template pieces).
@@ -326,7 +383,7 @@ impl FuncCtx<'_, '_> {
     /// Inside a block whose label 0 means "take the slow path": push the
     /// int result and return true, or return false when `op` has no inline
     /// int form (the block then falls through to the slow path).
-    fn int_fast_path(&mut self, op: BinOp) -> bool {
+    fn int_fast_path(&mut self, op: BinOp, positive_divisor: bool) -> bool {
         let (a, b, r) = (self.lhs, self.rhs, self.tmp64);
         let (pa, pb) = (a.payload(), b.payload());
         match op {
@@ -377,7 +434,9 @@ impl FuncCtx<'_, '_> {
             BinOp::Mod | BinOp::FloorDiv => {
                 // Non-negative dividend, positive divisor: wasm and Python agree.
                 self.ins().local_get(pa).i64_const(0).i64_lt_s().br_if(0);
-                self.ins().local_get(pb).i64_const(0).i64_le_s().br_if(0);
+                if !positive_divisor {
+                    self.ins().local_get(pb).i64_const(0).i64_le_s().br_if(0);
+                }
                 self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb);
                 if op == BinOp::Mod {
                     self.ins().i64_rem_s();

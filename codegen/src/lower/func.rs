@@ -1,7 +1,7 @@
 //! One WebAssembly function under construction: locals, the control-label
 //! stack, error branches, variable access and source-map marks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use avap_hostfns::abi::{self, Helper};
 use wasm_encoder::{BlockType, Function, InstructionSink, MemArg, ValType};
@@ -79,6 +79,14 @@ pub(crate) struct FuncCtx<'m, 'a> {
     pub output_var: Option<String>,
     /// Top level: globals cached in locals, with their slots.
     cached: Vec<(Pair, u32)>,
+    /// What the last [`FuncCtx::expr`] left on the stack.
+    pub last: super::expr::Known,
+    /// Local variables certainly assigned at this point of the code.
+    pub defined: HashSet<String>,
+    /// Local variables certainly holding an int at this point.
+    pub ints: HashSet<String>,
+    /// Top level: iterations left before the next garbage-collection poll.
+    pub gc_countdown: Option<u32>,
 }
 
 impl<'m, 'a> FuncCtx<'m, 'a> {
@@ -101,6 +109,10 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             frame_cost: 0,
             output_var: None,
             cached: Vec::new(),
+            last: super::expr::Known::ANY,
+            defined: HashSet::new(),
+            ints: HashSet::new(),
+            gc_countdown: None,
         };
         f.scratch = f.new_pair();
         f.lhs = f.new_pair();
@@ -267,8 +279,22 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         }
     }
 
+    /// Record a write of `name` (`int`: the value is certainly an int).
+    pub fn note_write(&mut self, name: &str, int: bool) {
+        self.defined.insert(name.to_owned());
+        if int {
+            self.ints.insert(name.to_owned());
+        } else {
+            self.ints.remove(name);
+        }
+    }
+
     /// Top level, after a call: a function may have written globals.
     pub fn reload_main(&mut self) {
+        if self.kind == FuncKind::Main {
+            // Globals may now hold anything (but stay assigned).
+            self.ints.clear();
+        }
         for i in 0..self.cached.len() {
             let (p, slot) = self.cached[i];
             let addr = global_addr(slot);

@@ -142,6 +142,8 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         let mut cx = FuncCtx::new(&mut m, *file, FuncKind::User, u32::try_from(n).unwrap_or(0));
         for (i, p) in params.iter().enumerate() {
             cx.vars.insert(p.clone(), func::Pair(u32::try_from(i * 2).unwrap_or(0)));
+            // Callers always pass a value (missing arguments are `None`).
+            cx.defined.insert(p.clone());
         }
         for name in scope::assigned_names(&f.body) {
             if !cx.vars.contains_key(&name) {
@@ -427,7 +429,7 @@ fn collect_endpoints(checked: &CheckedProgram, m: &mut ModuleCtx<'_>) -> Vec<Sta
 }
 
 /// Visit every call in statements and their expressions.
-fn each_call<'a>(body: &'a [Stmt], f: &mut dyn FnMut(&'a Call)) {
+pub(crate) fn each_call<'a>(body: &'a [Stmt], f: &mut dyn FnMut(&'a Call)) {
     walk_stmts(body, &mut |s| match &s.kind {
         StmtKind::Assign { target, value, .. } => {
             target.indices.iter().for_each(|i| expr_calls(i, f));

@@ -68,6 +68,17 @@ impl<'a> ModuleCtx<'a> {
         }
     }
 
+    /// Whether `body` calls a user function anywhere (expressions included).
+    pub fn calls_user_function(&self, body: &[Stmt]) -> bool {
+        let mut found = false;
+        super::each_call(body, &mut |c| {
+            if c.name().is_some_and(|n| self.user_fns.contains_key(&n.name)) {
+                found = true;
+            }
+        });
+        found
+    }
+
     pub fn type_index(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
         let n = u32::try_from(self.types.len()).expect("type count fits u32");
         *self.types.entry((params.to_vec(), results.to_vec())).or_insert(n)

@@ -1,5 +1,7 @@
 //! Statements and blocks.
 
+use std::collections::HashSet;
+
 use avap_hostfns::abi::{self, BinOp, Helper, IfCmp};
 use wasm_encoder::{BlockType, ValType};
 
@@ -35,11 +37,16 @@ impl<'a> FuncCtx<'_, 'a> {
                 self.condition(condition);
                 self.ins().if_(BlockType::Empty);
                 self.open(false);
+                let before = self.facts();
                 self.stmts(then_body);
+                let after_then = self.facts();
+                self.set_facts(before.clone());
                 if let Some(e) = else_body {
                     self.ins().else_();
                     self.stmts(e);
                 }
+                let after_else = self.facts();
+                self.set_facts(meet(&after_then, &after_else));
                 self.close();
             }
             StmtKind::Loop { var, from, to, body } => self.loop_(var, from, to, body),
@@ -54,7 +61,12 @@ impl<'a> FuncCtx<'_, 'a> {
                 let after = self.label_count() - 1;
                 self.ins().block(BlockType::Empty);
                 self.open(true);
+                let before = self.facts();
                 self.stmts(body);
+                let after_body = self.facts();
+                // The handler may start anywhere in the body.
+                self.set_facts(before);
+                self.forget_writes(body);
                 let d = self.depth_of(after);
                 self.ins().br(d);
                 self.close();
@@ -69,8 +81,11 @@ impl<'a> FuncCtx<'_, 'a> {
                     let home = self.target_home(&v.name);
                     self.load_pair(msg);
                     self.store(home);
+                    self.note_write(&v.name, false);
                 }
                 self.stmts(handler);
+                let after_handler = self.facts();
+                self.set_facts(meet(&after_body, &after_handler));
                 self.close();
             }
             StmtKind::Function(_) | StmtKind::Include { .. } => {}
@@ -107,20 +122,36 @@ impl<'a> FuncCtx<'_, 'a> {
             AssignOp::DivAssign => Some(BinOp::Div),
         };
         if target.indices.is_empty() {
-            if let Some(op) = binop {
-                self.read(home, name, Undefined::NameError);
+            let int = if let Some(op) = binop {
+                let known_int = self.ints.contains(name) && matches!(home, super::func::Home::Local(_));
+                if self.defined.contains(name) && matches!(home, super::func::Home::Local(_)) {
+                    self.load(home);
+                } else {
+                    self.read(home, name, Undefined::NameError);
+                }
                 self.expr(value);
+                let kb = self.last;
                 self.mark(target.span);
-                self.binary(op);
+                let ka = if known_int {
+                    super::expr::Known::INT
+                } else {
+                    super::expr::Known::ANY
+                };
+                self.binary_known(op, ka, kb).int
             } else {
                 match &value.kind {
                     ExprKind::Call(call) if call.name().is_some() => {
                         self.call_named(call, Site::Assigned(Some(&target.name)));
+                        false
                     }
-                    _ => self.expr(value),
+                    _ => {
+                        self.expr(value);
+                        self.last.int
+                    }
                 }
-            }
+            };
             self.store(home);
+            self.note_write(name, int);
             return;
         }
         // obj[i]…[k] = value: evaluate the container and the last index.
@@ -252,7 +283,18 @@ impl<'a> FuncCtx<'_, 'a> {
         self.open(false);
         self.ins().i32_const(abi::TAG_INT).local_get(lo);
         self.store(home);
+        // Later iterations start where the body ended.
+        let before = self.facts();
+        self.forget_writes(body);
+        if !super::scope::written_names(body, &statement_target).contains(&var.name) {
+            self.note_write(&var.name, true);
+        } else {
+            self.defined.insert(var.name.clone());
+        }
         self.stmts(body);
+        if self.kind == FuncKind::Main {
+            self.gc_poll();
+        }
         // Counter after the loop: to + 1 (spec §5).
         self.ins().local_get(lo).i64_const(1).i64_add().local_set(lo);
         self.ins().local_get(lo).local_get(hi).i64_le_s().br_if(0);
@@ -260,6 +302,57 @@ impl<'a> FuncCtx<'_, 'a> {
         self.store(home);
         self.close();
         self.close();
+        let mut after = meet(&before, &self.facts());
+        after.1.remove(&var.name);
+        self.set_facts(after);
+    }
+
+    /// Top-level loop back-edge: every so many iterations, write the
+    /// variables back to their slots and let the host collect garbage
+    /// (the host picks the interval from the allocation rate).
+    fn gc_poll(&mut self) {
+        let countdown = match self.gc_countdown {
+            Some(c) => c,
+            None => {
+                let c = self.new_local(ValType::I32);
+                self.gc_countdown = Some(c);
+                c
+            }
+        };
+        self.ins()
+            .local_get(countdown)
+            .i32_const(1)
+            .i32_sub()
+            .local_tee(countdown)
+            .i32_const(0)
+            .i32_le_s()
+            .if_(BlockType::Empty);
+        self.open(false);
+        self.flush_main();
+        self.helper(Helper::Collect);
+        self.ins().local_set(countdown);
+        self.close();
+    }
+
+    /// What is known about locals here: `(defined, ints)`.
+    fn facts(&self) -> Facts {
+        (self.defined.clone(), self.ints.clone())
+    }
+
+    fn set_facts(&mut self, f: Facts) {
+        self.defined = f.0;
+        self.ints = f.1;
+    }
+
+    /// Forget int knowledge of everything `body` may write (and, on the
+    /// top level, of every global when it calls a user function).
+    fn forget_writes(&mut self, body: &[Stmt]) {
+        for name in super::scope::written_names(body, &statement_target) {
+            self.ints.remove(&name);
+        }
+        if self.kind == FuncKind::Main && self.m.calls_user_function(body) {
+            self.ints.clear();
+        }
     }
 
     /// Stack `(tag, payload)` → `i64` bound, converted like `int(float(x))`.
@@ -361,6 +454,16 @@ impl<'a> FuncCtx<'_, 'a> {
         self.load_pair(res);
         self.helper(Helper::AsyncDone);
     }
+}
+
+type Facts = (HashSet<String>, HashSet<String>);
+
+/// Facts that hold on both paths.
+fn meet(a: &Facts, b: &Facts) -> Facts {
+    (
+        a.0.intersection(&b.0).cloned().collect(),
+        a.1.intersection(&b.1).cloned().collect(),
+    )
 }
 
 fn if_cmp(c: Comparator) -> IfCmp {
