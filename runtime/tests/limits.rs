@@ -1,0 +1,122 @@
+//! Each sandbox limit ends a run with its kind, within 2× its budget, is
+//! not catchable, and leaves the runtime fine for the next run.
+
+mod common;
+
+use avap_runtime::Limits;
+use common::{Harness, error_kind};
+
+const HELLO: &str = "addVar(greeting, \"Hello\")\naddResult(greeting)\n";
+
+fn small() -> Limits {
+    Limits { fuel: 50_000_000, time_ms: 5_000, memory_bytes: 16 << 20, stack_bytes: 64 << 10, output_bytes: 64 << 10 }
+}
+
+/// After any failure the same runtime serves a normal run.
+fn assert_next_run_fine(h: &Harness) {
+    let r = h.run(HELLO);
+    assert_eq!(r.http_status, 200, "{}", r.envelope);
+    assert_eq!(r.envelope["result"]["greeting"], "Hello");
+}
+
+#[test]
+fn endless_loop_runs_out_of_fuel() {
+    let h = Harness::new();
+    let src = "s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\naddResult(s)\n";
+    let limits = small();
+    let r = h.run_with(src, limits);
+    assert_eq!(error_kind(&r), "FuelExhausted", "{}", r.envelope);
+    assert_eq!(r.http_status, 422);
+    assert!(r.usage.fuel <= 2 * limits.fuel, "used {} of {}", r.usage.fuel, limits.fuel);
+    assert!(r.usage.fuel >= limits.fuel / 2, "stopped early: {} of {}", r.usage.fuel, limits.fuel);
+    // Fuel is checked at the loop header, so the loop statement is blamed.
+    assert_eq!(r.envelope["error"]["line"], 2, "{}", r.envelope);
+    assert_next_run_fine(&h);
+}
+
+#[test]
+fn endless_loop_hits_the_wall_clock_limit() {
+    let h = Harness::new();
+    let src = "s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\n";
+    let limits = Limits { fuel: u64::MAX / 2, time_ms: 200, ..small() };
+    let r = h.run_with(src, limits);
+    assert_eq!(error_kind(&r), "TimeLimit", "{}", r.envelope);
+    assert_eq!(r.http_status, 504);
+    assert!(r.usage.wall_ms < 400.0, "took {} ms for a 200 ms budget", r.usage.wall_ms);
+    assert!(r.usage.wall_ms >= 150.0, "stopped early at {} ms", r.usage.wall_ms);
+    assert_next_run_fine(&h);
+}
+
+#[test]
+fn string_doubling_hits_the_memory_limit() {
+    let h = Harness::new();
+    let src = "s = \"0123456789\"\nstartLoop(i, 1, 100)\n  s = s + s\nendLoop()\naddResult(s)\n";
+    let limits = small();
+    let r = h.run_with(src, limits);
+    assert_eq!(error_kind(&r), "MemoryLimit", "{}", r.envelope);
+    assert_eq!(r.http_status, 422);
+    assert!(r.usage.peak_memory_bytes <= 2 * limits.memory_bytes, "peak {}", r.usage.peak_memory_bytes);
+    assert_next_run_fine(&h);
+}
+
+#[test]
+fn garbage_in_a_top_level_loop_is_collected() {
+    let h = Harness::new();
+    // 2,000 iterations × a 10 KB string = 20 MB of garbage under a 16 MB cap.
+    let src = "big = \"\"\nstartLoop(i, 1, 1000)\n  big = big + \"0123456789\"\nendLoop()\n\
+               startLoop(j, 1, 2000)\n  t = big + \"x\"\nendLoop()\nn = len(t)\naddResult(n)\n";
+    let r = h.run_with(src, small());
+    assert_eq!(r.http_status, 200, "{}", r.envelope);
+    assert_eq!(r.envelope["result"]["n"], 10_001);
+    assert!(r.usage.peak_memory_bytes < 8 << 20, "peak {}", r.usage.peak_memory_bytes);
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack_budget() {
+    let h = Harness::new();
+    let src = "function down(n) {\n  return(down(n + 1))\n}\nx = down(0)\n";
+    let r = h.run_with(src, small());
+    assert_eq!(error_kind(&r), "StackOverflow", "{}", r.envelope);
+    assert_eq!(r.http_status, 422);
+    assert_next_run_fine(&h);
+}
+
+#[test]
+fn recursion_past_the_native_stack_is_still_a_stack_overflow() {
+    let h = Harness::new();
+    let src = "function down(n) {\n  return(down(n + 1))\n}\nx = down(0)\n";
+    let limits = Limits { stack_bytes: u64::MAX / 4, fuel: u64::MAX / 2, ..small() };
+    let r = h.run_with(src, limits);
+    assert_eq!(error_kind(&r), "StackOverflow", "{}", r.envelope);
+    assert_next_run_fine(&h);
+}
+
+#[test]
+fn huge_add_result_hits_the_output_limit() {
+    let h = Harness::new();
+    let src = "s = \"0123456789\"\nstartLoop(i, 1, 14)\n  s = s + s\nendLoop()\naddResult(s)\n";
+    let limits = small();
+    let r = h.run_with(src, limits);
+    assert_eq!(error_kind(&r), "OutputLimit", "{}", r.envelope);
+    assert_eq!(r.http_status, 422);
+    assert_eq!(r.envelope["error"]["line"], 5);
+    assert_next_run_fine(&h);
+}
+
+#[test]
+fn limits_are_not_catchable() {
+    let h = Harness::new();
+    let src = "try()\n  startLoop(i, 1, 9000000000000)\n    x = i\n  endLoop()\nexception(e)\n  addResult(e)\nend()\n";
+    let r = h.run_with(src, small());
+    assert_eq!(error_kind(&r), "FuelExhausted", "{}", r.envelope);
+}
+
+#[test]
+fn every_run_reports_its_usage() {
+    let h = Harness::new();
+    let r = h.run("s = 0\nstartLoop(i, 1, 1000)\n  s = s + i\nendLoop()\naddResult(s)\n");
+    assert_eq!(r.envelope["result"]["s"], 500_500);
+    assert!(r.usage.fuel > 1000, "fuel {}", r.usage.fuel);
+    assert!(r.usage.wall_ms > 0.0);
+    assert!(r.usage.peak_memory_bytes > 0);
+}
