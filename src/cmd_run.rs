@@ -32,7 +32,7 @@ pub struct RunArgs {
     /// Request path the script sees
     #[arg(long, default_value = "/")]
     pub path: String,
-    /// Per-run limits, e.g. fuel=1000000,time_ms=500,memory_mb=64,stack_kb=256,output_kb=1024
+    /// Per-run limits, e.g. `fuel=1000000,time_ms=500,memory_mb=64,stack_kb=256,output_kb=1024`
     #[arg(long, value_name = "K=V,…")]
     pub limits: Option<String>,
     /// Public keys (files or directories of .pub files) trusted for .wasm artifacts
@@ -74,8 +74,14 @@ pub struct CompileArgs {
 pub fn parse_limits(text: &str, base: Limits) -> Result<Limits> {
     let mut l = base;
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').with_context(|| format!("limit `{part}` is not KEY=VALUE"))?;
-        let n: u64 = v.trim().replace('_', "").parse().with_context(|| format!("limit `{k}`: `{v}` is not a number"))?;
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("limit `{part}` is not KEY=VALUE"))?;
+        let n: u64 = v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .with_context(|| format!("limit `{k}`: `{v}` is not a number"))?;
         match k.trim() {
             "fuel" => l.fuel = n,
             "time_ms" => l.time_ms = n,
@@ -83,7 +89,9 @@ pub fn parse_limits(text: &str, base: Limits) -> Result<Limits> {
             "memory_bytes" => l.memory_bytes = n,
             "stack_kb" => l.stack_bytes = n << 10,
             "output_kb" => l.output_bytes = n << 10,
-            other => bail!("unknown limit `{other}`; known: fuel, time_ms, memory_mb, memory_bytes, stack_kb, output_kb"),
+            other => {
+                bail!("unknown limit `{other}`; known: fuel, time_ms, memory_mb, memory_bytes, stack_kb, output_kb")
+            }
         }
     }
     Ok(l)
@@ -97,7 +105,11 @@ fn build_request(args: &RunArgs) -> Result<Request> {
                 serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))?;
             request_from_json(&v).with_context(|| format!("in {}", p.display()))?
         }
-        None => Request { method: args.method.to_ascii_uppercase(), path: args.path.clone(), ..Request::default() },
+        None => Request {
+            method: args.method.to_ascii_uppercase(),
+            path: args.path.clone(),
+            ..Request::default()
+        },
     };
     for q in &args.query {
         let (k, v) = q.split_once('=').with_context(|| format!("--query `{q}` is not K=V"))?;
@@ -125,8 +137,16 @@ pub fn request_from_json(v: &serde_json::Value) -> Result<Request> {
         bail!("the request must be a JSON object");
     }
     Ok(Request {
-        method: v.get("method").and_then(serde_json::Value::as_str).unwrap_or("GET").to_ascii_uppercase(),
-        path: v.get("path").and_then(serde_json::Value::as_str).unwrap_or("/").to_owned(),
+        method: v
+            .get("method")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("GET")
+            .to_ascii_uppercase(),
+        path: v
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("/")
+            .to_owned(),
         query: pairs("query"),
         json: v.get("json").filter(|j| !j.is_null()).cloned(),
         form: pairs("form"),
@@ -139,7 +159,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         Some(t) => parse_limits(t, Limits::CLI)?,
         None => Limits::CLI,
     };
-    let tz: chrono_tz::Tz = args.tz.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{}`", args.tz))?;
+    let tz: chrono_tz::Tz = args
+        .tz
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown time zone `{}`", args.tz))?;
     let request = build_request(args)?;
     let trusted = load_trusted_keys(&args.trust)?;
     let config = RuntimeConfig {
@@ -151,7 +174,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         ..RuntimeConfig::default()
     };
     let executor = Executor::with_config(config)?;
-    let settings = RunSettings { limits, time_zone: Some(tz), now: None };
+    let settings = RunSettings {
+        limits,
+        time_zone: Some(tz),
+        now: None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = rt.block_on(executor.execute_file(&args.file, request, &settings))?;
     println!("{}", serde_json::to_string_pretty(&report.envelope)?);
@@ -175,7 +202,9 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
         let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
         eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
     }
-    let options = avap_codegen::CheckOptions { deny_warnings: args.deny_warnings };
+    let options = avap_codegen::CheckOptions {
+        deny_warnings: args.deny_warnings,
+    };
     if checked.fails(options) {
         eprintln!("error: {} not compiled", args.file.display());
         return Ok(ExitCode::FAILURE);
@@ -198,7 +227,10 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
         compile_time.as_secs_f64() * 1000.0
     );
     if args.precompile {
-        let runtime = Runtime::new(RuntimeConfig { allow_unsigned: true, ..RuntimeConfig::default() })?;
+        let runtime = Runtime::new(RuntimeConfig {
+            allow_unsigned: true,
+            ..RuntimeConfig::default()
+        })?;
         let start = std::time::Instant::now();
         let cwasm = runtime.precompile(&artifact.bytes)?;
         let cpath = out.with_extension("cwasm");

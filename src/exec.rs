@@ -36,7 +36,9 @@ pub struct Executor {
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor").field("runtime", &self.runtime).finish_non_exhaustive()
+        f.debug_struct("Executor")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,25 +53,35 @@ impl Executor {
     pub fn new(mut trusted: TrustedKeys, allow_unsigned: bool, policy: CapabilityPolicy) -> Result<Executor> {
         let key = generate_key().context("cannot create the session signing key")?;
         trusted.add(key.verifying_key());
-        let config = RuntimeConfig { trusted_keys: trusted, allow_unsigned, policy, ..RuntimeConfig::default() };
-        Ok(Executor { runtime: Arc::new(Runtime::new(config)?), key })
+        let config = RuntimeConfig {
+            trusted_keys: trusted,
+            allow_unsigned,
+            policy,
+            ..RuntimeConfig::default()
+        };
+        Ok(Executor {
+            runtime: Arc::new(Runtime::new(config)?),
+            key,
+        })
     }
 
     pub fn with_config(mut config: RuntimeConfig) -> Result<Executor> {
         let key = generate_key().context("cannot create the session signing key")?;
         config.trusted_keys.add(key.verifying_key());
-        Ok(Executor { runtime: Arc::new(Runtime::new(config)?), key })
-    }
-
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+        Ok(Executor {
+            runtime: Arc::new(Runtime::new(config)?),
+            key,
+        })
     }
 
     /// Compile a `.avap` file (or load a `.wasm` artifact).
     pub fn prepare(&self, path: &Path) -> Result<Prepared> {
         if path.extension().is_some_and(|e| e == "wasm") {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let module = self.runtime.load(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
+            let module = self
+                .runtime
+                .load(&bytes)
+                .with_context(|| format!("cannot load {}", path.display()))?;
             return Ok(Prepared::Module(module));
         }
         let source = read_source(path)?;
@@ -89,7 +101,12 @@ impl Executor {
 
     /// Run a prepared module once.
     pub async fn run(&self, module: &LoadedModule, request: Request, settings: &RunSettings) -> RunReport {
-        let input = RunInput { request, limits: settings.limits, time_zone: settings.time_zone, now: settings.now };
+        let input = RunInput {
+            request,
+            limits: settings.limits,
+            time_zone: settings.time_zone,
+            now: settings.now,
+        };
         self.runtime.run(module, input).await
     }
 

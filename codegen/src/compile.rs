@@ -2,9 +2,7 @@
 //! `avap.meta` and `avap.srcmap` → (optionally) signed with `avap.sig`.
 
 use avap_hostfns::abi;
-use avap_hostfns::artifact::{
-    self, EndpointMeta, FunctionMap, ImportMeta, Meta, SigningKey, SourceMap, SrcEntry,
-};
+use avap_hostfns::artifact::{self, EndpointMeta, FunctionMap, ImportMeta, Meta, SigningKey, SourceMap, SrcEntry};
 use sha2::{Digest as _, Sha256};
 
 use crate::check::CheckedProgram;
@@ -72,7 +70,9 @@ fn meta_of(lowered: &LoweredModule, name: &str, text: &str) -> Meta {
 }
 
 fn srcmap_of(lowered: &LoweredModule, checked: &CheckedProgram) -> SourceMap {
-    let files = (0..checked.sources.len()).map(|i| checked.sources.get(i).name().to_owned()).collect();
+    let files = (0..checked.sources.len())
+        .map(|i| checked.sources.get(i).name().to_owned())
+        .collect();
     let functions = lowered
         .marks
         .iter()

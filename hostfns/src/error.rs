@@ -66,7 +66,10 @@ impl ErrorKind {
 
     /// Stable numeric code used across the wasm ABI.
     pub fn code(self) -> i32 {
-        ErrorKind::ALL.iter().position(|k| *k == self).map_or(0, |i| i32::try_from(i).unwrap_or(0))
+        ErrorKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .map_or(0, |i| i32::try_from(i).unwrap_or(0))
     }
 
     pub fn from_code(code: i32) -> Option<ErrorKind> {
@@ -90,7 +93,10 @@ pub struct AvapError {
 
 impl AvapError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        AvapError { kind, message: message.into() }
+        AvapError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

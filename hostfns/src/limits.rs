@@ -40,6 +40,9 @@ pub struct LimitHit {
 
 impl LimitHit {
     pub fn new(kind: LimitKind, message: impl Into<String>) -> Self {
-        LimitHit { kind, message: message.into() }
+        LimitHit {
+            kind,
+            message: message.into(),
+        }
     }
 }

@@ -63,7 +63,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,7 +87,13 @@ impl Runtime {
                 .expect("spawn the epoch ticker thread");
             (stop, handle)
         });
-        Ok(Runtime { engine, linker, config, cache: Mutex::new(HashMap::new()), ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            ticker,
+        })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -105,7 +113,7 @@ impl Runtime {
         }
         crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
         let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let loaded = Arc::new(LoadedModule::new(&self.linker, module, verified)?);
+        let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= self.config.cache_entries {
             cache.clear();
@@ -116,7 +124,9 @@ impl Runtime {
 
     /// Serialize a compiled module for this engine (`.cwasm`).
     pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
-        self.engine.precompile_module(bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+        self.engine
+            .precompile_module(bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))
     }
 
     /// Number of cached modules.

@@ -42,7 +42,10 @@ const MAX_POLL_INTERVAL: u64 = 4096;
 
 impl Heap {
     pub fn new(limit: u64) -> Heap {
-        Heap { limit, ..Heap::default() }
+        Heap {
+            limit,
+            ..Heap::default()
+        }
     }
 
     pub fn used(&self) -> u64 {
@@ -102,11 +105,17 @@ impl Heap {
     }
 
     pub fn get(&self, h: i64) -> Result<&Value, BadHandle> {
-        usize::try_from(h).ok().and_then(|i| self.slots.get(i)).ok_or(BadHandle(h))
+        usize::try_from(h)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .ok_or(BadHandle(h))
     }
 
     pub fn get_mut(&mut self, h: i64) -> Result<&mut Value, BadHandle> {
-        usize::try_from(h).ok().and_then(|i| self.slots.get_mut(i)).ok_or(BadHandle(h))
+        usize::try_from(h)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .ok_or(BadHandle(h))
     }
 
     /// At a safe point: collect if enough was allocated since the last
@@ -120,7 +129,9 @@ impl Heap {
         }
         let rate = self.since_poll / iterations_since_poll.max(1);
         self.since_poll = 0;
-        if rate == 0 { MAX_POLL_INTERVAL } else { (POLL_BYTES / rate).clamp(1, MAX_POLL_INTERVAL) }
+        POLL_BYTES
+            .checked_div(rate)
+            .map_or(MAX_POLL_INTERVAL, |n| n.clamp(1, MAX_POLL_INTERVAL))
     }
 
     fn collect(&mut self, roots: &[i64]) {

@@ -22,23 +22,35 @@ type Res<T> = wasmtime::Result<T>;
 pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
     let mut l: Linker<RunState> = Linker::new(engine);
     let rt = abi::RT_MODULE;
-    l.func_wrap(rt, Helper::Binary.name(), |mut c: Caller<'_, RunState>, op: i32, ta: i32, pa: i64, tb: i32, pb: i64| {
-        let op = BinOp::from_code(op).ok_or_else(|| bad("operator code"))?;
-        with_values(&mut c, &[(ta, pa), (tb, pb)], |v| ops::binary(op, v[0], v[1]))
-    })?;
-    l.func_wrap(rt, Helper::Unary.name(), |mut c: Caller<'_, RunState>, op: i32, t: i32, p: i64| {
-        let op = match op {
-            0 => UnOp::Neg,
-            1 => UnOp::Pos,
-            2 => UnOp::Not,
-            _ => return Err(bad("unary operator code")),
-        };
-        with_values(&mut c, &[(t, p)], |v| ops::unary(op, v[0]))
-    })?;
-    l.func_wrap(rt, Helper::Truthy.name(), |c: Caller<'_, RunState>, t: i32, p: i64| -> Res<i32> {
-        let v = value(&c.data().heap, t, p)?;
-        Ok(i32::from(v.truthy()))
-    })?;
+    l.func_wrap(
+        rt,
+        Helper::Binary.name(),
+        |mut c: Caller<'_, RunState>, op: i32, ta: i32, pa: i64, tb: i32, pb: i64| {
+            let op = BinOp::from_code(op).ok_or_else(|| bad("operator code"))?;
+            with_values(&mut c, &[(ta, pa), (tb, pb)], |v| ops::binary(op, v[0], v[1]))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::Unary.name(),
+        |mut c: Caller<'_, RunState>, op: i32, t: i32, p: i64| {
+            let op = match op {
+                0 => UnOp::Neg,
+                1 => UnOp::Pos,
+                2 => UnOp::Not,
+                _ => return Err(bad("unary operator code")),
+            };
+            with_values(&mut c, &[(t, p)], |v| ops::unary(op, v[0]))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::Truthy.name(),
+        |c: Caller<'_, RunState>, t: i32, p: i64| -> Res<i32> {
+            let v = value(&c.data().heap, t, p)?;
+            Ok(i32::from(v.truthy()))
+        },
+    )?;
     l.func_wrap(
         rt,
         Helper::IfCompare.name(),
@@ -59,25 +71,37 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             }
         },
     )?;
-    l.func_wrap(rt, Helper::Builtin.name(), |mut c: Caller<'_, RunState>, code: i32, _argc: i32, t: i32, p: i64| {
-        let code = match code {
-            0 => BuiltinCode::Str,
-            1 => BuiltinCode::Int,
-            2 => BuiltinCode::Float,
-            3 => BuiltinCode::Len,
-            _ => return Err(bad("builtin code")),
-        };
-        with_values(&mut c, &[(t, p)], |v| ops::builtin(code, v[0]))
-    })?;
-    l.func_wrap(rt, Helper::Index.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64| {
-        with_values(&mut c, &[(t, p), (ti, pi)], |v| ops::index(v[0], v[1]))
-    })?;
-    l.func_wrap(rt, Helper::Attr.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64, name: i32| {
-        with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v| match v[1] {
-            Value::Str(n) => ops::attr(v[0], n),
-            _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name")),
-        })
-    })?;
+    l.func_wrap(
+        rt,
+        Helper::Builtin.name(),
+        |mut c: Caller<'_, RunState>, code: i32, _argc: i32, t: i32, p: i64| {
+            let code = match code {
+                0 => BuiltinCode::Str,
+                1 => BuiltinCode::Int,
+                2 => BuiltinCode::Float,
+                3 => BuiltinCode::Len,
+                _ => return Err(bad("builtin code")),
+            };
+            with_values(&mut c, &[(t, p)], |v| ops::builtin(code, v[0]))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::Index.name(),
+        |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64| {
+            with_values(&mut c, &[(t, p), (ti, pi)], |v| ops::index(v[0], v[1]))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::Attr.name(),
+        |mut c: Caller<'_, RunState>, t: i32, p: i64, name: i32| {
+            with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v| match v[1] {
+                Value::Str(n) => ops::attr(v[0], n),
+                _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name")),
+            })
+        },
+    )?;
     l.func_wrap(
         rt,
         Helper::SetIndex.name(),
@@ -95,17 +119,21 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
     l.func_wrap(rt, Helper::ListNew.name(), |mut c: Caller<'_, RunState>| -> Res<i64> {
         Ok(c.data_mut().heap.alloc(Value::List(Vec::new()))?)
     })?;
-    l.func_wrap(rt, Helper::ListPush.name(), |mut c: Caller<'_, RunState>, h: i64, t: i32, p: i64| -> Res<()> {
-        let v = value(&c.data().heap, t, p)?.into_owned();
-        charge(&mut c, 1 + v.heap_bytes() as u64 / BYTES_PER_FUEL)?;
-        let heap = &mut c.data_mut().heap;
-        heap.grow(h, v.heap_bytes() as u64)?;
-        match heap.get_mut(h)? {
-            Value::List(items) => items.push(v),
-            _ => return Err(bad("list_push on a non-list")),
-        }
-        Ok(())
-    })?;
+    l.func_wrap(
+        rt,
+        Helper::ListPush.name(),
+        |mut c: Caller<'_, RunState>, h: i64, t: i32, p: i64| -> Res<()> {
+            let v = value(&c.data().heap, t, p)?.into_owned();
+            charge(&mut c, 1 + v.heap_bytes() as u64 / BYTES_PER_FUEL)?;
+            let heap = &mut c.data_mut().heap;
+            heap.grow(h, v.heap_bytes() as u64)?;
+            match heap.get_mut(h)? {
+                Value::List(items) => items.push(v),
+                _ => return Err(bad("list_push on a non-list")),
+            }
+            Ok(())
+        },
+    )?;
     l.func_wrap(rt, Helper::DictNew.name(), |mut c: Caller<'_, RunState>| -> Res<i64> {
         Ok(c.data_mut().heap.alloc(Value::Dict(avap_hostfns::Dict::new()))?)
     })?;
@@ -118,7 +146,13 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 (value(heap, tk, pk)?.into_owned(), value(heap, tv, pv)?.into_owned())
             };
             let Value::Str(key) = k else {
-                raise(&mut c, AvapError::new(ErrorKind::TypeError, format!("dict keys must be strings, not {}", k.type_name())));
+                raise(
+                    &mut c,
+                    AvapError::new(
+                        ErrorKind::TypeError,
+                        format!("dict keys must be strings, not {}", k.type_name()),
+                    ),
+                );
                 return Ok(-1);
             };
             charge(&mut c, 1 + (key.len() + v.heap_bytes()) as u64 / BYTES_PER_FUEL)?;
@@ -133,43 +167,74 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             Ok(0)
         },
     )?;
-    l.func_wrap(rt, Helper::ToText.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<Pair> {
-        if t == abi::TAG_STR {
-            return Ok((t, p));
-        }
-        let text = if t == abi::TAG_UNDEF { String::new() } else { ops::template_text(value(&c.data().heap, t, p)?.as_ref()) };
-        charge(&mut c, text.len() as u64 / BYTES_PER_FUEL)?;
-        let h = c.data_mut().heap.alloc(Value::Str(text))?;
-        Ok((abi::TAG_STR, h))
-    })?;
-    l.func_wrap(rt, Helper::Raise.name(), |mut c: Caller<'_, RunState>, kind: i32, msg: i32| -> Res<Pair> {
-        let kind = ErrorKind::from_code(kind).ok_or_else(|| bad("error kind"))?;
-        let message = match value(&c.data().heap, abi::TAG_STR, i64::from(msg))?.as_ref() {
-            Value::Str(s) => s.clone(),
-            _ => String::new(),
-        };
-        raise(&mut c, AvapError::new(kind, message));
-        Ok((abi::TAG_ERR, 0))
-    })?;
-    l.func_wrap(rt, Helper::TakeError.name(), |mut c: Caller<'_, RunState>| -> Res<Pair> {
-        let message = c.data_mut().pending.take().map(|(e, _)| e.message).unwrap_or_default();
-        let h = c.data_mut().heap.alloc(Value::Str(message))?;
-        Ok((abi::TAG_STR, h))
-    })?;
-    l.func_wrap(rt, Helper::StackOverflow.name(), |_c: Caller<'_, RunState>| -> Res<()> {
-        Err(wasmtime::Error::new(LimitHit::new(LimitKind::StackOverflow, "call depth exceeded the stack limit")))
-    })?;
-    l.func_wrap(rt, Helper::SetOutput.name(), |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<()> {
-        c.data_mut().output = Some((t, p));
-        Ok(())
-    })?;
+    l.func_wrap(
+        rt,
+        Helper::ToText.name(),
+        |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<Pair> {
+            if t == abi::TAG_STR {
+                return Ok((t, p));
+            }
+            let text = if t == abi::TAG_UNDEF {
+                String::new()
+            } else {
+                ops::template_text(value(&c.data().heap, t, p)?.as_ref())
+            };
+            charge(&mut c, text.len() as u64 / BYTES_PER_FUEL)?;
+            let h = c.data_mut().heap.alloc(Value::Str(text))?;
+            Ok((abi::TAG_STR, h))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::Raise.name(),
+        |mut c: Caller<'_, RunState>, kind: i32, msg: i32| -> Res<Pair> {
+            let kind = ErrorKind::from_code(kind).ok_or_else(|| bad("error kind"))?;
+            let message = match value(&c.data().heap, abi::TAG_STR, i64::from(msg))?.as_ref() {
+                Value::Str(s) => s.clone(),
+                _ => String::new(),
+            };
+            raise(&mut c, AvapError::new(kind, message));
+            Ok((abi::TAG_ERR, 0))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::TakeError.name(),
+        |mut c: Caller<'_, RunState>| -> Res<Pair> {
+            let message = c.data_mut().pending.take().map(|(e, _)| e.message).unwrap_or_default();
+            let h = c.data_mut().heap.alloc(Value::Str(message))?;
+            Ok((abi::TAG_STR, h))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::StackOverflow.name(),
+        |_c: Caller<'_, RunState>| -> Res<()> {
+            Err(wasmtime::Error::new(LimitHit::new(
+                LimitKind::StackOverflow,
+                "call depth exceeded the stack limit",
+            )))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::SetOutput.name(),
+        |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<()> {
+            c.data_mut().output = Some((t, p));
+            Ok(())
+        },
+    )?;
     l.func_wrap(
         rt,
         Helper::AsyncDone.name(),
         |mut c: Caller<'_, RunState>, idt: i32, idp: i64, t: i32, p: i64| -> Res<()> {
             let id = ops::template_text(value(&c.data().heap, idt, idp)?.as_ref());
             let outcome = if t == abi::TAG_ERR {
-                let (e, _) = c.data_mut().pending.take().unwrap_or((AvapError::new(ErrorKind::ValueError, "failed"), None));
+                let (e, _) = c
+                    .data_mut()
+                    .pending
+                    .take()
+                    .unwrap_or((AvapError::new(ErrorKind::ValueError, "failed"), None));
                 Err(HostError::Script(e))
             } else {
                 Ok(value(&c.data().heap, t, p)?.into_owned())
@@ -208,9 +273,11 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         Ok(i32::try_from(next).unwrap_or(1))
     })?;
     for sig in avap_hostfns::commands() {
-        l.func_wrap(abi::COMMAND_MODULE, sig.name, move |mut c: Caller<'_, RunState>, ptr: i32, argc: i32| {
-            command(&mut c, sig, ptr, argc)
-        })?;
+        l.func_wrap(
+            abi::COMMAND_MODULE,
+            sig.name,
+            move |mut c: Caller<'_, RunState>, ptr: i32, argc: i32| command(&mut c, sig, ptr, argc),
+        )?;
     }
     Ok(l)
 }
@@ -291,7 +358,10 @@ fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
     let Ok(left) = c.get_fuel() else { return Ok(()) };
     if units > left {
         c.set_fuel(0)?;
-        return Err(wasmtime::Error::new(LimitHit::new(LimitKind::FuelExhausted, "all fuel consumed (in a host call)")));
+        return Err(wasmtime::Error::new(LimitHit::new(
+            LimitKind::FuelExhausted,
+            "all fuel consumed (in a host call)",
+        )));
     }
     c.set_fuel(left - units)
 }
@@ -299,7 +369,13 @@ fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
 fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path: bool) -> Res<i32> {
     if !matches!(obj.0, abi::TAG_LIST | abi::TAG_DICT) {
         let name = value(&c.data().heap, obj.0, obj.1)?.type_name();
-        raise(c, AvapError::new(ErrorKind::TypeError, format!("'{name}' object does not support item assignment")));
+        raise(
+            c,
+            AvapError::new(
+                ErrorKind::TypeError,
+                format!("'{name}' object does not support item assignment"),
+            ),
+        );
         return Ok(-1);
     }
     let (indices, v) = {
@@ -343,9 +419,15 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
     }
     // Which form: the one whose slot count matches (name params take two).
     let slot_count = |form: &[avap_hostfns::signature::Param]| {
-        form.iter().map(|p| if p.kind == ParamKind::Name { 2 } else { 1 }).sum::<usize>()
+        form.iter()
+            .map(|p| if p.kind == ParamKind::Name { 2 } else { 1 })
+            .sum::<usize>()
     };
-    let form_index = sig.forms.iter().position(|f| slot_count(f) == argc).ok_or_else(|| bad("argument count"))?;
+    let form_index = sig
+        .forms
+        .iter()
+        .position(|f| slot_count(f) == argc)
+        .ok_or_else(|| bad("argument count"))?;
     let form = sig.forms[form_index];
     // Position of the target slot, if the form has one.
     let mut target_slot = None;
@@ -366,7 +448,10 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
         .filter(|(t, _)| matches!(*t, abi::TAG_LIST | abi::TAG_DICT));
     let mut target = match (target_slot, target_handle) {
         (_, Some((_, h))) => {
-            let aliased = slots.iter().enumerate().any(|(i, s)| Some(i) != target_slot && s.1 == h && s.0 >= abi::TAG_STR);
+            let aliased = slots
+                .iter()
+                .enumerate()
+                .any(|(i, s)| Some(i) != target_slot && s.1 == h && s.0 >= abi::TAG_STR);
             let slot = state.heap.get_mut(h)?;
             if aliased { slot.clone() } else { std::mem::take(slot) }
         }
@@ -442,9 +527,9 @@ fn index_mut<'v>(obj: &'v mut Value, idx: &Value) -> Result<&'v mut Value, AvapE
                 .and_then(|at| items.get_mut(at))
                 .ok_or_else(|| AvapError::new(ErrorKind::IndexError, "list index out of range"))
         }
-        (Value::Dict(map), Value::Str(k)) => {
-            map.get_mut(k).ok_or_else(|| AvapError::new(ErrorKind::KeyError, format!("'{k}'")))
-        }
+        (Value::Dict(map), Value::Str(k)) => map
+            .get_mut(k)
+            .ok_or_else(|| AvapError::new(ErrorKind::KeyError, format!("'{k}'"))),
         (_, i) => Err(AvapError::new(
             ErrorKind::TypeError,
             format!("'{type_name}' object cannot be indexed by {}", i.type_name()),

@@ -30,13 +30,17 @@ pub struct LoadedModule {
 
 impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModule").field("sha256", &self.verified.info.sha256).finish_non_exhaustive()
+        f.debug_struct("LoadedModule")
+            .field("sha256", &self.verified.info.sha256)
+            .finish_non_exhaustive()
     }
 }
 
 impl LoadedModule {
-    pub(crate) fn new(linker: &Linker<RunState>, module: Module, verified: Verified) -> Result<Self, LoadError> {
-        let pre = linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    pub(crate) fn new(linker: &Linker<RunState>, module: &Module, verified: Verified) -> Result<Self, LoadError> {
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         Ok(LoadedModule { pre, verified })
     }
 

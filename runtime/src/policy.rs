@@ -19,13 +19,18 @@ impl Default for CapabilityPolicy {
 
 impl CapabilityPolicy {
     pub fn allow_all() -> Self {
-        CapabilityPolicy { allowed: Capability::ALL.into_iter().collect() }
+        CapabilityPolicy {
+            allowed: Capability::ALL.into_iter().collect(),
+        }
     }
 
     pub fn only(classes: impl IntoIterator<Item = Capability>) -> Self {
-        CapabilityPolicy { allowed: classes.into_iter().collect() }
+        CapabilityPolicy {
+            allowed: classes.into_iter().collect(),
+        }
     }
 
+    #[must_use]
     pub fn deny(mut self, class: Capability) -> Self {
         self.allowed.remove(&class);
         self

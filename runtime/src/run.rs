@@ -48,18 +48,26 @@ impl Runtime {
             memory: None,
             pending: None,
             output: None,
-            limiter: MemoryLimiter { limit: limits.memory_bytes },
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes,
+            },
             poll_interval: 1,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if !self.config.unmetered {
             let _ = store.set_fuel(limits.fuel);
-            let tick = self.config.epoch_tick.as_millis().max(1) as u64;
+            let tick = u64::try_from(self.config.epoch_tick.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
             store.set_epoch_deadline(limits.time_ms / tick + 1);
         }
         let outcome = self.execute(module, &mut store, &limits).await;
-        let fuel_used = if self.config.unmetered { 0 } else { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) };
+        let fuel_used = if self.config.unmetered {
+            0
+        } else {
+            limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
+        };
         let wall = start.elapsed();
         let usage = Usage {
             fuel: fuel_used,
@@ -148,7 +156,10 @@ impl Runtime {
                 None,
             ));
         }
-        let Some(ep) = on_path.iter().find(|e| e.method == method || (method == "HEAD" && e.method == "GET")) else {
+        let Some(ep) = on_path
+            .iter()
+            .find(|e| e.method == method || (method == "HEAD" && e.method == "GET"))
+        else {
             let allowed: Vec<&str> = on_path.iter().map(|e| e.method.as_str()).collect();
             return Err(Failure::Script(
                 AvapError::new(
@@ -176,7 +187,7 @@ impl Runtime {
                 Ok(_) => {}
                 Err(e) => return Err(classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("{e:#}")))),
             }
-            let is_handler = std::ptr::eq(name, &ep.handler);
+            let is_handler = std::ptr::eq(name, &raw const ep.handler);
             if is_handler
                 && store.data().services.results.len() == before
                 && let (Some(out), Some((t, p))) = (&ep.output, store.data().output)
@@ -205,7 +216,10 @@ fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) ->
         return Err(Failure::Limit(
             LimitHit::new(
                 LimitKind::MemoryLimit,
-                format!("the module needs {linear} bytes of memory; the limit is {}", limits.memory_bytes),
+                format!(
+                    "the module needs {linear} bytes of memory; the limit is {}",
+                    limits.memory_bytes
+                ),
             ),
             None,
         ));
@@ -214,22 +228,32 @@ fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) ->
         .get_global(&mut *store, abi::EXPORT_CONSTS)
         .and_then(|g| g.get(&mut *store).i32())
         .ok_or_else(|| Failure::Internal("module exports no constant table".into()))?;
-    let consts = read_consts(memory.data(&*store), table).ok_or_else(|| Failure::Internal("bad constant table".into()))?;
+    let consts =
+        read_consts(memory.data(&*store), table).ok_or_else(|| Failure::Internal("bad constant table".into()))?;
     for c in consts {
-        store.data_mut().heap.alloc(Value::Str(c)).map_err(|l| Failure::Limit(l, None))?;
+        store
+            .data_mut()
+            .heap
+            .alloc(Value::Str(c))
+            .map_err(|l| Failure::Limit(l, None))?;
     }
     store.data_mut().heap.pin_all();
     let stack = instance
         .get_global(&mut *store, abi::EXPORT_STACK_LEFT)
         .ok_or_else(|| Failure::Internal("module exports no stack budget".into()))?;
     let budget = i64::try_from(limits.stack_bytes).unwrap_or(i64::MAX);
-    stack.set(&mut *store, wasmtime::Val::I64(budget)).map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    stack
+        .set(&mut *store, wasmtime::Val::I64(budget))
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     Ok(())
 }
 
 fn read_consts(mem: &[u8], table: i32) -> Option<Vec<String>> {
     let at = usize::try_from(table).ok()?;
-    let u32_at = |i: usize| mem.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    let u32_at = |i: usize| {
+        mem.get(i..i + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
     let count = u32_at(at)?;
     let mut out = Vec::with_capacity(count);
     for k in 0..count {

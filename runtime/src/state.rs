@@ -94,7 +94,10 @@ impl HostContext for Services {
         if next > self.output_limit {
             return Err(LimitHit::new(
                 LimitKind::OutputLimit,
-                format!("response result would be {next} bytes; the limit is {} bytes", self.output_limit),
+                format!(
+                    "response result would be {next} bytes; the limit is {} bytes",
+                    self.output_limit
+                ),
             )
             .into());
         }
@@ -126,7 +129,10 @@ impl ResourceLimiter for MemoryLimiter {
         if desired as u64 > self.limit {
             return Err(wasmtime::Error::new(LimitHit::new(
                 LimitKind::MemoryLimit,
-                format!("linear memory of {desired} bytes exceeds the limit of {} bytes", self.limit),
+                format!(
+                    "linear memory of {desired} bytes exceeds the limit of {} bytes",
+                    self.limit
+                ),
             )));
         }
         Ok(true)

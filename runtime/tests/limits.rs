@@ -9,7 +9,13 @@ use common::{Harness, error_kind};
 const HELLO: &str = "addVar(greeting, \"Hello\")\naddResult(greeting)\n";
 
 fn small() -> Limits {
-    Limits { fuel: 50_000_000, time_ms: 5_000, memory_bytes: 16 << 20, stack_bytes: 64 << 10, output_bytes: 64 << 10 }
+    Limits {
+        fuel: 50_000_000,
+        time_ms: 5_000,
+        memory_bytes: 16 << 20,
+        stack_bytes: 64 << 10,
+        output_bytes: 64 << 10,
+    }
 }
 
 /// After any failure the same runtime serves a normal run.
@@ -27,8 +33,18 @@ fn endless_loop_runs_out_of_fuel() {
     let r = h.run_with(src, limits);
     assert_eq!(error_kind(&r), "FuelExhausted", "{}", r.envelope);
     assert_eq!(r.http_status, 422);
-    assert!(r.usage.fuel <= 2 * limits.fuel, "used {} of {}", r.usage.fuel, limits.fuel);
-    assert!(r.usage.fuel >= limits.fuel / 2, "stopped early: {} of {}", r.usage.fuel, limits.fuel);
+    assert!(
+        r.usage.fuel <= 2 * limits.fuel,
+        "used {} of {}",
+        r.usage.fuel,
+        limits.fuel
+    );
+    assert!(
+        r.usage.fuel >= limits.fuel / 2,
+        "stopped early: {} of {}",
+        r.usage.fuel,
+        limits.fuel
+    );
     // Fuel is checked at the loop header, so the loop statement is blamed.
     assert_eq!(r.envelope["error"]["line"], 2, "{}", r.envelope);
     assert_next_run_fine(&h);
@@ -38,11 +54,19 @@ fn endless_loop_runs_out_of_fuel() {
 fn endless_loop_hits_the_wall_clock_limit() {
     let h = Harness::new();
     let src = "s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\n";
-    let limits = Limits { fuel: u64::MAX / 2, time_ms: 200, ..small() };
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        time_ms: 200,
+        ..small()
+    };
     let r = h.run_with(src, limits);
     assert_eq!(error_kind(&r), "TimeLimit", "{}", r.envelope);
     assert_eq!(r.http_status, 504);
-    assert!(r.usage.wall_ms < 400.0, "took {} ms for a 200 ms budget", r.usage.wall_ms);
+    assert!(
+        r.usage.wall_ms < 400.0,
+        "took {} ms for a 200 ms budget",
+        r.usage.wall_ms
+    );
     assert!(r.usage.wall_ms >= 150.0, "stopped early at {} ms", r.usage.wall_ms);
     assert_next_run_fine(&h);
 }
@@ -55,7 +79,11 @@ fn string_doubling_hits_the_memory_limit() {
     let r = h.run_with(src, limits);
     assert_eq!(error_kind(&r), "MemoryLimit", "{}", r.envelope);
     assert_eq!(r.http_status, 422);
-    assert!(r.usage.peak_memory_bytes <= 2 * limits.memory_bytes, "peak {}", r.usage.peak_memory_bytes);
+    assert!(
+        r.usage.peak_memory_bytes <= 2 * limits.memory_bytes,
+        "peak {}",
+        r.usage.peak_memory_bytes
+    );
     assert_next_run_fine(&h);
 }
 
@@ -68,7 +96,11 @@ fn garbage_in_a_top_level_loop_is_collected() {
     let r = h.run_with(src, small());
     assert_eq!(r.http_status, 200, "{}", r.envelope);
     assert_eq!(r.envelope["result"]["n"], 10_001);
-    assert!(r.usage.peak_memory_bytes < 8 << 20, "peak {}", r.usage.peak_memory_bytes);
+    assert!(
+        r.usage.peak_memory_bytes < 8 << 20,
+        "peak {}",
+        r.usage.peak_memory_bytes
+    );
 }
 
 #[test]
@@ -85,7 +117,11 @@ fn unbounded_recursion_overflows_the_stack_budget() {
 fn recursion_past_the_native_stack_is_still_a_stack_overflow() {
     let h = Harness::new();
     let src = "function down(n) {\n  return(down(n + 1))\n}\nx = down(0)\n";
-    let limits = Limits { stack_bytes: u64::MAX / 4, fuel: u64::MAX / 2, ..small() };
+    let limits = Limits {
+        stack_bytes: u64::MAX / 4,
+        fuel: u64::MAX / 2,
+        ..small()
+    };
     let r = h.run_with(src, limits);
     assert_eq!(error_kind(&r), "StackOverflow", "{}", r.envelope);
     assert_next_run_fine(&h);

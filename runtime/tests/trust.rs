@@ -38,7 +38,11 @@ fn a_stripped_signature_is_refused_unless_unsigned_is_allowed() {
         Err(LoadError::Artifact(ArtifactError::Unsigned)) => {}
         other => panic!("expected Unsigned, got {other:?}"),
     }
-    let dev = Runtime::new(RuntimeConfig { allow_unsigned: true, ..RuntimeConfig::default() }).unwrap();
+    let dev = Runtime::new(RuntimeConfig {
+        allow_unsigned: true,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     assert!(dev.load(&stripped).is_ok());
 }
 
@@ -58,12 +62,20 @@ fn an_import_of_a_denied_class_is_refused_at_load_with_command_and_line() {
     let mut trusted = TrustedKeys::new();
     trusted.add(key.verifying_key());
     let policy = CapabilityPolicy::allow_all().deny(Capability::Random);
-    let rt = Runtime::new(RuntimeConfig { trusted_keys: trusted, policy, ..RuntimeConfig::default() }).unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        trusted_keys: trusted,
+        policy,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let src = "addVar(a, 1)\nrandomString(\"[A-Z]\", 8, token)\naddResult(token)\n";
     match rt.load(&artifact(src, Some(&key))) {
         Err(e @ LoadError::CapabilityDenied { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("randomString") && msg.contains("line 2") && msg.contains("random"), "{msg}");
+            assert!(
+                msg.contains("randomString") && msg.contains("line 2") && msg.contains("random"),
+                "{msg}"
+            );
         }
         other => panic!("expected CapabilityDenied, got {other:?}"),
     }

@@ -222,7 +222,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
     }
 
     pub fn helper(&mut self, h: Helper) {
-        let idx = self.m.helper_index(h);
+        let idx = ModuleCtx::helper_index(h);
         self.ins().call(idx);
     }
 

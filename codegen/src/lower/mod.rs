@@ -146,7 +146,8 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
             cx.defined.insert(p.clone());
         }
         for name in scope::assigned_names(&f.body) {
-            if !cx.vars.contains_key(&name) {
+            // `_status` and `__last_error__` are request-wide (spec §6).
+            if !cx.vars.contains_key(&name) && !abi::FIXED_GLOBALS.contains(&name.as_str()) {
                 let p = cx.new_pair();
                 cx.vars.insert(name, p);
             }
@@ -483,7 +484,9 @@ fn expr_calls<'a>(e: &'a Expr, f: &mut dyn FnMut(&'a Call)) {
         }
         ExprKind::Compare { first, rest } => {
             expr_calls(first, f);
-            rest.iter().for_each(|(_, r)| expr_calls(r, f));
+            for (_, r) in rest {
+                expr_calls(r, f);
+            }
         }
         ExprKind::Conditional { then, cond, otherwise } => {
             expr_calls(then, f);

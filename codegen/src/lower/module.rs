@@ -106,7 +106,7 @@ impl<'a> ModuleCtx<'a> {
         u32::try_from(self.globals.len()).expect("global count fits u32")
     }
 
-    pub fn helper_index(&self, h: Helper) -> u32 {
+    pub fn helper_index(h: Helper) -> u32 {
         let pos = Helper::ALL.iter().position(|x| *x == h).expect("helper listed in ALL");
         u32::try_from(pos).expect("helper index fits u32")
     }

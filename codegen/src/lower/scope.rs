@@ -158,7 +158,9 @@ fn expr_names(e: &crate::ast::Expr, names: &mut IndexSet<String>) {
         }
         ExprKind::Compare { first, rest } => {
             expr_names(first, names);
-            rest.iter().for_each(|(_, r)| expr_names(r, names));
+            for (_, r) in rest {
+                expr_names(r, names);
+            }
         }
         ExprKind::Conditional { then, cond, otherwise } => {
             expr_names(then, names);

@@ -286,10 +286,10 @@ impl<'a> FuncCtx<'_, 'a> {
         // Later iterations start where the body ended.
         let before = self.facts();
         self.forget_writes(body);
-        if !super::scope::written_names(body, &statement_target).contains(&var.name) {
-            self.note_write(&var.name, true);
-        } else {
+        if super::scope::written_names(body, &statement_target).contains(&var.name) {
             self.defined.insert(var.name.clone());
+        } else {
+            self.note_write(&var.name, true);
         }
         self.stmts(body);
         if self.kind == FuncKind::Main {

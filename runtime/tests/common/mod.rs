@@ -18,14 +18,23 @@ pub fn test_key(seed: u8) -> SigningKey {
 pub fn runtime_trusting(key: &SigningKey) -> Runtime {
     let mut trusted = TrustedKeys::new();
     trusted.add(key.verifying_key());
-    Runtime::new(RuntimeConfig { trusted_keys: trusted, max_concurrent_runs: 8, ..RuntimeConfig::default() })
-        .expect("runtime starts")
+    Runtime::new(RuntimeConfig {
+        trusted_keys: trusted,
+        max_concurrent_runs: 8,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts")
 }
 
 /// Compile `source` (no includes) and sign it with `key`.
 pub fn artifact(source: &str, key: Option<&SigningKey>) -> Vec<u8> {
     let checked = check_file(SourceFile::new("test.avap", source), &NoIncludes);
-    assert_eq!(checked.error_count(), 0, "test program has errors: {:?}", checked.diagnostics);
+    assert_eq!(
+        checked.error_count(),
+        0,
+        "test program has errors: {:?}",
+        checked.diagnostics
+    );
     compile(&checked, key).bytes
 }
 
@@ -37,16 +46,28 @@ pub struct Harness {
 impl Harness {
     pub fn new() -> Harness {
         let key = test_key(7);
-        Harness { runtime: runtime_trusting(&key), key }
+        Harness {
+            runtime: runtime_trusting(&key),
+            key,
+        }
     }
 
     pub fn load(&self, source: &str) -> Arc<LoadedModule> {
-        self.runtime.load(&artifact(source, Some(&self.key))).expect("artifact loads")
+        self.runtime
+            .load(&artifact(source, Some(&self.key)))
+            .expect("artifact loads")
     }
 
     pub fn run_with(&self, source: &str, limits: Limits) -> RunReport {
         let module = self.load(source);
-        block_on(self.runtime.run(&module, RunInput { request: Request::default(), limits, ..RunInput::default() }))
+        block_on(self.runtime.run(
+            &module,
+            RunInput {
+                request: Request::default(),
+                limits,
+                ..RunInput::default()
+            },
+        ))
     }
 
     pub fn run(&self, source: &str) -> RunReport {
@@ -55,7 +76,11 @@ impl Harness {
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
 }
 
 pub fn error_kind(r: &RunReport) -> &str {
