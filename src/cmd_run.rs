@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Time zone the date commands use (IANA name)
     #[arg(long, default_value = "UTC")]
     pub tz: String,
+    /// Use this `.cwasm` (from `avap compile --precompile`) for the `.wasm` artifact instead of compiling it
+    #[arg(long, value_name = "CWASM")]
+    pub precompiled: Option<PathBuf>,
     /// Also print the usage report (fuel, wall time, peak memory) to stderr
     #[arg(long)]
     pub usage: bool,
@@ -180,7 +183,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         now: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let report = rt.block_on(executor.execute_file(&args.file, request, &settings))?;
+    let report = match &args.precompiled {
+        Some(cwasm) => {
+            let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+            let native = std::fs::read(cwasm).with_context(|| format!("cannot read {}", cwasm.display()))?;
+            let module = executor.load_precompiled(&bytes, &native)?;
+            rt.block_on(executor.run(&module, request, &settings))
+        }
+        None => rt.block_on(executor.execute_file(&args.file, request, &settings))?,
+    };
     println!("{}", serde_json::to_string_pretty(&report.envelope)?);
     if args.usage {
         eprintln!(

@@ -110,6 +110,11 @@ impl Executor {
         self.runtime.run(module, input).await
     }
 
+    /// Load a signed artifact with its `.cwasm` (see `Runtime::load_precompiled`).
+    pub fn load_precompiled(&self, artifact: &[u8], cwasm: &[u8]) -> Result<Arc<LoadedModule>> {
+        Ok(self.runtime.load_precompiled(artifact, cwasm)?)
+    }
+
     /// Compile (or load) `path` and run it once. Compile errors come back as
     /// a 400 report with kind `CompileError`; `Err` means the run could not
     /// be attempted at all (unreadable file, untrusted artifact).

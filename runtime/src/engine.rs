@@ -16,6 +16,9 @@ use crate::load::LoadedModule;
 use crate::policy::CapabilityPolicy;
 use crate::state::RunState;
 
+/// First bytes of a `.cwasm` file written by [`Runtime::precompile`].
+const CWASM_MAGIC: &[u8] = b"AVAP-CWASM-1\n";
+
 /// Engine-wide settings (per-run limits are [`crate::Limits`]).
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -122,11 +125,51 @@ impl Runtime {
         Ok(loaded)
     }
 
-    /// Serialize a compiled module for this engine (`.cwasm`).
+    /// Compile an artifact ahead of time for this engine (`.cwasm`). The
+    /// result starts with a header binding it to the artifact's SHA-256, so
+    /// it is only ever used together with the signed artifact it came from.
     pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
-        self.engine
+        let info = artifact::inspect(bytes)?;
+        let native = self
+            .engine
             .precompile_module(bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let mut out = CWASM_MAGIC.to_vec();
+        out.extend_from_slice(info.sha256.as_bytes());
+        out.extend_from_slice(&native);
+        Ok(out)
+    }
+
+    /// [`Runtime::load`] using a `.cwasm` from [`Runtime::precompile`]
+    /// instead of compiling. The artifact is verified as usual; the `.cwasm`
+    /// must name that artifact's SHA-256 and match this engine's
+    /// configuration, or it is refused.
+    ///
+    /// A `.cwasm` is native code: only pass files from a location the
+    /// operator controls (the artifact's signature does not cover it).
+    pub fn load_precompiled(&self, bytes: &[u8], cwasm: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
+        crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
+        let rest = cwasm
+            .strip_prefix(CWASM_MAGIC)
+            .ok_or_else(|| LoadError::Precompiled("not an AVAP .cwasm file (bad header)".into()))?;
+        let sha = verified.info.sha256.as_bytes();
+        let native = rest.strip_prefix(sha).ok_or_else(|| {
+            LoadError::Precompiled(
+                "the .cwasm was made from a different artifact; run `avap compile --precompile` again".into(),
+            )
+        })?;
+        // SAFETY: `deserialize` trusts its input to be wasmtime output. The
+        // bytes come from an operator-controlled file produced by
+        // `precompile` (documented above); wasmtime itself refuses output of
+        // another version or engine configuration.
+        #[allow(unsafe_code)]
+        let module = unsafe { Module::deserialize(&self.engine, native) }.map_err(|e| {
+            LoadError::Precompiled(format!(
+                "{e:#}; the .cwasm is tied to the wasmtime version and engine configuration — recompile it"
+            ))
+        })?;
+        Ok(Arc::new(LoadedModule::new(&self.linker, &module, verified)?))
     }
 
     /// Number of cached modules.

@@ -14,6 +14,8 @@ pub enum LoadError {
     Compile(String),
     #[error("the artifact's imports do not match this runtime: {0}")]
     Link(String),
+    #[error("cannot use the precompiled module: {0}")]
+    Precompiled(String),
     #[error("could not start the wasm engine: {0}")]
     Engine(String),
 }
