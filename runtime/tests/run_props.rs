@@ -1,0 +1,67 @@
+//! Property test of the whole sandbox: any generated program that compiles
+//! runs to a response — a result or a known error kind — never a crash, an
+//! internal error or a wrong status code.
+
+mod common;
+
+#[path = "../../codegen/tests/support/generate.rs"]
+mod generate;
+
+use avap_runtime::Limits;
+use common::Harness;
+use generate::program;
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+const KINDS: &[&str] = &[
+    "NameError",
+    "TypeError",
+    "ValueError",
+    "ZeroDivisionError",
+    "IndexError",
+    "KeyError",
+    "IntegerOverflow",
+    "UserError",
+    "FuelExhausted",
+    "TimeLimit",
+    "MemoryLimit",
+    "StackOverflow",
+    "OutputLimit",
+];
+
+proptest! {
+    #![proptest_config(Config { cases: 150, failure_persistence: None, ..Config::default() })]
+
+    #[test]
+    fn generated_programs_always_produce_a_response(src in program()) {
+        let checked = avap_codegen::check_file(
+            avap_codegen::SourceFile::new("gen.avap", src.clone()),
+            &avap_codegen::check::NoIncludes,
+        );
+        prop_assume!(checked.error_count() == 0);
+        let h = HARNESS.with(|h| h.clone());
+        let limits = Limits { fuel: 2_000_000, time_ms: 2_000, memory_bytes: 8 << 20, stack_bytes: 32 << 10, output_bytes: 1 << 20 };
+        let r = h.run_with(&src, limits);
+        let ok = r.envelope["status"] == true;
+        if ok {
+            prop_assert!((100..=599).contains(&r.http_status), "status {} for\n{src}", r.http_status);
+            prop_assert!(r.envelope["result"].is_object());
+        } else {
+            let kind = r.envelope["error"]["kind"].as_str().unwrap_or("");
+            prop_assert!(KINDS.contains(&kind), "unexpected error {} for\n{src}", r.envelope);
+            let expected = match kind {
+                "TimeLimit" => 504,
+                "FuelExhausted" | "MemoryLimit" | "StackOverflow" | "OutputLimit" => 422,
+                _ => 400,
+            };
+            prop_assert_eq!(r.http_status, expected);
+            if !["FuelExhausted", "TimeLimit", "MemoryLimit", "StackOverflow", "OutputLimit"].contains(&kind) {
+                prop_assert!(r.envelope["error"]["line"].is_u64(), "no line in {} for\n{}", r.envelope, src);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static HARNESS: std::rc::Rc<Harness> = std::rc::Rc::new(Harness::new());
+}
