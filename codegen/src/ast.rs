@@ -322,3 +322,86 @@ pub fn walk_stmts<'a>(stmts: &'a [Stmt], f: &mut dyn FnMut(&'a Stmt)) {
         }
     }
 }
+
+/// Visit `e` and every expression inside it, parents first.
+pub fn walk_expr<'a>(e: &'a Expr, f: &mut dyn FnMut(&'a Expr)) {
+    f(e);
+    match &e.kind {
+        ExprKind::List(items) => items.iter().for_each(|i| walk_expr(i, f)),
+        ExprKind::Dict(entries) => {
+            for (k, v) in entries {
+                walk_expr(k, f);
+                walk_expr(v, f);
+            }
+        }
+        ExprKind::Unary { operand, .. } => walk_expr(operand, f),
+        ExprKind::Binary { lhs, rhs, .. } | ExprKind::Logical { lhs, rhs, .. } => {
+            walk_expr(lhs, f);
+            walk_expr(rhs, f);
+        }
+        ExprKind::Compare { first, rest } => {
+            walk_expr(first, f);
+            for (_, r) in rest {
+                walk_expr(r, f);
+            }
+        }
+        ExprKind::Conditional { then, cond, otherwise } => {
+            walk_expr(then, f);
+            walk_expr(cond, f);
+            walk_expr(otherwise, f);
+        }
+        ExprKind::Call(c) => call_exprs(c, f),
+        ExprKind::Index { object, index } => {
+            walk_expr(object, f);
+            walk_expr(index, f);
+        }
+        ExprKind::Attribute { object, .. } => walk_expr(object, f),
+        ExprKind::Int(_)
+        | ExprKind::Float(_)
+        | ExprKind::Str { .. }
+        | ExprKind::Bool(_)
+        | ExprKind::None
+        | ExprKind::Template(_)
+        | ExprKind::Name(_)
+        | ExprKind::Global(_) => {}
+    }
+}
+
+/// Walk the callee and the present arguments of a call.
+fn call_exprs<'a>(call: &'a Call, f: &mut dyn FnMut(&'a Expr)) {
+    walk_expr(&call.callee, f);
+    for a in &call.args {
+        if let Some(e) = &a.value {
+            walk_expr(e, f);
+        }
+    }
+}
+
+/// Walk every expression a statement holds itself (not those of the
+/// statements nested in its blocks).
+pub fn walk_stmt_exprs<'a>(s: &'a Stmt, f: &mut dyn FnMut(&'a Expr)) {
+    match &s.kind {
+        StmtKind::Assign { target, value, .. } => {
+            target.indices.iter().for_each(|i| walk_expr(i, f));
+            walk_expr(value, f);
+        }
+        StmtKind::Call { call } => call_exprs(call, f),
+        StmtKind::If { condition, .. } => match condition {
+            Condition::Compare { lhs, rhs, .. } => {
+                for a in [lhs, rhs] {
+                    if let Some(e) = &a.value {
+                        walk_expr(e, f);
+                    }
+                }
+            }
+            Condition::Expression { expr, .. } => walk_expr(expr, f),
+        },
+        StmtKind::Loop { from, to, .. } => {
+            walk_expr(from, f);
+            walk_expr(to, f);
+        }
+        StmtKind::Return { value: Some(v) } => walk_expr(v, f),
+        StmtKind::Async { id, .. } => walk_expr(id, f),
+        StmtKind::Return { value: None } | StmtKind::Try { .. } | StmtKind::Function(_) | StmtKind::Include { .. } => {}
+    }
+}

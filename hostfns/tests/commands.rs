@@ -2,10 +2,13 @@
 //! test `HostContext` (fixed clock and zone, counting random bytes, results
 //! and routes collected, fuel counted).
 
+mod support;
+use support::{dict, float, int, list, none, s};
+
 use std::collections::HashMap;
 
 use avap_hostfns::commands::{Outcome, call};
-use avap_hostfns::{Dict, Endpoint, ErrorKind, HostContext, HostError, LimitHit, LimitKind, Request, Value};
+use avap_hostfns::{Endpoint, ErrorKind, HostContext, HostError, LimitHit, LimitKind, Request, Value};
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
@@ -95,30 +98,6 @@ impl HostContext for TestCtx {
     fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>> {
         self.asyncs.remove(id)
     }
-}
-
-fn int(i: i64) -> Value {
-    Value::Int(i)
-}
-fn float(f: f64) -> Value {
-    Value::Float(f)
-}
-fn s(text: &str) -> Value {
-    Value::Str(text.to_owned())
-}
-fn list(items: &[Value]) -> Value {
-    Value::List(items.to_vec())
-}
-fn dict(pairs: &[(&str, Value)]) -> Value {
-    Value::Dict(
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect::<Dict>(),
-    )
-}
-fn none() -> Value {
-    Value::None
 }
 
 /// Run `name` (form 0) with `args` on a target holding `target`; the

@@ -3,36 +3,12 @@
 // The helpers take values so that cases read like the feature: `bin(Add, int(1), float(2.0))`.
 #![allow(clippy::needless_pass_by_value)]
 
+mod support;
+use support::{b, dict, float, int, list, none, s};
+
 use avap_hostfns::abi::{BinOp, BuiltinCode, IfCmp, UnOp};
 use avap_hostfns::ops;
-use avap_hostfns::{AvapError, Dict, ErrorKind, Value};
-
-fn int(i: i64) -> Value {
-    Value::Int(i)
-}
-fn float(f: f64) -> Value {
-    Value::Float(f)
-}
-fn s(text: &str) -> Value {
-    Value::Str(text.to_owned())
-}
-fn b(v: bool) -> Value {
-    Value::Bool(v)
-}
-fn list(items: &[Value]) -> Value {
-    Value::List(items.to_vec())
-}
-fn dict(pairs: &[(&str, Value)]) -> Value {
-    Value::Dict(
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect::<Dict>(),
-    )
-}
-fn none() -> Value {
-    Value::None
-}
+use avap_hostfns::{AvapError, ErrorKind, Value};
 
 fn bin(op: BinOp, a: Value, b: Value) -> Result<Value, AvapError> {
     ops::binary(op, &a, &b)

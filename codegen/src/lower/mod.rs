@@ -31,7 +31,7 @@ use wasm_encoder::{
 use self::command::variable_name;
 use self::func::{FuncCtx, FuncKind};
 use self::module::{DefinedFn, ModuleCtx, UserFn};
-use crate::ast::{Arg, Call, Condition, Expr, ExprKind, Stmt, StmtKind, walk_stmts};
+use crate::ast::{Arg, Call, ExprKind, Stmt, StmtKind, walk_stmt_exprs, walk_stmts};
 use crate::check::CheckedProgram;
 use crate::diag::FileId;
 
@@ -431,80 +431,14 @@ fn collect_endpoints(checked: &CheckedProgram, m: &mut ModuleCtx<'_>) -> Vec<Sta
 
 /// Visit every call in statements and their expressions.
 pub(crate) fn each_call<'a>(body: &'a [Stmt], f: &mut dyn FnMut(&'a Call)) {
-    walk_stmts(body, &mut |s| match &s.kind {
-        StmtKind::Assign { target, value, .. } => {
-            target.indices.iter().for_each(|i| expr_calls(i, f));
-            expr_calls(value, f);
+    walk_stmts(body, &mut |s| {
+        if let StmtKind::Call { call } = &s.kind {
+            f(call);
         }
-        StmtKind::Call { call } => call_and_args(call, f),
-        StmtKind::If { condition, .. } => match condition {
-            Condition::Compare { lhs, rhs, .. } => {
-                for a in [lhs, rhs] {
-                    if let Some(e) = &a.value {
-                        expr_calls(e, f);
-                    }
-                }
+        walk_stmt_exprs(s, &mut |e| {
+            if let ExprKind::Call(c) = &e.kind {
+                f(c);
             }
-            Condition::Expression { expr, .. } => expr_calls(expr, f),
-        },
-        StmtKind::Loop { from, to, .. } => {
-            expr_calls(from, f);
-            expr_calls(to, f);
-        }
-        StmtKind::Return { value: Some(v) } => expr_calls(v, f),
-        StmtKind::Async { id, .. } => expr_calls(id, f),
-        _ => {}
+        });
     });
-}
-
-fn call_and_args<'a>(call: &'a Call, f: &mut dyn FnMut(&'a Call)) {
-    f(call);
-    expr_calls(&call.callee, f);
-    for a in &call.args {
-        if let Some(e) = &a.value {
-            expr_calls(e, f);
-        }
-    }
-}
-
-fn expr_calls<'a>(e: &'a Expr, f: &mut dyn FnMut(&'a Call)) {
-    match &e.kind {
-        ExprKind::Call(c) => call_and_args(c, f),
-        ExprKind::List(items) => items.iter().for_each(|i| expr_calls(i, f)),
-        ExprKind::Dict(entries) => {
-            for (k, v) in entries {
-                expr_calls(k, f);
-                expr_calls(v, f);
-            }
-        }
-        ExprKind::Unary { operand, .. } => expr_calls(operand, f),
-        ExprKind::Binary { lhs, rhs, .. } | ExprKind::Logical { lhs, rhs, .. } => {
-            expr_calls(lhs, f);
-            expr_calls(rhs, f);
-        }
-        ExprKind::Compare { first, rest } => {
-            expr_calls(first, f);
-            for (_, r) in rest {
-                expr_calls(r, f);
-            }
-        }
-        ExprKind::Conditional { then, cond, otherwise } => {
-            expr_calls(then, f);
-            expr_calls(cond, f);
-            expr_calls(otherwise, f);
-        }
-        ExprKind::Index { object, index } => {
-            expr_calls(object, f);
-            expr_calls(index, f);
-        }
-        ExprKind::Attribute { object, .. } => expr_calls(object, f),
-        ExprKind::Int(_)
-        | ExprKind::Template(_)
-        | ExprKind::Float(_)
-        | ExprKind::Str { .. }
-        | ExprKind::Bool(_)
-        | ExprKind::None
-        | ExprKind::Name(_)
-        | ExprKind::Global(_) => {}
-    }
 }

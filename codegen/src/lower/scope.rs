@@ -6,7 +6,7 @@
 
 use indexmap::IndexSet;
 
-use crate::ast::{ExprKind, Stmt, StmtKind, walk_stmts};
+use crate::ast::{Call, ExprKind, Stmt, StmtKind, TemplatePart, walk_stmt_exprs, walk_stmts};
 
 /// Names assigned with an assignment statement in `body` (nested blocks
 /// included, nested function definitions excluded — there are none in valid
@@ -55,124 +55,50 @@ pub(crate) fn written_names(
 /// their global slots around calls (see `FuncCtx::flush_main`).
 pub(crate) fn top_level_names(body: &[Stmt]) -> IndexSet<String> {
     let mut names = IndexSet::new();
-    top_level_stmts(body, &mut names);
+    let outside_functions = body.iter().filter(|s| !matches!(s.kind, StmtKind::Function(_)));
+    for s in outside_functions {
+        walk_stmts(std::slice::from_ref(s), &mut |st| {
+            match &st.kind {
+                StmtKind::Assign { target, .. } => {
+                    names.insert(target.name.name.clone());
+                }
+                StmtKind::Loop { var, .. } => {
+                    names.insert(var.name.clone());
+                }
+                StmtKind::Try { error_var, assign, .. } => {
+                    for v in [error_var, assign].into_iter().flatten() {
+                        names.insert(v.name.clone());
+                    }
+                }
+                StmtKind::Call { call } => quoted_names(call, &mut names),
+                _ => {}
+            }
+            walk_stmt_exprs(st, &mut |e| match &e.kind {
+                ExprKind::Name(id) | ExprKind::Global(id) => {
+                    names.insert(id.name.clone());
+                }
+                ExprKind::Template(parts) => {
+                    for p in parts {
+                        if let TemplatePart::Var { name } = p {
+                            names.insert(name.name.clone());
+                        }
+                    }
+                }
+                ExprKind::Call(c) => quoted_names(c, &mut names),
+                _ => {}
+            });
+        });
+    }
     names
 }
 
-fn top_level_stmts(body: &[Stmt], names: &mut IndexSet<String>) {
-    use crate::ast::Condition;
-    for s in body {
-        match &s.kind {
-            StmtKind::Assign { target, value, .. } => {
-                names.insert(target.name.name.clone());
-                target.indices.iter().for_each(|i| expr_names(i, names));
-                expr_names(value, names);
-            }
-            StmtKind::Call { call } => call_names(call, names),
-            StmtKind::If {
-                condition,
-                then_body,
-                else_body,
-            } => {
-                match condition {
-                    Condition::Compare { lhs, rhs, .. } => {
-                        for a in [lhs, rhs] {
-                            if let Some(e) = &a.value {
-                                expr_names(e, names);
-                            }
-                        }
-                    }
-                    Condition::Expression { expr, .. } => expr_names(expr, names),
-                }
-                top_level_stmts(then_body, names);
-                if let Some(e) = else_body {
-                    top_level_stmts(e, names);
-                }
-            }
-            StmtKind::Loop { var, from, to, body } => {
-                names.insert(var.name.clone());
-                expr_names(from, names);
-                expr_names(to, names);
-                top_level_stmts(body, names);
-            }
-            StmtKind::Try {
-                body,
-                error_var,
-                assign,
-                handler,
-            } => {
-                for v in [error_var, assign].into_iter().flatten() {
-                    names.insert(v.name.clone());
-                }
-                top_level_stmts(body, names);
-                top_level_stmts(handler, names);
-            }
-            StmtKind::Return { value: Some(v) } => expr_names(v, names),
-            StmtKind::Async { id, body } => {
-                expr_names(id, names);
-                top_level_stmts(body, names);
-            }
-            StmtKind::Function(_) | StmtKind::Include { .. } | StmtKind::Return { value: None } => {}
-        }
-    }
-}
-
-fn call_names(call: &crate::ast::Call, names: &mut IndexSet<String>) {
-    expr_names(&call.callee, names);
+/// Quoted name or target arguments (`addVar("x", 1)`) name variables too.
+fn quoted_names(call: &Call, names: &mut IndexSet<String>) {
     for a in &call.args {
-        if let Some(e) = &a.value {
-            if let ExprKind::Str { value, .. } = &e.kind {
-                // A quoted name or target argument.
-                if super::command::is_identifier(value) {
-                    names.insert(value.clone());
-                }
-            }
-            expr_names(e, names);
+        if let Some(ExprKind::Str { value, .. }) = a.value.as_ref().map(|e| &e.kind)
+            && super::command::is_identifier(value)
+        {
+            names.insert(value.clone());
         }
-    }
-}
-
-fn expr_names(e: &crate::ast::Expr, names: &mut IndexSet<String>) {
-    match &e.kind {
-        ExprKind::Name(id) | ExprKind::Global(id) => {
-            names.insert(id.name.clone());
-        }
-        ExprKind::Template(parts) => {
-            for p in parts {
-                if let crate::ast::TemplatePart::Var { name } = p {
-                    names.insert(name.name.clone());
-                }
-            }
-        }
-        ExprKind::List(items) => items.iter().for_each(|i| expr_names(i, names)),
-        ExprKind::Dict(entries) => {
-            for (k, v) in entries {
-                expr_names(k, names);
-                expr_names(v, names);
-            }
-        }
-        ExprKind::Unary { operand, .. } => expr_names(operand, names),
-        ExprKind::Binary { lhs, rhs, .. } | ExprKind::Logical { lhs, rhs, .. } => {
-            expr_names(lhs, names);
-            expr_names(rhs, names);
-        }
-        ExprKind::Compare { first, rest } => {
-            expr_names(first, names);
-            for (_, r) in rest {
-                expr_names(r, names);
-            }
-        }
-        ExprKind::Conditional { then, cond, otherwise } => {
-            expr_names(then, names);
-            expr_names(cond, names);
-            expr_names(otherwise, names);
-        }
-        ExprKind::Call(c) => call_names(c, names),
-        ExprKind::Index { object, index } => {
-            expr_names(object, names);
-            expr_names(index, names);
-        }
-        ExprKind::Attribute { object, .. } => expr_names(object, names),
-        ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Str { .. } | ExprKind::Bool(_) | ExprKind::None => {}
     }
 }
