@@ -431,12 +431,39 @@ impl FuncCtx<'_, '_> {
                 self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb).i64_mul();
                 true
             }
+            BinOp::Mod | BinOp::FloorDiv if positive_divisor => {
+                // Divisor a positive constant: no zero or overflow case.
+                // Python rounds toward minus infinity: when the remainder
+                // is negative, add the divisor to it / subtract 1 from the
+                // quotient (`r >> 63` is -1 exactly then).
+                self.ins().local_get(pa).local_get(pb).i64_rem_s().local_set(r);
+                if op == BinOp::Mod {
+                    self.ins()
+                        .i32_const(abi::TAG_INT)
+                        .local_get(r)
+                        .local_get(r)
+                        .i64_const(63)
+                        .i64_shr_s()
+                        .local_get(pb)
+                        .i64_and()
+                        .i64_add();
+                } else {
+                    self.ins()
+                        .i32_const(abi::TAG_INT)
+                        .local_get(pa)
+                        .local_get(pb)
+                        .i64_div_s()
+                        .local_get(r)
+                        .i64_const(63)
+                        .i64_shr_s()
+                        .i64_add();
+                }
+                true
+            }
             BinOp::Mod | BinOp::FloorDiv => {
                 // Non-negative dividend, positive divisor: wasm and Python agree.
                 self.ins().local_get(pa).i64_const(0).i64_lt_s().br_if(0);
-                if !positive_divisor {
-                    self.ins().local_get(pb).i64_const(0).i64_le_s().br_if(0);
-                }
+                self.ins().local_get(pb).i64_const(0).i64_le_s().br_if(0);
                 self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb);
                 if op == BinOp::Mod {
                     self.ins().i64_rem_s();

@@ -87,6 +87,17 @@ pub(crate) struct FuncCtx<'m, 'a> {
     pub ints: HashSet<String>,
     /// Top level: iterations left before the next garbage-collection poll.
     pub gc_countdown: Option<u32>,
+    /// Loop bodies this function may still emit again to refine what is
+    /// known at their start (bounds compile time under deep nesting).
+    pub speculation_budget: u32,
+}
+
+/// A point in the emitted code to return to (see [`FuncCtx::rollback`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checkpoint {
+    body: usize,
+    marks: usize,
+    labels: usize,
 }
 
 impl<'m, 'a> FuncCtx<'m, 'a> {
@@ -113,6 +124,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             defined: HashSet::new(),
             ints: HashSet::new(),
             gc_countdown: None,
+            speculation_budget: 32,
         };
         f.scratch = f.new_pair();
         f.lhs = f.new_pair();
@@ -149,6 +161,22 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             return;
         }
         self.marks.push((self.body.len(), lc.line, lc.column));
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            body: self.body.len(),
+            marks: self.marks.len(),
+            labels: self.labels.len(),
+        }
+    }
+
+    /// Forget the code emitted since `c`. Locals, constants and reserved
+    /// functions created meanwhile stay (unused, harmless).
+    pub fn rollback(&mut self, c: Checkpoint) {
+        self.body.truncate(c.body);
+        self.marks.truncate(c.marks);
+        self.labels.truncate(c.labels);
     }
 
     // ---- control labels ------------------------------------------------

@@ -283,17 +283,39 @@ impl<'a> FuncCtx<'_, 'a> {
         self.open(false);
         self.ins().i32_const(abi::TAG_INT).local_get(lo);
         self.store(home);
-        // Later iterations start where the body ended.
+        // What holds at the start of every iteration: assume the facts from
+        // before the loop, emit the body, and keep the assumption only if
+        // the body preserves it; otherwise shrink it and emit again. The
+        // counter was just stored, so it is an int at every start.
         let before = self.facts();
-        self.forget_writes(body);
-        if super::scope::written_names(body, &statement_target).contains(&var.name) {
-            self.defined.insert(var.name.clone());
-        } else {
+        let mut assumed = before.clone();
+        let mut conservative = false;
+        loop {
+            let checkpoint = self.checkpoint();
+            if conservative {
+                self.set_facts(before.clone());
+                self.forget_writes(body);
+            } else {
+                self.set_facts(assumed.clone());
+            }
             self.note_write(&var.name, true);
-        }
-        self.stmts(body);
-        if self.kind == FuncKind::Main {
-            self.gc_poll();
+            let start = self.facts();
+            self.stmts(body);
+            if self.kind == FuncKind::Main {
+                self.gc_poll();
+            }
+            let end = self.facts();
+            let holds = start.0.is_subset(&end.0) && start.1.iter().all(|n| n == &var.name || end.1.contains(n));
+            if holds || conservative {
+                break;
+            }
+            self.rollback(checkpoint);
+            if self.speculation_budget == 0 {
+                conservative = true;
+            } else {
+                self.speculation_budget -= 1;
+                assumed = meet(&assumed, &end);
+            }
         }
         // Counter after the loop: to + 1 (spec §5).
         self.ins().local_get(lo).i64_const(1).i64_add().local_set(lo);
