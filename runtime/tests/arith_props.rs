@@ -73,3 +73,50 @@ proptest! {
         }
     }
 }
+
+/// `expr` evaluated the reference way for every counter value.
+fn reference_loop(from: i64, to: i64, c: i64, d: i64) -> Result<Value, avap_hostfns::AvapError> {
+    let mut s = Value::Int(0);
+    let mut i = from;
+    while i <= to {
+        let prod = ops::binary(BinOp::Mul, &Value::Int(i), &Value::Int(c))?;
+        let m = ops::binary(BinOp::Mod, &prod, &Value::Int(d))?;
+        let q = ops::binary(BinOp::FloorDiv, &Value::Int(i), &Value::Int(d))?;
+        s = ops::binary(BinOp::Add, &s, &m)?;
+        s = ops::binary(BinOp::Sub, &s, &q)?;
+        i += 1;
+    }
+    Ok(s)
+}
+
+fn bound() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        -50i64..50,
+        Just(i64::from(i32::MAX) - 3),
+        Just(i64::from(i32::MIN)),
+        Just(3_037_000_499),
+        Just(i64::MAX / 2),
+    ]
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 120, failure_persistence: None, ..Config::default() })]
+
+    /// Loops with constant bounds let the compiler drop overflow and sign
+    /// checks; the results must not change.
+    #[test]
+    fn loops_with_constant_bounds_match_the_reference(from in bound(), len in 0i64..6, c in prop_oneof![-3i64..4, Just(i64::from(i32::MAX)), Just(3_037_000_500)], d in 1i64..9) {
+        let to = from.saturating_add(len);
+        let expected = reference_loop(from, to, c, d);
+        let lit = |v: i64| if v < 0 { format!("(0 - {})", v.unsigned_abs()) } else { v.to_string() };
+        let src = format!(
+            "s = 0\nstartLoop(i, {}, {})\n  s = s + i * {} % {}\n  s = s - (i // {})\nendLoop()\naddResult(s)\n",
+            lit(from), lit(to), lit(c), d, d
+        );
+        let r = HARNESS.with(|h| h.run(&src));
+        match expected {
+            Ok(v) => prop_assert_eq!(&r.envelope["result"]["s"], &v.to_json(), "{} gave {}", src, r.envelope),
+            Err(e) => prop_assert_eq!(r.envelope["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} gave {}", src, r.envelope),
+        }
+    }
+}

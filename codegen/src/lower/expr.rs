@@ -17,16 +17,48 @@ use crate::ast::{BinaryOp, Call, CompareOp, Expr, ExprKind, LogicalOp, TemplateP
 pub(crate) struct Known {
     /// The tag is `TAG_INT`.
     pub int: bool,
-    /// The value is this int constant.
-    pub konst: Option<i64>,
+    /// The int lies in `lo..=hi`.
+    pub range: Option<(i64, i64)>,
 }
 
 impl Known {
     pub const ANY: Known = Known {
         int: false,
-        konst: None,
+        range: None,
     };
-    pub const INT: Known = Known { int: true, konst: None };
+    pub const INT: Known = Known { int: true, range: None };
+
+    pub fn int_in(lo: i64, hi: i64) -> Known {
+        Known {
+            int: true,
+            range: Some((lo, hi)),
+        }
+    }
+
+    /// The constant this value certainly is.
+    pub fn constant(self) -> Option<i64> {
+        match self.range {
+            Some((lo, hi)) if lo == hi => Some(lo),
+            _ => None,
+        }
+    }
+}
+
+/// Range of `a op b` for ints in the given ranges, if no result in it can
+/// overflow (`None` also when `op` has no range rule).
+fn result_range(op: BinOp, a: (i64, i64), b: (i64, i64)) -> Option<(i64, i64)> {
+    let corners = |f: fn(i64, i64) -> Option<i64>| -> Option<(i64, i64)> {
+        let v = [f(a.0, b.0)?, f(a.0, b.1)?, f(a.1, b.0)?, f(a.1, b.1)?];
+        Some((*v.iter().min()?, *v.iter().max()?))
+    };
+    match op {
+        BinOp::Add => Some((a.0.checked_add(b.0)?, a.1.checked_add(b.1)?)),
+        BinOp::Sub => Some((a.0.checked_sub(b.1)?, a.1.checked_sub(b.0)?)),
+        BinOp::Mul => corners(i64::checked_mul),
+        BinOp::Mod if b.0 == b.1 && b.0 > 0 => Some((0, b.0 - 1)),
+        BinOp::FloorDiv if b.0 == b.1 && b.0 > 0 => Some((a.0.div_euclid(b.0), a.1.div_euclid(b.0))),
+        _ => None,
+    }
 }
 
 impl FuncCtx<'_, '_> {
@@ -40,10 +72,7 @@ impl FuncCtx<'_, '_> {
         match &e.kind {
             ExprKind::Int(i) => {
                 self.ins().i32_const(abi::TAG_INT).i64_const(*i);
-                return Known {
-                    int: true,
-                    konst: Some(*i),
-                };
+                return Known::int_in(*i, *i);
             }
             ExprKind::Float(f) => {
                 self.ins()
@@ -65,7 +94,10 @@ impl FuncCtx<'_, '_> {
                     self.read(home, &id.name, Undefined::NameError);
                 }
                 if self.ints.contains(&id.name) && matches!(home, super::func::Home::Local(_)) {
-                    return Known::INT;
+                    return Known {
+                        int: true,
+                        range: self.ranges.get(&id.name).copied(),
+                    };
                 }
             }
             ExprKind::Global(id) => {
@@ -186,8 +218,12 @@ impl FuncCtx<'_, '_> {
             ExprKind::Name(id) => {
                 let home = self.home(&id.name);
                 self.read(home, &id.name, Undefined::OwnText);
+                self.last = Known::ANY;
             }
-            ExprKind::List(items) => self.list(items, true),
+            ExprKind::List(items) => {
+                self.list(items, true);
+                self.last = Known::ANY;
+            }
             _ => self.expr(e),
         }
     }
@@ -336,8 +372,7 @@ impl FuncCtx<'_, '_> {
         if !guards.is_empty() {
             self.ins().i32_eqz().br_if(0);
         }
-        let positive_divisor = kb.konst.is_some_and(|k| k > 0);
-        if self.int_fast_path(op, positive_divisor) {
+        if self.int_fast_path(op, ka, kb) {
             let d = self.depth_of(done);
             self.ins().br(d);
         }
@@ -383,10 +418,38 @@ impl FuncCtx<'_, '_> {
     /// Inside a block whose label 0 means "take the slow path": push the
     /// int result and return true, or return false when `op` has no inline
     /// int form (the block then falls through to the slow path).
-    fn int_fast_path(&mut self, op: BinOp, positive_divisor: bool) -> bool {
+    fn int_fast_path(&mut self, op: BinOp, ka: Known, kb: Known) -> bool {
         let (a, b, r) = (self.lhs, self.rhs, self.tmp64);
         let (pa, pb) = (a.payload(), b.payload());
+        let positive_divisor = kb.constant().is_some_and(|k| k > 0);
+        let cannot_overflow = match (ka.range, kb.range) {
+            (Some(x), Some(y)) => result_range(op, x, y).is_some(),
+            _ => false,
+        };
+        let within_i32 = |k: Known| {
+            k.range
+                .is_some_and(|(lo, hi)| lo >= i64::from(i32::MIN) && hi <= i64::from(i32::MAX))
+        };
+        let non_negative = ka.range.is_some_and(|(lo, _)| lo >= 0);
         match op {
+            BinOp::Add | BinOp::Sub | BinOp::Mul if cannot_overflow => {
+                self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb);
+                match op {
+                    BinOp::Add => self.ins().i64_add(),
+                    BinOp::Sub => self.ins().i64_sub(),
+                    _ => self.ins().i64_mul(),
+                };
+                true
+            }
+            BinOp::Mod | BinOp::FloorDiv if positive_divisor && non_negative => {
+                self.ins().i32_const(abi::TAG_INT).local_get(pa).local_get(pb);
+                if op == BinOp::Mod {
+                    self.ins().i64_rem_s();
+                } else {
+                    self.ins().i64_div_s();
+                }
+                true
+            }
             BinOp::Add | BinOp::Sub => {
                 self.ins().local_get(pa).local_get(pb);
                 if op == BinOp::Add {
@@ -419,7 +482,10 @@ impl FuncCtx<'_, '_> {
             }
             BinOp::Mul => {
                 // Both within i32 range: the product cannot overflow i64.
-                for p in [pa, pb] {
+                for (p, k) in [(pa, ka), (pb, kb)] {
+                    if within_i32(k) {
+                        continue;
+                    }
                     self.ins()
                         .local_get(p)
                         .i64_const(0x8000_0000)

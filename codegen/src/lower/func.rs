@@ -85,6 +85,8 @@ pub(crate) struct FuncCtx<'m, 'a> {
     pub defined: HashSet<String>,
     /// Local variables certainly holding an int at this point.
     pub ints: HashSet<String>,
+    /// Loop counters with constant bounds: the range their value lies in.
+    pub ranges: HashMap<String, (i64, i64)>,
     /// Top level: iterations left before the next garbage-collection poll.
     pub gc_countdown: Option<u32>,
     /// Loop bodies this function may still emit again to refine what is
@@ -123,6 +125,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             last: super::expr::Known::ANY,
             defined: HashSet::new(),
             ints: HashSet::new(),
+            ranges: HashMap::new(),
             gc_countdown: None,
             speculation_budget: 32,
         };
@@ -309,6 +312,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
 
     /// Record a write of `name` (`int`: the value is certainly an int).
     pub fn note_write(&mut self, name: &str, int: bool) {
+        self.ranges.remove(name);
         self.defined.insert(name.to_owned());
         if int {
             self.ints.insert(name.to_owned());
@@ -322,6 +326,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         if self.kind == FuncKind::Main {
             // Globals may now hold anything (but stay assigned).
             self.ints.clear();
+            self.ranges.clear();
         }
         for i in 0..self.cached.len() {
             let (p, slot) = self.cached[i];

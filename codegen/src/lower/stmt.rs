@@ -270,11 +270,17 @@ impl<'a> FuncCtx<'_, 'a> {
     fn loop_(&mut self, var: &Ident, from: &Expr, to: &Expr, body: &'a [Stmt]) {
         let lo = self.new_local(ValType::I64);
         let hi = self.new_local(ValType::I64);
-        for (e, local) in [(from, lo), (to, hi)] {
+        let mut bounds = [None, None];
+        for (i, (e, local)) in [(from, lo), (to, hi)].into_iter().enumerate() {
             self.value_arg(e);
+            bounds[i] = self.last.constant();
             self.loop_bound();
             self.ins().local_set(local);
         }
+        let counter_range = match bounds {
+            [Some(a), Some(b)] if a <= b => Some((a, b)),
+            _ => None,
+        };
         let home = self.target_home(&var.name);
         self.ins().block(BlockType::Empty);
         self.open(false);
@@ -299,6 +305,9 @@ impl<'a> FuncCtx<'_, 'a> {
                 self.set_facts(assumed.clone());
             }
             self.note_write(&var.name, true);
+            if let Some(r) = counter_range {
+                self.ranges.insert(var.name.clone(), r);
+            }
             let start = self.facts();
             self.stmts(body);
             if self.kind == FuncKind::Main {
@@ -327,6 +336,7 @@ impl<'a> FuncCtx<'_, 'a> {
         let mut after = meet(&before, &self.facts());
         after.1.remove(&var.name);
         self.set_facts(after);
+        self.ranges.remove(&var.name);
     }
 
     /// Top-level loop back-edge: every so many iterations, write the
