@@ -61,6 +61,31 @@ fn result_range(op: BinOp, a: (i64, i64), b: (i64, i64)) -> Option<(i64, i64)> {
     }
 }
 
+/// What is known about `a op b` for two ints.
+fn int_result_known(op: BinOp, ka: Known, kb: Known) -> Known {
+    if !matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Mod | BinOp::FloorDiv) {
+        return Known::ANY;
+    }
+    let range = match (ka.range, kb.range) {
+        (Some(a), Some(b)) => result_range(op, a, b),
+        _ => None,
+    };
+    Known { int: true, range }
+}
+
+/// Whether the inline int code for `a op b` has no failure branch: no
+/// overflow is possible, or the divisor is a positive constant.
+fn never_fails(op: BinOp, ka: Known, kb: Known) -> bool {
+    match op {
+        BinOp::Add | BinOp::Sub | BinOp::Mul => match (ka.range, kb.range) {
+            (Some(a), Some(b)) => result_range(op, a, b).is_some(),
+            _ => false,
+        },
+        BinOp::Mod | BinOp::FloorDiv => kb.constant().is_some_and(|k| k > 0),
+        _ => false,
+    }
+}
+
 impl FuncCtx<'_, '_> {
     /// Evaluate `e`; [`FuncCtx::last`] says what is known about the result.
     pub fn expr(&mut self, e: &Expr) {
@@ -350,6 +375,12 @@ impl FuncCtx<'_, '_> {
         let (a, b) = (self.lhs, self.rhs);
         self.store_pair(b);
         self.store_pair(a);
+        if ka.int && kb.int && never_fails(op, ka, kb) {
+            // No check can fire: just the instructions.
+            let done = self.int_fast_path(op, ka, kb);
+            debug_assert!(done, "never_fails implies an inline int path");
+            return int_result_known(op, ka, kb);
+        }
         let ty = self.pair_type();
         self.ins().block(ty);
         self.open(false);
@@ -395,9 +426,8 @@ impl FuncCtx<'_, '_> {
         self.helper(Helper::Binary);
         self.check_err();
         self.close();
-        let int_result = matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Mod | BinOp::FloorDiv);
-        if ka.int && kb.int && int_result {
-            Known::INT
+        if ka.int && kb.int {
+            int_result_known(op, ka, kb)
         } else {
             Known::ANY
         }
