@@ -39,6 +39,7 @@ impl FuncCtx<'_, '_> {
             }
             self.mark(call.span);
             self.flush_main();
+            self.allocates = true;
             self.ins().call(f.index);
             self.reload_main();
             self.check_err();
@@ -147,6 +148,7 @@ impl FuncCtx<'_, '_> {
         self.ins()
             .i32_const(i32::try_from(base).unwrap_or(0))
             .i32_const(i32::try_from(slots.len()).unwrap_or(0));
+        self.allocates = true;
         self.ins().call(idx);
         self.check_err();
         // The assignment form's own target wins (spec §3); otherwise the

@@ -423,7 +423,12 @@ impl FuncCtx<'_, '_> {
         self.ins().i32_const(op as i32);
         self.load_pair(a);
         self.load_pair(b);
-        self.helper(Helper::Binary);
+        if ka.int && kb.int {
+            // Two ints give an int, a float or an error: nothing on the heap.
+            self.call_helper(Helper::Binary);
+        } else {
+            self.helper(Helper::Binary);
+        }
         self.check_err();
         self.close();
         if ka.int && kb.int {

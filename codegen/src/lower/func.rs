@@ -89,6 +89,9 @@ pub(crate) struct FuncCtx<'m, 'a> {
     pub ranges: HashMap<String, (i64, i64)>,
     /// Top level: iterations left before the next garbage-collection poll.
     pub gc_countdown: Option<u32>,
+    /// Whether code emitted since the enclosing loop began may create heap
+    /// objects (then its back-edge polls the garbage collector).
+    pub allocates: bool,
     /// Loop bodies this function may still emit again to refine what is
     /// known at their start (bounds compile time under deep nesting).
     pub speculation_budget: u32,
@@ -128,6 +131,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             ranges: HashMap::new(),
             gc_countdown: None,
             speculation_budget: 32,
+            allocates: false,
         };
         f.scratch = f.new_pair();
         f.lhs = f.new_pair();
@@ -253,6 +257,18 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
     }
 
     pub fn helper(&mut self, h: Helper) {
+        // Helpers that never create heap objects.
+        if !matches!(
+            h,
+            Helper::Truthy | Helper::IfCompare | Helper::Raise | Helper::StackOverflow | Helper::SetOutput
+        ) {
+            self.allocates = true;
+        }
+        self.call_helper(h);
+    }
+
+    /// Call a helper known (from the operand types) not to allocate.
+    pub fn call_helper(&mut self, h: Helper) {
         let idx = ModuleCtx::helper_index(h);
         self.ins().call(idx);
     }

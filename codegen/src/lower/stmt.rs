@@ -309,10 +309,14 @@ impl<'a> FuncCtx<'_, 'a> {
                 self.ranges.insert(var.name.clone(), r);
             }
             let start = self.facts();
+            let outer_allocates = std::mem::replace(&mut self.allocates, false);
             self.stmts(body);
-            if self.kind == FuncKind::Main {
+            // Poll only when the body may create garbage: a pure int loop
+            // pays nothing for the collector.
+            if self.kind == FuncKind::Main && self.allocates {
                 self.gc_poll();
             }
+            self.allocates |= outer_allocates;
             let end = self.facts();
             let holds = start.0.is_subset(&end.0) && start.1.iter().all(|n| n == &var.name || end.1.contains(n));
             if holds || conservative {
@@ -478,6 +482,7 @@ impl<'a> FuncCtx<'_, 'a> {
             self.load(home);
         }
         self.flush_main();
+        self.allocates = true;
         self.ins().call(index);
         self.reload_main();
         let res = self.new_pair();
