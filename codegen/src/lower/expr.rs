@@ -493,6 +493,18 @@ impl FuncCtx<'_, '_> {
                     self.ins().i64_sub();
                 }
                 self.ins().local_set(r);
+                let b_non_negative = kb.range.is_some_and(|(lo, _)| lo >= 0);
+                if b_non_negative {
+                    // b >= 0: a + b overflows iff r < a; a - b iff r > a.
+                    self.ins().local_get(r).local_get(pa);
+                    if op == BinOp::Add {
+                        self.ins().i64_lt_s();
+                    } else {
+                        self.ins().i64_gt_s();
+                    }
+                    self.ins().br_if(0).i32_const(abi::TAG_INT).local_get(r);
+                    return true;
+                }
                 // Overflow: add: (a ^ r) & (b ^ r) < 0; sub: (a ^ b) & (a ^ r) < 0.
                 if op == BinOp::Add {
                     self.ins()
