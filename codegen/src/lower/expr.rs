@@ -381,6 +381,10 @@ impl FuncCtx<'_, '_> {
             debug_assert!(done, "never_fails implies an inline int path");
             return int_result_known(op, ka, kb);
         }
+        if ka.int && kb.int && matches!(op, BinOp::Add | BinOp::Sub) {
+            self.int_add_sub(op, kb);
+            return int_result_known(op, ka, kb);
+        }
         let ty = self.pair_type();
         self.ins().block(ty);
         self.open(false);
@@ -436,6 +440,59 @@ impl FuncCtx<'_, '_> {
         } else {
             Known::ANY
         }
+    }
+
+    /// `a + b` / `a - b` of two ints: the only way out of the fast path is
+    /// overflow, so the cold path just raises (through the helper, for the
+    /// exact message) and the hot path has no merge point.
+    fn int_add_sub(&mut self, op: BinOp, kb: Known) {
+        let (a, b, r) = (self.lhs, self.rhs, self.tmp64);
+        let (pa, pb) = (a.payload(), b.payload());
+        self.ins().local_get(pa).local_get(pb);
+        if op == BinOp::Add {
+            self.ins().i64_add();
+        } else {
+            self.ins().i64_sub();
+        }
+        self.ins().local_set(r);
+        if kb.range.is_some_and(|(lo, _)| lo >= 0) {
+            self.ins().local_get(r).local_get(pa);
+            if op == BinOp::Add {
+                self.ins().i64_lt_s();
+            } else {
+                self.ins().i64_gt_s();
+            }
+        } else if op == BinOp::Add {
+            self.ins()
+                .local_get(pa)
+                .local_get(r)
+                .i64_xor()
+                .local_get(pb)
+                .local_get(r)
+                .i64_xor();
+            self.ins().i64_and().i64_const(0).i64_lt_s();
+        } else {
+            self.ins()
+                .local_get(pa)
+                .local_get(pb)
+                .i64_xor()
+                .local_get(pa)
+                .local_get(r)
+                .i64_xor();
+            self.ins().i64_and().i64_const(0).i64_lt_s();
+        }
+        self.ins().if_(BlockType::Empty);
+        self.open(false);
+        self.ins().i32_const(op as i32);
+        self.load_pair(a);
+        self.load_pair(b);
+        self.call_helper(Helper::Binary);
+        self.check_err();
+        // Unreachable in practice (overflow always fails); keeps the
+        // stack balanced for validation.
+        self.ins().drop().drop();
+        self.close();
+        self.ins().i32_const(abi::TAG_INT).local_get(r);
     }
 
     /// Slow path only (heap values such as template pieces).
