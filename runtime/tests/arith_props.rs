@@ -75,13 +75,13 @@ proptest! {
 }
 
 /// `expr` evaluated the reference way for every counter value.
-fn reference_loop(from: i64, to: i64, c: i64, d: i64) -> Result<Value, avap_hostfns::AvapError> {
+fn reference_loop(from: i64, to: i64, factor: i64, divisor: i64) -> Result<Value, avap_hostfns::AvapError> {
     let mut s = Value::Int(0);
     let mut i = from;
     while i <= to {
-        let prod = ops::binary(BinOp::Mul, &Value::Int(i), &Value::Int(c))?;
-        let m = ops::binary(BinOp::Mod, &prod, &Value::Int(d))?;
-        let q = ops::binary(BinOp::FloorDiv, &Value::Int(i), &Value::Int(d))?;
+        let prod = ops::binary(BinOp::Mul, &Value::Int(i), &Value::Int(factor))?;
+        let m = ops::binary(BinOp::Mod, &prod, &Value::Int(divisor))?;
+        let q = ops::binary(BinOp::FloorDiv, &Value::Int(i), &Value::Int(divisor))?;
         s = ops::binary(BinOp::Add, &s, &m)?;
         s = ops::binary(BinOp::Sub, &s, &q)?;
         i += 1;

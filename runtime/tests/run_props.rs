@@ -39,7 +39,7 @@ proptest! {
             &avap_codegen::check::NoIncludes,
         );
         prop_assume!(checked.error_count() == 0);
-        let h = HARNESS.with(|h| h.clone());
+        let h = HARNESS.with(std::rc::Rc::clone);
         let limits = Limits { fuel: 2_000_000, time_ms: 2_000, memory_bytes: 8 << 20, stack_bytes: 32 << 10, output_bytes: 1 << 20 };
         let r = h.run_with(&src, limits);
         let ok = r.envelope["status"] == true;

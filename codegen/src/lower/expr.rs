@@ -515,7 +515,7 @@ impl FuncCtx<'_, '_> {
         let (pa, pb) = (a.payload(), b.payload());
         let positive_divisor = kb.constant().is_some_and(|k| k > 0);
         let cannot_overflow = match (ka.range, kb.range) {
-            (Some(x), Some(y)) => result_range(op, x, y).is_some(),
+            (Some(ra), Some(rb)) => result_range(op, ra, rb).is_some(),
             _ => false,
         };
         let within_i32 = |k: Known| {
