@@ -73,13 +73,13 @@ struct ParseArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// Address and port to listen on
+pub struct ServeArgs {
+    /// Address and port to listen on (port 0 picks a free port; the startup line shows it)
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
-    /// Directory for the embedded database and artifacts
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub listen: String,
+    /// Directory for the embedded database and artifacts (default: `$XDG_DATA_HOME/avap` or `~/.local/share/avap`)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -92,7 +92,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => crate::cmd_inspect::inspect(&args),
         Command::Keygen(args) => crate::cmd_keys::keygen(&args),
         Command::Conformance(args) => crate::conformance::conformance(&args),
-        Command::Serve(args) => Ok(serve(&args)),
+        Command::Serve(args) => crate::server::serve(&args),
     };
     match result {
         Ok(code) => code,
@@ -205,17 +205,4 @@ fn parse_cmd(args: &ParseArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn serve(args: &ServeArgs) -> ExitCode {
-    eprintln!(
-        "avap serve: the HTTP execution server is not built yet (it arrives with the server work, issue 5).\n\
-         It will listen on {} with its data in {}.\n\
-         Today you can check scripts with `avap check FILE…` and inspect them with `avap parse FILE --json`.",
-        args.listen,
-        args.data_dir
-            .as_ref()
-            .map_or_else(|| "the user data directory".to_string(), |d| d.display().to_string()),
-    );
-    ExitCode::from(2)
 }

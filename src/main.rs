@@ -6,6 +6,7 @@ mod cmd_keys;
 mod cmd_run;
 mod conformance;
 mod exec;
+mod server;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -98,8 +98,8 @@ fn missing_file_is_a_clear_error() {
 }
 
 #[test]
-fn serve_says_not_yet() {
-    let out = avap(&["serve"]);
+fn serve_with_an_unusable_address_exits_two_and_says_why() {
+    let out = avap(&["serve", "--listen", "256.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not built yet"));
+    assert!(text(&out.stderr).contains("cannot listen"), "{}", text(&out.stderr));
 }

@@ -1,0 +1,223 @@
+//! [`ApiError`]: every error a client of the server can see, as
+//! `{"error": {"kind", "message"}}` JSON with the matching status.
+//!
+//! Script outcomes (compile errors, runtime errors, limits) are not
+//! `ApiError`s: they are run envelopes. An `ApiError` means the request was
+//! not run at all. Internal details never reach the client: they go to
+//! stderr, and the client gets a generic message.
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body is not JSON (syntax error or early end).
+    InvalidJson {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    /// The body is JSON of the wrong shape: unknown field, wrong type, missing `script`.
+    InvalidRequest {
+        message: String,
+        /// Where in the body, when the JSON parser knows.
+        position: Option<(usize, usize)>,
+    },
+    /// The request body is over the server's limit.
+    BodyTooLarge {
+        limit: usize,
+    },
+    /// The script source is over the server's limit.
+    ScriptTooLarge {
+        size: usize,
+        limit: usize,
+    },
+    /// The script uses a command class this deployment's policy denies.
+    CapabilityDenied(String),
+    NotFound {
+        path: String,
+    },
+    MethodNotAllowed,
+    /// No run slot became free within the queue wait.
+    Overloaded {
+        waited: Duration,
+    },
+    /// Something failed on our side; the detail is logged, never sent.
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    /// From a `serde_json` error on a request body: syntax errors are
+    /// `InvalidJson`, shape errors (unknown field, wrong type) `InvalidRequest`.
+    pub fn from_json(e: &serde_json::Error) -> ApiError {
+        // serde_json's Display ends with " at line L column C"; keep the message without it.
+        let full = e.to_string();
+        let message = full
+            .rfind(" at line ")
+            .map_or(full.as_str(), |at| &full[..at])
+            .to_owned();
+        let position = (e.line() > 0).then(|| (e.line(), e.column()));
+        match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                let (line, column) = position.unwrap_or((1, 0));
+                ApiError::InvalidJson { message, line, column }
+            }
+            serde_json::error::Category::Data | serde_json::error::Category::Io => {
+                ApiError::InvalidRequest { message, position }
+            }
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson { .. } | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } | ApiError::ScriptTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::CapabilityDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable `kind` clients match on.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson { .. } => "InvalidJson",
+            ApiError::InvalidRequest { .. } => "InvalidRequest",
+            ApiError::BodyTooLarge { .. } => "BodyTooLarge",
+            ApiError::ScriptTooLarge { .. } => "ScriptTooLarge",
+            ApiError::CapabilityDenied(_) => "CapabilityDenied",
+            ApiError::NotFound { .. } => "NotFound",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::Overloaded { .. } => "Overloaded",
+            ApiError::Internal(_) => "InternalError",
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let mut error = json!({"kind": self.kind(), "message": self.to_string()});
+        let position = match self {
+            ApiError::InvalidJson { line, column, .. } => Some((*line, *column)),
+            ApiError::InvalidRequest { position, .. } => *position,
+            _ => None,
+        };
+        if let Some((line, column)) = position {
+            error["line"] = json!(line);
+            error["column"] = json!(column);
+        }
+        json!({ "error": error })
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::InvalidJson { message, line, column } => {
+                write!(
+                    f,
+                    "the request body is not valid JSON: {message} at line {line} column {column}"
+                )
+            }
+            ApiError::InvalidRequest {
+                message,
+                position: Some((line, column)),
+            } => write!(f, "invalid request: {message} at line {line} column {column}"),
+            ApiError::InvalidRequest {
+                message,
+                position: None,
+            } => write!(f, "invalid request: {message}"),
+            ApiError::BodyTooLarge { limit } => {
+                write!(
+                    f,
+                    "the request body is larger than this server's limit of {limit} bytes"
+                )
+            }
+            ApiError::ScriptTooLarge { size, limit } => write!(
+                f,
+                "the script is {size} bytes, larger than this server's limit of {limit} bytes; split it or store it"
+            ),
+            ApiError::CapabilityDenied(message) => f.write_str(message),
+            ApiError::NotFound { path } => write!(f, "no such endpoint: {path} (the API is under /api/v1/)"),
+            ApiError::MethodNotAllowed => f.write_str("this endpoint does not accept that HTTP method"),
+            ApiError::Overloaded { waited } => write!(
+                f,
+                "the server is at its limit of concurrent runs and none finished within {} ms; retry later",
+                waited.as_millis()
+            ),
+            ApiError::Internal(_) => f.write_str("internal server error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            eprintln!("avap serve: internal error: {e:#}");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, ApiError::Overloaded { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> ApiError {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            script: String,
+        }
+        ApiError::from_json(&serde_json::from_str::<Body>(text).expect_err("must fail"))
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json_with_position() {
+        let e = parse_err("{\"script\": \n  oops}");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.body(),
+            json!({"error": {
+                "kind": "InvalidJson",
+                "message": "the request body is not valid JSON: expected value at line 2 column 3",
+                "line": 2, "column": 3,
+            }})
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_invalid_requests() {
+        let e = parse_err(r#"{"script": "", "scirpt": 1}"#);
+        assert_eq!(e.kind(), "InvalidRequest");
+        assert!(e.to_string().contains("unknown field `scirpt`"), "{e}");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let e = ApiError::Internal(anyhow::anyhow!("secret path /etc/avap/key"));
+        assert_eq!(
+            e.body(),
+            json!({"error": {"kind": "InternalError", "message": "internal server error"}})
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! `POST /api/v1/execute`: compile (or take from the cache) an inline
+//! script and run it once; the response is the run's envelope with its
+//! status (`_status`, or the error kind's status).
+
+use avap_hostfns::Request;
+use avap_runtime::{Limits, RunReport};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::JsonBody;
+use crate::exec::RunSettings;
+
+/// The body of `POST /api/v1/execute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// AVAP source.
+    pub script: String,
+    /// The JSON body the script sees (`addParam`): an object.
+    #[serde(default)]
+    pub params: Option<Value>,
+    /// Per-run limits; each is clamped to the server's maximum.
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
+    /// The rest of the HTTP request the script sees.
+    #[serde(default)]
+    pub request: Option<RequestSpec>,
+}
+
+/// Per-run limits in the units of `avap run --limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub fuel: Option<u64>,
+    pub time_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub stack_kb: Option<u64>,
+    pub output_kb: Option<u64>,
+}
+
+impl LimitsSpec {
+    /// The asked limits, each at most `max`; unset ones are `max`.
+    pub fn clamp(&self, max: Limits) -> Limits {
+        let pick = |asked: Option<u64>, unit: u64, max: u64| asked.map_or(max, |n| n.saturating_mul(unit).min(max));
+        Limits {
+            fuel: pick(self.fuel, 1, max.fuel),
+            time_ms: pick(self.time_ms, 1, max.time_ms),
+            memory_bytes: pick(self.memory_mb, 1 << 20, max.memory_bytes),
+            stack_bytes: pick(self.stack_kb, 1 << 10, max.stack_bytes),
+            output_bytes: pick(self.output_kb, 1 << 10, max.output_bytes),
+        }
+    }
+}
+
+/// Method, path, query and headers of the request the script sees.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// `{"name": "value"}`; an array value repeats the key.
+    #[serde(default)]
+    pub query: Map<String, Value>,
+    #[serde(default)]
+    pub headers: Map<String, Value>,
+}
+
+impl ExecuteRequest {
+    /// The request the script sees: `GET /` unless told otherwise, as with `avap run`.
+    fn script_request(&self) -> Result<Request, ApiError> {
+        let json = match &self.params {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`params` must be a JSON object (the body addParam reads)",
+                ));
+            }
+        };
+        let spec = self.request.as_ref();
+        Ok(Request {
+            method: spec
+                .and_then(|r| r.method.as_deref())
+                .unwrap_or("GET")
+                .to_ascii_uppercase(),
+            path: spec.and_then(|r| r.path.clone()).unwrap_or_else(|| "/".to_owned()),
+            query: spec.map(|r| pairs(&r.query)).unwrap_or_default(),
+            json,
+            form: Vec::new(),
+            headers: spec.map(|r| pairs(&r.headers)).unwrap_or_default(),
+        })
+    }
+}
+
+/// Name/value pairs from a JSON object: strings as they are, other scalars
+/// as JSON text, arrays as one pair per element.
+fn pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
+    fn text(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        match v {
+            Value::Array(items) => out.extend(items.iter().map(|i| (k.clone(), text(i)))),
+            other => out.push((k.clone(), text(other))),
+        }
+    }
+    out
+}
+
+pub async fn execute(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ExecuteRequest>,
+) -> Result<Response, ApiError> {
+    let config = state.config();
+    if body.script.len() > config.max_script_bytes {
+        return Err(ApiError::ScriptTooLarge {
+            size: body.script.len(),
+            limit: config.max_script_bytes,
+        });
+    }
+    let request = body.script_request()?;
+    let settings = RunSettings {
+        limits: body.limits.unwrap_or_default().clamp(config.limits),
+        time_zone: None,
+        now: None,
+    };
+    let report = state.execute(body.script, request, settings).await?;
+    Ok(envelope_response(report))
+}
+
+/// The envelope as the response body, with the run's status.
+fn envelope_response(report: RunReport) -> Response {
+    let mut envelope = report.envelope;
+    if envelope["error"]["kind"] == "InternalError" {
+        // A runtime fault, not the script's doing: log it, do not show it.
+        eprintln!("avap serve: internal error in a run: {}", envelope["error"]["message"]);
+        envelope["error"]["message"] = Value::from("internal error while running the script");
+    }
+    // `_status` may be 100..=599, but a 1xx cannot be a final HTTP status.
+    let status = StatusCode::from_u16(report.http_status)
+        .ok()
+        .filter(|s| !s.is_informational())
+        .unwrap_or(StatusCode::OK);
+    (status, Json(envelope)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_clamped_to_the_server_maximum() {
+        let max = super::super::ServerConfig::LIMITS;
+        let asked = LimitsSpec {
+            fuel: Some(u64::MAX),
+            time_ms: Some(50),
+            memory_mb: Some(u64::MAX),
+            stack_kb: None,
+            output_kb: Some(1),
+        };
+        let got = asked.clamp(max);
+        assert_eq!(got.fuel, max.fuel);
+        assert_eq!(got.time_ms, 50);
+        assert_eq!(got.memory_bytes, max.memory_bytes);
+        assert_eq!(got.stack_bytes, max.stack_bytes);
+        assert_eq!(got.output_bytes, 1024);
+        assert_eq!(LimitsSpec::default().clamp(max), max);
+    }
+
+    #[test]
+    fn script_request_defaults_and_pairs() {
+        let body: ExecuteRequest = serde_json::from_value(serde_json::json!({
+            "script": "",
+            "params": {"id": 7},
+            "request": {"method": "post", "query": {"tag": ["a", "b"], "n": 1}}
+        }))
+        .unwrap();
+        let mut r = body.script_request().unwrap();
+        r.query.sort();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/");
+        assert_eq!(r.json, Some(serde_json::json!({"id": 7})));
+        assert_eq!(
+            r.query,
+            [("n", "1"), ("tag", "a"), ("tag", "b")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn params_must_be_an_object() {
+        let body: ExecuteRequest = serde_json::from_value(serde_json::json!({"script": "", "params": [1]})).unwrap();
+        assert_eq!(body.script_request().unwrap_err().kind(), "InvalidRequest");
+    }
+}

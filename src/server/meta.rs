@@ -1,0 +1,59 @@
+//! `GET /api/v1/health`, `GET /api/v1/info` and the JSON 404/405 fallbacks.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Uri;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": VERSION,
+        "cache": {"scripts": state.cached_scripts()},
+    }))
+}
+
+/// What this server is and allows: limits in the units of the execute
+/// request's `limits`, the capability policy and the command catalogue.
+pub async fn info(State(state): State<AppState>) -> Json<Value> {
+    let config = state.config();
+    let l = config.limits;
+    let commands: Vec<Value> = avap_hostfns::commands()
+        .iter()
+        .map(|c| json!({"name": c.name, "capability": c.capability.as_str(), "summary": c.summary}))
+        .collect();
+    let allowed: Vec<&str> = config.policy.allowed().map(avap_hostfns::Capability::as_str).collect();
+    Json(json!({
+        "version": VERSION,
+        "limits": {
+            "fuel": l.fuel,
+            "time_ms": l.time_ms,
+            "memory_mb": l.memory_bytes >> 20,
+            "stack_kb": l.stack_bytes >> 10,
+            "output_kb": l.output_bytes >> 10,
+        },
+        "requests": {
+            "max_body_bytes": config.max_body_bytes,
+            "max_script_bytes": config.max_script_bytes,
+            "max_concurrent_runs": config.max_concurrent_runs,
+            "queue_wait_ms": u64::try_from(config.queue_wait.as_millis()).unwrap_or(u64::MAX),
+        },
+        "capabilities": {"allowed": allowed},
+        "commands": commands,
+    }))
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        path: uri.path().to_owned(),
+    }
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,347 @@
+//! The HTTP execution server, `avap serve`: a thin axum layer over the
+//! shared [`Executor`].
+//!
+//! * [`app`] is the whole router for an [`AppState`]; [`serve`] binds the
+//!   listener, prints the address and serves until SIGINT/SIGTERM, letting
+//!   in-flight requests finish.
+//! * Every error that is not a run outcome is an [`ApiError`]:
+//!   `{"error": {"kind", "message"}}` with its status.
+//! * At most `max_concurrent_runs` requests compile or run at once; one
+//!   that waits longer than `queue_wait` for a slot gets 503 `Overloaded`.
+//!
+//! Not here yet (the rest of issue 5): the embedded database and the script
+//! registry, API keys, rate limits, metrics, logs, config files.
+
+mod cache;
+mod error;
+mod execute;
+mod extract;
+mod meta;
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use avap_codegen::check::NoIncludes;
+use avap_codegen::{SourceFile, check_file};
+use avap_hostfns::Request;
+use avap_runtime::{CapabilityPolicy, Limits, LoadError, RunReport, RuntimeConfig};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+pub use error::ApiError;
+
+use crate::cli::ServeArgs;
+use crate::exec::{Executor, Prepared, RunSettings};
+use cache::{Compiled, ScriptCache};
+
+/// How long shutdown waits for in-flight requests before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Server-wide settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The most a run may use; also what a run gets when it asks for nothing.
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub max_script_bytes: usize,
+    /// Requests compiling or running at once (also the wasmtime pool size).
+    pub max_concurrent_runs: usize,
+    /// How long a request waits for a run slot before 503.
+    pub queue_wait: Duration,
+    /// Inline scripts whose compiled form is kept.
+    pub cache_entries: usize,
+    pub policy: CapabilityPolicy,
+}
+
+impl ServerConfig {
+    /// Per-run maximums: tighter than [`Limits::CLI`].
+    pub const LIMITS: Limits = Limits {
+        fuel: 1_000_000_000,
+        time_ms: 10_000,
+        memory_bytes: 128 << 20,
+        stack_bytes: 256 << 10,
+        output_bytes: 4 << 20,
+    };
+
+    /// The defaults, with two run slots per core.
+    pub fn for_this_machine() -> ServerConfig {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        ServerConfig {
+            limits: ServerConfig::LIMITS,
+            max_body_bytes: 1 << 20,
+            max_script_bytes: 256 << 10,
+            max_concurrent_runs: 2 * cores,
+            queue_wait: Duration::from_secs(2),
+            cache_entries: 256,
+            policy: CapabilityPolicy::allow_all(),
+        }
+    }
+}
+
+/// What every handler shares; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ServerConfig,
+    executor: Executor,
+    scripts: ScriptCache,
+    runs: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Result<AppState> {
+        let runtime = RuntimeConfig {
+            max_concurrent_runs: u32::try_from(config.max_concurrent_runs)
+                .context("max_concurrent_runs is too large")?,
+            cache_entries: config.cache_entries,
+            policy: config.policy.clone(),
+            ..RuntimeConfig::default()
+        };
+        let executor = Executor::with_config(runtime).context("cannot start the wasm runtime")?;
+        Ok(AppState {
+            shared: Arc::new(Shared {
+                scripts: ScriptCache::new(config.cache_entries),
+                runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+                config,
+                executor,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    pub fn cached_scripts(&self) -> usize {
+        self.shared.scripts.len()
+    }
+
+    /// A run slot, or 503 after `queue_wait` (load shedding).
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let wait = self.config().queue_wait;
+        match tokio::time::timeout(wait, self.shared.runs.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(closed)) => Err(ApiError::Internal(closed.into())),
+            Err(_) => Err(ApiError::Overloaded { waited: wait }),
+        }
+    }
+
+    /// Compile `script` (or take it from the cache) and run it once, in a
+    /// run slot.
+    pub async fn execute(
+        &self,
+        script: String,
+        request: Request,
+        settings: RunSettings,
+    ) -> Result<RunReport, ApiError> {
+        let slot = self.admit().await?;
+        let shared = self.shared.clone();
+        let handle = tokio::runtime::Handle::current();
+        // Compiling and running are CPU-bound and a run never yields, so both
+        // happen off the async workers: accepting, health checks and queue
+        // timeouts stay live under load. The slot travels with the work, so a
+        // client hanging up does not free it while the run goes on.
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            match shared.compiled(script)? {
+                Compiled::Module(module) => Ok(handle.block_on(shared.executor.run(&module, request, &settings))),
+                Compiled::CompileError(report) => Ok(RunReport::clone(&report)),
+            }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("run task failed: {e}")))?
+    }
+}
+
+impl Shared {
+    /// The compiled form of an inline script, from the cache or compiled now.
+    fn compiled(&self, script: String) -> Result<Compiled, ApiError> {
+        let key = cache::source_hash(&script);
+        if let Some(hit) = self.scripts.get(&key) {
+            return Ok(hit);
+        }
+        let compiled = self.compile(script)?;
+        self.scripts.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    fn compile(&self, script: String) -> Result<Compiled, ApiError> {
+        let checked = check_file(SourceFile::new("inline.avap", script), &NoIncludes);
+        match self.executor.prepare_checked(&checked) {
+            Ok(Prepared::Module(module)) => Ok(Compiled::Module(module)),
+            Ok(Prepared::CompileError(report)) => Ok(Compiled::CompileError(Arc::new(report))),
+            Err(e) => match e.downcast_ref::<LoadError>() {
+                Some(denied @ LoadError::CapabilityDenied { .. }) => {
+                    Err(ApiError::CapabilityDenied(denied.to_string()))
+                }
+                _ => Err(ApiError::Internal(e.context("compiling an inline script"))),
+            },
+        }
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/execute", post(execute::execute))
+        .route("/api/v1/health", get(meta::health))
+        .route("/api/v1/info", get(meta::info))
+        .fallback(meta::not_found)
+        .method_not_allowed_fallback(meta::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
+        .with_state(state)
+}
+
+/// `avap serve`: serve until SIGINT or SIGTERM, then let in-flight requests finish.
+pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let state = AppState::new(ServerConfig::for_this_machine())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(&args.listen, &data_dir, state))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (is another server using it? pass --listen ADDR:PORT)"))?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    println!(
+        "avap serve listening on http://{addr} (data dir {})",
+        data_dir.display()
+    );
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "avap serve: warning: {addr} is not a loopback address and API keys are not built yet: \
+             anyone who can reach it can run scripts"
+        );
+    }
+    let stopping = Arc::new(Notify::new());
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            eprintln!("avap serve: shutting down; finishing in-flight requests");
+            stopping.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server.into_future() => result.context("the server failed")?,
+        () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            eprintln!("avap serve: requests still open after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            eprintln!("avap serve: cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                eprintln!("avap serve: cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// `$XDG_DATA_HOME/avap`, else `$HOME/.local/share/avap`.
+fn default_data_dir() -> Result<PathBuf> {
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".local/share"))
+    };
+    let base = xdg
+        .or_else(home)
+        .context("no data directory: neither XDG_DATA_HOME nor HOME is set; pass --data-dir DIR")?;
+    Ok(base.join("avap"))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::State;
+
+    use super::execute::{ExecuteRequest, execute};
+    use super::extract::JsonBody;
+    use super::*;
+
+    fn state(max_concurrent_runs: usize, queue_wait: Duration) -> AppState {
+        AppState::new(ServerConfig {
+            max_concurrent_runs,
+            queue_wait,
+            ..ServerConfig::for_this_machine()
+        })
+        .expect("state")
+    }
+
+    fn body(script: &str) -> JsonBody<ExecuteRequest> {
+        JsonBody(serde_json::from_value(serde_json::json!({ "script": script })).expect("body"))
+    }
+
+    #[tokio::test]
+    async fn sheds_load_when_every_slot_is_busy() {
+        let state = state(1, Duration::from_millis(20));
+        let busy = state.admit().await.expect("the only slot");
+        let err = execute(State(state.clone()), body("x = 1\naddResult(x)\n"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "Overloaded");
+        assert_eq!(err.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(busy);
+        let ok = execute(State(state.clone()), body("x = 1\naddResult(x)\n"))
+            .await
+            .expect("runs");
+        assert_eq!(ok.status(), axum::http::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn repeated_scripts_compile_once() {
+        let state = state(2, Duration::from_secs(1));
+        for _ in 0..3 {
+            execute(State(state.clone()), body("x = 2\naddResult(x)\n"))
+                .await
+                .expect("runs");
+        }
+        execute(State(state.clone()), body("if(\n"))
+            .await
+            .expect("compile error is a response");
+        assert_eq!(state.cached_scripts(), 2);
+    }
+}
