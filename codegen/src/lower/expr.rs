@@ -447,40 +447,7 @@ impl FuncCtx<'_, '_> {
     /// exact message) and the hot path has no merge point.
     fn int_add_sub(&mut self, op: BinOp, kb: Known) {
         let (a, b, r) = (self.lhs, self.rhs, self.tmp64);
-        let (pa, pb) = (a.payload(), b.payload());
-        self.ins().local_get(pa).local_get(pb);
-        if op == BinOp::Add {
-            self.ins().i64_add();
-        } else {
-            self.ins().i64_sub();
-        }
-        self.ins().local_set(r);
-        if kb.range.is_some_and(|(lo, _)| lo >= 0) {
-            self.ins().local_get(r).local_get(pa);
-            if op == BinOp::Add {
-                self.ins().i64_lt_s();
-            } else {
-                self.ins().i64_gt_s();
-            }
-        } else if op == BinOp::Add {
-            self.ins()
-                .local_get(pa)
-                .local_get(r)
-                .i64_xor()
-                .local_get(pb)
-                .local_get(r)
-                .i64_xor();
-            self.ins().i64_and().i64_const(0).i64_lt_s();
-        } else {
-            self.ins()
-                .local_get(pa)
-                .local_get(pb)
-                .i64_xor()
-                .local_get(pa)
-                .local_get(r)
-                .i64_xor();
-            self.ins().i64_and().i64_const(0).i64_lt_s();
-        }
+        self.add_sub_overflow_flag(op, kb);
         self.ins().if_(BlockType::Empty);
         self.open(false);
         self.ins().i32_const(op as i32);
@@ -493,6 +460,55 @@ impl FuncCtx<'_, '_> {
         self.ins().drop().drop();
         self.close();
         self.ins().i32_const(abi::TAG_INT).local_get(r);
+    }
+
+    /// `r = a ± b` (wrapping) into `tmp64`, then push an i32 that is 1 when
+    /// the true result overflowed i64.
+    fn add_sub_overflow_flag(&mut self, op: BinOp, kb: Known) {
+        let (pa, pb, r) = (self.lhs.payload(), self.rhs.payload(), self.tmp64);
+        self.ins().local_get(pa).local_get(pb);
+        if op == BinOp::Add {
+            self.ins().i64_add();
+        } else {
+            self.ins().i64_sub();
+        }
+        self.ins().local_set(r);
+        if kb.range.is_some_and(|(lo, _)| lo >= 0) {
+            // b >= 0: a + b overflows iff r < a; a - b iff r > a.
+            self.ins().local_get(r).local_get(pa);
+            if op == BinOp::Add {
+                self.ins().i64_lt_s();
+            } else {
+                self.ins().i64_gt_s();
+            }
+            return;
+        }
+        // add: (a ^ r) & (b ^ r) < 0; sub: (a ^ b) & (a ^ r) < 0.
+        if op == BinOp::Add {
+            self.ins()
+                .local_get(pa)
+                .local_get(r)
+                .i64_xor()
+                .local_get(pb)
+                .local_get(r)
+                .i64_xor();
+        } else {
+            self.ins()
+                .local_get(pa)
+                .local_get(pb)
+                .i64_xor()
+                .local_get(pa)
+                .local_get(r)
+                .i64_xor();
+        }
+        self.ins().i64_and().i64_const(0).i64_lt_s();
+    }
+
+    /// i32 truth value on the stack → a `Bool` pair.
+    fn push_bool(&mut self) {
+        let r = self.tmp64;
+        self.ins().i64_extend_i32_u().local_set(r);
+        self.ins().i32_const(abi::TAG_BOOL).local_get(r);
     }
 
     /// Slow path only (heap values such as template pieces).
@@ -543,45 +559,8 @@ impl FuncCtx<'_, '_> {
                 true
             }
             BinOp::Add | BinOp::Sub => {
-                self.ins().local_get(pa).local_get(pb);
-                if op == BinOp::Add {
-                    self.ins().i64_add();
-                } else {
-                    self.ins().i64_sub();
-                }
-                self.ins().local_set(r);
-                let b_non_negative = kb.range.is_some_and(|(lo, _)| lo >= 0);
-                if b_non_negative {
-                    // b >= 0: a + b overflows iff r < a; a - b iff r > a.
-                    self.ins().local_get(r).local_get(pa);
-                    if op == BinOp::Add {
-                        self.ins().i64_lt_s();
-                    } else {
-                        self.ins().i64_gt_s();
-                    }
-                    self.ins().br_if(0).i32_const(abi::TAG_INT).local_get(r);
-                    return true;
-                }
-                // Overflow: add: (a ^ r) & (b ^ r) < 0; sub: (a ^ b) & (a ^ r) < 0.
-                if op == BinOp::Add {
-                    self.ins()
-                        .local_get(pa)
-                        .local_get(r)
-                        .i64_xor()
-                        .local_get(pb)
-                        .local_get(r)
-                        .i64_xor();
-                } else {
-                    self.ins()
-                        .local_get(pa)
-                        .local_get(pb)
-                        .i64_xor()
-                        .local_get(pa)
-                        .local_get(r)
-                        .i64_xor();
-                }
-                self.ins().i64_and().i64_const(0).i64_lt_s().br_if(0);
-                self.ins().i32_const(abi::TAG_INT).local_get(r);
+                self.add_sub_overflow_flag(op, kb);
+                self.ins().br_if(0).i32_const(abi::TAG_INT).local_get(r);
                 true
             }
             BinOp::Mul => {
@@ -665,8 +644,7 @@ impl FuncCtx<'_, '_> {
                     BinOp::Gt => self.ins().i64_gt_s(),
                     _ => self.ins().i64_ge_s(),
                 };
-                self.ins().i64_extend_i32_u().local_set(r);
-                self.ins().i32_const(abi::TAG_BOOL).local_get(r);
+                self.push_bool();
                 true
             }
             _ => false,
@@ -730,8 +708,7 @@ impl FuncCtx<'_, '_> {
                 BinOp::Gt => self.ins().f64_gt(),
                 _ => self.ins().f64_ge(),
             };
-            self.ins().i64_extend_i32_u().local_set(r);
-            self.ins().i32_const(abi::TAG_BOOL).local_get(r);
+            self.push_bool();
         }
         true
     }
