@@ -42,6 +42,11 @@ pub enum ApiError {
     NotFound {
         path: String,
     },
+    /// No stored script of that name (or no such version of it).
+    ScriptNotFound {
+        name: String,
+        version: Option<i64>,
+    },
     MethodNotAllowed,
     /// No run slot became free within the queue wait.
     Overloaded {
@@ -85,7 +90,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::ScriptTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::CapabilityDenied(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::ScriptNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +106,7 @@ impl ApiError {
             ApiError::ScriptTooLarge { .. } => "ScriptTooLarge",
             ApiError::CapabilityDenied(_) => "CapabilityDenied",
             ApiError::NotFound { .. } => "NotFound",
+            ApiError::ScriptNotFound { .. } => "ScriptNotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Overloaded { .. } => "Overloaded",
             ApiError::Internal(_) => "InternalError",
@@ -151,6 +157,10 @@ impl fmt::Display for ApiError {
             ),
             ApiError::CapabilityDenied(message) => f.write_str(message),
             ApiError::NotFound { path } => write!(f, "no such endpoint: {path} (the API is under /api/v1/)"),
+            ApiError::ScriptNotFound { name, version: None } => write!(f, "no stored script named `{name}`"),
+            ApiError::ScriptNotFound { name, version: Some(v) } => {
+                write!(f, "stored script `{name}` has no version {v}")
+            }
             ApiError::MethodNotAllowed => f.write_str("this endpoint does not accept that HTTP method"),
             ApiError::Overloaded { waited } => write!(
                 f,
@@ -159,6 +169,13 @@ impl fmt::Display for ApiError {
             ),
             ApiError::Internal(_) => f.write_str("internal server error"),
         }
+    }
+}
+
+/// Database and other internal failures.
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        ApiError::Internal(e)
     }
 }
 

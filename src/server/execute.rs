@@ -1,6 +1,6 @@
 //! `POST /api/v1/execute`: compile (or take from the cache) an inline
-//! script and run it once; the response is the run's envelope with its
-//! status (`_status`, or the error kind's status).
+//! script, or load a stored one, and run it once; the response is the run's
+//! envelope with its status (`_status`, or the error kind's status).
 
 use avap_hostfns::Request;
 use avap_runtime::{Limits, RunReport};
@@ -11,17 +11,24 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::JsonBody;
+use super::{AppState, Program};
 use crate::exec::RunSettings;
 
-/// The body of `POST /api/v1/execute`.
+/// The body of `POST /api/v1/execute`: exactly one of `script` and `name`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// AVAP source.
-    pub script: String,
+    #[serde(default)]
+    pub script: Option<String>,
+    /// A stored script.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A version of the stored script (default: its current one).
+    #[serde(default)]
+    pub version: Option<i64>,
     /// The JSON body the script sees (`addParam`): an object.
     #[serde(default)]
     pub params: Option<Value>,
@@ -122,24 +129,48 @@ pub async fn execute(
     JsonBody(body): JsonBody<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
     let config = state.config();
-    if body.script.len() > config.max_script_bytes {
-        return Err(ApiError::ScriptTooLarge {
-            size: body.script.len(),
-            limit: config.max_script_bytes,
-        });
-    }
     let request = body.script_request()?;
+    let program = match (body.script, body.name) {
+        (Some(script), None) => {
+            if body.version.is_some() {
+                return Err(ApiError::invalid("`version` goes with `name` (a stored script)"));
+            }
+            if script.len() > config.max_script_bytes {
+                return Err(ApiError::ScriptTooLarge {
+                    size: script.len(),
+                    limit: config.max_script_bytes,
+                });
+            }
+            Program::Inline(script)
+        }
+        (None, Some(name)) => {
+            let (_, artifact) = state
+                .store()
+                .artifact(&name, body.version)
+                .await?
+                .ok_or(ApiError::ScriptNotFound {
+                    name,
+                    version: body.version,
+                })?;
+            Program::Stored(artifact)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of `script` (AVAP source) and `name` (a stored script)",
+            ));
+        }
+    };
     let settings = RunSettings {
         limits: body.limits.unwrap_or_default().clamp(config.limits),
         time_zone: None,
         now: None,
     };
-    let report = state.execute(body.script, request, settings).await?;
+    let report = state.execute(program, request, settings).await?;
     Ok(envelope_response(report))
 }
 
 /// The envelope as the response body, with the run's status.
-fn envelope_response(report: RunReport) -> Response {
+pub fn envelope_response(report: RunReport) -> Response {
     let mut envelope = report.envelope;
     if envelope["error"]["kind"] == "InternalError" {
         // A runtime fault, not the script's doing: log it, do not show it.

@@ -19,17 +19,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge {
-                    limit: state.config().max_body_bytes,
-                }
-            } else {
-                ApiError::invalid(format!("cannot read the request body: {}", rejection.body_text()))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// The whole body, under the router's `DefaultBodyLimit`.
+pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: state.config().max_body_bytes,
+            }
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })
 }
 
 /// Parse a whole body as `T`.

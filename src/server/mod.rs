@@ -9,14 +9,23 @@
 //! * At most `max_concurrent_runs` requests compile or run at once; one
 //!   that waits longer than `queue_wait` for a slot gets 503 `Overloaded`.
 //!
-//! Not here yet (the rest of issue 5): the embedded database and the script
-//! registry, API keys, rate limits, metrics, logs, config files.
+//! * The script registry lives in the embedded database ([`store`], all the
+//!   SQL): sources are compiled and signed with the server key ([`keys`])
+//!   on upload; stored scripts run as endpoints under `/api/v1/run/{name}`
+//!   ([`run`]).
+//!
+//! Not here yet (the rest of issue 5): API keys, rate limits, metrics, logs,
+//! config files, the audit trail.
 
 mod cache;
 mod error;
 mod execute;
 mod extract;
+mod keys;
 mod meta;
+mod registry;
+mod run;
+mod store;
 
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
@@ -26,19 +35,21 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use avap_codegen::check::NoIncludes;
-use avap_codegen::{SourceFile, check_file};
+use avap_codegen::{SourceFile, check_file, compile};
 use avap_hostfns::Request;
-use avap_runtime::{CapabilityPolicy, Limits, LoadError, RunReport, RuntimeConfig};
+use avap_hostfns::artifact::{SigningKey, TrustedKeys, key_id};
+use avap_runtime::{CapabilityPolicy, Limits, LoadError, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 pub use error::ApiError;
 
 use crate::cli::ServeArgs;
-use crate::exec::{Executor, Prepared, RunSettings};
+use crate::exec::{RunSettings, compile_error_report};
 use cache::{Compiled, ScriptCache};
+pub use store::Store;
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -90,36 +101,77 @@ pub struct AppState {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
     config: ServerConfig,
-    executor: Executor,
+    /// One runtime for inline and stored scripts; it trusts `key`.
+    runtime: Runtime,
+    /// The server key: signs inline and stored scripts.
+    key: SigningKey,
     scripts: ScriptCache,
+    store: Store,
     runs: Arc<Semaphore>,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("runtime", &self.runtime)
+            .field("key_id", &key_id(&self.key.verifying_key()))
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a run executes.
+#[derive(Debug)]
+pub enum Program {
+    /// Source sent with the request (compiled, or taken from the cache).
+    Inline(String),
+    /// A signed artifact from the registry (verified by the runtime's `load`,
+    /// which caches compiled modules by sha256).
+    Stored(Vec<u8>),
+}
+
+/// A source compiled, signed and loaded.
+#[derive(Debug)]
+pub struct Built {
+    /// The signed `.wasm` artifact.
+    pub artifact: Vec<u8>,
+    module: Arc<LoadedModule>,
+}
+
 impl AppState {
-    pub fn new(config: ServerConfig) -> Result<AppState> {
+    pub fn new(config: ServerConfig, store: Store, key: SigningKey) -> Result<AppState> {
+        let mut trusted_keys = TrustedKeys::new();
+        trusted_keys.add(key.verifying_key());
         let runtime = RuntimeConfig {
             max_concurrent_runs: u32::try_from(config.max_concurrent_runs)
                 .context("max_concurrent_runs is too large")?,
             cache_entries: config.cache_entries,
             policy: config.policy.clone(),
+            trusted_keys,
             ..RuntimeConfig::default()
         };
-        let executor = Executor::with_config(runtime).context("cannot start the wasm runtime")?;
+        let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
         Ok(AppState {
             shared: Arc::new(Shared {
                 scripts: ScriptCache::new(config.cache_entries),
                 runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
                 config,
-                executor,
+                runtime,
+                key,
+                store,
             }),
         })
     }
 
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     pub fn cached_scripts(&self) -> usize {
@@ -136,27 +188,58 @@ impl AppState {
         }
     }
 
-    /// Compile `script` (or take it from the cache) and run it once, in a
-    /// run slot.
+    /// Compile or load `program` and run it once, in a run slot.
     pub async fn execute(
         &self,
-        script: String,
+        program: Program,
         request: Request,
         settings: RunSettings,
     ) -> Result<RunReport, ApiError> {
+        let handle = tokio::runtime::Handle::current();
+        self.blocking(move |shared| {
+            let module = match program {
+                Program::Inline(script) => match shared.compiled(script)? {
+                    Compiled::Module(module) => module,
+                    Compiled::CompileError(report) => return Ok(RunReport::clone(&report)),
+                },
+                Program::Stored(artifact) => shared
+                    .runtime
+                    .load(&artifact)
+                    .map_err(|e| load_error(e, "loading a stored artifact"))?,
+            };
+            let input = RunInput {
+                request,
+                limits: settings.limits,
+                time_zone: settings.time_zone,
+                now: settings.now,
+            };
+            Ok(handle.block_on(shared.runtime.run(&module, input)))
+        })
+        .await
+    }
+
+    /// Check, compile and sign `source` for the registry, and make sure this
+    /// server can load it (policy included). `Err(report)` inside is the
+    /// 400 `CompileError` report.
+    pub async fn build(&self, name: &str, source: String) -> Result<Result<Built, RunReport>, ApiError> {
+        let file_name = format!("{name}.avap");
+        self.blocking(move |shared| shared.build(file_name, source)).await
+    }
+
+    /// Run `work` in a run slot on a blocking thread. Compiling and running
+    /// are CPU-bound and a run never yields, so both happen off the async
+    /// workers: accepting, health checks and queue timeouts stay live under
+    /// load. The slot travels with the work, so a client hanging up does not
+    /// free it while the run goes on.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let slot = self.admit().await?;
         let shared = self.shared.clone();
-        let handle = tokio::runtime::Handle::current();
-        // Compiling and running are CPU-bound and a run never yields, so both
-        // happen off the async workers: accepting, health checks and queue
-        // timeouts stay live under load. The slot travels with the work, so a
-        // client hanging up does not free it while the run goes on.
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            match shared.compiled(script)? {
-                Compiled::Module(module) => Ok(handle.block_on(shared.executor.run(&module, request, &settings))),
-                Compiled::CompileError(report) => Ok(RunReport::clone(&report)),
-            }
+            work(&shared)
         })
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("run task failed: {e}")))?
@@ -170,23 +253,34 @@ impl Shared {
         if let Some(hit) = self.scripts.get(&key) {
             return Ok(hit);
         }
-        let compiled = self.compile(script)?;
+        let compiled = match self.build("inline.avap".to_owned(), script)? {
+            Ok(built) => Compiled::Module(built.module),
+            Err(report) => Compiled::CompileError(Arc::new(report)),
+        };
         self.scripts.insert(key, compiled.clone());
         Ok(compiled)
     }
 
-    fn compile(&self, script: String) -> Result<Compiled, ApiError> {
-        let checked = check_file(SourceFile::new("inline.avap", script), &NoIncludes);
-        match self.executor.prepare_checked(&checked) {
-            Ok(Prepared::Module(module)) => Ok(Compiled::Module(module)),
-            Ok(Prepared::CompileError(report)) => Ok(Compiled::CompileError(Arc::new(report))),
-            Err(e) => match e.downcast_ref::<LoadError>() {
-                Some(denied @ LoadError::CapabilityDenied { .. }) => {
-                    Err(ApiError::CapabilityDenied(denied.to_string()))
-                }
-                _ => Err(ApiError::Internal(e.context("compiling an inline script"))),
-            },
+    /// Check, compile, sign with the server key and load.
+    fn build(&self, file_name: String, source: String) -> Result<Result<Built, RunReport>, ApiError> {
+        let checked = check_file(SourceFile::new(file_name, source), &NoIncludes);
+        if checked.error_count() > 0 {
+            return Ok(Err(compile_error_report(&checked)));
         }
+        let artifact = compile(&checked, Some(&self.key)).bytes;
+        let module = self
+            .runtime
+            .load(&artifact)
+            .map_err(|e| load_error(e, "loading a freshly compiled script"))?;
+        Ok(Ok(Built { artifact, module }))
+    }
+}
+
+/// A policy denial is the client's business (403); anything else is ours.
+fn load_error(e: LoadError, doing: &'static str) -> ApiError {
+    match e {
+        denied @ LoadError::CapabilityDenied { .. } => ApiError::CapabilityDenied(denied.to_string()),
+        other => ApiError::Internal(anyhow::Error::new(other).context(doing)),
     }
 }
 
@@ -194,6 +288,11 @@ impl Shared {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/execute", post(execute::execute))
+        .route("/api/v1/scripts", get(registry::list).post(registry::create))
+        .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
+        .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
+        .route("/api/v1/run/{name}", any(run::run_stored))
+        .route("/api/v1/run/{name}/{*rest}", any(run::run_stored))
         .route("/api/v1/health", get(meta::health))
         .route("/api/v1/info", get(meta::info))
         .fallback(meta::not_found)
@@ -210,12 +309,16 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let state = AppState::new(ServerConfig::for_this_machine())?;
+    let key = keys::load_or_create(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(&args.listen, &data_dir, state))?;
+    runtime.block_on(async {
+        let store = Store::open(&data_dir).await?;
+        let state = AppState::new(ServerConfig::for_this_machine(), store, key)?;
+        run(&args.listen, &data_dir, state).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -302,13 +405,15 @@ mod tests {
     use super::extract::JsonBody;
     use super::*;
 
-    fn state(max_concurrent_runs: usize, queue_wait: Duration) -> AppState {
-        AppState::new(ServerConfig {
+    async fn state(max_concurrent_runs: usize, queue_wait: Duration) -> AppState {
+        let config = ServerConfig {
             max_concurrent_runs,
             queue_wait,
             ..ServerConfig::for_this_machine()
-        })
-        .expect("state")
+        };
+        let store = Store::in_memory().await.expect("store");
+        let key = avap_hostfns::artifact::generate_key().expect("key");
+        AppState::new(config, store, key).expect("state")
     }
 
     fn body(script: &str) -> JsonBody<ExecuteRequest> {
@@ -317,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn sheds_load_when_every_slot_is_busy() {
-        let state = state(1, Duration::from_millis(20));
+        let state = state(1, Duration::from_millis(20)).await;
         let busy = state.admit().await.expect("the only slot");
         let err = execute(State(state.clone()), body("x = 1\naddResult(x)\n"))
             .await
@@ -333,7 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_scripts_compile_once() {
-        let state = state(2, Duration::from_secs(1));
+        let state = state(2, Duration::from_secs(1)).await;
         for _ in 0..3 {
             execute(State(state.clone()), body("x = 2\naddResult(x)\n"))
                 .await

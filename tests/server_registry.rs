@@ -1,0 +1,314 @@
+//! The script registry of `avap serve` as a client sees it: the real binary
+//! on a loopback port, raw HTTP/1.1 over `TcpStream` (as in `tests/server.rs`).
+
+use serde_json::{Value, json};
+
+use http::{Server, fresh_dir};
+
+/// A trimmed copy of the helpers of `tests/server.rs`.
+mod http {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, ChildStdout, Command, Stdio};
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    /// A running `avap serve`, killed when dropped.
+    pub struct Server {
+        child: Child,
+        addr: String,
+        _stdout: BufReader<ChildStdout>,
+    }
+
+    /// A fresh directory under the target directory.
+    pub fn fresh_dir(name: &str) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("server-registry-tests")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        dir
+    }
+
+    impl Server {
+        /// Start on a free port with a fresh data directory.
+        pub fn start(name: &str) -> Server {
+            Server::start_on(&fresh_dir(name).join("data"))
+        }
+
+        /// Start on a free port with `data_dir` as it is.
+        pub fn start_on(data_dir: &Path) -> Server {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_avap"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(data_dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start avap serve");
+            let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read the startup line");
+            let addr = line
+                .strip_prefix("avap serve listening on http://")
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
+                .to_owned();
+            Server {
+                child,
+                addr,
+                _stdout: stdout,
+            }
+        }
+
+        pub fn get(&self, path: &str) -> Reply {
+            self.request("GET", path, None)
+        }
+
+        pub fn delete(&self, path: &str) -> Reply {
+            self.request("DELETE", path, None)
+        }
+
+        pub fn post_json(&self, path: &str, body: &Value) -> Reply {
+            self.request("POST", path, Some(("application/json", &body.to_string())))
+        }
+
+        /// One request; `body` is `(content type, text)`.
+        pub fn request(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> Reply {
+            let (content_type, text) = body.unwrap_or(("text/plain", ""));
+            let raw = format!(
+                "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+                 Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            self.send(raw.as_bytes())
+        }
+
+        fn send(&self, request: &[u8]) -> Reply {
+            let mut stream = TcpStream::connect(&self.addr).expect("connect");
+            stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            stream.write_all(request).expect("write the request");
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+            }
+            Reply::parse(&raw)
+        }
+
+        /// Stop the process (as a crash would) and wait for it.
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct Reply {
+        pub status: u16,
+        pub body: String,
+    }
+
+    impl Reply {
+        fn parse(raw: &[u8]) -> Reply {
+            let text = String::from_utf8_lossy(raw);
+            let (head, body) = text
+                .split_once("\r\n\r\n")
+                .unwrap_or_else(|| panic!("no complete response in {text:?}"));
+            let status = head
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("bad status line in {text:?}"));
+            Reply {
+                status,
+                body: body.to_owned(),
+            }
+        }
+
+        pub fn json(&self) -> Value {
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+        }
+
+        /// `(status, error.kind)` of an error reply.
+        pub fn error_kind(&self) -> (u16, String) {
+            let kind = self.json()["error"]["kind"].as_str().unwrap_or("").to_owned();
+            (self.status, kind)
+        }
+    }
+}
+
+const HELLO: &str = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
+const HOWDY: &str = "addParam(name, who)\nmessage = \"Howdy, \" + who\naddResult(message)\n";
+
+fn store(s: &Server, name: &str, source: &str) -> http::Reply {
+    s.post_json("/api/v1/scripts", &json!({"name": name, "source": source}))
+}
+
+fn message(r: &http::Reply) -> Value {
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["result"]["message"].clone()
+}
+
+#[test]
+fn store_version_run_and_roll_back() {
+    let s = Server::start("round-trip");
+    let r = store(&s, "hello", HELLO);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json();
+    assert_eq!((v["name"].as_str(), v["version"].as_i64()), (Some("hello"), Some(1)));
+    assert_eq!(v["source_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(v["artifact_sha256"].as_str().map(str::len), Some(64));
+
+    // The same source again: no new version.
+    let r = store(&s, "hello", HELLO);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["version"].as_i64(), r.json()["unchanged"].as_bool()),
+        (Some(1), Some(true))
+    );
+
+    // The query of a GET, and the JSON body of a POST, are what addParam reads.
+    assert_eq!(message(&s.get("/api/v1/run/hello?name=Lin")), "Hello, Lin");
+    assert_eq!(message(&s.get("/api/v1/run/hello?name=Ada%20L+B")), "Hello, Ada L B");
+    let r = s.post_json("/api/v1/run/hello", &json!({"name": "Bo"}));
+    assert_eq!(message(&r), "Hello, Bo");
+    let r = s.request(
+        "POST",
+        "/api/v1/run/hello",
+        Some(("application/x-www-form-urlencoded", "name=Cy+D")),
+    );
+    assert_eq!(message(&r), "Hello, Cy D");
+    let r = s.request("POST", "/api/v1/run/hello", Some(("application/json", "{\"name\": ")));
+    assert_eq!(r.error_kind(), (400, "InvalidJson".to_owned()), "{}", r.body);
+
+    // A changed source is version 2, and becomes current.
+    let r = store(&s, "hello", HOWDY);
+    assert_eq!((r.status, r.json()["version"].as_i64()), (201, Some(2)), "{}", r.body);
+    assert_eq!(message(&s.get("/api/v1/run/hello?name=Lin")), "Howdy, Lin");
+
+    let r = s.get("/api/v1/scripts/hello");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!((v["version"].as_i64(), v["source"].as_str()), (Some(2), Some(HOWDY)));
+    assert_eq!(v["versions"].as_array().map(Vec::len), Some(2));
+    let r = s.get("/api/v1/scripts");
+    let list = r.json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        (list[0]["name"].as_str(), list[0]["version"].as_i64()),
+        (Some("hello"), Some(2))
+    );
+
+    // /api/v1/execute runs stored scripts by name, any version.
+    let r = s.post_json("/api/v1/execute", &json!({"name": "hello", "params": {"name": "Ed"}}));
+    assert_eq!(message(&r), "Howdy, Ed");
+    let r = s.post_json(
+        "/api/v1/execute",
+        &json!({"name": "hello", "version": 1, "params": {"name": "Ed"}}),
+    );
+    assert_eq!(message(&r), "Hello, Ed");
+    let r = s.post_json("/api/v1/execute", &json!({"name": "hello", "version": 7}));
+    assert_eq!(r.error_kind(), (404, "ScriptNotFound".to_owned()), "{}", r.body);
+    let r = s.post_json("/api/v1/execute", &json!({"name": "hello", "script": HELLO}));
+    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
+
+    // Roll back to version 1: the old behaviour is back.
+    let r = s.post_json("/api/v1/scripts/hello/rollback", &json!({"version": 1}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(message(&s.get("/api/v1/run/hello?name=Lin")), "Hello, Lin");
+    let r = s.post_json("/api/v1/scripts/hello/rollback", &json!({"version": 3}));
+    assert_eq!(r.error_kind(), (404, "ScriptNotFound".to_owned()), "{}", r.body);
+    let r = s.post_json("/api/v1/scripts/nope/rollback", &json!({"version": 1}));
+    assert_eq!(r.error_kind(), (404, "ScriptNotFound".to_owned()), "{}", r.body);
+    let r = s.post_json("/api/v1/scripts/hello/rollback", &json!({"version": 0}));
+    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
+
+    // Delete, then it is gone.
+    assert_eq!(s.delete("/api/v1/scripts/hello").status, 204);
+    assert_eq!(s.get("/api/v1/scripts/hello").error_kind().0, 404);
+    assert_eq!(s.get("/api/v1/run/hello?name=Lin").error_kind().0, 404);
+    assert_eq!(s.delete("/api/v1/scripts/hello").error_kind().0, 404);
+    assert_eq!(s.get("/api/v1/scripts").json(), json!([]));
+}
+
+#[test]
+fn register_endpoint_scripts_are_routed_by_method_and_path() {
+    let s = Server::start("routing");
+    let source = "\
+function listItems(){
+    addParam(tag, tag)
+    addResult(tag)
+}
+function stamp(){
+    addVar(stampValue, \"S-1\")
+}
+registerEndpoint(\"/items\", \"GET\", [], \"List items\", listItems, tag)
+registerEndpoint(\"/stamp\", \"POST\", [], \"Make a stamp\", stamp, stampValue)
+";
+    assert_eq!(store(&s, "shop", source).status, 201);
+    let r = s.get("/api/v1/run/shop/items?tag=red");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["result"], json!({"tag": "red"}));
+    let r = s.post_json("/api/v1/run/shop/stamp", &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["result"], json!({"stampValue": "S-1"}));
+    let r = s.get("/api/v1/run/shop/stamp");
+    assert_eq!(r.error_kind(), (405, "MethodNotAllowed".to_owned()), "{}", r.body);
+    let r = s.get("/api/v1/run/shop/nowhere");
+    assert_eq!(r.error_kind(), (404, "NotFound".to_owned()), "{}", r.body);
+    // Without a path, the script sees `/`.
+    let r = s.get("/api/v1/run/shop");
+    assert_eq!(r.error_kind(), (404, "NotFound".to_owned()), "{}", r.body);
+}
+
+#[test]
+fn compile_errors_store_nothing_and_bad_requests_are_400() {
+    let s = Server::start("compile-error");
+    let r = store(&s, "broken", "if(x, 1, =)\naddVar(y, 2)\n");
+    assert_eq!(r.error_kind(), (400, "CompileError".to_owned()), "{}", r.body);
+    assert_eq!(r.json()["error"]["diagnostics"][0]["code"], "E0020");
+    assert_eq!(s.get("/api/v1/scripts/broken").error_kind().0, 404);
+    assert_eq!(s.get("/api/v1/scripts").json(), json!([]));
+
+    let r = store(&s, "bad/name", HELLO);
+    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
+    let r = s.post_json("/api/v1/scripts", &json!({"name": "x", "source": HELLO, "extra": 1}));
+    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
+    assert!(r.body.contains("unknown field `extra`"), "{}", r.body);
+}
+
+#[test]
+fn scripts_and_key_survive_a_restart() {
+    let data_dir = fresh_dir("restart").join("data");
+    let s = Server::start_on(&data_dir);
+    assert_eq!(store(&s, "hello", HELLO).status, 201);
+    assert_eq!(store(&s, "hello", HOWDY).status, 201);
+    s.kill();
+    assert!(data_dir.join("avap.sqlite").is_file());
+    assert!(data_dir.join("keys/server.key").is_file());
+    assert!(data_dir.join("keys/server.pub").is_file());
+
+    let s = Server::start_on(&data_dir);
+    assert_eq!(message(&s.get("/api/v1/run/hello?name=Lin")), "Howdy, Lin");
+    let r = s.post_json(
+        "/api/v1/execute",
+        &json!({"name": "hello", "version": 1, "params": {"name": "Lin"}}),
+    );
+    assert_eq!(message(&r), "Hello, Lin");
+    // Versions go on counting from where they were.
+    let r = store(&s, "hello", "x = 3\naddResult(x)\n");
+    assert_eq!(r.json()["version"], 3, "{}", r.body);
+}
