@@ -3,161 +3,18 @@
 
 use serde_json::{Value, json};
 
-use http::{Server, fresh_dir};
+mod support;
 
-/// A trimmed copy of the helpers of `tests/server.rs`.
-mod http {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpStream;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, ChildStdout, Command, Stdio};
-    use std::time::Duration;
-
-    use serde_json::Value;
-
-    /// A running `avap serve`, killed when dropped.
-    pub struct Server {
-        child: Child,
-        addr: String,
-        _stdout: BufReader<ChildStdout>,
-    }
-
-    /// A fresh directory under the target directory.
-    pub fn fresh_dir(name: &str) -> PathBuf {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("server-registry-tests")
-            .join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        dir
-    }
-
-    impl Server {
-        /// Start on a free port with a fresh data directory.
-        pub fn start(name: &str) -> Server {
-            Server::start_on(&fresh_dir(name).join("data"))
-        }
-
-        /// Start on a free port with `data_dir` as it is.
-        pub fn start_on(data_dir: &Path) -> Server {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_avap"))
-                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(data_dir)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start avap serve");
-            let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read the startup line");
-            let addr = line
-                .strip_prefix("avap serve listening on http://")
-                .and_then(|rest| rest.split_whitespace().next())
-                .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
-                .to_owned();
-            Server {
-                child,
-                addr,
-                _stdout: stdout,
-            }
-        }
-
-        pub fn get(&self, path: &str) -> Reply {
-            self.request("GET", path, None)
-        }
-
-        pub fn delete(&self, path: &str) -> Reply {
-            self.request("DELETE", path, None)
-        }
-
-        pub fn post_json(&self, path: &str, body: &Value) -> Reply {
-            self.request("POST", path, Some(("application/json", &body.to_string())))
-        }
-
-        /// One request; `body` is `(content type, text)`.
-        pub fn request(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> Reply {
-            let (content_type, text) = body.unwrap_or(("text/plain", ""));
-            let raw = format!(
-                "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-                 Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
-                text.len()
-            );
-            self.send(raw.as_bytes())
-        }
-
-        fn send(&self, request: &[u8]) -> Reply {
-            let mut stream = TcpStream::connect(&self.addr).expect("connect");
-            stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-            stream.write_all(request).expect("write the request");
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 8192];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => raw.extend_from_slice(&buf[..n]),
-                }
-            }
-            Reply::parse(&raw)
-        }
-
-        /// Stop the process (as a crash would) and wait for it.
-        pub fn kill(mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    #[derive(Debug)]
-    pub struct Reply {
-        pub status: u16,
-        pub body: String,
-    }
-
-    impl Reply {
-        fn parse(raw: &[u8]) -> Reply {
-            let text = String::from_utf8_lossy(raw);
-            let (head, body) = text
-                .split_once("\r\n\r\n")
-                .unwrap_or_else(|| panic!("no complete response in {text:?}"));
-            let status = head
-                .lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("bad status line in {text:?}"));
-            Reply {
-                status,
-                body: body.to_owned(),
-            }
-        }
-
-        pub fn json(&self) -> Value {
-            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-        }
-
-        /// `(status, error.kind)` of an error reply.
-        pub fn error_kind(&self) -> (u16, String) {
-            let kind = self.json()["error"]["kind"].as_str().unwrap_or("").to_owned();
-            (self.status, kind)
-        }
-    }
-}
+use support::{Reply, Server, fresh_dir};
 
 const HELLO: &str = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
 const HOWDY: &str = "addParam(name, who)\nmessage = \"Howdy, \" + who\naddResult(message)\n";
 
-fn store(s: &Server, name: &str, source: &str) -> http::Reply {
+fn store(s: &Server, name: &str, source: &str) -> Reply {
     s.post_json("/api/v1/scripts", &json!({"name": name, "source": source}))
 }
 
-fn message(r: &http::Reply) -> Value {
+fn message(r: &Reply) -> Value {
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["result"]["message"].clone()
 }

@@ -1,0 +1,209 @@
+//! A client for the real `avap serve` binary, shared by the server tests:
+//! start it on a free loopback port, speak raw HTTP/1.1 to it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A running `avap serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+}
+
+/// A fresh directory under the target directory.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(concat!("server-tests-", env!("CARGO_CRATE_NAME")))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    dir
+}
+
+impl Server {
+    /// Start on a free port with the data directory `<tmp>/<name>/data`.
+    pub fn start(name: &str) -> Server {
+        let data_dir = fresh_dir(name).join("data");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir);
+        Server::spawn(cmd, data_dir)
+    }
+
+    pub fn spawn(mut cmd: Command, data_dir: PathBuf) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start avap serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the startup line");
+        // "avap serve listening on http://127.0.0.1:PORT (data dir DIR)"
+        let addr = line
+            .strip_prefix("avap serve listening on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
+            .to_owned();
+        assert!(
+            line.trim_end().ends_with(&format!("(data dir {})", data_dir.display())),
+            "{line}"
+        );
+        Server {
+            child,
+            addr,
+            data_dir,
+            _stdout: stdout,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").into_bytes())
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        self.send(&post_request(path, body.as_bytes()))
+    }
+
+    pub fn execute(&self, body: &Value) -> Reply {
+        self.post("/api/v1/execute", &body.to_string())
+    }
+
+    /// Send a raw request and read the reply. The request is written on
+    /// another thread so a server that answers before reading it all (413)
+    /// cannot deadlock us; a reset after the reply is fine.
+    pub fn send(&self, request: &[u8]) -> Reply {
+        let mut stream = TcpStream::connect(&self.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut writer = stream.try_clone().expect("clone stream");
+        let request = request.to_vec();
+        let writing = std::thread::spawn(move || {
+            let _ = writer.write_all(&request);
+        });
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        writing.join().expect("writer thread");
+        Reply::parse(&raw)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn post_request(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn parse(raw: &[u8]) -> Reply {
+        let text = String::from_utf8_lossy(raw);
+        // Skip interim 1xx responses (e.g. 100 Continue).
+        let mut rest: &str = &text;
+        loop {
+            let (head, body) = rest
+                .split_once("\r\n\r\n")
+                .unwrap_or_else(|| panic!("no complete response in {text:?}"));
+            let mut lines = head.lines();
+            let status: u16 = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("bad status line in {text:?}"));
+            if (100..200).contains(&status) {
+                rest = body;
+                continue;
+            }
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            return Reply {
+                status,
+                headers,
+                body: body.to_owned(),
+            };
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// `(status, error.kind)` of an error reply.
+    pub fn error_kind(&self) -> (u16, String) {
+        let kind = self.json()["error"]["kind"].as_str().unwrap_or("").to_owned();
+        (self.status, kind)
+    }
+}
+
+impl Server {
+    /// Start on a free port with `data_dir` as it is (for restarts).
+    pub fn start_on(data_dir: &Path) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        Server::spawn(cmd, data_dir.to_path_buf())
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path, None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.request("POST", path, Some(("application/json", &body.to_string())))
+    }
+
+    /// One request; `body` is `(content type, text)`.
+    pub fn request(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> Reply {
+        let (content_type, text) = body.unwrap_or(("text/plain", ""));
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        self.send(raw.as_bytes())
+    }
+
+    /// Stop the process (as a crash would) and wait for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
