@@ -37,6 +37,8 @@ enum Command {
     Keygen(crate::cmd_keys::KeygenArgs),
     /// Start the HTTP execution server
     Serve(ServeArgs),
+    /// Create, list and revoke the API keys of `avap serve`
+    Apikey(crate::cmd_apikey::ApikeyArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,6 +82,12 @@ pub struct ServeArgs {
     /// Directory for the embedded database and artifacts (default: `$XDG_DATA_HOME/avap` or `~/.local/share/avap`)
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Require an API key on every guarded route, even on a loopback address
+    #[arg(long, conflicts_with = "allow_anonymous")]
+    pub require_api_key: bool,
+    /// Let requests without an API key in even on a non-loopback address
+    #[arg(long)]
+    pub allow_anonymous: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -93,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Keygen(args) => crate::cmd_keys::keygen(&args),
         Command::Conformance(args) => crate::conformance::conformance(&args),
         Command::Serve(args) => crate::server::serve(&args),
+        Command::Apikey(args) => crate::cmd_apikey::apikey(&args),
     };
     match result {
         Ok(code) => code,

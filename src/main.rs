@@ -1,6 +1,7 @@
 //! `avap`: compile, check and run AVAP scripts; serve them over HTTP.
 
 mod cli;
+mod cmd_apikey;
 mod cmd_inspect;
 mod cmd_keys;
 mod cmd_run;

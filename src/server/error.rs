@@ -48,6 +48,12 @@ pub enum ApiError {
         version: Option<i64>,
     },
     MethodNotAllowed,
+    /// No API key where one is required, or a wrong or revoked one (401).
+    Unauthorized(String),
+    /// A valid API key without the scope this route needs (403).
+    Forbidden {
+        needed: &'static str,
+    },
     /// No run slot became free within the queue wait.
     Overloaded {
         waited: Duration,
@@ -85,11 +91,16 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::Unauthorized(message.into())
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson { .. } | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::ScriptTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::CapabilityDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::CapabilityDenied(_) | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::ScriptNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +119,8 @@ impl ApiError {
             ApiError::NotFound { .. } => "NotFound",
             ApiError::ScriptNotFound { .. } => "ScriptNotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Overloaded { .. } => "Overloaded",
             ApiError::Internal(_) => "InternalError",
         }
@@ -155,13 +168,14 @@ impl fmt::Display for ApiError {
                 f,
                 "the script is {size} bytes, larger than this server's limit of {limit} bytes; split it or store it"
             ),
-            ApiError::CapabilityDenied(message) => f.write_str(message),
+            ApiError::CapabilityDenied(message) | ApiError::Unauthorized(message) => f.write_str(message),
             ApiError::NotFound { path } => write!(f, "no such endpoint: {path} (the API is under /api/v1/)"),
             ApiError::ScriptNotFound { name, version: None } => write!(f, "no stored script named `{name}`"),
             ApiError::ScriptNotFound { name, version: Some(v) } => {
                 write!(f, "stored script `{name}` has no version {v}")
             }
             ApiError::MethodNotAllowed => f.write_str("this endpoint does not accept that HTTP method"),
+            ApiError::Forbidden { needed } => write!(f, "this API key does not have the `{needed}` scope"),
             ApiError::Overloaded { waited } => write!(
                 f,
                 "the server is at its limit of concurrent runs and none finished within {} ms; retry later",
@@ -189,6 +203,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -128,6 +128,15 @@ pub async fn execute(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
+    execute_one(&state, body).await.map(envelope_response)
+}
+
+/// One execute request, run (and counted in the metrics); shared with the batch endpoint.
+pub async fn execute_one(state: &AppState, body: ExecuteRequest) -> Result<RunReport, ApiError> {
+    state.metrics().run(run_request(state, body)).await
+}
+
+async fn run_request(state: &AppState, body: ExecuteRequest) -> Result<RunReport, ApiError> {
     let config = state.config();
     let request = body.script_request()?;
     let program = match (body.script, body.name) {
@@ -165,8 +174,7 @@ pub async fn execute(
         time_zone: None,
         now: None,
     };
-    let report = state.execute(program, request, settings).await?;
-    Ok(envelope_response(report))
+    state.execute(program, request, settings).await
 }
 
 /// The envelope as the response body, with the run's status.

@@ -14,15 +14,21 @@
 //!   on upload; stored scripts run as endpoints under `/api/v1/run/{name}`
 //!   ([`run`]).
 //!
-//! Not here yet (the rest of issue 5): API keys, rate limits, metrics, logs,
+//! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`).
+//!
+//! Not here yet (the rest of issue 5): rate limits, metrics, logs,
 //! config files, the audit trail.
 
+pub mod auth;
+mod batch;
 mod cache;
 mod error;
 mod execute;
 mod extract;
 mod keys;
 mod meta;
+mod metrics;
+mod openapi;
 mod registry;
 mod run;
 mod store;
@@ -68,6 +74,9 @@ pub struct ServerConfig {
     /// Inline scripts whose compiled form is kept.
     pub cache_entries: usize,
     pub policy: CapabilityPolicy,
+    /// Requests without an API key get every scope ([`auth`]); `avap serve`
+    /// turns this on only for a loopback listener unless told otherwise.
+    pub allow_anonymous: bool,
 }
 
 impl ServerConfig {
@@ -91,6 +100,7 @@ impl ServerConfig {
             queue_wait: Duration::from_secs(2),
             cache_entries: 256,
             policy: CapabilityPolicy::allow_all(),
+            allow_anonymous: false,
         }
     }
 }
@@ -110,6 +120,7 @@ struct Shared {
     scripts: ScriptCache,
     store: Store,
     runs: Arc<Semaphore>,
+    metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for Shared {
@@ -158,6 +169,7 @@ impl AppState {
             shared: Arc::new(Shared {
                 scripts: ScriptCache::new(config.cache_entries),
                 runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+                metrics: metrics::Metrics::default(),
                 config,
                 runtime,
                 key,
@@ -172,6 +184,10 @@ impl AppState {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.shared.metrics
     }
 
     pub fn cached_scripts(&self) -> usize {
@@ -251,8 +267,10 @@ impl Shared {
     fn compiled(&self, script: String) -> Result<Compiled, ApiError> {
         let key = cache::source_hash(&script);
         if let Some(hit) = self.scripts.get(&key) {
+            self.metrics.cache_hit();
             return Ok(hit);
         }
+        self.metrics.cache_miss();
         let compiled = match self.build("inline.avap".to_owned(), script)? {
             Ok(built) => Compiled::Module(built.module),
             Err(report) => Compiled::CompileError(Arc::new(report)),
@@ -288,6 +306,7 @@ fn load_error(e: LoadError, doing: &'static str) -> ApiError {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/execute", post(execute::execute))
+        .route("/api/v1/execute/batch", post(batch::execute_batch))
         .route("/api/v1/scripts", get(registry::list).post(registry::create))
         .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
         .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
@@ -295,9 +314,16 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/run/{name}/{*rest}", any(run::run_stored))
         .route("/api/v1/health", get(meta::health))
         .route("/api/v1/info", get(meta::info))
+        .route("/api/v1/metrics", get(metrics::metrics))
+        .route("/api/v1/openapi.json", get(openapi::openapi))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .with_state(state)
 }
 
@@ -316,7 +342,11 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let store = Store::open(&data_dir).await?;
-        let state = AppState::new(ServerConfig::for_this_machine(), store, key)?;
+        let config = ServerConfig {
+            allow_anonymous: auth::anonymous_allowed(args),
+            ..ServerConfig::for_this_machine()
+        };
+        let state = AppState::new(config, store, key)?;
         run(&args.listen, &data_dir, state).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -331,10 +361,10 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
         "avap serve listening on http://{addr} (data dir {})",
         data_dir.display()
     );
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && state.config().allow_anonymous {
         eprintln!(
-            "avap serve: warning: {addr} is not a loopback address and API keys are not built yet: \
-             anyone who can reach it can run scripts"
+            "avap serve: warning: {addr} is not a loopback address and --allow-anonymous is on: \
+             anyone who can reach it can store and run scripts"
         );
     }
     let stopping = Arc::new(Notify::new());
@@ -382,7 +412,7 @@ async fn shutdown_signal() {
 }
 
 /// `$XDG_DATA_HOME/avap`, else `$HOME/.local/share/avap`.
-fn default_data_dir() -> Result<PathBuf> {
+pub fn default_data_dir() -> Result<PathBuf> {
     let xdg = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute());

@@ -67,7 +67,8 @@ pub async fn run_stored(
         time_zone: None,
         now: None,
     };
-    let report = state.execute(Program::Stored(artifact), request, settings).await?;
+    let run = state.execute(Program::Stored(artifact), request, settings);
+    let report = state.metrics().run(run).await?;
     Ok(envelope_response(report))
 }
 

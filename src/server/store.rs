@@ -315,6 +315,80 @@ impl Store {
     }
 }
 
+/// One API key as stored: never the key itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: Option<String>,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub key_hash: String,
+    /// Comma-separated scopes.
+    pub scopes: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+type ApiKeyRow = (String, Option<String>, String, String, String, Option<String>);
+
+fn api_key_record((id, name, key_hash, scopes, created_at, revoked_at): ApiKeyRow) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id,
+        name,
+        key_hash,
+        scopes,
+        created_at,
+        revoked_at,
+    }
+}
+
+/// API keys (`api_keys`, migration 0002).
+impl Store {
+    /// Store a new key's hash; returns its `created_at`.
+    pub async fn create_api_key(&self, id: &str, name: Option<&str>, key_hash: &str, scopes: &str) -> Result<String> {
+        let at = now();
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(name)
+            .bind(key_hash)
+            .bind(scopes)
+            .bind(&at)
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("cannot store API key {id}"))?;
+        Ok(at)
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(
+            "SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(api_key_record).collect())
+    }
+
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+        let row: Option<ApiKeyRow> =
+            sqlx::query_as("SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(api_key_record))
+    }
+
+    /// Revoke `id`; `false` if there is no such key or it was already revoked.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<bool> {
+        let revoked = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(revoked > 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +426,28 @@ mod tests {
         assert_eq!(store.versions("s").await.unwrap().len(), 3);
         assert_eq!(store.artifact("s", Some(2)).await.unwrap().unwrap().0, 2);
         assert_eq!(store.list().await.unwrap()[0].version, 3);
+    }
+
+    #[tokio::test]
+    async fn api_keys_are_stored_hashed_and_revoked_once() {
+        let store = Store::in_memory().await.unwrap();
+        store
+            .create_api_key("0000abcd", Some("ci"), "h1", "execute")
+            .await
+            .unwrap();
+        store.create_api_key("0000abce", None, "h2", "admin").await.unwrap();
+        assert!(
+            store.create_api_key("0000abcf", None, "h1", "admin").await.is_err(),
+            "hashes are unique"
+        );
+        let key = store.api_key("0000abcd").await.unwrap().unwrap();
+        assert_eq!((key.name.as_deref(), key.key_hash.as_str()), (Some("ci"), "h1"));
+        assert!(key.revoked_at.is_none());
+        assert!(store.revoke_api_key("0000abcd").await.unwrap());
+        assert!(!store.revoke_api_key("0000abcd").await.unwrap());
+        assert!(!store.revoke_api_key("nope").await.unwrap());
+        assert!(store.api_key("0000abcd").await.unwrap().unwrap().revoked_at.is_some());
+        assert_eq!(store.api_keys().await.unwrap().len(), 2);
     }
 
     #[tokio::test]

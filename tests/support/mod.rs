@@ -201,6 +201,28 @@ impl Server {
         self.send(raw.as_bytes())
     }
 
+    /// One request with extra header lines (`("Name", "value")`); `body` is `(content type, text)`.
+    pub fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &str)>,
+    ) -> Reply {
+        let (content_type, text) = body.unwrap_or(("text/plain", ""));
+        let extra: String = headers.iter().fold(String::new(), |mut out, (k, v)| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{k}: {v}\r\n");
+            out
+        });
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        self.send(raw.as_bytes())
+    }
+
     /// Stop the process (as a crash would) and wait for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,220 @@
+//! API keys: `avap_<id>_<secret>`, where `id` is 8 hex digits and `secret`
+//! 64 (32 random bytes). The database keeps only the key's SHA-256 (hex);
+//! a presented key is looked up by its id and its hash compared in constant
+//! time. Keys are never logged.
+//!
+//! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*`,
+//! `execute` for `/api/v1/execute*` and `/api/v1/run/*` (`admin` implies
+//! `execute`); everything else (health, info, …) is open. A request without
+//! a key gets every scope when [`ServerConfig::allow_anonymous`] is on (by
+//! default only on a loopback listener); a request with a key is always
+//! checked, so a bad key is 401 even where anonymous access is allowed.
+//!
+//! [`ServerConfig::allow_anonymous`]: super::ServerConfig::allow_anonymous
+
+use std::net::ToSocketAddrs;
+
+use anyhow::{Result, anyhow};
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::cli::ServeArgs;
+
+const PREFIX: &str = "avap_";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scope {
+    /// The script registry (and everything `execute` allows)
+    Admin,
+    /// Running scripts: `/api/v1/execute*` and `/api/v1/run/*`
+    Execute,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Execute => "execute",
+        }
+    }
+
+    /// `admin` implies `execute`.
+    fn granted_by(self, held: &str) -> bool {
+        held.split(',')
+            .map(str::trim)
+            .any(|s| s == self.as_str() || s == "admin")
+    }
+}
+
+/// A freshly made key: show `key` once, store `hash`.
+#[derive(Debug)]
+pub struct NewKey {
+    pub id: String,
+    pub key: String,
+    pub hash: String,
+}
+
+/// Make a new random key.
+pub fn generate() -> Result<NewKey> {
+    // The seed of a fresh ed25519 key is 32 bytes from the OS RNG.
+    let random = || {
+        avap_hostfns::artifact::generate_key()
+            .map(|k| k.to_bytes())
+            .map_err(|e| anyhow!("cannot get random bytes: {e}"))
+    };
+    let id = hex::encode(&random()?[..4]);
+    let key = format!("{PREFIX}{id}_{}", hex::encode(random()?));
+    let hash = hash(&key);
+    Ok(NewKey { id, key, hash })
+}
+
+/// Lowercase hex SHA-256 of a whole key.
+pub fn hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The id part of a well-formed key.
+fn key_id(key: &str) -> Option<&str> {
+    let (id, secret) = key.strip_prefix(PREFIX)?.split_once('_')?;
+    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty()).then_some(id)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The comma-separated, sorted, deduplicated form stored in the database.
+pub fn scopes_text(scopes: &[Scope]) -> String {
+    let mut scopes = scopes.to_vec();
+    scopes.sort_unstable();
+    scopes.dedup();
+    scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `avap serve` with these flags lets requests without a key in:
+/// `--require-api-key` says no, `--allow-anonymous` yes, and otherwise only
+/// when every address `--listen` names is a loopback one.
+/// (An address that does not resolve says no; binding it then fails with its own message.)
+pub fn anonymous_allowed(args: &ServeArgs) -> bool {
+    if args.require_api_key {
+        return false;
+    }
+    if args.allow_anonymous {
+        return true;
+    }
+    let addrs: Vec<_> = args.listen.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    !addrs.is_empty() && addrs.iter().all(|a: &std::net::SocketAddr| a.ip().is_loopback())
+}
+
+/// The scope a path needs, or `None` for an open one.
+fn needed_scope(path: &str) -> Option<Scope> {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if under("/api/v1/scripts") {
+        Some(Scope::Admin)
+    } else if under("/api/v1/execute") || path.starts_with("/api/v1/run/") {
+        Some(Scope::Execute)
+    } else {
+        None
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
+        let (scheme, key) = value.trim().split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthorized(
+                "unsupported Authorization scheme; send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            ));
+        }
+        return Ok(Some(key.trim()));
+    }
+    match headers.get("x-api-key") {
+        Some(value) => value
+            .to_str()
+            .map(|k| Some(k.trim()))
+            .map_err(|_| ApiError::unauthorized("the X-API-Key header is not text")),
+        None => Ok(None),
+    }
+}
+
+async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<(), ApiError> {
+    let Some(key) = presented_key(headers)? else {
+        return if state.config().allow_anonymous {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "this server requires an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            ))
+        };
+    };
+    let invalid = || ApiError::unauthorized("the API key is not valid or has been revoked");
+    let id = key_id(key).ok_or_else(invalid)?;
+    let record = state.store().api_key(id).await?.ok_or_else(invalid)?;
+    if !constant_time_eq(hash(key).as_bytes(), record.key_hash.as_bytes()) || record.revoked_at.is_some() {
+        return Err(invalid());
+    }
+    if needed.granted_by(&record.scopes) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden {
+            needed: needed.as_str(),
+        })
+    }
+}
+
+/// Middleware: the key check of every guarded route.
+pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(needed) = needed_scope(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    match authorize(&state, request.headers(), needed).await {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_shape() {
+        let new = generate().unwrap();
+        assert_eq!(key_id(&new.key), Some(new.id.as_str()));
+        assert_eq!(new.key.len(), PREFIX.len() + 8 + 1 + 64);
+        assert_eq!(new.hash, hash(&new.key));
+        assert_ne!(generate().unwrap().key, new.key);
+        assert_eq!(key_id("avap_1234567g_x"), None);
+        assert_eq!(key_id("avap_12345678_"), None);
+        assert_eq!(key_id("nope"), None);
+    }
+
+    #[test]
+    fn routes_need_their_scopes() {
+        assert_eq!(needed_scope("/api/v1/scripts"), Some(Scope::Admin));
+        assert_eq!(needed_scope("/api/v1/scripts/x/rollback"), Some(Scope::Admin));
+        assert_eq!(needed_scope("/api/v1/execute/batch"), Some(Scope::Execute));
+        assert_eq!(needed_scope("/api/v1/run/x"), Some(Scope::Execute));
+        assert_eq!(needed_scope("/api/v1/health"), None);
+        assert_eq!(needed_scope("/api/v1/scriptsx"), None);
+        assert!(Scope::Execute.granted_by("admin"));
+        assert!(!Scope::Admin.granted_by("execute"));
+        assert_eq!(
+            scopes_text(&[Scope::Execute, Scope::Admin, Scope::Execute]),
+            "admin,execute"
+        );
+    }
+}

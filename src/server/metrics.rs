@@ -1,0 +1,266 @@
+//! `GET /api/v1/metrics`: Prometheus text exposition (format 0.0.4), written
+//! by hand from the [`Metrics`] counters every handler shares.
+//!
+//! * `avap_requests_total{route,status}`: every response, by route template
+//!   (matched against [`ROUTES`](super::openapi::ROUTES); `unmatched` for the
+//!   404 fallback) and status. Counted by the [`count_requests`] middleware.
+//! * `avap_runs_total{outcome}`: runs by `ok` or the envelope's or the API
+//!   error's kind; `avap_limit_hits_total{kind}` for the limit kinds.
+//! * `avap_compile_cache_hits_total` / `avap_compile_cache_misses_total`.
+//! * `avap_run_duration_seconds` (histogram) and `avap_runs_in_flight` (gauge).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use avap_runtime::RunReport;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use super::openapi::ROUTES;
+
+/// Upper bounds of the run-duration histogram buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// The envelope error kinds that are limit hits.
+const LIMIT_KINDS: [&str; 5] = [
+    "FuelExhausted",
+    "MemoryLimit",
+    "OutputLimit",
+    "StackOverflow",
+    "TimeLimit",
+];
+
+/// The server's counters; lock-free except the labelled maps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    runs: Mutex<BTreeMap<String, u64>>,
+    limit_hits: Mutex<BTreeMap<String, u64>>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    /// Non-cumulative bucket counts; the last one is `+Inf`.
+    duration_buckets: [AtomicU64; BUCKETS.len() + 1],
+    duration_sum_micros: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+impl Metrics {
+    pub fn request(&self, route: &'static str, status: u16) {
+        *lock(&self.requests).entry((route, status)).or_default() += 1;
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Await one run, counting it in flight, timing it and recording its outcome.
+    pub async fn run(&self, run: impl Future<Output = Result<RunReport, ApiError>>) -> Result<RunReport, ApiError> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = run.await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let seconds = started.elapsed().as_secs_f64();
+        let bucket = BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(BUCKETS.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.duration_sum_micros.fetch_add(micros, Ordering::Relaxed);
+        let outcome = match &result {
+            Ok(report) => report.envelope["error"]["kind"].as_str().unwrap_or("ok").to_owned(),
+            Err(e) => e.kind().to_owned(),
+        };
+        if LIMIT_KINDS.contains(&outcome.as_str()) {
+            *lock(&self.limit_hits).entry(outcome.clone()).or_default() += 1;
+        }
+        *lock(&self.runs).entry(outcome).or_default() += 1;
+        result
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(
+            &mut out,
+            "avap_requests_total",
+            "counter",
+            "HTTP responses by route and status.",
+        );
+        for ((route, status), n) in lock(&self.requests).iter() {
+            let _ = writeln!(
+                out,
+                "avap_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                escape(route)
+            );
+        }
+        header(
+            &mut out,
+            "avap_runs_total",
+            "counter",
+            "Script runs by outcome (ok or the error kind).",
+        );
+        for (outcome, n) in lock(&self.runs).iter() {
+            let _ = writeln!(out, "avap_runs_total{{outcome=\"{}\"}} {n}", escape(outcome));
+        }
+        header(
+            &mut out,
+            "avap_limit_hits_total",
+            "counter",
+            "Runs stopped by a limit, by kind.",
+        );
+        let hits = lock(&self.limit_hits);
+        for kind in LIMIT_KINDS {
+            let n = hits.get(kind).copied().unwrap_or(0);
+            let _ = writeln!(out, "avap_limit_hits_total{{kind=\"{kind}\"}} {n}");
+        }
+        drop(hits);
+        for (name, help, value) in [
+            (
+                "avap_compile_cache_hits_total",
+                "Inline scripts found in the compile cache.",
+                &self.cache_hits,
+            ),
+            (
+                "avap_compile_cache_misses_total",
+                "Inline scripts compiled because they were not cached.",
+                &self.cache_misses,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        header(
+            &mut out,
+            "avap_run_duration_seconds",
+            "histogram",
+            "Run time including the wait for a run slot and compilation.",
+        );
+        let mut cumulative = 0u64;
+        for (i, count) in self.duration_buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), ToString::to_string);
+            let _ = writeln!(out, "avap_run_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        #[allow(clippy::cast_precision_loss)] // sums beyond 2^53 µs are far away
+        let sum = self.duration_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "avap_run_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "avap_run_duration_seconds_count {cumulative}");
+        header(
+            &mut out,
+            "avap_runs_in_flight",
+            "gauge",
+            "Runs compiling or running now.",
+        );
+        let _ = writeln!(out, "avap_runs_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The route template of `path` among [`ROUTES`], or `unmatched`.
+pub fn route_of(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .map(|&(_, template)| template)
+        .find(|template| matches_template(template, path))
+        .unwrap_or("unmatched")
+}
+
+fn matches_template(template: &str, path: &str) -> bool {
+    let mut want = template.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with("{*") => return !g.is_empty() || got.next().is_some(),
+            (Some(w), Some(g)) if w.starts_with('{') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Middleware: count every response in `avap_requests_total`.
+pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = route_of(req.uri().path());
+    let response = next.run(req).await;
+    state.metrics().request(route, response.status().as_u16());
+    response
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics().render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_matched_by_template() {
+        assert_eq!(route_of("/api/v1/execute"), "/api/v1/execute");
+        assert_eq!(route_of("/api/v1/execute/batch"), "/api/v1/execute/batch");
+        assert_eq!(route_of("/api/v1/scripts/hello"), "/api/v1/scripts/{name}");
+        assert_eq!(
+            route_of("/api/v1/scripts/hello/rollback"),
+            "/api/v1/scripts/{name}/rollback"
+        );
+        assert_eq!(route_of("/api/v1/run/hello"), "/api/v1/run/{name}");
+        assert_eq!(route_of("/api/v1/run/hello/users/7"), "/api/v1/run/{name}/{*rest}");
+        assert_eq!(route_of("/api/v1/nope"), "unmatched");
+        assert_eq!(route_of("/api/v1/scripts/"), "unmatched");
+    }
+
+    #[tokio::test]
+    async fn render_is_prometheus_text() {
+        let m = Metrics::default();
+        m.request("/api/v1/execute", 200);
+        m.cache_miss();
+        let _ = m.run(async { Err(ApiError::MethodNotAllowed) }).await;
+        let text = m.render();
+        assert!(
+            text.contains("avap_requests_total{route=\"/api/v1/execute\",status=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("avap_runs_total{outcome=\"MethodNotAllowed\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("avap_compile_cache_misses_total 1\n"), "{text}");
+        assert!(
+            text.contains("avap_run_duration_seconds_bucket{le=\"+Inf\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("avap_run_duration_seconds_count 1\n"), "{text}");
+        assert!(text.contains("avap_runs_in_flight 0\n"), "{text}");
+    }
+}

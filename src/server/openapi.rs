@@ -1,0 +1,285 @@
+//! `GET /api/v1/openapi.json`: the `OpenAPI` 3.0 document of the HTTP API,
+//! written by hand. [`ROUTES`] is every (method, path) the router serves;
+//! the document describes exactly those (a test checks both ways).
+
+use axum::Json;
+use serde_json::{Map, Value, json};
+
+/// Every route of [`app`](super::app) as (method, `OpenAPI` path); `ANY` is a
+/// route that accepts every method.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/execute"),
+    ("POST", "/api/v1/execute/batch"),
+    ("GET", "/api/v1/scripts"),
+    ("POST", "/api/v1/scripts"),
+    ("GET", "/api/v1/scripts/{name}"),
+    ("DELETE", "/api/v1/scripts/{name}"),
+    ("POST", "/api/v1/scripts/{name}/rollback"),
+    ("ANY", "/api/v1/run/{name}"),
+    ("ANY", "/api/v1/run/{name}/{*rest}"),
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/info"),
+    ("GET", "/api/v1/metrics"),
+    ("GET", "/api/v1/openapi.json"),
+];
+
+/// The methods an `ANY` route is documented with.
+const ANY_METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+pub async fn openapi() -> Json<Value> {
+    Json(document())
+}
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_content(schema: &Value) -> Value {
+    json!({"application/json": {"schema": schema}})
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": json_content(&schema("Error"))})
+}
+
+/// What one (method, path) does.
+fn operation(method: &str, path: &str) -> Value {
+    let envelope_responses = json!({
+        "200": {"description": "The run's envelope; the status is the script's `_status` (default 200).",
+                "content": json_content(&schema("Envelope"))},
+        "400": {"description": "A compile or runtime error (envelope), or an invalid request (error).",
+                "content": json_content(&json!({"oneOf": [schema("Envelope"), schema("Error")]}))},
+        "403": error_response("The script uses a capability this server denies."),
+        "413": error_response("The body or the script is over the server's limit."),
+        "422": {"description": "A run limit was hit (fuel, memory, stack, output).",
+                "content": json_content(&schema("Envelope"))},
+        "503": error_response("No run slot became free in time; retry after `Retry-After`."),
+        "504": {"description": "The run's time limit was hit.", "content": json_content(&schema("Envelope"))},
+    });
+    let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let rest_param = json!({"name": "rest", "in": "path", "required": true,
+        "description": "The path the script sees (for `registerEndpoint`).", "schema": {"type": "string"}});
+    let ok_json = |description: &str| json!({"200": {"description": description, "content": json_content(&json!({"type": "object"}))}});
+    match (method, path) {
+        ("POST", "/api/v1/execute") => json!({
+            "summary": "Run an inline or stored script once",
+            "requestBody": {"required": true, "content": json_content(&schema("ExecuteRequest"))},
+            "responses": envelope_responses,
+        }),
+        ("POST", "/api/v1/execute/batch") => json!({
+            "summary": "Run up to 64 execute requests concurrently; results in order",
+            "requestBody": {"required": true, "content": json_content(&schema("BatchRequest"))},
+            "responses": {
+                "200": {"description": "One result per item, each with its own status.",
+                        "content": json_content(&schema("BatchResponse"))},
+                "400": error_response("The batch itself is malformed or has too many items."),
+            },
+        }),
+        ("GET", "/api/v1/scripts") => {
+            json!({"summary": "List stored scripts", "responses": ok_json("The stored scripts.")})
+        }
+        ("POST", "/api/v1/scripts") => json!({
+            "summary": "Store (compile and sign) a script as a new version",
+            "requestBody": {"required": true, "content": json_content(&schema("StoreRequest"))},
+            "responses": {
+                "201": {"description": "Stored.", "content": json_content(&json!({"type": "object"}))},
+                "400": {"description": "Compile diagnostics (nothing stored) or an invalid request.",
+                        "content": json_content(&json!({"oneOf": [schema("Envelope"), schema("Error")]}))},
+            },
+        }),
+        ("GET", "/api/v1/scripts/{name}") => json!({
+            "summary": "A stored script and its versions", "parameters": [name_param],
+            "responses": {"200": ok_json("The script.")["200"], "404": error_response("No such script.")},
+        }),
+        ("DELETE", "/api/v1/scripts/{name}") => json!({
+            "summary": "Delete a stored script", "parameters": [name_param],
+            "responses": {"200": ok_json("Deleted.")["200"], "204": {"description": "Deleted."},
+                          "404": error_response("No such script.")},
+        }),
+        ("POST", "/api/v1/scripts/{name}/rollback") => json!({
+            "summary": "Make an earlier version current", "parameters": [name_param],
+            "responses": {"200": ok_json("Rolled back.")["200"], "404": error_response("No such script or version.")},
+        }),
+        ("ANY", "/api/v1/run/{name}") => json!({
+            "summary": "Run a stored script as an endpoint (the HTTP request is its input)",
+            "parameters": [name_param], "responses": envelope_responses,
+        }),
+        ("ANY", "/api/v1/run/{name}/{*rest}") => json!({
+            "summary": "Run a stored script routed by `registerEndpoint` (method and path)",
+            "parameters": [name_param, rest_param], "responses": envelope_responses,
+        }),
+        ("GET", "/api/v1/health") => {
+            json!({"summary": "Liveness and cache state", "security": [], "responses": ok_json("Healthy.")})
+        }
+        ("GET", "/api/v1/info") => {
+            json!({"summary": "Version, limits, capability policy and commands", "responses": ok_json("Server information.")})
+        }
+        ("GET", "/api/v1/metrics") => json!({
+            "summary": "Prometheus metrics (text format 0.0.4)",
+            "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }),
+        ("GET", "/api/v1/openapi.json") => {
+            json!({"summary": "This document", "security": [], "responses": ok_json("OpenAPI 3.0 document.")})
+        }
+        _ => json!({"responses": {"default": error_response("Undocumented.")}}),
+    }
+}
+
+/// `/api/v1/run/{name}/{*rest}` is `/api/v1/run/{name}/{rest}` in `OpenAPI`.
+fn openapi_path(path: &str) -> String {
+    path.replace("{*", "{")
+}
+
+fn components() -> Value {
+    json!({
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token."},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {
+            "ExecuteRequest": {
+                "type": "object", "additionalProperties": false,
+                "description": "Exactly one of `script` and `name`.",
+                "properties": {
+                    "script": {"type": "string", "description": "AVAP source."},
+                    "name": {"type": "string", "description": "A stored script."},
+                    "version": {"type": "integer", "description": "A version of the stored script (default: current)."},
+                    "params": {"type": "object", "description": "The JSON body the script sees (`addParam`)."},
+                    "limits": {
+                        "type": "object", "additionalProperties": false,
+                        "description": "Per-run limits, each clamped to the server's maximum.",
+                        "properties": {
+                            "fuel": {"type": "integer", "minimum": 0},
+                            "time_ms": {"type": "integer", "minimum": 0},
+                            "memory_mb": {"type": "integer", "minimum": 0},
+                            "stack_kb": {"type": "integer", "minimum": 0},
+                            "output_kb": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "request": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {
+                            "method": {"type": "string"},
+                            "path": {"type": "string"},
+                            "query": {"type": "object"},
+                            "headers": {"type": "object"},
+                        },
+                    },
+                },
+            },
+            "Envelope": {
+                "type": "object", "required": ["status", "elapsed"],
+                "properties": {
+                    "status": {"type": "boolean"},
+                    "elapsed": {"type": "number"},
+                    "result": {"type": "object"},
+                    "error": {
+                        "type": "object", "required": ["kind", "message"],
+                        "properties": {
+                            "kind": {"type": "string"}, "message": {"type": "string"},
+                            "line": {"type": "integer"}, "column": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["kind", "message"],
+                    "properties": {
+                        "kind": {"type": "string", "example": "InvalidRequest"},
+                        "message": {"type": "string"},
+                        "line": {"type": "integer"}, "column": {"type": "integer"},
+                    },
+                }},
+            },
+            "BatchRequest": {
+                "type": "object", "additionalProperties": false, "required": ["items"],
+                "properties": {"items": {"type": "array", "maxItems": 64, "items": schema("ExecuteRequest")}},
+            },
+            "BatchResponse": {
+                "type": "object", "required": ["results"],
+                "properties": {"results": {"type": "array", "items": {
+                    "type": "object", "required": ["status", "body"],
+                    "properties": {
+                        "status": {"type": "integer"},
+                        "body": {"oneOf": [schema("Envelope"), schema("Error")]},
+                    },
+                }}},
+            },
+            "StoreRequest": {
+                "type": "object", "additionalProperties": false, "required": ["name", "source"],
+                "properties": {"name": {"type": "string"}, "source": {"type": "string"}},
+            },
+        },
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for &(method, path) in ROUTES {
+        let item = paths
+            .entry(openapi_path(path))
+            .or_insert_with(|| Value::Object(Map::new()));
+        let methods: Vec<String> = if method == "ANY" {
+            ANY_METHODS.iter().map(|m| (*m).to_owned()).collect()
+        } else {
+            vec![method.to_ascii_lowercase()]
+        };
+        for m in methods {
+            item[m] = operation(method, path);
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "avap serve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Compile and run AVAP scripts over HTTP.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {"apiKey": []}, {}],
+        "paths": paths,
+        "components": components(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().unwrap();
+        for &(method, path) in ROUTES {
+            let m = if method == "ANY" {
+                "get".to_owned()
+            } else {
+                method.to_ascii_lowercase()
+            };
+            assert!(paths[&openapi_path(path)][&m].is_object(), "{method} {path}");
+            assert!(
+                paths[&openapi_path(path)][&m]["responses"].is_object(),
+                "{method} {path}"
+            );
+        }
+        for path in paths.keys() {
+            assert!(ROUTES.iter().any(|&(_, p)| openapi_path(p) == *path), "{path}");
+        }
+        let text = doc.to_string();
+        let mut at = 0;
+        while let Some(i) = text[at..].find("\"$ref\":\"#/components/schemas/") {
+            let start = at + i + "\"$ref\":\"#/components/schemas/".len();
+            let end = start + text[start..].find('"').unwrap();
+            assert!(
+                doc["components"]["schemas"][&text[start..end]].is_object(),
+                "{}",
+                &text[start..end]
+            );
+            at = end;
+        }
+    }
+}
