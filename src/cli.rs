@@ -88,6 +88,18 @@ pub struct ServeArgs {
     /// Let requests without an API key in even on a non-loopback address
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Requests per second per client (API key, else IP); 0 turns rate limiting off
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub rate_limit: u32,
+    /// Requests a client may send at once before the rate applies
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub rate_burst: u32,
+    /// The outer time limit of a request, in milliseconds (504 after it; 0 = none)
+    #[arg(long, value_name = "N", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// An origin allowed to call the API from a browser (CORS); repeatable
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
 }
 
 pub fn main() -> ExitCode {

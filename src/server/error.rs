@@ -58,6 +58,14 @@ pub enum ApiError {
     Overloaded {
         waited: Duration,
     },
+    /// The client sent more requests than its rate allows (429).
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// The request took longer than the server's request timeout (504).
+    RequestTimeout {
+        limit: Duration,
+    },
     /// Something failed on our side; the detail is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -104,6 +112,8 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::ScriptNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +132,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Overloaded { .. } => "Overloaded",
+            ApiError::RateLimited { .. } => "RateLimited",
+            ApiError::RequestTimeout { .. } => "RequestTimeout",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -181,6 +193,14 @@ impl fmt::Display for ApiError {
                 "the server is at its limit of concurrent runs and none finished within {} ms; retry later",
                 waited.as_millis()
             ),
+            ApiError::RateLimited { retry_after_secs } => {
+                write!(f, "too many requests from this client; retry in {retry_after_secs} s")
+            }
+            ApiError::RequestTimeout { limit } => write!(
+                f,
+                "the request took longer than this server's limit of {} ms",
+                limit.as_millis()
+            ),
             ApiError::Internal(_) => f.write_str("internal server error"),
         }
     }
@@ -203,6 +223,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
         if matches!(self, ApiError::Unauthorized(_)) {
             response

@@ -16,8 +16,9 @@
 //!
 //! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`).
 //!
-//! Not here yet (the rest of issue 5): rate limits, metrics, logs,
-//! config files, the audit trail.
+//! * Rate limits, the request timeout, CORS and security headers: [`protect`].
+//!
+//! Not here yet (the rest of issue 5): logs, config files, the audit trail.
 
 pub mod auth;
 mod batch;
@@ -29,6 +30,7 @@ mod keys;
 mod meta;
 mod metrics;
 mod openapi;
+mod protect;
 mod registry;
 mod run;
 mod store;
@@ -77,6 +79,8 @@ pub struct ServerConfig {
     /// Requests without an API key get every scope ([`auth`]); `avap serve`
     /// turns this on only for a loopback listener unless told otherwise.
     pub allow_anonymous: bool,
+    /// Rate limits, request timeout, CORS ([`protect`]).
+    pub protect: protect::ProtectConfig,
 }
 
 impl ServerConfig {
@@ -101,6 +105,7 @@ impl ServerConfig {
             cache_entries: 256,
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
+            protect: protect::ProtectConfig::default(),
         }
     }
 }
@@ -304,6 +309,7 @@ fn load_error(e: LoadError, doing: &'static str) -> ApiError {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
+    let protect = protect::Protect::new(state.config().protect.clone());
     Router::new()
         .route("/api/v1/execute", post(execute::execute))
         .route("/api/v1/execute/batch", post(batch::execute_batch))
@@ -319,11 +325,17 @@ pub fn app(state: AppState) -> Router {
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(axum::middleware::from_fn_with_state(protect.clone(), protect::timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            protect.clone(),
+            protect::rate_limit,
+        ))
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,
         ))
+        .layer(axum::middleware::from_fn_with_state(protect, protect::edge))
         .with_state(state)
 }
 
@@ -344,6 +356,12 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         let store = Store::open(&data_dir).await?;
         let config = ServerConfig {
             allow_anonymous: auth::anonymous_allowed(args),
+            protect: protect::ProtectConfig {
+                rate_limit: args.rate_limit,
+                rate_burst: args.rate_burst,
+                request_timeout: Duration::from_millis(args.request_timeout_ms),
+                cors_origins: args.cors_origin.clone(),
+            },
             ..ServerConfig::for_this_machine()
         };
         let state = AppState::new(config, store, key)?;
@@ -376,7 +394,9 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
             stopping.notify_one();
         }
     };
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
+    // The peer address is the rate-limit key of requests without an API key.
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
     tokio::select! {
         result = server.into_future() => result.context("the server failed")?,
         () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

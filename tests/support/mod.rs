@@ -229,3 +229,16 @@ impl Server {
         let _ = self.child.wait();
     }
 }
+
+impl Server {
+    /// Start on a free port with extra `avap serve` flags.
+    pub fn start_with_args(name: &str, args: &[&str]) -> Server {
+        let data_dir = fresh_dir(name).join("data");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir);
+        Server::spawn(cmd, data_dir)
+    }
+}

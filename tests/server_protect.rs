@@ -1,0 +1,120 @@
+//! Protection of `avap serve`: rate limits, security headers and CORS,
+//! against the real server on a loopback port. (The request timeout is
+//! unit-tested in `src/server/protect.rs`: a real request slow enough to
+//! hit it is hard to make.)
+
+use serde_json::json;
+
+mod support;
+
+use support::{Reply, Server};
+
+const HELLO: &str = "x = 1\naddResult(x)\n";
+
+fn execute_with(s: &Server, headers: &[(&str, &str)]) -> Reply {
+    let body = json!({"script": HELLO}).to_string();
+    s.request_with_headers("POST", "/api/v1/execute", headers, Some(("application/json", &body)))
+}
+
+#[test]
+fn clients_over_the_rate_get_429() {
+    let s = Server::start_with_args("rate", &["--rate-limit", "2", "--rate-burst", "2"]);
+    // Two quick requests use up the burst (malformed bodies: fast, and they still count).
+    for _ in 0..2 {
+        assert_eq!(s.post("/api/v1/execute", "{").status, 400);
+    }
+    let limited = s.execute(&json!({"script": HELLO}));
+    assert_eq!(
+        limited.error_kind(),
+        (429, "RateLimited".to_owned()),
+        "{}",
+        limited.body
+    );
+    let retry: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    assert!(retry >= 1);
+    // Health is never limited.
+    for _ in 0..10 {
+        assert_eq!(s.get("/api/v1/health").status, 200);
+    }
+    // A different client (another API key id) has its own bucket: its bad key
+    // is checked (401) rather than rate limited.
+    let other = execute_with(&s, &[("X-API-Key", "avap_0123abcd_nope")]);
+    assert_eq!(other.status, 401, "{}", other.body);
+    // After waiting, the client may go on.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(s.execute(&json!({"script": HELLO})).status, 200);
+}
+
+#[test]
+fn responses_carry_security_headers() {
+    let s = Server::start("headers");
+    let r = s.execute(&json!({"script": HELLO}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'none'; frame-ancestors 'none'")
+    );
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("strict-transport-security"), None, "no TLS, no HSTS");
+    let errors = s.get("/api/v1/nope");
+    assert_eq!(errors.status, 404);
+    assert_eq!(errors.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(s.get("/api/v1/health").header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn cors_answers_listed_origins_only() {
+    let s = Server::start_with_args(
+        "cors",
+        &[
+            "--cors-origin",
+            "https://app.example",
+            "--cors-origin",
+            "http://localhost:3000",
+        ],
+    );
+    let preflight = |origin: &str| {
+        s.request_with_headers(
+            "OPTIONS",
+            "/api/v1/execute",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type, authorization"),
+            ],
+            None,
+        )
+    };
+    let ok = preflight("https://app.example");
+    assert_eq!(ok.status, 204, "{}", ok.body);
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(ok.header("vary"), Some("origin"));
+    assert!(ok.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert_eq!(
+        ok.header("access-control-allow-headers"),
+        Some("authorization, content-type, x-api-key")
+    );
+
+    let other = preflight("https://evil.example");
+    assert_ne!(other.status, 204);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+
+    let listed = execute_with(&s, &[("Origin", "http://localhost:3000")]);
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(
+        listed.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let unlisted = execute_with(&s, &[("Origin", "https://evil.example")]);
+    assert_eq!(unlisted.status, 200);
+    assert_eq!(unlisted.header("access-control-allow-origin"), None);
+    assert_eq!(unlisted.header("vary"), Some("origin"));
+}
