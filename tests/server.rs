@@ -22,7 +22,7 @@ fn health_reports_ok_and_the_cache() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         r.json(),
-        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "cache": {"scripts": 0}})
+        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "database": {"status": "ok"}, "cache": {"scripts": 0}})
     );
     for _ in 0..2 {
         assert_eq!(s.execute(&json!({"script": "x = 1\naddResult(x)\n"})).status, 200);

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::Uri;
+use axum::http::{StatusCode, Uri};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -10,12 +10,27 @@ use super::error::ApiError;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "version": VERSION,
-        "cache": {"scripts": state.cached_scripts()},
-    }))
+/// Liveness and readiness: 200 with `"status": "ok"` when the database
+/// answers, 503 with `"status": "unavailable"` and the reason when not.
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let database = state.store().ping().await;
+    let (status, code, db) = match &database {
+        Ok(()) => ("ok", StatusCode::OK, json!({"status": "ok"})),
+        Err(e) => (
+            "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "error", "message": format!("{e:#}")}),
+        ),
+    };
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "version": VERSION,
+            "database": db,
+            "cache": {"scripts": state.cached_scripts()},
+        })),
+    )
 }
 
 /// What this server is and allows: limits in the units of the execute

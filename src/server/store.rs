@@ -114,6 +114,15 @@ impl Store {
         Store::migrated(pool).await
     }
 
+    /// Readiness: the database answers a trivial query.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("the database does not answer")?;
+        Ok(())
+    }
+
     /// A private in-memory database (unit tests).
     #[cfg(test)]
     pub async fn in_memory() -> Result<Store> {
@@ -448,6 +457,15 @@ mod tests {
         assert!(!store.revoke_api_key("nope").await.unwrap());
         assert!(store.api_key("0000abcd").await.unwrap().unwrap().revoked_at.is_some());
         assert_eq!(store.api_keys().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn ping_answers_until_the_pool_is_closed() {
+        let store = Store::in_memory().await.unwrap();
+        assert!(store.ping().await.is_ok());
+        store.pool.close().await;
+        let err = store.ping().await.unwrap_err();
+        assert!(format!("{err:#}").contains("the database does not answer"), "{err:#}");
     }
 
     #[tokio::test]
