@@ -1,0 +1,17 @@
+-- wrk script for bench/http.sh (issue 5). BENCH_MODE=execute posts the hello-world script to
+-- /api/v1/execute; anything else leaves wrk's default GET of the URL given on the command line.
+-- done() prints one machine-readable line that http.sh turns into the table.
+if os.getenv("BENCH_MODE") == "execute" then
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.body = '{"script": "addVar(greeting, \\"Hello\\")\\naddResult(greeting)\\n"}'
+end
+
+done = function(summary, latency, requests)
+  local secs = summary.duration / 1e6
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d %d\n",
+    summary.requests / secs,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout))
+end
