@@ -7,6 +7,8 @@
 mod case;
 mod compare;
 mod fixtures;
+mod http_client;
+mod remote;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use crate::exec::{Executor, Prepared};
 use case::{Case, CaseFile, Fixtures, build_request};
 use compare::{compare, error_message, error_summary};
 use fixtures::SetupError;
+use http_client::BaseUrl;
 use report::Printer;
 pub use report::{CaseOutcome, Totals, Verdict};
 
@@ -39,12 +42,28 @@ pub struct ConformanceArgs {
     /// Run only the cases whose `name/case` contains this text
     #[arg(long, value_name = "SUBSTRING")]
     pub filter: Option<String>,
+    /// Run every case through a running `avap serve` (`POST /api/v1/execute`) instead of in-process
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+}
+
+/// Where the cases run.
+enum Target {
+    /// In this process.
+    Local(Executor),
+    /// Through a running server's execute endpoint.
+    Server(BaseUrl),
 }
 
 /// Runs the cases; exit status 0 only when none failed. A missing
 /// directory, or no case to run, is an error.
 pub fn conformance(args: &ConformanceArgs) -> Result<ExitCode> {
-    let outcomes = run_dir(&args.dir, args.filter.as_deref(), Printer { json: args.json })?;
+    let outcomes = run_dir_on(
+        &args.dir,
+        args.filter.as_deref(),
+        Printer { json: args.json },
+        args.server.as_deref(),
+    )?;
     Printer { json: args.json }.finish(&outcomes)?;
     Ok(if Totals::of(&outcomes).failed == 0 {
         ExitCode::SUCCESS
@@ -54,7 +73,19 @@ pub fn conformance(args: &ConformanceArgs) -> Result<ExitCode> {
 }
 
 /// Runs every selected case of `dir`, printing each outcome as it comes.
+#[cfg(test)]
 pub fn run_dir(dir: &Path, filter: Option<&str>, printer: Printer) -> Result<Vec<CaseOutcome>> {
+    run_dir_on(dir, filter, printer, None)
+}
+
+/// [`run_dir`], in-process or, given a server URL, through its execute endpoint.
+pub fn run_dir_on(
+    dir: &Path,
+    filter: Option<&str>,
+    printer: Printer,
+    server: Option<&str>,
+) -> Result<Vec<CaseOutcome>> {
+    let server = server.map(BaseUrl::parse).transpose().map_err(anyhow::Error::msg)?;
     let units = plan(load_dir(dir)?, filter);
     let total: usize = units.iter().map(Unit::len).sum();
     if total == 0 {
@@ -80,14 +111,17 @@ pub fn run_dir(dir: &Path, filter: Option<&str>, printer: Printer) -> Result<Vec
         .enable_all()
         .build()
         .context("cannot start the mock server runtime")?;
-    let executor = Executor::new(TrustedKeys::new(), false, CapabilityPolicy::allow_all())?;
+    let target = match server {
+        Some(base) => Target::Server(base),
+        None => Target::Local(Executor::new(TrustedKeys::new(), false, CapabilityPolicy::allow_all())?),
+    };
     let mut outcomes = Vec::with_capacity(total);
     runtime.block_on(async {
         for unit in &units {
-            run_unit(&executor, unit, mock_rt.handle(), printer, &mut outcomes).await;
+            run_unit(&target, unit, mock_rt.handle(), printer, &mut outcomes).await;
         }
     });
-    drop(executor);
+    drop(target);
     mock_rt.shutdown_background();
     Ok(outcomes)
 }
@@ -208,7 +242,7 @@ fn plan(entries: Vec<(PathBuf, Entry)>, filter: Option<&str>) -> Vec<Unit> {
 
 /// Compile the program once, then run each selected case.
 async fn run_unit(
-    executor: &Executor,
+    target: &Target,
     unit: &Unit,
     mock_rt: &tokio::runtime::Handle,
     printer: Printer,
@@ -233,11 +267,16 @@ async fn run_unit(
             selected,
         } => (name, program, file, selected),
     };
-    let prepared = executor.prepare(program);
+    let prepared = match target {
+        Target::Local(executor) => executor.prepare(program).map(Program::Local),
+        Target::Server(_) => std::fs::read_to_string(program)
+            .with_context(|| format!("cannot read {}", program.display()))
+            .map(Program::Source),
+    };
     for &i in selected {
         let case = &file.cases[i];
         let (verdict, detail) = match &prepared {
-            Ok(prepared) => run_case(executor, prepared, file, case, mock_rt).await,
+            Ok(prepared) => run_case(target, prepared, file, case, mock_rt).await,
             Err(e) => (
                 Verdict::Fail,
                 format!("cannot compile or load {}: {e:#}", program.display()),
@@ -254,17 +293,35 @@ async fn run_unit(
     }
 }
 
+/// A program ready to run: compiled here, or its source for the server.
+enum Program {
+    Local(Prepared),
+    Source(String),
+}
+
+/// What a case sends: a request for a local run, an execute body for the server.
+enum Run {
+    Local(avap_hostfns::Request),
+    Server(serde_json::Value),
+}
+
 /// Set up the fixtures, run, tear down, compare.
 async fn run_case(
-    executor: &Executor,
-    prepared: &Prepared,
+    target: &Target,
+    prepared: &Program,
     file: &CaseFile,
     case: &Case,
     mock_rt: &tokio::runtime::Handle,
 ) -> (Verdict, String) {
-    let request = match build_request(case.request.as_ref()) {
-        Ok(r) => r,
-        Err(e) => return (Verdict::Fail, e),
+    let run = match prepared {
+        Program::Local(_) => match build_request(case.request.as_ref()) {
+            Ok(r) => Run::Local(r),
+            Err(e) => return (Verdict::Fail, e),
+        },
+        Program::Source(source) => match remote::execute_body(source, case.request.as_ref()) {
+            Ok(body) => Run::Server(body),
+            Err((verdict, why)) => return (verdict, why),
+        },
     };
     let fixtures = Fixtures::merged(file.fixtures.as_ref(), case.fixtures.as_ref());
     let active = match fixtures::setup(&fixtures, mock_rt).await {
@@ -272,14 +329,43 @@ async fn run_case(
         Err(SetupError::Skip(why)) => return (Verdict::Skip, why),
         Err(SetupError::Fail(why)) => return (Verdict::Fail, format!("fixture: {why}")),
     };
-    let report = match prepared {
-        Prepared::Module(module) => executor.run(module, request, &active.env.settings).await,
-        Prepared::CompileError(report) => report.clone(),
+    let (http_status, envelope) = match (target, prepared, run) {
+        (Target::Local(executor), Program::Local(prepared), Run::Local(request)) => {
+            let report = match prepared {
+                Prepared::Module(module) => executor.run(module, request, &active.env.settings).await,
+                Prepared::CompileError(report) => report.clone(),
+            };
+            (report.http_status, report.envelope)
+        }
+        (Target::Server(base), _, Run::Server(body)) => {
+            if active.env.settings.time_zone.is_some() || active.env.settings.now.is_some() {
+                drop(active.finish().await);
+                return (
+                    Verdict::Skip,
+                    "the execute API has no clock or time zone setting (the case has a clock or tz fixture)"
+                        .to_string(),
+                );
+            }
+            let base = base.clone();
+            let posted = tokio::task::spawn_blocking(move || remote::execute(&base, &body)).await;
+            match posted {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    drop(active.finish().await);
+                    return (Verdict::Fail, format!("server: {e}"));
+                }
+                Err(e) => {
+                    drop(active.finish().await);
+                    return (Verdict::Fail, format!("server: the request task failed: {e}"));
+                }
+            }
+        }
+        _ => unreachable!("the program and the request are built for the target"),
     };
     let fixtures_used = active.env.describe();
     let finished = active.finish().await;
 
-    let mut problems = compare(&case.expected, report.http_status, &report.envelope);
+    let mut problems = compare(&case.expected, http_status, &envelope);
     problems.extend(finished.problems);
     let mut notes = finished.notes;
     if !fixtures_used.is_empty() {
@@ -288,14 +374,14 @@ async fn run_case(
     if problems.is_empty() {
         return (Verdict::Pass, notes.join("; "));
     }
-    if let Some(summary) = error_summary(&report.envelope)
+    if let Some(summary) = error_summary(&envelope)
         && !problems.iter().any(|p| p.contains(&summary))
     {
         problems.push(format!("the run failed: {summary}"));
     }
     problems.extend(notes);
     let mut detail = problems.join("; ");
-    if error_message(&report.envelope).is_some_and(|m| m.contains(NOT_AVAILABLE)) {
+    if error_message(&envelope).is_some_and(|m| m.contains(NOT_AVAILABLE)) {
         detail = format!("{NOT_AVAILABLE} — {detail}");
     }
     (Verdict::Fail, detail)
