@@ -11,6 +11,7 @@ use avap_runtime::{CapabilityPolicy, Limits, Runtime, RuntimeConfig};
 
 use crate::cli::{FsLoader, read_source};
 use crate::cmd_keys::{load_signing_key, load_trusted_keys};
+use crate::conformance::{self, RequestSpec};
 use crate::exec::{Executor, RunSettings};
 
 #[derive(Debug, clap::Args)]
@@ -124,37 +125,13 @@ fn build_request(args: &RunArgs) -> Result<Request> {
     Ok(req)
 }
 
-/// A request from its JSON form (the conformance `request` object).
+/// A request from its JSON form: the conformance `request` object, read by
+/// the conformance runner's own reader so both accept the same input.
 pub fn request_from_json(v: &serde_json::Value) -> Result<Request> {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let pairs = |key: &str| -> Vec<(String, String)> {
-        v.get(key)
-            .and_then(serde_json::Value::as_object)
-            .map(|o| o.iter().map(|(k, x)| (k.clone(), text(x))).collect())
-            .unwrap_or_default()
-    };
-    if !v.is_object() {
-        bail!("the request must be a JSON object");
-    }
-    Ok(Request {
-        method: v
-            .get("method")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("GET")
-            .to_ascii_uppercase(),
-        path: v
-            .get("path")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("/")
-            .to_owned(),
-        query: pairs("query"),
-        json: v.get("json").filter(|j| !j.is_null()).cloned(),
-        form: pairs("form"),
-        headers: pairs("headers"),
-    })
+    let spec: RequestSpec = serde_json::from_value(v.clone()).context("not a request object")?;
+    let mut request = conformance::build_request(Some(&spec)).map_err(anyhow::Error::msg)?;
+    request.method = request.method.to_ascii_uppercase();
+    Ok(request)
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {

@@ -50,21 +50,16 @@ pub enum Prepared {
 
 impl Executor {
     /// `trusted` are the keys `.wasm` artifacts may be signed with.
-    pub fn new(mut trusted: TrustedKeys, allow_unsigned: bool, policy: CapabilityPolicy) -> Result<Executor> {
-        let key = generate_key().context("cannot create the session signing key")?;
-        trusted.add(key.verifying_key());
-        let config = RuntimeConfig {
+    pub fn new(trusted: TrustedKeys, allow_unsigned: bool, policy: CapabilityPolicy) -> Result<Executor> {
+        Executor::with_config(RuntimeConfig {
             trusted_keys: trusted,
             allow_unsigned,
             policy,
             ..RuntimeConfig::default()
-        };
-        Ok(Executor {
-            runtime: Arc::new(Runtime::new(config)?),
-            key,
         })
     }
 
+    /// A runtime with `config`, also trusting this process's session key.
     pub fn with_config(mut config: RuntimeConfig) -> Result<Executor> {
         let key = generate_key().context("cannot create the session signing key")?;
         config.trusted_keys.add(key.verifying_key());

@@ -174,11 +174,6 @@ impl Runtime {
         })?;
         Ok(Arc::new(LoadedModule::new(&self.linker, &module, verified)?))
     }
-
-    /// Number of cached modules.
-    pub fn cached(&self) -> usize {
-        self.cache.lock().expect("cache lock").len()
-    }
 }
 
 impl Drop for Runtime {

@@ -27,7 +27,6 @@ pub struct Heap {
     since_poll: u64,
     since_gc: u64,
     live_after_gc: u64,
-    pub collections: u64,
 }
 
 /// A handle that does not name a live object: only a corrupted module
@@ -154,6 +153,5 @@ impl Heap {
         }
         self.since_gc = 0;
         self.live_after_gc = self.bytes;
-        self.collections += 1;
     }
 }

@@ -244,15 +244,12 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         },
     )?;
     l.func_wrap(rt, Helper::Collect.name(), |mut c: Caller<'_, RunState>| -> Res<i32> {
-        let count = match c.get_export(abi::EXPORT_GLOBAL_COUNT) {
-            Some(wasmtime::Extern::Global(g)) => g.get(&mut c).i32().unwrap_or(0),
-            _ => 0,
-        };
+        let count = c.data().global_count;
         let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
         let (data, state) = memory.data_and_store_mut(&mut c);
         let roots = || {
             let mut roots = Vec::new();
-            for slot in 0..u32::try_from(count).unwrap_or(0) {
+            for slot in 0..count {
                 let at = (abi::GLOBALS_BASE + slot * abi::SLOT_BYTES) as usize;
                 if let Some(b) = data.get(at..at + 16) {
                     let t = i32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));

@@ -52,6 +52,7 @@ impl Runtime {
                 limit: limits.memory_bytes,
             },
             poll_interval: 1,
+            global_count: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -238,6 +239,12 @@ fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) ->
             .map_err(|l| Failure::Limit(l, None))?;
     }
     store.data_mut().heap.pin_all();
+    let global_count = instance
+        .get_global(&mut *store, abi::EXPORT_GLOBAL_COUNT)
+        .and_then(|g| g.get(&mut *store).i32())
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| Failure::Internal("module exports no global count".into()))?;
+    store.data_mut().global_count = global_count;
     let stack = instance
         .get_global(&mut *store, abi::EXPORT_STACK_LEFT)
         .ok_or_else(|| Failure::Internal("module exports no stack budget".into()))?;

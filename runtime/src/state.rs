@@ -25,6 +25,9 @@ pub struct RunState {
     pub limiter: MemoryLimiter,
     /// Loop iterations between garbage-collection polls, as last chosen.
     pub poll_interval: u64,
+    /// Number of top-level variable slots (the collector's roots), read
+    /// from the module's `global_count` export once per run.
+    pub global_count: u32,
 }
 
 /// The part of the run state commands see through [`HostContext`].

@@ -19,7 +19,8 @@ use avap_hostfns::artifact::TrustedKeys;
 use avap_runtime::CapabilityPolicy;
 
 use crate::exec::{Executor, Prepared};
-use case::{Case, CaseFile, Fixtures, build_request};
+use case::{Case, CaseFile, Fixtures};
+pub use case::{RequestSpec, build_request};
 use compare::{compare, error_message, error_summary};
 use fixtures::SetupError;
 use http_client::BaseUrl;
