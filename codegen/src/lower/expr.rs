@@ -393,20 +393,7 @@ impl FuncCtx<'_, '_> {
         // Both ints.
         self.ins().block(BlockType::Empty);
         self.open(false);
-        let guards: Vec<u32> = [(ka, a), (kb, b)]
-            .iter()
-            .filter(|(k, _)| !k.int)
-            .map(|(_, p)| p.tag())
-            .collect();
-        for (i, t) in guards.iter().enumerate() {
-            self.ins().local_get(*t).i32_const(abi::TAG_INT).i32_eq();
-            if i == 1 {
-                self.ins().i32_and();
-            }
-        }
-        if !guards.is_empty() {
-            self.ins().i32_eqz().br_if(0);
-        }
+        self.int_guard(ka, kb);
         if self.int_fast_path(op, ka, kb) {
             let d = self.depth_of(done);
             self.ins().br(d);
@@ -460,6 +447,25 @@ impl FuncCtx<'_, '_> {
         self.ins().drop().drop();
         self.close();
         self.ins().i32_const(abi::TAG_INT).local_get(r);
+    }
+
+    /// Inside a block: leave it (`br 0`) unless both operand pairs
+    /// (`lhs`, `rhs`) hold ints; operands known to be ints are not tested.
+    pub fn int_guard(&mut self, ka: Known, kb: Known) {
+        let guards: Vec<u32> = [(ka, self.lhs), (kb, self.rhs)]
+            .iter()
+            .filter(|(k, _)| !k.int)
+            .map(|(_, p)| p.tag())
+            .collect();
+        for (i, t) in guards.iter().enumerate() {
+            self.ins().local_get(*t).i32_const(abi::TAG_INT).i32_eq();
+            if i == 1 {
+                self.ins().i32_and();
+            }
+        }
+        if !guards.is_empty() {
+            self.ins().i32_eqz().br_if(0);
+        }
     }
 
     /// `r = a ± b` (wrapping) into `tmp64`, then push an i32 that is 1 when

@@ -6,6 +6,7 @@ use avap_hostfns::abi::{self, BinOp, Helper, IfCmp};
 use wasm_encoder::{BlockType, ValType};
 
 use super::command::{Site, statement_target};
+use super::expr::Known;
 use super::func::{FuncCtx, FuncKind, Undefined};
 use super::module::PendingAsync;
 use super::scope::written_names;
@@ -224,18 +225,8 @@ impl<'a> FuncCtx<'_, 'a> {
                     // Two ints compare inline (text normalisation agrees).
                     self.ins().block(BlockType::Empty);
                     self.open(false);
-                    self.ins()
-                        .local_get(a.tag())
-                        .i32_const(abi::TAG_INT)
-                        .i32_eq()
-                        .local_get(b.tag())
-                        .i32_const(abi::TAG_INT)
-                        .i32_eq()
-                        .i32_and()
-                        .i32_eqz()
-                        .br_if(0)
-                        .local_get(a.payload())
-                        .local_get(b.payload());
+                    self.int_guard(Known::ANY, Known::ANY);
+                    self.ins().local_get(a.payload()).local_get(b.payload());
                     match cmp {
                         IfCmp::Eq => self.ins().i64_eq(),
                         IfCmp::NotEq => self.ins().i64_ne(),
