@@ -20,14 +20,34 @@ fn health_reports_ok_and_the_cache() {
     let r = s.get("/api/v1/health");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     assert_eq!(
         r.json(),
-        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "database": {"status": "ok"}, "cache": {"scripts": 0}})
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "database": {"status": "ok"},
+            "cache": {
+                "inline_scripts": 0, "stored_scripts": 0, "modules": 0, "capacity": 256,
+                "runs": {"active": 0, "slots": 2 * cores},
+            },
+        })
     );
     for _ in 0..2 {
         assert_eq!(s.execute(&json!({"script": "x = 1\naddResult(x)\n"})).status, 200);
     }
-    assert_eq!(s.get("/api/v1/health").json()["cache"]["scripts"], 1);
+    let cache = s.get("/api/v1/health").json()["cache"].clone();
+    assert_eq!((&cache["inline_scripts"], &cache["modules"]), (&json!(1), &json!(1)));
+    let stored = s.post_json(
+        "/api/v1/scripts",
+        &json!({"name": "hi", "source": "x = 2\naddResult(x)\n"}),
+    );
+    assert_eq!(stored.status, 201, "{:?}", stored.json());
+    for _ in 0..2 {
+        assert_eq!(s.execute(&json!({"name": "hi"})).status, 200);
+    }
+    let cache = s.get("/api/v1/health").json()["cache"].clone();
+    assert_eq!((&cache["stored_scripts"], &cache["modules"]), (&json!(1), &json!(2)));
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! One run: a fresh `Store<RunState>` with the run's limits, the top level,
 //! then `registerEndpoint` dispatch, then the response envelope (spec §7).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use avap_hostfns::abi;
 use avap_hostfns::{AvapError, ErrorKind, LimitHit, LimitKind, Request, Value};
 use serde_json::json;
-use wasmtime::{Instance, Store, Trap, WasmBacktrace};
+use wasmtime::{Instance, Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use crate::engine::Runtime;
 use crate::heap::Heap;
@@ -58,10 +58,19 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         if !self.config.unmetered {
             let _ = store.set_fuel(limits.fuel);
-            let tick = u64::try_from(self.config.epoch_tick.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            store.set_epoch_deadline(limits.time_ms / tick + 1);
+            // Every epoch tick the run checks the real clock against its
+            // wall-time limit and otherwise yields to the async executor, so
+            // a long run shares its thread with other requests instead of
+            // needing one of its own.
+            let deadline = start + Duration::from_millis(limits.time_ms);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                Ok(if Instant::now() >= deadline {
+                    UpdateDeadline::Interrupt
+                } else {
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+                })
+            });
         }
         let outcome = self.execute(module, &mut store, &limits).await;
         let fuel_used = if self.config.unmetered {

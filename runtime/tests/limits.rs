@@ -3,8 +3,8 @@
 
 mod common;
 
-use avap_runtime::Limits;
-use common::{Harness, error_kind};
+use avap_runtime::{Limits, RunInput};
+use common::{Harness, block_on, error_kind};
 
 const HELLO: &str = "addVar(greeting, \"Hello\")\naddResult(greeting)\n";
 
@@ -155,4 +155,41 @@ fn every_run_reports_its_usage() {
     assert!(r.usage.fuel > 1000, "fuel {}", r.usage.fuel);
     assert!(r.usage.wall_ms > 0.0);
     assert!(r.usage.peak_memory_bytes > 0);
+}
+
+/// Runs are cooperative: at every epoch tick a running script yields to the
+/// executor, so one thread serves a long run and short ones side by side.
+#[test]
+fn a_long_run_yields_to_other_runs_on_the_same_thread() {
+    let h = Harness::new();
+    let endless = h.load("s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\n");
+    let short = h.load("x = 1\naddResult(x)\n");
+    let input = |time_ms| RunInput {
+        limits: Limits {
+            fuel: u64::MAX / 2,
+            time_ms,
+            ..small()
+        },
+        ..RunInput::default()
+    };
+    // `block_on` is a current-thread runtime: both runs share one thread.
+    let ((long, long_done), (quick, quick_done)) = block_on(async {
+        let start = std::time::Instant::now();
+        let long = async {
+            let r = h.runtime.run(&endless, input(400)).await;
+            (r, start.elapsed())
+        };
+        let quick = async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let r = h.runtime.run(&short, input(1000)).await;
+            (r, start.elapsed())
+        };
+        tokio::join!(long, quick)
+    });
+    assert_eq!(error_kind(&long), "TimeLimit", "{}", long.envelope);
+    assert_eq!(quick.envelope["result"]["x"], 1, "{}", quick.envelope);
+    assert!(
+        quick_done < long_done && quick_done.as_millis() < 250,
+        "the short run finished at {quick_done:?}, the long one at {long_done:?}"
+    );
 }

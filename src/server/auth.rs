@@ -3,9 +3,10 @@
 //! a presented key is looked up by its id and its hash compared in constant
 //! time. Keys are never logged.
 //!
-//! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*`,
-//! `execute` for `/api/v1/execute*` and `/api/v1/run/*` (`admin` implies
-//! `execute`); everything else (health, info, …) is open. A request without
+//! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*` and
+//! `/api/v1/audit`, `execute` for `/api/v1/execute*` and `/api/v1/run/*`
+//! (`admin` implies `execute`); everything else (health, info, …) is open.
+//! It tells handlers who is calling with a [`Caller`]. A request without
 //! a key gets every scope when [`ServerConfig::allow_anonymous`] is on (by
 //! default only on a loopback listener); a request with a key is always
 //! checked, so a bad key is 401 even where anonymous access is allowed.
@@ -22,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::config::Settings;
 use super::error::ApiError;
-use crate::cli::ServeArgs;
 
 const PREFIX: &str = "avap_";
 
@@ -49,6 +50,22 @@ impl Scope {
         held.split(',')
             .map(str::trim)
             .any(|s| s == self.as_str() || s == "admin")
+    }
+}
+
+/// Who a guarded request comes from: the id of the API key it presented, or
+/// `None` for an anonymous request. [`require_key`] puts it in the request's
+/// extensions (for handlers and the audit trail) and in the response's (for
+/// the access log).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Caller {
+    pub key_id: Option<String>,
+}
+
+impl Caller {
+    /// The audit trail's `actor`: the key id, or `anonymous`.
+    pub fn actor(&self) -> &str {
+        self.key_id.as_deref().unwrap_or("anonymous")
     }
 }
 
@@ -97,18 +114,22 @@ pub fn scopes_text(scopes: &[Scope]) -> String {
     scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
 
-/// Whether `avap serve` with these flags lets requests without a key in:
-/// `--require-api-key` says no, `--allow-anonymous` yes, and otherwise only
-/// when every address `--listen` names is a loopback one.
+/// Whether `avap serve` with these settings lets requests without a key in:
+/// `require_api_key` says no, `allow_anonymous` yes, and otherwise only
+/// when every address `listen` names is a loopback one.
 /// (An address that does not resolve says no; binding it then fails with its own message.)
-pub fn anonymous_allowed(args: &ServeArgs) -> bool {
-    if args.require_api_key {
+pub fn anonymous_allowed(settings: &Settings) -> bool {
+    if settings.require_api_key {
         return false;
     }
-    if args.allow_anonymous {
+    if settings.allow_anonymous {
         return true;
     }
-    let addrs: Vec<_> = args.listen.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    let addrs: Vec<_> = settings
+        .listen
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
     !addrs.is_empty() && addrs.iter().all(|a: &std::net::SocketAddr| a.ip().is_loopback())
 }
 
@@ -118,7 +139,7 @@ fn needed_scope(path: &str) -> Option<Scope> {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/api/v1/scripts") {
+    if under("/api/v1/scripts") || under("/api/v1/audit") {
         Some(Scope::Admin)
     } else if under("/api/v1/execute") || path.starts_with("/api/v1/run/") {
         Some(Scope::Execute)
@@ -150,10 +171,10 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
-async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<(), ApiError> {
+async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<Caller, ApiError> {
     let Some(key) = presented_key(headers)? else {
         return if state.config().allow_anonymous {
-            Ok(())
+            Ok(Caller::default())
         } else {
             Err(ApiError::unauthorized(
                 "this server requires an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
@@ -167,7 +188,9 @@ async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Resu
         return Err(invalid());
     }
     if needed.granted_by(&record.scopes) {
-        Ok(())
+        Ok(Caller {
+            key_id: Some(record.id),
+        })
     } else {
         Err(ApiError::Forbidden {
             needed: needed.as_str(),
@@ -176,12 +199,17 @@ async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Resu
 }
 
 /// Middleware: the key check of every guarded route.
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let Some(needed) = needed_scope(request.uri().path()) else {
         return next.run(request).await;
     };
     match authorize(&state, request.headers(), needed).await {
-        Ok(()) => next.run(request).await,
+        Ok(caller) => {
+            request.extensions_mut().insert(caller.clone());
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(caller);
+            response
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -208,6 +236,8 @@ mod tests {
         assert_eq!(needed_scope("/api/v1/scripts/x/rollback"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/execute/batch"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/run/x"), Some(Scope::Execute));
+        assert_eq!(needed_scope("/api/v1/audit"), Some(Scope::Admin));
+        assert_eq!(needed_scope("/api/v1/execute/file"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/health"), None);
         assert_eq!(needed_scope("/api/v1/scriptsx"), None);
         assert!(Scope::Execute.granted_by("admin"));

@@ -16,6 +16,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::execute::{ExecuteRequest, envelope_response, execute_one};
 use super::extract::JsonBody;
+use super::store::Actor;
 
 /// The most items one batch may hold.
 pub const MAX_ITEMS: usize = 64;
@@ -29,6 +30,7 @@ pub struct BatchRequest {
 
 pub async fn execute_batch(
     State(state): State<AppState>,
+    actor: Actor,
     JsonBody(body): JsonBody<BatchRequest>,
 ) -> Result<Json<Value>, ApiError> {
     if body.items.len() > MAX_ITEMS {
@@ -40,7 +42,7 @@ pub async fn execute_batch(
     let tasks: Vec<_> = body
         .items
         .into_iter()
-        .map(|item| tokio::spawn(run_item(state.clone(), item)))
+        .map(|item| tokio::spawn(run_item(state.clone(), actor.clone(), item)))
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -57,9 +59,9 @@ pub async fn execute_batch(
 }
 
 /// One item, as `{"status", "body"}`.
-async fn run_item(state: AppState, item: Value) -> Value {
+async fn run_item(state: AppState, actor: Actor, item: Value) -> Value {
     let response = match serde_json::from_value::<ExecuteRequest>(item) {
-        Ok(request) => match execute_one(&state, request).await {
+        Ok(request) => match execute_one(&state, &actor, request).await {
             Ok(report) => envelope_response(report),
             Err(e) => e.into_response(),
         },

@@ -1,11 +1,17 @@
-//! [`ScriptCache`]: inline scripts by SHA-256 of their source, so a repeated
-//! script skips checking, lowering and wasmtime compilation. Compile errors
-//! are cached too (they are a pure function of the source). Bounded: when
-//! full it is cleared, which is simple and good enough until the L1 cache of
-//! the storage work replaces it.
+//! In-process caches of compiled scripts. Both are bounded: when full they
+//! are cleared, which is simple and good enough until the L1 cache of the
+//! storage work replaces them.
+//!
+//! * [`ScriptCache`]: inline scripts by SHA-256 of their source, so a
+//!   repeated script skips checking, lowering and wasmtime compilation.
+//!   Compile errors are cached too (they are a pure function of the source).
+//! * [`StoredCache`]: registry scripts by name (and asked version), so a run
+//!   of a stored script reads nothing from the database. Every registry
+//!   write of a name drops its entries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use avap_runtime::{LoadedModule, RunReport};
 use sha2::{Digest as _, Sha256};
@@ -54,10 +60,77 @@ impl ScriptCache {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SourceHash, Compiled>> {
-        // A panic while holding the lock cannot leave the map half-updated.
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<SourceHash, Compiled>> {
+        lock(&self.entries)
     }
+}
+
+/// A stored script's version, loaded.
+#[derive(Debug, Clone)]
+pub struct StoredScript {
+    pub version: i64,
+    pub module: Arc<LoadedModule>,
+}
+
+/// `(name, asked version)`; `None` is "the current version".
+type StoredKey = (String, Option<i64>);
+
+#[derive(Debug)]
+pub struct StoredCache {
+    entries: Mutex<HashMap<StoredKey, StoredScript>>,
+    capacity: usize,
+    /// Bumped by every invalidation. A lookup notes it before reading the
+    /// database and inserts only if it is unchanged, so a read that raced a
+    /// write cannot put the old version back after the write dropped it.
+    generation: AtomicU64,
+}
+
+impl StoredCache {
+    pub fn new(capacity: usize) -> StoredCache {
+        StoredCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self, name: &str, version: Option<i64>) -> Option<StoredScript> {
+        lock(&self.entries).get(&(name.to_owned(), version)).cloned()
+    }
+
+    /// The generation to hand back to [`StoredCache::insert`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keep `script` unless the registry changed since `generation`.
+    pub fn insert(&self, generation: u64, name: &str, version: Option<i64>, script: StoredScript) {
+        let mut entries = lock(&self.entries);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let key = (name.to_owned(), version);
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            entries.clear();
+        }
+        entries.insert(key, script);
+    }
+
+    /// Drop every entry of `name` (after a registry write of it).
+    pub fn invalidate(&self, name: &str) {
+        let mut entries = lock(&self.entries);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|(n, _), _| n != name);
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a map half-updated.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ impl From<anyhow::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(e) = &self {
-            eprintln!("avap serve: internal error: {e:#}");
+            tracing::error!("internal error: {e:#}");
         }
         let mut response = (self.status(), Json(self.body())).into_response();
         if matches!(self, ApiError::Overloaded { .. }) {

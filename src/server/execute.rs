@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::audit::{RunRecord, RunTarget};
 use super::error::ApiError;
 use super::extract::JsonBody;
+use super::store::Actor;
 use super::{AppState, Program};
 use crate::exec::RunSettings;
 
@@ -80,7 +82,7 @@ pub struct RequestSpec {
 
 impl ExecuteRequest {
     /// The request the script sees: `GET /` unless told otherwise, as with `avap run`.
-    fn script_request(&self) -> Result<Request, ApiError> {
+    pub(super) fn script_request(&self) -> Result<Request, ApiError> {
         let json = match &self.params {
             None | Some(Value::Null) => None,
             Some(v @ Value::Object(_)) => Some(v.clone()),
@@ -126,17 +128,28 @@ fn pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
 
 pub async fn execute(
     State(state): State<AppState>,
+    actor: Actor,
     JsonBody(body): JsonBody<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
-    execute_one(&state, body).await.map(envelope_response)
+    execute_one(&state, &actor, body).await.map(envelope_response)
 }
 
-/// One execute request, run (and counted in the metrics); shared with the batch endpoint.
-pub async fn execute_one(state: &AppState, body: ExecuteRequest) -> Result<RunReport, ApiError> {
-    state.metrics().run(run_request(state, body)).await
+/// One execute request, run (and counted in the metrics and the audit
+/// trail); shared with the batch endpoint.
+pub async fn execute_one(state: &AppState, actor: &Actor, body: ExecuteRequest) -> Result<RunReport, ApiError> {
+    let target = match (&body.script, &body.name) {
+        (Some(script), _) => RunTarget::inline(script),
+        (None, Some(name)) => RunTarget::stored(name, body.version),
+        (None, None) => RunTarget::default(),
+    };
+    let mut record = RunRecord::new(state, actor, target);
+    let result = state.metrics().run(run_request(state, body, &mut record.target)).await;
+    record.finish(&result);
+    result
 }
 
-async fn run_request(state: &AppState, body: ExecuteRequest) -> Result<RunReport, ApiError> {
+/// `target` learns the version and artifact a stored script resolved to.
+async fn run_request(state: &AppState, body: ExecuteRequest, target: &mut RunTarget) -> Result<RunReport, ApiError> {
     let config = state.config();
     let request = body.script_request()?;
     let program = match (body.script, body.name) {
@@ -153,15 +166,15 @@ async fn run_request(state: &AppState, body: ExecuteRequest) -> Result<RunReport
             Program::Inline(script)
         }
         (None, Some(name)) => {
-            let (_, artifact) = state
-                .store()
-                .artifact(&name, body.version)
+            let stored = state
+                .stored(&name, body.version)
                 .await?
                 .ok_or(ApiError::ScriptNotFound {
                     name,
                     version: body.version,
                 })?;
-            Program::Stored(artifact)
+            target.resolved(stored.version, stored.module.sha256());
+            Program::Loaded(stored.module)
         }
         _ => {
             return Err(ApiError::invalid(
@@ -182,7 +195,7 @@ pub fn envelope_response(report: RunReport) -> Response {
     let mut envelope = report.envelope;
     if envelope["error"]["kind"] == "InternalError" {
         // A runtime fault, not the script's doing: log it, do not show it.
-        eprintln!("avap serve: internal error in a run: {}", envelope["error"]["message"]);
+        tracing::error!("internal error in a run: {}", envelope["error"]["message"]);
         envelope["error"]["message"] = Value::from("internal error while running the script");
     }
     // `_status` may be 100..=599, but a 1xx cannot be a final HTTP status.

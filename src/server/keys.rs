@@ -2,13 +2,22 @@
 //! `server.pub`, created on first start. Stored scripts are signed with it
 //! and the server's runtime trusts it, so artifacts in the database keep
 //! verifying across restarts.
+//!
+//! `<data-dir>/trusted_keys/*.pub` (`avap keygen` public keys), when that
+//! directory exists, are trusted too: artifacts signed with them may be
+//! uploaded to `POST /api/v1/execute/file`. They are read once, at start.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
-use avap_hostfns::artifact::{SigningKey, decode_secret_key, encode_public_key, encode_secret_key, generate_key};
+use avap_hostfns::artifact::{
+    SigningKey, TrustedKeys, decode_secret_key, encode_public_key, encode_secret_key, generate_key,
+};
+
+/// The directory of extra trusted public keys, inside the data directory.
+pub const TRUSTED_KEYS_DIR: &str = "trusted_keys";
 
 /// Read the server key, or create it (and its `.pub`) if there is none.
 pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
@@ -17,8 +26,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
     if secret.exists() {
         let mode = std::fs::metadata(&secret).map_or(0o600, |m| m.permissions().mode());
         if mode & 0o077 != 0 {
-            eprintln!(
-                "avap serve: warning: the server key {} is readable by others (mode {:o}); chmod 600 it",
+            tracing::warn!(
+                "the server key {} is readable by others (mode {:o}); chmod 600 it",
                 secret.display(),
                 mode & 0o777
             );
@@ -44,6 +53,34 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
     Ok(key)
 }
 
+/// The public keys in `<data_dir>/trusted_keys/*.pub`; none when the
+/// directory does not exist or holds no `.pub` file. A key file that does
+/// not parse stops the start (naming the file), never silently ignored.
+pub fn load_trusted(data_dir: &Path) -> Result<TrustedKeys> {
+    let dir = data_dir.join(TRUSTED_KEYS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TrustedKeys::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list the trusted keys in {}", dir.display())),
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list the trusted keys in {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "pub") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    crate::cmd_keys::load_trusted_keys(&files).with_context(|| {
+        format!(
+            "cannot read the trusted keys in {} (each .pub file must be an `avap keygen` public key)",
+            dir.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +98,25 @@ mod tests {
         assert!(dir.join("keys/server.pub").is_file());
         let again = load_or_create(&dir).unwrap();
         assert_eq!(first.to_bytes(), again.to_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn trusted_keys_come_from_the_data_dir() {
+        let dir = std::env::temp_dir().join(format!("avap-trusted-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(load_trusted(&dir).unwrap().is_empty(), "no directory, no keys");
+        let keys = dir.join(TRUSTED_KEYS_DIR);
+        std::fs::create_dir_all(&keys).unwrap();
+        let key = generate_key().unwrap();
+        std::fs::write(keys.join("ci.pub"), encode_public_key(&key.verifying_key())).unwrap();
+        std::fs::write(keys.join("README"), "not a key").unwrap();
+        let trusted = load_trusted(&dir).unwrap();
+        let id = avap_hostfns::artifact::key_id(&key.verifying_key());
+        assert_eq!(trusted.ids().collect::<Vec<_>>(), [id.as_str()]);
+        std::fs::write(keys.join("broken.pub"), "avap-public-key nope").unwrap();
+        let err = format!("{:#}", load_trusted(&dir).unwrap_err());
+        assert!(err.contains("broken.pub"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,5 +1,7 @@
 //! `GET /api/v1/health`, `GET /api/v1/info` and the JSON 404/405 fallbacks.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -10,10 +12,21 @@ use super::error::ApiError;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How long the database may take to answer the health check's ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Liveness and readiness: 200 with `"status": "ok"` when the database
-/// answers, 503 with `"status": "unavailable"` and the reason when not.
+/// answers, 503 with `"status": "unavailable"` and the reason when not (or
+/// when it does not answer within [`PING_TIMEOUT`]); with the state of the
+/// caches and run slots.
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database = state.store().ping().await;
+    let database = match tokio::time::timeout(PING_TIMEOUT, state.store().ping()).await {
+        Ok(answer) => answer,
+        Err(_) => Err(anyhow::anyhow!(
+            "the database did not answer within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+    };
     let (status, code, db) = match &database {
         Ok(()) => ("ok", StatusCode::OK, json!({"status": "ok"})),
         Err(e) => (
@@ -28,7 +41,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             "status": status,
             "version": VERSION,
             "database": db,
-            "cache": {"scripts": state.cached_scripts()},
+            "cache": state.cache_state(),
         })),
     )
 }

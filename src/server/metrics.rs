@@ -8,6 +8,8 @@
 //!   error's kind; `avap_limit_hits_total{kind}` for the limit kinds.
 //! * `avap_compile_cache_hits_total` / `avap_compile_cache_misses_total`.
 //! * `avap_run_duration_seconds` (histogram) and `avap_runs_in_flight` (gauge).
+//! * `avap_audit_dropped_total`: audit rows of runs dropped because the
+//!   audit queue was full ([`audit`](super::audit)).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -52,6 +54,7 @@ pub struct Metrics {
     duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_micros: AtomicU64,
     in_flight: AtomicI64,
+    audit_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -61,6 +64,10 @@ impl Metrics {
 
     pub fn cache_hit(&self) {
         self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn cache_miss(&self) {
@@ -136,6 +143,11 @@ impl Metrics {
                 "avap_compile_cache_misses_total",
                 "Inline scripts compiled because they were not cached.",
                 &self.cache_misses,
+            ),
+            (
+                "avap_audit_dropped_total",
+                "Audit rows of runs dropped because the audit queue was full.",
+                &self.audit_dropped,
             ),
         ] {
             header(&mut out, name, "counter", help);
@@ -229,6 +241,8 @@ mod tests {
     fn routes_are_matched_by_template() {
         assert_eq!(route_of("/api/v1/execute"), "/api/v1/execute");
         assert_eq!(route_of("/api/v1/execute/batch"), "/api/v1/execute/batch");
+        assert_eq!(route_of("/api/v1/execute/file"), "/api/v1/execute/file");
+        assert_eq!(route_of("/api/v1/audit"), "/api/v1/audit");
         assert_eq!(route_of("/api/v1/scripts/hello"), "/api/v1/scripts/{name}");
         assert_eq!(
             route_of("/api/v1/scripts/hello/rollback"),

@@ -18,22 +18,33 @@
 //!
 //! * Rate limits, the request timeout, CORS and security headers: [`protect`].
 //!
-//! Not here yet (the rest of issue 5): logs, config files, the audit trail.
+//! * Settings come from defaults, a TOML file, `AVAP_*` variables and flags
+//!   ([`config`]); every request gets an id, a span and an access line
+//!   ([`request_id`]), logged as JSON or text on stderr ([`logs`]).
+//!
+//! * Registry writes and runs are recorded in the audit trail ([`audit`]);
+//!   `POST /api/v1/execute/file` runs an uploaded source or signed artifact
+//!   ([`upload`]); responses are gzipped for clients that accept it.
 
+mod audit;
 pub mod auth;
 mod batch;
 mod cache;
+pub mod config;
 mod error;
 mod execute;
 mod extract;
 mod keys;
+mod logs;
 mod meta;
 mod metrics;
 mod openapi;
 mod protect;
 mod registry;
+mod request_id;
 mod run;
 mod store;
+mod upload;
 
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
@@ -56,7 +67,8 @@ pub use error::ApiError;
 
 use crate::cli::ServeArgs;
 use crate::exec::{RunSettings, compile_error_report};
-use cache::{Compiled, ScriptCache};
+pub use cache::StoredScript;
+use cache::{Compiled, ScriptCache, StoredCache};
 pub use store::Store;
 
 /// How long shutdown waits for in-flight requests before giving up on them.
@@ -123,9 +135,15 @@ struct Shared {
     /// The server key: signs inline and stored scripts.
     key: SigningKey,
     scripts: ScriptCache,
+    stored: StoredCache,
     store: Store,
     runs: Arc<Semaphore>,
     metrics: metrics::Metrics,
+    /// Run rows of the audit trail, written in the background.
+    audit: audit::AuditLog,
+    /// Whose signatures the runtime accepts: the server key and
+    /// `<data-dir>/trusted_keys/*.pub` (checked first for uploads).
+    trusted_keys: TrustedKeys,
 }
 
 impl std::fmt::Debug for Shared {
@@ -144,9 +162,11 @@ impl std::fmt::Debug for Shared {
 pub enum Program {
     /// Source sent with the request (compiled, or taken from the cache).
     Inline(String),
-    /// A signed artifact from the registry (verified by the runtime's `load`,
-    /// which caches compiled modules by sha256).
-    Stored(Vec<u8>),
+    /// A signed artifact (verified by the runtime's `load`, which caches
+    /// compiled modules by sha256).
+    Artifact(Vec<u8>),
+    /// A module already loaded (a stored script from [`AppState::stored`]).
+    Loaded(Arc<LoadedModule>),
 }
 
 /// A source compiled, signed and loaded.
@@ -158,23 +178,38 @@ pub struct Built {
 }
 
 impl AppState {
+    /// Trusting only `key` (`avap serve` adds the data directory's trusted keys).
+    #[cfg(test)]
     pub fn new(config: ServerConfig, store: Store, key: SigningKey) -> Result<AppState> {
-        let mut trusted_keys = TrustedKeys::new();
+        AppState::with_trusted_keys(config, store, key, TrustedKeys::new())
+    }
+
+    /// As [`AppState::new`], also trusting artifacts signed by `extra` keys.
+    pub fn with_trusted_keys(
+        config: ServerConfig,
+        store: Store,
+        key: SigningKey,
+        extra: TrustedKeys,
+    ) -> Result<AppState> {
+        let mut trusted_keys = extra;
         trusted_keys.add(key.verifying_key());
         let runtime = RuntimeConfig {
             max_concurrent_runs: u32::try_from(config.max_concurrent_runs)
                 .context("max_concurrent_runs is too large")?,
             cache_entries: config.cache_entries,
             policy: config.policy.clone(),
-            trusted_keys,
+            trusted_keys: trusted_keys.clone(),
             ..RuntimeConfig::default()
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
         Ok(AppState {
             shared: Arc::new(Shared {
                 scripts: ScriptCache::new(config.cache_entries),
+                stored: StoredCache::new(config.cache_entries),
                 runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
                 metrics: metrics::Metrics::default(),
+                audit: audit::AuditLog::start(store.clone())?,
+                trusted_keys,
                 config,
                 runtime,
                 key,
@@ -195,8 +230,25 @@ impl AppState {
         &self.shared.metrics
     }
 
-    pub fn cached_scripts(&self) -> usize {
-        self.shared.scripts.len()
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.shared.audit
+    }
+
+    pub fn trusted_keys(&self) -> &TrustedKeys {
+        &self.shared.trusted_keys
+    }
+
+    /// What the health endpoint reports of the caches and run slots.
+    pub fn cache_state(&self) -> serde_json::Value {
+        let shared = &self.shared;
+        let slots = shared.config.max_concurrent_runs;
+        serde_json::json!({
+            "inline_scripts": shared.scripts.len(),
+            "stored_scripts": shared.stored.len(),
+            "modules": shared.runtime.cached_modules(),
+            "capacity": shared.config.cache_entries,
+            "runs": {"active": slots - shared.runs.available_permits(), "slots": slots},
+        })
     }
 
     /// A run slot, or 503 after `queue_wait` (load shedding).
@@ -210,33 +262,92 @@ impl AppState {
     }
 
     /// Compile or load `program` and run it once, in a run slot.
+    ///
+    /// The run itself happens on this task: wasm execution yields to the
+    /// executor at every epoch tick (see `avap_runtime`), so a long run does
+    /// not hold a worker thread, and short runs skip a thread hand-off.
+    /// Only compilation, which cannot yield, moves to a blocking thread.
+    /// Dropping the future (client gone, request timeout) cancels the run
+    /// and frees its slot.
     pub async fn execute(
         &self,
         program: Program,
         request: Request,
         settings: RunSettings,
     ) -> Result<RunReport, ApiError> {
-        let handle = tokio::runtime::Handle::current();
-        self.blocking(move |shared| {
-            let module = match program {
-                Program::Inline(script) => match shared.compiled(script)? {
-                    Compiled::Module(module) => module,
-                    Compiled::CompileError(report) => return Ok(RunReport::clone(&report)),
-                },
-                Program::Stored(artifact) => shared
+        let _slot = self.admit().await?;
+        let module = match program {
+            Program::Inline(script) => match self.compiled(script).await? {
+                Compiled::Module(module) => module,
+                Compiled::CompileError(report) => return Ok(RunReport::clone(&report)),
+            },
+            Program::Artifact(artifact) => {
+                self.off_thread(move |shared| {
+                    shared
+                        .runtime
+                        .load(&artifact)
+                        .map_err(|e| load_error(e, "loading an artifact"))
+                })
+                .await?
+            }
+            Program::Loaded(module) => module,
+        };
+        let input = RunInput {
+            request,
+            limits: settings.limits,
+            time_zone: settings.time_zone,
+            now: settings.now,
+        };
+        Ok(self.shared.runtime.run(&module, input).await)
+    }
+
+    /// The compiled form of an inline script, from the cache or compiled now.
+    async fn compiled(&self, script: String) -> Result<Compiled, ApiError> {
+        let key = cache::source_hash(&script);
+        let shared = &self.shared;
+        if let Some(hit) = shared.scripts.get(&key) {
+            shared.metrics.cache_hit();
+            return Ok(hit);
+        }
+        shared.metrics.cache_miss();
+        let built = self
+            .off_thread(move |shared| shared.build("inline.avap".to_owned(), script))
+            .await?;
+        let compiled = match built {
+            Ok(built) => Compiled::Module(built.module),
+            Err(report) => Compiled::CompileError(Arc::new(report)),
+        };
+        shared.scripts.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// A stored script, loaded: from the cache, else read from the
+    /// database and loaded. `None` when there is no such script (or version).
+    pub async fn stored(&self, name: &str, version: Option<i64>) -> Result<Option<StoredScript>, ApiError> {
+        let cache = &self.shared.stored;
+        if let Some(hit) = cache.get(name, version) {
+            return Ok(Some(hit));
+        }
+        let generation = cache.generation();
+        let Some((found, artifact)) = self.store().artifact(name, version).await? else {
+            return Ok(None);
+        };
+        let module = self
+            .off_thread(move |shared| {
+                shared
                     .runtime
                     .load(&artifact)
-                    .map_err(|e| load_error(e, "loading a stored artifact"))?,
-            };
-            let input = RunInput {
-                request,
-                limits: settings.limits,
-                time_zone: settings.time_zone,
-                now: settings.now,
-            };
-            Ok(handle.block_on(shared.runtime.run(&module, input)))
-        })
-        .await
+                    .map_err(|e| load_error(e, "loading a stored artifact"))
+            })
+            .await?;
+        let script = StoredScript { version: found, module };
+        cache.insert(generation, name, version, script.clone());
+        Ok(Some(script))
+    }
+
+    /// Forget the cached versions of `name`: call after every registry write of it.
+    pub fn script_changed(&self, name: &str) {
+        self.shared.stored.invalidate(name);
     }
 
     /// Check, compile and sign `source` for the registry, and make sure this
@@ -247,43 +358,29 @@ impl AppState {
         self.blocking(move |shared| shared.build(file_name, source)).await
     }
 
-    /// Run `work` in a run slot on a blocking thread. Compiling and running
-    /// are CPU-bound and a run never yields, so both happen off the async
-    /// workers: accepting, health checks and queue timeouts stay live under
-    /// load. The slot travels with the work, so a client hanging up does not
-    /// free it while the run goes on.
+    /// Run `work` in a run slot on a blocking thread.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let slot = self.admit().await?;
+        let _slot = self.admit().await?;
+        self.off_thread(work).await
+    }
+
+    /// Run CPU-bound `work` that cannot yield (compiling) on a blocking
+    /// thread, so accepting, health checks and queue timeouts stay live.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            work(&shared)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("run task failed: {e}")))?
+        tokio::task::spawn_blocking(move || work(&shared))
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
     }
 }
 
 impl Shared {
-    /// The compiled form of an inline script, from the cache or compiled now.
-    fn compiled(&self, script: String) -> Result<Compiled, ApiError> {
-        let key = cache::source_hash(&script);
-        if let Some(hit) = self.scripts.get(&key) {
-            self.metrics.cache_hit();
-            return Ok(hit);
-        }
-        self.metrics.cache_miss();
-        let compiled = match self.build("inline.avap".to_owned(), script)? {
-            Ok(built) => Compiled::Module(built.module),
-            Err(report) => Compiled::CompileError(Arc::new(report)),
-        };
-        self.scripts.insert(key, compiled.clone());
-        Ok(compiled)
-    }
-
     /// Check, compile, sign with the server key and load.
     fn build(&self, file_name: String, source: String) -> Result<Result<Built, RunReport>, ApiError> {
         let checked = check_file(SourceFile::new(file_name, source), &NoIncludes);
@@ -313,9 +410,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/execute", post(execute::execute))
         .route("/api/v1/execute/batch", post(batch::execute_batch))
+        .route("/api/v1/execute/file", post(upload::execute_file))
         .route("/api/v1/scripts", get(registry::list).post(registry::create))
         .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
         .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
+        .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/run/{name}", any(run::run_stored))
         .route("/api/v1/run/{name}/{*rest}", any(run::run_stored))
         .route("/api/v1/health", get(meta::health))
@@ -336,36 +435,52 @@ pub fn app(state: AppState) -> Router {
             metrics::count_requests,
         ))
         .layer(axum::middleware::from_fn_with_state(protect, protect::edge))
+        // gzip for clients that accept it (tower-http skips bodies under 32 bytes).
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(request_id::request_id))
         .with_state(state)
 }
 
-/// `avap serve`: serve until SIGINT or SIGTERM, then let in-flight requests finish.
+/// `avap serve`: resolve the configuration ([`config`]), then serve until
+/// SIGINT or SIGTERM and let in-flight requests finish. A configuration
+/// problem exits with 2 before anything starts.
 pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
-    let data_dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => default_data_dir()?,
+    let config_error = |e: config::ConfigError| {
+        eprintln!("avap serve: config error: {e}");
+        ExitCode::from(2)
     };
-    std::fs::create_dir_all(&data_dir)
+    let resolved = match config::resolve(args) {
+        Ok(resolved) => resolved,
+        Err(e) => return Ok(config_error(e)),
+    };
+    if args.print_config {
+        return Ok(match resolved.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(e),
+        });
+    }
+    let settings = &resolved.settings;
+    let database = match settings.sqlite_file() {
+        Ok(path) => path,
+        Err(e) => return Ok(config_error(e)),
+    };
+    let _log_writer = logs::init(settings.log_format, settings.log_level);
+    let data_dir = &settings.data_dir;
+    std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let key = keys::load_or_create(&data_dir)?;
+    let key = keys::load_or_create(data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = Store::open(&data_dir).await?;
-        let config = ServerConfig {
-            allow_anonymous: auth::anonymous_allowed(args),
-            protect: protect::ProtectConfig {
-                rate_limit: args.rate_limit,
-                rate_burst: args.rate_burst,
-                request_timeout: Duration::from_millis(args.request_timeout_ms),
-                cors_origins: args.cors_origin.clone(),
-            },
-            ..ServerConfig::for_this_machine()
-        };
-        let state = AppState::new(config, store, key)?;
-        run(&args.listen, &data_dir, state).await
+        let store = Store::open_file(&database).await?;
+        let trusted = keys::load_trusted(data_dir)?;
+        let state = AppState::with_trusted_keys(settings.server_config(), store, key, trusted)?;
+        run(&settings.listen, data_dir, state).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -375,14 +490,16 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (is another server using it? pass --listen ADDR:PORT)"))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
+    // Scripts and tests read this exact line from stdout; logs go to stderr.
     println!(
         "avap serve listening on http://{addr} (data dir {})",
         data_dir.display()
     );
+    tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
     if !addr.ip().is_loopback() && state.config().allow_anonymous {
-        eprintln!(
-            "avap serve: warning: {addr} is not a loopback address and --allow-anonymous is on: \
-             anyone who can reach it can store and run scripts"
+        tracing::warn!(
+            %addr,
+            "not a loopback address and allow_anonymous is on: anyone who can reach it can store and run scripts"
         );
     }
     let stopping = Arc::new(Notify::new());
@@ -390,19 +507,21 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
         let stopping = stopping.clone();
         async move {
             shutdown_signal().await;
-            eprintln!("avap serve: shutting down; finishing in-flight requests");
+            tracing::info!("shutting down; finishing in-flight requests");
             stopping.notify_one();
         }
     };
     // The peer address is the rate-limit key of requests without an API key.
+    let audit = state.audit().clone();
     let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, service).with_graceful_shutdown(signal);
     tokio::select! {
         result = server.into_future() => result.context("the server failed")?,
         () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            eprintln!("avap serve: requests still open after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+            tracing::warn!("requests still open after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
         }
     }
+    audit.close().await;
     Ok(())
 }
 
@@ -410,7 +529,7 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
 async fn shutdown_signal() {
     let interrupt = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            eprintln!("avap serve: cannot listen for Ctrl-C: {e}");
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
             std::future::pending::<()>().await;
         }
     };
@@ -420,7 +539,7 @@ async fn shutdown_signal() {
                 term.recv().await;
             }
             Err(e) => {
-                eprintln!("avap serve: cannot listen for SIGTERM: {e}");
+                tracing::warn!("cannot listen for SIGTERM: {e}");
                 std::future::pending::<()>().await;
             }
         }
@@ -466,6 +585,13 @@ mod tests {
         AppState::new(config, store, key).expect("state")
     }
 
+    fn anonymous() -> store::Actor {
+        store::Actor {
+            actor: "anonymous".to_owned(),
+            request_id: None,
+        }
+    }
+
     fn body(script: &str) -> JsonBody<ExecuteRequest> {
         JsonBody(serde_json::from_value(serde_json::json!({ "script": script })).expect("body"))
     }
@@ -474,13 +600,13 @@ mod tests {
     async fn sheds_load_when_every_slot_is_busy() {
         let state = state(1, Duration::from_millis(20)).await;
         let busy = state.admit().await.expect("the only slot");
-        let err = execute(State(state.clone()), body("x = 1\naddResult(x)\n"))
+        let err = execute(State(state.clone()), anonymous(), body("x = 1\naddResult(x)\n"))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), "Overloaded");
         assert_eq!(err.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
         drop(busy);
-        let ok = execute(State(state.clone()), body("x = 1\naddResult(x)\n"))
+        let ok = execute(State(state.clone()), anonymous(), body("x = 1\naddResult(x)\n"))
             .await
             .expect("runs");
         assert_eq!(ok.status(), axum::http::StatusCode::OK);
@@ -490,13 +616,13 @@ mod tests {
     async fn repeated_scripts_compile_once() {
         let state = state(2, Duration::from_secs(1)).await;
         for _ in 0..3 {
-            execute(State(state.clone()), body("x = 2\naddResult(x)\n"))
+            execute(State(state.clone()), anonymous(), body("x = 2\naddResult(x)\n"))
                 .await
                 .expect("runs");
         }
-        execute(State(state.clone()), body("if(\n"))
+        execute(State(state.clone()), anonymous(), body("if(\n"))
             .await
             .expect("compile error is a response");
-        assert_eq!(state.cached_scripts(), 2);
+        assert_eq!(state.cache_state()["inline_scripts"], 2);
     }
 }

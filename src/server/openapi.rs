@@ -10,11 +10,13 @@ use serde_json::{Map, Value, json};
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/execute"),
     ("POST", "/api/v1/execute/batch"),
+    ("POST", "/api/v1/execute/file"),
     ("GET", "/api/v1/scripts"),
     ("POST", "/api/v1/scripts"),
     ("GET", "/api/v1/scripts/{name}"),
     ("DELETE", "/api/v1/scripts/{name}"),
     ("POST", "/api/v1/scripts/{name}/rollback"),
+    ("GET", "/api/v1/audit"),
     ("ANY", "/api/v1/run/{name}"),
     ("ANY", "/api/v1/run/{name}/{*rest}"),
     ("GET", "/api/v1/health"),
@@ -73,6 +75,37 @@ fn operation(method: &str, path: &str) -> Value {
                 "200": {"description": "One result per item, each with its own status.",
                         "content": json_content(&schema("BatchResponse"))},
                 "400": error_response("The batch itself is malformed or has too many items."),
+            },
+        }),
+        ("POST", "/api/v1/execute/file") => {
+            let mut responses = envelope_responses.clone();
+            responses["400"]["description"] = json!(
+                "A compile or runtime error (envelope); a malformed upload, unknown part or missing `file`, \
+                 or an artifact that is corrupt or tampered with (`InvalidArtifact`)."
+            );
+            responses["403"]["description"] = json!(
+                "The artifact is unsigned or signed by a key this server does not trust (`UntrustedArtifact`), \
+                 or the script uses a denied capability."
+            );
+            json!({
+                "summary": "Upload a .avap source or a signed .wasm artifact and run it once",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": schema("FileUpload")}}},
+                "responses": responses,
+            })
+        }
+        ("GET", "/api/v1/audit") => json!({
+            "summary": "The audit trail, newest first (admin scope)",
+            "parameters": [
+                {"name": "script", "in": "query", "required": false, "schema": {"type": "string"},
+                 "description": "Only rows of this stored script."},
+                {"name": "limit", "in": "query", "required": false,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "before", "in": "query", "required": false, "schema": {"type": "integer"},
+                 "description": "Only rows with a smaller id: the previous page's `next_before`."},
+            ],
+            "responses": {
+                "200": {"description": "Audit rows.", "content": json_content(&schema("AuditPage"))},
+                "400": error_response("A bad query (unknown parameter, `limit` out of range)."),
             },
         }),
         ("GET", "/api/v1/scripts") => {
@@ -206,6 +239,39 @@ fn components() -> Value {
                         "body": {"oneOf": [schema("Envelope"), schema("Error")]},
                     },
                 }}},
+            },
+            "FileUpload": {
+                "type": "object", "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": "AVAP source, or a signed .wasm artifact (told apart by the `\\0asm` magic)."},
+                    "params": {"type": "string", "description": "JSON object: the body the script sees (`addParam`)."},
+                    "limits": {"type": "string", "description": "JSON object: per-run limits as in ExecuteRequest."},
+                    "request": {"type": "string", "description": "JSON object: method, path, query, headers as in ExecuteRequest."},
+                },
+            },
+            "AuditPage": {
+                "type": "object", "required": ["entries", "next_before"],
+                "properties": {
+                    "entries": {"type": "array", "items": schema("AuditEntry")},
+                    "next_before": {"type": "integer", "nullable": true,
+                                    "description": "Pass as `before` for the next page; null on the last page."},
+                },
+            },
+            "AuditEntry": {
+                "type": "object",
+                "required": ["id", "at", "actor", "action", "outcome"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "at": {"type": "string", "format": "date-time"},
+                    "actor": {"type": "string", "description": "API key id, or `anonymous`."},
+                    "action": {"type": "string", "enum": ["store", "delete", "rollback", "run"]},
+                    "script": {"type": "string", "nullable": true, "description": "Null for inline runs and uploads."},
+                    "version": {"type": "integer", "nullable": true},
+                    "artifact_sha256": {"type": "string", "nullable": true},
+                    "outcome": {"type": "string", "description": "`ok`, `unchanged`, or an error kind."},
+                    "request_id": {"type": "string", "nullable": true},
+                },
             },
             "StoreRequest": {
                 "type": "object", "additionalProperties": false, "required": ["name", "source"],

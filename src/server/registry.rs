@@ -4,6 +4,10 @@
 //! source with compile errors gets the 400 `CompileError` envelope (with
 //! `diagnostics`) and nothing is stored. Storing the current source again
 //! makes no new version.
+//!
+//! Every write is audited: a change commits its `audit_log` row with it
+//! (in [`store`](super::store)); a refused one (compile error, not found,
+//! unchanged) is written here afterwards with its outcome.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -14,10 +18,11 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use super::AppState;
+use super::audit;
 use super::error::ApiError;
 use super::execute::envelope_response;
 use super::extract::JsonBody;
-use super::store::{NewVersion, Put, Rollback, VersionMeta};
+use super::store::{Actor, AuditRow, NewVersion, Put, Rollback, VersionMeta};
 
 /// The body of `POST /api/v1/scripts`.
 #[derive(Debug, Deserialize)]
@@ -65,12 +70,50 @@ fn stored(name: &str, meta: &VersionMeta, unchanged: bool) -> Value {
     v
 }
 
+/// What a store request did, for the audit trail.
+enum Stored {
+    /// A new version; its audit row committed with it.
+    Created(Response),
+    /// Nothing stored: `outcome` says why (`unchanged`, `CompileError`).
+    NotStored {
+        response: Response,
+        outcome: &'static str,
+        version: Option<i64>,
+    },
+}
+
 /// `POST /api/v1/scripts`: 201 with the new version, 200 `unchanged`, or
-/// 400 with the diagnostics.
+/// 400 with the diagnostics. Every request that names a script is audited.
 pub async fn create(
     State(state): State<AppState>,
+    actor: Actor,
     JsonBody(body): JsonBody<StoreRequest>,
 ) -> Result<Response, ApiError> {
+    // An invalid name is not worth keeping (it may be anything the client sent).
+    let script = valid_name(&body.name).then(|| body.name.clone());
+    let refused = |outcome: &str, version: Option<i64>| AuditRow {
+        script: script.clone(),
+        version,
+        ..AuditRow::new(&actor, "store", outcome)
+    };
+    match store_script(&state, &actor, body).await {
+        Ok(Stored::Created(response)) => Ok(response),
+        Ok(Stored::NotStored {
+            response,
+            outcome,
+            version,
+        }) => {
+            audit::refused(&state, refused(outcome, version)).await;
+            Ok(response)
+        }
+        Err(e) => {
+            audit::refused(&state, refused(e.kind(), None)).await;
+            Err(e)
+        }
+    }
+}
+
+async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Result<Stored, ApiError> {
     check_name(&body.name)?;
     let limit = state.config().max_script_bytes;
     if body.source.len() > limit {
@@ -80,29 +123,46 @@ pub async fn create(
         });
     }
     let source_sha256 = hex::encode(Sha256::digest(body.source.as_bytes()));
+    let unchanged = |meta: &VersionMeta| Stored::NotStored {
+        response: Json(stored(&body.name, meta, true)).into_response(),
+        outcome: "unchanged",
+        version: Some(meta.version),
+    };
     if let Some(current) = state.store().current(&body.name).await?
         && current.meta.source_sha256 == source_sha256
     {
-        return Ok(Json(stored(&body.name, &current.meta, true)).into_response());
+        return Ok(unchanged(&current.meta));
     }
     let built = match state.build(&body.name, body.source.clone()).await? {
         Ok(built) => built,
-        Err(report) => return Ok(envelope_response(report)),
+        Err(report) => {
+            return Ok(Stored::NotStored {
+                response: envelope_response(report),
+                outcome: "CompileError",
+                version: None,
+            });
+        }
     };
     let artifact_sha256 = hex::encode(Sha256::digest(&built.artifact));
     let put = state
         .store()
-        .put(&NewVersion {
-            name: &body.name,
-            source: &body.source,
-            source_sha256: &source_sha256,
-            artifact: &built.artifact,
-            artifact_sha256: &artifact_sha256,
-        })
+        .put(
+            &NewVersion {
+                name: &body.name,
+                source: &body.source,
+                source_sha256: &source_sha256,
+                artifact: &built.artifact,
+                artifact_sha256: &artifact_sha256,
+            },
+            actor,
+        )
         .await?;
+    state.script_changed(&body.name);
     Ok(match put {
-        Put::Unchanged(meta) => Json(stored(&body.name, &meta, true)).into_response(),
-        Put::Created(meta) => (StatusCode::CREATED, Json(stored(&body.name, &meta, false))).into_response(),
+        Put::Unchanged(meta) => unchanged(&meta),
+        Put::Created(meta) => {
+            Stored::Created((StatusCode::CREATED, Json(stored(&body.name, &meta, false))).into_response())
+        }
     })
 }
 
@@ -131,30 +191,64 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
     })))
 }
 
-/// `DELETE /api/v1/scripts/{name}`: 204, or 404.
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if state.store().delete(&name).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::ScriptNotFound { name, version: None })
+/// `DELETE /api/v1/scripts/{name}`: 204, or 404 (audited either way).
+pub async fn delete(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let result = match state.store().delete(&name, &actor).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::ScriptNotFound {
+            name: name.clone(),
+            version: None,
+        }),
+        Err(e) => Err(ApiError::from(e)),
+    };
+    state.script_changed(&name);
+    if let Err(e) = &result {
+        let row = AuditRow {
+            script: Some(name),
+            ..AuditRow::new(&actor, "delete", e.kind())
+        };
+        audit::refused(&state, row).await;
     }
+    result
 }
 
-/// `POST /api/v1/scripts/{name}/rollback` with `{"version": N}`: make N current.
+/// `POST /api/v1/scripts/{name}/rollback` with `{"version": N}`: make N
+/// current (audited whether or not it could).
 pub async fn rollback(
     State(state): State<AppState>,
+    actor: Actor,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<RollbackRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if body.version < 1 {
+    let result = roll_back(&state, &actor, &name, body.version).await;
+    if let Err(e) = &result {
+        let row = AuditRow {
+            script: Some(name),
+            version: Some(body.version),
+            ..AuditRow::new(&actor, "rollback", e.kind())
+        };
+        audit::refused(&state, row).await;
+    }
+    result
+}
+
+async fn roll_back(state: &AppState, actor: &Actor, name: &str, version: i64) -> Result<Json<Value>, ApiError> {
+    if version < 1 {
         return Err(ApiError::invalid("`version` counts from 1"));
     }
-    match state.store().rollback(&name, body.version).await? {
-        Rollback::Done => Ok(Json(json!({"name": name, "version": body.version}))),
+    let rolled_back = state.store().rollback(name, version, actor).await?;
+    state.script_changed(name);
+    let name = name.to_owned();
+    match rolled_back {
+        Rollback::Done => Ok(Json(json!({"name": name, "version": version}))),
         Rollback::NoScript => Err(ApiError::ScriptNotFound { name, version: None }),
         Rollback::NoVersion => Err(ApiError::ScriptNotFound {
             name,
-            version: Some(body.version),
+            version: Some(version),
         }),
     }
 }

@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::audit::{self, RunRecord, RunTarget};
 use super::error::ApiError;
 use super::execute::envelope_response;
 use super::extract::{parse, read_body};
@@ -31,6 +32,8 @@ pub async fn run_stored(
     Path(path): Path<RunPath>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let actor = audit::actor_of(req.extensions());
+    let mut target = RunTarget::stored(&path.name, None);
     let method = req.method().as_str().to_owned();
     let query = req.uri().query().map(decode_pairs).unwrap_or_default();
     let headers: Vec<(String, String)> = req
@@ -44,14 +47,14 @@ pub async fn run_stored(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let (_, artifact) = state
-        .store()
-        .artifact(&path.name, None)
-        .await?
-        .ok_or(ApiError::ScriptNotFound {
+    let Some(stored) = state.stored(&path.name, None).await? else {
+        audit::record_outcome(&state, &actor, target, "ScriptNotFound".to_owned());
+        return Err(ApiError::ScriptNotFound {
             name: path.name,
             version: None,
-        })?;
+        });
+    };
+    target.resolved(stored.version, stored.module.sha256());
     let body = read_body(req, &state).await?;
     let BodyParams { json, form } = body_params(&content_type, &body)?;
     let request = ScriptRequest {
@@ -67,9 +70,11 @@ pub async fn run_stored(
         time_zone: None,
         now: None,
     };
-    let run = state.execute(Program::Stored(artifact), request, settings);
-    let report = state.metrics().run(run).await?;
-    Ok(envelope_response(report))
+    let record = RunRecord::new(&state, &actor, target);
+    let run = state.execute(Program::Loaded(stored.module), request, settings);
+    let result = state.metrics().run(run).await;
+    record.finish(&result);
+    Ok(envelope_response(result?))
 }
 
 /// The path the script sees: what follows the script name, from `/`.

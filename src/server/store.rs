@@ -1,14 +1,18 @@
 //! [`Store`]: the server's database, and all of its SQL.
 //!
 //! The embedded default is an `SQLite` file, `<data-dir>/avap.sqlite`, in WAL
-//! mode, migrated at start from `migrations/sqlite`. The SQL here is plain
-//! (no SQLite-only functions, `ON CONFLICT … DO UPDATE` upserts, timestamps
-//! written by us as RFC 3339 text) so a `PostgreSQL` backend only has to swap
-//! the `?` placeholders for `$n`.
+//! mode, migrated at start from `migrations/sqlite`. Every statement here
+//! runs unchanged on `PostgreSQL` too (its schema is `migrations/postgres`,
+//! the backend comes with issue 7): `$1, $2, …` placeholders (sqlx-sqlite
+//! binds `$N` by number; a test checks it), no SQLite-only syntax or
+//! functions, `ON CONFLICT … DO UPDATE` upserts, integers read as `i64`
+//! (`BIGINT`), artifacts as bytes (`BYTEA`), and timestamps written by us as
+//! RFC 3339 UTC text, so both backends store the same thing.
 //!
 //! Registry invariants: versions of a name count up from 1 and are never
 //! rewritten; `scripts.current_version` always names an existing version;
-//! deleting a script deletes its versions.
+//! deleting a script deletes its versions; every change commits together
+//! with its `audit_log` row.
 
 use std::path::Path;
 use std::time::Duration;
@@ -74,6 +78,71 @@ pub enum Put {
     Created(VersionMeta),
 }
 
+/// Who asked for a change or a run, for its audit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The API key id, or `anonymous`.
+    pub actor: String,
+    /// The request's `X-Request-Id`, when the server knows it.
+    pub request_id: Option<String>,
+}
+
+/// One row of the audit trail (`audit_log`, migration 0003) to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    /// RFC 3339 UTC: when it happened (not when it was written).
+    pub at: String,
+    pub actor: String,
+    /// `store`, `delete`, `rollback` or `run`.
+    pub action: &'static str,
+    /// The script's name; `None` for inline runs and uploads.
+    pub script: Option<String>,
+    pub version: Option<i64>,
+    pub artifact_sha256: Option<String>,
+    /// `ok`, `unchanged`, or the error kind of a refused write or failed run.
+    pub outcome: String,
+    pub request_id: Option<String>,
+}
+
+impl AuditRow {
+    /// A row stamped now, for `actor` doing `action` (fill in the rest).
+    pub fn new(actor: &Actor, action: &'static str, outcome: impl Into<String>) -> AuditRow {
+        AuditRow {
+            at: now(),
+            actor: actor.actor.clone(),
+            action,
+            script: None,
+            version: None,
+            artifact_sha256: None,
+            outcome: outcome.into(),
+            request_id: actor.request_id.clone(),
+        }
+    }
+}
+
+/// One row of the audit trail as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub script: Option<String>,
+    pub version: Option<i64>,
+    pub artifact_sha256: Option<String>,
+    pub outcome: String,
+    pub request_id: Option<String>,
+}
+
+/// Which rows [`Store::audit_entries`] returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub script: Option<String>,
+    /// Only rows with a smaller id (the previous page's last id).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
 /// What [`Store::rollback`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollback {
@@ -100,9 +169,13 @@ fn now() -> String {
 impl Store {
     /// Open (creating if missing) `<data_dir>/avap.sqlite` and migrate it.
     pub async fn open(data_dir: &Path) -> Result<Store> {
-        let path = data_dir.join(DATABASE_FILE);
+        Store::open_file(&data_dir.join(DATABASE_FILE)).await
+    }
+
+    /// Open (creating if missing) the `SQLite` file at `path` and migrate it.
+    pub async fn open_file(path: &Path) -> Result<Store> {
         let options = SqliteConnectOptions::new()
-            .filename(&path)
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
@@ -167,7 +240,7 @@ impl Store {
         let row: Option<(i64, String, String, String, String, String, String)> = sqlx::query_as(
             "SELECT v.version, v.source_sha256, v.artifact_sha256, v.created_at, v.source, s.created_at, s.updated_at \
              FROM scripts s JOIN script_versions v ON v.name = s.name AND v.version = s.current_version \
-             WHERE s.name = ?",
+             WHERE s.name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -187,7 +260,7 @@ impl Store {
     pub async fn versions(&self, name: &str) -> Result<Vec<VersionMeta>> {
         let rows: Vec<VersionRow> = sqlx::query_as(
             "SELECT version, source_sha256, artifact_sha256, created_at FROM script_versions \
-             WHERE name = ? ORDER BY version",
+             WHERE name = $1 ORDER BY version",
         )
         .bind(name)
         .fetch_all(&self.pool)
@@ -200,10 +273,10 @@ impl Store {
         let query = match version {
             None => sqlx::query_as(
                 "SELECT v.version, v.artifact FROM scripts s \
-                 JOIN script_versions v ON v.name = s.name AND v.version = s.current_version WHERE s.name = ?",
+                 JOIN script_versions v ON v.name = s.name AND v.version = s.current_version WHERE s.name = $1",
             )
             .bind(name),
-            Some(n) => sqlx::query_as("SELECT version, artifact FROM script_versions WHERE name = ? AND version = ?")
+            Some(n) => sqlx::query_as("SELECT version, artifact FROM script_versions WHERE name = $1 AND version = $2")
                 .bind(name)
                 .bind(n),
         };
@@ -212,13 +285,14 @@ impl Store {
 
     /// Store `new` as the next version and make it current, unless its
     /// source is already the current version's.
-    pub async fn put(&self, new: &NewVersion<'_>) -> Result<Put> {
+    /// The change and its audit row commit together.
+    pub async fn put(&self, new: &NewVersion<'_>, actor: &Actor) -> Result<Put> {
         let mut attempt = 1;
         loop {
-            match self.try_put(new).await {
+            match self.try_put(new, actor).await {
                 Err(sqlx::Error::Database(e)) if attempt < WRITE_ATTEMPTS => {
                     // Busy, or another writer took this version number: read again.
-                    eprintln!("avap serve: retrying a registry write: {e}");
+                    tracing::warn!("retrying a registry write: {e}");
                     attempt += 1;
                 }
                 other => return other.with_context(|| format!("cannot store script `{}`", new.name)),
@@ -226,12 +300,12 @@ impl Store {
         }
     }
 
-    async fn try_put(&self, new: &NewVersion<'_>) -> Result<Put, sqlx::Error> {
+    async fn try_put(&self, new: &NewVersion<'_>, actor: &Actor) -> Result<Put, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let current: Option<VersionRow> = sqlx::query_as(
             "SELECT v.version, v.source_sha256, v.artifact_sha256, v.created_at \
              FROM scripts s JOIN script_versions v ON v.name = s.name AND v.version = s.current_version \
-             WHERE s.name = ?",
+             WHERE s.name = $1",
         )
         .bind(new.name)
         .fetch_optional(&mut *tx)
@@ -241,7 +315,7 @@ impl Store {
         {
             return Ok(Put::Unchanged(version_meta(row)));
         }
-        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM script_versions WHERE name = ?")
+        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM script_versions WHERE name = $1")
             .bind(new.name)
             .fetch_one(&mut *tx)
             .await?;
@@ -250,7 +324,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO script_versions \
              (name, version, source, source_sha256, artifact, artifact_sha256, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(new.name)
         .bind(version)
@@ -262,7 +336,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO scripts (name, current_version, created_at, updated_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO scripts (name, current_version, created_at, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET current_version = excluded.current_version, updated_at = excluded.updated_at",
         )
         .bind(new.name)
@@ -271,6 +345,14 @@ impl Store {
         .bind(&at)
         .execute(&mut *tx)
         .await?;
+        let row = AuditRow {
+            script: Some(new.name.to_owned()),
+            version: Some(version),
+            artifact_sha256: Some(new.artifact_sha256.to_owned()),
+            at: at.clone(),
+            ..AuditRow::new(actor, "store", "ok")
+        };
+        insert_audit(&mut tx, &row).await?;
         tx.commit().await?;
         Ok(Put::Created(VersionMeta {
             version,
@@ -280,32 +362,52 @@ impl Store {
         }))
     }
 
-    /// Delete `name` and all its versions; `false` if there was no such script.
-    pub async fn delete(&self, name: &str) -> Result<bool> {
+    /// Delete `name` and all its versions; `false` if there was no such
+    /// script. The audit row (with the version that was current) commits
+    /// with the change.
+    pub async fn delete(&self, name: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM script_versions WHERE name = ?")
+        let current: Option<(i64, String)> = sqlx::query_as(
+            "SELECT v.version, v.artifact_sha256 FROM scripts s \
+             JOIN script_versions v ON v.name = s.name AND v.version = s.current_version WHERE s.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((version, artifact_sha256)) = current else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM script_versions WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let deleted = sqlx::query("DELETE FROM scripts WHERE name = ?")
+        let deleted = sqlx::query("DELETE FROM scripts WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let row = AuditRow {
+            script: Some(name.to_owned()),
+            version: Some(version),
+            artifact_sha256: Some(artifact_sha256),
+            ..AuditRow::new(actor, "delete", "ok")
+        };
+        insert_audit(&mut tx, &row).await?;
         tx.commit().await?;
         Ok(deleted > 0)
     }
 
-    /// Make `version` the current version of `name`.
-    pub async fn rollback(&self, name: &str, version: i64) -> Result<Rollback> {
+    /// Make `version` the current version of `name`; the audit row commits
+    /// with the change.
+    pub async fn rollback(&self, name: &str, version: i64, actor: &Actor) -> Result<Rollback> {
         let mut tx = self.pool.begin().await?;
-        let exists: Option<(i64,)> =
-            sqlx::query_as("SELECT version FROM script_versions WHERE name = ? AND version = ?")
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT artifact_sha256 FROM script_versions WHERE name = $1 AND version = $2")
                 .bind(name)
                 .bind(version)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let updated = sqlx::query("UPDATE scripts SET current_version = ?, updated_at = ? WHERE name = ?")
+        let updated = sqlx::query("UPDATE scripts SET current_version = $1, updated_at = $2 WHERE name = $3")
             .bind(version)
             .bind(now())
             .bind(name)
@@ -315,12 +417,124 @@ impl Store {
         if updated == 0 {
             return Ok(Rollback::NoScript);
         }
-        if exists.is_none() {
+        let Some((artifact_sha256,)) = exists else {
             // Dropping the transaction rolls the update back.
             return Ok(Rollback::NoVersion);
-        }
+        };
+        let row = AuditRow {
+            script: Some(name.to_owned()),
+            version: Some(version),
+            artifact_sha256: Some(artifact_sha256),
+            ..AuditRow::new(actor, "rollback", "ok")
+        };
+        insert_audit(&mut tx, &row).await?;
         tx.commit().await?;
         Ok(Rollback::Done)
+    }
+}
+
+async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, row: &AuditRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&row.at)
+    .bind(&row.actor)
+    .bind(row.action)
+    .bind(&row.script)
+    .bind(row.version)
+    .bind(&row.artifact_sha256)
+    .bind(&row.outcome)
+    .bind(&row.request_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+type AuditEntryRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+/// The audit trail (`audit_log`, migration 0003).
+impl Store {
+    /// Write `rows` in one transaction: all or none.
+    pub async fn append_audit(&self, rows: &[AuditRow]) -> Result<()> {
+        // One multi-row INSERT per chunk: a statement is a round trip to the
+        // database's worker thread, and runs arrive by the thousand.
+        const ROWS_PER_STATEMENT: usize = 64; // 8 parameters each, well under every backend's cap
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) ",
+            );
+            insert.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(&row.at)
+                    .push_bind(&row.actor)
+                    .push_bind(row.action)
+                    .push_bind(&row.script)
+                    .push_bind(row.version)
+                    .push_bind(&row.artifact_sha256)
+                    .push_bind(&row.outcome)
+                    .push_bind(&row.request_id);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit()
+            .await
+            .with_context(|| format!("cannot write {} audit rows", rows.len()))
+    }
+
+    /// Rows matching `query`, newest first.
+    pub async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut sql = String::from(
+            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id FROM audit_log",
+        );
+        let mut conditions = Vec::new();
+        if query.script.is_some() {
+            conditions.push(format!("script = ${}", conditions.len() + 1));
+        }
+        if query.before.is_some() {
+            conditions.push(format!("id < ${}", conditions.len() + 1));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT $");
+        sql.push_str(&(conditions.len() + 1).to_string());
+        let mut select = sqlx::query_as::<_, AuditEntryRow>(&sql);
+        if let Some(script) = &query.script {
+            select = select.bind(script);
+        }
+        if let Some(before) = query.before {
+            select = select.bind(before);
+        }
+        let rows = select.bind(query.limit).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, at, actor, action, script, version, artifact_sha256, outcome, request_id)| AuditEntry {
+                    id,
+                    at,
+                    actor,
+                    action,
+                    script,
+                    version,
+                    artifact_sha256,
+                    outcome,
+                    request_id,
+                },
+            )
+            .collect())
     }
 }
 
@@ -355,7 +569,7 @@ impl Store {
     /// Store a new key's hash; returns its `created_at`.
     pub async fn create_api_key(&self, id: &str, name: Option<&str>, key_hash: &str, scopes: &str) -> Result<String> {
         let at = now();
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(name)
             .bind(key_hash)
@@ -379,7 +593,7 @@ impl Store {
 
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
         let row: Option<ApiKeyRow> =
-            sqlx::query_as("SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = ?")
+            sqlx::query_as("SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -388,7 +602,7 @@ impl Store {
 
     /// Revoke `id`; `false` if there is no such key or it was already revoked.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool> {
-        let revoked = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        let revoked = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now())
             .bind(id)
             .execute(&self.pool)
@@ -412,6 +626,13 @@ mod tests {
         }
     }
 
+    fn actor() -> Actor {
+        Actor {
+            actor: "0000abcd".to_owned(),
+            request_id: Some("req-1".to_owned()),
+        }
+    }
+
     fn version(put: &Put) -> (bool, i64) {
         match put {
             Put::Created(m) => (true, m.version),
@@ -422,15 +643,27 @@ mod tests {
     #[tokio::test]
     async fn versions_count_up_and_roll_back() {
         let store = Store::in_memory().await.unwrap();
-        assert_eq!(version(&store.put(&new("s", "one", "1")).await.unwrap()), (true, 1));
-        assert_eq!(version(&store.put(&new("s", "one", "1")).await.unwrap()), (false, 1));
-        assert_eq!(version(&store.put(&new("s", "two", "2")).await.unwrap()), (true, 2));
-        assert_eq!(store.rollback("s", 1).await.unwrap(), Rollback::Done);
+        assert_eq!(
+            version(&store.put(&new("s", "one", "1"), &actor()).await.unwrap()),
+            (true, 1)
+        );
+        assert_eq!(
+            version(&store.put(&new("s", "one", "1"), &actor()).await.unwrap()),
+            (false, 1)
+        );
+        assert_eq!(
+            version(&store.put(&new("s", "two", "2"), &actor()).await.unwrap()),
+            (true, 2)
+        );
+        assert_eq!(store.rollback("s", 1, &actor()).await.unwrap(), Rollback::Done);
         assert_eq!(store.current("s").await.unwrap().unwrap().source, "one");
         // A new source after a rollback is a new version, never a rewrite.
-        assert_eq!(version(&store.put(&new("s", "three", "3")).await.unwrap()), (true, 3));
-        assert_eq!(store.rollback("s", 9).await.unwrap(), Rollback::NoVersion);
-        assert_eq!(store.rollback("nope", 1).await.unwrap(), Rollback::NoScript);
+        assert_eq!(
+            version(&store.put(&new("s", "three", "3"), &actor()).await.unwrap()),
+            (true, 3)
+        );
+        assert_eq!(store.rollback("s", 9, &actor()).await.unwrap(), Rollback::NoVersion);
+        assert_eq!(store.rollback("nope", 1, &actor()).await.unwrap(), Rollback::NoScript);
         assert_eq!(store.current("s").await.unwrap().unwrap().meta.version, 3);
         assert_eq!(store.versions("s").await.unwrap().len(), 3);
         assert_eq!(store.artifact("s", Some(2)).await.unwrap().unwrap().0, 2);
@@ -471,12 +704,87 @@ mod tests {
     #[tokio::test]
     async fn delete_removes_every_version() {
         let store = Store::in_memory().await.unwrap();
-        store.put(&new("s", "one", "1")).await.unwrap();
-        store.put(&new("s", "two", "2")).await.unwrap();
-        assert!(store.delete("s").await.unwrap());
-        assert!(!store.delete("s").await.unwrap());
+        store.put(&new("s", "one", "1"), &actor()).await.unwrap();
+        store.put(&new("s", "two", "2"), &actor()).await.unwrap();
+        assert!(store.delete("s", &actor()).await.unwrap());
+        assert!(!store.delete("s", &actor()).await.unwrap());
         assert!(store.current("s").await.unwrap().is_none());
         assert!(store.versions("s").await.unwrap().is_empty());
         assert!(store.artifact("s", Some(1)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn dollar_placeholders_bind_by_number() {
+        // The SQL is written for PostgreSQL's `$N`; SQLite must bind them by
+        // number too, not in order of appearance.
+        let store = Store::in_memory().await.unwrap();
+        let row: (String, String, String, i64) = sqlx::query_as("SELECT $2, $1, $2, $3")
+            .bind("first")
+            .bind("second")
+            .bind(3_i64)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(row, ("second".to_owned(), "first".to_owned(), "second".to_owned(), 3));
+    }
+
+    async fn audit(store: &Store, script: Option<&str>, before: Option<i64>, limit: i64) -> Vec<AuditEntry> {
+        let query = AuditQuery {
+            script: script.map(str::to_owned),
+            before,
+            limit,
+        };
+        store.audit_entries(&query).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn registry_changes_write_their_audit_rows() {
+        let store = Store::in_memory().await.unwrap();
+        store.put(&new("s", "one", "1"), &actor()).await.unwrap();
+        store.put(&new("s", "one", "1"), &actor()).await.unwrap();
+        store.put(&new("s", "two", "2"), &actor()).await.unwrap();
+        store.rollback("s", 1, &actor()).await.unwrap();
+        store.rollback("s", 9, &actor()).await.unwrap();
+        store.delete("s", &actor()).await.unwrap();
+        store.delete("s", &actor()).await.unwrap();
+        let rows = audit(&store, Some("s"), None, 100).await;
+        let seen: Vec<_> = rows.iter().map(|r| (r.action.as_str(), r.version)).collect();
+        // Newest first; unchanged stores and refused changes write nothing here.
+        assert_eq!(
+            seen,
+            [
+                ("delete", Some(1)),
+                ("rollback", Some(1)),
+                ("store", Some(2)),
+                ("store", Some(1))
+            ]
+        );
+        assert!(rows.iter().all(|r| r.actor == "0000abcd" && r.outcome == "ok"));
+        assert!(rows.iter().all(|r| r.request_id.as_deref() == Some("req-1")));
+        assert_eq!(rows[0].artifact_sha256.as_deref(), Some("a"));
+        let page = audit(&store, None, Some(rows[1].id), 2).await;
+        assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), [rows[2].id, rows[3].id]);
+        assert!(audit(&store, Some("other"), None, 100).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn appended_audit_rows_read_back() {
+        let store = Store::in_memory().await.unwrap();
+        let run = AuditRow {
+            artifact_sha256: Some("f00d".to_owned()),
+            ..AuditRow::new(&actor(), "run", "FuelExhausted")
+        };
+        store.append_audit(&[run.clone(), run]).await.unwrap();
+        let rows = audit(&store, None, None, 1).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (
+                rows[0].action.as_str(),
+                rows[0].script.as_deref(),
+                rows[0].outcome.as_str()
+            ),
+            ("run", None, "FuelExhausted")
+        );
+        assert_eq!(audit(&store, None, None, 10).await.len(), 2);
     }
 }

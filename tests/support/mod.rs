@@ -39,10 +39,15 @@ impl Server {
         Server::spawn(cmd, data_dir)
     }
 
-    pub fn spawn(mut cmd: Command, data_dir: PathBuf) -> Server {
+    pub fn spawn(cmd: Command, data_dir: PathBuf) -> Server {
+        Server::spawn_with_stderr(cmd, data_dir, Stdio::inherit())
+    }
+
+    /// As [`Server::spawn`], with the server's stderr (its log) going to `stderr`.
+    pub fn spawn_with_stderr(mut cmd: Command, data_dir: PathBuf, stderr: Stdio) -> Server {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start avap serve");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));

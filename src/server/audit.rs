@@ -1,0 +1,404 @@
+//! The audit trail: who stored, deleted, rolled back or ran which script
+//! version, when, and how it ended (`audit_log`, migration 0003).
+//!
+//! * Registry writes commit their row in the same transaction as the change
+//!   ([`Store::put`](super::store::Store::put) and friends); refused writes
+//!   are written here with [`refused`], outside any transaction.
+//! * Runs never wait on the database: [`record_run`] queues the row on a
+//!   bounded channel and a background task writes queued rows in batches
+//!   (every [`FLUSH_EVERY`] or [`BATCH_ROWS`] rows, one transaction each).
+//!   When the queue is full the row is dropped and counted in
+//!   `avap_audit_dropped_total`: auditing never slows or fails a run.
+//!   [`AuditLog::close`] writes what is queued at shutdown. A run whose
+//!   request is cancelled (client gone, request timeout) is recorded as
+//!   `Cancelled` ([`RunRecord`]).
+//! * `GET /api/v1/audit` ([`list`], admin scope) reads the rows back.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use avap_runtime::RunReport;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::Extensions;
+use axum::http::request::Parts;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::AppState;
+use super::auth::Caller;
+use super::cache::{self, Compiled, SourceHash};
+use super::error::ApiError;
+use super::request_id::RequestId;
+use super::store::{Actor, AuditQuery, AuditRow, Store};
+
+/// How many rows wait for the writer before new ones are dropped.
+const QUEUE_ROWS: usize = 4096;
+/// The most rows one write transaction holds.
+const BATCH_ROWS: usize = 256;
+/// How long a queued row waits for more to share its transaction.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Rows `GET /api/v1/audit` returns unless `limit` says otherwise, and the most it may ask.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+enum Message {
+    Row(AuditRow),
+    /// Write what is queued before this, then answer.
+    Flush(oneshot::Sender<()>),
+    /// Write everything queued, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// The queue of run rows and its writer task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    queue: mpsc::Sender<Message>,
+}
+
+impl AuditLog {
+    /// Start the writer on the current tokio runtime.
+    pub fn start(store: Store) -> Result<AuditLog> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .context("the audit log writer needs a tokio runtime (start the server inside one)")?;
+        let (queue, incoming) = mpsc::channel(QUEUE_ROWS);
+        runtime.spawn(write_batches(store, incoming));
+        Ok(AuditLog { queue })
+    }
+
+    /// Queue `row` without waiting; `false` if it was dropped (queue full, or
+    /// the log is closed).
+    pub fn record(&self, row: AuditRow) -> bool {
+        self.queue.try_send(Message::Row(row)).is_ok()
+    }
+
+    /// Wait until every row queued so far is written (or failed to write).
+    pub async fn flush(&self) {
+        self.ask(Message::Flush).await;
+    }
+
+    /// Write every queued row and stop the writer; later rows are dropped.
+    pub async fn close(&self) {
+        self.ask(Message::Close).await;
+    }
+
+    async fn ask(&self, message: impl FnOnce(oneshot::Sender<()>) -> Message) {
+        let (done, written) = oneshot::channel();
+        // A writer that is gone already wrote all it had.
+        if self.queue.send(message(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// The writer: batches rows until [`BATCH_ROWS`], [`FLUSH_EVERY`] after the
+/// first, a flush or close, or the last sender going away.
+async fn write_batches(store: Store, mut incoming: mpsc::Receiver<Message>) {
+    let mut batch: Vec<AuditRow> = Vec::with_capacity(BATCH_ROWS);
+    let mut deadline = Instant::now();
+    loop {
+        let message = if batch.is_empty() {
+            incoming.recv().await
+        } else if let Ok(message) = tokio::time::timeout_at(deadline, incoming.recv()).await {
+            message
+        } else {
+            write(&store, &mut batch).await;
+            continue;
+        };
+        match message {
+            Some(Message::Row(row)) => {
+                if batch.is_empty() {
+                    deadline = Instant::now() + FLUSH_EVERY;
+                }
+                batch.push(row);
+                if batch.len() >= BATCH_ROWS {
+                    write(&store, &mut batch).await;
+                }
+            }
+            Some(Message::Flush(done)) => {
+                write(&store, &mut batch).await;
+                let _ = done.send(());
+            }
+            Some(Message::Close(done)) => {
+                incoming.close();
+                let mut waiting = vec![done];
+                while let Some(message) = incoming.recv().await {
+                    match message {
+                        Message::Row(row) => {
+                            batch.push(row);
+                            if batch.len() >= BATCH_ROWS {
+                                write(&store, &mut batch).await;
+                            }
+                        }
+                        Message::Flush(done) | Message::Close(done) => waiting.push(done),
+                    }
+                }
+                write(&store, &mut batch).await;
+                for done in waiting {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            None => {
+                write(&store, &mut batch).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn write(store: &Store, batch: &mut Vec<AuditRow>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = store.append_audit(batch).await {
+        tracing::error!(rows = batch.len(), error = %format!("{e:#}"), "audit rows lost: cannot write them");
+    }
+    batch.clear();
+}
+
+/// Who is asking: the [`Caller`] that `auth::require_key` found (anonymous
+/// when there is none) and the request id when the request has one.
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Actor, Infallible> {
+        Ok(actor_of(&parts.extensions))
+    }
+}
+
+pub fn actor_of(extensions: &Extensions) -> Actor {
+    Actor {
+        actor: extensions.get::<Caller>().map_or("anonymous", Caller::actor).to_owned(),
+        request_id: extensions.get::<RequestId>().map(|id| id.0.clone()),
+    }
+}
+
+/// Write the row of a refused registry write (compile error, not found, …)
+/// now; a failure to write it is logged, never the client's problem.
+pub async fn refused(state: &AppState, row: AuditRow) {
+    if let Err(e) = state.store().append_audit(std::slice::from_ref(&row)).await {
+        tracing::error!(action = row.action, error = %format!("{e:#}"), "cannot write an audit row");
+    }
+}
+
+/// What a run ran, as far as is known before it starts.
+#[derive(Debug, Default)]
+pub struct RunTarget {
+    /// The stored script's name; `None` for inline runs and uploads.
+    pub script: Option<String>,
+    pub version: Option<i64>,
+    pub artifact_sha256: Option<String>,
+    /// An inline source: its artifact comes from the compile cache after the run.
+    inline_source: Option<SourceHash>,
+}
+
+impl RunTarget {
+    pub fn stored(name: &str, version: Option<i64>) -> RunTarget {
+        RunTarget {
+            script: Some(name.to_owned()),
+            version,
+            ..RunTarget::default()
+        }
+    }
+
+    pub fn inline(source: &str) -> RunTarget {
+        RunTarget {
+            inline_source: Some(cache::source_hash(source)),
+            ..RunTarget::default()
+        }
+    }
+
+    pub fn artifact(sha256: String) -> RunTarget {
+        RunTarget {
+            artifact_sha256: Some(sha256),
+            ..RunTarget::default()
+        }
+    }
+
+    /// The version that actually ran, once resolved.
+    pub fn resolved(&mut self, version: i64, artifact_sha256: &str) {
+        self.version = Some(version);
+        self.artifact_sha256 = Some(artifact_sha256.to_owned());
+    }
+}
+
+/// The outcome of a run whose request ended first (client gone, request
+/// timeout): dropping the request's future cancels the run.
+pub const CANCELLED: &str = "Cancelled";
+
+/// A run's audit row in the making: [`RunRecord::finish`] queues it with
+/// the run's outcome; dropped unfinished (the request was cancelled), it
+/// queues it as [`CANCELLED`], so no run goes unrecorded.
+#[derive(Debug)]
+pub struct RunRecord<'a> {
+    state: &'a AppState,
+    actor: &'a Actor,
+    /// What ran; the run fills in the version it resolved to.
+    pub target: RunTarget,
+    finished: bool,
+}
+
+impl<'a> RunRecord<'a> {
+    pub fn new(state: &'a AppState, actor: &'a Actor, target: RunTarget) -> RunRecord<'a> {
+        RunRecord {
+            state,
+            actor,
+            target,
+            finished: false,
+        }
+    }
+
+    pub fn finish(mut self, result: &Result<RunReport, ApiError>) {
+        self.finished = true;
+        record_run(self.state, self.actor, std::mem::take(&mut self.target), result);
+    }
+}
+
+impl Drop for RunRecord<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let target = std::mem::take(&mut self.target);
+            record_outcome(self.state, self.actor, target, CANCELLED.to_owned());
+        }
+    }
+}
+
+/// `ok`, or the kind of the run's error (envelope or API error).
+pub fn outcome(result: &Result<RunReport, ApiError>) -> String {
+    match result {
+        Ok(report) => report.envelope["error"]["kind"].as_str().unwrap_or("ok").to_owned(),
+        Err(e) => e.kind().to_owned(),
+    }
+}
+
+/// Queue the row of a finished run; never waits.
+pub fn record_run(state: &AppState, actor: &Actor, target: RunTarget, result: &Result<RunReport, ApiError>) {
+    record_outcome(state, actor, target, outcome(result));
+}
+
+/// Queue the row of a run that ended with `outcome`; never waits.
+pub fn record_outcome(state: &AppState, actor: &Actor, target: RunTarget, outcome: String) {
+    let artifact_sha256 = target.artifact_sha256.or_else(|| {
+        // The compile cache holds the module an inline run just used (unless
+        // it was a compile error, or was evicted meanwhile).
+        let hash = target.inline_source?;
+        match state.shared.scripts.get(&hash)? {
+            Compiled::Module(module) => Some(module.sha256().to_owned()),
+            Compiled::CompileError(_) => None,
+        }
+    });
+    let row = AuditRow {
+        script: target.script,
+        version: target.version,
+        artifact_sha256,
+        ..AuditRow::new(actor, "run", outcome)
+    };
+    if !state.audit().record(row) {
+        state.metrics().audit_dropped();
+    }
+}
+
+/// The query of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    script: Option<String>,
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// `GET /api/v1/audit?script=NAME&limit=N&before=ID`: queued rows are
+/// written first, then the rows are returned newest first,
+/// `{"entries": [...], "next_before": ID|null}` (pass `next_before` as
+/// `before` for the next page).
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "`limit` must be 1 to {MAX_LIMIT}, not {limit}"
+        )));
+    }
+    let query = AuditQuery {
+        script: params.script,
+        before: params.before,
+        limit,
+    };
+    // Read what was run until now, not what the writer's timer got to.
+    state.audit().flush().await;
+    let entries = state.store().audit_entries(&query).await?;
+    let full_page = i64::try_from(entries.len()).is_ok_and(|n| n == limit);
+    let next_before = entries.last().filter(|_| full_page).map(|e| e.id);
+    Ok(Json(json!({"entries": entries, "next_before": next_before})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(outcome: &str) -> AuditRow {
+        let actor = Actor {
+            actor: "anonymous".to_owned(),
+            request_id: None,
+        };
+        AuditRow::new(&actor, "run", outcome)
+    }
+
+    async fn count(store: &Store) -> usize {
+        let query = AuditQuery {
+            limit: MAX_LIMIT,
+            ..AuditQuery::default()
+        };
+        store.audit_entries(&query).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn rows_are_written_in_batches_and_on_flush() {
+        let store = Store::in_memory().await.unwrap();
+        let log = AuditLog::start(store.clone()).unwrap();
+        for _ in 0..BATCH_ROWS + 3 {
+            assert!(log.record(row("ok")));
+        }
+        log.flush().await;
+        assert_eq!(count(&store).await, BATCH_ROWS + 3);
+        // Without a flush, the timer writes a lone row.
+        assert!(log.record(row("TimeLimit")));
+        tokio::time::sleep(FLUSH_EVERY * 3).await;
+        assert_eq!(count(&store).await, BATCH_ROWS + 4);
+    }
+
+    #[tokio::test]
+    async fn close_writes_what_is_queued_and_later_rows_are_dropped() {
+        let store = Store::in_memory().await.unwrap();
+        let log = AuditLog::start(store.clone()).unwrap();
+        assert!(log.record(row("ok")));
+        log.close().await;
+        assert_eq!(count(&store).await, 1);
+        assert!(!log.record(row("ok")), "a closed log takes no rows");
+        log.flush().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_rows_instead_of_waiting() {
+        // On this single-threaded test runtime the writer cannot run while
+        // we queue, as if the database had stalled.
+        let store = Store::in_memory().await.unwrap();
+        let log = AuditLog::start(store.clone()).unwrap();
+        let accepted = (0..QUEUE_ROWS * 2).filter(|_| log.record(row("ok"))).count();
+        assert_eq!(accepted, QUEUE_ROWS);
+        log.flush().await;
+        assert_eq!(
+            count(&store).await,
+            usize::try_from(MAX_LIMIT).unwrap(),
+            "the first page of what was kept"
+        );
+    }
+}

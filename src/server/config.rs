@@ -1,0 +1,1043 @@
+//! The configuration of `avap serve`, in layers: built-in defaults, then a
+//! TOML file, then `AVAP_<KEY>` environment variables, then command-line
+//! flags; each layer wins over the ones before it. [`resolve`] reads and
+//! validates them once at start; [`Resolved::to_toml`] is `--print-config`.
+//!
+//! One key set serves the file, the environment and `--print-config`: the
+//! fields of [`Settings`]. In the environment a nested key joins its table
+//! and name with `_` (`[limits] fuel` is `AVAP_LIMITS_FUEL`) and a list is
+//! comma-separated (`AVAP_CORS_ORIGINS=https://a.example,https://b.example`).
+//! Unknown keys and variables are errors, so a typo never silently falls
+//! back to a default.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use avap_runtime::{CapabilityPolicy, Limits};
+use serde::{Deserialize, Serialize};
+
+use super::{ServerConfig, auth, protect, store};
+use crate::cli::ServeArgs;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Variables with our prefix that belong to other tools (the test suites), not to the server.
+const FOREIGN_VARS: [&str; 1] = ["AVAP_CONFORMANCE_DIR"];
+
+const ENV_PREFIX: &str = "AVAP_";
+
+/// The longest time any setting may name, in milliseconds.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A configuration problem; the message names the key and where its value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn problem(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON lines when stderr is not a terminal, text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+/// The least severe log events written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn level(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// The effective configuration: every key with its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// `ADDRESS:PORT` to listen on (port 0 picks a free one).
+    pub listen: String,
+    /// The embedded database (unless `database_url` names another) and the server key.
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH` or a bare path; `postgres://…` is refused until the scale-out work.
+    pub database_url: String,
+    /// Let requests without an API key in even on a non-loopback address.
+    pub allow_anonymous: bool,
+    /// Require an API key even on a loopback address.
+    pub require_api_key: bool,
+    /// Requests per second per client (API key, else IP); 0 turns rate limiting off.
+    pub rate_limit: u32,
+    /// Requests a client may send at once before the rate applies.
+    pub rate_burst: u32,
+    /// The outer time limit of a request (504 after it; 0 = none).
+    pub request_timeout_ms: u64,
+    /// Origins allowed to call the API from a browser (CORS).
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_script_bytes: usize,
+    /// Requests compiling or running at once.
+    pub max_concurrent_runs: usize,
+    /// How long a request waits for a run slot before 503.
+    pub queue_wait_ms: u64,
+    /// Compiled inline scripts kept.
+    pub cache_entries: usize,
+    /// Capability classes scripts may not use (refused at load with 403).
+    pub deny_capabilities: Vec<String>,
+    pub log_format: LogFormat,
+    pub log_level: LogLevel,
+    /// The most one run may use; also what a run gets when it asks for nothing.
+    pub limits: LimitSettings,
+}
+
+/// `[limits]`: the server's per-run maximums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LimitSettings {
+    pub fuel: u64,
+    pub time_ms: u64,
+    pub memory_mb: u64,
+    pub stack_kb: u64,
+    pub output_kb: u64,
+}
+
+/// One layer (file, environment or flags): only the keys it sets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layer {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    allow_anonymous: Option<bool>,
+    require_api_key: Option<bool>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+    request_timeout_ms: Option<u64>,
+    cors_origins: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+    max_script_bytes: Option<usize>,
+    max_concurrent_runs: Option<usize>,
+    queue_wait_ms: Option<u64>,
+    cache_entries: Option<usize>,
+    deny_capabilities: Option<Vec<String>>,
+    log_format: Option<LogFormat>,
+    log_level: Option<LogLevel>,
+    limits: Option<LimitLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitLayer {
+    fuel: Option<u64>,
+    time_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    stack_kb: Option<u64>,
+    output_kb: Option<u64>,
+}
+
+/// Where a key's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+/// The settings with the origin of every value.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub settings: Settings,
+    sources: BTreeMap<&'static str, Source>,
+    /// The config file read, if any.
+    file: Option<PathBuf>,
+    /// The line of each key set in that file (`limits.fuel` for `[limits] fuel`).
+    file_lines: BTreeMap<String, usize>,
+}
+
+/// Read the file, the environment and the flags of `avap serve` and validate the result.
+pub fn resolve(args: &ServeArgs) -> Result<Resolved, ConfigError> {
+    let file = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => default_config_file().filter(|path| path.is_file()),
+    };
+    let (file_layer, file_lines) = match &file {
+        Some(path) => read_file(path)?,
+        None => (Layer::default(), BTreeMap::new()),
+    };
+    let env_layer = env_layer(std::env::vars_os())?;
+    let mut resolved = Resolved::from_layers(&flag_layer(args), &env_layer, &file_layer, file, || {
+        super::default_data_dir().map_err(|e| problem(format!("{e:#}")))
+    })?;
+    resolved.file_lines = file_lines;
+    resolved.validate()?;
+    Ok(resolved)
+}
+
+/// `$XDG_CONFIG_HOME/avap/config.toml`, else `~/.config/avap/config.toml`.
+pub fn default_config_file() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".config"))
+    };
+    Some(xdg.or_else(home)?.join("avap/config.toml"))
+}
+
+/// The file's keys, and the line each is set on.
+fn read_file(path: &Path) -> Result<(Layer, BTreeMap<String, usize>), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| problem(format!("cannot read the config file {}: {e}", path.display())))?;
+    Ok((parse_file(path, &text)?, key_lines(&text)))
+}
+
+/// `dotted.key → line` of every value in a (valid) TOML text.
+fn key_lines(text: &str) -> BTreeMap<String, usize> {
+    fn walk(prefix: &str, table: &toml::de::DeTable<'_>, text: &str, out: &mut BTreeMap<String, usize>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            match value.get_ref() {
+                toml::de::DeValue::Table(sub) => walk(&path, sub, text, out),
+                _ => {
+                    out.insert(path, line_of(text, key.span().start));
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(table) = toml::de::DeTable::parse(text) {
+        walk("", table.get_ref(), text, &mut out);
+    }
+    out
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| format!(" line {}", line_of(text, span.start)))
+            .unwrap_or_default();
+        problem(format!("{}{line}: {}", path.display(), e.message().trim()))
+    })
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// The flags given on the command line (a flag left out sets nothing).
+fn flag_layer(args: &ServeArgs) -> Layer {
+    // Either access flag settles both keys, so it beats the file and the environment.
+    let access = args.allow_anonymous || args.require_api_key;
+    Layer {
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
+        allow_anonymous: access.then_some(args.allow_anonymous),
+        require_api_key: access.then_some(args.require_api_key),
+        rate_limit: args.rate_limit,
+        rate_burst: args.rate_burst,
+        request_timeout_ms: args.request_timeout_ms,
+        cors_origins: (!args.cors_origin.is_empty()).then(|| args.cors_origin.clone()),
+        ..Layer::default()
+    }
+}
+
+/// The kind of value a key holds, which says how its variable's text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Integer,
+    Boolean,
+    List,
+}
+
+/// Every key as `(path, kind)`, from the serialized defaults, so the
+/// environment cannot drift from [`Settings`].
+fn keys() -> Vec<(Vec<String>, Kind)> {
+    fn walk(prefix: &[String], table: &toml::Table, out: &mut Vec<(Vec<String>, Kind)>) {
+        for (name, value) in table {
+            let mut path = prefix.to_vec();
+            path.push(name.clone());
+            let kind = match value {
+                toml::Value::Table(sub) => {
+                    walk(&path, sub, out);
+                    continue;
+                }
+                toml::Value::Integer(_) => Kind::Integer,
+                toml::Value::Boolean(_) => Kind::Boolean,
+                toml::Value::Array(_) => Kind::List,
+                _ => Kind::Text,
+            };
+            out.push((path, kind));
+        }
+    }
+    let template = Settings::defaults(PathBuf::from("/"));
+    let table = toml::Table::try_from(&template).expect("the default settings serialize to TOML");
+    let mut out = Vec::new();
+    walk(&[], &table, &mut out);
+    out
+}
+
+/// `AVAP_LIMITS_FUEL` for `["limits", "fuel"]`.
+fn env_name(path: &[impl AsRef<str>]) -> String {
+    let joined: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+    format!("{ENV_PREFIX}{}", joined.join("_").to_ascii_uppercase())
+}
+
+/// The `AVAP_*` variables among `vars`.
+fn env_layer(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Layer, ConfigError> {
+    let keys = keys();
+    let mut table = toml::Table::new();
+    for (name, value) in vars {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(ENV_PREFIX) || FOREIGN_VARS.contains(&name) {
+            continue;
+        }
+        let Some((path, kind)) = keys.iter().find(|(path, _)| env_name(path) == name) else {
+            let known: Vec<String> = keys.iter().map(|(path, _)| env_name(path)).collect();
+            return Err(problem(format!(
+                "unknown environment variable {name}; the server reads {}",
+                known.join(", ")
+            )));
+        };
+        let value = value
+            .to_str()
+            .ok_or_else(|| problem(format!("environment variable {name}: the value is not UTF-8")))?;
+        let value = env_value(name, value, *kind)?;
+        // Each variable is checked alone first, so a wrong type names it.
+        let alone = nested(path, value.clone());
+        toml::Value::Table(alone.clone())
+            .try_into::<Layer>()
+            .map_err(|e| problem(format!("environment variable {name}: {}", e.message().trim())))?;
+        merge_into(&mut table, alone);
+    }
+    toml::Value::Table(table)
+        .try_into::<Layer>()
+        .map_err(|e| problem(format!("environment variables: {}", e.message().trim())))
+}
+
+/// A variable's text as a value of `kind`.
+fn env_value(name: &str, text: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
+    Ok(match kind {
+        Kind::Text => toml::Value::String(text.to_owned()),
+        Kind::Integer => toml::Value::Integer(
+            text.trim()
+                .parse()
+                .map_err(|_| problem(format!("environment variable {name}: `{text}` is not a whole number")))?,
+        ),
+        Kind::Boolean => toml::Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(problem(format!(
+                    "environment variable {name}: `{text}` is not true or false"
+                )));
+            }
+        }),
+        Kind::List => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+/// `{"limits": {"fuel": value}}` for `["limits", "fuel"]`.
+fn nested(path: &[String], value: toml::Value) -> toml::Table {
+    let (last, parents) = path.split_last().expect("a key has a name");
+    let mut table = toml::Table::new();
+    table.insert(last.clone(), value);
+    for parent in parents.iter().rev() {
+        let mut outer = toml::Table::new();
+        outer.insert(parent.clone(), toml::Value::Table(table));
+        table = outer;
+    }
+    table
+}
+
+fn merge_into(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(more)) => merge_into(inner, more),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// The built-in defaults, with the database in `data_dir`.
+    pub fn defaults(data_dir: PathBuf) -> Settings {
+        let server = ServerConfig::for_this_machine();
+        let protect = protect::ProtectConfig::default();
+        Settings {
+            listen: DEFAULT_LISTEN.to_owned(),
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            allow_anonymous: false,
+            require_api_key: false,
+            rate_limit: protect.rate_limit,
+            rate_burst: protect.rate_burst,
+            request_timeout_ms: millis(protect.request_timeout),
+            cors_origins: protect.cors_origins,
+            max_body_bytes: server.max_body_bytes,
+            max_script_bytes: server.max_script_bytes,
+            max_concurrent_runs: server.max_concurrent_runs,
+            queue_wait_ms: millis(server.queue_wait),
+            cache_entries: server.cache_entries,
+            deny_capabilities: Vec::new(),
+            log_format: LogFormat::Auto,
+            log_level: LogLevel::Info,
+            limits: LimitSettings {
+                fuel: server.limits.fuel,
+                time_ms: server.limits.time_ms,
+                memory_mb: server.limits.memory_bytes >> 20,
+                stack_kb: server.limits.stack_bytes >> 10,
+                output_kb: server.limits.output_bytes >> 10,
+            },
+        }
+    }
+
+    /// The server's settings; call after [`Resolved::validate`].
+    pub fn server_config(&self) -> ServerConfig {
+        let policy = self
+            .deny_capabilities
+            .iter()
+            .filter_map(|name| CapabilityPolicy::class_by_name(name))
+            .fold(CapabilityPolicy::allow_all(), CapabilityPolicy::deny);
+        let l = self.limits;
+        // Field by field, so keys added to `ServerConfig` later keep their defaults.
+        let mut config = ServerConfig::for_this_machine();
+        config.limits = Limits {
+            fuel: l.fuel,
+            time_ms: l.time_ms,
+            memory_bytes: l.memory_mb << 20,
+            stack_bytes: l.stack_kb << 10,
+            output_bytes: l.output_kb << 10,
+        };
+        config.max_body_bytes = self.max_body_bytes;
+        config.max_script_bytes = self.max_script_bytes;
+        config.max_concurrent_runs = self.max_concurrent_runs;
+        config.queue_wait = Duration::from_millis(self.queue_wait_ms);
+        config.cache_entries = self.cache_entries;
+        config.policy = policy;
+        config.allow_anonymous = auth::anonymous_allowed(self);
+        config.protect = protect::ProtectConfig {
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            cors_origins: self.cors_origins.clone(),
+        };
+        config
+    }
+
+    /// The `SQLite` file `database_url` names, or why the server cannot use it.
+    pub fn sqlite_file(&self) -> Result<PathBuf, ConfigError> {
+        match database_kind(&self.database_url) {
+            DatabaseKind::Sqlite(path) => Ok(path),
+            DatabaseKind::Postgres => Err(problem(format!(
+                "database_url {}: PostgreSQL support arrives with the scale-out work; \
+                 for now use a `sqlite:PATH` URL, or leave database_url unset for {}",
+                redact_url(&self.database_url),
+                self.data_dir.join(store::DATABASE_FILE).display()
+            ))),
+            DatabaseKind::Unsupported(why) => Err(problem(format!(
+                "database_url {}: {why}",
+                redact_url(&self.database_url)
+            ))),
+        }
+    }
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite:{}", data_dir.join(store::DATABASE_FILE).display())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+enum DatabaseKind {
+    Sqlite(PathBuf),
+    Postgres,
+    Unsupported(String),
+}
+
+/// `sqlite:PATH`, `sqlite://PATH` or a bare path; `postgres://` or `postgresql://`.
+fn database_kind(url: &str) -> DatabaseKind {
+    let Some((scheme, rest)) = url.split_once(':').filter(|(scheme, _)| {
+        // A Windows-style `C:\…` or a bare path is not a URL scheme.
+        scheme.len() > 1 && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+')
+    }) else {
+        return sqlite_path(url);
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => sqlite_path(rest.strip_prefix("//").unwrap_or(rest)),
+        "postgres" | "postgresql" => DatabaseKind::Postgres,
+        other => DatabaseKind::Unsupported(format!(
+            "unsupported database `{other}`; use `sqlite:PATH` (PostgreSQL arrives with the scale-out work)"
+        )),
+    }
+}
+
+fn sqlite_path(path: &str) -> DatabaseKind {
+    if path.is_empty() {
+        DatabaseKind::Unsupported("no file named; use `sqlite:PATH`".to_owned())
+    } else if path.contains('?') || path == ":memory:" {
+        DatabaseKind::Unsupported(
+            "URL options and in-memory databases are not supported; name a file, as in `sqlite:/var/lib/avap/avap.sqlite`"
+                .to_owned(),
+        )
+    } else {
+        DatabaseKind::Sqlite(PathBuf::from(path))
+    }
+}
+
+/// `scheme://user:***@host/…`: the password of a URL hidden.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Picks each key's value from the first layer that sets it and notes where it came from.
+struct Picker<'a> {
+    layers: [(Source, &'a Layer); 3],
+    sources: BTreeMap<&'static str, Source>,
+}
+
+impl Picker<'_> {
+    fn pick<T>(&mut self, key: &'static str, get: impl Fn(&Layer) -> Option<T>) -> Option<T> {
+        for (source, layer) in self.layers {
+            if let Some(value) = get(layer) {
+                self.sources.insert(key, source);
+                return Some(value);
+            }
+        }
+        self.sources.insert(key, Source::Default);
+        None
+    }
+}
+
+impl Resolved {
+    fn from_layers(
+        flags: &Layer,
+        env: &Layer,
+        file: &Layer,
+        file_path: Option<PathBuf>,
+        default_data_dir: impl FnOnce() -> Result<PathBuf, ConfigError>,
+    ) -> Result<Resolved, ConfigError> {
+        let mut p = Picker {
+            layers: [(Source::Flag, flags), (Source::Env, env), (Source::File, file)],
+            sources: BTreeMap::new(),
+        };
+        let data_dir = match p.pick("data_dir", |l| l.data_dir.clone()) {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        let d = Settings::defaults(data_dir);
+        let limit = |get: fn(&LimitLayer) -> Option<u64>| move |l: &Layer| l.limits.as_ref().and_then(get);
+        let settings = Settings {
+            listen: p.pick("listen", |l| l.listen.clone()).unwrap_or(d.listen),
+            database_url: p
+                .pick("database_url", |l| l.database_url.clone())
+                .unwrap_or(d.database_url),
+            data_dir: d.data_dir,
+            allow_anonymous: p
+                .pick("allow_anonymous", |l| l.allow_anonymous)
+                .unwrap_or(d.allow_anonymous),
+            require_api_key: p
+                .pick("require_api_key", |l| l.require_api_key)
+                .unwrap_or(d.require_api_key),
+            rate_limit: p.pick("rate_limit", |l| l.rate_limit).unwrap_or(d.rate_limit),
+            rate_burst: p.pick("rate_burst", |l| l.rate_burst).unwrap_or(d.rate_burst),
+            request_timeout_ms: p
+                .pick("request_timeout_ms", |l| l.request_timeout_ms)
+                .unwrap_or(d.request_timeout_ms),
+            cors_origins: p
+                .pick("cors_origins", |l| l.cors_origins.clone())
+                .unwrap_or(d.cors_origins),
+            max_body_bytes: p
+                .pick("max_body_bytes", |l| l.max_body_bytes)
+                .unwrap_or(d.max_body_bytes),
+            max_script_bytes: p
+                .pick("max_script_bytes", |l| l.max_script_bytes)
+                .unwrap_or(d.max_script_bytes),
+            max_concurrent_runs: p
+                .pick("max_concurrent_runs", |l| l.max_concurrent_runs)
+                .unwrap_or(d.max_concurrent_runs),
+            queue_wait_ms: p.pick("queue_wait_ms", |l| l.queue_wait_ms).unwrap_or(d.queue_wait_ms),
+            cache_entries: p.pick("cache_entries", |l| l.cache_entries).unwrap_or(d.cache_entries),
+            deny_capabilities: p
+                .pick("deny_capabilities", |l| l.deny_capabilities.clone())
+                .unwrap_or(d.deny_capabilities),
+            log_format: p.pick("log_format", |l| l.log_format).unwrap_or(d.log_format),
+            log_level: p.pick("log_level", |l| l.log_level).unwrap_or(d.log_level),
+            limits: LimitSettings {
+                fuel: p.pick("limits.fuel", limit(|l| l.fuel)).unwrap_or(d.limits.fuel),
+                time_ms: p
+                    .pick("limits.time_ms", limit(|l| l.time_ms))
+                    .unwrap_or(d.limits.time_ms),
+                memory_mb: p
+                    .pick("limits.memory_mb", limit(|l| l.memory_mb))
+                    .unwrap_or(d.limits.memory_mb),
+                stack_kb: p
+                    .pick("limits.stack_kb", limit(|l| l.stack_kb))
+                    .unwrap_or(d.limits.stack_kb),
+                output_kb: p
+                    .pick("limits.output_kb", limit(|l| l.output_kb))
+                    .unwrap_or(d.limits.output_kb),
+            },
+        };
+        Ok(Resolved {
+            settings,
+            sources: p.sources,
+            file: file_path,
+            file_lines: BTreeMap::new(),
+        })
+    }
+
+    /// Where `key`'s value came from, in words.
+    fn origin(&self, key: &str) -> String {
+        match self.sources.get(key).copied().unwrap_or(Source::Default) {
+            Source::Default => "default".to_owned(),
+            Source::File => {
+                let path = self
+                    .file
+                    .as_ref()
+                    .map(|p| format!(" {}", p.display()))
+                    .unwrap_or_default();
+                let line = self
+                    .file_lines
+                    .get(key)
+                    .map(|n| format!(" line {n}"))
+                    .unwrap_or_default();
+                format!("file{path}{line}")
+            }
+            Source::Env => format!("environment variable {}", env_name(&key.split('.').collect::<Vec<_>>())),
+            Source::Flag => format!("flag --{}", flag_name(key)),
+        }
+    }
+
+    /// `key = value (from …): what is wrong`.
+    fn invalid(&self, key: &str, value: impl fmt::Display, why: &str) -> ConfigError {
+        problem(format!("{key} = {value} (from {}): {why}", self.origin(key)))
+    }
+
+    /// Values every layer could set but the server cannot use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        let in_range = |key: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(self.invalid(key, value, &format!("must be between {min} and {max}")))
+            }
+        };
+        if !valid_listen(&s.listen) {
+            return Err(self.invalid(
+                "listen",
+                format_args!("{:?}", s.listen),
+                "not an ADDRESS:PORT, such as 127.0.0.1:8080 or [::]:8080",
+            ));
+        }
+        if let DatabaseKind::Unsupported(why) = database_kind(&s.database_url) {
+            return Err(self.invalid("database_url", format_args!("{:?}", redact_url(&s.database_url)), &why));
+        }
+        if s.allow_anonymous && s.require_api_key {
+            return Err(problem(format!(
+                "allow_anonymous (from {}) and require_api_key (from {}) are both on; turn one off",
+                self.origin("allow_anonymous"),
+                self.origin("require_api_key")
+            )));
+        }
+        in_range("rate_burst", u64::from(s.rate_burst), 1, u64::from(u32::MAX))?;
+        in_range("request_timeout_ms", s.request_timeout_ms, 0, DAY_MS)?;
+        in_range("queue_wait_ms", s.queue_wait_ms, 0, DAY_MS)?;
+        for origin in &s.cors_origins {
+            let bare = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if bare.is_none_or(|host| host.is_empty() || host.contains('/')) {
+                return Err(self.invalid(
+                    "cors_origins",
+                    format_args!("{origin:?}"),
+                    "an origin is `http(s)://HOST[:PORT]`, without a path or a trailing slash",
+                ));
+            }
+        }
+        in_range("max_body_bytes", to_u64(s.max_body_bytes), 1, 1 << 30)?;
+        in_range("max_script_bytes", to_u64(s.max_script_bytes), 1, 1 << 30)?;
+        in_range("max_concurrent_runs", to_u64(s.max_concurrent_runs), 1, 1024)?;
+        in_range("cache_entries", to_u64(s.cache_entries), 1, 1 << 20)?;
+        for name in &s.deny_capabilities {
+            if CapabilityPolicy::class_by_name(name).is_none() {
+                let classes: Vec<&str> = avap_hostfns::Capability::ALL.iter().map(|c| c.as_str()).collect();
+                return Err(self.invalid(
+                    "deny_capabilities",
+                    format_args!("{name:?}"),
+                    &format!("not a capability class; the classes are {}", classes.join(", ")),
+                ));
+            }
+        }
+        let l = s.limits;
+        in_range("limits.fuel", l.fuel, 1, u64::MAX >> 1)?;
+        in_range("limits.time_ms", l.time_ms, 1, DAY_MS)?;
+        in_range("limits.memory_mb", l.memory_mb, 1, 1 << 20)?;
+        in_range("limits.stack_kb", l.stack_kb, 1, 1 << 20)?;
+        in_range("limits.output_kb", l.output_kb, 1, 1 << 20)?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, each key with its origin, the
+    /// database password hidden.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let mut table = toml::Table::try_from(&self.settings)
+            .map_err(|e| problem(format!("cannot show the configuration: {e}")))?;
+        if let Some(toml::Value::String(url)) = table.get_mut("database_url") {
+            *url = redact_url(url);
+        }
+        let mut out = String::from(
+            "# The effective configuration of `avap serve`; each comment says where the value came from.\n",
+        );
+        let mut sections = Vec::new();
+        for (key, value) in &table {
+            match value {
+                toml::Value::Table(section) => sections.push((key, section)),
+                value => self.write_key(&mut out, key, key, value),
+            }
+        }
+        for (name, section) in sections {
+            let _ = write!(out, "\n[{name}]\n");
+            for (key, value) in section {
+                self.write_key(&mut out, &format!("{name}.{key}"), key, value);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_key(&self, out: &mut String, path: &str, key: &str, value: &toml::Value) {
+        let _ = writeln!(out, "{key} = {value}  # {}", self.origin(path));
+    }
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The flag that sets `key` (most are the key with dashes).
+fn flag_name(key: &str) -> String {
+    match key {
+        "cors_origins" => "cors-origin".to_owned(),
+        other => other.replace('_', "-"),
+    }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`.
+fn valid_listen(listen: &str) -> bool {
+    if listen.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Layer {
+        parse_file(Path::new("avap.toml"), text).expect("a valid file")
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Result<Layer, ConfigError> {
+        env_layer(vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))))
+    }
+
+    fn resolved(flags: &Layer, env: &Layer, file: &Layer) -> Resolved {
+        let r = Resolved::from_layers(flags, env, file, Some(PathBuf::from("avap.toml")), || {
+            Ok(PathBuf::from("/data"))
+        })
+        .expect("resolves");
+        r.validate().expect("valid");
+        r
+    }
+
+    fn invalid(file_text: &str) -> String {
+        let r = Resolved::from_layers(&Layer::default(), &Layer::default(), &file(file_text), None, || {
+            Ok(PathBuf::from("/data"))
+        })
+        .expect("resolves");
+        r.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let file = file("rate_limit = 1\nrate_burst = 2\nqueue_wait_ms = 3\n[limits]\nfuel = 4\n");
+        let env = env(&[("AVAP_RATE_BURST", "20"), ("AVAP_QUEUE_WAIT_MS", "30")]).unwrap();
+        let flags = Layer {
+            queue_wait_ms: Some(300),
+            ..Layer::default()
+        };
+        let r = resolved(&flags, &env, &file);
+        let s = &r.settings;
+        assert_eq!(
+            (s.rate_limit, s.rate_burst, s.queue_wait_ms, s.limits.fuel),
+            (1, 20, 300, 4)
+        );
+        assert_eq!(s.limits.time_ms, ServerConfig::LIMITS.time_ms);
+        assert_eq!(r.origin("rate_limit"), "file avap.toml");
+        assert_eq!(r.origin("rate_burst"), "environment variable AVAP_RATE_BURST");
+        assert_eq!(r.origin("queue_wait_ms"), "flag --queue-wait-ms");
+        assert_eq!(r.origin("limits.time_ms"), "default");
+        assert_eq!(s.data_dir, PathBuf::from("/data"));
+        assert_eq!(s.database_url, "sqlite:/data/avap.sqlite");
+    }
+
+    #[test]
+    fn environment_variables_follow_the_key_names() {
+        let layer = env(&[
+            ("AVAP_LIMITS_FUEL", "77"),
+            ("AVAP_CORS_ORIGINS", "https://a.example, https://b.example"),
+            ("AVAP_REQUIRE_API_KEY", "yes"),
+            ("AVAP_LOG_FORMAT", "json"),
+            ("AVAP_CONFORMANCE_DIR", "/not/ours"),
+            ("PATH", "/bin"),
+        ])
+        .unwrap();
+        let r = resolved(&Layer::default(), &layer, &Layer::default());
+        assert_eq!(r.settings.limits.fuel, 77);
+        assert_eq!(r.settings.cors_origins, ["https://a.example", "https://b.example"]);
+        assert!(r.settings.require_api_key);
+        assert_eq!(r.settings.log_format, LogFormat::Json);
+        assert_eq!(r.origin("limits.fuel"), "environment variable AVAP_LIMITS_FUEL");
+    }
+
+    #[test]
+    fn bad_environment_variables_are_named() {
+        let err = |vars: &[(&str, &str)]| env(vars).unwrap_err().to_string();
+        let unknown = err(&[("AVAP_REDIS_URL", "redis://x")]);
+        assert!(
+            unknown.starts_with("unknown environment variable AVAP_REDIS_URL;"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("AVAP_LIMITS_FUEL"), "{unknown}");
+        assert_eq!(
+            err(&[("AVAP_RATE_LIMIT", "fast")]),
+            "environment variable AVAP_RATE_LIMIT: `fast` is not a whole number"
+        );
+        let negative = err(&[("AVAP_MAX_BODY_BYTES", "-1")]);
+        assert!(
+            negative.starts_with("environment variable AVAP_MAX_BODY_BYTES: "),
+            "{negative}"
+        );
+        let variant = err(&[("AVAP_LOG_LEVEL", "loud")]);
+        assert!(
+            variant.contains("AVAP_LOG_LEVEL") && variant.contains("`warn`"),
+            "{variant}"
+        );
+        assert!(err(&[("AVAP_ALLOW_ANONYMOUS", "maybe")]).contains("not true or false"));
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_line() {
+        let err = |text: &str| parse_file(Path::new("/etc/avap.toml"), text).unwrap_err().to_string();
+        let unknown = err("listen = \"127.0.0.1:1\"\nredis_url = \"redis://x\"\n");
+        assert!(
+            unknown.starts_with("/etc/avap.toml line 2: unknown field `redis_url`"),
+            "{unknown}"
+        );
+        let nested = err("[limits]\nfuel = 1\nfeul = 2\n");
+        assert!(
+            nested.starts_with("/etc/avap.toml line 3: unknown field `feul`"),
+            "{nested}"
+        );
+        let wrong_type = err("rate_limit = \"many\"\n");
+        assert!(wrong_type.starts_with("/etc/avap.toml line 1: "), "{wrong_type}");
+        assert!(wrong_type.contains("expected u32"), "{wrong_type}");
+        let syntax = err("\n\nlisten = \n");
+        assert!(syntax.starts_with("/etc/avap.toml line 3: "), "{syntax}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_their_origin() {
+        assert_eq!(
+            invalid("max_concurrent_runs = 0\n"),
+            "max_concurrent_runs = 0 (from file): must be between 1 and 1024"
+        );
+        assert!(invalid("[limits]\nmemory_mb = 0\n").starts_with("limits.memory_mb = 0"));
+        assert!(invalid("listen = \"8080\"\n").contains("not an ADDRESS:PORT"));
+        assert!(invalid("listen = \"bad host:80\"\n").contains("not an ADDRESS:PORT"));
+        assert!(invalid("deny_capabilities = [\"network\"]\n").contains("the classes are pure, "));
+        assert!(invalid("cors_origins = [\"https://a.example/\"]\n").contains("trailing slash"));
+        assert!(invalid("database_url = \"mysql://u:pw@h/db\"\n").contains("\"mysql://u:***@h/db\""));
+        let both = invalid("allow_anonymous = true\nrequire_api_key = true\n");
+        assert!(both.contains("are both on"), "{both}");
+    }
+
+    #[test]
+    fn file_values_know_their_lines() {
+        let text = "# comment\nmax_concurrent_runs = 0\n\n[limits]\nfuel = 5\n";
+        let mut r = Resolved::from_layers(
+            &Layer::default(),
+            &Layer::default(),
+            &file(text),
+            Some(PathBuf::from("/etc/avap.toml")),
+            || Ok(PathBuf::from("/data")),
+        )
+        .unwrap();
+        r.file_lines = key_lines(text);
+        assert_eq!(r.origin("limits.fuel"), "file /etc/avap.toml line 5");
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "max_concurrent_runs = 0 (from file /etc/avap.toml line 2): must be between 1 and 1024"
+        );
+    }
+
+    #[test]
+    fn an_access_flag_settles_both_access_keys() {
+        let file = file("allow_anonymous = true\n");
+        let flags = Layer {
+            require_api_key: Some(true),
+            allow_anonymous: Some(false),
+            ..Layer::default()
+        };
+        let r = resolved(&flags, &Layer::default(), &file);
+        assert!(r.settings.require_api_key && !r.settings.allow_anonymous);
+        assert!(!r.settings.server_config().allow_anonymous);
+    }
+
+    #[test]
+    fn the_settings_become_the_server_config() {
+        let file = file(
+            "listen = \"[::1]:0\"\ndeny_capabilities = [\"net\"]\nmax_concurrent_runs = 3\n\
+             [limits]\nmemory_mb = 8\nstack_kb = 64\noutput_kb = 2\n",
+        );
+        let config = resolved(&Layer::default(), &Layer::default(), &file)
+            .settings
+            .server_config();
+        assert_eq!(config.limits.memory_bytes, 8 << 20);
+        assert_eq!(config.limits.stack_bytes, 64 << 10);
+        assert_eq!(config.limits.output_bytes, 2 << 10);
+        assert_eq!(config.max_concurrent_runs, 3);
+        assert!(!config.policy.allows(avap_hostfns::Capability::Net));
+        assert!(config.policy.allows(avap_hostfns::Capability::Clock));
+        assert!(config.allow_anonymous, "loopback");
+    }
+
+    #[test]
+    fn database_urls() {
+        let with = |url: &str| {
+            let mut s = Settings::defaults(PathBuf::from("/data"));
+            s.database_url = url.to_owned();
+            s.sqlite_file().map_err(|e| e.to_string())
+        };
+        assert_eq!(with("sqlite:/var/a.db"), Ok(PathBuf::from("/var/a.db")));
+        assert_eq!(with("sqlite:///var/a.db"), Ok(PathBuf::from("/var/a.db")));
+        assert_eq!(with("sqlite://rel.db"), Ok(PathBuf::from("rel.db")));
+        assert_eq!(with("/plain/path.sqlite"), Ok(PathBuf::from("/plain/path.sqlite")));
+        let pg = with("postgres://avap:hunter2@db:5432/avap").unwrap_err();
+        assert!(
+            pg.contains("PostgreSQL support arrives with the scale-out work"),
+            "{pg}"
+        );
+        assert!(
+            pg.contains("postgres://avap:***@db:5432/avap") && !pg.contains("hunter2"),
+            "{pg}"
+        );
+        assert!(with("sqlite::memory:").is_err());
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite:/a:b@c"), "sqlite:/a:b@c");
+    }
+
+    #[test]
+    fn printed_config_names_origins_and_hides_passwords() {
+        let file = file("database_url = \"postgres://avap:hunter2@db/avap\"\n[limits]\nfuel = 5\n");
+        let printed = resolved(&Layer::default(), &Layer::default(), &file).to_toml().unwrap();
+        assert!(
+            printed.contains("database_url = \"postgres://avap:***@db/avap\"  # file avap.toml\n"),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"));
+        assert!(
+            printed.contains("\n[limits]\nfuel = 5  # file avap.toml\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("listen = \"127.0.0.1:8080\"  # default\n"),
+            "{printed}"
+        );
+        // What is printed reads back as a config file with the same values.
+        let again = parse_file(Path::new("printed.toml"), &printed.replace("***", "pw")).unwrap();
+        assert_eq!(again.limits.unwrap().fuel, Some(5));
+    }
+
+    #[test]
+    fn every_key_has_a_variable() {
+        let names: Vec<String> = keys().iter().map(|(path, _)| env_name(path)).collect();
+        for expected in [
+            "AVAP_LISTEN",
+            "AVAP_DATABASE_URL",
+            "AVAP_LIMITS_FUEL",
+            "AVAP_DENY_CAPABILITIES",
+            "AVAP_LOG_LEVEL",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        }
+        assert_eq!(names.len(), 22);
+    }
+}

@@ -1,0 +1,120 @@
+//! Request ids and the access log.
+//!
+//! [`request_id`] (the outermost middleware) gives every request an id: the
+//! client's `X-Request-Id` when it is 1 to 128 visible ASCII characters,
+//! else 16 random hex digits. The id goes back in the `X-Request-Id`
+//! response header (errors, 404s, 429s and CORS preflights included), to
+//! handlers as a [`RequestId`] extension, and into a `request` span, so
+//! every event logged while the request is handled carries it.
+//!
+//! Then it writes one access line: method, path, route, status, latency and
+//! the API key id of the caller. Never headers, the query string or the
+//! body: they may hold keys, secrets and script params.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::auth::Caller;
+
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-sent id kept.
+const MAX_LEN: usize = 128;
+
+/// The id of the request being handled (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// Middleware: the request id, its span, the response header and the access line.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = accepted(request.headers()).unwrap_or_else(generate);
+    // At ERROR level so the span is on whatever `log_level` lets through:
+    // a warning logged with `log_level = "warn"` still names its request.
+    let span = tracing::error_span!("request", request_id = %id);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|matched| matched.as_str().to_owned());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let key_id = response
+        .extensions()
+        .get::<Caller>()
+        .and_then(|caller| caller.key_id.clone());
+    span.in_scope(|| {
+        tracing::info!(
+            method = %method,
+            path = %path,
+            route = route.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            latency_ms,
+            key_id = key_id.as_deref(),
+            "request"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(HEADER, value);
+    }
+    response
+}
+
+/// The client's id, if it is one we can echo and log safely.
+fn accepted(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(HEADER)?.as_bytes();
+    let fits = (1..=MAX_LEN).contains(&value.len()) && value.iter().all(u8::is_ascii_graphic);
+    fits.then(|| String::from_utf8_lossy(value).into_owned())
+}
+
+/// 16 hex digits from the OS random source.
+fn generate() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: an id only has to be unique, not secret.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes = ((NEXT.fetch_add(1, Ordering::Relaxed) << 32) | u64::from(nanos)).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER, HeaderValue::from_bytes(value).expect("a header value"));
+        headers
+    }
+
+    #[test]
+    fn only_short_visible_ascii_ids_are_accepted() {
+        assert_eq!(accepted(&with(b"abc-123_X.y")), Some("abc-123_X.y".to_owned()));
+        assert_eq!(accepted(&with(&[b'a'; 128])), Some("a".repeat(128)));
+        assert_eq!(accepted(&with(&[b'a'; 129])), None);
+        assert_eq!(accepted(&with(b"has space")), None);
+        assert_eq!(accepted(&with(b"")), None);
+        assert_eq!(accepted(&with("caf\u{e9}".as_bytes())), None);
+        assert_eq!(accepted(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn generated_ids_are_sixteen_hex_digits() {
+        let (a, b) = (generate(), generate());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
