@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# HTTP load test of `avap serve` against a bare axum baseline (issue 5), measured in one run.
+# HTTP load test of `avap serve` against a bare axum baseline (issue 5) and a minimal Tornado
+# peer (issue 8), measured in one run.
 #
-# Builds release, starts `avap serve` (rate limit off) on 127.0.0.1:18080 and
-# `examples/bare_axum.rs` on 127.0.0.1:18081, runs wrk against both (10 s per case, 2 threads)
-# and prints requests/s, p50 and p99 with the ratio ours/bare. Needs `wrk` and `curl`.
-# Environment: CARGO_TARGET_DIR (default: target/), BENCH_DURATION (default 10s).
+# Builds release, starts `avap serve` (rate limit off) on 127.0.0.1:18080,
+# `examples/bare_axum.rs` on 127.0.0.1:18081 and, when Python has the `tornado` package
+# (pip install tornado), `bench/peers/tornado_hello.py` on 127.0.0.1:18082; runs wrk against each
+# (10 s per case, 2 threads) and prints requests/s, p50 and p99 with the ratios ours/bare and
+# ours/tornado. Needs `wrk` and `curl`.
+# Environment: CARGO_TARGET_DIR (default: target/), BENCH_DURATION (default 10s),
+# BENCH_HTTP_RAW (a file to which one machine-readable line per case is appended, for
+# bench/report.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -13,6 +18,8 @@ target=${CARGO_TARGET_DIR:-$root/target}
 duration=${BENCH_DURATION:-10s}
 ours=127.0.0.1:18080
 bare=127.0.0.1:18081
+tornado=127.0.0.1:18082
+raw=${BENCH_HTTP_RAW:-/dev/null}
 lua=$root/bench/http.lua
 
 command -v wrk >/dev/null || { echo "http.sh: wrk not found (apt-get install -y wrk)" >&2; exit 1; }
@@ -24,10 +31,15 @@ cargo build --release --quiet --bin avap --examples
 
 tmp=$(mktemp -d)
 pids=()
+tornado_pgid=
 cleanup() {
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
+    # Tornado forks one process per CPU: it runs in a session of its own, ended as a group.
+    if [ -n "$tornado_pgid" ]; then
+        kill -- "-$tornado_pgid" 2>/dev/null || true
+    fi
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
@@ -42,11 +54,19 @@ pids+=("$ours_pid")
 "$target/release/examples/bare_axum" --listen "$bare" >"$tmp/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
+servers=("$ours" "$bare")
+if python3 -c 'import tornado' 2>/dev/null; then
+    setsid python3 "$root/bench/peers/tornado_hello.py" --listen "$tornado" >"$tmp/tornado.log" 2>&1 &
+    tornado_pgid=$!
+    servers+=("$tornado")
+else
+    echo "http.sh: python3 has no tornado package (pip install tornado): the Tornado columns say n/a" >&2
+fi
 
 body='{"script": "addVar(greeting, \"Hello\")\naddResult(greeting)\n"}'
 post() { curl -sf -X POST -H 'Content-Type: application/json' --data "$body" "http://$1/api/v1/execute"; }
 
-for addr in "$ours" "$bare"; do
+for addr in "${servers[@]}"; do
     for _ in $(seq 100); do
         post "$addr" >/dev/null 2>&1 && break
         sleep 0.1
@@ -74,23 +94,43 @@ for case in "execute 8 /api/v1/execute" "execute 64 /api/v1/execute" "health 8 /
     echo "== $mode, $conns connections, $duration each" >&2
     read -r o_rps o_p50 o_p99 o_n o_st o_se <<<"$(run "$mode" "$conns" "$ours" "$path")"
     read -r b_rps b_p50 b_p99 b_n b_st b_se <<<"$(run "$mode" "$conns" "$bare" "$path")"
-    if [ "$o_st" != 0 ] || [ "$o_se" != 0 ] || [ "$b_st" != 0 ] || [ "$b_se" != 0 ]; then
-        echo "http.sh: errors in $mode/$conns: ours non-2xx=$o_st socket=$o_se, bare non-2xx=$b_st socket=$b_se" >&2
+    t_rps=0 t_p50=0 t_p99=0 t_st=0 t_se=0
+    if [ -n "$tornado_pgid" ]; then
+        read -r t_rps t_p50 t_p99 t_n t_st t_se <<<"$(run "$mode" "$conns" "$tornado" "$path")"
+    fi
+    if [ "$o_st" != 0 ] || [ "$o_se" != 0 ] || [ "$b_st" != 0 ] || [ "$b_se" != 0 ] \
+        || [ "$t_st" != 0 ] || [ "$t_se" != 0 ]; then
+        echo "http.sh: errors in $mode/$conns: ours non-2xx=$o_st socket=$o_se, bare non-2xx=$b_st socket=$b_se," \
+            "tornado non-2xx=$t_st socket=$t_se" >&2
         bad=1
     fi
+    echo "HTTP $mode $conns $path $o_rps $o_p50 $o_p99 $b_rps $b_p50 $b_p99 $t_rps $t_p50 $t_p99" >>"$raw"
     rows+=("$(awk -v m="$mode" -v c="$conns" -v path="$path" \
         -v orps="$o_rps" -v op50="$o_p50" -v op99="$o_p99" \
-        -v brps="$b_rps" -v bp50="$b_p50" -v bp99="$b_p99" 'BEGIN {
+        -v brps="$b_rps" -v bp50="$b_p50" -v bp99="$b_p99" \
+        -v trps="$t_rps" -v tp50="$t_p50" -v tp99="$t_p99" 'BEGIN {
         meth = (m == "execute") ? "POST" : "GET"
-        printf "| %s %s | %d | %.0f | %.0f | **%.2f** | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
-            meth, path, c, orps, brps, orps / brps, op50, bp50, op50 / bp50, op99, bp99, op99 / bp99 }')")
+        printf "| %s %s | %d | %.0f | %.0f | **%.2f** | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |",
+            meth, path, c, orps, brps, orps / brps, op50, bp50, op50 / bp50, op99, bp99, op99 / bp99
+        if (trps > 0)
+            printf " %.0f | **%.2f** | %.2f | %.2f | %.2f | %.2f |\n",
+                trps, orps / trps, tp50, op50 / tp50, tp99, op99 / tp99
+        else
+            printf " n/a | n/a | n/a | n/a | n/a | n/a |\n" }')")
 done
 
 echo
-echo "| request | conns | ours req/s | bare req/s | req/s ours/bare | ours p50 ms | bare p50 ms | p50 ours/bare | ours p99 ms | bare p99 ms | p99 ours/bare |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| request | conns | ours req/s | bare req/s | req/s ours/bare | ours p50 ms | bare p50 ms | p50 ours/bare | ours p99 ms | bare p99 ms | p99 ours/bare | tornado req/s | req/s ours/tornado | tornado p50 ms | p50 ours/tornado | tornado p99 ms | p99 ours/tornado |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 peak() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
 echo
-echo "peak RSS after the load (VmHWM): ours $(peak "$ours_pid"), bare $(peak "$bare_pid")"
+tornado_peak=n/a
+if [ -n "$tornado_pgid" ]; then
+    # Every process of the group (the parent and one worker per CPU).
+    tornado_peak=$(for pid in $(ps -o pid= --sid "$tornado_pgid"); do cat "/proc/$pid/status" 2>/dev/null; done \
+        | awk '/^VmHWM/ { kb += $2 } END { printf "%.1f MiB", kb / 1024 }')
+fi
+echo "peak RSS after the load (VmHWM): ours $(peak "$ours_pid"), bare $(peak "$bare_pid"), tornado $tornado_peak (all processes)"
+echo "PEAK $(peak "$ours_pid" | cut -d' ' -f1) $(peak "$bare_pid" | cut -d' ' -f1) ${tornado_peak%% *}" >>"$raw"
 exit "$bad"

@@ -26,7 +26,7 @@ enum Command {
     /// Print the syntax tree of a script
     Parse(ParseArgs),
     /// Compile and run a script (or run a signed .wasm) once; print the response envelope
-    Run(crate::cmd_run::RunArgs),
+    Run(Box<crate::cmd_run::RunArgs>),
     /// Compile a script to a (signed) WebAssembly artifact
     Compile(crate::cmd_run::CompileArgs),
     /// Show an artifact's metadata, imports, endpoints and signature status
@@ -39,6 +39,8 @@ enum Command {
     Serve(ServeArgs),
     /// Create, list and revoke the API keys of `avap serve`
     Apikey(crate::cmd_apikey::ApikeyArgs),
+    /// Show the host surface scripts can reach under the deployment's policy, or whether it admits one artifact
+    Audit(crate::cmd_audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Conformance(args) => crate::conformance::conformance(&args),
         Command::Serve(args) => crate::server::serve(&args),
         Command::Apikey(args) => crate::cmd_apikey::apikey(&args),
+        Command::Audit(args) => crate::cmd_audit::audit(&args),
     };
     match result {
         Ok(code) => code,

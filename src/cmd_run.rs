@@ -54,6 +54,20 @@ pub struct RunArgs {
     /// Turn fuel metering and epoch checks off (measures their overhead; never use in production)
     #[arg(long, hide = true)]
     pub unmetered: bool,
+    /// Let RequestGet/RequestPost reach this non-public HOST, HOST:PORT, IP[:PORT] or CIDR block
+    /// (repeatable; public addresses are always allowed, private/loopback/link-local ones are refused)
+    #[arg(long = "allow-outbound", value_name = "HOST|CIDR")]
+    pub allow_outbound: Vec<String>,
+    /// The model endpoint functionAI posts to (http(s) URL; without it functionAI is refused)
+    #[arg(long, value_name = "URL")]
+    pub ai_endpoint: Option<String>,
+    /// The application database of the orm* commands: `sqlite:PATH`, a file path or `postgres://…`
+    /// (without it the orm* commands are refused)
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// A named connection for `avapConnector(TOKEN)` (repeatable)
+    #[arg(long = "connector", value_name = "TOKEN=URL")]
+    pub connector: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +148,46 @@ pub fn request_from_json(v: &serde_json::Value) -> Result<Request> {
     Ok(request)
 }
 
+/// Outbound HTTP with the default policy plus `--allow-outbound`, and the
+/// `--ai-endpoint`.
+fn cli_effects(args: &RunArgs) -> Result<avap_runtime::Effects> {
+    use avap_hostfns::effects::http::{AiEndpoint, Outbound, OutboundConfig};
+    let outbound = Outbound::new(&OutboundConfig {
+        allow: args.allow_outbound.clone(),
+        ..OutboundConfig::default()
+    })
+    .context("--allow-outbound")?;
+    let ai = match &args.ai_endpoint {
+        Some(url) => Some(std::sync::Arc::new(
+            AiEndpoint::new(url).map_err(|e| anyhow::anyhow!("--ai-endpoint: {e}"))?,
+        )),
+        None => None,
+    };
+    let mut connectors = Vec::new();
+    for c in &args.connector {
+        let (token, url) = c
+            .split_once('=')
+            .with_context(|| format!("--connector {c:?}: expected TOKEN=URL"))?;
+        connectors.push((token.to_owned(), url.to_owned()));
+    }
+    let db = if args.db.is_some() || !connectors.is_empty() {
+        let dbs = avap_hostfns::effects::db::Databases::new(
+            args.db.as_deref(),
+            connectors,
+            avap_hostfns::effects::db::DbLimits::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("--db/--connector: {e}"))?;
+        Some(std::sync::Arc::new(dbs))
+    } else {
+        None
+    };
+    Ok(avap_runtime::Effects {
+        http: Some(std::sync::Arc::new(outbound)),
+        ai,
+        db,
+    })
+}
+
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let limits = match &args.limits {
         Some(t) => parse_limits(t, Limits::CLI)?,
@@ -153,7 +207,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         max_concurrent_runs: 4,
         ..RuntimeConfig::default()
     };
-    let executor = Executor::with_config(config)?;
+    let mut executor = Executor::with_config(config)?;
+    executor.set_effects(cli_effects(args)?);
     let settings = RunSettings {
         limits,
         time_zone: Some(tz),

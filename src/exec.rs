@@ -13,7 +13,7 @@ use avap_codegen::diag::Diagnostic;
 use avap_codegen::{CheckedProgram, check_file, compile};
 use avap_hostfns::Request;
 use avap_hostfns::artifact::{SigningKey, TrustedKeys, generate_key};
-use avap_runtime::{CapabilityPolicy, Limits, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
+use avap_runtime::{CapabilityPolicy, Effects, Limits, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
 use serde_json::json;
 
 use crate::cli::{FsLoader, read_source};
@@ -32,6 +32,8 @@ pub struct RunSettings {
 pub struct Executor {
     runtime: Arc<Runtime>,
     key: SigningKey,
+    /// What effect commands may reach in [`Executor::run`] (default: nothing).
+    effects: Effects,
 }
 
 impl std::fmt::Debug for Executor {
@@ -66,7 +68,14 @@ impl Executor {
         Ok(Executor {
             runtime: Arc::new(Runtime::new(config)?),
             key,
+            effects: Effects::default(),
         })
+    }
+
+    /// Let runs reach what `effects` configures (outbound HTTP, databases,
+    /// model endpoint).
+    pub fn set_effects(&mut self, effects: Effects) {
+        self.effects = effects;
     }
 
     /// Compile a `.avap` file (or load a `.wasm` artifact).
@@ -96,11 +105,23 @@ impl Executor {
 
     /// Run a prepared module once.
     pub async fn run(&self, module: &LoadedModule, request: Request, settings: &RunSettings) -> RunReport {
+        self.run_with(module, request, settings, &self.effects).await
+    }
+
+    /// Run a prepared module once with `effects` instead of the executor's.
+    pub async fn run_with(
+        &self,
+        module: &LoadedModule,
+        request: Request,
+        settings: &RunSettings,
+        effects: &Effects,
+    ) -> RunReport {
         let input = RunInput {
             request,
             limits: settings.limits,
             time_zone: settings.time_zone,
             now: settings.now,
+            effects: effects.clone(),
         };
         self.runtime.run(module, input).await
     }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd_apikey;
+mod cmd_audit;
 mod cmd_inspect;
 mod cmd_keys;
 mod cmd_run;

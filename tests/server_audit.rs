@@ -263,4 +263,8 @@ fn runs_cut_off_by_the_request_timeout_are_audited_as_cancelled() {
     assert_eq!(r.error_kind(), (504, "RequestTimeout".to_owned()), "{}", r.body);
     let rows = audit_until(&s, "", &[], 1);
     assert_eq!(summary(&rows), [row("run", None, None, "Cancelled")], "{rows:#?}");
+    // The cancelled run no longer counts as in flight, and its slot is free.
+    let metrics = s.get("/api/v1/metrics").body;
+    assert!(metrics.contains("\navap_runs_in_flight 0\n"), "{metrics}");
+    assert_eq!(s.get("/api/v1/health").json()["cache"]["runs"]["active"], 0);
 }

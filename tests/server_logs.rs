@@ -111,7 +111,8 @@ fn access_lines_are_json_with_request_ids_and_no_secrets() {
     );
     assert_eq!(preflight.status, 204);
     assert!(preflight.header("x-request-id").is_some(), "preflights carry an id");
-    drop(s);
+    // Graceful shutdown writes the buffered lines.
+    assert!(s.stop().success());
 
     let text = std::fs::read_to_string(&log_path).expect("read the log");
     let lines: Vec<Value> = text

@@ -40,6 +40,19 @@ pub const TAG_LIST: i32 = 6;
 pub const TAG_DICT: i32 = 7;
 /// Opaque host object (connector).
 pub const TAG_OBJ: i32 = 8;
+/// Key of the dict the compiler passes for a backtick template given to a
+/// database command's SQL parameter (`ormDirect`'s `sql`, a
+/// `whereSelector`): `{SQL_TEMPLATE_KEY: [text, value, text, …, text]}`
+/// (texts and values alternate), so the host binds the values as
+/// parameters instead of splicing their text into SQL.
+pub const SQL_TEMPLATE_KEY: &str = "$sql_template";
+/// Key of the dict the compiler passes in `ormDirect`'s `sql` slot for a
+/// method call `object.name(args…)`: `{METHOD_CALL_KEY: [object, name,
+/// args…]}`. Only connector values (see [`CONNECTOR_KEY`]) have a method,
+/// `query(sql)`; the host refuses every other call with a `TypeError`.
+pub const METHOD_CALL_KEY: &str = "$method_call";
+/// Key of the value `avapConnector(token)` returns: `{CONNECTOR_KEY: token}`.
+pub const CONNECTOR_KEY: &str = "$connector";
 /// "An error is pending": not a value.
 pub const TAG_ERR: i32 = 15;
 

@@ -8,6 +8,8 @@
 //!   effects, as plain Rust over [`Value`]s and a [`HostContext`].
 //! * [`ops`]: operator, comparison and built-in semantics on host values
 //!   (the slow path of the inline arithmetic the compiler emits).
+//! * `effects` (cargo feature `effects`): the commands with outside effects
+//!   (outbound HTTP, databases, model endpoint), async, with their clients.
 //! * [`abi`] and [`artifact`]: the contract between compiled modules and the
 //!   runtime (value tags, helper imports, memory layout, custom sections,
 //!   signatures). Both sides depend on this crate, never on each other.
@@ -26,6 +28,8 @@ pub mod abi;
 pub mod artifact;
 pub mod commands;
 pub mod context;
+#[cfg(feature = "effects")]
+pub mod effects;
 pub mod error;
 pub mod limits;
 pub mod ops;

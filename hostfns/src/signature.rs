@@ -33,7 +33,8 @@ pub enum Capability {
     Request,
     /// Reads the clock or the time-zone database.
     Clock,
-    /// Draws from the CSPRNG.
+    /// Draws from the CSPRNG. The spec calls this class `rand`; policy
+    /// config and `avap audit --deny` accept both names.
     Random,
     /// Outbound network.
     Net,

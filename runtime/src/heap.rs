@@ -8,6 +8,14 @@
 //! point (`rt.collect`, polled on top-level loop back-edges), plus the
 //! handles the host itself holds. Objects that became garbage inside a
 //! function call are reclaimed at the next top-level safe point.
+//!
+//! String concatenation appends in place (see [`Heap::append_str`]): the
+//! result takes over the left operand's buffer and the left operand's slot
+//! becomes a *prefix view* of it. Strings are immutable, so the old handle
+//! still reads its old text; `s = s + "x"` in a loop is then amortised
+//! O(length of "x") instead of a copy of the whole of `s` every time.
+
+use std::borrow::Cow;
 
 use avap_hostfns::{LimitHit, LimitKind, Value};
 
@@ -27,6 +35,10 @@ pub struct Heap {
     since_poll: u64,
     since_gc: u64,
     live_after_gc: u64,
+    /// Prefix views, by slot: (the slot that took over its buffer, its byte
+    /// length). The slot itself holds an empty placeholder. Indexed like
+    /// `slots` (shorter when the last slots are no views).
+    prefix_of: Vec<Option<(usize, usize)>>,
 }
 
 /// A handle that does not name a live object: only a corrupted module
@@ -88,7 +100,12 @@ impl Heap {
     pub fn alloc(&mut self, v: Value) -> Result<i64, LimitHit> {
         let size = v.heap_bytes() as u64;
         self.account(size)?;
-        let index = match self.free.pop() {
+        Ok(i64::try_from(self.insert(v, size)).unwrap_or(i64::MAX))
+    }
+
+    /// Put `v`, already accounted as `size` bytes, in a free slot.
+    fn insert(&mut self, v: Value, size: u64) -> usize {
+        match self.free.pop() {
             Some(i) => {
                 self.slots[i] = v;
                 self.sizes[i] = size;
@@ -99,15 +116,72 @@ impl Heap {
                 self.sizes.push(size);
                 self.slots.len() - 1
             }
-        };
-        Ok(i64::try_from(index).unwrap_or(i64::MAX))
+        }
     }
 
-    pub fn get(&self, h: i64) -> Result<&Value, BadHandle> {
-        usize::try_from(h)
+    /// The value behind `h`. A prefix view is read from the buffer that
+    /// took it over (a copy: old versions of a string are rarely read).
+    pub fn get(&self, h: i64) -> Result<Cow<'_, Value>, BadHandle> {
+        let index = usize::try_from(h)
             .ok()
-            .and_then(|i| self.slots.get(i))
-            .ok_or(BadHandle(h))
+            .filter(|&i| i < self.slots.len())
+            .ok_or(BadHandle(h))?;
+        let Some((mut at, len)) = self.view(index) else {
+            return Ok(Cow::Borrowed(&self.slots[index]));
+        };
+        while let Some((next, _)) = self.view(at) {
+            at = next;
+        }
+        match self.slots.get(at) {
+            Some(Value::Str(buffer)) => buffer
+                .get(..len)
+                .map(|text| Cow::Owned(Value::Str(text.to_owned())))
+                .ok_or(BadHandle(h)),
+            _ => Err(BadHandle(h)),
+        }
+    }
+
+    /// The prefix view at slot `index`, if it is one.
+    fn view(&self, index: usize) -> Option<(usize, usize)> {
+        self.prefix_of.get(index).copied().flatten()
+    }
+
+    /// `h + tail` for a string `h`, appending in place when `h` owns its
+    /// buffer (not a constant, not a prefix view): the result is a new
+    /// handle owning the grown buffer, and `h` becomes a prefix view of it.
+    /// `None` when `h` cannot be extended (the caller copies instead).
+    pub fn append_str(&mut self, h: i64, tail: &str) -> Result<Option<i64>, LimitHit> {
+        let Some(index) = usize::try_from(h).ok().filter(|&i| i >= self.pinned) else {
+            return Ok(None);
+        };
+        let (old_len, capacity) = match self.slots.get(index) {
+            Some(Value::Str(s)) if self.view(index).is_none() => (s.len(), s.capacity()),
+            _ => return Ok(None),
+        };
+        // The buffer grows by doubling (amortised O(1) appends) and is
+        // accounted by its capacity; the old handle keeps only a slot's
+        // overhead.
+        let needed = old_len + tail.len();
+        let new_capacity = if needed <= capacity {
+            capacity
+        } else {
+            needed.max(capacity * 2)
+        };
+        let view_bytes = Value::None.heap_bytes() as u64;
+        let grown_bytes = view_bytes + new_capacity as u64;
+        self.account((grown_bytes + view_bytes).saturating_sub(self.sizes[index]))?;
+        let Value::Str(mut buffer) = std::mem::take(&mut self.slots[index]) else {
+            unreachable!("checked to be a string above");
+        };
+        buffer.reserve_exact(new_capacity - old_len);
+        buffer.push_str(tail);
+        self.sizes[index] = view_bytes;
+        let new_index = self.insert(Value::Str(buffer), grown_bytes);
+        if self.prefix_of.len() <= index {
+            self.prefix_of.resize(index + 1, None);
+        }
+        self.prefix_of[index] = Some((new_index, old_len));
+        Ok(Some(i64::try_from(new_index).unwrap_or(i64::MAX)))
     }
 
     pub fn get_mut(&mut self, h: i64) -> Result<&mut Value, BadHandle> {
@@ -143,12 +217,27 @@ impl Heap {
                 *flag = true;
             }
         }
+        // A live prefix view keeps the buffer it reads from alive; it is
+        // pointed straight at that buffer, so the views in between can go.
+        for start in 0..self.prefix_of.len() {
+            let Some((mut at, len)) = self.view(start).filter(|_| live[start]) else {
+                continue;
+            };
+            while let Some((next, _)) = self.view(at) {
+                at = next;
+            }
+            self.prefix_of[start] = Some((at, len));
+            live[at] = true;
+        }
         for (i, alive) in live.iter().enumerate() {
             if !alive && self.sizes[i] > 0 {
                 self.bytes -= self.sizes[i];
                 self.sizes[i] = 0;
                 self.slots[i] = Value::None;
                 self.free.push(i);
+                if let Some(view) = self.prefix_of.get_mut(i) {
+                    *view = None;
+                }
             }
         }
         self.since_gc = 0;

@@ -13,6 +13,7 @@
 //! This crate never parses AVAP: it only knows the ABI in
 //! `avap_hostfns::abi` and the artifact format in `avap_hostfns::artifact`.
 
+mod effects;
 mod engine;
 mod error;
 mod heap;
@@ -22,6 +23,7 @@ mod policy;
 mod run;
 mod state;
 
+pub use avap_hostfns::effects::Effects;
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::LoadError;
 pub use load::LoadedModule;

@@ -27,6 +27,13 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         Helper::Binary.name(),
         |mut c: Caller<'_, RunState>, op: i32, ta: i32, pa: i64, tb: i32, pb: i64| {
             let op = BinOp::from_code(op).ok_or_else(|| bad("operator code"))?;
+            if op == BinOp::Add
+                && ta == abi::TAG_STR
+                && tb == abi::TAG_STR
+                && let Some(pair) = append_str(&mut c, pa, pb)?
+            {
+                return Ok(pair);
+            }
             with_values(&mut c, &[(ta, pa), (tb, pb)], |v| ops::binary(op, v[0], v[1]))
         },
     )?;
@@ -276,6 +283,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             move |mut c: Caller<'_, RunState>, ptr: i32, argc: i32| command(&mut c, sig, ptr, argc),
         )?;
     }
+    crate::effects::register(&mut l)?;
     Ok(l)
 }
 
@@ -290,7 +298,7 @@ pub fn value(heap: &crate::heap::Heap, t: i32, p: i64) -> Res<Cow<'_, Value>> {
         abi::TAG_BOOL => Cow::Owned(Value::Bool(p != 0)),
         abi::TAG_INT => Cow::Owned(Value::Int(p)),
         abi::TAG_FLOAT => Cow::Owned(Value::Float(f64::from_bits(p.cast_unsigned()))),
-        abi::TAG_STR | abi::TAG_LIST | abi::TAG_DICT => Cow::Borrowed(heap.get(p)?),
+        abi::TAG_STR | abi::TAG_LIST | abi::TAG_DICT => heap.get(p)?,
         _ => return Err(bad("value tag")),
     })
 }
@@ -341,6 +349,20 @@ fn with_values(
             Ok((abi::TAG_ERR, 0))
         }
     }
+}
+
+/// `str + str` appended in place to the left operand's buffer (see
+/// `Heap::append_str`), charged for the bytes appended; `None` when the left
+/// operand cannot be extended and the result must be a copy.
+fn append_str(c: &mut Caller<'_, RunState>, left: i64, right: i64) -> Res<Option<Pair>> {
+    let Value::Str(tail) = value(&c.data().heap, abi::TAG_STR, right)?.into_owned() else {
+        return Err(bad("string handle"));
+    };
+    let Some(h) = c.data_mut().heap.append_str(left, &tail)? else {
+        return Ok(None);
+    };
+    charge(c, 1 + tail.len() as u64 / BYTES_PER_FUEL)?;
+    Ok(Some((abi::TAG_STR, h)))
 }
 
 /// Host work is charged at one fuel unit per this many bytes produced.

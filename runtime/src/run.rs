@@ -24,6 +24,9 @@ pub struct RunInput {
     pub time_zone: Option<chrono_tz::Tz>,
     /// A fixed clock (tests); `None` = the real clock.
     pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// What `RequestGet`, `orm*`, `functionAI`… may reach. The default
+    /// configures nothing: those commands fail with `CapabilityDenied`.
+    pub effects: avap_hostfns::effects::Effects,
 }
 
 /// How a run ended, before it becomes an envelope.
@@ -42,6 +45,7 @@ impl Runtime {
         let tz = input.time_zone.unwrap_or(chrono_tz::UTC);
         let mut services = Services::new(input.request, tz, limits.output_bytes);
         services.now = input.now;
+        let deadline = start + Duration::from_millis(limits.time_ms);
         let state = RunState {
             heap: Heap::new(limits.memory_bytes),
             services,
@@ -53,6 +57,10 @@ impl Runtime {
             },
             poll_interval: 1,
             global_count: 0,
+            effects: crate::effects::RunEffects {
+                effects: input.effects,
+                deadline: (!self.config.unmetered).then_some(deadline),
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -62,7 +70,6 @@ impl Runtime {
             // wall-time limit and otherwise yields to the async executor, so
             // a long run shares its thread with other requests instead of
             // needing one of its own.
-            let deadline = start + Duration::from_millis(limits.time_ms);
             store.set_epoch_deadline(1);
             store.epoch_deadline_callback(move |_| {
                 Ok(if Instant::now() >= deadline {

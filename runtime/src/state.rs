@@ -28,6 +28,8 @@ pub struct RunState {
     /// Number of top-level variable slots (the collector's roots), read
     /// from the module's `global_count` export once per run.
     pub global_count: u32,
+    /// What the effect commands may reach, and the run's deadline.
+    pub effects: crate::effects::RunEffects,
 }
 
 /// The part of the run state commands see through [`HostContext`].

@@ -35,9 +35,8 @@ pub enum SetupError {
 
 /// What a run of the case gets from its fixtures.
 ///
-/// The runtime has no hooks yet for the outbound HTTP policy or for the
-/// application and connector databases: they arrive with issue 6, and will
-/// take `outbound_hosts`, `app_database` and `connectors` from here.
+/// [`CaseEnv::effects`] turns `outbound_hosts` (and the databases) into
+/// what the run may reach.
 #[derive(Debug, Default)]
 pub struct CaseEnv {
     pub settings: RunSettings,
@@ -50,6 +49,35 @@ pub struct CaseEnv {
 }
 
 impl CaseEnv {
+    /// What a run of the case may reach: outbound HTTP under the default
+    /// policy with the mock servers' `host:port`s allowlisted.
+    pub fn effects(&self) -> Result<avap_runtime::Effects, String> {
+        use avap_hostfns::effects::http::{Outbound, OutboundConfig};
+        let outbound = Outbound::new(&OutboundConfig {
+            allow: self.outbound_hosts.clone(),
+            ..OutboundConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        // The fixture databases: the `db` one is the application database,
+        // each `connector` one a named connection.
+        let db = if self.app_database.is_some() || !self.connectors.is_empty() {
+            let dbs = avap_hostfns::effects::db::Databases::new(
+                self.app_database.as_deref(),
+                self.connectors.clone(),
+                avap_hostfns::effects::db::DbLimits::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            Some(Arc::new(dbs))
+        } else {
+            None
+        };
+        Ok(avap_runtime::Effects {
+            http: Some(Arc::new(outbound)),
+            db,
+            ..avap_runtime::Effects::default()
+        })
+    }
+
     /// A one-line description for case details; empty without fixtures.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();

@@ -51,7 +51,7 @@ pub struct ConformanceArgs {
 /// Where the cases run.
 enum Target {
     /// In this process.
-    Local(Executor),
+    Local(Box<Executor>),
     /// Through a running server's execute endpoint.
     Server(BaseUrl),
 }
@@ -114,7 +114,11 @@ pub fn run_dir_on(
         .context("cannot start the mock server runtime")?;
     let target = match server {
         Some(base) => Target::Server(base),
-        None => Target::Local(Executor::new(TrustedKeys::new(), false, CapabilityPolicy::allow_all())?),
+        None => Target::Local(Box::new(Executor::new(
+            TrustedKeys::new(),
+            false,
+            CapabilityPolicy::allow_all(),
+        )?)),
     };
     let mut outcomes = Vec::with_capacity(total);
     runtime.block_on(async {
@@ -333,7 +337,13 @@ async fn run_case(
     let (http_status, envelope) = match (target, prepared, run) {
         (Target::Local(executor), Program::Local(prepared), Run::Local(request)) => {
             let report = match prepared {
-                Prepared::Module(module) => executor.run(module, request, &active.env.settings).await,
+                Prepared::Module(module) => match active.env.effects() {
+                    Ok(effects) => executor.run_with(module, request, &active.env.settings, &effects).await,
+                    Err(why) => {
+                        drop(active.finish().await);
+                        return (Verdict::Fail, format!("fixture: {why}"));
+                    }
+                },
                 Prepared::CompileError(report) => report.clone(),
             };
             (report.http_status, report.envelope)

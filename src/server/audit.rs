@@ -4,9 +4,9 @@
 //! * Registry writes commit their row in the same transaction as the change
 //!   ([`Store::put`](super::store::Store::put) and friends); refused writes
 //!   are written here with [`refused`], outside any transaction.
-//! * Runs never wait on the database: [`record_run`] queues the row on a
-//!   bounded channel and a background task writes queued rows in batches
-//!   (every [`FLUSH_EVERY`] or [`BATCH_ROWS`] rows, one transaction each).
+//! * Runs never wait on the database: [`record_run`] queues the row in a
+//!   bounded in-memory queue and a background task writes what is queued
+//!   every [`FLUSH_EVERY`] (transactions of at most [`BATCH_ROWS`] rows).
 //!   When the queue is full the row is dropped and counted in
 //!   `avap_audit_dropped_total`: auditing never slows or fails a run.
 //!   [`AuditLog::close`] writes what is queued at shutdown. A run whose
@@ -15,6 +15,8 @@
 //! * `GET /api/v1/audit` ([`list`], admin scope) reads the rows back.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,8 +28,6 @@ use axum::http::Extensions;
 use axum::http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 use super::AppState;
 use super::auth::Caller;
@@ -46,18 +46,24 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
-enum Message {
-    Row(AuditRow),
-    /// Write what is queued before this, then answer.
-    Flush(oneshot::Sender<()>),
-    /// Write everything queued, answer, and stop.
-    Close(oneshot::Sender<()>),
-}
-
 /// The queue of run rows and its writer task; cheap to clone.
+///
+/// Runs push onto a plain locked vector and nobody is woken: the writer
+/// wakes up on its own every [`FLUSH_EVERY`] and takes the lot. A channel
+/// would wake the writer (a cross-thread futex) on every run.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    queue: mpsc::Sender<Message>,
+    inner: Arc<Queue>,
+}
+
+#[derive(Debug)]
+struct Queue {
+    store: Store,
+    pending: std::sync::Mutex<Vec<AuditRow>>,
+    closed: AtomicBool,
+    /// One writer at a time, so a flush returns only after every row queued
+    /// before it is written, even when the timer's write is under way.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl AuditLog {
@@ -65,100 +71,75 @@ impl AuditLog {
     pub fn start(store: Store) -> Result<AuditLog> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("the audit log writer needs a tokio runtime (start the server inside one)")?;
-        let (queue, incoming) = mpsc::channel(QUEUE_ROWS);
-        runtime.spawn(write_batches(store, incoming));
-        Ok(AuditLog { queue })
+        let log = AuditLog {
+            inner: Arc::new(Queue {
+                store,
+                pending: std::sync::Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+                writing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        // The task holds only a weak reference: it ends with the last log handle.
+        let queue = Arc::downgrade(&log.inner);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(queue) = queue.upgrade() else { return };
+                if queue.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                queue.write_pending().await;
+            }
+        });
+        Ok(log)
     }
 
     /// Queue `row` without waiting; `false` if it was dropped (queue full, or
     /// the log is closed).
     pub fn record(&self, row: AuditRow) -> bool {
-        self.queue.try_send(Message::Row(row)).is_ok()
+        if self.inner.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pending = self.inner.pending();
+        if pending.len() >= QUEUE_ROWS {
+            return false;
+        }
+        pending.push(row);
+        true
     }
 
     /// Wait until every row queued so far is written (or failed to write).
     pub async fn flush(&self) {
-        self.ask(Message::Flush).await;
+        self.inner.write_pending().await;
     }
 
     /// Write every queued row and stop the writer; later rows are dropped.
     pub async fn close(&self) {
-        self.ask(Message::Close).await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.write_pending().await;
+    }
+}
+
+impl Queue {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<AuditRow>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn ask(&self, message: impl FnOnce(oneshot::Sender<()>) -> Message) {
-        let (done, written) = oneshot::channel();
-        // A writer that is gone already wrote all it had.
-        if self.queue.send(message(done)).await.is_ok() {
-            let _ = written.await;
+    async fn write_pending(&self) {
+        let _writer = self.writing.lock().await;
+        let rows = std::mem::take(&mut *self.pending());
+        for batch in rows.chunks(BATCH_ROWS) {
+            write(&self.store, batch).await;
         }
     }
 }
 
-/// The writer: batches rows until [`BATCH_ROWS`], [`FLUSH_EVERY`] after the
-/// first, a flush or close, or the last sender going away.
-async fn write_batches(store: Store, mut incoming: mpsc::Receiver<Message>) {
-    let mut batch: Vec<AuditRow> = Vec::with_capacity(BATCH_ROWS);
-    let mut deadline = Instant::now();
-    loop {
-        let message = if batch.is_empty() {
-            incoming.recv().await
-        } else if let Ok(message) = tokio::time::timeout_at(deadline, incoming.recv()).await {
-            message
-        } else {
-            write(&store, &mut batch).await;
-            continue;
-        };
-        match message {
-            Some(Message::Row(row)) => {
-                if batch.is_empty() {
-                    deadline = Instant::now() + FLUSH_EVERY;
-                }
-                batch.push(row);
-                if batch.len() >= BATCH_ROWS {
-                    write(&store, &mut batch).await;
-                }
-            }
-            Some(Message::Flush(done)) => {
-                write(&store, &mut batch).await;
-                let _ = done.send(());
-            }
-            Some(Message::Close(done)) => {
-                incoming.close();
-                let mut waiting = vec![done];
-                while let Some(message) = incoming.recv().await {
-                    match message {
-                        Message::Row(row) => {
-                            batch.push(row);
-                            if batch.len() >= BATCH_ROWS {
-                                write(&store, &mut batch).await;
-                            }
-                        }
-                        Message::Flush(done) | Message::Close(done) => waiting.push(done),
-                    }
-                }
-                write(&store, &mut batch).await;
-                for done in waiting {
-                    let _ = done.send(());
-                }
-                return;
-            }
-            None => {
-                write(&store, &mut batch).await;
-                return;
-            }
-        }
-    }
-}
-
-async fn write(store: &Store, batch: &mut Vec<AuditRow>) {
-    if batch.is_empty() {
-        return;
-    }
+async fn write(store: &Store, batch: &[AuditRow]) {
     if let Err(e) = store.append_audit(batch).await {
         tracing::error!(rows = batch.len(), error = %format!("{e:#}"), "audit rows lost: cannot write them");
     }
-    batch.clear();
 }
 
 /// Who is asking: the [`Caller`] that `auth::require_key` found (anonymous

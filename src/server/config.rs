@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use avap_hostfns::effects::db::{Databases, DbConfigError, DbLimits};
+use avap_hostfns::effects::http::{AiEndpoint, Outbound, OutboundConfig};
+use avap_hostfns::effects::policy::OutboundPolicy;
 use avap_runtime::{CapabilityPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +37,8 @@ const ENV_PREFIX: &str = "AVAP_";
 
 /// The longest time any setting may name, in milliseconds.
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// The application database's file in `data_dir` (default `app_database_url`).
+pub const APP_DATABASE_FILE: &str = "app.sqlite";
 
 /// A configuration problem; the message names the key and where its value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,10 +120,35 @@ pub struct Settings {
     pub cache_entries: usize,
     /// Capability classes scripts may not use (refused at load with 403).
     pub deny_capabilities: Vec<String>,
+    /// Non-public destinations `RequestGet`/`RequestPost`/`functionAI` may
+    /// reach anyway: `host`, `host:port`, `IP`, `IP:port`, `[IPv6]:port` or
+    /// a CIDR block. Public addresses are always allowed.
+    pub outbound_allow: Vec<String>,
+    /// Timeout of one outbound HTTP call, redirects and body included.
+    pub outbound_timeout_ms: u64,
+    /// Largest outbound HTTP response body accepted.
+    pub outbound_max_response_kb: u64,
+    /// Redirects one outbound HTTP call follows.
+    pub outbound_max_redirects: u32,
+    /// The model endpoint of `functionAI` (an http(s) URL; empty = none, and
+    /// `functionAI` is refused with `CapabilityDenied`).
+    pub ai_endpoint: String,
+    /// The application database of the `orm*` commands: `sqlite:PATH`, a
+    /// bare path or `postgres://…` (not the server's own `database_url`;
+    /// empty = none, and the commands are refused with `CapabilityDenied`).
+    pub app_database_url: String,
+    /// Refuse writes through the `orm*` commands and connectors.
+    pub db_read_only: bool,
+    /// Most rows one database result may hold (more is a `DatabaseError`).
+    pub db_max_rows: usize,
+    /// Longest one database statement may run.
+    pub db_statement_timeout_ms: u64,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
     /// The most one run may use; also what a run gets when it asks for nothing.
     pub limits: LimitSettings,
+    /// `[connectors]`: `avapConnector` token → database URL.
+    pub connectors: BTreeMap<String, String>,
 }
 
 /// `[limits]`: the server's per-run maximums.
@@ -148,9 +180,19 @@ struct Layer {
     queue_wait_ms: Option<u64>,
     cache_entries: Option<usize>,
     deny_capabilities: Option<Vec<String>>,
+    outbound_allow: Option<Vec<String>>,
+    outbound_timeout_ms: Option<u64>,
+    outbound_max_response_kb: Option<u64>,
+    outbound_max_redirects: Option<u32>,
+    ai_endpoint: Option<String>,
+    app_database_url: Option<String>,
+    db_read_only: Option<bool>,
+    db_max_rows: Option<usize>,
+    db_statement_timeout_ms: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<LogLevel>,
     limits: Option<LimitLayer>,
+    connectors: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,6 +451,9 @@ impl Settings {
     pub fn defaults(data_dir: PathBuf) -> Settings {
         let server = ServerConfig::for_this_machine();
         let protect = protect::ProtectConfig::default();
+        let outbound = OutboundConfig::default();
+        let db = DbLimits::default();
+        let app_database_url = format!("sqlite:{}", data_dir.join(APP_DATABASE_FILE).display());
         Settings {
             listen: DEFAULT_LISTEN.to_owned(),
             database_url: default_database_url(&data_dir),
@@ -425,6 +470,15 @@ impl Settings {
             queue_wait_ms: millis(server.queue_wait),
             cache_entries: server.cache_entries,
             deny_capabilities: Vec::new(),
+            outbound_allow: outbound.allow,
+            outbound_timeout_ms: outbound.timeout_ms,
+            outbound_max_response_kb: outbound.max_response_kb,
+            outbound_max_redirects: outbound.max_redirects,
+            ai_endpoint: String::new(),
+            app_database_url,
+            db_read_only: db.read_only,
+            db_max_rows: db.max_rows,
+            db_statement_timeout_ms: millis(db.statement_timeout),
             log_format: LogFormat::Auto,
             log_level: LogLevel::Info,
             limits: LimitSettings {
@@ -434,6 +488,7 @@ impl Settings {
                 stack_kb: server.limits.stack_bytes >> 10,
                 output_kb: server.limits.output_bytes >> 10,
             },
+            connectors: BTreeMap::new(),
         }
     }
 
@@ -467,7 +522,36 @@ impl Settings {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             cors_origins: self.cors_origins.clone(),
         };
+        config.effects.http = Outbound::new(&self.outbound_config()).ok().map(Arc::new);
+        config.effects.ai = AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new);
+        config.effects.db = self.databases().ok().map(Arc::new);
         config
+    }
+
+    /// The application database and connectors of the `orm*` commands and
+    /// `avapConnector` (nothing connects until a script uses them).
+    pub fn databases(&self) -> Result<Databases, DbConfigError> {
+        let app = Some(self.app_database_url.as_str()).filter(|u| !u.is_empty());
+        Databases::new(app, self.connectors.clone(), self.db_limits())
+    }
+
+    /// The `db_*` keys.
+    pub fn db_limits(&self) -> DbLimits {
+        DbLimits {
+            read_only: self.db_read_only,
+            max_rows: self.db_max_rows,
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+        }
+    }
+
+    /// The `outbound_*` keys for the HTTP client.
+    pub fn outbound_config(&self) -> OutboundConfig {
+        OutboundConfig {
+            allow: self.outbound_allow.clone(),
+            timeout_ms: self.outbound_timeout_ms,
+            max_response_kb: self.outbound_max_response_kb,
+            max_redirects: self.outbound_max_redirects,
+        }
     }
 
     /// The `SQLite` file `database_url` names, or why the server cannot use it.
@@ -619,6 +703,30 @@ impl Resolved {
             deny_capabilities: p
                 .pick("deny_capabilities", |l| l.deny_capabilities.clone())
                 .unwrap_or(d.deny_capabilities),
+            outbound_allow: p
+                .pick("outbound_allow", |l| l.outbound_allow.clone())
+                .unwrap_or(d.outbound_allow),
+            outbound_timeout_ms: p
+                .pick("outbound_timeout_ms", |l| l.outbound_timeout_ms)
+                .unwrap_or(d.outbound_timeout_ms),
+            outbound_max_response_kb: p
+                .pick("outbound_max_response_kb", |l| l.outbound_max_response_kb)
+                .unwrap_or(d.outbound_max_response_kb),
+            outbound_max_redirects: p
+                .pick("outbound_max_redirects", |l| l.outbound_max_redirects)
+                .unwrap_or(d.outbound_max_redirects),
+            ai_endpoint: p
+                .pick("ai_endpoint", |l| l.ai_endpoint.clone())
+                .unwrap_or(d.ai_endpoint),
+            app_database_url: p
+                .pick("app_database_url", |l| l.app_database_url.clone())
+                .unwrap_or(d.app_database_url),
+            db_read_only: p.pick("db_read_only", |l| l.db_read_only).unwrap_or(d.db_read_only),
+            db_max_rows: p.pick("db_max_rows", |l| l.db_max_rows).unwrap_or(d.db_max_rows),
+            db_statement_timeout_ms: p
+                .pick("db_statement_timeout_ms", |l| l.db_statement_timeout_ms)
+                .unwrap_or(d.db_statement_timeout_ms),
+            connectors: p.pick("connectors", |l| l.connectors.clone()).unwrap_or(d.connectors),
             log_format: p.pick("log_format", |l| l.log_format).unwrap_or(d.log_format),
             log_level: p.pick("log_level", |l| l.log_level).unwrap_or(d.log_level),
             limits: LimitSettings {
@@ -647,7 +755,12 @@ impl Resolved {
 
     /// Where `key`'s value came from, in words.
     fn origin(&self, key: &str) -> String {
-        match self.sources.get(key).copied().unwrap_or(Source::Default) {
+        // `connectors.X` comes from where the whole `[connectors]` table did.
+        let source = self
+            .sources
+            .get(key)
+            .or_else(|| key.split_once('.').and_then(|(section, _)| self.sources.get(section)));
+        match source.copied().unwrap_or(Source::Default) {
             Source::Default => "default".to_owned(),
             Source::File => {
                 let path = self
@@ -728,6 +841,27 @@ impl Resolved {
                 ));
             }
         }
+        if let Err(e) = OutboundPolicy::new(&s.outbound_allow) {
+            return Err(self.invalid("outbound_allow", format_args!("{:?}", e.entry), &e.to_string()));
+        }
+        in_range("outbound_timeout_ms", s.outbound_timeout_ms, 1, DAY_MS)?;
+        in_range("outbound_max_response_kb", s.outbound_max_response_kb, 1, 1 << 20)?;
+        in_range("outbound_max_redirects", u64::from(s.outbound_max_redirects), 0, 20)?;
+        if !s.ai_endpoint.is_empty()
+            && let Err(why) = AiEndpoint::new(&s.ai_endpoint)
+        {
+            return Err(self.invalid("ai_endpoint", format_args!("{:?}", s.ai_endpoint), &why));
+        }
+        in_range("db_max_rows", to_u64(s.db_max_rows), 1, 1 << 24)?;
+        in_range("db_statement_timeout_ms", s.db_statement_timeout_ms, 1, DAY_MS)?;
+        if let Err(e) = s.databases() {
+            let key = if e.what == "application database" {
+                "app_database_url"
+            } else {
+                "connectors"
+            };
+            return Err(self.invalid(key, format_args!("{:?}", e.url), &e.to_string()));
+        }
         let l = s.limits;
         in_range("limits.fuel", l.fuel, 1, u64::MAX >> 1)?;
         in_range("limits.time_ms", l.time_ms, 1, DAY_MS)?;
@@ -742,8 +876,25 @@ impl Resolved {
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         let mut table = toml::Table::try_from(&self.settings)
             .map_err(|e| problem(format!("cannot show the configuration: {e}")))?;
-        if let Some(toml::Value::String(url)) = table.get_mut("database_url") {
-            *url = redact_url(url);
+        for key in ["database_url", "app_database_url"] {
+            if let Some(toml::Value::String(url)) = table.get_mut(key) {
+                *url = redact_url(url);
+            }
+        }
+        // Connector tokens are credentials: show their first characters only.
+        if let Some(toml::Value::Table(connectors)) = table.get_mut("connectors") {
+            let hidden: toml::Table = std::mem::take(connectors)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (token, url))| {
+                    // A bare TOML key: letters and digits only, numbered so
+                    // tokens with the same start stay apart.
+                    let shown: String = token.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
+                    let url = url.as_str().map_or_else(|| url.to_string(), redact_url);
+                    (format!("{shown}_redacted_{}", i + 1), toml::Value::String(url))
+                })
+                .collect();
+            *connectors = hidden;
         }
         let mut out = String::from(
             "# The effective configuration of `avap serve`; each comment says where the value came from.\n",
@@ -980,6 +1131,42 @@ mod tests {
     }
 
     #[test]
+    fn outbound_keys_are_layered_validated_and_built() {
+        let file = file("outbound_allow = [\"127.0.0.1:8081\", \"10.0.0.0/8\"]\noutbound_timeout_ms = 500\n");
+        let env = env(&[
+            ("AVAP_OUTBOUND_MAX_REDIRECTS", "2"),
+            ("AVAP_AI_ENDPOINT", "http://127.0.0.1:9999/v1/ask"),
+        ])
+        .unwrap();
+        let r = resolved(&Layer::default(), &env, &file);
+        let s = &r.settings;
+        assert_eq!(s.outbound_allow, ["127.0.0.1:8081", "10.0.0.0/8"]);
+        assert_eq!((s.outbound_timeout_ms, s.outbound_max_redirects), (500, 2));
+        assert_eq!(s.outbound_max_response_kb, OutboundConfig::default().max_response_kb);
+        assert_eq!(r.origin("ai_endpoint"), "environment variable AVAP_AI_ENDPOINT");
+        let config = s.server_config();
+        let http = config.effects.http.expect("outbound client");
+        assert_eq!(http.policy().allowlist(), ["127.0.0.1:8081", "10.0.0.0/8"]);
+        assert_eq!(
+            config.effects.ai.expect("ai endpoint").url.as_str(),
+            "http://127.0.0.1:9999/v1/ask"
+        );
+        let printed = r.to_toml().unwrap();
+        assert!(
+            printed.contains("outbound_timeout_ms = 500  # file avap.toml"),
+            "{printed}"
+        );
+        let bad = invalid("outbound_allow = [\"10.0.0.0/40\"]\n");
+        assert!(bad.contains("outbound_allow") && bad.contains("CIDR block"), "{bad}");
+        let bad = invalid("ai_endpoint = \"ftp://x\"\n");
+        assert!(bad.starts_with("ai_endpoint") && bad.contains("http"), "{bad}");
+        let bad = invalid("outbound_max_redirects = 50\n");
+        assert!(bad.contains("between 0 and 20"), "{bad}");
+        let none = resolved(&Layer::default(), &Layer::default(), &Layer::default());
+        assert!(none.settings.server_config().effects.ai.is_none());
+    }
+
+    #[test]
     fn database_urls() {
         let with = |url: &str| {
             let mut s = Settings::defaults(PathBuf::from("/data"));
@@ -1035,9 +1222,18 @@ mod tests {
             "AVAP_LIMITS_FUEL",
             "AVAP_DENY_CAPABILITIES",
             "AVAP_LOG_LEVEL",
+            "AVAP_OUTBOUND_ALLOW",
+            "AVAP_OUTBOUND_TIMEOUT_MS",
+            "AVAP_OUTBOUND_MAX_RESPONSE_KB",
+            "AVAP_OUTBOUND_MAX_REDIRECTS",
+            "AVAP_AI_ENDPOINT",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
         }
-        assert_eq!(names.len(), 22);
+        assert_eq!(
+            names.len(),
+            22 + 5 + 4,
+            "22 before issue 6, 5 outbound/ai keys, 4 database keys"
+        );
     }
 }

@@ -143,7 +143,10 @@ pub async fn execute_one(state: &AppState, actor: &Actor, body: ExecuteRequest) 
         (None, None) => RunTarget::default(),
     };
     let mut record = RunRecord::new(state, actor, target);
-    let result = state.metrics().run(run_request(state, body, &mut record.target)).await;
+    // Boxed once here, so the large run future is not copied through every
+    // layer of futures (and middleware) that awaits this one.
+    let run = Box::pin(run_request(state, body, &mut record.target));
+    let result = state.metrics().run(run).await;
     record.finish(&result);
     result
 }

@@ -3,11 +3,14 @@
 //!
 //! * `avap_requests_total{route,status}`: every response, by route template
 //!   (matched against [`ROUTES`](super::openapi::ROUTES); `unmatched` for the
-//!   404 fallback) and status. Counted by the [`count_requests`] middleware.
+//!   404 fallback) and status, and `avap_request_duration_seconds{route,status}`
+//!   (histogram), time from the request's arrival at the middleware to its
+//!   response head. Counted by the [`count_requests`] middleware.
 //! * `avap_runs_total{outcome}`: runs by `ok` or the envelope's or the API
 //!   error's kind; `avap_limit_hits_total{kind}` for the limit kinds.
 //! * `avap_compile_cache_hits_total` / `avap_compile_cache_misses_total`.
 //! * `avap_run_duration_seconds` (histogram) and `avap_runs_in_flight` (gauge).
+//! * `avap_fuel_used_total`: fuel burnt by finished runs.
 //! * `avap_audit_dropped_total`: audit rows of runs dropped because the
 //!   audit queue was full ([`audit`](super::audit)).
 
@@ -16,7 +19,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use avap_runtime::RunReport;
 use axum::extract::{Request, State};
@@ -45,7 +48,7 @@ const LIMIT_KINDS: [&str; 5] = [
 /// The server's counters; lock-free except the labelled maps.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    requests: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
     runs: Mutex<BTreeMap<String, u64>>,
     limit_hits: Mutex<BTreeMap<String, u64>>,
     cache_hits: AtomicU64,
@@ -54,12 +57,13 @@ pub struct Metrics {
     duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_micros: AtomicU64,
     in_flight: AtomicI64,
+    fuel_used: AtomicU64,
     audit_dropped: AtomicU64,
 }
 
 impl Metrics {
-    pub fn request(&self, route: &'static str, status: u16) {
-        *lock(&self.requests).entry((route, status)).or_default() += 1;
+    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
+        lock(&self.requests).entry((route, status)).or_default().observe(took);
     }
 
     pub fn cache_hit(&self) {
@@ -76,15 +80,26 @@ impl Metrics {
 
     /// Await one run, counting it in flight, timing it and recording its outcome.
     pub async fn run(&self, run: impl Future<Output = Result<RunReport, ApiError>>) -> Result<RunReport, ApiError> {
+        // A guard, so a run cancelled mid-way (client gone, request timeout) leaves the gauge too.
+        struct InFlight<'a>(&'a AtomicI64);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(&self.in_flight);
         let started = Instant::now();
         let result = run.await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         let seconds = started.elapsed().as_secs_f64();
         let bucket = BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(BUCKETS.len());
         self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.duration_sum_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Ok(report) = &result {
+            self.fuel_used.fetch_add(report.usage.fuel, Ordering::Relaxed);
+        }
         let outcome = match &result {
             Ok(report) => report.envelope["error"]["kind"].as_str().unwrap_or("ok").to_owned(),
             Err(e) => e.kind().to_owned(),
@@ -105,13 +120,29 @@ impl Metrics {
             "counter",
             "HTTP responses by route and status.",
         );
-        for ((route, status), n) in lock(&self.requests).iter() {
+        let requests = lock(&self.requests);
+        for ((route, status), h) in requests.iter() {
             let _ = writeln!(
                 out,
-                "avap_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                escape(route)
+                "avap_requests_total{{route=\"{}\",status=\"{status}\"}} {}",
+                escape(route),
+                h.count
             );
         }
+        header(
+            &mut out,
+            "avap_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route and status, up to the response head.",
+        );
+        for ((route, status), h) in requests.iter() {
+            h.render(
+                &mut out,
+                "avap_request_duration_seconds",
+                &format!("route=\"{}\",status=\"{status}\"", escape(route)),
+            );
+        }
+        drop(requests);
         header(
             &mut out,
             "avap_runs_total",
@@ -143,6 +174,11 @@ impl Metrics {
                 "avap_compile_cache_misses_total",
                 "Inline scripts compiled because they were not cached.",
                 &self.cache_misses,
+            ),
+            (
+                "avap_fuel_used_total",
+                "Fuel burnt by finished runs (wasm instructions plus host work).",
+                &self.fuel_used,
             ),
             (
                 "avap_audit_dropped_total",
@@ -177,6 +213,37 @@ impl Metrics {
         );
         let _ = writeln!(out, "avap_runs_in_flight {}", self.in_flight.load(Ordering::Relaxed));
         out
+    }
+}
+
+/// A histogram over [`BUCKETS`] for use under a lock.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Non-cumulative bucket counts; the last one is `+Inf`.
+    buckets: [u64; BUCKETS.len() + 1],
+    sum_seconds: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+
+    /// `name_bucket{labels,le=…}` lines, then `_sum` and `_count`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), ToString::to_string);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
 }
 
@@ -219,8 +286,11 @@ fn matches_template(template: &str, path: &str) -> bool {
 /// Middleware: count every response in `avap_requests_total`.
 pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = route_of(req.uri().path());
+    let started = Instant::now();
     let response = next.run(req).await;
-    state.metrics().request(route, response.status().as_u16());
+    state
+        .metrics()
+        .request(route, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -257,7 +327,7 @@ mod tests {
     #[tokio::test]
     async fn render_is_prometheus_text() {
         let m = Metrics::default();
-        m.request("/api/v1/execute", 200);
+        m.request("/api/v1/execute", 200, Duration::from_millis(3));
         m.cache_miss();
         let _ = m.run(async { Err(ApiError::MethodNotAllowed) }).await;
         let text = m.render();
@@ -276,5 +346,13 @@ mod tests {
         );
         assert!(text.contains("avap_run_duration_seconds_count 1\n"), "{text}");
         assert!(text.contains("avap_runs_in_flight 0\n"), "{text}");
+        let latency = "avap_request_duration_seconds_bucket{route=\"/api/v1/execute\",status=\"200\",le=";
+        assert!(text.contains(&format!("{latency}\"0.0025\"}} 0\n")), "{text}");
+        assert!(text.contains(&format!("{latency}\"0.005\"}} 1\n")), "{text}");
+        assert!(
+            text.contains("avap_request_duration_seconds_count{route=\"/api/v1/execute\",status=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("avap_fuel_used_total 0\n"), "{text}");
     }
 }

@@ -93,6 +93,10 @@ pub struct ServerConfig {
     pub allow_anonymous: bool,
     /// Rate limits, request timeout, CORS ([`protect`]).
     pub protect: protect::ProtectConfig,
+    /// What effect commands may reach (outbound HTTP policy, databases,
+    /// model endpoint); built from the config keys `outbound_*`,
+    /// `ai_endpoint`, … Default: nothing (those commands are denied).
+    pub effects: avap_runtime::Effects,
 }
 
 impl ServerConfig {
@@ -118,6 +122,7 @@ impl ServerConfig {
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
             protect: protect::ProtectConfig::default(),
+            effects: avap_runtime::Effects::default(),
         }
     }
 }
@@ -281,13 +286,15 @@ impl AppState {
                 Compiled::Module(module) => module,
                 Compiled::CompileError(report) => return Ok(RunReport::clone(&report)),
             },
+            // Boxed: the slow paths' futures would otherwise bloat every
+            // run's future, which the middleware stack moves around.
             Program::Artifact(artifact) => {
-                self.off_thread(move |shared| {
+                Box::pin(self.off_thread(move |shared| {
                     shared
                         .runtime
                         .load(&artifact)
                         .map_err(|e| load_error(e, "loading an artifact"))
-                })
+                }))
                 .await?
             }
             Program::Loaded(module) => module,
@@ -297,6 +304,7 @@ impl AppState {
             limits: settings.limits,
             time_zone: settings.time_zone,
             now: settings.now,
+            effects: self.shared.config.effects.clone(),
         };
         Ok(self.shared.runtime.run(&module, input).await)
     }
@@ -310,9 +318,7 @@ impl AppState {
             return Ok(hit);
         }
         shared.metrics.cache_miss();
-        let built = self
-            .off_thread(move |shared| shared.build("inline.avap".to_owned(), script))
-            .await?;
+        let built = Box::pin(self.off_thread(move |shared| shared.build("inline.avap".to_owned(), script))).await?;
         let compiled = match built {
             Ok(built) => Compiled::Module(built.module),
             Err(report) => Compiled::CompileError(Arc::new(report)),
@@ -328,6 +334,12 @@ impl AppState {
         if let Some(hit) = cache.get(name, version) {
             return Ok(Some(hit));
         }
+        Box::pin(self.load_stored(name, version)).await
+    }
+
+    /// [`AppState::stored`] on a cache miss.
+    async fn load_stored(&self, name: &str, version: Option<i64>) -> Result<Option<StoredScript>, ApiError> {
+        let cache = &self.shared.stored;
         let generation = cache.generation();
         let Some((found, artifact)) = self.store().artifact(name, version).await? else {
             return Ok(None);

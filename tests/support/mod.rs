@@ -228,6 +228,17 @@ impl Server {
         self.send(raw.as_bytes())
     }
 
+    /// Stop the process as an operator would (SIGTERM: graceful shutdown)
+    /// and wait for it; its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for the server")
+    }
+
     /// Stop the process (as a crash would) and wait for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

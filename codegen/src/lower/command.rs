@@ -6,7 +6,7 @@ use avap_hostfns::signature::{CommandSig, ParamKind, Returns};
 use avap_hostfns::{ErrorKind, command};
 
 use super::func::{FuncCtx, FuncKind, Home, Pair, Undefined, mem};
-use crate::ast::{Arg, Call, ExprKind, Ident};
+use crate::ast::{Arg, Call, Expr, ExprKind, Ident};
 
 /// How a call's result is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,10 @@ pub(crate) enum Site<'i> {
 impl FuncCtx<'_, '_> {
     /// Lower a call to a named function or command; pushes its result.
     pub fn call_named(&mut self, call: &Call, site: Site<'_>) {
-        let name = call.name().map_or("", |n| n.name.as_str());
+        let Some(name) = call.name().map(|n| n.name.as_str()) else {
+            self.method_call(call);
+            return;
+        };
         if let Some(f) = self.m.user_fns.get(name).cloned() {
             let given = call.args.len();
             for (i, a) in call.args.iter().enumerate() {
@@ -95,6 +98,11 @@ impl FuncCtx<'_, '_> {
             match param.kind {
                 ParamKind::Value => {
                     match arg.and_then(|a| a.value.as_ref()) {
+                        // Database SQL: template values become bound parameters.
+                        Some(Expr {
+                            kind: ExprKind::Template(parts),
+                            ..
+                        }) if is_sql_param(sig.name, param.name) => self.sql_template(parts),
                         Some(e) => self.value_arg(e),
                         None => self.push_none(),
                     }
@@ -182,6 +190,15 @@ impl FuncCtx<'_, '_> {
             None => String::new(),
         }
     }
+}
+
+/// Parameters that are SQL text: a backtick template there keeps its values
+/// apart (bound parameters, spec §9).
+fn is_sql_param(command: &str, param: &str) -> bool {
+    matches!(
+        (command, param),
+        ("ormDirect", "sql") | ("ormAccessSelect" | "ormAccessUpdate", "whereSelector")
+    )
 }
 
 fn form_index(sig: &CommandSig, arity: usize) -> Option<usize> {

@@ -6,7 +6,7 @@
 //! `binary` helper, which implements the full semantics.
 
 use avap_hostfns::ErrorKind;
-use avap_hostfns::abi::{self, BinOp, BuiltinCode, Helper, UnOp};
+use avap_hostfns::abi::{self, BinOp, BuiltinCode, Helper, METHOD_CALL_KEY, SQL_TEMPLATE_KEY, UnOp};
 use wasm_encoder::{BlockType, ValType};
 
 use super::func::{FuncCtx, Undefined};
@@ -734,15 +734,124 @@ impl FuncCtx<'_, '_> {
 
     /// A call in expression position.
     fn call_expr(&mut self, call: &Call) {
-        let Some(_) = call.name() else {
+        if call.name().is_none() {
+            self.method_call(call);
+            return;
+        }
+        self.call_named(call, super::command::Site::Expression);
+    }
+
+    /// `object.name(args…)` — connector methods (`conn.query(sql)`, spec
+    /// §9). Lowered to a call of the `ormDirect` import (capability `db`)
+    /// whose `sql` slot holds
+    /// `{"$method_call": [object, "name", args…]}`; the host checks that
+    /// `object` is a connector and that it has the method, and raises a
+    /// catchable `TypeError` otherwise. Pushes the result.
+    pub fn method_call(&mut self, call: &Call) {
+        let (ExprKind::Attribute { object, name }, Some(&(import, _, _))) =
+            (&call.callee.kind, self.m.commands.get("ormDirect"))
+        else {
             self.mark(call.span);
             self.raise(
-                ErrorKind::NotAvailable,
-                "method calls are not available yet (command not available yet)",
+                ErrorKind::TypeError,
+                "only functions, commands and connector methods (`conn.query(sql)`) can be called",
             );
             return;
         };
-        self.call_named(call, super::command::Site::Expression);
+        let d = self.new_local(ValType::I64);
+        self.helper(Helper::DictNew);
+        self.ins().local_set(d).local_get(d);
+        self.push_str(METHOD_CALL_KEY);
+        let h = self.new_local(ValType::I64);
+        self.helper(Helper::ListNew);
+        self.ins().local_set(h).local_get(h);
+        self.expr(object);
+        self.helper(Helper::ListPush);
+        self.ins().local_get(h);
+        self.push_str(&name.name);
+        self.helper(Helper::ListPush);
+        for a in &call.args {
+            self.ins().local_get(h);
+            match &a.value {
+                Some(Expr {
+                    kind: ExprKind::Template(parts),
+                    ..
+                }) => self.sql_template(parts),
+                Some(v) => self.expr(v),
+                None => self.push_none(),
+            }
+            self.helper(Helper::ListPush);
+        }
+        self.ins().i32_const(abi::TAG_LIST).local_get(h);
+        self.mark(call.span);
+        self.helper(Helper::DictSet);
+        self.check_status();
+        // Slot 0: the call; slot 1: ormDirect's (unused) target.
+        let base = i32::try_from(abi::ARGS_BASE).unwrap_or(0);
+        let second = i32::try_from(abi::ARGS_BASE + abi::SLOT_BYTES).unwrap_or(0);
+        self.ins()
+            .i32_const(base)
+            .i32_const(abi::TAG_DICT)
+            .i32_store(super::func::mem(0, 2));
+        self.ins()
+            .i32_const(base)
+            .local_get(d)
+            .i64_store(super::func::mem(8, 3));
+        self.ins()
+            .i32_const(second)
+            .i32_const(abi::TAG_NONE)
+            .i32_store(super::func::mem(0, 2));
+        self.ins()
+            .i32_const(second)
+            .i64_const(0)
+            .i64_store(super::func::mem(8, 3));
+        self.mark(call.span);
+        self.ins().i32_const(base).i32_const(2);
+        self.allocates = true;
+        self.ins().call(import);
+        self.check_err();
+        self.last = Known::ANY;
+    }
+
+    /// A backtick template given to a database command's SQL parameter:
+    /// `{"$sql_template": [text, value, text, …, text]}` so that the host
+    /// binds the values as parameters instead of splicing their text.
+    pub fn sql_template(&mut self, parts: &[TemplatePart]) {
+        let d = self.new_local(ValType::I64);
+        self.helper(Helper::DictNew);
+        self.ins().local_set(d).local_get(d);
+        self.push_str(SQL_TEMPLATE_KEY);
+        let h = self.new_local(ValType::I64);
+        self.helper(Helper::ListNew);
+        self.ins().local_set(h);
+        // Texts and variables alternate, starting and ending with a text.
+        let mut texts: Vec<String> = vec![String::new()];
+        let mut vars: Vec<&crate::ast::Ident> = Vec::new();
+        for part in parts {
+            match part {
+                TemplatePart::Text { text } => texts.last_mut().expect("never empty").push_str(text),
+                TemplatePart::Var { name } => {
+                    vars.push(name);
+                    texts.push(String::new());
+                }
+            }
+        }
+        for (i, text) in texts.iter().enumerate() {
+            self.ins().local_get(h);
+            self.push_str(text);
+            self.helper(Helper::ListPush);
+            if let Some(name) = vars.get(i) {
+                self.ins().local_get(h);
+                let home = self.home(&name.name);
+                self.read(home, &name.name, Undefined::AsNone);
+                self.helper(Helper::ListPush);
+            }
+        }
+        self.ins().i32_const(abi::TAG_LIST).local_get(h);
+        self.helper(Helper::DictSet);
+        self.check_status();
+        self.ins().i32_const(abi::TAG_DICT).local_get(d);
+        self.last = Known::ANY;
     }
     /// `str`/`int`/`float`/`len`: one argument, evaluated as an expression.
     pub fn builtin_call(&mut self, call: &Call, code: BuiltinCode, name: &str) {

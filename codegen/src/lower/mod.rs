@@ -389,7 +389,14 @@ fn collect_commands(checked: &CheckedProgram) -> IndexMap<&'static str, (u32, &'
     for (file, program) in checked.programs.iter().enumerate() {
         let src = checked.sources.get(file);
         each_call(&program.body, &mut |call| {
-            if let Some(sig) = call.name().and_then(|n| lookup_command(&n.name)) {
+            // A method call (`conn.query(sql)`) goes through `ormDirect`.
+            let method = matches!(call.callee.kind, ExprKind::Attribute { .. });
+            let sig = if method {
+                lookup_command("ormDirect")
+            } else {
+                call.name().and_then(|n| lookup_command(&n.name))
+            };
+            if let Some(sig) = sig {
                 let n = u32::try_from(Helper::ALL.len() + used.len()).expect("import count fits u32");
                 let line = src.line_col(call.span.start as usize).line;
                 used.entry(sig.name).or_insert((n, sig, line));

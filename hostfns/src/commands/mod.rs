@@ -39,18 +39,17 @@ pub enum Outcome {
     InPlace,
 }
 
-/// Commands whose effects reach outside the run (network, database, model).
-/// This build does not provide them.
+/// Commands whose effects reach outside the run that this build does not
+/// provide yet. Whatever this list says, this synchronous dispatcher never
+/// runs a `net`/`db`/`ai` command: those are async and live in
+/// `crate::effects` (feature `effects`), which the runtime links instead.
 const NOT_AVAILABLE: &[&str] = &[
-    "RequestGet",
-    "RequestPost",
     "ormDirect",
     "ormCheckTable",
     "ormAccessSelect",
     "ormAccessInsert",
     "ormAccessUpdate",
     "avapConnector",
-    "functionAI",
 ];
 
 /// Run command `name`. `form` is the index of the form (in
@@ -65,7 +64,15 @@ pub fn call(
     target: &mut Value,
 ) -> Result<Outcome, HostError> {
     let sig = match signature::command(name) {
-        Some(sig) if !NOT_AVAILABLE.contains(&sig.name) => sig,
+        Some(sig)
+            if !NOT_AVAILABLE.contains(&sig.name)
+                && !matches!(
+                    sig.capability,
+                    signature::Capability::Net | signature::Capability::Db | signature::Capability::Ai
+                ) =>
+        {
+            sig
+        }
         _ => {
             return Err(HostError::script(
                 ErrorKind::NotAvailable,

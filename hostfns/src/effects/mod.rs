@@ -1,0 +1,95 @@
+//! Commands with outside effects (spec §9): outbound HTTP (`RequestGet`,
+//! `RequestPost`), the model endpoint (`functionAI`), and the application and
+//! connector databases (`orm*`, `avapConnector`).
+//!
+//! Built only with the `effects` feature. Unlike [`crate::commands`], these
+//! are `async` and take owned arguments: the runtime reads the argument
+//! slots out of the run's heap, awaits [`call`] (other runs keep their
+//! threads meanwhile) and writes the [`EffectOutcome`] back.
+//!
+//! [`Effects`] holds what a deployment configured — the outbound policy and
+//! HTTP client, the databases, the model endpoint — built once per process
+//! and shared by every run (cloning it clones three `Arc`s). A part that is
+//! not configured makes its commands fail with a catchable
+//! `CapabilityDenied` that says what to configure.
+//!
+//! Calling convention: `args` holds the value of every non-target parameter
+//! of form `form`, in order (as in [`crate::commands`], minus the target).
+
+pub mod db;
+pub mod http;
+pub mod policy;
+
+use std::sync::Arc;
+
+use crate::error::{ErrorKind, HostError};
+use crate::signature::{self, Capability, ParamKind};
+use crate::value::Value;
+
+/// What an effect command produced: the value for its target variable
+/// (`Value::None` for commands that yield nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EffectOutcome {
+    Value(Value),
+}
+
+/// The outside world a run may reach, as configured by the deployment.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    /// Outbound HTTP (`RequestGet`, `RequestPost`): policy and client.
+    pub http: Option<Arc<http::Outbound>>,
+    /// Application database and named connector connections.
+    pub db: Option<Arc<db::Databases>>,
+    /// The model endpoint of `functionAI`.
+    pub ai: Option<Arc<http::AiEndpoint>>,
+}
+
+/// Whether `name` is a command implemented here (and not in
+/// [`crate::commands`]).
+pub fn is_effect(name: &str) -> bool {
+    signature::command(name)
+        .is_some_and(|sig| matches!(sig.capability, Capability::Net | Capability::Db | Capability::Ai))
+}
+
+/// Run effect command `name` (form `form`) with the values of its
+/// non-target parameters.
+pub async fn call(name: &str, form: usize, args: Vec<Value>, fx: &Effects) -> Result<EffectOutcome, HostError> {
+    let Some(sig) = signature::command(name).filter(|_| is_effect(name)) else {
+        return Err(HostError::script(
+            ErrorKind::NotAvailable,
+            format!("{name} is not a command with outside effects"),
+        ));
+    };
+    let Some(params) = sig.forms.get(form) else {
+        return Err(HostError::script(
+            ErrorKind::TypeError,
+            format!("{name}: no form #{form} (it has {})", sig.forms.len()),
+        ));
+    };
+    let expected = params.iter().filter(|p| p.kind != ParamKind::Target).count();
+    if args.len() != expected {
+        return Err(HostError::script(
+            ErrorKind::TypeError,
+            format!("{name}: expected {expected} argument(s), got {}", args.len()),
+        ));
+    }
+    match sig.name {
+        "RequestGet" | "RequestPost" | "functionAI" => http::call(sig.name, args, fx).await,
+        "ormDirect" | "ormCheckTable" | "ormAccessSelect" | "ormAccessInsert" | "ormAccessUpdate" | "avapConnector" => {
+            match &fx.db {
+                Some(dbs) => db::call(sig.name, form, args, dbs).await,
+                None => Err(HostError::script(
+                    ErrorKind::CapabilityDenied,
+                    format!(
+                        "{name}: no application database is configured for this runtime \
+                         (set `database_url`/connectors in the server config, or run under `avap serve`)"
+                    ),
+                )),
+            }
+        }
+        other => Err(HostError::script(
+            ErrorKind::NotAvailable,
+            format!("command not available yet: {other}"),
+        )),
+    }
+}

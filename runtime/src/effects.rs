@@ -1,0 +1,152 @@
+//! Commands with outside effects (`avap_hostfns::effects`): linked as async
+//! host functions, so a run awaiting the network or a database gives its
+//! thread back to the executor.
+//!
+//! Each call reads its argument slots out of the heap into owned values,
+//! awaits `avap_hostfns::effects::call` under the run's wall-time deadline
+//! (the epoch callback cannot fire while the host awaits, so the await
+//! itself is bounded and ends the run with `TimeLimit`), writes the result
+//! back as the command's value and charges fuel for the bytes produced.
+
+use std::time::Instant;
+
+use avap_hostfns::abi;
+use avap_hostfns::effects::{self, EffectOutcome, Effects};
+use avap_hostfns::signature::{CommandSig, ParamKind};
+use avap_hostfns::{HostError, LimitHit, LimitKind};
+use wasmtime::{Caller, Linker};
+
+use crate::linker::{raise, to_pair, value};
+use crate::state::RunState;
+
+type Pair = (i32, i64);
+type Res<T> = wasmtime::Result<T>;
+
+/// The outside world of one run: what the deployment configured, and the
+/// run's wall-clock deadline (`None` when unmetered).
+#[derive(Debug, Clone, Default)]
+pub struct RunEffects {
+    pub effects: Effects,
+    pub deadline: Option<Instant>,
+}
+
+/// Host work is charged at one fuel unit per this many bytes produced (as
+/// for the other commands).
+const BYTES_PER_FUEL: u64 = 8;
+
+/// Link every effect command as an async host function, replacing the
+/// synchronous adapter `linker::build` defined for it.
+pub fn register(l: &mut Linker<RunState>) -> Res<()> {
+    l.allow_shadowing(true);
+    for sig in avap_hostfns::commands().iter().filter(|s| effects::is_effect(s.name)) {
+        l.func_wrap_async(
+            abi::COMMAND_MODULE,
+            sig.name,
+            move |mut c: Caller<'_, RunState>, (ptr, argc): (i32, i32)| {
+                Box::new(async move { call(&mut c, sig, ptr, argc).await })
+            },
+        )?;
+    }
+    l.allow_shadowing(false);
+    Ok(())
+}
+
+fn bad(what: &str) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("corrupt module: invalid {what}"))
+}
+
+async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
+    let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
+    let argc = usize::try_from(argc).map_err(|_| bad("argument count"))?;
+    let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
+    let mut slots: Vec<Pair> = Vec::with_capacity(argc);
+    {
+        let data = memory.data(&*c);
+        for i in 0..argc {
+            let at = start + i * abi::SLOT_BYTES as usize;
+            let bytes = data.get(at..at + 16).ok_or_else(|| bad("argument area"))?;
+            let t = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+            let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+            slots.push((t, p));
+        }
+    }
+    let slot_count = |form: &[avap_hostfns::signature::Param]| {
+        form.iter()
+            .map(|p| if p.kind == ParamKind::Name { 2 } else { 1 })
+            .sum::<usize>()
+    };
+    let form_index = sig
+        .forms
+        .iter()
+        .position(|f| slot_count(f) == argc)
+        .ok_or_else(|| bad("argument count"))?;
+    // The values of every slot but the target's.
+    let mut args = Vec::with_capacity(argc);
+    let mut at = 0;
+    for p in sig.forms[form_index] {
+        let width = if p.kind == ParamKind::Name { 2 } else { 1 };
+        if p.kind != ParamKind::Target {
+            for &(t, v) in &slots[at..at + width] {
+                args.push(value(&c.data().heap, t, v)?.into_owned());
+            }
+        }
+        at += width;
+    }
+    let fx = c.data().effects.clone();
+    let work = effects::call(sig.name, form_index, args, &fx.effects);
+    let result = match fx.deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(wasmtime::Error::new(LimitHit::new(
+                    LimitKind::TimeLimit,
+                    format!("wall-clock time limit reached while {} waited", sig.name),
+                )));
+            }
+        },
+        None => work.await,
+    };
+    match result {
+        Ok(EffectOutcome::Value(v)) => {
+            charge(c, v.heap_bytes() as u64 / BYTES_PER_FUEL + 1)?;
+            to_pair(&mut c.data_mut().heap, v)
+        }
+        Err(HostError::Script(e)) => {
+            raise(c, e);
+            Ok((abi::TAG_ERR, 0))
+        }
+        Err(HostError::Limit(l)) => Err(wasmtime::Error::new(l)),
+    }
+}
+
+/// Take `units` of fuel; `FuelExhausted` when there is not enough left. A
+/// no-op when metering is off.
+fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
+    let Ok(left) = c.get_fuel() else { return Ok(()) };
+    if units > left {
+        c.set_fuel(0)?;
+        return Err(wasmtime::Error::new(LimitHit::new(
+            LimitKind::FuelExhausted,
+            "all fuel consumed (in a host call)",
+        )));
+    }
+    c.set_fuel(left - units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_net_db_ai_command_is_an_effect() {
+        let names: Vec<&str> = avap_hostfns::commands()
+            .iter()
+            .filter(|s| effects::is_effect(s.name))
+            .map(|s| s.name)
+            .collect();
+        for n in ["RequestGet", "RequestPost", "functionAI", "ormDirect", "avapConnector"] {
+            assert!(names.contains(&n), "{n}");
+        }
+        assert!(!effects::is_effect("addVar"));
+    }
+}
