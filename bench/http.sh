@@ -79,6 +79,15 @@ for addr in "${servers[@]}"; do
     esac
 done
 
+# The stored-script cases run the same script from the registry.
+curl -sf -X POST -H 'Content-Type: application/json' \
+    --data '{"name": "hello", "source": "addVar(greeting, \"Hello\")\naddResult(greeting)\n"}' \
+    "http://$ours/api/v1/scripts" >/dev/null || { echo "http.sh: cannot store the hello script" >&2; exit 1; }
+case $(curl -sf -X POST -H 'Content-Type: application/json' --data '{"name": "hello"}' "http://$ours/api/v1/execute") in
+    *'"greeting":"Hello"'*) ;;
+    *) echo "http.sh: the stored hello script does not answer as expected" >&2; exit 1 ;;
+esac
+
 # run MODE CONNECTIONS ADDR PATH -> "rps p50_ms p99_ms requests non2xx socket_errors"
 run() {
     local line
@@ -89,7 +98,8 @@ run() {
 
 rows=()
 bad=0
-for case in "execute 8 /api/v1/execute" "execute 64 /api/v1/execute" "health 8 /api/v1/health"; do
+for case in "stored 8 /api/v1/execute" "stored 64 /api/v1/execute" "execute 8 /api/v1/execute" \
+    "execute 64 /api/v1/execute" "health 8 /api/v1/health"; do
     read -r mode conns path <<<"$case"
     echo "== $mode, $conns connections, $duration each" >&2
     read -r o_rps o_p50 o_p99 o_n o_st o_se <<<"$(run "$mode" "$conns" "$ours" "$path")"
@@ -109,9 +119,10 @@ for case in "execute 8 /api/v1/execute" "execute 64 /api/v1/execute" "health 8 /
         -v orps="$o_rps" -v op50="$o_p50" -v op99="$o_p99" \
         -v brps="$b_rps" -v bp50="$b_p50" -v bp99="$b_p99" \
         -v trps="$t_rps" -v tp50="$t_p50" -v tp99="$t_p99" 'BEGIN {
-        meth = (m == "execute") ? "POST" : "GET"
-        printf "| %s %s | %d | %.0f | %.0f | **%.2f** | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |",
-            meth, path, c, orps, brps, orps / brps, op50, bp50, op50 / bp50, op99, bp99, op99 / bp99
+        meth = (m == "health") ? "GET" : "POST"
+        what = (m == "stored") ? " (stored)" : ((m == "execute") ? " (inline)" : "")
+        printf "| %s %s%s | %d | %.0f | %.0f | **%.2f** | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |",
+            meth, path, what, c, orps, brps, orps / brps, op50, bp50, op50 / bp50, op99, bp99, op99 / bp99
         if (trps > 0)
             printf " %.0f | **%.2f** | %.2f | %.2f | %.2f | %.2f |\n",
                 trps, orps / trps, tp50, op50 / tp50, tp99, op99 / tp99

@@ -759,3 +759,103 @@ fn conformance_database_cases_on_postgres() {
         }
     }
 }
+
+/// An in-memory `SQLite` application database: one pooled connection.
+fn memory(limits: DbLimits) -> Databases {
+    Databases::new(Some("sqlite::memory:"), [], limits).expect("config")
+}
+
+#[tokio::test]
+async fn sqlite_attach_refused_by_the_engine() {
+    let dir = tmp("attach_engine");
+    let b = Backend::sqlite("attach_engine_app");
+    let db = b.databases(DbLimits::default());
+    seed(&db).await;
+    let target = dir.join("x.sqlite");
+    let t = target.display().to_string();
+    // `$1(')` is one bind token to SQLite; a hand-written lexer reads a
+    // quote there and misses the ATTACH that follows.
+    let bypass = format!("SELECT 1 WHERE 1=1 AND $1(');ATTACH DATABASE '{t}' AS s;--'");
+    let (kind, message) = err(&db, "ormDirect", vec![s(&bypass)]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    let relative = "SELECT 1 WHERE 1=1 AND $1(');ATTACH DATABASE 'x.sqlite' AS s;--'";
+    let (kind, message) = err(&db, "ormDirect", vec![s(relative)]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    // The same through a whereSelector.
+    let selector = format!("1=1 AND $1(');ATTACH DATABASE '{t}' AS s;--'");
+    let (kind, message) = err(&db, "ormAccessSelect", vec![s("id"), s("people"), s(&selector)]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    let (kind, _) = err(&db, "ormDirect", vec![s(&format!("ATTACH DATABASE '{t}' AS s"))]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError);
+    // VACUUM INTO attaches its target too.
+    let vacuum = format!("SELECT 1 WHERE 1=1 AND $1(');VACUUM INTO '{t}';--'");
+    let (kind, _) = err(&db, "ormDirect", vec![s(&vacuum)]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError);
+    assert!(!target.exists(), "{t} was created");
+    assert!(!std::path::Path::new("x.sqlite").exists(), "x.sqlite was created");
+    // The database still works.
+    assert_eq!(count(&db, "people").await, 3);
+}
+
+#[tokio::test]
+async fn sqlite_timeout_interrupts_and_frees_the_connection() {
+    let db = memory(DbLimits {
+        statement_timeout: Duration::from_millis(300),
+        ..DbLimits::default()
+    });
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+    let (kind, message) = err(&db, "ormDirect", vec![s(endless)]).await;
+    assert_eq!(kind, ErrorKind::TimeoutError, "{message}");
+    // The only connection comes back: the next statement runs at once.
+    let started = std::time::Instant::now();
+    let one = ok(&db, "ormDirect", vec![s("SELECT 1 AS one")]).await;
+    assert_eq!(rows(&one)[0]["one"], 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_result_size_is_capped() {
+    let db = memory(DbLimits {
+        max_result_bytes: 64 * 1024,
+        ..DbLimits::default()
+    });
+    // 100 rows of 1 KiB fit the row cap but not 64 KiB.
+    let big = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100) \
+               SELECT x, hex(zeroblob(512)) AS pad FROM c";
+    let (kind, message) = err(&db, "ormDirect", vec![s(big)]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    assert!(message.contains("larger than 64 KiB"), "{message}");
+    // One value longer than the cap is refused by the engine itself.
+    let (kind, message) = err(&db, "ormDirect", vec![s("SELECT zeroblob(1000000) AS b")]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    let small = ok(&db, "ormDirect", vec![s("SELECT hex(zeroblob(512)) AS pad")]).await;
+    assert_eq!(rows(&small).len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_temp_objects_do_not_outlive_the_call() {
+    let db = memory(DbLimits::default());
+    ok(&db, "ormDirect", vec![s("CREATE TEMP TABLE leak (x INTEGER)")]).await;
+    ok(&db, "ormDirect", vec![s("CREATE TABLE kept (x INTEGER)")]).await;
+    let (kind, message) = err(&db, "ormDirect", vec![s("SELECT x FROM leak")]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    assert!(message.contains("no such table"), "{message}");
+    // The (in-memory) main database survived the reset.
+    assert_eq!(ok(&db, "ormCheckTable", vec![s("kept")]).await, s("True"));
+}
+
+#[tokio::test]
+async fn postgres_session_state_is_discarded() {
+    let db = Databases::new(Some(PG), [], DbLimits::default()).expect("config");
+    // Whichever pooled connection serves the next call, none keeps a
+    // temporary table from an earlier one.
+    for _ in 0..3 {
+        ok(&db, "ormDirect", vec![s("CREATE TEMP TABLE avap_leak (x int)")]).await;
+    }
+    let (kind, message) = err(&db, "ormDirect", vec![s("SELECT x FROM avap_leak")]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+}

@@ -71,7 +71,11 @@ async fn echo_get(RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
         .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
         .collect();
     let token = headers.get("x-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    axum::Json(json!({"query": query, "token": token})).into_response()
+    let proxy = headers
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    axum::Json(json!({"query": query, "token": token, "proxy": proxy})).into_response()
 }
 
 async fn echo_post(headers: HeaderMap, body: String) -> Response {
@@ -256,6 +260,41 @@ async fn a_hostname_resolving_to_loopback_is_refused() {
     assert_eq!(error_kind(&e), "CapabilityDenied", "{e}");
     assert!(error_message(&e).contains("localhost"), "{e}");
     trap.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_do_not_show_the_resolved_address() {
+    let h = Harness::new();
+    let trap = Trap::on("127.0.0.1").await;
+    let post = format!(
+        "addVar(u, \"http://localhost:{}/\")\nRequestPost(u, \"\", \"\", \"\", r)\naddResult(r)\n",
+        trap.port()
+    );
+    let e = h.run(&post, &[]).await;
+    assert_eq!(e["status"], true, "{e}");
+    let posted = e["result"]["r"]["error"].as_str().unwrap_or_default();
+    assert!(posted.contains("refused") && posted.contains("loopback"), "{e}");
+    assert!(!posted.contains("127.0.0.1"), "the resolved address leaks: {posted}");
+    let e = h
+        .run(&get_script(&format!("http://localhost:{}/", trap.port())), &[])
+        .await;
+    assert!(!error_message(&e).contains("127.0.0.1"), "{e}");
+    trap.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn script_proxy_authorization_is_never_sent() {
+    let h = Harness::new();
+    let server = test_server(1).await;
+    let script = format!(
+        "addVar(u, \"http://{server}/echo\")\n\
+         hs = \"{{'X-Token': 'kept', 'Proxy-Authorization': 'Basic c2VjcmV0'}}\"\n\
+         RequestGet(u, \"\", hs, r)\n\
+         addResult(r)\n"
+    );
+    let e = h.run(&script, &[server.to_string()]).await;
+    assert_eq!(e["result"]["r"]["token"], "kept", "{e}");
+    assert_eq!(e["result"]["r"]["proxy"], "", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -62,12 +62,28 @@ fn responses_carry_security_headers() {
     );
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
-    assert_eq!(r.header("strict-transport-security"), None, "no TLS, no HSTS");
+    assert_eq!(r.header("strict-transport-security"), None, "HSTS only when configured");
     let errors = s.get("/api/v1/nope");
     assert_eq!(errors.status, 404);
     assert_eq!(errors.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(s.get("/api/v1/health").header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn hsts_is_sent_when_configured() {
+    let data_dir = support::fresh_dir("hsts").join("data");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_avap"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .env("AVAP_HSTS_MAX_AGE", "31536000");
+    let s = Server::spawn(cmd, data_dir);
+    for r in [s.execute(&json!({"script": HELLO})), s.get("/api/v1/nope")] {
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000; includeSubDomains")
+        );
+    }
 }
 
 #[test]

@@ -59,6 +59,16 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
     let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
     let argc = usize::try_from(argc).map_err(|_| bad("argument count"))?;
     let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
+    let slot_count = |form: &[avap_hostfns::signature::Param]| {
+        form.iter()
+            .map(|p| if p.kind == ParamKind::Name { 2 } else { 1 })
+            .sum::<usize>()
+    };
+    let form_index = sig
+        .forms
+        .iter()
+        .position(|f| slot_count(f) == argc)
+        .ok_or_else(|| bad("argument count"))?;
     let mut slots: Vec<Pair> = Vec::with_capacity(argc);
     {
         let data = memory.data(&*c);
@@ -70,18 +80,8 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
             slots.push((t, p));
         }
     }
-    let slot_count = |form: &[avap_hostfns::signature::Param]| {
-        form.iter()
-            .map(|p| if p.kind == ParamKind::Name { 2 } else { 1 })
-            .sum::<usize>()
-    };
-    let form_index = sig
-        .forms
-        .iter()
-        .position(|f| slot_count(f) == argc)
-        .ok_or_else(|| bad("argument count"))?;
     // The values of every slot but the target's.
-    let mut args = Vec::with_capacity(argc);
+    let mut args = Vec::new();
     let mut at = 0;
     for p in sig.forms[form_index] {
         let width = if p.kind == ParamKind::Name { 2 } else { 1 };

@@ -205,11 +205,13 @@ fn engine_config(c: &RuntimeConfig) -> Config {
         // A run touches the argument area and the global slots at the bottom
         // of its linear memory (values live on the host heap). Resetting that
         // with memset instead of madvise spares every run the page faults
-        // and the cross-core TLB shootdowns of an madvise; decommits of
-        // anything beyond it are batched for the same reason.
+        // and the cross-core TLB shootdowns of an madvise. Decommits are not
+        // batched (the default batch size of 1): a batched slot stays taken
+        // until some later flush, so a run admitted by the server's run-slot
+        // semaphore could find the pool full (seen under load as
+        // "maximum concurrent limit … reached").
         .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT)
-        .decommit_batch_size(c.max_concurrent_runs.clamp(1, 64) as usize);
+        .table_keep_resident(KEEP_RESIDENT);
     let mut cfg = Config::new();
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .consume_fuel(!c.unmetered)

@@ -110,6 +110,10 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Origins allowed to call the API from a browser (CORS).
     pub cors_origins: Vec<String>,
+    /// `Strict-Transport-Security: max-age=…` on every response; 0 = not
+    /// sent. The server speaks plain HTTP: set this when clients reach it
+    /// only through a TLS-terminating proxy.
+    pub hsts_max_age: u64,
     pub max_body_bytes: usize,
     pub max_script_bytes: usize,
     /// Requests compiling or running at once.
@@ -143,6 +147,9 @@ pub struct Settings {
     pub db_max_rows: usize,
     /// Longest one database statement may run.
     pub db_statement_timeout_ms: u64,
+    /// Largest one database result may be, in KiB (more is a
+    /// `DatabaseError`, counted while rows are read).
+    pub db_max_result_kb: u64,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
     /// The most one run may use; also what a run gets when it asks for nothing.
@@ -173,6 +180,7 @@ struct Layer {
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
     request_timeout_ms: Option<u64>,
+    hsts_max_age: Option<u64>,
     cors_origins: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
     max_script_bytes: Option<usize>,
@@ -189,6 +197,7 @@ struct Layer {
     db_read_only: Option<bool>,
     db_max_rows: Option<usize>,
     db_statement_timeout_ms: Option<u64>,
+    db_max_result_kb: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<LogLevel>,
     limits: Option<LimitLayer>,
@@ -464,6 +473,7 @@ impl Settings {
             rate_burst: protect.rate_burst,
             request_timeout_ms: millis(protect.request_timeout),
             cors_origins: protect.cors_origins,
+            hsts_max_age: protect.hsts_max_age,
             max_body_bytes: server.max_body_bytes,
             max_script_bytes: server.max_script_bytes,
             max_concurrent_runs: server.max_concurrent_runs,
@@ -479,6 +489,7 @@ impl Settings {
             db_read_only: db.read_only,
             db_max_rows: db.max_rows,
             db_statement_timeout_ms: millis(db.statement_timeout),
+            db_max_result_kb: u64::try_from(db.max_result_bytes / 1024).unwrap_or(u64::MAX),
             log_format: LogFormat::Auto,
             log_level: LogLevel::Info,
             limits: LimitSettings {
@@ -521,6 +532,7 @@ impl Settings {
             rate_burst: self.rate_burst,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             cors_origins: self.cors_origins.clone(),
+            hsts_max_age: self.hsts_max_age,
         };
         config.effects.http = Outbound::new(&self.outbound_config()).ok().map(Arc::new);
         config.effects.ai = AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new);
@@ -541,6 +553,7 @@ impl Settings {
             read_only: self.db_read_only,
             max_rows: self.db_max_rows,
             statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            max_result_bytes: usize::try_from(self.db_max_result_kb.saturating_mul(1024)).unwrap_or(usize::MAX),
         }
     }
 
@@ -686,6 +699,7 @@ impl Resolved {
             request_timeout_ms: p
                 .pick("request_timeout_ms", |l| l.request_timeout_ms)
                 .unwrap_or(d.request_timeout_ms),
+            hsts_max_age: p.pick("hsts_max_age", |l| l.hsts_max_age).unwrap_or(d.hsts_max_age),
             cors_origins: p
                 .pick("cors_origins", |l| l.cors_origins.clone())
                 .unwrap_or(d.cors_origins),
@@ -726,6 +740,9 @@ impl Resolved {
             db_statement_timeout_ms: p
                 .pick("db_statement_timeout_ms", |l| l.db_statement_timeout_ms)
                 .unwrap_or(d.db_statement_timeout_ms),
+            db_max_result_kb: p
+                .pick("db_max_result_kb", |l| l.db_max_result_kb)
+                .unwrap_or(d.db_max_result_kb),
             connectors: p.pick("connectors", |l| l.connectors.clone()).unwrap_or(d.connectors),
             log_format: p.pick("log_format", |l| l.log_format).unwrap_or(d.log_format),
             log_level: p.pick("log_level", |l| l.log_level).unwrap_or(d.log_level),
@@ -814,6 +831,8 @@ impl Resolved {
         }
         in_range("rate_burst", u64::from(s.rate_burst), 1, u64::from(u32::MAX))?;
         in_range("request_timeout_ms", s.request_timeout_ms, 0, DAY_MS)?;
+        // Two years, the longest value browsers' preload lists ask for.
+        in_range("hsts_max_age", s.hsts_max_age, 0, 2 * 365 * 24 * 60 * 60)?;
         in_range("queue_wait_ms", s.queue_wait_ms, 0, DAY_MS)?;
         for origin in &s.cors_origins {
             let bare = origin
@@ -854,6 +873,7 @@ impl Resolved {
         }
         in_range("db_max_rows", to_u64(s.db_max_rows), 1, 1 << 24)?;
         in_range("db_statement_timeout_ms", s.db_statement_timeout_ms, 1, DAY_MS)?;
+        in_range("db_max_result_kb", s.db_max_result_kb, 1, 1 << 21)?;
         if let Err(e) = s.databases() {
             let key = if e.what == "application database" {
                 "app_database_url"
@@ -1232,8 +1252,8 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 4,
-            "22 before issue 6, 5 outbound/ai keys, 4 database keys"
+            22 + 5 + 5 + 1,
+            "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age"
         );
     }
 }

@@ -1,9 +1,10 @@
 //! Protection middleware of `avap serve`:
 //!
 //! * [`edge`] (outermost): CORS for the configured origins (preflights
-//!   answered with 204) and security headers on every response. HSTS is
-//!   left out: the server has no TLS yet, and HSTS over plain HTTP is
-//!   ignored by browsers; add it when TLS lands.
+//!   answered with 204) and security headers on every response. HSTS only
+//!   when `hsts_max_age` is set: the server speaks plain HTTP, so HSTS is
+//!   for deployments behind a TLS-terminating proxy (browsers ignore it
+//!   over plain HTTP anyway).
 //! * [`rate_limit`]: an in-memory token bucket per client: the `avap_<id>`
 //!   of a presented API key, else the peer IP. Over the limit → 429
 //!   `RateLimited` with `Retry-After`. Health, info, metrics and the
@@ -46,6 +47,8 @@ pub struct ProtectConfig {
     pub request_timeout: Duration,
     /// Origins allowed to call the API from a browser (exact match).
     pub cors_origins: Vec<String>,
+    /// `Strict-Transport-Security` max-age in seconds; 0 = not sent.
+    pub hsts_max_age: u64,
 }
 
 impl Default for ProtectConfig {
@@ -55,6 +58,7 @@ impl Default for ProtectConfig {
             rate_burst: 100,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            hsts_max_age: 0,
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct Protect {
 #[derive(Debug)]
 struct Inner {
     config: ProtectConfig,
+    /// The `Strict-Transport-Security` value, when configured.
+    hsts: Option<HeaderValue>,
     limiter: Mutex<Limiter>,
 }
 
@@ -75,6 +81,9 @@ impl Protect {
     pub fn new(config: ProtectConfig) -> Protect {
         Protect {
             inner: Arc::new(Inner {
+                hsts: (config.hsts_max_age > 0)
+                    .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
+                    .and_then(|v| HeaderValue::try_from(v).ok()),
                 config,
                 limiter: Mutex::new(Limiter::new(Instant::now())),
             }),
@@ -257,6 +266,9 @@ pub async fn edge(State(protect): State<Protect>, request: Request, next: Next) 
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if let Some(hsts) = &protect.inner.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     if !health {
         h.entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-store"));

@@ -27,9 +27,19 @@
 //!   opened read-only (`SQLITE_OPEN_READONLY` plus `PRAGMA query_only`);
 //!   on `PostgreSQL` every statement runs in a transaction started with
 //!   `SET TRANSACTION READ ONLY`. The SQL text is never parsed for this.
-//! * On `SQLite`, SQL that uses `ATTACH`, `DETACH` or `VACUUM` (outside
-//!   quotes and comments, in any statement of the text) is refused: they
-//!   open or write other files on the server.
+//! * On `SQLite`, every connection is opened with `SQLITE_LIMIT_ATTACHED`
+//!   0, so the engine itself refuses `ATTACH` and `VACUUM INTO` (which
+//!   open or write other files on the server) whatever the SQL text looks
+//!   like; SQL that visibly uses `ATTACH`, `DETACH` or `VACUUM` is refused
+//!   earlier with a plainer message. Strings and blobs are capped at
+//!   [`DbLimits::max_result_bytes`] (`SQLITE_LIMIT_LENGTH`).
+//! * Results are capped at [`DbLimits::max_result_bytes`], counted while
+//!   rows are read. A statement's deadline interrupts `SQLite` on its own
+//!   thread (progress handler), so the connection comes back.
+//! * A pooled connection is reset when released: `DISCARD ALL` on
+//!   `PostgreSQL` (closed if that fails); on `SQLite` its temporary tables,
+//!   views and triggers are dropped. Nothing a script leaves in a session
+//!   reaches another run.
 //!
 //! ## Values
 //! Rows become dicts (column name → value, in column order): integers →
@@ -52,7 +62,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgTypeInfo, PgValueRef};
@@ -75,6 +85,10 @@ pub struct DbLimits {
     pub max_rows: usize,
     /// Longest a statement may run.
     pub statement_timeout: Duration,
+    /// Largest total size (bytes of text, blobs and per-value overhead, as
+    /// counted while rows are read) a result may have; also the longest
+    /// string or blob `SQLite` may build (`SQLITE_LIMIT_LENGTH`).
+    pub max_result_bytes: usize,
 }
 
 impl Default for DbLimits {
@@ -83,6 +97,7 @@ impl Default for DbLimits {
             read_only: false,
             max_rows: 10_000,
             statement_timeout: Duration::from_secs(5),
+            max_result_bytes: 16 << 20,
         }
     }
 }
@@ -246,10 +261,22 @@ impl Conn {
                 let acquire = limits.statement_timeout.max(Duration::from_millis(100));
                 Ok::<Pool, String>(match &self.target {
                     Target::Sqlite(opts) => {
-                        let memory = opts.get_filename().as_os_str().is_empty()
-                            || opts.get_filename().to_string_lossy().contains(":memory:");
+                        // `sqlite::memory:` is named `file:sqlx-in-memory-N`: one
+                        // connection that never idles out, or the data goes.
+                        let name = opts.get_filename().to_string_lossy();
+                        let memory =
+                            name.is_empty() || name.contains(":memory:") || name.starts_with("file:sqlx-in-memory-");
+                        let max_len = limits.max_result_bytes;
                         Pool::Sqlite(
                             SqlitePoolOptions::new()
+                                .after_connect(move |conn, _| {
+                                    Box::pin(async move {
+                                        let mut handle = conn.lock_handle().await?;
+                                        restrict_sqlite(handle.as_raw_handle(), max_len);
+                                        Ok(())
+                                    })
+                                })
+                                .after_release(|conn, _| Box::pin(async move { Ok(sqlite_reset(conn).await) }))
                                 .max_connections(if memory { 1 } else { 8 })
                                 .min_connections(0)
                                 .idle_timeout(if memory { None } else { Some(Duration::from_mins(5)) })
@@ -260,6 +287,13 @@ impl Conn {
                     }
                     Target::Postgres(opts) => Pool::Postgres(
                         PgPoolOptions::new()
+                            // Session state a script left behind (temp
+                            // tables, SET, prepared statements, advisory
+                            // locks, LISTEN) never reaches another run; a
+                            // connection that cannot be reset is closed.
+                            .after_release(|conn, _| {
+                                Box::pin(async move { Ok(conn.execute("DISCARD ALL").await.is_ok()) })
+                            })
                             .max_connections(8)
                             .min_connections(0)
                             .idle_timeout(Some(Duration::from_mins(5)))
@@ -274,6 +308,52 @@ impl Conn {
             .await?;
         Ok(pool.clone())
     }
+}
+
+/// Engine-level limits on a new `SQLite` connection: no `ATTACH` (so no
+/// `ATTACH DATABASE` of another file, nor `VACUUM INTO`, whatever the SQL
+/// text looks like) and no string or blob longer than `max_len` bytes.
+#[allow(unsafe_code)]
+fn restrict_sqlite(db: std::ptr::NonNull<libsqlite3_sys::sqlite3>, max_len: usize) {
+    let max_len = i32::try_from(max_len).unwrap_or(i32::MAX).max(1);
+    // SAFETY: `db` is the live handle of a connection whose worker lock the
+    // caller holds (`LockedSqliteHandle`), so no other thread uses it;
+    // `sqlite3_limit` only sets a per-connection limit and takes any
+    // category/value (it clamps to the compile-time maxima).
+    unsafe {
+        libsqlite3_sys::sqlite3_limit(db.as_ptr(), libsqlite3_sys::SQLITE_LIMIT_ATTACHED, 0);
+        libsqlite3_sys::sqlite3_limit(db.as_ptr(), libsqlite3_sys::SQLITE_LIMIT_LENGTH, max_len);
+    }
+}
+
+/// A released `SQLite` connection: remove the statement deadline and drop
+/// the temporary objects a script created. `false` (close the connection)
+/// when that fails.
+async fn sqlite_reset(conn: &mut sqlx::SqliteConnection) -> bool {
+    match conn.lock_handle().await {
+        Ok(mut h) => h.remove_progress_handler(),
+        Err(_) => return false,
+    }
+    let temp: Vec<(String, String)> =
+        match sqlx::query_as("SELECT type, name FROM sqlite_temp_master WHERE type IN ('table', 'view', 'trigger')")
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(t) => t,
+            Err(_) => return false,
+        };
+    for (kind, name) in temp {
+        let kind = match kind.as_str() {
+            "table" => "TABLE",
+            "view" => "VIEW",
+            _ => "TRIGGER",
+        };
+        let sql = format!("DROP {kind} IF EXISTS temp.\"{}\"", name.replace('"', "\"\""));
+        if conn.execute(sql.as_str()).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// `scheme://user:secret@host/…` → `scheme://user@host/…`.
@@ -813,6 +893,7 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
         .pool(limits)
         .await
         .map_err(|e| db_error(command, format!("{}: {e}", conn.label)))?;
+    let started = Instant::now();
     let work = async {
         match &pool {
             Pool::Sqlite(p) => run_sqlite(p, want, &q, limits).await,
@@ -821,9 +902,13 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
     };
     match tokio::time::timeout(limits.statement_timeout, work).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(Failure::Db(e))) => Err(db_error(command, format!("{} ({})", e, conn.label))),
+        Ok(Err(Failure::Db(e))) if !(e.contains("interrupt") && started.elapsed() >= limits.statement_timeout) => {
+            Err(db_error(command, format!("{} ({})", e, conn.label)))
+        }
         Ok(Err(Failure::Script(e))) => Err(e.with_prefix(command)),
-        Err(_) => Err(HostError::script(
+        // The client-side timer, or the progress handler that interrupted
+        // an `SQLite` statement at its deadline.
+        Ok(Err(Failure::Db(_))) | Err(_) => Err(HostError::script(
             ErrorKind::TimeoutError,
             format!(
                 "{command}: the statement ran longer than {} ms ({}); make it cheaper or raise `db_statement_timeout_ms`",
@@ -869,6 +954,50 @@ fn too_many_rows(limits: &DbLimits) -> Failure {
     })
 }
 
+fn too_large(limits: &DbLimits) -> Failure {
+    Failure::Script(ScriptFailure {
+        kind: ErrorKind::DatabaseError,
+        message: format!(
+            "the result is larger than {} KiB (the `db_max_result_kb` limit); select fewer rows or columns",
+            limits.max_result_bytes / 1024
+        ),
+    })
+}
+
+/// Adds each row to `out`, refusing more than `max_rows` rows or
+/// `max_result_bytes` bytes as they arrive.
+struct Collect<'a> {
+    out: Vec<Value>,
+    bytes: usize,
+    limits: &'a DbLimits,
+}
+
+impl<'a> Collect<'a> {
+    fn new(limits: &'a DbLimits) -> Self {
+        Collect {
+            out: Vec::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
+    fn room(&self) -> Result<(), Failure> {
+        if self.out.len() >= self.limits.max_rows {
+            return Err(too_many_rows(self.limits));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, row: Value) -> Result<(), Failure> {
+        self.bytes = self.bytes.saturating_add(row.heap_bytes());
+        if self.bytes > self.limits.max_result_bytes {
+            return Err(too_large(self.limits));
+        }
+        self.out.push(row);
+        Ok(())
+    }
+}
+
 fn refuse_attach(q: &Sql) -> Result<(), Failure> {
     let text = q.render(Dialect::Sqlite);
     if attaches(&text) {
@@ -888,6 +1017,13 @@ async fn run_sqlite(pool: &SqlitePool, want: Want, q: &Sql, limits: &DbLimits) -
     refuse_attach(q)?;
     let sql = q.render(Dialect::Sqlite);
     let mut c = pool.acquire().await?;
+    // Interrupt the statement at its deadline on the worker thread itself
+    // (a timer alone would leave it running and the connection busy). The
+    // pool's `after_release` removes the handler.
+    let deadline = Instant::now() + limits.statement_timeout;
+    c.lock_handle()
+        .await?
+        .set_progress_handler(1000, move || Instant::now() < deadline);
     let rows = match want {
         Want::Rows => true,
         Want::Count => false,
@@ -907,15 +1043,13 @@ async fn run_sqlite(pool: &SqlitePool, want: Want, q: &Sql, limits: &DbLimits) -
         let done = query.execute(&mut *c).await?;
         return Ok(count_value(want, done.rows_affected()));
     }
-    let mut out = Vec::new();
+    let mut out = Collect::new(limits);
     let mut stream = query.fetch(&mut *c);
     while let Some(row) = next(&mut stream).await {
-        if out.len() >= limits.max_rows {
-            return Err(too_many_rows(limits));
-        }
-        out.push(sqlite_row(&row?)?);
+        out.room()?;
+        out.push(sqlite_row(&row?)?)?;
     }
-    Ok(Value::List(out))
+    Ok(Value::List(out.out))
 }
 
 fn count_value(want: Want, n: u64) -> Value {
@@ -1041,17 +1175,15 @@ async fn run_postgres(pool: &PgPool, want: Want, q: &Sql, limits: &DbLimits) -> 
         };
     }
     let value = if rows {
-        let mut out = Vec::new();
+        let mut out = Collect::new(limits);
         {
             let mut stream = query.fetch(&mut *tx);
             while let Some(row) = next(&mut stream).await {
-                if out.len() >= limits.max_rows {
-                    return Err(too_many_rows(limits));
-                }
-                out.push(pg_row(&row?)?);
+                out.room()?;
+                out.push(pg_row(&row?)?)?;
             }
         }
-        Value::List(out)
+        Value::List(out.out)
     } else {
         let done = query.execute(&mut *tx).await?;
         count_value(want, done.rows_affected())

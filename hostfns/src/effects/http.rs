@@ -23,7 +23,9 @@
 //! * Responses: the body parsed as JSON when it is JSON, else its text.
 //! * Redirects (301, 302, 303, 307, 308) are followed: 303, and 301/302
 //!   after a POST, continue as a body-less GET; `Authorization` and
-//!   `Cookie` headers are dropped when the redirect changes host or port.
+//!   `Cookie`, `Proxy-Authorization` headers are dropped when the redirect
+//!   changes scheme, host or port; a script's `Proxy-Authorization` is
+//!   never sent (no proxy is used).
 //! * `RequestGet` raises `HttpError` for status ≥ 400 and any transport
 //!   failure, `CapabilityDenied` for a refused address, `TimeoutError` when
 //!   the timeout passes. `RequestPost` raises nothing: the target gets
@@ -461,8 +463,8 @@ impl Outbound {
                 method = Method::Get;
                 body = None;
             }
-            if next.host_str() != url.host_str() || next.port_or_known_default() != url.port_or_known_default() {
-                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization") && !k.eq_ignore_ascii_case("cookie"));
+            if !same_origin(&url, &next) {
+                headers.retain(|(k, _)| !is_credential(k));
             }
             url = next;
         }
@@ -522,7 +524,13 @@ impl Outbound {
                     format!("header {k:?}: {v:?} is not a valid HTTP header"),
                 ));
             };
-            if k == hyper::header::HOST || k == hyper::header::CONTENT_LENGTH || k == hyper::header::TRANSFER_ENCODING {
+            // No proxy is ever used, so a script's Proxy-Authorization could
+            // only leak a credential to the origin.
+            if k == hyper::header::HOST
+                || k == hyper::header::CONTENT_LENGTH
+                || k == hyper::header::TRANSFER_ENCODING
+                || k == hyper::header::PROXY_AUTHORIZATION
+            {
                 continue;
             }
             request = request.header(k, v);
@@ -607,6 +615,21 @@ impl Outbound {
     }
 }
 
+/// Same scheme, host and port: credentials may follow the redirect.
+fn same_origin(from: &Url, to: &Url) -> bool {
+    from.scheme() == to.scheme()
+        && from.host_str() == to.host_str()
+        && from.port_or_known_default() == to.port_or_known_default()
+}
+
+/// Headers that carry credentials: dropped when a redirect leaves the
+/// scheme, host and port they were given for.
+fn is_credential(name: &str) -> bool {
+    ["authorization", "cookie", "proxy-authorization"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
 type Parts = (hyper::http::response::Parts, hyper::body::Incoming, AbortOnDrop);
 
 /// HTTP/1.1 over `io`: the response head, its body stream and the task
@@ -655,6 +678,20 @@ mod tests {
         assert_eq!(url.as_str(), "http://h/x?a=b&post+Id=1");
         assert!(build_url("T", &Value::Str("ftp://h/".into()), &Value::None).is_err());
         assert!(build_url("T", &Value::Str("not a url".into()), &Value::None).is_err());
+    }
+
+    #[test]
+    fn credentials_follow_only_same_origin_redirects() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(same_origin(&u("https://a.example/x"), &u("https://a.example:443/y")));
+        assert!(!same_origin(&u("https://a.example/x"), &u("http://a.example:443/y")));
+        assert!(!same_origin(&u("https://a.example/x"), &u("http://a.example/y")));
+        assert!(!same_origin(&u("https://a.example/x"), &u("https://b.example/x")));
+        assert!(!same_origin(&u("http://a.example/x"), &u("http://a.example:8080/x")));
+        for h in ["Authorization", "cookie", "PROXY-AUTHORIZATION"] {
+            assert!(is_credential(h), "{h}");
+        }
+        assert!(!is_credential("x-token"));
     }
 
     #[test]

@@ -74,6 +74,14 @@ fn classify_v6(ip: Ipv6Addr) -> Option<&'static str> {
         );
         return classify_v4(v4);
     }
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        return Some("local-use NAT64 (64:ff9b:1::/48)");
+    }
+    if seg[0] & 0xff00 == 0 {
+        // The rest of ::/8: IPv4-translated ::ffff:0:a.b.c.d and other
+        // reserved forms.
+        return Some("reserved (::/8)");
+    }
     if seg[0] == 0x2002 {
         let v4 = Ipv4Addr::new(
             (seg[1] >> 8) as u8,
@@ -170,12 +178,11 @@ impl OutboundPolicy {
         if allowed {
             Ok(())
         } else {
-            let shown = match addr {
-                IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-                IpAddr::V4(v4) => format!("{v4}:{port}"),
-            };
+            // The resolved address is not shown: it would tell a script
+            // about the server's own network.
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
             Err(format!(
-                "outbound request to {host} refused: it resolves to {shown}, a {reason} address, which the \
+                "outbound request to {host}:{port} refused: it resolves to a {reason} address, which the \
                  outbound policy denies; allow it with `outbound_allow` in the server config or \
                  `avap run --allow-outbound {host}:{port}`"
             ))
@@ -324,6 +331,13 @@ mod tests {
             "2002:a00:1::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "2001:db8::1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:808:808",
+            "::1:0:0:0:1",
+            "0:1::1",
+            "ff:1::1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:2::808:808",
         ];
         for a in refused {
             assert!(classify(ip(a)).is_some(), "{a} must be refused");
@@ -347,6 +361,14 @@ mod tests {
         for a in public {
             assert_eq!(classify(ip(a)), None, "{a} is public");
         }
+    }
+
+    #[test]
+    fn refusals_do_not_show_the_resolved_address() {
+        let p = OutboundPolicy::new::<&str>(&[]).unwrap();
+        let e = p.check("innocent.example", 80, ip("10.1.2.3")).unwrap_err();
+        assert!(!e.contains("10.1.2.3"), "{e}");
+        assert!(e.contains("private"), "{e}");
     }
 
     #[test]
