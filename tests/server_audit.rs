@@ -1,7 +1,6 @@
 //! The audit trail of `avap serve` (`GET /api/v1/audit`): registry writes
 //! and runs, who did them and how they ended, against the real binary.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{Reply, Server, fresh_dir};
+use support::{Reply, Server, create_api_key, fresh_dir};
 
 const HELLO: &str = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
 const HOWDY: &str = "addParam(name, who)\nmessage = \"Howdy, \" + who\naddResult(message)\n";
@@ -173,21 +172,11 @@ fn registry_writes_and_runs_are_audited() {
     assert!(metrics.contains("avap_audit_dropped_total 0\n"), "{metrics}");
 }
 
-fn apikey(data_dir: &Path, scope: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_avap"))
-        .args(["apikey", "create", "--scope", scope, "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run avap apikey");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
-}
-
 #[test]
 fn the_actor_is_the_api_key_and_reading_needs_admin() {
     let data_dir = fresh_dir("audit-keys").join("data");
-    let admin = apikey(&data_dir, "admin");
-    let runner = apikey(&data_dir, "execute");
+    let admin = create_api_key(&data_dir, "admin");
+    let runner = create_api_key(&data_dir, "execute");
     let id = |key: &str| key["avap_".len().."avap_".len() + 8].to_owned();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--require-api-key", "--data-dir"])

@@ -2,14 +2,13 @@
 //! carrying its request id, and no secrets: API keys, cookies, query
 //! strings, script sources and params never reach the log.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
 mod support;
 
-use support::{Server, fresh_dir};
+use support::{Server, create_api_key, fresh_dir};
 
 const SECRETS: [&str; 6] = [
     "BEARERSECRET",
@@ -20,22 +19,11 @@ const SECRETS: [&str; 6] = [
     "SCRIPTSECRET",
 ];
 
-/// `avap apikey create --scope execute`: the new key.
-fn create_key(data_dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_avap"))
-        .args(["apikey", "create", "--scope", "execute", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run avap apikey");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
-}
-
 #[test]
 fn access_lines_are_json_with_request_ids_and_no_secrets() {
     let dir = fresh_dir("json");
     let data_dir = dir.join("data");
-    let key = create_key(&data_dir);
+    let key = create_api_key(&data_dir, "execute");
     let log_path = dir.join("stderr.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));

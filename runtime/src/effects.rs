@@ -16,7 +16,7 @@ use avap_hostfns::signature::{CommandSig, ParamKind};
 use avap_hostfns::{HostError, LimitHit, LimitKind};
 use wasmtime::{Caller, Linker};
 
-use crate::linker::{raise, to_pair, value};
+use crate::linker::{call_slots, raise, to_pair, value};
 use crate::state::RunState;
 
 type Pair = (i32, i64);
@@ -51,35 +51,10 @@ pub fn register(l: &mut Linker<RunState>) -> Res<()> {
     Ok(())
 }
 
-fn bad(what: &str) -> wasmtime::Error {
-    wasmtime::Error::msg(format!("corrupt module: invalid {what}"))
-}
-
+/// One effect command call: the arguments out of the heap, the awaited
+/// effect under the run's deadline, the result back into the heap.
 async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
-    let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
-    let argc = usize::try_from(argc).map_err(|_| bad("argument count"))?;
-    let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
-    let slot_count = |form: &[avap_hostfns::signature::Param]| {
-        form.iter()
-            .map(|p| if p.kind == ParamKind::Name { 2 } else { 1 })
-            .sum::<usize>()
-    };
-    let form_index = sig
-        .forms
-        .iter()
-        .position(|f| slot_count(f) == argc)
-        .ok_or_else(|| bad("argument count"))?;
-    let mut slots: Vec<Pair> = Vec::with_capacity(argc);
-    {
-        let data = memory.data(&*c);
-        for i in 0..argc {
-            let at = start + i * abi::SLOT_BYTES as usize;
-            let bytes = data.get(at..at + 16).ok_or_else(|| bad("argument area"))?;
-            let t = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-            let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-            slots.push((t, p));
-        }
-    }
+    let (form_index, slots) = call_slots(c, sig, ptr, argc)?;
     // The values of every slot but the target's.
     let mut args = Vec::new();
     let mut at = 0;

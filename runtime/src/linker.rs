@@ -419,24 +419,14 @@ fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path:
     }
 }
 
-/// A command call: read the argument slots, run the command, store the
-/// result. See `avap_hostfns::abi::COMMAND_SIGNATURE` for the layout.
-fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
+/// The form of `sig` a call with `argc` argument slots uses (name
+/// parameters take two slots), and the slots read from the argument area at
+/// `ptr`. `argc` is checked against the forms before anything is read or
+/// allocated, so a corrupt count cannot make the host allocate.
+pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, argc: i32) -> Res<(usize, Vec<Pair>)> {
     let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
     let argc = usize::try_from(argc).map_err(|_| bad("argument count"))?;
     let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
-    let mut slots: Vec<Pair> = Vec::with_capacity(argc);
-    {
-        let data = memory.data(&*c);
-        for i in 0..argc {
-            let at = start + i * abi::SLOT_BYTES as usize;
-            let bytes = data.get(at..at + 16).ok_or_else(|| bad("argument area"))?;
-            let t = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-            let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-            slots.push((t, p));
-        }
-    }
-    // Which form: the one whose slot count matches (name params take two).
     let slot_count = |form: &[avap_hostfns::signature::Param]| {
         form.iter()
             .map(|p| if p.kind == ParamKind::Name { 2 } else { 1 })
@@ -447,6 +437,23 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
         .iter()
         .position(|f| slot_count(f) == argc)
         .ok_or_else(|| bad("argument count"))?;
+    let data = memory.data(c);
+    let slots = (0..argc)
+        .map(|i| {
+            let at = start + i * abi::SLOT_BYTES as usize;
+            let bytes = data.get(at..at + 16).ok_or_else(|| bad("argument area"))?;
+            let t = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+            let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+            Ok((t, p))
+        })
+        .collect::<Res<Vec<Pair>>>()?;
+    Ok((form_index, slots))
+}
+
+/// A command call: read the argument slots, run the command, store the
+/// result. See `avap_hostfns::abi::COMMAND_SIGNATURE` for the layout.
+fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
+    let (form_index, slots) = call_slots(c, sig, ptr, argc)?;
     let form = sig.forms[form_index];
     // Position of the target slot, if the form has one.
     let mut target_slot = None;

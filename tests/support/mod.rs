@@ -258,3 +258,14 @@ impl Server {
         Server::spawn(cmd, data_dir)
     }
 }
+
+/// `avap apikey create --scope SCOPE` against `data_dir`: the new key.
+pub fn create_api_key(data_dir: &Path, scope: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_avap"))
+        .args(["apikey", "create", "--scope", scope, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run avap apikey");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+}
