@@ -168,17 +168,7 @@ addResult(r)
 ";
 
 /// The loop as a compiler with static types would emit it: two `i64` locals.
-const IDEAL_WAT: &str = r#"(module
-  (func (export "run") (result i64)
-    (local $i i64) (local $s i64)
-    (local.set $i (i64.const 1))
-    (loop $top
-      (local.set $s (i64.add (local.get $s)
-                             (i64.rem_s (i64.mul (local.get $i) (local.get $i)) (i64.const 7))))
-      (local.set $i (i64.add (local.get $i) (i64.const 1)))
-      (br_if $top (i64.le_s (local.get $i) (i64.const 10000000))))
-    (local.get $s)))
-"#;
+const IDEAL_WAT: &str = include_str!("../bench/ideal_loop.wat");
 
 /// `CPython` programs: each times its own work with `perf_counter`, best of 3,
 /// and prints `<result> <seconds>`. The loop runs twice: at module level

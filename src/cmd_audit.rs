@@ -29,10 +29,10 @@ use serde_json::json;
 use crate::cli::{FsLoader, ServeArgs, read_source};
 use crate::cmd_keys::load_trusted_keys;
 
-/// Host work (bytes produced or copied by a command or helper) costs one
-/// fuel unit per this many bytes, on top of one unit per call (the
-/// runtime's linker charges it).
-const HOST_BYTES_PER_FUEL: u64 = 8;
+// Host work (bytes produced or copied by a command or helper) costs one fuel
+// unit per `HOST_BYTES_PER_FUEL` bytes, on top of one unit per call: the
+// rate the runtime's linker charges, taken from the runtime itself.
+use avap_runtime::HOST_BYTES_PER_FUEL;
 
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {

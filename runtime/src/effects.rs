@@ -16,7 +16,7 @@ use avap_hostfns::signature::{CommandSig, ParamKind};
 use avap_hostfns::{HostError, LimitHit, LimitKind};
 use wasmtime::{Caller, Linker};
 
-use crate::linker::{call_slots, raise, to_pair, value};
+use crate::linker::{BYTES_PER_FUEL, call_slots, charge, raise, to_pair, value};
 use crate::state::RunState;
 
 type Pair = (i32, i64);
@@ -29,10 +29,6 @@ pub struct RunEffects {
     pub effects: Effects,
     pub deadline: Option<Instant>,
 }
-
-/// Host work is charged at one fuel unit per this many bytes produced (as
-/// for the other commands).
-const BYTES_PER_FUEL: u64 = 8;
 
 /// Link every effect command as an async host function, replacing the
 /// synchronous adapter `linker::build` defined for it.
@@ -92,20 +88,6 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
         }
         Err(HostError::Limit(l)) => Err(wasmtime::Error::new(l)),
     }
-}
-
-/// Take `units` of fuel; `FuelExhausted` when there is not enough left. A
-/// no-op when metering is off.
-fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
-    let Ok(left) = c.get_fuel() else { return Ok(()) };
-    if units > left {
-        c.set_fuel(0)?;
-        return Err(wasmtime::Error::new(LimitHit::new(
-            LimitKind::FuelExhausted,
-            "all fuel consumed (in a host call)",
-        )));
-    }
-    c.set_fuel(left - units)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod state;
 pub use avap_hostfns::effects::Effects;
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::LoadError;
+pub use linker::BYTES_PER_FUEL as HOST_BYTES_PER_FUEL;
 pub use load::LoadedModule;
 pub use policy::CapabilityPolicy;
 pub use run::RunInput;

@@ -366,11 +366,11 @@ fn append_str(c: &mut Caller<'_, RunState>, left: i64, right: i64) -> Res<Option
 }
 
 /// Host work is charged at one fuel unit per this many bytes produced.
-const BYTES_PER_FUEL: u64 = 8;
+pub const BYTES_PER_FUEL: u64 = 8;
 
 /// Take `units` of fuel for host work; `FuelExhausted` when there is not
 /// enough left. A no-op when metering is off.
-fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
+pub(crate) fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
     if units == 0 {
         return Ok(());
     }
