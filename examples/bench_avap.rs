@@ -25,6 +25,10 @@
 //!
 //! Usage: `cargo run --release --example bench_avap -- [--quick] [--only NAME]`.
 
+/// The allocator of the `avap` binary (src/main.rs), so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

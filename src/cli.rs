@@ -41,6 +41,14 @@ enum Command {
     Apikey(crate::cmd_apikey::ApikeyArgs),
     /// Show the host surface scripts can reach under the deployment's policy, or whether it admits one artifact
     Audit(crate::cmd_audit::AuditArgs),
+    /// Ask a running `avap serve` whether it is healthy (exit 0 on 200, else 1); for container health checks
+    Health(crate::cmd_health::HealthArgs),
+    /// Apply the server database's pending migrations (`avap serve` also does at start), or list them
+    Migrate(crate::cmd_db::MigrateArgs),
+    /// Write a consistent backup of the server database (scripts, artifacts, API key records, audit trail)
+    Backup(crate::cmd_db::BackupArgs),
+    /// Restore a backup written by `avap backup` into the server database
+    Restore(crate::cmd_db::RestoreArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,7 +87,7 @@ struct ParseArgs {
 /// `avap serve`. Every setting can also come from a TOML config file or an
 /// `AVAP_<KEY>` environment variable (see `--print-config`); a flag given
 /// here wins over both.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ServeArgs {
     /// TOML config file (default: `$XDG_CONFIG_HOME/avap/config.toml` or `~/.config/avap/config.toml`, if it exists)
     #[arg(long, value_name = "FILE")]
@@ -111,6 +119,15 @@ pub struct ServeArgs {
     /// An origin allowed to call the API from a browser (CORS); repeatable
     #[arg(long, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
+    /// Run as an edge node: serve a verified disk mirror of the registry at `--registry`, read-only, also while it is unreachable
+    #[arg(long)]
+    pub edge: bool,
+    /// The registry node an edge node follows, as `http(s)://HOST[:PORT]` (its API key: `registry_api_key` / `AVAP_REGISTRY_API_KEY`)
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// How often an edge node asks the registry for changes, in milliseconds [default: 5000]
+    #[arg(long, value_name = "N")]
+    pub registry_sync_ms: Option<u64>,
 }
 
 pub fn main() -> ExitCode {
@@ -126,6 +143,10 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => crate::server::serve(&args),
         Command::Apikey(args) => crate::cmd_apikey::apikey(&args),
         Command::Audit(args) => crate::cmd_audit::audit(&args),
+        Command::Health(args) => Ok(crate::cmd_health::health(&args)),
+        Command::Migrate(args) => crate::cmd_db::migrate(&args),
+        Command::Backup(args) => crate::cmd_db::backup(&args),
+        Command::Restore(args) => crate::cmd_db::restore(&args),
     };
     match result {
         Ok(code) => code,

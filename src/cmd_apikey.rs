@@ -1,8 +1,9 @@
 //! `avap apikey create|list|revoke`: the API keys of `avap serve`, in the
-//! server's database (the same data directory as `avap serve`). A running
-//! server sees changes at once: it reads keys on every request.
+//! server's database (found as `avap serve` finds it: `--database-url`,
+//! `--config`, `--data-dir`, `AVAP_*` variables). Running servers see a new
+//! key at once and a revocation within 5 s (they keep a key's record for
+//! that long).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -14,16 +15,15 @@ use crate::server::auth::{self, Scope};
 pub struct ApikeyArgs {
     #[command(subcommand)]
     command: ApikeyCommand,
-    /// The server's data directory (default: as `avap serve`)
-    #[arg(long, value_name = "DIR", global = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    database: crate::cmd_db::DatabaseArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum ApikeyCommand {
     /// Create a key and print it (once: only its hash is kept)
     Create {
-        /// What the key may do (repeatable; `admin` implies `execute`)
+        /// What the key may do (repeatable; `admin` implies `execute` and `registry`; `registry` is for edge nodes)
         #[arg(long = "scope", value_enum, required = true)]
         scopes: Vec<Scope>,
         /// A label for `avap apikey list`
@@ -40,23 +40,19 @@ enum ApikeyCommand {
 }
 
 pub fn apikey(args: &ApikeyArgs) -> Result<ExitCode> {
-    let data_dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => crate::server::default_data_dir()?,
-    };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = Store::open(&data_dir).await?;
-        match &args.command {
+        let store = args.database.open().await?;
+        let code = match &args.command {
             ApikeyCommand::Create { scopes, name } => create(&store, scopes, name.as_deref()).await,
             ApikeyCommand::List => list(&store).await,
             ApikeyCommand::Revoke { id } => revoke(&store, id).await,
-        }
+        };
+        store.close().await;
+        code
     })
 }
 
@@ -80,12 +76,12 @@ async fn list(store: &Store) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8}  {:<20}  {:<13}  {:<24}  REVOKED",
+        "{:<8}  {:<20}  {:<16}  {:<24}  REVOKED",
         "ID", "NAME", "SCOPES", "CREATED"
     );
     for k in keys {
         println!(
-            "{:<8}  {:<20}  {:<13}  {:<24}  {}",
+            "{:<8}  {:<20}  {:<16}  {:<24}  {}",
             k.id,
             k.name.as_deref().unwrap_or("-"),
             k.scopes,

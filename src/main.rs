@@ -3,12 +3,19 @@
 mod cli;
 mod cmd_apikey;
 mod cmd_audit;
+mod cmd_db;
+mod cmd_health;
 mod cmd_inspect;
 mod cmd_keys;
 mod cmd_run;
 mod conformance;
 mod exec;
 mod server;
+
+/// mimalloc: a run allocates and frees many small values; glibc's malloc
+/// was a third of the `json_build` benchmark (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -178,9 +178,8 @@ fn the_actor_is_the_api_key_and_reading_needs_admin() {
     let admin = create_api_key(&data_dir, "admin");
     let runner = create_api_key(&data_dir, "execute");
     let id = |key: &str| key["avap_".len().."avap_".len() + 8].to_owned();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--require-api-key", "--data-dir"])
-        .arg(&data_dir);
+    let mut cmd = support::serve_command(&data_dir);
+    cmd.arg("--require-api-key");
     let s = Server::spawn(cmd, data_dir.clone());
     let as_admin = [("Authorization", format!("Bearer {admin}"))];
     let as_admin: Vec<(&str, &str)> = as_admin.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -90,7 +90,7 @@ fn print_config_shows_each_value_with_its_origin() {
 #[test]
 fn bad_configuration_is_refused_with_exit_code_2() {
     let dir = fresh_dir("refused");
-    let file = write_config(&dir, "listen = \"127.0.0.1:0\"\n\nredis_url = \"redis://cache\"\n");
+    let file = write_config(&dir, "listen = \"127.0.0.1:0\"\n\nkafka_url = \"kafka://cache\"\n");
     let refused = |args: &[&str], env: &[(&str, &str)]| {
         let (code, stdout, stderr) = run(serve_cmd(&dir, args, env));
         assert_eq!(code, Some(2), "{stdout}{stderr}");
@@ -101,7 +101,7 @@ fn bad_configuration_is_refused_with_exit_code_2() {
     };
     let unknown_key = refused(&["--config", file.to_str().unwrap()], &[]);
     assert!(
-        unknown_key.contains(&format!("{} line 3: unknown field `redis_url`", file.display())),
+        unknown_key.contains(&format!("{} line 3: unknown field `kafka_url`", file.display())),
         "{unknown_key}"
     );
     let zero_in_file = dir.join("zero.toml");
@@ -114,9 +114,9 @@ fn bad_configuration_is_refused_with_exit_code_2() {
         )),
         "{zero}"
     );
-    let unknown_var = refused(&[], &[("AVAP_REDIS_URL", "redis://cache")]);
+    let unknown_var = refused(&[], &[("AVAP_KAFKA_URL", "kafka://cache")]);
     assert!(
-        unknown_var.contains("unknown environment variable AVAP_REDIS_URL"),
+        unknown_var.contains("unknown environment variable AVAP_KAFKA_URL"),
         "{unknown_var}"
     );
     let zero = refused(&[], &[("AVAP_MAX_CONCURRENT_RUNS", "0")]);
@@ -135,15 +135,15 @@ fn bad_configuration_is_refused_with_exit_code_2() {
     assert!(listen.contains("(from flag --listen): not an ADDRESS:PORT"), "{listen}");
     let missing = refused(&["--config", dir.join("nope.toml").to_str().unwrap()], &[]);
     assert!(missing.contains("cannot read the config file"), "{missing}");
-    let postgres = refused(
+    let mysql = refused(
         &["--data-dir", dir.join("data").to_str().unwrap()],
-        &[("AVAP_DATABASE_URL", "postgres://avap:hunter2@db.example/avap")],
+        &[("AVAP_DATABASE_URL", "mysql://avap:hunter2@db.example/avap")],
     );
     assert!(
-        postgres.contains("PostgreSQL support arrives with the scale-out work"),
-        "{postgres}"
+        mysql.contains("unsupported database `mysql`; use `sqlite:PATH` or `postgres://"),
+        "{mysql}"
     );
-    assert!(!postgres.contains("hunter2"), "{postgres}");
+    assert!(!mysql.contains("hunter2"), "{mysql}");
 }
 
 #[test]

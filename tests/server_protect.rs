@@ -40,13 +40,30 @@ fn clients_over_the_rate_get_429() {
     for _ in 0..10 {
         assert_eq!(s.get("/api/v1/health").status, 200);
     }
-    // A different client (another API key id) has its own bucket: its bad key
-    // is checked (401) rather than rate limited.
-    let other = execute_with(&s, &[("X-API-Key", "avap_0123abcd_nope")]);
-    assert_eq!(other.status, 401, "{}", other.body);
+    // A made-up key id is not a client of its own: it is charged to the
+    // sender's address, so it is limited too (and never reaches the database).
+    let forged = execute_with(&s, &[("X-API-Key", "avap_0123abcd_nope")]);
+    assert_eq!(forged.error_kind(), (429, "RateLimited".to_owned()), "{}", forged.body);
     // After waiting, the client may go on.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(s.execute(&json!({"script": HELLO})).status, 200);
+    // A real key: its first request is charged to the address (the server
+    // has not verified it yet); from then on it has a budget of its own.
+    let key = support::create_api_key(&s.data_dir, "execute");
+    let with_key = [("X-API-Key", key.as_str())];
+    assert_eq!(
+        execute_with(&s, &with_key).status,
+        200,
+        "verified on the address's budget"
+    );
+    for _ in 0..2 {
+        assert_eq!(execute_with(&s, &with_key).status, 200, "the key's own burst");
+    }
+    assert_eq!(
+        execute_with(&s, &with_key).error_kind().0,
+        429,
+        "the key's budget is spent"
+    );
 }
 
 #[test]

@@ -7,6 +7,12 @@
 //! (the epoch callback cannot fire while the host awaits, so the await
 //! itself is bounded and ends the run with `TimeLimit`), writes the result
 //! back as the command's value and charges fuel for the bytes produced.
+//!
+//! Each call runs in a `host_call` span (a child of whatever span the run
+//! is in): the command, its capability class, the outcome, and what the
+//! `hostfns` side records — the host and port reached, or the database
+//! system. Never arguments: URLs' query strings, credentials and SQL
+//! parameters stay out of traces.
 
 use std::time::Instant;
 
@@ -14,6 +20,7 @@ use avap_hostfns::abi;
 use avap_hostfns::effects::{self, EffectOutcome, Effects};
 use avap_hostfns::signature::{CommandSig, ParamKind};
 use avap_hostfns::{HostError, LimitHit, LimitKind};
+use tracing::Instrument as _;
 use wasmtime::{Caller, Linker};
 
 use crate::linker::{BYTES_PER_FUEL, call_slots, charge, raise, to_pair, value};
@@ -64,11 +71,25 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
         at += width;
     }
     let fx = c.data().effects.clone();
-    let work = effects::call(sig.name, form_index, args, &fx.effects);
+    let span = tracing::info_span!(
+        "host_call",
+        otel.name = sig.name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        command = sig.name,
+        capability = sig.capability.as_str(),
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        db.system = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let work = effects::call(sig.name, form_index, args, &fx.effects).instrument(span.clone());
     let result = match fx.deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(r) => r,
             Err(_) => {
+                span.record("outcome", LimitKind::TimeLimit.as_str());
+                span.record("otel.status_code", "error");
                 return Err(wasmtime::Error::new(LimitHit::new(
                     LimitKind::TimeLimit,
                     format!("wall-clock time limit reached while {} waited", sig.name),
@@ -77,6 +98,15 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
         },
         None => work.await,
     };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(HostError::Script(e)) => e.kind.as_str(),
+        Err(HostError::Limit(l)) => l.kind.as_str(),
+    };
+    span.record("outcome", outcome);
+    if outcome != "ok" {
+        span.record("otel.status_code", "error");
+    }
     match result {
         Ok(EffectOutcome::Value(v)) => {
             charge(c, v.heap_bytes() as u64 / BYTES_PER_FUEL + 1)?;

@@ -1,14 +1,16 @@
 //! The process-wide [`Runtime`]: one wasmtime `Engine` (pooling allocator,
 //! fuel, epoch interruption), one `Linker`, an epoch ticker thread and the
-//! cache of loaded artifacts.
+//! cache of loaded artifacts (the L1 cache: bounded by entry count and
+//! time to idle, keyed by the artifact's SHA-256).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use avap_hostfns::artifact::{self, TrustedKeys};
+use moka::sync::Cache;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig};
 
@@ -33,6 +35,9 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Compiled modules kept in the cache.
     pub cache_entries: usize,
+    /// A cached module unused this long is dropped; `None` keeps it until
+    /// the entry bound evicts it.
+    pub cache_time_to_idle: Option<Duration>,
     pub trusted_keys: TrustedKeys,
     pub allow_unsigned: bool,
     pub policy: CapabilityPolicy,
@@ -48,6 +53,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 2 << 20,
             epoch_tick: Duration::from_millis(2),
             cache_entries: 256,
+            cache_time_to_idle: None,
             trusted_keys: TrustedKeys::default(),
             allow_unsigned: false,
             policy: CapabilityPolicy::default(),
@@ -61,7 +67,10 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<RunState>,
     pub(crate) config: RuntimeConfig,
-    cache: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    /// Loaded modules by the hex SHA-256 of their artifact.
+    cache: Cache<String, Arc<LoadedModule>>,
+    /// Modules compiled by wasmtime (not taken from a cache or a `.cwasm`).
+    compiled: AtomicU64,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
@@ -94,8 +103,9 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            cache: module_cache(&config),
             config,
-            cache: Mutex::new(HashMap::new()),
+            compiled: AtomicU64::new(0),
             ticker,
         })
     }
@@ -110,7 +120,32 @@ impl Runtime {
 
     /// Compiled modules held in the load cache.
     pub fn cached_modules(&self) -> usize {
-        self.cache.lock().expect("cache lock").len()
+        // Evictions are applied lazily; settle them so the count is exact.
+        self.cache.run_pending_tasks();
+        usize::try_from(self.cache.entry_count()).unwrap_or(usize::MAX)
+    }
+
+    /// The loaded module of the artifact with this (hex) SHA-256, if cached.
+    pub fn cached_module(&self, sha256: &str) -> Option<Arc<LoadedModule>> {
+        self.cache.get(sha256)
+    }
+
+    /// How many modules wasmtime compiled since start (cache hits and
+    /// `.cwasm` loads are not compilations).
+    pub fn modules_compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
+    }
+
+    /// Identifies what a `.cwasm` made by this runtime is compatible with:
+    /// the wasmtime version and engine configuration (wasmtime's
+    /// compatibility hash) and our `.cwasm` header version. Engines with the
+    /// same fingerprint can load each other's `.cwasm` files.
+    pub fn engine_fingerprint(&self) -> String {
+        let mut hasher = Sha256Hasher(Sha256::new());
+        hasher.write(CWASM_MAGIC);
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
+        let digest = hasher.0.finalize();
+        hex::encode(&digest[..16])
     }
 
     /// Verify, check against the policy, compile (or take from the cache).
@@ -118,19 +153,33 @@ impl Runtime {
         // Identical bytes were verified when they were cached (the trust
         // configuration is fixed for the runtime's life).
         let key = hex::encode(Sha256::digest(bytes));
-        if let Some(m) = self.cache.lock().expect("cache lock").get(&key) {
-            return Ok(m.clone());
+        if let Some(m) = self.cache.get(&key) {
+            return Ok(m);
         }
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
         crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
         let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
-        let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= self.config.cache_entries {
-            cache.clear();
-        }
-        cache.insert(key, loaded.clone());
+        self.cache.insert(key, loaded.clone());
         Ok(loaded)
+    }
+
+    /// The `.cwasm` form (as [`Runtime::precompile`] writes it) of a module
+    /// this runtime already compiled: wasmtime serializes the compiled code
+    /// instead of compiling the artifact again.
+    pub fn serialize(&self, module: &LoadedModule) -> Result<Vec<u8>, LoadError> {
+        let native = module
+            .pre
+            .module()
+            .serialize()
+            .map_err(|e| LoadError::Compile(format!("cannot serialize the compiled module: {e:#}")))?;
+        let sha = module.sha256().as_bytes();
+        let mut out = Vec::with_capacity(CWASM_MAGIC.len() + sha.len() + native.len());
+        out.extend_from_slice(CWASM_MAGIC);
+        out.extend_from_slice(sha);
+        out.extend_from_slice(&native);
+        Ok(out)
     }
 
     /// Compile an artifact ahead of time for this engine (`.cwasm`). The
@@ -154,8 +203,16 @@ impl Runtime {
     /// configuration, or it is refused.
     ///
     /// A `.cwasm` is native code: only pass files from a location the
-    /// operator controls (the artifact's signature does not cover it).
+    /// operator controls, or bytes whose origin the caller has
+    /// authenticated (the artifact's signature does not cover it).
+    ///
+    /// The loaded module joins the cache; an artifact already cached is
+    /// returned as it is, without looking at `cwasm`.
     pub fn load_precompiled(&self, bytes: &[u8], cwasm: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        let key = hex::encode(Sha256::digest(bytes));
+        if let Some(m) = self.cache.get(&key) {
+            return Ok(m);
+        }
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
         crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
         let rest = cwasm
@@ -177,7 +234,35 @@ impl Runtime {
                 "{e:#}; the .cwasm is tied to the wasmtime version and engine configuration — recompile it"
             ))
         })?;
-        Ok(Arc::new(LoadedModule::new(&self.linker, &module, verified)?))
+        let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
+        self.cache.insert(key, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// The load cache: at most `cache_entries` modules (moka's admission and
+/// eviction keep the frequently used ones), each dropped after
+/// `cache_time_to_idle` without use.
+fn module_cache(config: &RuntimeConfig) -> Cache<String, Arc<LoadedModule>> {
+    let builder = Cache::builder().max_capacity(u64::try_from(config.cache_entries.max(1)).unwrap_or(u64::MAX));
+    match config.cache_time_to_idle {
+        Some(idle) => builder.time_to_idle(idle).build(),
+        None => builder.build(),
+    }
+}
+
+/// Feeds what a `Hash` implementation writes into SHA-256, for a digest
+/// that is the same in every process (std's hashers promise no such thing).
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 }
 

@@ -93,7 +93,9 @@ impl HostContext for Services {
 
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError> {
         let json = value.to_json();
-        let size = serde_json::to_string(&json).map_or(0, |s| s.len() as u64) + key.len() as u64 + 4;
+        // Counted, not collected: the envelope is serialised once, at the end.
+        let mut counter = ByteCounter(0);
+        let size = serde_json::to_writer(&mut counter, &json).map_or(0, |()| counter.0) + key.len() as u64 + 4;
         let old = self.result_sizes.get(key).copied().unwrap_or(0);
         let next = self.output_bytes - old + size;
         if next > self.output_limit {
@@ -119,6 +121,21 @@ impl HostContext for Services {
 
     fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>> {
         self.async_results.get(id).cloned()
+    }
+}
+
+/// An `io::Write` that only counts: the size of a value's JSON text
+/// without building the text.
+struct ByteCounter(u64);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

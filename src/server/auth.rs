@@ -3,9 +3,10 @@
 //! a presented key is looked up by its id and its hash compared in constant
 //! time. Keys are never logged.
 //!
-//! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*` and
-//! `/api/v1/audit`, `execute` for `/api/v1/execute*` and `/api/v1/run/*`
-//! (`admin` implies `execute`); everything else (health, info, …) is open.
+//! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*`,
+//! `/api/v1/audit` and `/api/v1/debug/*`, `execute` for `/api/v1/execute*` and `/api/v1/run/*`,
+//! `registry` (read-only, for edge nodes) for `/api/v1/registry/*`
+//! (`admin` implies the others); everything else (health, info, …) is open.
 //! It tells handlers who is calling with a [`Caller`]. A request without
 //! a key gets every scope when [`ServerConfig::allow_anonymous`] is on (by
 //! default only on a loopback listener); a request with a key is always
@@ -35,6 +36,8 @@ pub enum Scope {
     Admin,
     /// Running scripts: `/api/v1/execute*` and `/api/v1/run/*`
     Execute,
+    /// Reading the registry for edge nodes: `/api/v1/registry/*` (no writes, no runs)
+    Registry,
 }
 
 impl Scope {
@@ -42,10 +45,11 @@ impl Scope {
         match self {
             Scope::Admin => "admin",
             Scope::Execute => "execute",
+            Scope::Registry => "registry",
         }
     }
 
-    /// `admin` implies `execute`.
+    /// `admin` implies every scope.
     fn granted_by(self, held: &str) -> bool {
         held.split(',')
             .map(str::trim)
@@ -97,12 +101,12 @@ pub fn hash(key: &str) -> String {
 }
 
 /// The id part of a well-formed key.
-fn key_id(key: &str) -> Option<&str> {
+pub(crate) fn key_id(key: &str) -> Option<&str> {
     let (id, secret) = key.strip_prefix(PREFIX)?.split_once('_')?;
     (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty()).then_some(id)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -139,17 +143,19 @@ fn needed_scope(path: &str) -> Option<Scope> {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/api/v1/scripts") || under("/api/v1/audit") {
+    if under("/api/v1/scripts") || under("/api/v1/audit") || under("/api/v1/debug") {
         Some(Scope::Admin)
     } else if under("/api/v1/execute") || path.starts_with("/api/v1/run/") {
         Some(Scope::Execute)
+    } else if under("/api/v1/registry") {
+        Some(Scope::Registry)
     } else {
         None
     }
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
         let value = value
             .to_str()
@@ -183,7 +189,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Resu
     };
     let invalid = || ApiError::unauthorized("the API key is not valid or has been revoked");
     let id = key_id(key).ok_or_else(invalid)?;
-    let record = state.store().api_key(id).await?.ok_or_else(invalid)?;
+    let record = state.api_key(id).await?.ok_or_else(invalid)?;
     if !constant_time_eq(hash(key).as_bytes(), record.key_hash.as_bytes()) || record.revoked_at.is_some() {
         return Err(invalid());
     }
@@ -237,11 +243,17 @@ mod tests {
         assert_eq!(needed_scope("/api/v1/execute/batch"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/run/x"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/audit"), Some(Scope::Admin));
+        assert_eq!(needed_scope("/api/v1/debug/profile"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/execute/file"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/health"), None);
         assert_eq!(needed_scope("/api/v1/scriptsx"), None);
         assert!(Scope::Execute.granted_by("admin"));
         assert!(!Scope::Admin.granted_by("execute"));
+        assert_eq!(needed_scope("/api/v1/registry/scripts"), Some(Scope::Registry));
+        assert_eq!(needed_scope("/api/v1/registry/artifacts/ab"), Some(Scope::Registry));
+        assert!(Scope::Registry.granted_by("admin") && Scope::Registry.granted_by("registry"));
+        assert!(!Scope::Registry.granted_by("execute"));
+        assert!(!Scope::Execute.granted_by("registry") && !Scope::Admin.granted_by("registry"));
         assert_eq!(
             scopes_text(&[Scope::Execute, Scope::Admin, Scope::Execute]),
             "admin,execute"

@@ -25,7 +25,8 @@ use avap_hostfns::effects::policy::OutboundPolicy;
 use avap_runtime::{CapabilityPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
-use super::{ServerConfig, auth, protect, store};
+use super::redis::RedisUrl;
+use super::{ServerConfig, auth, edge, protect, store};
 use crate::cli::ServeArgs;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -90,13 +91,15 @@ impl LogLevel {
 }
 
 /// The effective configuration: every key with its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// `ADDRESS:PORT` to listen on (port 0 picks a free one).
     pub listen: String,
     /// The embedded database (unless `database_url` names another) and the server key.
     pub data_dir: PathBuf,
-    /// `sqlite:PATH` or a bare path; `postgres://…` is refused until the scale-out work.
+    /// `sqlite:PATH` (or a bare path) for the embedded database, or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` for a cluster of
+    /// nodes sharing one registry.
     pub database_url: String,
     /// Let requests without an API key in even on a non-loopback address.
     pub allow_anonymous: bool,
@@ -122,6 +125,18 @@ pub struct Settings {
     pub queue_wait_ms: u64,
     /// Compiled inline scripts kept.
     pub cache_entries: usize,
+    /// Cached scripts and modules unused this many seconds are dropped
+    /// (0 = kept until the entry bound evicts them).
+    pub cache_ttl_s: u64,
+    /// Stored scripts loaded at start, most-run first (0 = none).
+    pub prewarm: usize,
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, shared by the nodes of a
+    /// cluster: compiled-module cache, script invalidations, rate limits.
+    /// Empty: none (a single node).
+    pub redis_url: String,
+    /// The namespace of this cluster's Redis keys (`PREFIX:…`), so several
+    /// clusters can share one Redis.
+    pub redis_prefix: String,
     /// Capability classes scripts may not use (refused at load with 403).
     pub deny_capabilities: Vec<String>,
     /// Non-public destinations `RequestGet`/`RequestPost`/`functionAI` may
@@ -150,8 +165,30 @@ pub struct Settings {
     /// Largest one database result may be, in KiB (more is a
     /// `DatabaseError`, counted while rows are read).
     pub db_max_result_kb: u64,
+    /// Run as an edge node: serve a disk mirror of `registry_url`'s scripts,
+    /// read-only (see `edge.rs`).
+    pub edge: bool,
+    /// The registry node an edge node follows: `http(s)://HOST[:PORT]`.
+    pub registry_url: String,
+    /// A `registry`-scoped API key made on the registry node (a secret:
+    /// shown redacted; no flag, so it never shows in a process list).
+    pub registry_api_key: String,
+    /// How often an edge node asks the registry for changes.
+    pub registry_sync_ms: u64,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
+    /// Write log lines to this file instead of stderr (empty = stderr);
+    /// rotated past `log_max_mb`, reopened on SIGHUP.
+    pub log_file: String,
+    /// Rotate the log file when it would pass this size, in MiB (decimals allowed).
+    pub log_max_mb: f64,
+    /// Rotated log files kept: `FILE.1` (newest) … `FILE.<log_keep>`; 0 = truncate instead.
+    pub log_keep: usize,
+    /// Send traces to this OTLP/HTTP collector (`http://HOST:PORT`, spans are
+    /// posted as JSON to `…/v1/traces`); empty = no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported traces.
+    pub otlp_service_name: String,
     /// The most one run may use; also what a run gets when it asks for nothing.
     pub limits: LimitSettings,
     /// `[connectors]`: `avapConnector` token → database URL.
@@ -187,6 +224,10 @@ struct Layer {
     max_concurrent_runs: Option<usize>,
     queue_wait_ms: Option<u64>,
     cache_entries: Option<usize>,
+    cache_ttl_s: Option<u64>,
+    prewarm: Option<usize>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
     deny_capabilities: Option<Vec<String>>,
     outbound_allow: Option<Vec<String>>,
     outbound_timeout_ms: Option<u64>,
@@ -198,8 +239,17 @@ struct Layer {
     db_max_rows: Option<usize>,
     db_statement_timeout_ms: Option<u64>,
     db_max_result_kb: Option<u64>,
+    edge: Option<bool>,
+    registry_url: Option<String>,
+    registry_api_key: Option<String>,
+    registry_sync_ms: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<LogLevel>,
+    log_file: Option<String>,
+    log_max_mb: Option<f64>,
+    log_keep: Option<usize>,
+    otlp_endpoint: Option<String>,
+    otlp_service_name: Option<String>,
     limits: Option<LimitLayer>,
     connectors: Option<BTreeMap<String, String>>,
 }
@@ -325,6 +375,9 @@ fn flag_layer(args: &ServeArgs) -> Layer {
         rate_burst: args.rate_burst,
         request_timeout_ms: args.request_timeout_ms,
         cors_origins: (!args.cors_origin.is_empty()).then(|| args.cors_origin.clone()),
+        edge: args.edge.then_some(true),
+        registry_url: args.registry.clone(),
+        registry_sync_ms: args.registry_sync_ms,
         ..Layer::default()
     }
 }
@@ -334,6 +387,8 @@ fn flag_layer(args: &ServeArgs) -> Layer {
 enum Kind {
     Text,
     Integer,
+    /// A number that may have decimals (`log_max_mb = 0.5`).
+    Float,
     Boolean,
     List,
 }
@@ -351,6 +406,7 @@ fn keys() -> Vec<(Vec<String>, Kind)> {
                     continue;
                 }
                 toml::Value::Integer(_) => Kind::Integer,
+                toml::Value::Float(_) => Kind::Float,
                 toml::Value::Boolean(_) => Kind::Boolean,
                 toml::Value::Array(_) => Kind::List,
                 _ => Kind::Text,
@@ -411,6 +467,11 @@ fn env_value(name: &str, text: &str, kind: Kind) -> Result<toml::Value, ConfigEr
             text.trim()
                 .parse()
                 .map_err(|_| problem(format!("environment variable {name}: `{text}` is not a whole number")))?,
+        ),
+        Kind::Float => toml::Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| problem(format!("environment variable {name}: `{text}` is not a number")))?,
         ),
         Kind::Boolean => toml::Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
@@ -479,6 +540,10 @@ impl Settings {
             max_concurrent_runs: server.max_concurrent_runs,
             queue_wait_ms: millis(server.queue_wait),
             cache_entries: server.cache_entries,
+            cache_ttl_s: server.cache_ttl.map_or(0, |idle| idle.as_secs()),
+            prewarm: server.prewarm,
+            redis_url: String::new(),
+            redis_prefix: server.redis_prefix,
             deny_capabilities: Vec::new(),
             outbound_allow: outbound.allow,
             outbound_timeout_ms: outbound.timeout_ms,
@@ -490,8 +555,17 @@ impl Settings {
             db_max_rows: db.max_rows,
             db_statement_timeout_ms: millis(db.statement_timeout),
             db_max_result_kb: u64::try_from(db.max_result_bytes / 1024).unwrap_or(u64::MAX),
+            edge: false,
+            registry_url: String::new(),
+            registry_api_key: String::new(),
+            registry_sync_ms: 5000,
             log_format: LogFormat::Auto,
             log_level: LogLevel::Info,
+            log_file: String::new(),
+            log_max_mb: 100.0,
+            log_keep: 5,
+            otlp_endpoint: String::new(),
+            otlp_service_name: "avap".to_owned(),
             limits: LimitSettings {
                 fuel: server.limits.fuel,
                 time_ms: server.limits.time_ms,
@@ -525,6 +599,10 @@ impl Settings {
         config.max_concurrent_runs = self.max_concurrent_runs;
         config.queue_wait = Duration::from_millis(self.queue_wait_ms);
         config.cache_entries = self.cache_entries;
+        config.cache_ttl = (self.cache_ttl_s > 0).then(|| Duration::from_secs(self.cache_ttl_s));
+        config.prewarm = self.prewarm;
+        config.redis_url = RedisUrl::parse(&self.redis_url).ok();
+        config.redis_prefix.clone_from(&self.redis_prefix);
         config.policy = policy;
         config.allow_anonymous = auth::anonymous_allowed(self);
         config.protect = protect::ProtectConfig {
@@ -537,6 +615,7 @@ impl Settings {
         config.effects.http = Outbound::new(&self.outbound_config()).ok().map(Arc::new);
         config.effects.ai = AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new);
         config.effects.db = self.databases().ok().map(Arc::new);
+        config.edge = self.edge_config();
         config
     }
 
@@ -557,6 +636,16 @@ impl Settings {
         }
     }
 
+    /// Edge mode's settings, when `edge` is on; the mirror lives in `<data_dir>/edge`.
+    pub fn edge_config(&self) -> Option<edge::EdgeConfig> {
+        self.edge.then(|| edge::EdgeConfig {
+            registry_url: self.registry_url.clone(),
+            api_key: Some(self.registry_api_key.clone()).filter(|k| !k.is_empty()),
+            sync_interval: Duration::from_millis(self.registry_sync_ms),
+            dir: self.data_dir.join(edge::EDGE_DIR),
+        })
+    }
+
     /// The `outbound_*` keys for the HTTP client.
     pub fn outbound_config(&self) -> OutboundConfig {
         OutboundConfig {
@@ -567,16 +656,11 @@ impl Settings {
         }
     }
 
-    /// The `SQLite` file `database_url` names, or why the server cannot use it.
-    pub fn sqlite_file(&self) -> Result<PathBuf, ConfigError> {
+    /// The database `database_url` names, or why the server cannot use it.
+    pub fn database(&self) -> Result<store::Location, ConfigError> {
         match database_kind(&self.database_url) {
-            DatabaseKind::Sqlite(path) => Ok(path),
-            DatabaseKind::Postgres => Err(problem(format!(
-                "database_url {}: PostgreSQL support arrives with the scale-out work; \
-                 for now use a `sqlite:PATH` URL, or leave database_url unset for {}",
-                redact_url(&self.database_url),
-                self.data_dir.join(store::DATABASE_FILE).display()
-            ))),
+            DatabaseKind::Sqlite(path) => Ok(store::Location::Sqlite(path)),
+            DatabaseKind::Postgres => Ok(store::Location::Postgres(self.database_url.clone())),
             DatabaseKind::Unsupported(why) => Err(problem(format!(
                 "database_url {}: {why}",
                 redact_url(&self.database_url)
@@ -611,7 +695,7 @@ fn database_kind(url: &str) -> DatabaseKind {
         "sqlite" => sqlite_path(rest.strip_prefix("//").unwrap_or(rest)),
         "postgres" | "postgresql" => DatabaseKind::Postgres,
         other => DatabaseKind::Unsupported(format!(
-            "unsupported database `{other}`; use `sqlite:PATH` (PostgreSQL arrives with the scale-out work)"
+            "unsupported database `{other}`; use `sqlite:PATH` or `postgres://USER@HOST:PORT/DATABASE`"
         )),
     }
 }
@@ -714,6 +798,12 @@ impl Resolved {
                 .unwrap_or(d.max_concurrent_runs),
             queue_wait_ms: p.pick("queue_wait_ms", |l| l.queue_wait_ms).unwrap_or(d.queue_wait_ms),
             cache_entries: p.pick("cache_entries", |l| l.cache_entries).unwrap_or(d.cache_entries),
+            cache_ttl_s: p.pick("cache_ttl_s", |l| l.cache_ttl_s).unwrap_or(d.cache_ttl_s),
+            prewarm: p.pick("prewarm", |l| l.prewarm).unwrap_or(d.prewarm),
+            redis_url: p.pick("redis_url", |l| l.redis_url.clone()).unwrap_or(d.redis_url),
+            redis_prefix: p
+                .pick("redis_prefix", |l| l.redis_prefix.clone())
+                .unwrap_or(d.redis_prefix),
             deny_capabilities: p
                 .pick("deny_capabilities", |l| l.deny_capabilities.clone())
                 .unwrap_or(d.deny_capabilities),
@@ -744,8 +834,27 @@ impl Resolved {
                 .pick("db_max_result_kb", |l| l.db_max_result_kb)
                 .unwrap_or(d.db_max_result_kb),
             connectors: p.pick("connectors", |l| l.connectors.clone()).unwrap_or(d.connectors),
+            edge: p.pick("edge", |l| l.edge).unwrap_or(d.edge),
+            registry_url: p
+                .pick("registry_url", |l| l.registry_url.clone())
+                .unwrap_or(d.registry_url),
+            registry_api_key: p
+                .pick("registry_api_key", |l| l.registry_api_key.clone())
+                .unwrap_or(d.registry_api_key),
+            registry_sync_ms: p
+                .pick("registry_sync_ms", |l| l.registry_sync_ms)
+                .unwrap_or(d.registry_sync_ms),
             log_format: p.pick("log_format", |l| l.log_format).unwrap_or(d.log_format),
             log_level: p.pick("log_level", |l| l.log_level).unwrap_or(d.log_level),
+            log_file: p.pick("log_file", |l| l.log_file.clone()).unwrap_or(d.log_file),
+            log_max_mb: p.pick("log_max_mb", |l| l.log_max_mb).unwrap_or(d.log_max_mb),
+            log_keep: p.pick("log_keep", |l| l.log_keep).unwrap_or(d.log_keep),
+            otlp_endpoint: p
+                .pick("otlp_endpoint", |l| l.otlp_endpoint.clone())
+                .unwrap_or(d.otlp_endpoint),
+            otlp_service_name: p
+                .pick("otlp_service_name", |l| l.otlp_service_name.clone())
+                .unwrap_or(d.otlp_service_name),
             limits: LimitSettings {
                 fuel: p.pick("limits.fuel", limit(|l| l.fuel)).unwrap_or(d.limits.fuel),
                 time_ms: p
@@ -850,6 +959,24 @@ impl Resolved {
         in_range("max_script_bytes", to_u64(s.max_script_bytes), 1, 1 << 30)?;
         in_range("max_concurrent_runs", to_u64(s.max_concurrent_runs), 1, 1024)?;
         in_range("cache_entries", to_u64(s.cache_entries), 1, 1 << 20)?;
+        in_range("cache_ttl_s", s.cache_ttl_s, 0, DAY_MS / 1000 * 30)?;
+        in_range("prewarm", to_u64(s.prewarm), 0, to_u64(s.cache_entries))?;
+        if !s.redis_url.is_empty()
+            && let Err(why) = RedisUrl::parse(&s.redis_url)
+        {
+            return Err(self.invalid("redis_url", format_args!("{:?}", redact_url(&s.redis_url)), &why));
+        }
+        let prefix_ok = (1..=64).contains(&s.redis_prefix.len())
+            && s.redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !prefix_ok {
+            return Err(self.invalid(
+                "redis_prefix",
+                format_args!("{:?}", s.redis_prefix),
+                "1 to 64 letters, digits, `-`, `_`, `.` or `:`, such as `avap` or `avap-staging`",
+            ));
+        }
         for name in &s.deny_capabilities {
             if CapabilityPolicy::class_by_name(name).is_none() {
                 let classes: Vec<&str> = avap_hostfns::Capability::ALL.iter().map(|c| c.as_str()).collect();
@@ -874,6 +1001,7 @@ impl Resolved {
         in_range("db_max_rows", to_u64(s.db_max_rows), 1, 1 << 24)?;
         in_range("db_statement_timeout_ms", s.db_statement_timeout_ms, 1, DAY_MS)?;
         in_range("db_max_result_kb", s.db_max_result_kb, 1, 1 << 21)?;
+        self.validate_edge()?;
         if let Err(e) = s.databases() {
             let key = if e.what == "application database" {
                 "app_database_url"
@@ -882,6 +1010,7 @@ impl Resolved {
             };
             return Err(self.invalid(key, format_args!("{:?}", e.url), &e.to_string()));
         }
+        self.validate_observability()?;
         let l = s.limits;
         in_range("limits.fuel", l.fuel, 1, u64::MAX >> 1)?;
         in_range("limits.time_ms", l.time_ms, 1, DAY_MS)?;
@@ -891,15 +1020,54 @@ impl Resolved {
         Ok(())
     }
 
+    /// `edge`, `registry_url`, `registry_api_key`, `registry_sync_ms`.
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        if s.edge && s.registry_url.is_empty() {
+            return Err(problem(format!(
+                "edge is on (from {}) but no registry_url is set: pass --registry URL with the registry \
+                 node's address (as in `--registry https://registry.example:8443`), or set registry_url in the config \
+                 file or AVAP_REGISTRY_URL",
+                self.origin("edge")
+            )));
+        }
+        if !s.registry_url.is_empty()
+            && let Err(why) = edge::parse_registry_url(&s.registry_url)
+                .and_then(|url| edge::check_transport(&url, !s.registry_api_key.is_empty()))
+        {
+            return Err(self.invalid("registry_url", format_args!("{:?}", redact_url(&s.registry_url)), &why));
+        }
+        let key = &s.registry_api_key;
+        if !key.is_empty() && !key.bytes().all(|b| b.is_ascii_graphic()) {
+            // Never echo the value: it is a secret.
+            return Err(problem(format!(
+                "registry_api_key (from {}) is not an API key (it has spaces or non-ASCII characters); \
+                 create one on the registry node with `avap apikey create --scope registry`",
+                self.origin("registry_api_key")
+            )));
+        }
+        if !(50..=DAY_MS).contains(&s.registry_sync_ms) {
+            return Err(self.invalid(
+                "registry_sync_ms",
+                s.registry_sync_ms,
+                &format!("must be between 50 and {DAY_MS}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The effective configuration as TOML, each key with its origin, the
     /// database password hidden.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         let mut table = toml::Table::try_from(&self.settings)
             .map_err(|e| problem(format!("cannot show the configuration: {e}")))?;
-        for key in ["database_url", "app_database_url"] {
+        for key in ["database_url", "app_database_url", "otlp_endpoint", "redis_url"] {
             if let Some(toml::Value::String(url)) = table.get_mut(key) {
                 *url = redact_url(url);
             }
+        }
+        if let Some(toml::Value::String(key)) = table.get_mut("registry_api_key") {
+            *key = redact_api_key(key);
         }
         // Connector tokens are credentials: show their first characters only.
         if let Some(toml::Value::Table(connectors)) = table.get_mut("connectors") {
@@ -940,6 +1108,73 @@ impl Resolved {
     }
 }
 
+/// The keys of the log output ([`logs`](super::logs)) and the trace export
+/// ([`telemetry`](super::telemetry)).
+impl Settings {
+    /// The `log_*` keys; call after [`Resolved::validate`].
+    pub fn log_options(&self) -> super::logs::LogOptions {
+        super::logs::LogOptions {
+            format: self.log_format,
+            level: self.log_level,
+            file: (!self.log_file.is_empty()).then(|| PathBuf::from(&self.log_file)),
+            max_bytes: mebibytes(self.log_max_mb),
+            keep: self.log_keep,
+        }
+    }
+
+    /// The `otlp_*` keys; call after [`Resolved::validate`].
+    pub fn telemetry_config(&self) -> super::telemetry::TelemetryConfig {
+        super::telemetry::TelemetryConfig {
+            endpoint: super::telemetry::export::OtlpEndpoint::parse(&self.otlp_endpoint).ok(),
+            service_name: self.otlp_service_name.clone(),
+        }
+    }
+}
+
+/// The largest `log_max_mb`: 1 TiB.
+const MAX_LOG_MB: f64 = 1_048_576.0;
+
+/// `mb` MiB in bytes, at least 1.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // validated: 0 < mb <= MAX_LOG_MB
+fn mebibytes(mb: f64) -> u64 {
+    ((mb * 1_048_576.0).round() as u64).max(1)
+}
+
+impl Resolved {
+    /// The `log_*` and `otlp_*` keys.
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        if !(s.log_max_mb.is_finite() && s.log_max_mb > 0.0 && s.log_max_mb <= MAX_LOG_MB) {
+            return Err(self.invalid(
+                "log_max_mb",
+                s.log_max_mb,
+                &format!("must be more than 0 and at most {MAX_LOG_MB} (MiB); decimals are fine, as in 0.5"),
+            ));
+        }
+        if s.log_keep > 1000 {
+            return Err(self.invalid("log_keep", s.log_keep, "must be between 0 and 1000"));
+        }
+        if !s.otlp_endpoint.is_empty()
+            && let Err(why) = super::telemetry::export::OtlpEndpoint::parse(&s.otlp_endpoint)
+        {
+            return Err(self.invalid(
+                "otlp_endpoint",
+                format_args!("{:?}", redact_url(&s.otlp_endpoint)),
+                &why,
+            ));
+        }
+        let name = &s.otlp_service_name;
+        if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(self.invalid(
+                "otlp_service_name",
+                format_args!("{name:?}"),
+                "must be 1 to 255 printable characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
@@ -948,7 +1183,19 @@ fn to_u64(n: usize) -> u64 {
 fn flag_name(key: &str) -> String {
     match key {
         "cors_origins" => "cors-origin".to_owned(),
+        "registry_url" => "registry".to_owned(),
         other => other.replace('_', "-"),
+    }
+}
+
+/// An API key as `--print-config` shows it: the id (not secret), never the secret.
+fn redact_api_key(key: &str) -> String {
+    if key.is_empty() {
+        return String::new();
+    }
+    match key.strip_prefix("avap_").and_then(|rest| rest.split_once('_')) {
+        Some((id, _)) if id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) => format!("avap_{id}_***"),
+        _ => "***".to_owned(),
     }
 }
 
@@ -1041,9 +1288,9 @@ mod tests {
     #[test]
     fn bad_environment_variables_are_named() {
         let err = |vars: &[(&str, &str)]| env(vars).unwrap_err().to_string();
-        let unknown = err(&[("AVAP_REDIS_URL", "redis://x")]);
+        let unknown = err(&[("AVAP_KAFKA_URL", "kafka://x")]);
         assert!(
-            unknown.starts_with("unknown environment variable AVAP_REDIS_URL;"),
+            unknown.starts_with("unknown environment variable AVAP_KAFKA_URL;"),
             "{unknown}"
         );
         assert!(unknown.contains("AVAP_LIMITS_FUEL"), "{unknown}");
@@ -1067,9 +1314,9 @@ mod tests {
     #[test]
     fn file_errors_name_the_file_and_line() {
         let err = |text: &str| parse_file(Path::new("/etc/avap.toml"), text).unwrap_err().to_string();
-        let unknown = err("listen = \"127.0.0.1:1\"\nredis_url = \"redis://x\"\n");
+        let unknown = err("listen = \"127.0.0.1:1\"\nkafka_url = \"kafka://x\"\n");
         assert!(
-            unknown.starts_with("/etc/avap.toml line 2: unknown field `redis_url`"),
+            unknown.starts_with("/etc/avap.toml line 2: unknown field `kafka_url`"),
             "{unknown}"
         );
         let nested = err("[limits]\nfuel = 1\nfeul = 2\n");
@@ -1191,20 +1438,24 @@ mod tests {
         let with = |url: &str| {
             let mut s = Settings::defaults(PathBuf::from("/data"));
             s.database_url = url.to_owned();
-            s.sqlite_file().map_err(|e| e.to_string())
+            s.database().map_err(|e| e.to_string())
         };
-        assert_eq!(with("sqlite:/var/a.db"), Ok(PathBuf::from("/var/a.db")));
-        assert_eq!(with("sqlite:///var/a.db"), Ok(PathBuf::from("/var/a.db")));
-        assert_eq!(with("sqlite://rel.db"), Ok(PathBuf::from("rel.db")));
-        assert_eq!(with("/plain/path.sqlite"), Ok(PathBuf::from("/plain/path.sqlite")));
-        let pg = with("postgres://avap:hunter2@db:5432/avap").unwrap_err();
-        assert!(
-            pg.contains("PostgreSQL support arrives with the scale-out work"),
-            "{pg}"
+        let sqlite = |path: &str| Ok(store::Location::Sqlite(PathBuf::from(path)));
+        assert_eq!(with("sqlite:/var/a.db"), sqlite("/var/a.db"));
+        assert_eq!(with("sqlite:///var/a.db"), sqlite("/var/a.db"));
+        assert_eq!(with("sqlite://rel.db"), sqlite("rel.db"));
+        assert_eq!(with("/plain/path.sqlite"), sqlite("/plain/path.sqlite"));
+        let pg = "postgres://avap:hunter2@db:5432/avap";
+        assert_eq!(with(pg), Ok(store::Location::Postgres(pg.to_owned())));
+        assert_eq!(
+            store::Location::Postgres(pg.to_owned()).to_string(),
+            "postgres://avap:***@db:5432/avap"
         );
+        let mysql = with("mysql://avap:hunter2@db:3306/avap").unwrap_err();
+        assert!(mysql.contains("unsupported database `mysql`"), "{mysql}");
         assert!(
-            pg.contains("postgres://avap:***@db:5432/avap") && !pg.contains("hunter2"),
-            "{pg}"
+            mysql.contains("mysql://avap:***@db:3306/avap") && !mysql.contains("hunter2"),
+            "{mysql}"
         );
         assert!(with("sqlite::memory:").is_err());
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
@@ -1234,6 +1485,75 @@ mod tests {
     }
 
     #[test]
+    fn log_file_and_trace_keys() {
+        let file = file("log_file = \"/var/log/avap.log\"\nlog_keep = 2\notlp_endpoint = \"http://127.0.0.1:4318\"\n");
+        let vars = env(&[("AVAP_LOG_MAX_MB", "0.5"), ("AVAP_OTLP_SERVICE_NAME", "edge-1")]).unwrap();
+        let r = resolved(&Layer::default(), &vars, &file);
+        let options = r.settings.log_options();
+        assert_eq!(options.file, Some(PathBuf::from("/var/log/avap.log")));
+        assert_eq!((options.max_bytes, options.keep), (512 << 10, 2));
+        let traces = r.settings.telemetry_config();
+        assert_eq!(traces.service_name, "edge-1");
+        assert_eq!(
+            traces.endpoint.map(|e| e.to_string()).as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        let printed = r.to_toml().unwrap();
+        assert!(
+            printed.contains("log_max_mb = 0.5  # environment variable AVAP_LOG_MAX_MB"),
+            "{printed}"
+        );
+        let defaults = resolved(&Layer::default(), &Layer::default(), &Layer::default()).settings;
+        assert_eq!(defaults.log_options().file, None);
+        assert_eq!(defaults.log_options().max_bytes, 100 << 20);
+        assert!(defaults.telemetry_config().endpoint.is_none());
+        assert!(invalid("log_max_mb = 0\n").starts_with("log_max_mb = 0 (from file): must be more than 0"));
+        assert!(invalid("log_keep = 5000\n").contains("between 0 and 1000"));
+        let https = invalid("otlp_endpoint = \"https://collector:4318\"\n");
+        assert!(https.contains("only http://"), "{https}");
+        assert!(invalid("otlp_service_name = \"\"\n").contains("printable"));
+        let not_a_number = env(&[("AVAP_LOG_MAX_MB", "big")]).unwrap_err().to_string();
+        assert_eq!(
+            not_a_number,
+            "environment variable AVAP_LOG_MAX_MB: `big` is not a number"
+        );
+    }
+
+    #[test]
+    fn redis_and_cache_keys() {
+        let file = file("redis_url = \"redis://:hunter2@cache:6380/1\"\nredis_prefix = \"blue\"\ncache_ttl_s = 0\n");
+        let env = env(&[("AVAP_PREWARM", "3")]).unwrap();
+        let r = resolved(&Layer::default(), &env, &file);
+        let config = r.settings.server_config();
+        assert_eq!(
+            config.redis_url.as_ref().map(ToString::to_string).as_deref(),
+            Some("redis://:***@cache:6380/1")
+        );
+        assert_eq!(
+            (config.redis_prefix.as_str(), config.cache_ttl, config.prewarm),
+            ("blue", None, 3)
+        );
+        let printed = r.to_toml().unwrap();
+        assert!(
+            printed.contains("redis_url = \"redis://:***@cache:6380/1\"  # file avap.toml"),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let defaults = resolved(&Layer::default(), &Layer::default(), &Layer::default());
+        let config = defaults.settings.server_config();
+        assert!(config.redis_url.is_none(), "no Redis unless configured");
+        assert_eq!((config.redis_prefix.as_str(), config.prewarm), ("avap", 16));
+        assert_eq!(config.cache_ttl, Some(Duration::from_hours(1)));
+        let bad = invalid("redis_url = \"http://:hunter2@cache\"\n");
+        assert!(bad.starts_with("redis_url = \"http://:***@cache\""), "{bad}");
+        assert!(bad.contains("not a redis:// URL") && !bad.contains("hunter2"), "{bad}");
+        assert!(invalid("redis_url = \"redis://cache:99999\"\n").contains("not a port number"));
+        assert!(invalid("redis_prefix = \"a b\"\n").contains("1 to 64 letters"));
+        assert!(invalid("redis_prefix = \"\"\n").contains("1 to 64 letters"));
+        assert!(invalid("prewarm = 300\ncache_entries = 10\n").starts_with("prewarm = 300"));
+    }
+
+    #[test]
     fn every_key_has_a_variable() {
         let names: Vec<String> = keys().iter().map(|(path, _)| env_name(path)).collect();
         for expected in [
@@ -1252,8 +1572,66 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1,
-            "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age"
+            22 + 5 + 5 + 1 + 4 + 5 + 4,
+            "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
+             5 log file/trace keys, 4 Redis/cache keys"
         );
+    }
+
+    #[test]
+    fn edge_keys_are_layered_validated_and_redacted() {
+        let env = env(&[
+            ("AVAP_REGISTRY_URL", "https://10.0.0.5:8080"),
+            ("AVAP_REGISTRY_API_KEY", "avap_0123abcd_supersecret"),
+        ])
+        .unwrap();
+        let flags = Layer {
+            edge: Some(true),
+            registry_sync_ms: Some(250),
+            ..Layer::default()
+        };
+        let r = resolved(&flags, &env, &Layer::default());
+        let edge = r.settings.server_config().edge.expect("edge mode");
+        assert_eq!(edge.registry_url, "https://10.0.0.5:8080");
+        assert_eq!(edge.api_key.as_deref(), Some("avap_0123abcd_supersecret"));
+        assert_eq!(edge.sync_interval, Duration::from_millis(250));
+        assert_eq!(edge.dir, PathBuf::from("/data/edge"));
+        assert!(!format!("{edge:?}").contains("supersecret"));
+        let printed = r.to_toml().unwrap();
+        assert!(!printed.contains("supersecret"), "{printed}");
+        assert!(
+            printed.contains("registry_api_key = \"avap_0123abcd_***\"  # environment variable AVAP_REGISTRY_API_KEY"),
+            "{printed}"
+        );
+        assert!(printed.contains("edge = true  # flag --edge"), "{printed}");
+        assert!(
+            resolved(&Layer::default(), &Layer::default(), &Layer::default())
+                .settings
+                .server_config()
+                .edge
+                .is_none()
+        );
+
+        let missing = invalid("edge = true\n");
+        assert!(
+            missing.contains("no registry_url") && missing.contains("--registry URL"),
+            "{missing}"
+        );
+        assert!(invalid("edge = true\nregistry_url = \"ftp://x\"\n").starts_with("registry_url = \"ftp://x\""));
+        assert!(invalid("registry_sync_ms = 1\n").contains("between 50 and"));
+        let clear_text = invalid("registry_url = \"http://10.0.0.5:8080\"\nregistry_api_key = \"avap_0123abcd_x\"\n");
+        assert!(
+            clear_text.starts_with("registry_url = \"http://10.0.0.5:8080\"")
+                && clear_text.contains("registry_api_key unencrypted")
+                && clear_text.contains("https://"),
+            "{clear_text}"
+        );
+        let bad_key = invalid("registry_api_key = \"avap_0123abcd secret\"\n");
+        assert!(
+            bad_key.contains("registry_api_key") && !bad_key.contains("avap_0123abcd"),
+            "{bad_key}"
+        );
+        assert_eq!(redact_api_key("avap_0123abcd_x"), "avap_0123abcd_***");
+        assert_eq!(redact_api_key("whatever"), "***");
     }
 }

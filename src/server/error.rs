@@ -66,6 +66,32 @@ pub enum ApiError {
     RequestTimeout {
         limit: Duration,
     },
+    /// A registry write (or the registry API) on an edge node, whose
+    /// scripts are a read-only mirror of `registry` (409).
+    EdgeReadOnly {
+        registry: String,
+    },
+    /// An edge node's mirrored artifact failed its hash or signature check
+    /// at load (502): not run; fetched again at the next sync.
+    ArtifactRejected {
+        name: String,
+        sha256: String,
+        reason: String,
+    },
+    /// A version other than the current one asked of an edge node (404,
+    /// kind `ScriptNotFound`).
+    NotMirrored {
+        name: String,
+        version: i64,
+        current: i64,
+    },
+    /// No stored version has this artifact SHA-256 (registry API, 404).
+    ArtifactNotFound {
+        sha256: String,
+    },
+    /// The server's database does not answer (503): nothing was changed.
+    /// The detail is logged, never sent.
+    DatabaseUnavailable(anyhow::Error),
     /// Something failed on our side; the detail is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -109,9 +135,14 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::ScriptTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::CapabilityDenied(_) | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound { .. } | ApiError::ScriptNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. }
+            | ApiError::ScriptNotFound { .. }
+            | ApiError::NotMirrored { .. }
+            | ApiError::ArtifactNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::EdgeReadOnly { .. } => StatusCode::CONFLICT,
+            ApiError::ArtifactRejected { .. } => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -127,13 +158,17 @@ impl ApiError {
             ApiError::ScriptTooLarge { .. } => "ScriptTooLarge",
             ApiError::CapabilityDenied(_) => "CapabilityDenied",
             ApiError::NotFound { .. } => "NotFound",
-            ApiError::ScriptNotFound { .. } => "ScriptNotFound",
+            ApiError::ScriptNotFound { .. } | ApiError::NotMirrored { .. } => "ScriptNotFound",
+            ApiError::EdgeReadOnly { .. } => "EdgeReadOnly",
+            ApiError::ArtifactRejected { .. } => "ArtifactRejected",
+            ApiError::ArtifactNotFound { .. } => "ArtifactNotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Overloaded { .. } => "Overloaded",
             ApiError::RateLimited { .. } => "RateLimited",
             ApiError::RequestTimeout { .. } => "RequestTimeout",
+            ApiError::DatabaseUnavailable(_) => "DatabaseUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -201,6 +236,29 @@ impl fmt::Display for ApiError {
                 "the request took longer than this server's limit of {} ms",
                 limit.as_millis()
             ),
+            ApiError::EdgeReadOnly { registry } => write!(
+                f,
+                "this is an edge node: its scripts are a read-only mirror of the registry at {registry}; \
+                 store, delete and roll back scripts there (and point other edge nodes at it)"
+            ),
+            ApiError::ArtifactRejected { name, sha256, reason } => write!(
+                f,
+                "script `{name}` is not run: its mirrored artifact (sha256 {sha256}) on this edge node failed \
+                 verification ({reason}); it will be fetched again from the registry at the next sync"
+            ),
+            ApiError::NotMirrored { name, version, current } => write!(
+                f,
+                "edge nodes mirror current versions only: script `{name}` is at version {current} here, \
+                 not {version}; run older versions on the registry node"
+            ),
+            ApiError::ArtifactNotFound { sha256 } => write!(
+                f,
+                "no stored version has artifact sha256 {sha256} (see GET /api/v1/registry/scripts)"
+            ),
+            ApiError::DatabaseUnavailable(_) => f.write_str(
+                "the server's database is unavailable, so the registry cannot be read or changed now \
+                 (nothing was changed; stored scripts already loaded keep running); retry later",
+            ),
             ApiError::Internal(_) => f.write_str("internal server error"),
         }
     }
@@ -209,17 +267,23 @@ impl fmt::Display for ApiError {
 /// Database and other internal failures.
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> ApiError {
-        ApiError::Internal(e)
+        if super::store::is_unavailable(&e) {
+            ApiError::DatabaseUnavailable(e)
+        } else {
+            ApiError::Internal(e)
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(e) = &self {
-            tracing::error!("internal error: {e:#}");
+        match &self {
+            ApiError::Internal(e) => tracing::error!("internal error: {e:#}"),
+            ApiError::DatabaseUnavailable(e) => tracing::warn!("database unavailable: {e:#}"),
+            _ => {}
         }
         let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, ApiError::Overloaded { .. }) {
+        if matches!(self, ApiError::Overloaded { .. } | ApiError::DatabaseUnavailable(_)) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -137,6 +137,17 @@ pub async fn execute(
 /// One execute request, run (and counted in the metrics and the audit
 /// trail); shared with the batch endpoint.
 pub async fn execute_one(state: &AppState, actor: &Actor, body: ExecuteRequest) -> Result<RunReport, ApiError> {
+    execute_one_with(state, actor, body, None).await
+}
+
+/// [`execute_one`] reaching `effects` instead of the configured ones when
+/// given (the runs of a transactional batch share its database transaction).
+pub async fn execute_one_with(
+    state: &AppState,
+    actor: &Actor,
+    body: ExecuteRequest,
+    effects: Option<avap_runtime::Effects>,
+) -> Result<RunReport, ApiError> {
     let target = match (&body.script, &body.name) {
         (Some(script), _) => RunTarget::inline(script),
         (None, Some(name)) => RunTarget::stored(name, body.version),
@@ -145,16 +156,23 @@ pub async fn execute_one(state: &AppState, actor: &Actor, body: ExecuteRequest) 
     let mut record = RunRecord::new(state, actor, target);
     // Boxed once here, so the large run future is not copied through every
     // layer of futures (and middleware) that awaits this one.
-    let run = Box::pin(run_request(state, body, &mut record.target));
+    let run = Box::pin(run_request(state, body, &mut record.target, effects));
     let result = state.metrics().run(run).await;
     record.finish(&result);
     result
 }
 
 /// `target` learns the version and artifact a stored script resolved to.
-async fn run_request(state: &AppState, body: ExecuteRequest, target: &mut RunTarget) -> Result<RunReport, ApiError> {
+async fn run_request(
+    state: &AppState,
+    body: ExecuteRequest,
+    target: &mut RunTarget,
+    effects: Option<avap_runtime::Effects>,
+) -> Result<RunReport, ApiError> {
     let config = state.config();
     let request = body.script_request()?;
+    // What the run span and the debug list call it.
+    let script_name = body.name.clone().unwrap_or_else(|| "inline".to_owned());
     let program = match (body.script, body.name) {
         (Some(script), None) => {
             if body.version.is_some() {
@@ -190,7 +208,9 @@ async fn run_request(state: &AppState, body: ExecuteRequest, target: &mut RunTar
         time_zone: None,
         now: None,
     };
-    state.execute(program, request, settings).await
+    state
+        .execute_script_with(&script_name, program, request, settings, effects)
+        .await
 }
 
 /// The envelope as the response body, with the run's status.

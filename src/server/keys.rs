@@ -6,6 +6,12 @@
 //! `<data-dir>/trusted_keys/*.pub` (`avap keygen` public keys), when that
 //! directory exists, are trusted too: artifacts signed with them may be
 //! uploaded to `POST /api/v1/execute/file`. They are read once, at start.
+//!
+//! `<data-dir>/cluster_keys/*.pub` are the other nodes of a cluster: with
+//! the server key, the only keys whose compiled modules (native code) this
+//! node loads from Redis ([`super::l2`]). That list is separate from
+//! `trusted_keys/` on purpose: signing artifacts must not be enough to get
+//! native code run. Read once, at start.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -18,6 +24,8 @@ use avap_hostfns::artifact::{
 
 /// The directory of extra trusted public keys, inside the data directory.
 pub const TRUSTED_KEYS_DIR: &str = "trusted_keys";
+/// The directory of the other cluster nodes' public keys.
+pub const CLUSTER_KEYS_DIR: &str = "cluster_keys";
 
 /// Read the server key, or create it (and its `.pub`) if there is none.
 pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
@@ -57,16 +65,28 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
 /// directory does not exist or holds no `.pub` file. A key file that does
 /// not parse stops the start (naming the file), never silently ignored.
 pub fn load_trusted(data_dir: &Path) -> Result<TrustedKeys> {
-    let dir = data_dir.join(TRUSTED_KEYS_DIR);
+    load_key_dir(data_dir, TRUSTED_KEYS_DIR, "trusted keys")
+}
+
+/// The public keys in `<data_dir>/cluster_keys/*.pub`, whose sealed
+/// modules this node loads from Redis (the server key is added by the
+/// caller); read as [`load_trusted`] reads its directory.
+pub fn load_cluster_keys(data_dir: &Path) -> Result<TrustedKeys> {
+    load_key_dir(data_dir, CLUSTER_KEYS_DIR, "cluster keys")
+}
+
+/// The `.pub` files in `<data_dir>/<dir_name>`, sorted; `what` names them in errors.
+fn load_key_dir(data_dir: &Path, dir_name: &str, what: &str) -> Result<TrustedKeys> {
+    let dir = data_dir.join(dir_name);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TrustedKeys::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot list the trusted keys in {}", dir.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot list the {what} in {}", dir.display())),
     };
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in entries {
         let path = entry
-            .with_context(|| format!("cannot list the trusted keys in {}", dir.display()))?
+            .with_context(|| format!("cannot list the {what} in {}", dir.display()))?
             .path();
         if path.extension().is_some_and(|e| e == "pub") && path.is_file() {
             files.push(path);
@@ -75,7 +95,7 @@ pub fn load_trusted(data_dir: &Path) -> Result<TrustedKeys> {
     files.sort();
     crate::cmd_keys::load_trusted_keys(&files).with_context(|| {
         format!(
-            "cannot read the trusted keys in {} (each .pub file must be an `avap keygen` public key)",
+            "cannot read the {what} in {} (each .pub file must be an `avap keygen` public key)",
             dir.display()
         )
     })
@@ -117,6 +137,34 @@ mod tests {
         std::fs::write(keys.join("broken.pub"), "avap-public-key nope").unwrap();
         let err = format!("{:#}", load_trusted(&dir).unwrap_err());
         assert!(err.contains("broken.pub"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cluster_keys_are_a_separate_list() {
+        let dir = std::env::temp_dir().join(format!("avap-cluster-keys-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(load_cluster_keys(&dir).unwrap().is_empty(), "no directory, no keys");
+        let artifact_signer = generate_key().unwrap();
+        let peer = generate_key().unwrap();
+        std::fs::create_dir_all(dir.join(TRUSTED_KEYS_DIR)).unwrap();
+        std::fs::create_dir_all(dir.join(CLUSTER_KEYS_DIR)).unwrap();
+        std::fs::write(
+            dir.join(TRUSTED_KEYS_DIR).join("ci.pub"),
+            encode_public_key(&artifact_signer.verifying_key()),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(CLUSTER_KEYS_DIR).join("node2.pub"),
+            encode_public_key(&peer.verifying_key()),
+        )
+        .unwrap();
+        let cluster = load_cluster_keys(&dir).unwrap();
+        let peer_id = avap_hostfns::artifact::key_id(&peer.verifying_key());
+        assert_eq!(cluster.ids().collect::<Vec<_>>(), [peer_id.as_str()]);
+        std::fs::write(dir.join(CLUSTER_KEYS_DIR).join("bad.pub"), "nope").unwrap();
+        let err = format!("{:#}", load_cluster_keys(&dir).unwrap_err());
+        assert!(err.contains("cluster keys") && err.contains("bad.pub"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

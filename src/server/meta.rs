@@ -15,11 +15,15 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long the database may take to answer the health check's ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Liveness and readiness: 200 with `"status": "ok"` when the database
-/// answers, 503 with `"status": "unavailable"` and the reason when not (or
-/// when it does not answer within [`PING_TIMEOUT`]); with the state of the
-/// caches and run slots.
+/// Liveness and readiness: 200 whenever this node can serve runs, with
+/// `"status": "ok"`, or `"degraded"` and the names of the failing parts in
+/// `"degraded"` when a backing service is down — the database not answering
+/// (or not within [`PING_TIMEOUT`]): cached stored scripts keep running,
+/// registry writes answer 503 — so a load balancer keeps a degraded node in
+/// rotation. The body also shows the caches and run slots.
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let mut degraded: Vec<&str> = Vec::new();
+    let backend = state.store().backend();
     let database = match tokio::time::timeout(PING_TIMEOUT, state.store().ping()).await {
         Ok(answer) => answer,
         Err(_) => Err(anyhow::anyhow!(
@@ -27,23 +31,39 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             PING_TIMEOUT.as_secs()
         )),
     };
-    let (status, code, db) = match &database {
-        Ok(()) => ("ok", StatusCode::OK, json!({"status": "ok"})),
-        Err(e) => (
-            "unavailable",
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "error", "message": format!("{e:#}")}),
-        ),
+    let db = match &database {
+        Ok(()) => json!({"status": "ok", "backend": backend}),
+        Err(e) => {
+            degraded.push("database");
+            json!({"status": "error", "backend": backend, "message": format!("{e:#}")})
+        }
     };
-    (
-        code,
-        Json(json!({
-            "status": status,
-            "version": VERSION,
-            "database": db,
-            "cache": state.cache_state(),
-        })),
-    )
+    let mut body = json!({
+        "version": VERSION,
+        "database": db,
+        "cache": state.cache_state(),
+    });
+    // Each further backing service adds its own entry to `body` here and
+    // its name to `degraded` when it is down.
+    // Redis: "ok", "degraded" (unreachable: local caches, per-node rate
+    // limits) or "off" (not configured).
+    let redis = state.redis_health();
+    body["redis"] = json!(redis);
+    if redis == "degraded" {
+        degraded.push("redis");
+    }
+    // Edge nodes: the registry they follow; unreachable is degraded (the
+    // mirror on disk is still served).
+    if let Some(edge) = state.edge() {
+        let (registry, unreachable) = edge.health();
+        body["registry"] = registry;
+        if unreachable {
+            degraded.push("registry");
+        }
+    }
+    body["status"] = json!(if degraded.is_empty() { "ok" } else { "degraded" });
+    body["degraded"] = json!(degraded);
+    (StatusCode::OK, Json(body))
 }
 
 /// What this server is and allows: limits in the units of the execute

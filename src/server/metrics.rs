@@ -9,16 +9,21 @@
 //! * `avap_runs_total{outcome}`: runs by `ok` or the envelope's or the API
 //!   error's kind; `avap_limit_hits_total{kind}` for the limit kinds.
 //! * `avap_compile_cache_hits_total` / `avap_compile_cache_misses_total`.
-//! * `avap_run_duration_seconds` (histogram) and `avap_runs_in_flight` (gauge).
+//! * `avap_run_duration_seconds` (histogram) and `avap_runs_in_flight` (gauge);
+//!   `avap_run_slots` (gauge), the run slots, for saturation.
 //! * `avap_fuel_used_total`: fuel burnt by finished runs.
 //! * `avap_audit_dropped_total`: audit rows of runs dropped because the
 //!   audit queue was full ([`audit`](super::audit)).
+//! * With Redis: `avap_l2_hits_total` / `avap_l2_misses_total` /
+//!   `avap_l2_refused_total` (stored modules loaded from, not found in, or
+//!   refused from Redis: [`l2`](super::l2)), `avap_redis_errors_total`,
+//!   `avap_invalidations_received_total` ([`cluster`](super::cluster)).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use avap_runtime::RunReport;
@@ -59,6 +64,12 @@ pub struct Metrics {
     in_flight: AtomicI64,
     fuel_used: AtomicU64,
     audit_dropped: AtomicU64,
+    l2_hits: AtomicU64,
+    l2_misses: AtomicU64,
+    l2_refused: AtomicU64,
+    invalidations: AtomicU64,
+    /// Counted by the Redis client itself.
+    redis_errors: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -76,6 +87,27 @@ impl Metrics {
 
     pub fn cache_miss(&self) {
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn l2_hit(&self) {
+        self.l2_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn l2_miss(&self) {
+        self.l2_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn l2_refused(&self) {
+        self.l2_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn invalidation_received(&self) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter the Redis client adds its failed commands to.
+    pub fn redis_errors(&self) -> Arc<AtomicU64> {
+        self.redis_errors.clone()
     }
 
     /// Await one run, counting it in flight, timing it and recording its outcome.
@@ -184,6 +216,31 @@ impl Metrics {
                 "avap_audit_dropped_total",
                 "Audit rows of runs dropped because the audit queue was full.",
                 &self.audit_dropped,
+            ),
+            (
+                "avap_l2_hits_total",
+                "Stored modules loaded precompiled from Redis instead of compiled.",
+                &self.l2_hits,
+            ),
+            (
+                "avap_l2_misses_total",
+                "Stored modules not found in Redis (compiled here, then shared).",
+                &self.l2_misses,
+            ),
+            (
+                "avap_l2_refused_total",
+                "Precompiled modules from Redis refused (bad signature, untrusted signer, not loadable).",
+                &self.l2_refused,
+            ),
+            (
+                "avap_redis_errors_total",
+                "Redis commands that failed (connection lost, refused or timed out).",
+                &*self.redis_errors,
+            ),
+            (
+                "avap_invalidations_received_total",
+                "Script invalidations received from the cluster (Redis pub/sub).",
+                &self.invalidations,
             ),
         ] {
             header(&mut out, name, "counter", help);
@@ -294,8 +351,17 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     response
 }
 
+/// `avap_run_slots`: the run slots (`max_concurrent_runs`), so dashboards
+/// and alerts can divide `avap_runs_in_flight` by it (saturation).
+fn render_run_slots(out: &mut String, slots: usize) {
+    header(out, "avap_run_slots", "gauge", "Runs that may compile or run at once.");
+    let _ = writeln!(out, "avap_run_slots {slots}");
+}
+
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.metrics().render().into_response();
+    let mut text = state.metrics().render();
+    render_run_slots(&mut text, state.config().max_concurrent_runs);
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -354,5 +420,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("avap_fuel_used_total 0\n"), "{text}");
+    }
+
+    #[test]
+    fn run_slots_are_a_gauge() {
+        let mut text = String::new();
+        render_run_slots(&mut text, 8);
+        assert_eq!(
+            text,
+            "# HELP avap_run_slots Runs that may compile or run at once.\n# TYPE avap_run_slots gauge\navap_run_slots 8\n"
+        );
     }
 }

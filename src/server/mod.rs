@@ -20,30 +20,47 @@
 //!
 //! * Settings come from defaults, a TOML file, `AVAP_*` variables and flags
 //!   ([`config`]); every request gets an id, a span and an access line
-//!   ([`request_id`]), logged as JSON or text on stderr ([`logs`]).
+//!   ([`request_id`]), logged as JSON or text on stderr or to a rotated
+//!   file ([`logs`]), secrets filtered out; spans of requests, compiles,
+//!   runs and host calls carry W3C trace ids and go to an OTLP collector
+//!   when one is configured ([`telemetry`]). Admins look inside with the
+//!   debug endpoints ([`debug`]: runs in progress, caches, config, CPU profile).
 //!
 //! * Registry writes and runs are recorded in the audit trail ([`audit`]);
 //!   `POST /api/v1/execute/file` runs an uploaded source or signed artifact
 //!   ([`upload`]); responses are gzipped for clients that accept it.
+//!
+//! * Edge nodes follow another node's registry through its read API
+//!   ([`registry_sync`], `registry` scope) and serve a verified disk mirror
+//!   of it ([`edge`]), also while the registry is unreachable.
 
+mod api_key_cache;
 mod audit;
 pub mod auth;
+pub mod backup;
 mod batch;
 mod cache;
+mod cluster;
 pub mod config;
+mod debug;
+mod edge;
 mod error;
 mod execute;
 mod extract;
 mod keys;
+mod l2;
 mod logs;
 mod meta;
 mod metrics;
 mod openapi;
 mod protect;
+mod redis;
 mod registry;
+mod registry_sync;
 mod request_id;
 mod run;
 mod store;
+mod telemetry;
 mod upload;
 
 use std::future::IntoFuture;
@@ -69,7 +86,7 @@ use crate::cli::ServeArgs;
 use crate::exec::{RunSettings, compile_error_report};
 pub use cache::StoredScript;
 use cache::{Compiled, ScriptCache, StoredCache};
-pub use store::Store;
+pub use store::{Location, Store};
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -87,6 +104,16 @@ pub struct ServerConfig {
     pub queue_wait: Duration,
     /// Inline scripts whose compiled form is kept.
     pub cache_entries: usize,
+    /// Cached scripts and modules unused this long are dropped (`None`: kept
+    /// until the entry bound evicts them).
+    pub cache_ttl: Option<Duration>,
+    /// Stored scripts loaded at start, most-run first ([`cluster`]).
+    pub prewarm: usize,
+    /// The Redis shared by the nodes of a cluster: module cache (L2),
+    /// invalidations, rate limits ([`cluster`]). `None`: a single node.
+    pub redis_url: Option<redis::RedisUrl>,
+    /// The namespace of this cluster's Redis keys.
+    pub redis_prefix: String,
     pub policy: CapabilityPolicy,
     /// Requests without an API key get every scope ([`auth`]); `avap serve`
     /// turns this on only for a loopback listener unless told otherwise.
@@ -97,6 +124,13 @@ pub struct ServerConfig {
     /// model endpoint); built from the config keys `outbound_*`,
     /// `ai_endpoint`, … Default: nothing (those commands are denied).
     pub effects: avap_runtime::Effects,
+    /// Edge mode ([`edge`]): stored scripts come from a disk mirror of
+    /// another node's registry, which is read-only here. `None`: a normal node.
+    pub edge: Option<edge::EdgeConfig>,
+    /// The effective configuration as `--print-config` shows it (secrets
+    /// hidden), for `GET /api/v1/debug/config` ([`debug`]); `None` when the
+    /// server was not started from a resolved configuration.
+    pub effective_config: Option<Arc<str>>,
 }
 
 impl ServerConfig {
@@ -119,10 +153,16 @@ impl ServerConfig {
             max_concurrent_runs: 2 * cores,
             queue_wait: Duration::from_secs(2),
             cache_entries: 256,
+            cache_ttl: Some(Duration::from_hours(1)),
+            prewarm: 16,
+            redis_url: None,
+            redis_prefix: "avap".to_owned(),
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
             protect: protect::ProtectConfig::default(),
             effects: avap_runtime::Effects::default(),
+            edge: None,
+            effective_config: None,
         }
     }
 }
@@ -149,6 +189,14 @@ struct Shared {
     /// Whose signatures the runtime accepts: the server key and
     /// `<data-dir>/trusted_keys/*.pub` (checked first for uploads).
     trusted_keys: TrustedKeys,
+    /// API key records read recently ([`api_key_cache`]).
+    api_keys: Arc<api_key_cache::ApiKeyCache>,
+    /// The registry mirror of an edge node ([`edge`]).
+    edge: Option<Arc<edge::Edge>>,
+    /// Redis: L2, invalidations, the shared rate limit; `None` for a single node.
+    cluster: Option<cluster::Cluster>,
+    /// Runs in progress, for `GET /api/v1/debug/runs` ([`debug`]).
+    active_runs: debug::ActiveRuns,
 }
 
 impl std::fmt::Debug for Shared {
@@ -186,35 +234,58 @@ impl AppState {
     /// Trusting only `key` (`avap serve` adds the data directory's trusted keys).
     #[cfg(test)]
     pub fn new(config: ServerConfig, store: Store, key: SigningKey) -> Result<AppState> {
-        AppState::with_trusted_keys(config, store, key, TrustedKeys::new())
+        AppState::with_trusted_keys(config, store, key, TrustedKeys::new(), TrustedKeys::new())
     }
 
-    /// As [`AppState::new`], also trusting artifacts signed by `extra` keys.
+    /// As [`AppState::new`], also trusting artifacts signed by `extra` keys;
+    /// `cluster_keys` (the other nodes) are trusted for artifacts (stored
+    /// scripts they signed) and, unlike `extra`, for the compiled modules
+    /// they seal in Redis ([`l2`]).
     pub fn with_trusted_keys(
         config: ServerConfig,
         store: Store,
         key: SigningKey,
         extra: TrustedKeys,
+        cluster_keys: TrustedKeys,
     ) -> Result<AppState> {
+        let mut module_sealers = cluster_keys;
+        module_sealers.add(key.verifying_key());
         let mut trusted_keys = extra;
-        trusted_keys.add(key.verifying_key());
+        for sealer in module_sealers.ids().filter_map(|id| module_sealers.get(id)) {
+            trusted_keys.add(*sealer);
+        }
         let runtime = RuntimeConfig {
             max_concurrent_runs: u32::try_from(config.max_concurrent_runs)
                 .context("max_concurrent_runs is too large")?,
             cache_entries: config.cache_entries,
+            cache_time_to_idle: config.cache_ttl,
             policy: config.policy.clone(),
             trusted_keys: trusted_keys.clone(),
             ..RuntimeConfig::default()
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
+        let metrics = metrics::Metrics::default();
+        let cluster = config.redis_url.clone().map(|url| {
+            cluster::Cluster::new(
+                url,
+                &config.redis_prefix,
+                runtime.engine_fingerprint(),
+                module_sealers,
+                metrics.redis_errors(),
+            )
+        });
         Ok(AppState {
             shared: Arc::new(Shared {
-                scripts: ScriptCache::new(config.cache_entries),
-                stored: StoredCache::new(config.cache_entries),
+                scripts: ScriptCache::new(config.cache_entries, config.cache_ttl),
+                stored: StoredCache::new(config.cache_entries, config.cache_ttl),
                 runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
-                metrics: metrics::Metrics::default(),
+                metrics,
+                cluster,
                 audit: audit::AuditLog::start(store.clone())?,
                 trusted_keys,
+                api_keys: Arc::default(),
+                active_runs: debug::ActiveRuns::default(),
+                edge: config.edge.as_ref().map(edge::Edge::open).transpose()?.map(Arc::new),
                 config,
                 runtime,
                 key,
@@ -239,8 +310,19 @@ impl AppState {
         &self.shared.audit
     }
 
+    /// The mirror and registry of an edge node; `None` on a normal node.
+    pub fn edge(&self) -> Option<&Arc<edge::Edge>> {
+        self.shared.edge.as_ref()
+    }
+
     pub fn trusted_keys(&self) -> &TrustedKeys {
         &self.shared.trusted_keys
+    }
+
+    /// The stored record of API key `id` (cached for a few seconds; see
+    /// [`api_key_cache`]).
+    pub async fn api_key(&self, id: &str) -> Result<Option<store::ApiKeyRecord>, ApiError> {
+        Ok(self.shared.api_keys.get(&self.shared.store, id).await?)
     }
 
     /// What the health endpoint reports of the caches and run slots.
@@ -251,6 +333,7 @@ impl AppState {
             "inline_scripts": shared.scripts.len(),
             "stored_scripts": shared.stored.len(),
             "modules": shared.runtime.cached_modules(),
+            "modules_compiled": shared.runtime.modules_compiled(),
             "capacity": shared.config.cache_entries,
             "runs": {"active": slots - shared.runs.available_permits(), "slots": slots},
         })
@@ -280,6 +363,67 @@ impl AppState {
         request: Request,
         settings: RunSettings,
     ) -> Result<RunReport, ApiError> {
+        let script = match &program {
+            Program::Inline(_) => "inline",
+            Program::Artifact(_) => "upload",
+            Program::Loaded(_) => "stored",
+        };
+        self.execute_script(script, program, request, settings).await
+    }
+
+    /// [`AppState::execute`] of the script called `script` (its registry
+    /// name, or `inline`): the `run` span ([`telemetry`]) and the list of
+    /// runs in progress ([`debug`]) name it.
+    pub async fn execute_script(
+        &self,
+        script: &str,
+        program: Program,
+        request: Request,
+        settings: RunSettings,
+    ) -> Result<RunReport, ApiError> {
+        self.execute_script_with(script, program, request, settings, None).await
+    }
+
+    /// [`AppState::execute_script`] reaching `effects` instead of the
+    /// configured ones when given (a transactional batch's runs share one
+    /// database transaction, [`batch`]).
+    pub async fn execute_script_with(
+        &self,
+        script: &str,
+        program: Program,
+        request: Request,
+        settings: RunSettings,
+        effects: Option<avap_runtime::Effects>,
+    ) -> Result<RunReport, ApiError> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "run",
+            script.name = script,
+            outcome = tracing::field::Empty,
+            fuel = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _active = self
+            .shared
+            .active_runs
+            .start(request_id::current().map(|id| id.0), script);
+        let result = self
+            .run_program(program, request, settings, effects)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_run(&span, &result);
+        result
+    }
+
+    /// The body of [`AppState::execute_script`].
+    async fn run_program(
+        &self,
+        program: Program,
+        request: Request,
+        settings: RunSettings,
+        effects: Option<avap_runtime::Effects>,
+    ) -> Result<RunReport, ApiError> {
         let _slot = self.admit().await?;
         let module = match program {
             Program::Inline(script) => match self.compiled(script).await? {
@@ -304,7 +448,7 @@ impl AppState {
             limits: settings.limits,
             time_zone: settings.time_zone,
             now: settings.now,
-            effects: self.shared.config.effects.clone(),
+            effects: effects.unwrap_or_else(|| self.shared.config.effects.clone()),
         };
         Ok(self.shared.runtime.run(&module, input).await)
     }
@@ -339,27 +483,31 @@ impl AppState {
 
     /// [`AppState::stored`] on a cache miss.
     async fn load_stored(&self, name: &str, version: Option<i64>) -> Result<Option<StoredScript>, ApiError> {
+        if let Some(edge) = &self.shared.edge {
+            // An edge node runs what its disk mirror holds, not its database's registry.
+            return Box::pin(edge::load_stored(self, edge, name, version)).await;
+        }
         let cache = &self.shared.stored;
         let generation = cache.generation();
         let Some((found, artifact)) = self.store().artifact(name, version).await? else {
             return Ok(None);
         };
-        let module = self
-            .off_thread(move |shared| {
-                shared
-                    .runtime
-                    .load(&artifact)
-                    .map_err(|e| load_error(e, "loading a stored artifact"))
-            })
-            .await?;
+        let module = self.load_shared(artifact).await?;
         let script = StoredScript { version: found, module };
         cache.insert(generation, name, version, script.clone());
         Ok(Some(script))
     }
 
-    /// Forget the cached versions of `name`: call after every registry write of it.
+    /// Forget the cached versions of `name`: call after every registry
+    /// write of it (once committed). With Redis, the other nodes are told too.
     pub fn script_changed(&self, name: &str) {
         self.shared.stored.invalidate(name);
+        self.publish_invalidation(name);
+    }
+
+    /// `"ok"`, `"degraded"` (unreachable) or `"off"` (no `redis_url`).
+    pub fn redis_health(&self) -> &'static str {
+        self.shared.cluster.as_ref().map_or("off", cluster::Cluster::health)
     }
 
     /// Check, compile and sign `source` for the registry, and make sure this
@@ -367,7 +515,12 @@ impl AppState {
     /// 400 `CompileError` report.
     pub async fn build(&self, name: &str, source: String) -> Result<Result<Built, RunReport>, ApiError> {
         let file_name = format!("{name}.avap");
-        self.blocking(move |shared| shared.build(file_name, source)).await
+        let built = self.blocking(move |shared| shared.build(file_name, source)).await?;
+        if let Ok(built) = &built {
+            // The other nodes will run it soon: give them the compiled module.
+            self.share_module(built.module.clone(), built.artifact.clone());
+        }
+        Ok(built)
     }
 
     /// Run `work` in a run slot on a blocking thread.
@@ -386,15 +539,38 @@ impl AppState {
         work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || work(&shared))
+        // The work's spans (compile) belong to the request's trace.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| work(&shared)))
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
     }
 }
 
 impl Shared {
-    /// Check, compile, sign with the server key and load.
+    /// Check, compile, sign with the server key and load, in a `compile` span.
     fn build(&self, file_name: String, source: String) -> Result<Result<Built, RunReport>, ApiError> {
+        let span = tracing::info_span!(
+            "compile",
+            script.file = %file_name,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _in = span.enter();
+        let built = self.compile_and_load(file_name, source);
+        let outcome = match &built {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "CompileError",
+            Err(e) => e.kind(),
+        };
+        span.record("outcome", outcome);
+        if outcome != "ok" {
+            span.record("otel.status_code", "error");
+        }
+        built
+    }
+
+    fn compile_and_load(&self, file_name: String, source: String) -> Result<Result<Built, RunReport>, ApiError> {
         let checked = check_file(SourceFile::new(file_name, source), &NoIncludes);
         if checked.error_count() > 0 {
             return Ok(Err(compile_error_report(&checked)));
@@ -418,7 +594,9 @@ fn load_error(e: LoadError, doing: &'static str) -> ApiError {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    let protect = protect::Protect::new(state.config().protect.clone());
+    let shared_limit = state.shared.cluster.as_ref().map(|c| c.rate_limit.clone());
+    let protect = protect::Protect::new(state.config().protect.clone(), shared_limit)
+        .with_known_keys(state.shared.api_keys.clone());
     Router::new()
         .route("/api/v1/execute", post(execute::execute))
         .route("/api/v1/execute/batch", post(batch::execute_batch))
@@ -427,12 +605,18 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
         .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/registry/scripts", get(registry_sync::scripts))
+        .route("/api/v1/registry/artifacts/{sha256}", get(registry_sync::artifact))
         .route("/api/v1/run/{name}", any(run::run_stored))
         .route("/api/v1/run/{name}/{*rest}", any(run::run_stored))
         .route("/api/v1/health", get(meta::health))
         .route("/api/v1/info", get(meta::info))
         .route("/api/v1/metrics", get(metrics::metrics))
         .route("/api/v1/openapi.json", get(openapi::openapi))
+        .route("/api/v1/debug/runs", get(debug::runs))
+        .route("/api/v1/debug/cache", get(debug::cache))
+        .route("/api/v1/debug/config", get(debug::config))
+        .route("/api/v1/debug/profile", post(debug::profile))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
@@ -475,11 +659,21 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         });
     }
     let settings = &resolved.settings;
-    let database = match settings.sqlite_file() {
-        Ok(path) => path,
+    let database = match settings.database() {
+        Ok(location) => location,
         Err(e) => return Ok(config_error(e)),
     };
-    let _log_writer = logs::init(settings.log_format, settings.log_level);
+    let (trace_layer, trace_exporter) =
+        telemetry::start(&settings.telemetry_config()).context("cannot start the trace exporter")?;
+    let log_writer = match logs::init(&settings.log_options(), trace_layer) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("avap serve: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut server_config = settings.server_config();
+    server_config.effective_config = resolved.to_toml().ok().map(Arc::from);
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -489,11 +683,20 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = Store::open_file(&database).await?;
+        let store = Store::connect(&database).await?;
         let trusted = keys::load_trusted(data_dir)?;
-        let state = AppState::with_trusted_keys(settings.server_config(), store, key, trusted)?;
+        let cluster_keys = keys::load_cluster_keys(data_dir)?;
+        if let Some(reopen) = log_writer.reopener() {
+            tokio::spawn(logs::reopen_on_hangup(reopen));
+        }
+        let state = AppState::with_trusted_keys(server_config, store, key, trusted, cluster_keys)?;
+        // An edge node serves its mirror at once and follows the registry in the background.
+        edge::spawn_sync(&state);
         run(&settings.listen, data_dir, state).await
     })?;
+    // The last spans first: the exporter may still log.
+    drop(trace_exporter);
+    drop(log_writer);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -502,6 +705,9 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (is another server using it? pass --listen ADDR:PORT)"))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
+    // Redis reached (or known down) before the first request; pre-warming
+    // goes on in the background.
+    state.start_background().await;
     // Scripts and tests read this exact line from stdout; logs go to stderr.
     println!(
         "avap serve listening on http://{addr} (data dir {})",

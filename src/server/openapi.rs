@@ -17,12 +17,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/scripts/{name}"),
     ("POST", "/api/v1/scripts/{name}/rollback"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/registry/scripts"),
+    ("GET", "/api/v1/registry/artifacts/{sha256}"),
     ("ANY", "/api/v1/run/{name}"),
     ("ANY", "/api/v1/run/{name}/{*rest}"),
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/info"),
     ("GET", "/api/v1/metrics"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/debug/runs"),
+    ("GET", "/api/v1/debug/cache"),
+    ("GET", "/api/v1/debug/config"),
+    ("POST", "/api/v1/debug/profile"),
 ];
 
 /// The methods an `ANY` route is documented with.
@@ -56,6 +62,7 @@ fn operation(method: &str, path: &str) -> Value {
         "422": {"description": "A run limit was hit (fuel, memory, stack, output).",
                 "content": json_content(&schema("Envelope"))},
         "503": error_response("No run slot became free in time; retry after `Retry-After`."),
+        "502": error_response("Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`)."),
         "504": {"description": "The run's time limit was hit.", "content": json_content(&schema("Envelope"))},
     });
     let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
@@ -69,7 +76,7 @@ fn operation(method: &str, path: &str) -> Value {
             "responses": envelope_responses,
         }),
         ("POST", "/api/v1/execute/batch") => json!({
-            "summary": "Run up to 64 execute requests concurrently; results in order",
+            "summary": "Run up to 64 execute requests (concurrently, or in order in one database transaction); results in order",
             "requestBody": {"required": true, "content": json_content(&schema("BatchRequest"))},
             "responses": {
                 "200": {"description": "One result per item, each with its own status.",
@@ -93,6 +100,30 @@ fn operation(method: &str, path: &str) -> Value {
                 "responses": responses,
             })
         }
+        ("GET", "/api/v1/registry/scripts") => json!({
+            "summary": "The current version of every stored script, for edge nodes (registry scope)",
+            "parameters": [{"name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"},
+                            "description": "A previous answer's `ETag`: 304 while the list is unchanged."}],
+            "responses": {
+                "200": {"description": "The list; `ETag` is the quoted generation.",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": json_content(&schema("RegistryList"))},
+                "304": {"description": "Unchanged since the `If-None-Match` generation."},
+                "409": error_response("This is an edge node (`EdgeReadOnly`): follow the registry node."),
+            },
+        }),
+        ("GET", "/api/v1/registry/artifacts/{sha256}") => json!({
+            "summary": "A signed artifact by its SHA-256, for edge nodes (registry scope)",
+            "parameters": [{"name": "sha256", "in": "path", "required": true,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
+            "responses": {
+                "200": {"description": "The signed artifact.",
+                        "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
+                "400": error_response("Not 64 lowercase hex digits."),
+                "404": error_response("No stored version has this artifact (`ArtifactNotFound`)."),
+                "409": error_response("This is an edge node (`EdgeReadOnly`): follow the registry node."),
+            },
+        }),
         ("GET", "/api/v1/audit") => json!({
             "summary": "The audit trail, newest first (admin scope)",
             "parameters": [
@@ -118,6 +149,7 @@ fn operation(method: &str, path: &str) -> Value {
                 "201": {"description": "Stored.", "content": json_content(&json!({"type": "object"}))},
                 "400": {"description": "Compile diagnostics (nothing stored) or an invalid request.",
                         "content": json_content(&json!({"oneOf": [schema("Envelope"), schema("Error")]}))},
+                "409": error_response("An edge node's registry is read-only (`EdgeReadOnly`)."),
             },
         }),
         ("GET", "/api/v1/scripts/{name}") => json!({
@@ -127,11 +159,13 @@ fn operation(method: &str, path: &str) -> Value {
         ("DELETE", "/api/v1/scripts/{name}") => json!({
             "summary": "Delete a stored script", "parameters": [name_param],
             "responses": {"200": ok_json("Deleted.")["200"], "204": {"description": "Deleted."},
-                          "404": error_response("No such script.")},
+                          "404": error_response("No such script."),
+                          "409": error_response("An edge node's registry is read-only (`EdgeReadOnly`).")},
         }),
         ("POST", "/api/v1/scripts/{name}/rollback") => json!({
             "summary": "Make an earlier version current", "parameters": [name_param],
-            "responses": {"200": ok_json("Rolled back.")["200"], "404": error_response("No such script or version.")},
+            "responses": {"200": ok_json("Rolled back.")["200"], "404": error_response("No such script or version."),
+                          "409": error_response("An edge node's registry is read-only (`EdgeReadOnly`).")},
         }),
         ("ANY", "/api/v1/run/{name}") => json!({
             "summary": "Run a stored script as an endpoint (the HTTP request is its input)",
@@ -154,6 +188,32 @@ fn operation(method: &str, path: &str) -> Value {
         ("GET", "/api/v1/openapi.json") => {
             json!({"summary": "This document", "security": [], "responses": ok_json("OpenAPI 3.0 document.")})
         }
+        ("GET", "/api/v1/debug/runs") => json!({
+            "summary": "Runs in progress: request id, script (registry name, `inline`, `upload`), start, elapsed (admin scope)",
+            "responses": {"200": {"description": "`{count, runs: [{request_id, script, started_at, elapsed_ms}]}`, oldest first.",
+                                  "content": json_content(&json!({"type": "object"}))}},
+        }),
+        ("GET", "/api/v1/debug/cache") => json!({
+            "summary": "Cache sizes, run slots, and which registry scripts are loaded in the stored-script cache (admin scope)",
+            "responses": ok_json("The cache summary; `registry.listed` holds the first 100 scripts by name."),
+        }),
+        ("GET", "/api/v1/debug/config") => json!({
+            "summary": "The effective configuration as TOML with each value's origin; passwords and tokens hidden (admin scope)",
+            "responses": {"200": {"description": "TOML text, as `avap serve --print-config` prints it.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }),
+        ("POST", "/api/v1/debug/profile") => json!({
+            "summary": "A CPU profile of the whole server process, as folded stacks for speedscope or flamegraph.pl (admin scope)",
+            "parameters": [{"name": "seconds", "in": "query", "required": false,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 60, "default": 10},
+                            "description": "How long to sample (99 Hz); must fit in the request timeout."}],
+            "responses": {
+                "200": {"description": "One `thread;outermost;…;innermost count` line per distinct stack.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "400": error_response("`seconds` is not 1 to 60, or does not fit in `request_timeout_ms`."),
+                "409": error_response("A profile is already being taken (`ProfileInProgress`)."),
+            },
+        }),
         _ => json!({"responses": {"default": error_response("Undocumented.")}}),
     }
 }
@@ -228,17 +288,35 @@ fn components() -> Value {
             },
             "BatchRequest": {
                 "type": "object", "additionalProperties": false, "required": ["items"],
-                "properties": {"items": {"type": "array", "maxItems": 64, "items": schema("ExecuteRequest")}},
+                "properties": {
+                    "items": {"type": "array", "maxItems": 64, "items": schema("ExecuteRequest")},
+                    "transaction": {"type": "boolean", "default": false,
+                                    "description": "Run the items one after another, in order, with every application-database \
+                                                    statement inside one transaction: committed when every item's run ends \
+                                                    without an error, rolled back otherwise (later items are then not run). \
+                                                    Connectors and outbound HTTP stay outside it."},
+                },
             },
             "BatchResponse": {
                 "type": "object", "required": ["results"],
-                "properties": {"results": {"type": "array", "items": {
-                    "type": "object", "required": ["status", "body"],
-                    "properties": {
-                        "status": {"type": "integer"},
-                        "body": {"oneOf": [schema("Envelope"), schema("Error")]},
-                    },
-                }}},
+                "properties": {
+                    "results": {"type": "array", "items": {
+                        "type": "object", "required": ["status", "body"],
+                        "properties": {
+                            "status": {"type": "integer",
+                                       "description": "The item's HTTP status; 424 for an item not run because the transaction rolled back first."},
+                            "body": {"oneOf": [schema("Envelope"), schema("Error")]},
+                            "transaction": {"type": "string", "enum": ["committed", "rolled_back"],
+                                            "description": "With `\"transaction\": true` only: what became of this item's writes."},
+                        },
+                    }},
+                    "transaction": {"type": "string", "enum": ["committed", "rolled_back"],
+                                    "description": "With `\"transaction\": true` only."},
+                    "failed_item": {"type": "integer", "nullable": true,
+                                    "description": "When rolled back: the index of the first item that failed (null: the commit \
+                                                    itself failed)."},
+                    "reason": {"type": "string", "description": "When rolled back: why."},
+                },
             },
             "FileUpload": {
                 "type": "object", "required": ["file"],
@@ -271,6 +349,21 @@ fn components() -> Value {
                     "artifact_sha256": {"type": "string", "nullable": true},
                     "outcome": {"type": "string", "description": "`ok`, `unchanged`, or an error kind."},
                     "request_id": {"type": "string", "nullable": true},
+                },
+            },
+            "RegistryList": {
+                "type": "object", "required": ["generation", "scripts"],
+                "properties": {
+                    "generation": {"type": "string", "description": "Changes whenever the list does (the ETag)."},
+                    "scripts": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "version", "artifact_sha256", "updated_at"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "version": {"type": "integer"},
+                            "artifact_sha256": {"type": "string"},
+                            "updated_at": {"type": "string", "format": "date-time"},
+                        },
+                    }},
                 },
             },
             "StoreRequest": {

@@ -8,7 +8,10 @@
 //! * [`rate_limit`]: an in-memory token bucket per client: the `avap_<id>`
 //!   of a presented API key, else the peer IP. Over the limit → 429
 //!   `RateLimited` with `Retry-After`. Health, info, metrics and the
-//!   `OpenAPI` document are exempt.
+//!   `OpenAPI` document are exempt. With Redis (`redis_url`) the limit is
+//!   one for the whole cluster ([`SharedLimit`]: GCRA in one Lua script,
+//!   one round trip per request); while Redis is unreachable each node
+//!   falls back to its own bucket.
 //! * [`timeout`]: the outer bound of a request (504 `RequestTimeout`); runs
 //!   have their own, tighter wall-time limit.
 
@@ -19,11 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::api_key_cache::ApiKeyCache;
 use super::error::ApiError;
+use super::redis::{Redis, RedisError, Reply};
 
 /// Entries idle this long (at least) are dropped from the rate-limit map.
 const IDLE: Duration = Duration::from_mins(1);
@@ -75,12 +80,21 @@ struct Inner {
     /// The `Strict-Transport-Security` value, when configured.
     hsts: Option<HeaderValue>,
     limiter: Mutex<Limiter>,
+    /// The cluster-wide limit, when Redis is configured.
+    shared: Option<SharedLimit>,
+    /// API keys the server has verified: a request is charged to its key
+    /// only when the key is one of them ([`client_of`]).
+    known_keys: Option<Arc<ApiKeyCache>>,
 }
 
 impl Protect {
-    pub fn new(config: ProtectConfig) -> Protect {
+    /// The middleware state; the rate limit goes through Redis when
+    /// `shared` is given (this node's buckets are the fallback).
+    pub fn new(config: ProtectConfig, shared: Option<SharedLimit>) -> Protect {
         Protect {
             inner: Arc::new(Inner {
+                shared,
+                known_keys: None,
                 hsts: (config.hsts_max_age > 0)
                     .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
                     .and_then(|v| HeaderValue::try_from(v).ok()),
@@ -90,11 +104,44 @@ impl Protect {
         }
     }
 
+    /// Charge requests with a key this cache knows as valid to that key
+    /// (each key its own budget); every other request to its peer address.
+    pub fn with_known_keys(self, keys: Arc<ApiKeyCache>) -> Protect {
+        let Inner {
+            config,
+            hsts,
+            limiter,
+            shared,
+            known_keys: _,
+        } = Arc::into_inner(self.inner).expect("configured before it is shared");
+        Protect {
+            inner: Arc::new(Inner {
+                config,
+                hsts,
+                limiter,
+                shared,
+                known_keys: Some(keys),
+            }),
+        }
+    }
+
     fn config(&self) -> &ProtectConfig {
         &self.inner.config
     }
 
-    /// Take one token for `client`, or the whole seconds to wait.
+    /// Admit one request of `client`, or the whole seconds to wait: by the
+    /// cluster-wide limit when Redis answers, else by this node's bucket.
+    async fn admit(&self, client: &str) -> Result<(), u64> {
+        let config = self.config();
+        if let Some(shared) = &self.inner.shared
+            && let Ok(verdict) = shared.take(client, config.rate_limit, config.rate_burst.max(1)).await
+        {
+            return verdict;
+        }
+        self.check(client, Instant::now())
+    }
+
+    /// Take one token for `client` from this node's bucket, or the whole seconds to wait.
     fn check(&self, client: &str, now: Instant) -> Result<(), u64> {
         let config = self.config();
         if config.rate_limit == 0 {
@@ -117,6 +164,9 @@ struct Bucket {
     last: Instant,
 }
 
+/// The bucket newcomers share while the table is full of active clients.
+const OVERFLOW_CLIENT: &str = "overflow";
+
 #[derive(Debug)]
 struct Limiter {
     buckets: HashMap<String, Bucket>,
@@ -138,11 +188,14 @@ impl Limiter {
             self.buckets.retain(|_, b| now.duration_since(b.last) < idle);
             self.last_sweep = now;
         }
-        // Still full of active clients: let a newcomer through untracked
-        // rather than grow without bound.
-        if self.buckets.len() >= MAX_CLIENTS && !self.buckets.contains_key(client) {
-            return Ok(());
-        }
+        // Still full of active clients: newcomers share one bucket rather
+        // than grow the table without bound (or pass untracked, which would
+        // let a flood from many addresses through unlimited).
+        let client = if self.buckets.len() >= MAX_CLIENTS && !self.buckets.contains_key(client) {
+            OVERFLOW_CLIENT
+        } else {
+            client
+        };
         let bucket = self.buckets.entry(client.to_owned()).or_insert(Bucket {
             tokens: burst,
             last: now,
@@ -163,6 +216,96 @@ impl Limiter {
     }
 }
 
+/// GCRA over one key per client holding the "theoretical arrival time" of
+/// its next request, in milliseconds of Redis' clock (one clock for every
+/// node). A client may send `burst` requests at once, then one per
+/// `1/rate` s. Returns `{1, 0}` (allowed) or `{0, seconds to wait}`.
+const GCRA: &str = r"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+local interval = 1000 / rate
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local next_tat = tat + interval
+local allowed_at = next_tat - burst * interval
+if allowed_at > now then
+  return {0, math.ceil((allowed_at - now) / 1000)}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+return {1, 0}
+";
+
+/// The rate limit shared by every node through Redis.
+#[derive(Debug, Clone)]
+pub struct SharedLimit {
+    redis: Redis,
+    prefix: String,
+    /// The script's SHA-1 as Redis reported it (`SCRIPT LOAD`), once known.
+    script: Arc<Mutex<Option<String>>>,
+}
+
+impl SharedLimit {
+    pub fn new(redis: Redis, prefix: &str) -> SharedLimit {
+        SharedLimit {
+            redis,
+            prefix: prefix.to_owned(),
+            script: Arc::default(),
+        }
+    }
+
+    /// Take one request for `client`: `Ok(Ok(()))`, `Ok(Err(seconds to
+    /// wait))`, or `Err` when Redis cannot say (the caller falls back).
+    /// One round trip once the script is loaded; after a Redis restart
+    /// (`NOSCRIPT`) the script is sent again.
+    async fn take(&self, client: &str, rate: u32, burst: u32) -> Result<Result<(), u64>, RedisError> {
+        let key = format!("{}:rate:{client}", self.prefix);
+        let (rate, burst) = (rate.to_string(), burst.to_string());
+        let known = self
+            .script
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let sha = match known {
+            Some(sha) => sha,
+            None => self.load_script().await?,
+        };
+        let (key, rate, burst) = (key.as_bytes(), rate.as_bytes(), burst.as_bytes());
+        let evalsha: [&[u8]; 6] = [b"EVALSHA", sha.as_bytes(), b"1", key, rate, burst];
+        let reply = match self.redis.call(&evalsha).await {
+            Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
+                let eval: [&[u8]; 6] = [b"EVAL", GCRA.as_bytes(), b"1", key, rate, burst];
+                self.redis.call(&eval).await?
+            }
+            other => other?,
+        };
+        match reply {
+            Reply::Array(Some(items)) => match items.as_slice() {
+                [Reply::Integer(1), _] => Ok(Ok(())),
+                [Reply::Integer(0), Reply::Integer(wait)] => Ok(Err(u64::try_from(*wait).unwrap_or(1).max(1))),
+                _ => Err(RedisError::Protocol(format!(
+                    "the rate-limit script answered {items:?}"
+                ))),
+            },
+            other => Err(RedisError::Protocol(format!(
+                "the rate-limit script answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn load_script(&self) -> Result<String, RedisError> {
+        match self.redis.call(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()]).await? {
+            Reply::Bulk(Some(sha)) => {
+                let sha = String::from_utf8_lossy(&sha).into_owned();
+                *self.script.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sha.clone());
+                Ok(sha)
+            }
+            other => Err(RedisError::Protocol(format!("SCRIPT LOAD answered {other:?}"))),
+        }
+    }
+}
+
 /// Paths never rate limited.
 fn exempt(path: &str) -> bool {
     matches!(
@@ -171,10 +314,17 @@ fn exempt(path: &str) -> bool {
     )
 }
 
-/// `key:<id>` for a request presenting an `avap_<id>_…` key, else `ip:<peer>`.
-fn client_of(request: &Request) -> String {
+/// `key:<id>` for a request presenting a key the server has already
+/// verified (`known`), else `ip:<peer>`. The limit runs before the key is
+/// checked, so a key that is merely well formed must not choose the bucket:
+/// made-up ids would each get a fresh budget (and a database lookup), and a
+/// borrowed id would drain its owner's.
+fn client_of(request: &Request, known: Option<&ApiKeyCache>) -> String {
     let headers = request.headers();
-    if let Some(id) = presented_key_id(headers) {
+    if let Some(known) = known
+        && let Ok(Some(key)) = super::auth::presented_key(headers)
+        && let Some(id) = known.verified_id(key)
+    {
         return format!("key:{id}");
     }
     match request.extensions().get::<ConnectInfo<SocketAddr>>() {
@@ -183,25 +333,17 @@ fn client_of(request: &Request) -> String {
     }
 }
 
-/// The id of the API key in `Authorization: Bearer` or `X-API-Key`, if well formed.
-fn presented_key_id(headers: &HeaderMap) -> Option<&str> {
-    let value = match headers.get(header::AUTHORIZATION) {
-        Some(auth) => {
-            let (scheme, key) = auth.to_str().ok()?.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(key)?
-        }
-        None => headers.get("x-api-key")?.to_str().ok()?,
-    };
-    let (id, _) = value.trim().strip_prefix("avap_")?.split_once('_')?;
-    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
-/// Middleware: the per-client token bucket.
+/// Middleware: the per-client limit, cluster-wide through Redis when it is
+/// configured and reachable, else this node's token bucket.
 pub async fn rate_limit(State(protect): State<Protect>, request: Request, next: Next) -> Response {
-    if protect.config().rate_limit == 0 || exempt(request.uri().path()) {
+    let config = protect.config();
+    if config.rate_limit == 0 || exempt(request.uri().path()) {
         return next.run(request).await;
     }
-    match protect.check(&client_of(&request), Instant::now()) {
+    match protect
+        .admit(&client_of(&request, protect.inner.known_keys.as_deref()))
+        .await
+    {
         Ok(()) => next.run(request).await,
         Err(retry_after_secs) => ApiError::RateLimited { retry_after_secs }.into_response(),
     }
@@ -307,24 +449,125 @@ mod tests {
         assert_eq!(limiter.buckets.keys().collect::<Vec<_>>(), ["b"]);
     }
 
-    #[test]
-    fn clients_are_keys_or_addresses() {
+    #[tokio::test]
+    async fn clients_are_verified_keys_or_addresses() {
+        let store = super::super::store::Store::in_memory().await.unwrap();
+        let key = super::super::auth::generate().unwrap();
+        store.create_api_key(&key.id, None, &key.hash, "execute").await.unwrap();
+        let known = ApiKeyCache::default();
         let mut request = Request::new(axum::body::Body::empty());
         request
             .extensions_mut()
             .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
-        assert_eq!(client_of(&request), "ip:10.0.0.1");
+        assert_eq!(client_of(&request, Some(&known)), "ip:10.0.0.1");
+        // A made-up id, and a real key not verified yet: charged to the address.
         request
             .headers_mut()
             .insert("x-api-key", HeaderValue::from_static("avap_0123abcd_secret"));
-        assert_eq!(client_of(&request), "key:0123abcd");
-        request.headers_mut().insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer avap_deadbeef_secret"),
-        );
-        assert_eq!(client_of(&request), "key:deadbeef");
+        assert_eq!(client_of(&request, Some(&known)), "ip:10.0.0.1");
+        let bearer = HeaderValue::try_from(format!("Bearer {}", key.key)).unwrap();
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        assert_eq!(client_of(&request, Some(&known)), "ip:10.0.0.1");
+        // Once the server has verified it, the key has its own budget.
+        known.get(&store, &key.id).await.unwrap();
+        assert_eq!(client_of(&request, Some(&known)), format!("key:{}", key.id));
+        // Its id with another secret is someone else: the address again.
+        let forged = HeaderValue::try_from(format!("Bearer avap_{}_{}", key.id, "0".repeat(64))).unwrap();
+        request.headers_mut().insert(header::AUTHORIZATION, forged);
+        assert_eq!(client_of(&request, Some(&known)), "ip:10.0.0.1");
         assert!(exempt("/api/v1/health"));
         assert!(!exempt("/api/v1/execute"));
+    }
+
+    #[test]
+    fn newcomers_share_one_bucket_while_the_table_is_full() {
+        let t0 = Instant::now();
+        let mut limiter = Limiter::new(t0);
+        for i in 0..MAX_CLIENTS {
+            limiter.take(&format!("c{i}"), t0, 1.0, 1.0).unwrap();
+        }
+        assert_eq!(
+            limiter.take("new-1", t0, 1.0, 1.0),
+            Ok(()),
+            "the overflow bucket's first token"
+        );
+        assert_eq!(limiter.take("new-2", t0, 1.0, 1.0), Err(1), "newcomers share it");
+        assert!(!limiter.buckets.contains_key("new-2"));
+    }
+
+    /// Two limiters on one prefix: two nodes of a cluster.
+    async fn two_nodes(prefix: &str) -> (SharedLimit, SharedLimit) {
+        let node = || {
+            let url = super::super::redis::RedisUrl::parse("redis://127.0.0.1:6379").unwrap();
+            let redis = Redis::new(url, Arc::default());
+            SharedLimit::new(redis, prefix)
+        };
+        let (a, b) = (node(), node());
+        assert!(a.redis.probe().await && b.redis.probe().await, "the test Redis answers");
+        (a, b)
+    }
+
+    fn prefix(tag: &str) -> String {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).unwrap();
+        format!("avap-test-{tag}-{}", hex::encode(bytes))
+    }
+
+    #[tokio::test]
+    async fn the_shared_limit_holds_across_nodes() {
+        let (a, b) = two_nodes(&prefix("gcra")).await;
+        for _ in 0..5 {
+            assert_eq!(a.take("ip:10.0.0.1", 1, 5).await, Ok(Ok(())));
+        }
+        assert_eq!(
+            b.take("ip:10.0.0.1", 1, 5).await,
+            Ok(Err(1)),
+            "the burst is spent cluster-wide"
+        );
+        assert_eq!(b.take("ip:10.0.0.2", 1, 5).await, Ok(Ok(())), "clients are separate");
+        // A slow rate asks for a longer wait.
+        assert_eq!(a.take("key:slow", 1, 1).await, Ok(Ok(())));
+        let wait = a.take("key:slow", 1, 1).await;
+        assert_eq!(wait, Ok(Err(1)));
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        assert_eq!(b.take("key:slow", 1, 1).await, Ok(Ok(())), "refilled at the rate");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_script_is_sent_again() {
+        let (a, _) = two_nodes(&prefix("noscript")).await;
+        // As after a Redis restart: the SHA-1 we hold is unknown to Redis.
+        *a.script.lock().unwrap() = Some("0".repeat(40));
+        assert_eq!(a.take("ip:10.0.0.3", 10, 2).await, Ok(Ok(())));
+        assert_eq!(a.take("ip:10.0.0.3", 10, 2).await, Ok(Ok(())));
+        assert_eq!(a.take("ip:10.0.0.3", 10, 2).await, Ok(Err(1)));
+    }
+
+    #[tokio::test]
+    async fn without_redis_the_local_bucket_decides() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = super::super::redis::RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let redis = Redis::new(url, Arc::default());
+        assert!(!redis.probe().await);
+        let shared = SharedLimit::new(redis, "x");
+        assert_eq!(shared.take("ip:1.2.3.4", 1, 1).await, Err(RedisError::Unavailable));
+        let protect = Protect::new(
+            ProtectConfig {
+                rate_limit: 1,
+                rate_burst: 2,
+                ..ProtectConfig::default()
+            },
+            Some(shared),
+        );
+        let mut verdicts = Vec::new();
+        for _ in 0..3 {
+            verdicts.push(protect.admit("ip:1.2.3.4").await);
+        }
+        assert_eq!(verdicts, [Ok(()), Ok(()), Err(1)], "the local bucket (burst 2) applies");
     }
 
     #[tokio::test]

@@ -8,6 +8,10 @@
 //! Every write is audited: a change commits its `audit_log` row with it
 //! (in [`store`](super::store)); a refused one (compile error, not found,
 //! unchanged) is written here afterwards with its outcome.
+//!
+//! On an edge node the registry is a read-only mirror ([`edge`](super::edge)):
+//! writes answer 409 `EdgeReadOnly` naming the registry to write to (and are
+//! audited as refused); the list and a script's entry reflect the mirror.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -55,6 +59,11 @@ fn check_name(name: &str) -> Result<(), ApiError> {
             "script name {name:?} is not 1 to 64 of A-Z, a-z, 0-9, `_` and `-`"
         )))
     }
+}
+
+/// On an edge node the registry is a read-only mirror: writes go to the registry node.
+fn refuse_on_edge(state: &AppState) -> Result<(), ApiError> {
+    state.edge().map_or(Ok(()), |edge| Err(edge.read_only()))
 }
 
 fn stored(name: &str, meta: &VersionMeta, unchanged: bool) -> Value {
@@ -114,6 +123,7 @@ pub async fn create(
 }
 
 async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Result<Stored, ApiError> {
+    refuse_on_edge(state)?;
     check_name(&body.name)?;
     let limit = state.config().max_script_bytes;
     if body.source.len() > limit {
@@ -168,11 +178,17 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
 
 /// `GET /api/v1/scripts`: `[{name, version, updated_at}]` by name.
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Some(edge) = state.edge() {
+        return Ok(Json(edge.scripts_json()));
+    }
     Ok(Json(json!(state.store().list().await?)))
 }
 
 /// `GET /api/v1/scripts/{name}`: the current version with its source, and every version.
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    if let Some(edge) = state.edge() {
+        return edge.script_json(&name).map(Json);
+    }
     let store = state.store();
     let current = store
         .current(&name)
@@ -197,13 +213,16 @@ pub async fn delete(
     actor: Actor,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let result = match state.store().delete(&name, &actor).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(ApiError::ScriptNotFound {
-            name: name.clone(),
-            version: None,
-        }),
-        Err(e) => Err(ApiError::from(e)),
+    let result = match refuse_on_edge(&state) {
+        Err(refused) => Err(refused),
+        Ok(()) => match state.store().delete(&name, &actor).await {
+            Ok(true) => Ok(StatusCode::NO_CONTENT),
+            Ok(false) => Err(ApiError::ScriptNotFound {
+                name: name.clone(),
+                version: None,
+            }),
+            Err(e) => Err(ApiError::from(e)),
+        },
     };
     state.script_changed(&name);
     if let Err(e) = &result {
@@ -237,6 +256,7 @@ pub async fn rollback(
 }
 
 async fn roll_back(state: &AppState, actor: &Actor, name: &str, version: i64) -> Result<Json<Value>, ApiError> {
+    refuse_on_edge(state)?;
     if version < 1 {
         return Err(ApiError::invalid("`version` counts from 1"));
     }

@@ -10,6 +10,11 @@
 //! Then it writes one access line: method, path, route, status, latency and
 //! the API key id of the caller. Never headers, the query string or the
 //! body: they may hold keys, secrets and script params.
+//!
+//! The `request` span is also the request's trace span
+//! ([`telemetry`](super::telemetry)): it continues the trace of a valid
+//! W3C `traceparent` header, or starts one, and the response names it in its
+//! own `traceparent` header. Handlers find the request id with [`current`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +26,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::auth::Caller;
+use super::telemetry::{RemoteParent, SpanId, TRACEPARENT, TraceId, traceparent};
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,32 +37,69 @@ const MAX_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
-/// Middleware: the request id, its span, the response header and the access line.
+tokio::task_local! {
+    /// The id of the request the current task is handling.
+    static CURRENT: RequestId;
+}
+
+/// The id of the request this task is handling (`None` outside a request).
+pub fn current() -> Option<RequestId> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Middleware: the request id, its span, the response headers and the access line.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = accepted(request.headers()).unwrap_or_else(generate);
-    // At ERROR level so the span is on whatever `log_level` lets through:
-    // a warning logged with `log_level = "warn"` still names its request.
-    let span = tracing::error_span!("request", request_id = %id);
+    let remote = RemoteParent::from_headers(request.headers());
+    let trace_id = remote.map_or_else(TraceId::random, |parent| parent.trace_id);
+    let span_id = SpanId::random();
+    let sampled = remote.is_none_or(|parent| parent.sampled);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|matched| matched.as_str().to_owned());
+    let route = route.as_deref().unwrap_or("-");
+    let span_name = format!("{method} {route}");
+    // At ERROR level so the span is on whatever `log_level` lets through:
+    // a warning logged with `log_level = "warn"` still names its request.
+    let span = tracing::error_span!(
+        "request",
+        request_id = %id,
+        otel.name = %span_name,
+        otel.kind = "server",
+        otel.trace_id = %trace_id,
+        otel.span_id = %span_id,
+        otel.parent_span_id = remote.map(|parent| tracing::field::display(parent.span_id)),
+        otel.sampled = sampled,
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
     request.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = CURRENT
+        .scope(RequestId(id.clone()), next.run(request))
+        .instrument(span.clone())
+        .await;
     let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     let key_id = response
         .extensions()
         .get::<Caller>()
         .and_then(|caller| caller.key_id.clone());
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     span.in_scope(|| {
         tracing::info!(
             method = %method,
             path = %path,
-            route = route.as_deref().unwrap_or("-"),
-            status = response.status().as_u16(),
+            route,
+            status = status.as_u16(),
             latency_ms,
             key_id = key_id.as_deref(),
             "request"
@@ -65,6 +108,9 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }
+    response
+        .headers_mut()
+        .insert(TRACEPARENT, traceparent(trace_id, span_id, sampled));
     response
 }
 

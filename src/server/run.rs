@@ -71,7 +71,7 @@ pub async fn run_stored(
         now: None,
     };
     let record = RunRecord::new(&state, &actor, target);
-    let run = state.execute(Program::Loaded(stored.module), request, settings);
+    let run = state.execute_script(&path.name, Program::Loaded(stored.module), request, settings);
     let result = state.metrics().run(run).await;
     record.finish(&result);
     Ok(envelope_response(result?))

@@ -1,25 +1,31 @@
 //! [`Store`]: the server's database, and all of its SQL.
 //!
-//! The embedded default is an `SQLite` file, `<data-dir>/avap.sqlite`, in WAL
-//! mode, migrated at start from `migrations/sqlite`. Every statement here
-//! runs unchanged on `PostgreSQL` too (its schema is `migrations/postgres`,
-//! the backend comes with issue 7): `$1, $2, …` placeholders (sqlx-sqlite
-//! binds `$N` by number; a test checks it), no SQLite-only syntax or
-//! functions, `ON CONFLICT … DO UPDATE` upserts, integers read as `i64`
-//! (`BIGINT`), artifacts as bytes (`BYTEA`), and timestamps written by us as
-//! RFC 3339 UTC text, so both backends store the same thing.
+//! Two backends behind one sqlx `AnyPool` ([`Location`]): the embedded
+//! default, an `SQLite` file `<data-dir>/avap.sqlite` in WAL mode, and
+//! `PostgreSQL` for clusters of nodes sharing one registry. Each is migrated
+//! at start (and by `avap migrate`) from its own directory,
+//! `migrations/sqlite` or `migrations/postgres`: the same logical schema.
+//! Every statement here runs unchanged on both: `$1, $2, …` placeholders
+//! (sqlx-sqlite binds `$N` by number; a test checks it), no dialect-only
+//! syntax or functions, `ON CONFLICT … DO UPDATE` upserts, integers read as
+//! `i64` (`BIGINT`), artifacts as bytes (`BYTEA`), and timestamps written by
+//! us as RFC 3339 UTC text, so both backends store the same thing. The unit
+//! tests run on both.
 //!
 //! Registry invariants: versions of a name count up from 1 and are never
 //! rewritten; `scripts.current_version` always names an existing version;
 //! deleting a script deletes its versions; every change commits together
 //! with its `audit_log` row.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "avap.sqlite";
@@ -28,9 +34,117 @@ pub const DATABASE_FILE: &str = "avap.sqlite";
 /// there first (busy database or a version number taken meanwhile).
 const WRITE_ATTEMPTS: usize = 3;
 
+/// How long a statement waits for a connection from the pool. Short: when
+/// the database is down, a registry write fails fast with 503 rather than
+/// holding the request, and runs of cached scripts never wait for it.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`Store::connect`] keeps retrying a database that does not
+/// answer at start (a node starting before its database, a restart).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Where the server's database is (`database_url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An `SQLite` file, created if missing.
+    Sqlite(PathBuf),
+    /// A `postgres://` URL.
+    Postgres(String),
+}
+
+impl Location {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Location::Sqlite(_) => Backend::Sqlite,
+            Location::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The URL sqlx connects to.
+    fn url(&self) -> String {
+        match self {
+            // `mode=rwc`: create the file if missing. The path is
+            // percent-encoded: sqlx decodes it, so `?`, `#` and `%` in a
+            // file name stay part of the name.
+            Location::Sqlite(path) => format!("sqlite://{}?mode=rwc", percent_encode_path(path)),
+            Location::Postgres(url) => url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&super::config::redact_url(url)),
+        }
+    }
+}
+
+fn percent_encode_path(path: &Path) -> String {
+    let mut out = String::new();
+    for byte in path.to_string_lossy().bytes() {
+        if byte.is_ascii_alphanumeric() || b"/._-~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// Create the `SQLite` file owner-only (`0600`) if it does not exist yet:
+/// it holds API key hashes, the audit trail and every script's source.
+/// `SQLite` gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<(), sqlx::Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // Not `Io`: that reads as "unreachable" and would be retried.
+        Err(e) => Err(sqlx::Error::Configuration(
+            format!("cannot create the database file {}: {e}", path.display()).into(),
+        )),
+    }
+}
+
+/// The kind of database behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn migrator(self) -> &'static Migrator {
+        match self {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// One migration as [`Store::migrations`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationState {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
 }
 
 /// One line of the script list.
@@ -121,7 +235,7 @@ impl AuditRow {
 }
 
 /// One row of the audit trail as read back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: String,
@@ -166,25 +280,140 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The database could not be reached (down, restarting, network), as
+/// opposed to refusing a statement: worth retrying, and a 503 for clients.
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        // PostgreSQL starting up or shutting down (SQLSTATE class 57P).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Whether `e` (from any [`Store`] method) means the database is unreachable.
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .any(is_unreachable)
+}
+
 impl Store {
-    /// Open (creating if missing) `<data_dir>/avap.sqlite` and migrate it.
-    pub async fn open(data_dir: &Path) -> Result<Store> {
-        Store::open_file(&data_dir.join(DATABASE_FILE)).await
+    /// Connect to `location` and migrate it. A database that does not
+    /// answer is retried with backoff for up to 30 s (logged each time), so
+    /// nodes may start before their database.
+    pub async fn connect(location: &Location) -> Result<Store> {
+        let store = Store::connect_with_patience(location, CONNECT_PATIENCE).await?;
+        store.migrate().await?;
+        Ok(store)
     }
 
-    /// Open (creating if missing) the `SQLite` file at `path` and migrate it.
-    pub async fn open_file(path: &Path) -> Result<Store> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+    /// Connect to `location` without migrating (`avap migrate --status`).
+    pub async fn connect_with_patience(location: &Location, patience: Duration) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match Store::connect_once(location).await {
+                Ok(store) => return Ok(store),
+                Err(e) if started.elapsed() + backoff < patience && is_unreachable(&e) => {
+                    tracing::warn!(database = %location, "the database does not answer ({e}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(4));
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("cannot open the database {location}")));
+                }
+            }
+        }
+    }
+
+    async fn connect_once(location: &Location) -> Result<Store, sqlx::Error> {
+        if let Location::Sqlite(path) = location {
+            create_private(path)?;
+        }
+        let backend = location.backend();
+        let options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
+        let pool = match backend {
+            // Writers queue on SQLite's file lock: a few connections suffice.
+            Backend::Sqlite => {
+                options
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            use sqlx::Executor as _;
+                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000")
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&location.url())
+                    .await?
+            }
+            // Every connection is a PostgreSQL backend process; runs of
+            // cached scripts never touch the pool, so this bounds writes,
+            // listings and the audit writer.
+            Backend::Postgres => options.max_connections(10).connect(&location.url()).await?,
+        };
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Every connection of the pool is open and busy: a timeout waiting for
+    /// one then means load (perhaps a client's doing), not a database that
+    /// went away.
+    pub fn is_saturated(&self) -> bool {
+        self.pool.num_idle() == 0 && self.pool.size() >= self.pool.options().get_max_connections()
+    }
+
+    /// A transaction that writes. On `SQLite` it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`, waiting up to the busy timeout): a deferred
+    /// transaction that reads first and writes later fails with "database
+    /// is locked" whenever another writer committed in between, without
+    /// waiting, which under concurrent registry writes meant 500s.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Apply the migrations this database has not seen (at start, and by
+    /// `avap migrate`). Concurrent starts of several nodes are safe: sqlx
+    /// takes an advisory lock on `PostgreSQL`.
+    pub async fn migrate(&self) -> Result<()> {
+        self.backend
+            .migrator()
+            .run(&self.pool)
             .await
-            .with_context(|| format!("cannot open the database {}", path.display()))?;
-        Store::migrated(pool).await
+            .context("cannot migrate the database")
+    }
+
+    /// Every migration this binary knows, and whether the database has it.
+    pub async fn migrations(&self) -> Result<Vec<MigrationState>> {
+        let applied: Vec<(i64,)> = match sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = $1")
+            .bind(true)
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(rows) => rows,
+            // A database never migrated has no bookkeeping table yet.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(self
+            .backend
+            .migrator()
+            .iter()
+            .map(|m| MigrationState {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: applied.iter().any(|(v,)| *v == m.version),
+            })
+            .collect())
     }
 
     /// Readiness: the database answers a trivial query.
@@ -196,28 +425,29 @@ impl Store {
         Ok(())
     }
 
-    /// A private in-memory database (unit tests).
+    /// Close the pool: in-flight statements finish, new ones fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A private in-memory `SQLite` database (unit tests).
     #[cfg(test)]
     pub async fn in_memory() -> Result<Store> {
+        sqlx::any::install_default_drivers();
         // Every connection to `:memory:` is its own database: keep exactly one, forever.
-        let pool = SqlitePoolOptions::new()
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(<SqliteConnectOptions as std::str::FromStr>::from_str(
-                "sqlite::memory:",
-            )?)
+            .connect("sqlite::memory:")
             .await?;
-        Store::migrated(pool).await
-    }
-
-    async fn migrated(pool: SqlitePool) -> Result<Store> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .context("cannot migrate the database")?;
-        Ok(Store { pool })
+        let store = Store {
+            pool,
+            backend: Backend::Sqlite,
+        };
+        store.migrate().await?;
+        Ok(store)
     }
 
     pub async fn list(&self) -> Result<Vec<ScriptSummary>> {
@@ -301,7 +531,7 @@ impl Store {
     }
 
     async fn try_put(&self, new: &NewVersion<'_>, actor: &Actor) -> Result<Put, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let current: Option<VersionRow> = sqlx::query_as(
             "SELECT v.version, v.source_sha256, v.artifact_sha256, v.created_at \
              FROM scripts s JOIN script_versions v ON v.name = s.name AND v.version = s.current_version \
@@ -366,7 +596,7 @@ impl Store {
     /// script. The audit row (with the version that was current) commits
     /// with the change.
     pub async fn delete(&self, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let current: Option<(i64, String)> = sqlx::query_as(
             "SELECT v.version, v.artifact_sha256 FROM scripts s \
              JOIN script_versions v ON v.name = s.name AND v.version = s.current_version WHERE s.name = $1",
@@ -400,7 +630,7 @@ impl Store {
     /// Make `version` the current version of `name`; the audit row commits
     /// with the change.
     pub async fn rollback(&self, name: &str, version: i64, actor: &Actor) -> Result<Rollback> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists: Option<(String,)> =
             sqlx::query_as("SELECT artifact_sha256 FROM script_versions WHERE name = $1 AND version = $2")
                 .bind(name)
@@ -433,7 +663,7 @@ impl Store {
     }
 }
 
-async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, row: &AuditRow) -> Result<(), sqlx::Error> {
+async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &AuditRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -463,6 +693,22 @@ type AuditEntryRow = (
     Option<String>,
 );
 
+fn audit_entry(
+    (id, at, actor, action, script, version, artifact_sha256, outcome, request_id): AuditEntryRow,
+) -> AuditEntry {
+    AuditEntry {
+        id,
+        at,
+        actor,
+        action,
+        script,
+        version,
+        artifact_sha256,
+        outcome,
+        request_id,
+    }
+}
+
 /// The audit trail (`audit_log`, migration 0003).
 impl Store {
     /// Write `rows` in one transaction: all or none.
@@ -470,23 +716,44 @@ impl Store {
         // One multi-row INSERT per chunk: a statement is a round trip to the
         // database's worker thread, and runs arrive by the thousand.
         const ROWS_PER_STATEMENT: usize = 64; // 8 parameters each, well under every backend's cap
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) ",
+            // Placeholders written out as `$N`: sqlx's QueryBuilder writes
+            // `?` for the Any driver, which PostgreSQL does not accept.
+            let mut sql = String::from(
+                "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) VALUES ",
             );
-            insert.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(&row.at)
-                    .push_bind(&row.actor)
-                    .push_bind(row.action)
-                    .push_bind(&row.script)
-                    .push_bind(row.version)
-                    .push_bind(&row.artifact_sha256)
-                    .push_bind(&row.outcome)
-                    .push_bind(&row.request_id);
-            });
-            insert.build().execute(&mut *tx).await?;
+            for i in 0..chunk.len() {
+                let n = i * 8;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(
+                    sql,
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8
+                );
+            }
+            let mut insert = sqlx::query(&sql);
+            for row in chunk {
+                insert = insert
+                    .bind(&row.at)
+                    .bind(&row.actor)
+                    .bind(row.action)
+                    .bind(&row.script)
+                    .bind(row.version)
+                    .bind(&row.artifact_sha256)
+                    .bind(&row.outcome)
+                    .bind(&row.request_id);
+            }
+            insert.execute(&mut *tx).await?;
         }
         tx.commit()
             .await
@@ -519,27 +786,226 @@ impl Store {
             select = select.bind(before);
         }
         let rows = select.bind(query.limit).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(audit_entry).collect())
+    }
+}
+
+/// A row of `scripts`, as backed up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptRecord {
+    pub name: String,
+    pub current_version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A row of `script_versions`, as backed up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: i64,
+    pub source: String,
+    pub source_sha256: String,
+    #[serde(with = "super::backup::base64_bytes")]
+    pub artifact: Vec<u8>,
+    pub artifact_sha256: String,
+    pub created_at: String,
+}
+
+/// Everything a backup holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub scripts: Vec<ScriptRecord>,
+    pub versions: Vec<VersionRecord>,
+    pub api_keys: Vec<ApiKeyRecord>,
+    /// Oldest first; ids are not kept (the database numbers them again, in order).
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One read-only transaction that sees the database as it was when it
+/// started, whatever servers write meanwhile (`avap backup`): REPEATABLE
+/// READ on `PostgreSQL`, a WAL read transaction on `SQLite`.
+#[derive(Debug)]
+pub struct Snapshot {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+type FullVersionRow = (i64, String, String, Vec<u8>, String, String);
+
+impl Store {
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let mut tx = self.pool.begin().await.context("cannot start a read transaction")?;
+        match self.backend {
+            Backend::Postgres => {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // SQLite fixes a read transaction's view at its first read.
+            Backend::Sqlite => {}
+        }
+        Ok(Snapshot { tx })
+    }
+
+    /// Whether the registry, the API keys and the audit trail are all empty.
+    pub async fn is_empty(&self) -> Result<bool> {
+        let (rows,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM scripts) + (SELECT COUNT(*) FROM script_versions) \
+             + (SELECT COUNT(*) FROM api_keys) + (SELECT COUNT(*) FROM audit_log)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(rows == 0)
+    }
+
+    /// Write `contents` in one transaction, after deleting everything when
+    /// `replace`: all or nothing.
+    pub async fn restore(&self, contents: &Contents, replace: bool) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if replace {
+            for table in ["audit_log", "api_keys", "script_versions", "scripts"] {
+                sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
+            }
+        }
+        for v in &contents.versions {
+            sqlx::query(
+                "INSERT INTO script_versions \
+                 (name, version, source, source_sha256, artifact, artifact_sha256, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&v.name)
+            .bind(v.version)
+            .bind(&v.source)
+            .bind(&v.source_sha256)
+            .bind(&v.artifact)
+            .bind(&v.artifact_sha256)
+            .bind(&v.created_at)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("cannot restore version {} of `{}`", v.version, v.name))?;
+        }
+        for s in &contents.scripts {
+            sqlx::query("INSERT INTO scripts (name, current_version, created_at, updated_at) VALUES ($1, $2, $3, $4)")
+                .bind(&s.name)
+                .bind(s.current_version)
+                .bind(&s.created_at)
+                .bind(&s.updated_at)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("cannot restore script `{}`", s.name))?;
+        }
+        for k in &contents.api_keys {
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, key_hash, scopes, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&k.id)
+            .bind(&k.name)
+            .bind(&k.key_hash)
+            .bind(&k.scopes)
+            .bind(&k.created_at)
+            .bind(&k.revoked_at)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("cannot restore API key {}", k.id))?;
+        }
+        for a in &contents.audit {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&a.at)
+            .bind(&a.actor)
+            .bind(&a.action)
+            .bind(&a.script)
+            .bind(a.version)
+            .bind(&a.artifact_sha256)
+            .bind(&a.outcome)
+            .bind(&a.request_id)
+            .execute(&mut *tx)
+            .await
+            .context("cannot restore the audit trail")?;
+        }
+        tx.commit().await.context("cannot commit the restore")?;
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    pub async fn scripts(&mut self) -> Result<Vec<ScriptRecord>> {
+        let rows: Vec<(String, i64, String, String)> =
+            sqlx::query_as("SELECT name, current_version, created_at, updated_at FROM scripts ORDER BY name")
+                .fetch_all(&mut *self.tx)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, current_version, created_at, updated_at)| ScriptRecord {
+                name,
+                current_version,
+                created_at,
+                updated_at,
+            })
+            .collect())
+    }
+
+    /// Every version of `name` (artifacts are large: one script at a time).
+    pub async fn versions(&mut self, name: &str) -> Result<Vec<VersionRecord>> {
+        let rows: Vec<FullVersionRow> = sqlx::query_as(
+            "SELECT version, source, source_sha256, artifact, artifact_sha256, created_at \
+             FROM script_versions WHERE name = $1 ORDER BY version",
+        )
+        .bind(name)
+        .fetch_all(&mut *self.tx)
+        .await?;
         Ok(rows
             .into_iter()
             .map(
-                |(id, at, actor, action, script, version, artifact_sha256, outcome, request_id)| AuditEntry {
-                    id,
-                    at,
-                    actor,
-                    action,
-                    script,
+                |(version, source, source_sha256, artifact, artifact_sha256, created_at)| VersionRecord {
+                    name: name.to_owned(),
                     version,
+                    source,
+                    source_sha256,
+                    artifact,
                     artifact_sha256,
-                    outcome,
-                    request_id,
+                    created_at,
                 },
             )
             .collect())
     }
+
+    /// Names with versions but no `scripts` row (none, by the registry's
+    /// invariants; a backup still checks).
+    pub async fn version_names(&mut self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT name FROM script_versions ORDER BY name")
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(rows.into_iter().map(|(name,)| name).collect())
+    }
+
+    pub async fn api_keys(&mut self) -> Result<Vec<ApiKeyRecord>> {
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(
+            "SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(api_key_record).collect())
+    }
+
+    /// Up to `limit` audit rows with an id above `after`, oldest first.
+    pub async fn audit_after(&mut self, after: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        let rows: Vec<AuditEntryRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id \
+             FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(audit_entry).collect())
+    }
 }
 
 /// One API key as stored: never the key itself, only its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: Option<String>,
@@ -612,9 +1078,114 @@ impl Store {
     }
 }
 
+/// The registry read API of edge nodes (`registry_sync.rs`).
+impl Store {
+    /// The current version of every script, by name: `(name, version,
+    /// artifact_sha256, updated_at)`.
+    pub async fn current_artifacts(&self) -> Result<Vec<(String, i64, String, String)>> {
+        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT s.name, v.version, v.artifact_sha256, s.updated_at FROM scripts s \
+             JOIN script_versions v ON v.name = s.name AND v.version = s.current_version ORDER BY s.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// The signed artifact whose SHA-256 is `sha256`, of any version.
+    pub async fn artifact_by_sha256(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT artifact FROM script_versions WHERE artifact_sha256 = $1 LIMIT 1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(artifact,)| artifact))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh `PostgreSQL` database for one test (on the machine's server,
+    /// `$TEST_POSTGRES_URL` or `postgres://postgres@127.0.0.1:5432`),
+    /// dropped when the test ends.
+    pub(crate) struct PgDatabase {
+        pub name: String,
+        pub url: String,
+        admin: String,
+    }
+
+    impl PgDatabase {
+        pub fn create() -> PgDatabase {
+            let base =
+                std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+            let mut random = [0_u8; 6];
+            getrandom::fill(&mut random).unwrap();
+            let name = format!("avap_unit_{}", hex::encode(random));
+            let db = PgDatabase {
+                url: format!("{base}/{name}"),
+                admin: format!("{base}/test"),
+                name,
+            };
+            db.psql(&format!("CREATE DATABASE {}", db.name));
+            db
+        }
+
+        fn psql(&self, sql: &str) {
+            let out = std::process::Command::new("psql")
+                .args([self.admin.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+                .output()
+                .expect("psql runs (PostgreSQL client tools are needed for the tests)");
+            assert!(
+                out.status.success(),
+                "psql {sql}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    impl Drop for PgDatabase {
+        fn drop(&mut self) {
+            self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+
+    /// `name` runs once on an in-memory `SQLite` database and once on a fresh
+    /// `PostgreSQL` database: the store's SQL must mean the same on both.
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod on_sqlite {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        super::$name(super::Store::in_memory().await.unwrap()).await;
+                    }
+                )*
+            }
+            mod on_postgres {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        let db = super::PgDatabase::create();
+                        let location = super::Location::Postgres(db.url.clone());
+                        let store = super::Store::connect(&location).await.unwrap();
+                        super::$name(store.clone()).await;
+                        store.close().await;
+                    }
+                )*
+            }
+        };
+    }
+
+    on_both_backends!(
+        versions_count_up_and_roll_back,
+        api_keys_are_stored_hashed_and_revoked_once,
+        ping_answers_until_the_pool_is_closed,
+        delete_removes_every_version,
+        registry_changes_write_their_audit_rows,
+        appended_audit_rows_read_back
+    );
 
     fn new<'a>(name: &'a str, source: &'a str, sha: &'a str) -> NewVersion<'a> {
         NewVersion {
@@ -640,9 +1211,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn versions_count_up_and_roll_back() {
-        let store = Store::in_memory().await.unwrap();
+    async fn versions_count_up_and_roll_back(store: Store) {
         assert_eq!(
             version(&store.put(&new("s", "one", "1"), &actor()).await.unwrap()),
             (true, 1)
@@ -670,9 +1239,7 @@ mod tests {
         assert_eq!(store.list().await.unwrap()[0].version, 3);
     }
 
-    #[tokio::test]
-    async fn api_keys_are_stored_hashed_and_revoked_once() {
-        let store = Store::in_memory().await.unwrap();
+    async fn api_keys_are_stored_hashed_and_revoked_once(store: Store) {
         store
             .create_api_key("0000abcd", Some("ci"), "h1", "execute")
             .await
@@ -692,9 +1259,7 @@ mod tests {
         assert_eq!(store.api_keys().await.unwrap().len(), 2);
     }
 
-    #[tokio::test]
-    async fn ping_answers_until_the_pool_is_closed() {
-        let store = Store::in_memory().await.unwrap();
+    async fn ping_answers_until_the_pool_is_closed(store: Store) {
         assert!(store.ping().await.is_ok());
         store.pool.close().await;
         let err = store.ping().await.unwrap_err();
@@ -702,8 +1267,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn delete_removes_every_version() {
-        let store = Store::in_memory().await.unwrap();
+    async fn concurrent_writers_on_an_sqlite_file_all_succeed() {
+        // A file (not `:memory:`) so the pool has several connections that
+        // contend for SQLite's write lock, as a server under load does.
+        let mut random = [0_u8; 6];
+        getrandom::fill(&mut random).unwrap();
+        let dir = std::env::temp_dir().join(format!("avap-store-{}", hex::encode(random)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&Location::Sqlite(dir.join("avap.sqlite")))
+            .await
+            .unwrap();
+        let writers: Vec<_> = (0..24)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (name, source) = (format!("s{}", i % 3), format!("v{i}"));
+                    store.put(&new(&name, &source, &source), &actor()).await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().expect("every write succeeds");
+        }
+        let versions: usize = version_count(&store).await;
+        assert_eq!(versions, 24);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn version_count(store: &Store) -> usize {
+        let mut total = 0;
+        for name in ["s0", "s1", "s2"] {
+            total += store.versions(name).await.unwrap().len();
+        }
+        total
+    }
+
+    async fn delete_removes_every_version(store: Store) {
         store.put(&new("s", "one", "1"), &actor()).await.unwrap();
         store.put(&new("s", "two", "2"), &actor()).await.unwrap();
         assert!(store.delete("s", &actor()).await.unwrap());
@@ -737,9 +1337,7 @@ mod tests {
         store.audit_entries(&query).await.unwrap()
     }
 
-    #[tokio::test]
-    async fn registry_changes_write_their_audit_rows() {
-        let store = Store::in_memory().await.unwrap();
+    async fn registry_changes_write_their_audit_rows(store: Store) {
         store.put(&new("s", "one", "1"), &actor()).await.unwrap();
         store.put(&new("s", "one", "1"), &actor()).await.unwrap();
         store.put(&new("s", "two", "2"), &actor()).await.unwrap();
@@ -767,9 +1365,7 @@ mod tests {
         assert!(audit(&store, Some("other"), None, 100).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn appended_audit_rows_read_back() {
-        let store = Store::in_memory().await.unwrap();
+    async fn appended_audit_rows_read_back(store: Store) {
         let run = AuditRow {
             artifact_sha256: Some("f00d".to_owned()),
             ..AuditRow::new(&actor(), "run", "FuelExhausted")

@@ -33,10 +33,7 @@ impl Server {
     /// Start on a free port with the data directory `<tmp>/<name>/data`.
     pub fn start(name: &str) -> Server {
         let data_dir = fresh_dir(name).join("data");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir);
-        Server::spawn(cmd, data_dir)
+        Server::spawn(serve_command(&data_dir), data_dir)
     }
 
     pub fn spawn(cmd: Command, data_dir: PathBuf) -> Server {
@@ -87,25 +84,30 @@ impl Server {
     /// another thread so a server that answers before reading it all (413)
     /// cannot deadlock us; a reset after the reply is fine.
     pub fn send(&self, request: &[u8]) -> Reply {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        let mut writer = stream.try_clone().expect("clone stream");
-        let request = request.to_vec();
-        let writing = std::thread::spawn(move || {
-            let _ = writer.write_all(&request);
-        });
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-            }
-        }
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-        writing.join().expect("writer thread");
-        Reply::parse(&raw)
+        send_to(&self.addr, request)
     }
+}
+
+/// Send a raw request to `addr` and read the reply (see [`Server::send`]).
+pub fn send_to(addr: &str, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone stream");
+    let request = request.to_vec();
+    let writing = std::thread::spawn(move || {
+        let _ = writer.write_all(&request);
+    });
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    writing.join().expect("writer thread");
+    Reply::parse(&raw)
 }
 
 impl Drop for Server {
@@ -181,10 +183,7 @@ impl Reply {
 impl Server {
     /// Start on a free port with `data_dir` as it is (for restarts).
     pub fn start_on(data_dir: &Path) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
-        Server::spawn(cmd, data_dir.to_path_buf())
+        Server::spawn(serve_command(data_dir), data_dir.to_path_buf())
     }
 
     pub fn delete(&self, path: &str) -> Reply {
@@ -250,22 +249,239 @@ impl Server {
     /// Start on a free port with extra `avap serve` flags.
     pub fn start_with_args(name: &str, args: &[&str]) -> Server {
         let data_dir = fresh_dir(name).join("data");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data_dir);
+        let mut cmd = serve_command(&data_dir);
+        cmd.args(args);
         Server::spawn(cmd, data_dir)
     }
 }
 
 /// `avap apikey create --scope SCOPE` against `data_dir`: the new key.
 pub fn create_api_key(data_dir: &Path, scope: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_avap"))
-        .args(["apikey", "create", "--scope", scope, "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run avap apikey");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+    cmd.args(["apikey", "create", "--scope", scope, "--data-dir"])
+        .arg(data_dir);
+    if let Some(url) = server_database(data_dir) {
+        cmd.arg("--database-url").arg(url);
+    }
+    let out = cmd.output().expect("run avap apikey");
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+}
+
+/// A fresh `PostgreSQL` database on the machine's server
+/// (`$TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432`),
+/// dropped when this value is.
+pub struct PgDatabase {
+    pub name: String,
+    /// `postgres://…/<name>`, for `database_url`.
+    pub url: String,
+    admin: String,
+}
+
+impl PgDatabase {
+    pub fn create(tag: &str) -> PgDatabase {
+        let base =
+            std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        // The creation time in the name lets later runs drop databases a
+        // crashed run left behind (see `drop_stale`).
+        let name = format!(
+            "avap_it_{}_{:x}{:x}_{tag}",
+            now.as_secs(),
+            std::process::id(),
+            now.subsec_nanos()
+        );
+        let db = PgDatabase {
+            url: format!("{base}/{name}"),
+            admin: format!("{base}/test"),
+            name,
+        };
+        db.drop_stale();
+        db.psql(&format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    /// Drop test databases created over two hours ago (left by runs that
+    /// were killed, or kept for a whole test process by [`server_database`]).
+    fn drop_stale(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let names = self.psql("SELECT datname FROM pg_database WHERE datname LIKE 'avap\\_it\\_%'");
+        for name in names.lines() {
+            let created = name
+                .strip_prefix("avap_it_")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|secs| secs.parse::<u64>().ok());
+            if created.is_some_and(|secs| secs + 2 * 3600 < now) {
+                let _ = Command::new("psql")
+                    .args([
+                        self.admin.as_str(),
+                        "-qc",
+                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    ])
+                    .output();
+            }
+        }
+    }
+
+    /// Run `sql` in this database.
+    pub fn query(&self, sql: &str) -> String {
+        psql(&self.url, sql)
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        psql(&self.admin, sql)
+    }
+}
+
+/// With `TEST_SERVER_DATABASE=postgres`, the servers these tests start keep
+/// their registry in `PostgreSQL` instead of the data directory's `SQLite` file:
+/// one fresh database per data directory, kept for the whole test process
+/// (restarts on the same data directory find their scripts). `.ci/run` runs
+/// the server tests both ways.
+pub fn server_database(data_dir: &Path) -> Option<String> {
+    use std::sync::Mutex;
+    static DATABASES: Mutex<Vec<(PathBuf, PgDatabase)>> = Mutex::new(Vec::new());
+    if std::env::var("TEST_SERVER_DATABASE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let mut databases = DATABASES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, db)) = databases.iter().find(|(dir, _)| dir == data_dir) {
+        return Some(db.url.clone());
+    }
+    let db = PgDatabase::create("server");
+    let url = db.url.clone();
+    databases.push((data_dir.to_path_buf(), db));
+    Some(url)
+}
+
+/// `avap serve` on a free loopback port with `data_dir` (and the test
+/// database, see [`server_database`]); more arguments may follow.
+pub fn serve_command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    if let Some(url) = server_database(data_dir) {
+        cmd.env("AVAP_DATABASE_URL", url);
+    }
+    cmd
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// `psql URL -c SQL`, unaligned and tuples only; panics on failure.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("psql runs (the PostgreSQL client is needed for these tests)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `avap ARGS…`, which must succeed; its stdout.
+pub fn avap(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_avap"))
+        .args(args)
+        .output()
+        .expect("run avap");
+    assert!(
+        out.status.success(),
+        "avap {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A TCP forwarder on a loopback port to `target` that a test can cut
+/// (every connection dropped, new ones refused) and restore: a network
+/// failure between a node and a real service, without stopping the service
+/// other tests use.
+pub struct Cuttable {
+    pub addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Cuttable {
+    pub fn to(target: &str) -> Cuttable {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
+        let addr = listener.local_addr().expect("address");
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let target = target.to_owned();
+        let (accept_open, accept_generation) = (open.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !accept_open.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let born = accept_generation.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                    (server, client),
+                ] {
+                    let (open, generation) = (accept_open.clone(), accept_generation.clone());
+                    std::thread::spawn(move || {
+                        from.set_read_timeout(Some(Duration::from_millis(50))).ok();
+                        let mut buf = [0_u8; 16 << 10];
+                        loop {
+                            if !open.load(Ordering::SeqCst) || generation.load(Ordering::SeqCst) != born {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cuttable { addr, open, generation }
+    }
+
+    /// Drop every connection and refuse new ones.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Accept connections again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

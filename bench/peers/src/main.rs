@@ -141,6 +141,10 @@ fn native(name: &str) -> String {
     }
 }
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let implementation = args.first().map_or("", String::as_str);

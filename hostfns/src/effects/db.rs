@@ -38,8 +38,11 @@
 //!   thread (progress handler), so the connection comes back.
 //! * A pooled connection is reset when released: `DISCARD ALL` on
 //!   `PostgreSQL` (closed if that fails); on `SQLite` its temporary tables,
-//!   views and triggers are dropped. Nothing a script leaves in a session
-//!   reaches another run.
+//!   views and triggers are dropped (closed if it is still inside a
+//!   transaction). Nothing a script leaves in a session reaches another run.
+//! * Several runs may share one application-database transaction
+//!   ([`Databases::in_transaction`], see [`transaction`]): every rule above
+//!   still holds per statement.
 //!
 //! ## Values
 //! Rows become dicts (column name → value, in column order): integers →
@@ -62,6 +65,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -73,8 +77,11 @@ use tokio::sync::OnceCell;
 use super::EffectOutcome;
 use crate::error::{ErrorKind, HostError};
 use crate::value::{Dict, Value};
+pub use transaction::{Transaction, TransactionOutcome};
 
 pub use crate::abi::{CONNECTOR_KEY, METHOD_CALL_KEY, SQL_TEMPLATE_KEY};
+
+mod transaction;
 
 /// Limits that apply to every database statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,9 +121,12 @@ pub struct DbConfigError {
 /// The application database and the named connector connections.
 #[derive(Debug)]
 pub struct Databases {
-    app: Option<Conn>,
-    connectors: BTreeMap<String, Conn>,
+    app: Option<Arc<Conn>>,
+    connectors: Arc<BTreeMap<String, Conn>>,
     limits: DbLimits,
+    /// When set, every application-database statement runs inside this
+    /// transaction instead of on a connection of its own.
+    transaction: Option<Arc<Transaction>>,
 }
 
 #[derive(Debug)]
@@ -151,7 +161,7 @@ impl Databases {
         limits: DbLimits,
     ) -> Result<Databases, DbConfigError> {
         let app = app_url
-            .map(|url| Conn::new(url, "application database", !limits.read_only, &limits))
+            .map(|url| Conn::new(url, "application database", !limits.read_only, &limits).map(Arc::new))
             .transpose()?;
         let mut map = BTreeMap::new();
         for (token, url) in connectors {
@@ -160,9 +170,33 @@ impl Databases {
         }
         Ok(Databases {
             app,
-            connectors: map,
+            connectors: Arc::new(map),
             limits,
+            transaction: None,
         })
+    }
+
+    /// The same databases, except that every application-database statement
+    /// runs on one connection inside one transaction (begun at the first
+    /// statement), shared by every run given the returned handle's
+    /// databases; [`Transaction::finish`] commits or rolls it back, and
+    /// dropping it unfinished rolls back. Connectors stay outside it.
+    pub fn in_transaction(&self) -> (Databases, Arc<Transaction>) {
+        let transaction = Arc::new(Transaction::new(self.limits.clone()));
+        let databases = Databases {
+            app: self.app.clone(),
+            connectors: Arc::clone(&self.connectors),
+            limits: self.limits.clone(),
+            transaction: Some(Arc::clone(&transaction)),
+        };
+        (databases, transaction)
+    }
+
+    /// The shared transaction `conn`'s statements run in, if any (only the
+    /// application database's).
+    fn transaction_for(&self, conn: &Conn) -> Option<&Transaction> {
+        let is_app = self.app.as_deref().is_some_and(|app| std::ptr::eq(app, conn));
+        self.transaction.as_deref().filter(|_| is_app)
     }
 
     /// The limits every statement runs under.
@@ -176,7 +210,7 @@ impl Databases {
     }
 
     fn app(&self, command: &str) -> Result<&Conn, HostError> {
-        self.app.as_ref().ok_or_else(|| {
+        self.app.as_deref().ok_or_else(|| {
             HostError::script(
                 ErrorKind::CapabilityDenied,
                 format!(
@@ -255,6 +289,13 @@ impl Conn {
     }
 
     async fn pool(&self, limits: &DbLimits) -> Result<Pool, String> {
+        // The host call's span (runtime `effects.rs`) names the database
+        // system: never the URL, which may hold a password or a token.
+        let system = match &self.target {
+            Target::Sqlite(_) => "sqlite",
+            Target::Postgres(_) => "postgresql",
+        };
+        tracing::Span::current().record("db.system", system);
         let pool = self
             .pool
             .get_or_try_init(|| async {
@@ -326,12 +367,27 @@ fn restrict_sqlite(db: std::ptr::NonNull<libsqlite3_sys::sqlite3>, max_len: usiz
     }
 }
 
+/// Whether an `SQLite` connection is inside a transaction (not in autocommit mode).
+#[allow(unsafe_code)]
+fn sqlite_in_transaction(db: std::ptr::NonNull<libsqlite3_sys::sqlite3>) -> bool {
+    // SAFETY: as in `restrict_sqlite`: the live handle, its worker lock held;
+    // `sqlite3_get_autocommit` only reads a flag.
+    unsafe { libsqlite3_sys::sqlite3_get_autocommit(db.as_ptr()) == 0 }
+}
+
 /// A released `SQLite` connection: remove the statement deadline and drop
 /// the temporary objects a script created. `false` (close the connection)
 /// when that fails.
 async fn sqlite_reset(conn: &mut sqlx::SqliteConnection) -> bool {
     match conn.lock_handle().await {
-        Ok(mut h) => h.remove_progress_handler(),
+        Ok(mut h) => {
+            h.remove_progress_handler();
+            if sqlite_in_transaction(h.as_raw_handle()) {
+                // A shared transaction whose rollback did not happen: never
+                // hand its uncommitted writes to another run.
+                return false;
+            }
+        }
         Err(_) => return false,
     }
     let temp: Vec<(String, String)> =
@@ -856,6 +912,12 @@ enum Want {
 /// write other files on `SQLite`) anywhere outside quotes and comments —
 /// every statement of a multi-statement text counts.
 fn attaches(sql: &str) -> bool {
+    uses_keyword(sql, &["ATTACH", "DETACH", "VACUUM"])
+}
+
+/// Whether one of `words` (upper case) occurs as a word of the SQL outside
+/// quotes and comments.
+fn uses_keyword(sql: &str, words: &[&str]) -> bool {
     let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -877,7 +939,7 @@ fn attaches(sql: &str) -> bool {
                 i += 1;
             }
             let word = sql[start..i].to_ascii_uppercase();
-            if matches!(word.as_str(), "ATTACH" | "DETACH" | "VACUUM") {
+            if words.contains(&word.as_str()) {
                 return true;
             }
         } else {
@@ -895,9 +957,10 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
         .map_err(|e| db_error(command, format!("{}: {e}", conn.label)))?;
     let started = Instant::now();
     let work = async {
-        match &pool {
-            Pool::Sqlite(p) => run_sqlite(p, want, &q, limits).await,
-            Pool::Postgres(p) => run_postgres(p, want, &q, limits).await,
+        match (&pool, db.transaction_for(conn)) {
+            (pool, Some(transaction)) => transaction.run(pool, want, &q).await,
+            (Pool::Sqlite(p), None) => run_sqlite(p, want, &q, limits).await,
+            (Pool::Postgres(p), None) => run_postgres(p, want, &q, limits).await,
         }
     };
     match tokio::time::timeout(limits.statement_timeout, work).await {
@@ -1015,11 +1078,22 @@ async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
 
 async fn run_sqlite(pool: &SqlitePool, want: Want, q: &Sql, limits: &DbLimits) -> Result<Value, Failure> {
     refuse_attach(q)?;
-    let sql = q.render(Dialect::Sqlite);
     let mut c = pool.acquire().await?;
+    sqlite_statement(&mut c, want, q, limits).await
+}
+
+/// One statement on an `SQLite` connection, under its deadline.
+async fn sqlite_statement(
+    c: &mut sqlx::SqliteConnection,
+    want: Want,
+    q: &Sql,
+    limits: &DbLimits,
+) -> Result<Value, Failure> {
+    let sql = q.render(Dialect::Sqlite);
     // Interrupt the statement at its deadline on the worker thread itself
     // (a timer alone would leave it running and the connection busy). The
-    // pool's `after_release` removes the handler.
+    // pool's `after_release` removes the handler (a shared transaction
+    // removes it after each statement).
     let deadline = Instant::now() + limits.statement_timeout;
     c.lock_handle()
         .await?
@@ -1113,14 +1187,27 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Untyped<'_> {
 }
 
 async fn run_postgres(pool: &PgPool, want: Want, q: &Sql, limits: &DbLimits) -> Result<Value, Failure> {
-    let sql = q.render(Dialect::Postgres);
     let mut tx = pool.begin().await?;
     if limits.read_only {
         tx.execute("SET TRANSACTION READ ONLY").await?;
     }
+    tx.execute(pg_statement_timeout(limits).as_str()).await?;
+    let value = pg_statement(&mut tx, want, q, limits).await?;
+    tx.commit().await?;
+    Ok(value)
+}
+
+/// `SET LOCAL statement_timeout`: the server cancels a statement at its
+/// deadline (until the end of the current transaction).
+fn pg_statement_timeout(limits: &DbLimits) -> String {
     let ms = limits.statement_timeout.as_millis().max(1);
-    tx.execute(format!("SET LOCAL statement_timeout = {ms}").as_str())
-        .await?;
+    format!("SET LOCAL statement_timeout = {ms}")
+}
+
+/// One statement on a `PostgreSQL` connection inside a transaction whose
+/// `statement_timeout` is set.
+async fn pg_statement(tx: &mut sqlx::PgConnection, want: Want, q: &Sql, limits: &DbLimits) -> Result<Value, Failure> {
+    let sql = q.render(Dialect::Postgres);
     let rows = match want {
         Want::Rows => true,
         Want::Count => false,
@@ -1188,7 +1275,6 @@ async fn run_postgres(pool: &PgPool, want: Want, q: &Sql, limits: &DbLimits) -> 
         let done = query.execute(&mut *tx).await?;
         count_value(want, done.rows_affected())
     };
-    tx.commit().await?;
     Ok(value)
 }
 

@@ -489,6 +489,11 @@ impl Outbound {
         let port = url
             .port_or_known_default()
             .ok_or_else(|| err(name, ErrorKind::ValueError, format!("{url} has no port")))?;
+        // The host call's span (runtime `effects.rs`) names where it went
+        // (after redirects, the last hop): host and port, never the path or query.
+        let span = tracing::Span::current();
+        span.record("server.address", host.as_str());
+        span.record("server.port", port);
         let addr = self.resolve(name, url, &host, port).await?;
         let stream = TcpStream::connect(addr).await.map_err(|e| transport(&e))?;
         let _ = stream.set_nodelay(true);

@@ -1,0 +1,214 @@
+//! Three `avap serve` processes sharing the machine's real `PostgreSQL` and
+//! Redis, as a cluster behind a load balancer would: a script stored
+//! through one node runs on the others, an update reaches every node within
+//! a second, and one rate limit holds across the nodes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod support;
+
+use support::{PgDatabase, Reply, Server, avap, fresh_dir};
+
+const V1: &str = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
+const V2: &str = "addParam(name, who)\nmessage = \"Howdy, \" + who\naddResult(message)\n";
+
+struct Cluster {
+    nodes: Vec<Server>,
+    admin: String,
+    db: PgDatabase,
+}
+
+/// A unique Redis key namespace, so parallel tests and earlier runs never meet.
+fn redis_prefix(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("avaptest-{tag}-{}-{nanos}", std::process::id())
+}
+
+fn node(dir: &Path, db: &PgDatabase, prefix: &str, rate: (&str, &str)) -> Server {
+    let data_dir = dir.to_path_buf();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--require-api-key", "--data-dir"])
+        .arg(&data_dir)
+        .env("AVAP_DATABASE_URL", &db.url)
+        .env("AVAP_REDIS_URL", "redis://127.0.0.1:6379")
+        .env("AVAP_REDIS_PREFIX", prefix)
+        .env("AVAP_RATE_LIMIT", rate.0)
+        .env("AVAP_RATE_BURST", rate.1);
+    Server::spawn(cmd, data_dir)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Three nodes on one fresh `PostgreSQL` database and one Redis namespace,
+/// sharing one signing key (as a Kubernetes Secret would give them).
+fn cluster(tag: &str, rate: (&str, &str)) -> Cluster {
+    let db = PgDatabase::create(tag);
+    let prefix = redis_prefix(tag);
+    let root = fresh_dir(tag);
+    let first = node(&root.join("node1"), &db, &prefix, rate);
+    let mut nodes = vec![first];
+    for n in 2..=3 {
+        let dir = root.join(format!("node{n}"));
+        copy_dir(&root.join("node1/keys"), &dir.join("keys"));
+        nodes.push(node(&dir, &db, &prefix, rate));
+    }
+    let admin = avap(&["apikey", "create", "--scope", "admin", "--database-url", &db.url])
+        .trim()
+        .to_owned();
+    Cluster { nodes, admin, db }
+}
+
+fn with_key(server: &Server, key: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
+    let auth = format!("Bearer {key}");
+    let text = body.map(Value::to_string);
+    server.request_with_headers(
+        method,
+        path,
+        &[("Authorization", &auth)],
+        text.as_deref().map(|t| ("application/json", t)),
+    )
+}
+
+fn greet(server: &Server, key: &str) -> Reply {
+    with_key(server, key, "GET", "/api/v1/run/greet?name=Ana", None)
+}
+
+fn message(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["result"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_script_stored_on_one_node_runs_and_updates_everywhere() {
+    let c = cluster("update", ("0", "1"));
+    let [n1, n2, n3] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
+    let stored = with_key(
+        n1,
+        &c.admin,
+        "POST",
+        "/api/v1/scripts",
+        Some(&json!({"name": "greet", "source": V1})),
+    );
+    assert_eq!(stored.status, 201, "{}", stored.body);
+    for n in [n2, n3] {
+        assert_eq!(message(&greet(n, &c.admin)), "Hello, Ana");
+    }
+    // Node 1 caches v1 too, so the update must reach its cache.
+    assert_eq!(message(&greet(n1, &c.admin)), "Hello, Ana");
+
+    let updated = with_key(
+        n2,
+        &c.admin,
+        "POST",
+        "/api/v1/scripts",
+        Some(&json!({"name": "greet", "source": V2})),
+    );
+    assert_eq!(updated.status, 201, "{}", updated.body);
+    let changed = Instant::now();
+    for n in [n1, n3] {
+        loop {
+            let now = message(&greet(n, &c.admin));
+            if now == "Howdy, Ana" {
+                break;
+            }
+            assert_eq!(now, "Hello, Ana", "only the old or the new version");
+            assert!(
+                changed.elapsed() < Duration::from_secs(1),
+                "node {} still runs the old version a second after the update",
+                n.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let seen_within = changed.elapsed();
+    assert!(seen_within < Duration::from_secs(1), "{seen_within:?}");
+    eprintln!("nodes 1 and 3 ran the new version {seen_within:?} after the update on node 2");
+    // Every node shows the same registry.
+    for n in [n1, n2, n3] {
+        let shown = with_key(n, &c.admin, "GET", "/api/v1/scripts/greet", None);
+        assert_eq!(shown.json()["version"], 2, "{}", shown.body);
+    }
+}
+
+#[test]
+fn one_rate_limit_holds_across_nodes() {
+    // 1 request per second after a burst of 12, for each API key.
+    let c = cluster("ratelimit", ("1", "12"));
+    let key = avap(&["apikey", "create", "--scope", "execute", "--database-url", &c.db.url])
+        .trim()
+        .to_owned();
+    // A key is charged to its own budget once a node has verified it; each
+    // node's first request with it is charged to the client's address.
+    for node in &c.nodes {
+        let r = with_key(node, &key, "GET", "/api/v1/scripts", None);
+        assert_eq!(r.status, 403, "an execute key may not list scripts: {}", r.body);
+    }
+    let started = Instant::now();
+    let mut allowed = 0_u64;
+    let mut limited = 0_u64;
+    for i in 0..30 {
+        let node = &c.nodes[i % 3];
+        let r = with_key(
+            node,
+            &key,
+            "POST",
+            "/api/v1/execute",
+            Some(&json!({"script": "x = 1\naddResult(x)\n"})),
+        );
+        match r.status {
+            200 => allowed += 1,
+            429 => limited += 1,
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    let refill = started.elapsed().as_secs() + 1;
+    // Three separate limiters would have let all 30 through (12 each).
+    assert!(
+        allowed <= 12 + refill,
+        "{allowed} allowed in {:?} across three nodes",
+        started.elapsed()
+    );
+    assert!(limited >= 30 - 12 - refill, "{limited} limited");
+    // Another key has its own budget.
+    let r = with_key(
+        &c.nodes[0],
+        &c.admin,
+        "POST",
+        "/api/v1/execute",
+        Some(&json!({"script": "x = 1\naddResult(x)\n"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Made-up key ids do not get fresh budgets: they are charged to the
+    // address, whose budget runs out too.
+    let statuses: Vec<u16> = (0..20)
+        .map(|i| {
+            let forged = format!("avap_{:08x}_x", 0xdead_0000_u32 + i);
+            with_key(
+                &c.nodes[0],
+                &forged,
+                "POST",
+                "/api/v1/execute",
+                Some(&json!({"script": "x = 1\naddResult(x)\n"})),
+            )
+            .status
+        })
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    assert!(statuses.contains(&429), "forged ids escaped the limit: {statuses:?}");
+}
