@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod support;
 
@@ -71,19 +71,8 @@ fn cluster(tag: &str, rate: (&str, &str)) -> Cluster {
     Cluster { nodes, admin, db }
 }
 
-fn with_key(server: &Server, key: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
-    let auth = format!("Bearer {key}");
-    let text = body.map(Value::to_string);
-    server.request_with_headers(
-        method,
-        path,
-        &[("Authorization", &auth)],
-        text.as_deref().map(|t| ("application/json", t)),
-    )
-}
-
 fn greet(server: &Server, key: &str) -> Reply {
-    with_key(server, key, "GET", "/api/v1/run/greet?name=Ana", None)
+    server.as_key(key, "GET", "/api/v1/run/greet?name=Ana", None)
 }
 
 fn message(reply: &Reply) -> String {
@@ -98,8 +87,7 @@ fn message(reply: &Reply) -> String {
 fn a_script_stored_on_one_node_runs_and_updates_everywhere() {
     let c = cluster("update", ("0", "1"));
     let [n1, n2, n3] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
-    let stored = with_key(
-        n1,
+    let stored = n1.as_key(
         &c.admin,
         "POST",
         "/api/v1/scripts",
@@ -112,8 +100,7 @@ fn a_script_stored_on_one_node_runs_and_updates_everywhere() {
     // Node 1 caches v1 too, so the update must reach its cache.
     assert_eq!(message(&greet(n1, &c.admin)), "Hello, Ana");
 
-    let updated = with_key(
-        n2,
+    let updated = n2.as_key(
         &c.admin,
         "POST",
         "/api/v1/scripts",
@@ -141,7 +128,7 @@ fn a_script_stored_on_one_node_runs_and_updates_everywhere() {
     eprintln!("nodes 1 and 3 ran the new version {seen_within:?} after the update on node 2");
     // Every node shows the same registry.
     for n in [n1, n2, n3] {
-        let shown = with_key(n, &c.admin, "GET", "/api/v1/scripts/greet", None);
+        let shown = n.as_key(&c.admin, "GET", "/api/v1/scripts/greet", None);
         assert_eq!(shown.json()["version"], 2, "{}", shown.body);
     }
 }
@@ -156,7 +143,7 @@ fn one_rate_limit_holds_across_nodes() {
     // A key is charged to its own budget once a node has verified it; each
     // node's first request with it is charged to the client's address.
     for node in &c.nodes {
-        let r = with_key(node, &key, "GET", "/api/v1/scripts", None);
+        let r = node.as_key(&key, "GET", "/api/v1/scripts", None);
         assert_eq!(r.status, 403, "an execute key may not list scripts: {}", r.body);
     }
     let started = Instant::now();
@@ -164,8 +151,7 @@ fn one_rate_limit_holds_across_nodes() {
     let mut limited = 0_u64;
     for i in 0..30 {
         let node = &c.nodes[i % 3];
-        let r = with_key(
-            node,
+        let r = node.as_key(
             &key,
             "POST",
             "/api/v1/execute",
@@ -186,8 +172,7 @@ fn one_rate_limit_holds_across_nodes() {
     );
     assert!(limited >= 30 - 12 - refill, "{limited} limited");
     // Another key has its own budget.
-    let r = with_key(
-        &c.nodes[0],
+    let r = c.nodes[0].as_key(
         &c.admin,
         "POST",
         "/api/v1/execute",
@@ -199,14 +184,14 @@ fn one_rate_limit_holds_across_nodes() {
     let statuses: Vec<u16> = (0..20)
         .map(|i| {
             let forged = format!("avap_{:08x}_x", 0xdead_0000_u32 + i);
-            with_key(
-                &c.nodes[0],
-                &forged,
-                "POST",
-                "/api/v1/execute",
-                Some(&json!({"script": "x = 1\naddResult(x)\n"})),
-            )
-            .status
+            c.nodes[0]
+                .as_key(
+                    &forged,
+                    "POST",
+                    "/api/v1/execute",
+                    Some(&json!({"script": "x = 1\naddResult(x)\n"})),
+                )
+                .status
         })
         .collect();
     assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");

@@ -8,25 +8,14 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod support;
 
-use support::{Cuttable, PgDatabase, Reply, Server, avap, fresh_dir};
+use support::{Cuttable, PgDatabase, Server, avap, fresh_dir};
 
 const V1: &str = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
 const V2: &str = "addParam(name, who)\nmessage = \"Howdy, \" + who\naddResult(message)\n";
-
-fn call(server: &Server, key: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
-    let auth = format!("Bearer {key}");
-    let text = body.map(Value::to_string);
-    server.request_with_headers(
-        method,
-        path,
-        &[("Authorization", &auth)],
-        text.as_deref().map(|t| ("application/json", t)),
-    )
-}
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -54,8 +43,7 @@ fn cached_scripts_keep_running_and_writes_fail_cleanly_while_the_database_is_awa
         .trim()
         .to_owned();
     for (name, source) in [("greet", V1), ("other", V1)] {
-        let r = call(
-            &node,
+        let r = node.as_key(
             &admin,
             "POST",
             "/api/v1/scripts",
@@ -63,7 +51,7 @@ fn cached_scripts_keep_running_and_writes_fail_cleanly_while_the_database_is_awa
         );
         assert_eq!(r.status, 201, "{}", r.body);
     }
-    let greet = || call(&node, &admin, "GET", "/api/v1/run/greet?name=Ana", None);
+    let greet = || node.as_key(&admin, "GET", "/api/v1/run/greet?name=Ana", None);
     assert_eq!(greet().json()["result"]["message"], "Hello, Ana");
 
     link.cut();
@@ -88,7 +76,7 @@ fn cached_scripts_keep_running_and_writes_fail_cleanly_while_the_database_is_awa
         ("DELETE", "/api/v1/scripts/other", None),
         ("GET", "/api/v1/run/other?name=Bo", None),
     ] {
-        let r = call(&node, &admin, method, path, body.as_ref());
+        let r = node.as_key(&admin, method, path, body.as_ref());
         assert_eq!(
             r.error_kind(),
             (503, "DatabaseUnavailable".to_owned()),
@@ -111,18 +99,17 @@ fn cached_scripts_keep_running_and_writes_fail_cleanly_while_the_database_is_awa
         node.get("/api/v1/health").json()["status"] == "ok"
     });
     // Nothing of the refused writes is there; everything else is.
-    assert_eq!(call(&node, &admin, "GET", "/api/v1/scripts/fresh", None).status, 404);
+    assert_eq!(node.as_key(&admin, "GET", "/api/v1/scripts/fresh", None).status, 404);
     let greet_versions = db.query("SELECT COUNT(*) FROM script_versions WHERE name = 'greet'");
     assert_eq!(greet_versions, "1");
     assert_eq!(db.query("SELECT COUNT(*) FROM scripts WHERE name = 'other'"), "1");
-    let r = call(
-        &node,
+    let r = node.as_key(
         &admin,
         "POST",
         "/api/v1/scripts",
         Some(&json!({"name": "fresh", "source": V2})),
     );
     assert_eq!(r.status, 201, "writes work again: {}", r.body);
-    let r = call(&node, &admin, "GET", "/api/v1/run/other?name=Bo", None);
+    let r = node.as_key(&admin, "GET", "/api/v1/run/other?name=Bo", None);
     assert_eq!(r.json()["result"]["message"], "Hello, Bo");
 }

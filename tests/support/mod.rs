@@ -391,6 +391,21 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+impl Server {
+    /// One request as the holder of API key `key` (`Authorization: Bearer`),
+    /// with an optional JSON body.
+    pub fn as_key(&self, key: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let auth = format!("Bearer {key}");
+        let text = body.map(Value::to_string);
+        self.request_with_headers(
+            method,
+            path,
+            &[("Authorization", &auth)],
+            text.as_deref().map(|t| ("application/json", t)),
+        )
+    }
+}
+
 /// `avap ARGS…`, which must succeed; its stdout.
 pub fn avap(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_avap"))
