@@ -111,7 +111,10 @@ step "settings files through avap serve --print-config"
 
 step "the image's command under a read-only root (there is no Docker engine here)"
 if unshare --mount --propagation private true 2>/dev/null && command -v setpriv >/dev/null 2>&1; then
-    "$PY" deploy/tests/image_run.py --avap "$AVAP" --scratch "$CARGO_TARGET_DIR"
+    # Scratch space outside /tmp (covered by a tmpfs in the check's namespace).
+    scratch=$(mktemp -d /var/tmp/avap-image-check.XXXXXX)
+    "$PY" deploy/tests/image_run.py --avap "$AVAP" --scratch "$scratch"
+    rm -rf "$scratch"
 else
     echo "private mount namespaces (unshare) are NOT available here: skipped"
 fi

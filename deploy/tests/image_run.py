@@ -51,9 +51,13 @@ set -euo pipefail
 # The log directory stays writable: a mount of its own before / turns read-only.
 mount --bind "$LOG_DIR" "$LOG_DIR"
 mount -o remount,bind,ro /
-mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
+# The binary under test is bound onto the entrypoint path before /tmp is
+# covered: it may live under /tmp (a CARGO_TARGET_DIR there), which the
+# tmpfs would hide from a symlink.
 mount -t tmpfs -o size=1m tmpfs /usr/local/bin
-ln -s "$AVAP_UNDER_TEST" "$ENTRYPOINT_PATH"
+touch "$ENTRYPOINT_PATH"
+mount --bind "$AVAP_UNDER_TEST" "$ENTRYPOINT_PATH"
+mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp
 mount -t tmpfs -o size=256m tmpfs "$VOLUME_PARENT"
 mkdir -p "$VOLUME"
 chown "$IMAGE_USER" "$VOLUME"
