@@ -208,13 +208,14 @@ pub fn restore(args: &RestoreArgs) -> Result<ExitCode> {
     let contents = backup::read(reader).with_context(|| format!("{} is not a usable backup", args.input.display()))?;
     block_on(async {
         let store = args.database.open().await?;
-        if !args.replace && !backup::is_empty(&store).await? {
+        if !args.replace && !store.is_empty().await? {
             bail!(
                 "the database already holds scripts, API keys or audit rows; \
                  restore into an empty database, or pass --replace to overwrite them"
             );
         }
-        let summary = backup::restore(&store, &contents, args.replace).await?;
+        store.restore(&contents, args.replace).await?;
+        let summary = BackupSummary::of(&contents);
         store.close().await;
         eprintln!(
             "restored: {}. Restart running servers (or let their caches expire) to see it.",

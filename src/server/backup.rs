@@ -225,20 +225,16 @@ fn check_version(version: &VersionRecord) -> Result<()> {
     Ok(())
 }
 
-/// Whether `store` holds nothing a restore would overwrite.
-pub async fn is_empty(store: &Store) -> Result<bool> {
-    store.is_empty().await
-}
-
-/// Write checked `contents` into `store` in one transaction.
-pub async fn restore(store: &Store, contents: &Contents, replace: bool) -> Result<BackupSummary> {
-    store.restore(contents, replace).await?;
-    Ok(BackupSummary {
-        scripts: contents.scripts.len(),
-        versions: contents.versions.len(),
-        api_keys: contents.api_keys.len(),
-        audit_rows: contents.audit.len(),
-    })
+impl BackupSummary {
+    /// What `contents` holds.
+    pub fn of(contents: &Contents) -> BackupSummary {
+        BackupSummary {
+            scripts: contents.scripts.len(),
+            versions: contents.versions.len(),
+            api_keys: contents.api_keys.len(),
+            audit_rows: contents.audit.len(),
+        }
+    }
 }
 
 /// `serde(with)` for artifact bytes: standard base64 in JSON.
@@ -310,8 +306,8 @@ mod tests {
             (2, 3, 1, 3)
         );
         let copy = Store::in_memory().await.unwrap();
-        assert!(is_empty(&copy).await.unwrap());
-        restore(&copy, &contents, false).await.unwrap();
+        assert!(copy.is_empty().await.unwrap());
+        copy.restore(&contents, false).await.unwrap();
         assert_eq!(copy.current("a").await.unwrap().unwrap().source, "x = 2");
         assert_eq!(copy.versions("a").await.unwrap().len(), 2);
         assert_eq!(copy.api_key("0000abcd").await.unwrap().unwrap().key_hash, "h");

@@ -595,8 +595,11 @@ fn load_error(e: LoadError, doing: &'static str) -> ApiError {
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     let shared_limit = state.shared.cluster.as_ref().map(|c| c.rate_limit.clone());
-    let protect = protect::Protect::new(state.config().protect.clone(), shared_limit)
-        .with_known_keys(state.shared.api_keys.clone());
+    let protect = protect::Protect::new(
+        state.config().protect.clone(),
+        shared_limit,
+        Some(state.shared.api_keys.clone()),
+    );
     Router::new()
         .route("/api/v1/execute", post(execute::execute))
         .route("/api/v1/execute/batch", post(batch::execute_batch))

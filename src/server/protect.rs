@@ -89,38 +89,20 @@ struct Inner {
 
 impl Protect {
     /// The middleware state; the rate limit goes through Redis when
-    /// `shared` is given (this node's buckets are the fallback).
-    pub fn new(config: ProtectConfig, shared: Option<SharedLimit>) -> Protect {
+    /// `shared` is given (this node's buckets are the fallback). With
+    /// `known_keys`, requests with a key that cache knows as valid are
+    /// charged to that key (each key its own budget); every other request
+    /// to its peer address.
+    pub fn new(config: ProtectConfig, shared: Option<SharedLimit>, known_keys: Option<Arc<ApiKeyCache>>) -> Protect {
         Protect {
             inner: Arc::new(Inner {
                 shared,
-                known_keys: None,
+                known_keys,
                 hsts: (config.hsts_max_age > 0)
                     .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
                     .and_then(|v| HeaderValue::try_from(v).ok()),
                 config,
                 limiter: Mutex::new(Limiter::new(Instant::now())),
-            }),
-        }
-    }
-
-    /// Charge requests with a key this cache knows as valid to that key
-    /// (each key its own budget); every other request to its peer address.
-    pub fn with_known_keys(self, keys: Arc<ApiKeyCache>) -> Protect {
-        let Inner {
-            config,
-            hsts,
-            limiter,
-            shared,
-            known_keys: _,
-        } = Arc::into_inner(self.inner).expect("configured before it is shared");
-        Protect {
-            inner: Arc::new(Inner {
-                config,
-                hsts,
-                limiter,
-                shared,
-                known_keys: Some(keys),
             }),
         }
     }
@@ -562,6 +544,7 @@ mod tests {
                 ..ProtectConfig::default()
             },
             Some(shared),
+            None,
         );
         let mut verdicts = Vec::new();
         for _ in 0..3 {

@@ -243,7 +243,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RedisError> {
     parse_at(buf, 0, 0)
 }
 
-fn parse_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, RedisError> {
+/// A reply's type byte, its header line, and the offset just past the line.
+type Header<'a> = (u8, &'a [u8], usize);
+
+/// The header of the reply starting at `at`; `None` while the line is
+/// incomplete. Shared by the parser and the framer, so both accept exactly
+/// the same replies.
+fn header_at(buf: &[u8], at: usize) -> Result<Option<Header<'_>>, RedisError> {
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
@@ -252,7 +258,11 @@ fn parse_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)
             "unknown reply type byte 0x{kind:02x} (RESP3 is not spoken here)"
         )));
     }
-    let Some((line, next)) = line_at(buf, at + 1)? else {
+    Ok(line_at(buf, at + 1)?.map(|(line, next)| (kind, line, next)))
+}
+
+fn parse_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, RedisError> {
+    let Some((kind, line, next)) = header_at(buf, at)? else {
         return Ok(None);
     };
     let text = |line: &[u8]| {
@@ -368,15 +378,7 @@ impl Framer {
         loop {
             let at = self.scanned;
             self.wanted = at + 1;
-            let Some(&kind) = buf.get(at) else {
-                return Ok(None);
-            };
-            if !b"+-:$*".contains(&kind) {
-                return Err(RedisError::Protocol(format!(
-                    "unknown reply type byte 0x{kind:02x} (RESP3 is not spoken here)"
-                )));
-            }
-            let Some((line, next)) = line_at(buf, at + 1)? else {
+            let Some((kind, line, next)) = header_at(buf, at)? else {
                 return Ok(None);
             };
             let end = match kind {

@@ -582,7 +582,7 @@ impl Store {
             at: at.clone(),
             ..AuditRow::new(actor, "store", "ok")
         };
-        insert_audit(&mut tx, &row).await?;
+        insert_audit(&mut tx, &[AuditValues::from(&row)]).await?;
         tx.commit().await?;
         Ok(Put::Created(VersionMeta {
             version,
@@ -622,7 +622,7 @@ impl Store {
             artifact_sha256: Some(artifact_sha256),
             ..AuditRow::new(actor, "delete", "ok")
         };
-        insert_audit(&mut tx, &row).await?;
+        insert_audit(&mut tx, &[AuditValues::from(&row)]).await?;
         tx.commit().await?;
         Ok(deleted > 0)
     }
@@ -657,27 +657,91 @@ impl Store {
             artifact_sha256: Some(artifact_sha256),
             ..AuditRow::new(actor, "rollback", "ok")
         };
-        insert_audit(&mut tx, &row).await?;
+        insert_audit(&mut tx, &[AuditValues::from(&row)]).await?;
         tx.commit().await?;
         Ok(Rollback::Done)
     }
 }
 
-async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &AuditRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&row.at)
-    .bind(&row.actor)
-    .bind(row.action)
-    .bind(&row.script)
-    .bind(row.version)
-    .bind(&row.artifact_sha256)
-    .bind(&row.outcome)
-    .bind(&row.request_id)
-    .execute(&mut **tx)
-    .await?;
+/// The columns of one `audit_log` row to insert, borrowed from a new
+/// [`AuditRow`] or a restored [`AuditEntry`] (whose id is not kept).
+struct AuditValues<'a> {
+    at: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    script: Option<&'a str>,
+    version: Option<i64>,
+    artifact_sha256: Option<&'a str>,
+    outcome: &'a str,
+    request_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a AuditRow> for AuditValues<'a> {
+    fn from(r: &'a AuditRow) -> Self {
+        AuditValues {
+            at: &r.at,
+            actor: &r.actor,
+            action: r.action,
+            script: r.script.as_deref(),
+            version: r.version,
+            artifact_sha256: r.artifact_sha256.as_deref(),
+            outcome: &r.outcome,
+            request_id: r.request_id.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a AuditEntry> for AuditValues<'a> {
+    fn from(r: &'a AuditEntry) -> Self {
+        AuditValues {
+            at: &r.at,
+            actor: &r.actor,
+            action: &r.action,
+            script: r.script.as_deref(),
+            version: r.version,
+            artifact_sha256: r.artifact_sha256.as_deref(),
+            outcome: &r.outcome,
+            request_id: r.request_id.as_deref(),
+        }
+    }
+}
+
+/// Insert audit rows inside `tx`, in order: the one place that writes
+/// `audit_log` (registry changes, the run-row writer, restores). One
+/// multi-row INSERT per chunk: a statement is a round trip to the database,
+/// and run rows arrive by the thousand.
+async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[AuditValues<'_>]) -> Result<(), sqlx::Error> {
+    const ROWS_PER_STATEMENT: usize = 64; // 8 parameters each, well under every backend's cap
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        // Placeholders written out as `$N`: sqlx's QueryBuilder writes `?`
+        // for the Any driver, which PostgreSQL does not accept.
+        let mut sql = String::from(
+            "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for column in 1..=8 {
+                let _ = write!(sql, "{}${}", if column > 1 { ", " } else { "" }, i * 8 + column);
+            }
+            sql.push(')');
+        }
+        let mut insert = sqlx::query(&sql);
+        for row in chunk {
+            insert = insert
+                .bind(row.at)
+                .bind(row.actor)
+                .bind(row.action)
+                .bind(row.script)
+                .bind(row.version)
+                .bind(row.artifact_sha256)
+                .bind(row.outcome)
+                .bind(row.request_id);
+        }
+        insert.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -713,48 +777,9 @@ fn audit_entry(
 impl Store {
     /// Write `rows` in one transaction: all or none.
     pub async fn append_audit(&self, rows: &[AuditRow]) -> Result<()> {
-        // One multi-row INSERT per chunk: a statement is a round trip to the
-        // database's worker thread, and runs arrive by the thousand.
-        const ROWS_PER_STATEMENT: usize = 64; // 8 parameters each, well under every backend's cap
+        let values: Vec<AuditValues<'_>> = rows.iter().map(AuditValues::from).collect();
         let mut tx = self.begin_write().await?;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            // Placeholders written out as `$N`: sqlx's QueryBuilder writes
-            // `?` for the Any driver, which PostgreSQL does not accept.
-            let mut sql = String::from(
-                "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let n = i * 8;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let _ = write!(
-                    sql,
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7,
-                    n + 8
-                );
-            }
-            let mut insert = sqlx::query(&sql);
-            for row in chunk {
-                insert = insert
-                    .bind(&row.at)
-                    .bind(&row.actor)
-                    .bind(row.action)
-                    .bind(&row.script)
-                    .bind(row.version)
-                    .bind(&row.artifact_sha256)
-                    .bind(&row.outcome)
-                    .bind(&row.request_id);
-            }
-            insert.execute(&mut *tx).await?;
-        }
+        insert_audit(&mut tx, &values).await?;
         tx.commit()
             .await
             .with_context(|| format!("cannot write {} audit rows", rows.len()))
@@ -908,23 +933,10 @@ impl Store {
             .await
             .with_context(|| format!("cannot restore API key {}", k.id))?;
         }
-        for a in &contents.audit {
-            sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&a.at)
-            .bind(&a.actor)
-            .bind(&a.action)
-            .bind(&a.script)
-            .bind(a.version)
-            .bind(&a.artifact_sha256)
-            .bind(&a.outcome)
-            .bind(&a.request_id)
-            .execute(&mut *tx)
+        let audit: Vec<AuditValues<'_>> = contents.audit.iter().map(AuditValues::from).collect();
+        insert_audit(&mut tx, &audit)
             .await
             .context("cannot restore the audit trail")?;
-        }
         tx.commit().await.context("cannot commit the restore")?;
         Ok(())
     }

@@ -278,6 +278,8 @@ pub struct PgDatabase {
     admin: String,
 }
 
+static STALE_DATABASES_SWEPT: std::sync::Once = std::sync::Once::new();
+
 impl PgDatabase {
     pub fn create(tag: &str) -> PgDatabase {
         let base =
@@ -298,7 +300,8 @@ impl PgDatabase {
             admin: format!("{base}/test"),
             name,
         };
-        db.drop_stale();
+        // Once per test process: listing the databases is a psql run of its own.
+        STALE_DATABASES_SWEPT.call_once(|| db.drop_stale());
         db.psql(&format!("CREATE DATABASE {}", db.name));
         db
     }
