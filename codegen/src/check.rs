@@ -134,12 +134,20 @@ pub fn check_file(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram
     }
     let mut diagnostics = cx.diags;
     diagnostics.sort_by_key(|d| (d.file, d.span.start, d.span.end));
-    CheckedProgram {
+    let mut checked = CheckedProgram {
         sources: cx.sources,
         programs: cx.programs,
         functions: cx.functions,
         diagnostics,
+    };
+    // The compile budget: a well-formed program is lowered (cheap) to find
+    // functions too large for Cranelift to compile within its budget, so
+    // `check` reports them like any other error, with their span.
+    if checked.error_count() == 0 {
+        let oversize = crate::lower::lower(&checked).oversize;
+        checked.diagnostics.extend(oversize);
     }
+    checked
 }
 
 struct Checker<'l> {

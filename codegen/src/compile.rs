@@ -24,7 +24,9 @@ pub struct Artifact {
 ///
 /// # Panics
 /// If `checked` has errors: callers check [`CheckedProgram::error_count`]
-/// first (the lowering assumes a well-formed tree).
+/// first (the lowering assumes a well-formed tree). `check_file` already
+/// refused programs beyond the compile budget (`lower::MAX_FUNCTION_BYTES`
+/// and its siblings), so what is compiled here fits it.
 pub fn compile(checked: &CheckedProgram, key: Option<&SigningKey>) -> Artifact {
     assert_eq!(checked.error_count(), 0, "compile() needs a program without errors");
     let lowered = lower(checked);

@@ -86,6 +86,9 @@ codes! {
     IncludeNotTopLevel = "E0063", Error, "an `include`/`import` inside a block or function";
     HandlerNotFunction = "E0070", Error, "a `registerEndpoint` handler or middleware that is not a function";
     BadMethod = "E0071", Error, "a `registerEndpoint` HTTP method that is not supported";
+    FunctionTooLarge = "E0080", Error, "a function, `go_async` block or top-level statement that compiles to more code than one function may hold";
+    TooManyVariables = "E0081", Error, "a function with more variables and parameters than one function may hold";
+    ProgramTooLarge = "E0082", Error, "a script that compiles to more code than the compile budget allows";
     UnknownCommand = "W0001", Warning, "a call to a name that is neither a command nor a function (a runtime `NameError`)";
     CommentLooksLikeFloorDivision = "W0002", Warning, "`//` after an operand starts a comment, not floor division";
     UnreachableCode = "W0003", Warning, "statements after `return` or `raise` in the same block";

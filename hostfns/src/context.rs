@@ -5,6 +5,7 @@
 //! reach anything that is not behind this trait.
 
 use crate::error::HostError;
+use crate::memory::MemoryBudget;
 use crate::value::Value;
 
 /// The HTTP request a script sees (`addParam`, `getQueryParamList`, routing).
@@ -48,6 +49,14 @@ pub trait HostContext {
     /// Charge `units` of fuel for host work (roughly one unit per byte or
     /// item touched). Fails with `FuelExhausted` when the budget is spent.
     fn charge(&mut self, units: u64) -> Result<(), HostError>;
+    /// What is left of the run's memory during this call: commands claim
+    /// what they are about to allocate from it first (see
+    /// [`crate::memory`]). For `variableToList` and `AddvariableToJSON`, its
+    /// net is what the target grew by.
+    fn memory(&mut self) -> &mut MemoryBudget;
+    /// The request and the memory budget at once (decoding a request value
+    /// claims memory while reading the request).
+    fn request_and_memory(&mut self) -> (&Request, &mut MemoryBudget);
     /// Record `value` under `key` in the response result (a snapshot).
     /// Fails with `OutputLimit` when the response would grow past its cap.
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError>;

@@ -31,7 +31,9 @@ pub mod context;
 #[cfg(feature = "effects")]
 pub mod effects;
 pub mod error;
+pub mod json;
 pub mod limits;
+pub mod memory;
 pub mod ops;
 pub mod signature;
 pub mod value;
@@ -39,5 +41,6 @@ pub mod value;
 pub use context::{Endpoint, HostContext, Request};
 pub use error::{AvapError, ErrorKind, HostError};
 pub use limits::{LimitHit, LimitKind};
+pub use memory::MemoryBudget;
 pub use signature::{Capability, CommandSig, ParamKind, Returns, command, commands};
 pub use value::{Dict, Value};

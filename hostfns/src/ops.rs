@@ -12,17 +12,24 @@
 //!   both have the same type and equal values (`None is None`, `1 is 1`;
 //!   `1 is 1.0` and `1 is True` are false).
 //! * `if()` comparators ([`if_compare`]) are not Python comparisons: see there.
+//!
+//! Operations that build strings, lists or copies take the run's
+//! [`MemoryBudget`] and claim what they are about to allocate before they
+//! allocate it (a claim past the budget is a `MemoryLimit`, which ends the
+//! run: see [`crate::memory`]). Error messages quote values with
+//! [`Value::repr_short`], so an error never costs more than a few hundred
+//! bytes.
 
 use std::cmp::Ordering;
 
 use crate::abi::{BinOp, BuiltinCode, IfCmp, UnOp};
-use crate::error::{AvapError, ErrorKind};
+use crate::error::{AvapError, ErrorKind, HostError};
+use crate::memory::{self, MemoryBudget};
 use crate::value::Value;
 
-/// Largest string or list (in approximate bytes) that `*` repetition builds.
-/// Larger results are refused with a `ValueError` before anything is
-/// allocated, so a script cannot make the host allocate without bound in one
-/// step (the runtime's memory accounting sees results only afterwards).
+/// Largest string or list (in bytes it would hold) that `*` repetition
+/// builds, whatever the memory limit: larger results are a catchable
+/// `ValueError`, raised before anything is allocated.
 pub const MAX_REPEAT_BYTES: usize = 64 * 1024 * 1024;
 
 type Result<T, E = AvapError> = std::result::Result<T, E>;
@@ -87,39 +94,44 @@ fn overflow<T>(op: BinOp, a: i64, b: i64) -> Result<T> {
 }
 
 /// Apply a binary or comparison operator. Comparisons yield `Value::Bool`.
-pub fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value> {
-    match op {
+pub fn binary(op: BinOp, a: &Value, b: &Value, mem: &mut MemoryBudget) -> Result<Value, HostError> {
+    Ok(match op {
         BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::FloorDiv | BinOp::Mod | BinOp::Pow => {
-            arithmetic(op, a, b)
+            return arithmetic(op, a, b, mem);
         }
-        BinOp::Eq => Ok(Value::Bool(py_eq(a, b))),
-        BinOp::NotEq => Ok(Value::Bool(!py_eq(a, b))),
-        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => ordering(op, a, b).map(Value::Bool),
-        BinOp::In => contains(b, a).map(Value::Bool),
-        BinOp::NotIn => contains(b, a).map(|found| Value::Bool(!found)),
-        BinOp::Is => Ok(Value::Bool(is_same(a, b))),
-        BinOp::IsNot => Ok(Value::Bool(!is_same(a, b))),
-    }
+        BinOp::Eq => Value::Bool(py_eq(a, b)),
+        BinOp::NotEq => Value::Bool(!py_eq(a, b)),
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => ordering(op, a, b).map(Value::Bool)?,
+        BinOp::In => contains(b, a).map(Value::Bool)?,
+        BinOp::NotIn => contains(b, a).map(|found| Value::Bool(!found))?,
+        BinOp::Is => Value::Bool(is_same(a, b)),
+        BinOp::IsNot => Value::Bool(!is_same(a, b)),
+    })
 }
 
-fn arithmetic(op: BinOp, a: &Value, b: &Value) -> Result<Value> {
+fn arithmetic(op: BinOp, a: &Value, b: &Value, mem: &mut MemoryBudget) -> Result<Value, HostError> {
     if let (Some(x), Some(y)) = (num(a), num(b)) {
-        return numeric(op, x, y);
+        return Ok(numeric(op, x, y)?);
     }
     match (op, a, b) {
         (BinOp::Add, Value::Str(x), Value::Str(y)) => {
-            let mut out = String::with_capacity(x.len() + y.len());
+            let len = x.len().saturating_add(y.len());
+            mem.claim_str(len)?;
+            let mut out = String::with_capacity(len);
             out.push_str(x);
             out.push_str(y);
             Ok(Value::Str(out))
         }
         (BinOp::Add, Value::List(x), Value::List(y)) => {
-            let mut out = Vec::with_capacity(x.len() + y.len());
-            out.extend(x.iter().cloned());
-            out.extend(y.iter().cloned());
+            let len = x.len().saturating_add(y.len());
+            mem.claim(memory::list_table(len))?;
+            let mut out = Vec::with_capacity(len);
+            for item in x.iter().chain(y) {
+                out.push(mem.clone_value(item)?.0);
+            }
             Ok(Value::List(out))
         }
-        (BinOp::Add, Value::Str(_) | Value::List(_), other) => err(
+        (BinOp::Add, Value::Str(_) | Value::List(_), other) => Ok(err(
             ErrorKind::TypeError,
             format!(
                 "can only concatenate {} (not \"{}\") to {}",
@@ -127,59 +139,71 @@ fn arithmetic(op: BinOp, a: &Value, b: &Value) -> Result<Value> {
                 other.type_name(),
                 a.type_name()
             ),
-        ),
+        )?),
         (BinOp::Mul, seq @ (Value::Str(_) | Value::List(_)), count)
         | (BinOp::Mul, count, seq @ (Value::Str(_) | Value::List(_))) => match count {
-            Value::Int(n) => repeat(seq, *n),
-            Value::Bool(b) => repeat(seq, i64::from(*b)),
-            other => err(
+            Value::Int(n) => repeat(seq, *n, mem),
+            Value::Bool(b) => repeat(seq, i64::from(*b), mem),
+            other => Ok(err(
                 ErrorKind::TypeError,
                 format!("can't multiply sequence by non-int of type '{}'", other.type_name()),
-            ),
+            )?),
         },
         _ => {
             let what = if op == BinOp::Pow { "** or pow()" } else { symbol(op) };
-            err(
+            Ok(err(
                 ErrorKind::TypeError,
                 format!(
                     "unsupported operand type(s) for {what}: '{}' and '{}'",
                     a.type_name(),
                     b.type_name()
                 ),
-            )
+            )?)
         }
     }
 }
 
-fn repeat(seq: &Value, count: i64) -> Result<Value> {
+fn repeat(seq: &Value, count: i64, mem: &mut MemoryBudget) -> Result<Value, HostError> {
     let times = usize::try_from(count).unwrap_or(0);
+    // What one repetition holds: the text, or the items' slots and buffers.
     let unit = match seq {
-        Value::Str(s) => s.len(),
-        Value::List(items) => items.iter().map(Value::heap_bytes).sum(),
+        Value::Str(s) => s.len() as u64,
+        Value::List(items) => items
+            .iter()
+            .map(|v| memory::VALUE_BYTES + v.footprint().bytes)
+            .sum(),
         _ => 0,
     };
-    if unit == 0 {
+    if unit == 0 || times == 0 {
         // Repeating nothing is nothing, however often.
         return Ok(match seq {
             Value::List(_) => Value::List(Vec::new()),
             _ => Value::Str(String::new()),
         });
     }
-    if unit.checked_mul(times).is_none_or(|total| total > MAX_REPEAT_BYTES) {
-        return err(
+    let total = unit.checked_mul(times as u64);
+    if total.is_none_or(|total| total > MAX_REPEAT_BYTES as u64) {
+        return Ok(err(
             ErrorKind::ValueError,
             format!(
                 "repetition result too large (over {} MiB)",
                 MAX_REPEAT_BYTES / (1024 * 1024)
             ),
-        );
+        )?);
     }
     Ok(match seq {
-        Value::Str(s) => Value::Str(s.repeat(times)),
+        Value::Str(s) => {
+            mem.claim_str(s.len() * times)?;
+            Value::Str(s.repeat(times))
+        }
         Value::List(items) => {
-            let mut out = Vec::with_capacity(items.len() * times);
+            let len = items.len() * times;
+            mem.claim(memory::list_table(len))?;
+            let mut out = Vec::with_capacity(len);
             for _ in 0..times {
-                out.extend(items.iter().cloned());
+                for item in items {
+                    out.push(mem.clone_value(item)?.0);
+                }
             }
             Value::List(out)
         }
@@ -497,21 +521,29 @@ fn parse_number(text: &str) -> Option<Num> {
 /// Python writes them); `None` reads `None`; booleans `True`/`False`;
 /// other strings as they are; lists and dicts as Python writes them.
 #[allow(clippy::cast_possible_truncation)] // the float is integral and within i64 range
-fn if_text(v: &Value) -> String {
+fn if_text(v: &Value, mem: &mut MemoryBudget) -> Result<String, HostError> {
     let number = match v {
         Value::Int(i) => Some(Num::Int(*i)),
         Value::Float(f) => Some(Num::Float(*f)),
         Value::Str(s) => parse_number(s),
         _ => None,
     };
-    match number {
+    Ok(match number {
         Some(Num::Int(i)) => i.to_string(),
         Some(Num::Float(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0 => {
             (f as i64).to_string()
         }
         Some(Num::Float(f)) => crate::value::float_repr(f),
-        None => v.to_text(),
-    }
+        None => memory::text_within(v, mem)?,
+    })
+}
+
+/// `if_text(a) == if_text(b)`, the texts' memory claimed while they exist.
+fn if_text_eq(a: &Value, b: &Value, mem: &mut MemoryBudget) -> Result<bool, HostError> {
+    let (x, y) = (if_text(a, mem)?, if_text(b, mem)?);
+    let equal = x == y;
+    mem.release(memory::alloc_bytes(x.capacity()) + memory::alloc_bytes(y.capacity()));
+    Ok(equal)
 }
 
 /// A number for `if()`'s ordering comparators: ints, floats, bools and
@@ -524,7 +556,7 @@ fn if_number(v: &Value, cmp: &str) -> Result<Num> {
     n.ok_or_else(|| {
         AvapError::new(
             ErrorKind::TypeError,
-            format!("'{cmp}' needs numbers, got {} {}", v.type_name(), v.repr()),
+            format!("'{cmp}' needs numbers, got {} {}", v.type_name(), v.repr_short()),
         )
     })
 }
@@ -544,10 +576,10 @@ fn if_number(v: &Value, cmp: &str) -> Result<Num> {
 /// * `in` / `not in`: `rhs` a list → some element has the same normalised
 ///   text as `lhs`; a string → `lhs`'s text is a substring; a dict → some key
 ///   has the same normalised text. Any other `rhs` is a `TypeError`.
-pub fn if_compare(cmp: IfCmp, a: &Value, b: &Value) -> Result<bool> {
+pub fn if_compare(cmp: IfCmp, a: &Value, b: &Value, mem: &mut MemoryBudget) -> Result<bool, HostError> {
     match cmp {
-        IfCmp::Eq => Ok(if_text(a) == if_text(b)),
-        IfCmp::NotEq => Ok(if_text(a) != if_text(b)),
+        IfCmp::Eq => if_text_eq(a, b, mem),
+        IfCmp::NotEq => if_text_eq(a, b, mem).map(|equal| !equal),
         IfCmp::Lt | IfCmp::Le | IfCmp::Gt | IfCmp::Ge => {
             let name = match cmp {
                 IfCmp::Lt => "<",
@@ -563,26 +595,45 @@ pub fn if_compare(cmp: IfCmp, a: &Value, b: &Value) -> Result<bool> {
                 _ => o != Ordering::Less,
             }))
         }
-        IfCmp::In => if_contains(b, a),
-        IfCmp::NotIn => if_contains(b, a).map(|found| !found),
+        IfCmp::In => if_contains(b, a, mem),
+        IfCmp::NotIn => if_contains(b, a, mem).map(|found| !found),
     }
 }
 
-fn if_contains(container: &Value, item: &Value) -> Result<bool> {
+fn if_contains(container: &Value, item: &Value, mem: &mut MemoryBudget) -> Result<bool, HostError> {
     match container {
         Value::List(items) => {
-            let needle = if_text(item);
-            Ok(items.iter().any(|x| if_text(x) == needle))
+            for x in items {
+                if if_text_eq(x, item, mem)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         }
-        Value::Str(s) => Ok(s.contains(&item.to_text())),
+        Value::Str(s) => {
+            let needle = memory::text_within(item, mem)?;
+            Ok(s.contains(&needle))
+        }
         Value::Dict(map) => {
-            let needle = if_text(item);
-            Ok(map.keys().any(|k| if_text(&Value::Str(k.clone())) == needle))
+            let needle = if_text(item, mem)?;
+            let mut found = false;
+            for k in map.keys() {
+                // Keys are strings: their text is themselves unless numeric.
+                let matches = match parse_number(k) {
+                    Some(_) => if_text(&Value::Str(k.clone()), mem)? == needle,
+                    None => *k == needle,
+                };
+                if matches {
+                    found = true;
+                    break;
+                }
+            }
+            Ok(found)
         }
-        other => err(
+        other => Ok(err(
             ErrorKind::TypeError,
             format!("argument of type '{}' is not iterable", other.type_name()),
-        ),
+        )?),
     }
 }
 
@@ -614,11 +665,18 @@ pub fn to_int(v: &Value) -> Result<i64> {
             if body.is_empty() || !body.bytes().all(|c| c.is_ascii_digit()) {
                 return err(
                     ErrorKind::ValueError,
-                    format!("invalid literal for int() with base 10: {}", crate::value::str_repr(s)),
+                    format!(
+                        "invalid literal for int() with base 10: {}",
+                        Value::Str(s.clone()).repr_short()
+                    ),
                 );
             }
-            t.parse::<i64>()
-                .map_err(|_| AvapError::new(ErrorKind::IntegerOverflow, format!("integer overflow in int('{t}')")))
+            t.parse::<i64>().map_err(|_| {
+                AvapError::new(
+                    ErrorKind::IntegerOverflow,
+                    format!("integer overflow in int({})", Value::Str(t.to_owned()).repr_short()),
+                )
+            })
         }
         other => err(
             ErrorKind::TypeError,
@@ -648,7 +706,10 @@ pub fn to_float(v: &Value) -> Result<f64> {
             }
             err(
                 ErrorKind::ValueError,
-                format!("could not convert string to float: {}", crate::value::str_repr(s)),
+                format!(
+                    "could not convert string to float: {}",
+                    Value::Str(s.clone()).repr_short()
+                ),
             )
         }
         other => err(
@@ -675,13 +736,13 @@ pub fn len(v: &Value) -> Result<usize> {
 }
 
 /// Call a built-in expression function on one argument.
-pub fn builtin(code: BuiltinCode, v: &Value) -> Result<Value> {
-    match code {
-        BuiltinCode::Str => Ok(Value::Str(v.to_text())),
-        BuiltinCode::Int => to_int(v).map(Value::Int),
-        BuiltinCode::Float => to_float(v).map(Value::Float),
-        BuiltinCode::Len => len(v).map(|n| Value::Int(i64::try_from(n).unwrap_or(i64::MAX))),
-    }
+pub fn builtin(code: BuiltinCode, v: &Value, mem: &mut MemoryBudget) -> Result<Value, HostError> {
+    Ok(match code {
+        BuiltinCode::Str => Value::Str(memory::text_within(v, mem)?),
+        BuiltinCode::Int => to_int(v).map(Value::Int)?,
+        BuiltinCode::Float => to_float(v).map(Value::Float)?,
+        BuiltinCode::Len => len(v).map(|n| Value::Int(i64::try_from(n).unwrap_or(i64::MAX)))?,
+    })
 }
 
 /// Resolve a Python index (negative counts from the end) against `len`.
@@ -703,18 +764,32 @@ fn int_index(idx: &Value, what: &str) -> Result<i64> {
 }
 
 fn key_error<T>(key: &Value) -> Result<T> {
-    err(ErrorKind::KeyError, key.repr())
+    err(ErrorKind::KeyError, key.repr_short())
 }
 
 /// `obj[idx]`: list and string items by int (negative from the end), dict
-/// values by key.
-pub fn index(obj: &Value, idx: &Value) -> Result<Value> {
+/// values by key. The item is a copy, claimed from `mem`.
+pub fn index(obj: &Value, idx: &Value, mem: &mut MemoryBudget) -> Result<Value, HostError> {
+    let found = index_ref(obj, idx)?;
+    match found {
+        Found::Item(v) => Ok(mem.clone_value(v)?.0),
+        Found::Char(c) => Ok(Value::Str(c.to_string())),
+    }
+}
+
+/// What indexing found: an item of a container, or a character.
+enum Found<'v> {
+    Item(&'v Value),
+    Char(char),
+}
+
+fn index_ref<'v>(obj: &'v Value, idx: &Value) -> Result<Found<'v>> {
     match obj {
         Value::List(items) => {
             let i = int_index(idx, "list")?;
             position(i, items.len())
                 .and_then(|at| items.get(at))
-                .cloned()
+                .map(Found::Item)
                 .ok_or_else(|| AvapError::new(ErrorKind::IndexError, "list index out of range"))
         }
         Value::Str(s) => {
@@ -726,11 +801,11 @@ pub fn index(obj: &Value, idx: &Value) -> Result<Value> {
                 position(i, s.chars().count()).and_then(|at| s.chars().nth(at))
             };
             found
-                .map(|c| Value::Str(c.to_string()))
+                .map(Found::Char)
                 .ok_or_else(|| AvapError::new(ErrorKind::IndexError, "string index out of range"))
         }
         Value::Dict(map) => match idx {
-            Value::Str(key) => map.get(key).cloned().map_or_else(|| key_error(idx), Ok),
+            Value::Str(key) => map.get(key).map_or_else(|| key_error(idx), |v| Ok(Found::Item(v))),
             Value::List(_) | Value::Dict(_) => {
                 err(ErrorKind::TypeError, format!("unhashable type: '{}'", idx.type_name()))
             }
@@ -743,56 +818,68 @@ pub fn index(obj: &Value, idx: &Value) -> Result<Value> {
     }
 }
 
-/// `obj.name`: a dict's value under key `name`.
-pub fn attr(obj: &Value, name: &str) -> Result<Value> {
+/// `obj.name`: a dict's value under key `name` (a copy, claimed from `mem`).
+pub fn attr(obj: &Value, name: &str, mem: &mut MemoryBudget) -> Result<Value, HostError> {
     match obj {
-        Value::Dict(map) => map
-            .get(name)
-            .cloned()
-            .map_or_else(|| key_error(&Value::Str(name.to_owned())), Ok),
-        other => err(
+        Value::Dict(map) => match map.get(name) {
+            Some(v) => Ok(mem.clone_value(v)?.0),
+            None => Ok(key_error(&Value::Str(name.to_owned()))?),
+        },
+        other => Ok(err(
             ErrorKind::TypeError,
             format!("'{}' object has no attribute '{name}'", other.type_name()),
-        ),
+        )?),
     }
 }
 
 /// `obj[idx] = value` on a list (existing position, negative from the end)
-/// or a dict (string key).
-pub fn set_index(obj: &mut Value, idx: &Value, value: Value) -> Result<()> {
+/// or a dict (string key). `value`'s footprint is already claimed; the
+/// container's growth and the key's copy are claimed from `mem`, what is
+/// replaced is released.
+pub fn set_index(obj: &mut Value, idx: &Value, value: Value, mem: &mut MemoryBudget) -> Result<(), HostError> {
     match obj {
         Value::List(items) => {
             let i = int_index(idx, "list")?;
             match position(i, items.len()).and_then(|at| items.get_mut(at)) {
                 Some(slot) => {
-                    *slot = value;
+                    memory::replace(slot, value, mem);
                     Ok(())
                 }
-                None => err(ErrorKind::IndexError, "list assignment index out of range"),
+                None => Ok(err(ErrorKind::IndexError, "list assignment index out of range")?),
             }
         }
         Value::Dict(map) => match idx {
             Value::Str(key) => {
-                map.insert(key.clone(), value);
+                mem.claim_str(key.len())?;
+                memory::insert(map, key.clone(), value, mem)?;
                 Ok(())
             }
-            other => err(
+            other => Ok(err(
                 ErrorKind::TypeError,
                 format!("dict keys must be strings, not {}", other.type_name()),
-            ),
+            )?),
         },
-        other => err(
+        other => Ok(err(
             ErrorKind::TypeError,
             format!("'{}' object does not support item assignment", other.type_name()),
-        ),
+        )?),
     }
 }
 
 /// The text a template `${name}` interpolates: `""` for `None` (spec §1:
-/// unknown names give the empty string), otherwise `str()`.
+/// unknown names give the empty string), otherwise `str()`. For values a
+/// script controls, [`template_text_within`] claims the text first.
 pub fn template_text(v: &Value) -> String {
     match v {
         Value::None => String::new(),
         other => other.to_text(),
+    }
+}
+
+/// [`template_text`] with its memory claimed from `mem` before it is built.
+pub fn template_text_within(v: &Value, mem: &mut MemoryBudget) -> Result<String, crate::LimitHit> {
+    match v {
+        Value::None => Ok(String::new()),
+        other => memory::text_within(other, mem),
     }
 }

@@ -1,6 +1,6 @@
 //! AVAP values as the host sees them (spec §2).
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 
 use indexmap::IndexMap;
 
@@ -48,21 +48,10 @@ impl Value {
         }
     }
 
-    /// Approximate bytes this value occupies, for memory accounting.
+    /// Bytes the allocator holds for this value, its inline part included
+    /// (see [`crate::memory`]). Measured without recursion.
     pub fn heap_bytes(&self) -> usize {
-        const OVERHEAD: usize = 32;
-        match self {
-            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) => OVERHEAD,
-            Value::Str(s) => OVERHEAD + s.len(),
-            Value::List(items) => OVERHEAD + items.iter().map(Value::heap_bytes).sum::<usize>(),
-            Value::Dict(map) => {
-                OVERHEAD
-                    + map
-                        .iter()
-                        .map(|(k, v)| OVERHEAD + k.len() + v.heap_bytes())
-                        .sum::<usize>()
-            }
-        }
+        usize::try_from(crate::memory::VALUE_BYTES + self.footprint().bytes).unwrap_or(usize::MAX)
     }
 }
 
@@ -103,6 +92,8 @@ impl Value {
 
     /// Python's `str()`: `None`, `True`, `1.0`, `1e+20`, strings as they are,
     /// lists and dicts as Python writes them (`[1, 'a']`, `{'k': None}`).
+    /// Allocates the whole text: where the value comes from a script, claim
+    /// [`Value::text_len`] bytes first (`memory::text_within`).
     pub fn to_text(&self) -> String {
         match self {
             Value::Str(s) => s.clone(),
@@ -110,43 +101,68 @@ impl Value {
         }
     }
 
+    /// Length in bytes of [`Value::to_text`], computed without building it.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Value::Str(s) => s.len(),
+            other => {
+                let mut counter = Counter(0);
+                let _ = other.write_repr(&mut counter);
+                counter.0
+            }
+        }
+    }
+
     /// Python's `repr()`: like [`Value::to_text`] but strings are quoted
-    /// (`'a'`). Used inside lists and dicts and in error messages.
+    /// (`'a'`). Used inside lists and dicts.
     pub fn repr(&self) -> String {
         let mut out = String::new();
-        self.write_repr(&mut out);
+        let _ = self.write_repr(&mut out);
         out
     }
 
-    fn write_repr(&self, out: &mut String) {
+    /// [`Value::repr`] cut to at most [`SHORT_REPR`] bytes (with `…`), for
+    /// error messages: a message never costs more than a few hundred bytes,
+    /// whatever value it quotes.
+    pub fn repr_short(&self) -> String {
+        let mut out = Capped(String::new());
+        if self.write_repr(&mut out).is_err() {
+            out.0.push('…');
+        }
+        out.0
+    }
+
+    /// Write `repr()` to `out`. Recursion is bounded by the nesting limit
+    /// every heap value obeys (`memory::MAX_DEPTH`).
+    pub fn write_repr(&self, out: &mut impl Write) -> std::fmt::Result {
         match self {
-            Value::None => out.push_str("None"),
-            Value::Bool(true) => out.push_str("True"),
-            Value::Bool(false) => out.push_str("False"),
-            Value::Int(i) => out.push_str(&i.to_string()),
-            Value::Float(f) => out.push_str(&float_repr(*f)),
-            Value::Str(s) => out.push_str(&str_repr(s)),
+            Value::None => out.write_str("None"),
+            Value::Bool(true) => out.write_str("True"),
+            Value::Bool(false) => out.write_str("False"),
+            Value::Int(i) => write!(out, "{i}"),
+            Value::Float(f) => out.write_str(&float_repr(*f)),
+            Value::Str(s) => write_str_repr(s, out),
             Value::List(items) => {
-                out.push('[');
+                out.write_char('[')?;
                 for (n, item) in items.iter().enumerate() {
                     if n > 0 {
-                        out.push_str(", ");
+                        out.write_str(", ")?;
                     }
-                    item.write_repr(out);
+                    item.write_repr(out)?;
                 }
-                out.push(']');
+                out.write_char(']')
             }
             Value::Dict(map) => {
-                out.push('{');
+                out.write_char('{')?;
                 for (n, (k, v)) in map.iter().enumerate() {
                     if n > 0 {
-                        out.push_str(", ");
+                        out.write_str(", ")?;
                     }
-                    out.push_str(&str_repr(k));
-                    out.push_str(": ");
-                    v.write_repr(out);
+                    write_str_repr(k, out)?;
+                    out.write_str(": ")?;
+                    v.write_repr(out)?;
                 }
-                out.push('}');
+                out.write_char('}')
             }
         }
     }
@@ -154,7 +170,93 @@ impl Value {
     /// Compact JSON text of [`Value::to_json`]; floats always carry a
     /// fraction or an exponent (`120.0`, `1e20`).
     pub fn to_json_text(&self) -> String {
-        self.to_json().to_string()
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Length in bytes of [`Value::to_json_text`], computed without building it.
+    pub fn json_len(&self) -> u64 {
+        let mut counter = ByteCounter(0);
+        match serde_json::to_writer(&mut counter, self) {
+            Ok(()) => counter.0,
+            Err(_) => u64::MAX,
+        }
+    }
+}
+
+/// Longest [`Value::repr_short`] before the ellipsis.
+pub const SHORT_REPR: usize = 200;
+
+/// A `fmt::Write` that only counts bytes.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 = self.0.saturating_add(s.len());
+        Ok(())
+    }
+}
+
+/// A `fmt::Write` that fails once [`SHORT_REPR`] bytes are written.
+struct Capped(String);
+
+impl Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = SHORT_REPR.saturating_sub(self.0.len());
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let mut cut = room;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.0.push_str(&s[..cut]);
+        Err(std::fmt::Error)
+    }
+}
+
+/// An `io::Write` that only counts bytes: the size of a JSON text without
+/// building it.
+struct ByteCounter(u64);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len() as u64);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The JSON form (spec §2), written straight from the value: the same text
+/// as [`Value::to_json`] without building a `serde_json::Value` first.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap as _, SerializeSeq as _};
+        match self {
+            Value::None => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Int(i) => serializer.serialize_i64(*i),
+            Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
+            Value::Float(_) => serializer.serialize_unit(),
+            Value::Str(s) => serializer.serialize_str(s),
+            Value::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Value::Dict(map) => {
+                let mut m = serializer.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
     }
 }
 
@@ -222,29 +324,33 @@ pub fn float_repr(f: f64) -> String {
 /// single quote and no double quote; `\\`, `\n`, `\r`, `\t` and other control
 /// characters escaped.
 pub fn str_repr(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    let _ = write_str_repr(s, &mut out);
+    out
+}
+
+fn write_str_repr(s: &str, out: &mut impl Write) -> std::fmt::Result {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
         '\''
     };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
+    out.write_char(quote)?;
     for c in s.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
             c if c == quote => {
-                out.push('\\');
-                out.push(c);
+                out.write_char('\\')?;
+                out.write_char(c)?;
             }
             c if u32::from(c) < 0x20 || (0x7f..0xa0).contains(&u32::from(c)) => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
+                write!(out, "\\x{:02x}", u32::from(c))?;
             }
-            c => out.push(c),
+            c => out.write_char(c)?,
         }
     }
-    out.push(quote);
-    out
+    out.write_char(quote)
 }

@@ -8,7 +8,7 @@ use support::{dict, float, int, list, none, s};
 use std::collections::HashMap;
 
 use avap_hostfns::commands::{Outcome, call};
-use avap_hostfns::{Endpoint, ErrorKind, HostContext, HostError, LimitHit, LimitKind, Request, Value};
+use avap_hostfns::{Endpoint, ErrorKind, HostContext, HostError, LimitHit, LimitKind, MemoryBudget, Request, Value};
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
@@ -22,6 +22,7 @@ struct TestCtx {
     results: Vec<(String, Value)>,
     endpoints: Vec<Endpoint>,
     asyncs: HashMap<String, Result<Value, HostError>>,
+    memory: MemoryBudget,
 }
 
 impl TestCtx {
@@ -33,6 +34,7 @@ impl TestCtx {
             next_byte: 0,
             fuel_used: 0,
             fuel_budget: u64::MAX,
+            memory: MemoryBudget::unlimited(),
             results: Vec::new(),
             endpoints: Vec::new(),
             asyncs: HashMap::new(),
@@ -83,6 +85,12 @@ impl HostContext for TestCtx {
             return Err(HostError::Limit(LimitHit::new(LimitKind::FuelExhausted, "out of fuel")));
         }
         Ok(())
+    }
+    fn memory(&mut self) -> &mut MemoryBudget {
+        &mut self.memory
+    }
+    fn request_and_memory(&mut self) -> (&Request, &mut MemoryBudget) {
+        (&self.request, &mut self.memory)
     }
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError> {
         match self.results.iter_mut().find(|(k, _)| k == key) {

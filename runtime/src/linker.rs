@@ -9,10 +9,12 @@ use std::borrow::Cow;
 
 use avap_hostfns::abi::{self, BinOp, BuiltinCode, Helper, IfCmp, UnOp};
 use avap_hostfns::commands::{self, Outcome};
+use avap_hostfns::memory::{self, MemoryBudget};
 use avap_hostfns::signature::{CommandSig, ParamKind};
 use avap_hostfns::{AvapError, ErrorKind, HostError, LimitHit, LimitKind, Value, ops};
 use wasmtime::{Caller, Engine, Linker, WasmBacktrace};
 
+use crate::heap::Heap;
 use crate::state::RunState;
 
 type Pair = (i32, i64);
@@ -34,7 +36,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             {
                 return Ok(pair);
             }
-            with_values(&mut c, &[(ta, pa), (tb, pb)], |v| ops::binary(op, v[0], v[1]))
+            with_values(&mut c, &[(ta, pa), (tb, pb)], |v, mem| ops::binary(op, v[0], v[1], mem))
         },
     )?;
     l.func_wrap(
@@ -47,7 +49,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 2 => UnOp::Not,
                 _ => return Err(bad("unary operator code")),
             };
-            with_values(&mut c, &[(t, p)], |v| ops::unary(op, v[0]))
+            with_values(&mut c, &[(t, p)], |v, _| Ok(ops::unary(op, v[0])?))
         },
     )?;
     l.func_wrap(
@@ -67,14 +69,15 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 let heap = &c.data().heap;
                 let a = value(heap, ta, pa)?;
                 let b = value(heap, tb, pb)?;
-                ops::if_compare(cmp, &a, &b)
+                ops::if_compare(cmp, &a, &b, &mut heap.budget())
             };
             match r {
                 Ok(b) => Ok(i32::from(b)),
-                Err(e) => {
+                Err(HostError::Script(e)) => {
                     raise(&mut c, e);
                     Ok(-1)
                 }
+                Err(HostError::Limit(l)) => Err(wasmtime::Error::new(l)),
             }
         },
     )?;
@@ -89,23 +92,23 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 3 => BuiltinCode::Len,
                 _ => return Err(bad("builtin code")),
             };
-            with_values(&mut c, &[(t, p)], |v| ops::builtin(code, v[0]))
+            with_values(&mut c, &[(t, p)], |v, mem| ops::builtin(code, v[0], mem))
         },
     )?;
     l.func_wrap(
         rt,
         Helper::Index.name(),
         |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64| {
-            with_values(&mut c, &[(t, p), (ti, pi)], |v| ops::index(v[0], v[1]))
+            with_values(&mut c, &[(t, p), (ti, pi)], |v, mem| ops::index(v[0], v[1], mem))
         },
     )?;
     l.func_wrap(
         rt,
         Helper::Attr.name(),
         |mut c: Caller<'_, RunState>, t: i32, p: i64, name: i32| {
-            with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v| match v[1] {
-                Value::Str(n) => ops::attr(v[0], n),
-                _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name")),
+            with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v, mem| match v[1] {
+                Value::Str(n) => ops::attr(v[0], n, mem),
+                _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name").into()),
             })
         },
     )?;
@@ -130,14 +133,14 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         rt,
         Helper::ListPush.name(),
         |mut c: Caller<'_, RunState>, h: i64, t: i32, p: i64| -> Res<()> {
-            let v = value(&c.data().heap, t, p)?.into_owned();
-            charge(&mut c, 1 + v.heap_bytes() as u64 / BYTES_PER_FUEL)?;
+            let (v, footprint, mut mem) = copy_in(&c.data().heap, t, p)?;
+            charge(&mut c, 1 + footprint.bytes / BYTES_PER_FUEL)?;
             let heap = &mut c.data_mut().heap;
-            heap.grow(h, v.heap_bytes() as u64)?;
             match heap.get_mut(h)? {
-                Value::List(items) => items.push(v),
+                Value::List(items) => memory::push(items, v, &mut mem)?,
                 _ => return Err(bad("list_push on a non-list")),
             }
+            heap.settle(h, mem.net(), footprint.depth + 1)?;
             Ok(())
         },
     )?;
@@ -148,29 +151,28 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         rt,
         Helper::DictSet.name(),
         |mut c: Caller<'_, RunState>, h: i64, tk: i32, pk: i64, tv: i32, pv: i64| -> Res<i32> {
-            let (k, v) = {
-                let heap = &c.data().heap;
-                (value(heap, tk, pk)?.into_owned(), value(heap, tv, pv)?.into_owned())
-            };
-            let Value::Str(key) = k else {
+            if tk != abi::TAG_STR {
+                let name = value(&c.data().heap, tk, pk)?.type_name();
                 raise(
                     &mut c,
-                    AvapError::new(
-                        ErrorKind::TypeError,
-                        format!("dict keys must be strings, not {}", k.type_name()),
-                    ),
+                    AvapError::new(ErrorKind::TypeError, format!("dict keys must be strings, not {name}")),
                 );
                 return Ok(-1);
+            }
+            let (key, v, footprint, mut mem) = {
+                let heap = &c.data().heap;
+                let (key, _, mut mem) = copy_in(heap, tk, pk)?;
+                let (v, footprint) = mem.clone_value(value(heap, tv, pv)?.as_ref())?;
+                let Value::Str(key) = key else { return Err(bad("string handle")) };
+                (key, v, footprint, mem)
             };
-            charge(&mut c, 1 + (key.len() + v.heap_bytes()) as u64 / BYTES_PER_FUEL)?;
+            charge(&mut c, 1 + (key.len() as u64 + footprint.bytes) / BYTES_PER_FUEL)?;
             let heap = &mut c.data_mut().heap;
-            heap.grow(h, (key.len() + v.heap_bytes()) as u64)?;
             match heap.get_mut(h)? {
-                Value::Dict(d) => {
-                    d.insert(key, v);
-                }
+                Value::Dict(d) => memory::insert(d, key, v, &mut mem)?,
                 _ => return Err(bad("dict_set on a non-dict")),
             }
+            heap.settle(h, mem.net(), footprint.depth + 1)?;
             Ok(0)
         },
     )?;
@@ -184,7 +186,8 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             let text = if t == abi::TAG_UNDEF {
                 String::new()
             } else {
-                ops::template_text(value(&c.data().heap, t, p)?.as_ref())
+                let heap = &c.data().heap;
+                ops::template_text_within(value(heap, t, p)?.as_ref(), &mut heap.budget())?
             };
             charge(&mut c, text.len() as u64 / BYTES_PER_FUEL)?;
             let h = c.data_mut().heap.alloc(Value::Str(text))?;
@@ -235,18 +238,33 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         rt,
         Helper::AsyncDone.name(),
         |mut c: Caller<'_, RunState>, idt: i32, idp: i64, t: i32, p: i64| -> Res<()> {
-            let id = ops::template_text(value(&c.data().heap, idt, idp)?.as_ref());
-            let outcome = if t == abi::TAG_ERR {
-                let (e, _) = c
-                    .data_mut()
-                    .pending
-                    .take()
-                    .unwrap_or((AvapError::new(ErrorKind::ValueError, "failed"), None));
-                Err(HostError::Script(e))
-            } else {
-                Ok(value(&c.data().heap, t, p)?.into_owned())
+            // The block's result is kept until the run ends: claimed, then
+            // counted as retained.
+            let (id, outcome, kept) = {
+                let heap = &c.data().heap;
+                let mut mem = heap.budget();
+                let id = ops::template_text_within(value(heap, idt, idp)?.as_ref(), &mut mem)?;
+                let outcome = if t == abi::TAG_ERR {
+                    None
+                } else {
+                    Some(mem.clone_value(value(heap, t, p)?.as_ref())?.0)
+                };
+                (id, outcome, mem.claimed())
             };
-            c.data_mut().services.async_results.insert(id, outcome);
+            let state = c.data_mut();
+            let outcome = match outcome {
+                Some(v) => Ok(v),
+                None => {
+                    let (e, _) = state
+                        .pending
+                        .take()
+                        .unwrap_or((AvapError::new(ErrorKind::ValueError, "failed"), None));
+                    Err(HostError::Script(e))
+                }
+            };
+            state.services.retain(kept + memory::VALUE_BYTES);
+            state.services.async_results.insert(id, outcome);
+            state.heap.retained = state.services.retained();
             Ok(())
         },
     )?;
@@ -291,8 +309,17 @@ fn bad(what: &str) -> wasmtime::Error {
     wasmtime::Error::msg(format!("corrupt module: invalid {what}"))
 }
 
+/// A copy of the value of `(t, p)` for the host to keep, its footprint
+/// claimed from a fresh budget first; the budget is returned for the rest
+/// of the call.
+fn copy_in(heap: &Heap, t: i32, p: i64) -> Res<(Value, memory::Footprint, MemoryBudget)> {
+    let mut mem = heap.budget();
+    let (v, footprint) = mem.clone_value(value(heap, t, p)?.as_ref())?;
+    Ok((v, footprint, mem))
+}
+
 /// The value a `(tag, payload)` pair stands for.
-pub fn value(heap: &crate::heap::Heap, t: i32, p: i64) -> Res<Cow<'_, Value>> {
+pub fn value(heap: &Heap, t: i32, p: i64) -> Res<Cow<'_, Value>> {
     Ok(match t {
         abi::TAG_UNDEF | abi::TAG_NONE => Cow::Owned(Value::None),
         abi::TAG_BOOL => Cow::Owned(Value::Bool(p != 0)),
@@ -304,7 +331,7 @@ pub fn value(heap: &crate::heap::Heap, t: i32, p: i64) -> Res<Cow<'_, Value>> {
 }
 
 /// Store a value for wasm: scalars inline, the rest on the heap.
-pub fn to_pair(heap: &mut crate::heap::Heap, v: Value) -> Res<Pair> {
+pub fn to_pair(heap: &mut Heap, v: Value) -> Res<Pair> {
     Ok(match v {
         Value::None => (abi::TAG_NONE, 0),
         Value::Bool(b) => (abi::TAG_BOOL, i64::from(b)),
@@ -326,28 +353,40 @@ pub fn raise(c: &mut Caller<'_, RunState>, e: AvapError) {
 }
 
 /// Evaluate `f` on the values of `pairs`; store its result or its error.
+/// Evaluate `f` on the values of `pairs` with the run's memory budget;
+/// store its result or its error (a limit ends the run).
 fn with_values(
     c: &mut Caller<'_, RunState>,
     pairs: &[Pair],
-    f: impl FnOnce(&[&Value]) -> Result<Value, AvapError>,
+    f: impl FnOnce(&[&Value], &mut MemoryBudget) -> Result<Value, HostError>,
 ) -> Res<Pair> {
     let r = {
         let heap = &c.data().heap;
         let vals: Vec<Cow<'_, Value>> = pairs.iter().map(|&(t, p)| value(heap, t, p)).collect::<Res<_>>()?;
         let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
-        f(&refs)
+        f(&refs, &mut heap.budget())
     };
     match r {
         Ok(v) => {
             if matches!(v, Value::Str(_) | Value::List(_) | Value::Dict(_)) {
-                charge(c, v.heap_bytes() as u64 / BYTES_PER_FUEL)?;
+                let footprint = v.footprint();
+                charge(c, footprint.bytes / BYTES_PER_FUEL)?;
+                let kind = if let Value::Str(_) = v {
+                    abi::TAG_STR
+                } else if let Value::List(_) = v {
+                    abi::TAG_LIST
+                } else {
+                    abi::TAG_DICT
+                };
+                return Ok((kind, c.data_mut().heap.alloc_measured(v, footprint)?));
             }
             to_pair(&mut c.data_mut().heap, v)
         }
-        Err(e) => {
+        Err(HostError::Script(e)) => {
             raise(c, e);
             Ok((abi::TAG_ERR, 0))
         }
+        Err(HostError::Limit(l)) => Err(wasmtime::Error::new(l)),
     }
 }
 
@@ -355,13 +394,10 @@ fn with_values(
 /// `Heap::append_str`), charged for the bytes appended; `None` when the left
 /// operand cannot be extended and the result must be a copy.
 fn append_str(c: &mut Caller<'_, RunState>, left: i64, right: i64) -> Res<Option<Pair>> {
-    let Value::Str(tail) = value(&c.data().heap, abi::TAG_STR, right)?.into_owned() else {
-        return Err(bad("string handle"));
-    };
-    let Some(h) = c.data_mut().heap.append_str(left, &tail)? else {
+    let Some((h, appended)) = c.data_mut().heap.append_str(left, right)? else {
         return Ok(None);
     };
-    charge(c, 1 + tail.len() as u64 / BYTES_PER_FUEL)?;
+    charge(c, 1 + appended as u64 / BYTES_PER_FUEL)?;
     Ok(Some((abi::TAG_STR, h)))
 }
 
@@ -397,25 +433,33 @@ fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path:
         );
         return Ok(-1);
     }
-    let (indices, v) = {
+    let (indices, v, footprint, mut mem) = {
         let heap = &c.data().heap;
-        let i = value(heap, idx.0, idx.1)?.into_owned();
+        // The index copies are dropped after the walk: claimed apart from
+        // what the container keeps, so only the latter is settled on it.
+        let mut scratch = heap.budget();
+        let (i, _) = scratch.clone_value(value(heap, idx.0, idx.1)?.as_ref())?;
         let indices = match (path, i) {
             (true, Value::List(items)) => items,
             (_, i) => vec![i],
         };
-        (indices, value(heap, val.0, val.1)?.into_owned())
+        let mut mem = MemoryBudget::new(heap.budget().available().saturating_sub(scratch.claimed()));
+        let (v, footprint) = mem.clone_value(value(heap, val.0, val.1)?.as_ref())?;
+        (indices, v, footprint, mem)
     };
+    let depth = u32::try_from(indices.len()).unwrap_or(u32::MAX).saturating_add(footprint.depth);
     let heap = &mut c.data_mut().heap;
-    heap.grow(obj.1, v.heap_bytes() as u64)?;
     let root = heap.get_mut(obj.1)?;
-    let r = walk_and_set(root, &indices, v);
-    match r {
-        Ok(()) => Ok(0),
-        Err(e) => {
+    match walk_and_set(root, &indices, v, &mut mem) {
+        Ok(()) => {
+            heap.settle(obj.1, mem.net(), depth)?;
+            Ok(0)
+        }
+        Err(HostError::Script(e)) => {
             raise(c, e);
             Ok(-1)
         }
+        Err(HostError::Limit(l)) => Err(wasmtime::Error::new(l)),
     }
 }
 
@@ -468,20 +512,32 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
     let state = c.data_mut();
     state.services.fuel_available = fuel;
     state.services.fuel_charged = 0;
+    state.services.memory = state.heap.budget();
     // Take the target out of the heap so the command may update it in place.
     let target_handle = target_slot
         .map(|i| slots[i])
         .filter(|(t, _)| matches!(*t, abi::TAG_LIST | abi::TAG_DICT));
+    // Bytes of a copy of the target that replaces the original when the
+    // command updates it in place (the original is then freed).
+    let mut replaced_copy = 0u64;
     let mut target = match (target_slot, target_handle) {
         (_, Some((_, h))) => {
             let aliased = slots
                 .iter()
                 .enumerate()
                 .any(|(i, s)| Some(i) != target_slot && s.1 == h && s.0 >= abi::TAG_STR);
-            let slot = state.heap.get_mut(h)?;
-            if aliased { slot.clone() } else { std::mem::take(slot) }
+            if aliased {
+                let (copy, footprint) = state.services.memory.clone_value(state.heap.get(h)?.as_ref())?;
+                replaced_copy = footprint.bytes;
+                copy
+            } else {
+                std::mem::take(state.heap.get_mut(h)?)
+            }
         }
-        (Some(i), None) => value(&state.heap, slots[i].0, slots[i].1)?.into_owned(),
+        (Some(i), None) => {
+            let current = value(&state.heap, slots[i].0, slots[i].1)?;
+            state.services.memory.clone_value(current.as_ref())?.0
+        }
         (None, None) => Value::None,
     };
     let result = {
@@ -493,14 +549,21 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
             .map(|(_, &(t, p))| value(heap, t, p))
             .collect::<Res<_>>()?;
         let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
-        let added: u64 = refs.iter().map(|v| v.heap_bytes() as u64).sum();
-        commands::call(sig.name, form_index, &mut state.services, &refs, &mut target).map(|o| (o, added))
+        let r = commands::call(sig.name, form_index, &mut state.services, &refs, &mut target);
+        // Updated in place, the target now holds one of the arguments.
+        let depth = match r {
+            Ok(Outcome::InPlace) => 1 + refs.iter().map(|v| v.footprint().depth).max().unwrap_or(0),
+            _ => 0,
+        };
+        r.map(|o| (o, depth))
     };
     let charged = state.services.fuel_charged;
     if charged > 0 && fuel != u64::MAX {
         c.set_fuel(fuel.saturating_sub(charged))?;
     }
     let state = c.data_mut();
+    // Results, routes and async results the services now keep.
+    state.heap.retained = state.services.retained();
     match result {
         Ok((Outcome::Value(v), _)) => {
             if let Some((_, h)) = target_handle {
@@ -508,11 +571,7 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
             }
             to_pair(&mut state.heap, v)
         }
-        Ok((Outcome::InPlace, added)) => {
-            match target_handle {
-                Some((_, h)) => state.heap.grow(h, added)?,
-                None => state.heap.account(added)?,
-            }
+        Ok((Outcome::InPlace, depth)) => {
             let tag = match &target {
                 Value::List(_) => Some(abi::TAG_LIST),
                 Value::Dict(_) => Some(abi::TAG_DICT),
@@ -521,6 +580,8 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
             match (target_handle, tag) {
                 (Some((_, h)), Some(tag)) => {
                     *state.heap.get_mut(h)? = target;
+                    let grown = state.services.memory.net() - i64::try_from(replaced_copy).unwrap_or(i64::MAX);
+                    state.heap.settle(h, grown, depth)?;
                     Ok((tag, h))
                 }
                 _ => to_pair(&mut state.heap, target),
@@ -555,7 +616,7 @@ fn index_mut<'v>(obj: &'v mut Value, idx: &Value) -> Result<&'v mut Value, AvapE
         }
         (Value::Dict(map), Value::Str(k)) => map
             .get_mut(k)
-            .ok_or_else(|| AvapError::new(ErrorKind::KeyError, format!("'{k}'"))),
+            .ok_or_else(|| AvapError::new(ErrorKind::KeyError, Value::Str(k.clone()).repr_short())),
         (_, i) => Err(AvapError::new(
             ErrorKind::TypeError,
             format!("'{type_name}' object cannot be indexed by {}", i.type_name()),
@@ -563,13 +624,13 @@ fn index_mut<'v>(obj: &'v mut Value, idx: &Value) -> Result<&'v mut Value, AvapE
     }
 }
 
-fn walk_and_set(root: &mut Value, indices: &[Value], v: Value) -> Result<(), AvapError> {
+fn walk_and_set(root: &mut Value, indices: &[Value], v: Value, mem: &mut MemoryBudget) -> Result<(), HostError> {
     let Some((last, walk)) = indices.split_last() else {
-        return Err(AvapError::new(ErrorKind::TypeError, "empty index path"));
+        return Err(AvapError::new(ErrorKind::TypeError, "empty index path").into());
     };
     let mut target = root;
     for i in walk {
         target = index_mut(target, i)?;
     }
-    ops::set_index(target, last, v)
+    ops::set_index(target, last, v, mem)
 }

@@ -156,7 +156,8 @@ impl Runtime {
             self.dispatch(&instance, store).await?;
         }
         let results = std::mem::take(&mut store.data_mut().services.results);
-        Ok(results.into_iter().collect())
+        // Within the output limit, checked as each result was added.
+        Ok(results.into_iter().map(|(k, v)| (k, v.to_json())).collect())
     }
 
     /// Route the request to a `registerEndpoint` handler (spec §7).
@@ -311,6 +312,9 @@ fn classify(e: wasmtime::Error, store: &mut Store<RunState>) -> Result<Failure, 
         return Ok(Failure::Limit(limit, loc));
     }
     if let Some(l) = e.downcast_ref::<LimitHit>() {
+        return Ok(Failure::Limit(l.clone(), loc));
+    }
+    if let Some(crate::heap::HeapError::Limit(l)) = e.downcast_ref::<crate::heap::HeapError>() {
         return Ok(Failure::Limit(l.clone(), loc));
     }
     if let Some((err, l)) = store.data_mut().pending.take() {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use avap_hostfns::memory::{self, MemoryBudget};
 use avap_hostfns::{AvapError, Endpoint, HostContext, HostError, LimitHit, LimitKind, Request, Value};
 use indexmap::IndexMap;
 use wasmtime::{Memory, ResourceLimiter};
@@ -37,8 +38,10 @@ pub struct Services {
     pub request: Request,
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     pub time_zone: chrono_tz::Tz,
-    pub results: IndexMap<String, serde_json::Value>,
-    result_sizes: HashMap<String, u64>,
+    /// `addResult` snapshots, turned into JSON when the run ends.
+    pub results: IndexMap<String, Value>,
+    /// Per result: its JSON size (the output limit) and its memory.
+    result_sizes: HashMap<String, (u64, u64)>,
     pub output_bytes: u64,
     pub output_limit: u64,
     pub endpoints: Vec<Endpoint>,
@@ -46,6 +49,10 @@ pub struct Services {
     /// Fuel available to the current host call, and how much it used.
     pub fuel_available: u64,
     pub fuel_charged: u64,
+    /// Memory the current host call may claim (set from the heap per call).
+    pub memory: MemoryBudget,
+    /// Bytes of results, routes and async results kept for the rest of the run.
+    retained: u64,
 }
 
 impl Services {
@@ -62,7 +69,19 @@ impl Services {
             async_results: HashMap::new(),
             fuel_available: 0,
             fuel_charged: 0,
+            memory: MemoryBudget::new(0),
+            retained: 0,
         }
+    }
+
+    /// Bytes kept for the rest of the run (the heap counts them).
+    pub fn retained(&self) -> u64 {
+        self.retained
+    }
+
+    /// Keep `bytes` more until the run ends (already claimed).
+    pub fn retain(&mut self, bytes: u64) {
+        self.retained = self.retained.saturating_add(bytes);
     }
 }
 
@@ -91,12 +110,18 @@ impl HostContext for Services {
         Ok(())
     }
 
+    fn memory(&mut self) -> &mut MemoryBudget {
+        &mut self.memory
+    }
+
+    fn request_and_memory(&mut self) -> (&Request, &mut MemoryBudget) {
+        (&self.request, &mut self.memory)
+    }
+
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError> {
-        let json = value.to_json();
-        // Counted, not collected: the envelope is serialised once, at the end.
-        let mut counter = ByteCounter(0);
-        let size = serde_json::to_writer(&mut counter, &json).map_or(0, |()| counter.0) + key.len() as u64 + 4;
-        let old = self.result_sizes.get(key).copied().unwrap_or(0);
+        // Measured, not built: the envelope is serialised once, at the end.
+        let size = value.json_len().saturating_add(key.len() as u64 + 4);
+        let (old, old_memory) = self.result_sizes.get(key).copied().unwrap_or((0, 0));
         let next = self.output_bytes - old + size;
         if next > self.output_limit {
             return Err(LimitHit::new(
@@ -108,34 +133,42 @@ impl HostContext for Services {
             )
             .into());
         }
+        let (copy, footprint) = self.memory.clone_value(value)?;
+        let kept = footprint.bytes + memory::VALUE_BYTES + memory::alloc_bytes(key.len());
+        self.memory.claim(memory::alloc_bytes(key.len()))?;
         self.output_bytes = next;
-        self.result_sizes.insert(key.to_owned(), size);
-        self.results.insert(key.to_owned(), json);
+        self.result_sizes.insert(key.to_owned(), (size, kept));
+        self.results.insert(key.to_owned(), copy);
+        self.retained = self.retained.saturating_sub(old_memory).saturating_add(kept);
         Ok(())
     }
 
     fn register_endpoint(&mut self, endpoint: Endpoint) -> Result<(), HostError> {
+        // The texts were claimed as the command built them; they stay.
+        let texts = [
+            &endpoint.path,
+            &endpoint.method,
+            &endpoint.description,
+            &endpoint.handler,
+        ];
+        let kept = texts.iter().map(|t| memory::alloc_bytes(t.len())).sum::<u64>()
+            + endpoint
+                .middleware
+                .iter()
+                .map(|m| memory::alloc_bytes(m.len()) + 24)
+                .sum::<u64>()
+            + std::mem::size_of::<Endpoint>() as u64;
+        self.memory.claim(std::mem::size_of::<Endpoint>() as u64)?;
+        self.retain(kept);
         self.endpoints.push(endpoint);
         Ok(())
     }
 
     fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>> {
-        self.async_results.get(id).cloned()
-    }
-}
-
-/// An `io::Write` that only counts: the size of a value's JSON text
-/// without building the text.
-struct ByteCounter(u64);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        Some(match self.async_results.get(id)? {
+            Ok(v) => self.memory.clone_value(v).map(|(copy, _)| copy).map_err(HostError::from),
+            Err(e) => Err(e.clone()),
+        })
     }
 }
 

@@ -55,7 +55,7 @@ proptest! {
     #[test]
     fn inline_arithmetic_matches_the_reference(a in operand(), b in operand(), op in 0..OPS.len()) {
         let (sym, code) = OPS[op];
-        let expected = ops::binary(code, &a, &b);
+        let expected = op(code, &a, &b);
         let (la, lb) = (literal(&a), literal(&b));
         // Constant right operand, and both operands in variables.
         let src = format!("a = {la}\nb = {lb}\nr1 = (a {sym} {lb})\nr2 = (a {sym} b)\naddResult(r1)\naddResult(r2)\n");
@@ -74,16 +74,24 @@ proptest! {
     }
 }
 
+/// The reference semantics of one operator on ints (no memory involved).
+fn op(code: BinOp, a: &Value, b: &Value) -> Result<Value, avap_hostfns::AvapError> {
+    ops::binary(code, a, b, &mut avap_hostfns::MemoryBudget::unlimited()).map_err(|e| match e {
+        avap_hostfns::HostError::Script(e) => e,
+        avap_hostfns::HostError::Limit(l) => panic!("unexpected limit: {l}"),
+    })
+}
+
 /// `expr` evaluated the reference way for every counter value.
 fn reference_loop(from: i64, to: i64, factor: i64, divisor: i64) -> Result<Value, avap_hostfns::AvapError> {
     let mut s = Value::Int(0);
     let mut i = from;
     while i <= to {
-        let prod = ops::binary(BinOp::Mul, &Value::Int(i), &Value::Int(factor))?;
-        let m = ops::binary(BinOp::Mod, &prod, &Value::Int(divisor))?;
-        let q = ops::binary(BinOp::FloorDiv, &Value::Int(i), &Value::Int(divisor))?;
-        s = ops::binary(BinOp::Add, &s, &m)?;
-        s = ops::binary(BinOp::Sub, &s, &q)?;
+        let prod = op(BinOp::Mul, &Value::Int(i), &Value::Int(factor))?;
+        let m = op(BinOp::Mod, &prod, &Value::Int(divisor))?;
+        let q = op(BinOp::FloorDiv, &Value::Int(i), &Value::Int(divisor))?;
+        s = op(BinOp::Add, &s, &m)?;
+        s = op(BinOp::Sub, &s, &q)?;
         i += 1;
     }
     Ok(s)

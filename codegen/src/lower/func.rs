@@ -150,6 +150,11 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         idx
     }
 
+    /// Wasm locals declared so far, parameters included.
+    pub fn local_count(&self) -> usize {
+        self.params as usize + self.locals.len()
+    }
+
     /// A fresh `(tag, payload)` pair of locals.
     pub fn new_pair(&mut self) -> Pair {
         let t = self.new_local(ValType::I32);

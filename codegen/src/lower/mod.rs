@@ -33,10 +33,30 @@ use self::func::{FuncCtx, FuncKind};
 use self::module::{DefinedFn, ModuleCtx, UserFn};
 use crate::ast::{Arg, Call, ExprKind, Stmt, StmtKind, walk_stmt_exprs, walk_stmts};
 use crate::check::CheckedProgram;
-use crate::diag::FileId;
+use crate::diag::{Code, Diagnostic, FileId};
+use crate::span::Span;
 
 /// Index of the `stack_left` global.
 pub(crate) const STACK_LEFT_GLOBAL: u32 = 0;
+
+// The compile budget: shapes that bound what one script asks of Cranelift,
+// whose time and memory grow faster than linearly with the size of one
+// function (BENCHMARKS.md, "Compile budget"). Scripts beyond them are
+// refused with a diagnostic at the function or statement responsible;
+// the top level is split into chunks so that its length alone never is.
+
+/// Largest body of one wasm function (a user function, a `go_async`
+/// block, or one top-level statement), in bytes of code.
+pub const MAX_FUNCTION_BYTES: usize = 256 * 1024;
+/// Most wasm locals one function may have (two per variable or parameter,
+/// plus scratch); wasmparser refuses more than 50,000.
+pub const MAX_LOCALS: usize = 16_384;
+/// Largest total of code in one module.
+pub const MAX_CODE_BYTES: usize = 2 * 1024 * 1024;
+/// Top-level statements are grouped into chunk functions of about this
+/// much source each (a statement expands to at most a few dozen times its
+/// source size in code).
+const CHUNK_SOURCE_BYTES: usize = 4096;
 const PAGE: u32 = 65_536;
 
 /// A command the module imports.
@@ -74,6 +94,9 @@ pub struct LoweredModule {
     pub endpoints: Vec<StaticEndpoint>,
     pub functions: Vec<String>,
     pub marks: Vec<FunctionMarks>,
+    /// Functions or statements beyond the compile budget (errors): the
+    /// module is still valid wasm, but must not be compiled.
+    pub oversize: Vec<Diagnostic>,
 }
 
 /// Lower a program that checked without errors.
@@ -105,34 +128,7 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
     }
     let endpoints = collect_endpoints(checked, &mut m);
 
-    // main
-    {
-        let mut cx = FuncCtx::new(&mut m, 0, FuncKind::Main, 0);
-        let mut names = scope::top_level_names(&checked.programs[0].body);
-        for fixed in abi::FIXED_GLOBALS {
-            names.insert(fixed.to_owned());
-        }
-        cx.cache_globals(names);
-        cx.block(wasm_encoder::BlockType::Empty, true);
-        cx.stmts(&checked.programs[0].body);
-        cx.flush_main();
-        cx.ins().i32_const(0).return_();
-        cx.close();
-        cx.ins().i32_const(1).end();
-        let (body, marks) = cx.finish();
-        let type_index = m.type_index(&[], &[ValType::I32]);
-        m.set_function(
-            main_index,
-            DefinedFn {
-                type_index,
-                body,
-                marks,
-                name: "main".into(),
-                file: 0,
-                export: Some(abi::EXPORT_MAIN.into()),
-            },
-        );
-    }
+    lower_top_level(&mut m, main_index, &checked.programs[0].body);
 
     for (file, f) in &fns {
         let index = m.user_fns[&f.name.name].index;
@@ -174,7 +170,15 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         cx.close();
         cx.give_back_stack();
         cx.ins().i32_const(abi::TAG_ERR).i64_const(0).end();
+        let locals = cx.local_count();
         let (body, marks) = cx.finish();
+        m.check_shape(
+            &format!("function `{}`", f.name.name),
+            *file,
+            f.header,
+            body.byte_len(),
+            locals,
+        );
         let type_index = m.user_fn_type(n);
         let export = (n == 0).then(|| format!("{}{}", abi::EXPORT_FN_PREFIX, f.name.name));
         m.set_function(
@@ -217,7 +221,9 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         cx.epilogue();
         cx.close();
         cx.ins().i32_const(abi::TAG_ERR).i64_const(0).end();
+        let locals = cx.local_count();
         let (body, marks) = cx.finish();
+        m.check_shape("this go_async block", pending.file, pending.span, body.byte_len(), locals);
         let type_index = m.user_fn_type(n);
         let line = marks.first().map_or(0, |m| m.1);
         m.set_function(
@@ -234,6 +240,131 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
     }
 
     assemble(m, endpoints)
+}
+
+/// The top level: one function `main` when it is short; otherwise chunk
+/// functions of a bounded size, which `main` calls in order. Each chunk
+/// caches the globals it uses in locals (loaded at its start, written back
+/// at its end) and returns 0 to go on or 1 when an error is pending.
+fn lower_top_level<'a>(m: &mut ModuleCtx<'a>, main_index: u32, body: &'a [Stmt]) {
+    let chunks = chunk_statements(body);
+    let type_index = m.type_index(&[], &[ValType::I32]);
+    if chunks.len() <= 1 {
+        let (code, marks, locals) = lower_chunk(m, body, false);
+        m.check_shape("the top level", 0, span_of(body_span(body)), code.byte_len(), locals);
+        m.set_function(
+            main_index,
+            DefinedFn {
+                type_index,
+                body: code,
+                marks,
+                name: "main".into(),
+                file: 0,
+                export: Some(abi::EXPORT_MAIN.into()),
+            },
+        );
+        return;
+    }
+    let mut indices = Vec::with_capacity(chunks.len());
+    for chunk in &chunks {
+        let index = m.reserve_function();
+        let (code, marks, locals) = lower_chunk(m, chunk, true);
+        let span = span_of(body_span(chunk));
+        let what = match chunk {
+            [_] => "this statement",
+            _ => "these statements",
+        };
+        m.check_shape(what, 0, span, code.byte_len(), locals);
+        let line = marks.first().map_or(0, |mark| mark.1);
+        m.set_function(
+            index,
+            DefinedFn {
+                type_index,
+                body: code,
+                marks,
+                name: format!("main@{line}"),
+                file: 0,
+                export: None,
+            },
+        );
+        indices.push(index);
+    }
+    let mut f = wasm_encoder::Function::new_with_locals_types([ValType::I32]);
+    {
+        let mut sink = f.instructions();
+        for index in indices {
+            // A failed chunk ends the top level with its pending error.
+            sink.call(index).local_tee(0).if_(wasm_encoder::BlockType::Empty);
+            sink.i32_const(1).return_().end();
+        }
+        sink.i32_const(0).end();
+    }
+    m.set_function(
+        main_index,
+        DefinedFn {
+            type_index,
+            body: f,
+            marks: Vec::new(),
+            name: "main".into(),
+            file: 0,
+            export: Some(abi::EXPORT_MAIN.into()),
+        },
+    );
+}
+
+/// One top-level function over `stmts`: globals cached in locals (loaded
+/// first when earlier chunks may have set them), written back at the end.
+fn lower_chunk<'a>(
+    m: &mut ModuleCtx<'a>,
+    stmts: &'a [Stmt],
+    reload: bool,
+) -> (wasm_encoder::Function, Vec<(u32, u32, u32)>, usize) {
+    let mut cx = FuncCtx::new(m, 0, FuncKind::Main, 0);
+    let mut names = scope::top_level_names(stmts);
+    for fixed in abi::FIXED_GLOBALS {
+        names.insert(fixed.to_owned());
+    }
+    cx.cache_globals(names);
+    if reload {
+        cx.reload_main();
+    }
+    cx.block(wasm_encoder::BlockType::Empty, true);
+    cx.stmts(stmts);
+    cx.flush_main();
+    cx.ins().i32_const(0).return_();
+    cx.close();
+    cx.ins().i32_const(1).end();
+    let locals = cx.local_count();
+    let (body, marks) = cx.finish();
+    (body, marks, locals)
+}
+
+/// Consecutive top-level statements in groups of about
+/// [`CHUNK_SOURCE_BYTES`] of source (a long statement is a group of its own).
+fn chunk_statements(body: &[Stmt]) -> Vec<&[Stmt]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, s) in body.iter().enumerate() {
+        if size > 0 && size + s.span.len() > CHUNK_SOURCE_BYTES {
+            chunks.push(&body[start..i]);
+            start = i;
+            size = 0;
+        }
+        size += s.span.len();
+    }
+    if start < body.len() || chunks.is_empty() {
+        chunks.push(&body[start..]);
+    }
+    chunks
+}
+
+fn body_span(stmts: &[Stmt]) -> Option<Span> {
+    Some(stmts.first()?.span.to(stmts.last()?.span))
+}
+
+fn span_of(span: Option<Span>) -> Span {
+    span.unwrap_or_default()
 }
 
 fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModule {
@@ -274,6 +405,18 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
     let mut marks = Vec::new();
     let mut fn_names = Vec::new();
     let base = m.import_count();
+    let code_bytes: usize = m.defined.iter().flatten().map(|f| f.body.byte_len()).sum();
+    if code_bytes > MAX_CODE_BYTES {
+        m.oversize.push(Diagnostic::new(
+            Code::ProgramTooLarge,
+            Span::default(),
+            format!(
+                "the script compiles to {} KiB of code; the limit is {} KiB",
+                code_bytes / 1024,
+                MAX_CODE_BYTES / 1024
+            ),
+        ).with_help("split it into several scripts, or move repeated code into functions and loops"));
+    }
     for (i, h) in Helper::ALL.iter().enumerate() {
         names.append(u32::try_from(i).unwrap_or(0), h.name());
     }
@@ -295,7 +438,7 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
             file: f.file,
             marks: f.marks.clone(),
         });
-        if !f.name.starts_with("go_async@") && f.name != "main" {
+        if !f.name.starts_with("go_async@") && !f.name.starts_with("main@") && f.name != "main" {
             fn_names.push(f.name.clone());
         }
     }
@@ -379,6 +522,7 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
         endpoints,
         functions: fn_names,
         marks,
+        oversize: std::mem::take(&mut m.oversize),
     }
 }
 

@@ -9,7 +9,8 @@ use indexmap::{IndexMap, IndexSet};
 use wasm_encoder::{Function, ValType};
 
 use crate::ast::Stmt;
-use crate::diag::{FileId, Sources};
+use crate::diag::{Code, Diagnostic, FileId, Sources};
+use crate::span::Span;
 
 /// A user function as callers see it.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub(crate) struct PendingAsync<'a> {
     pub index: u32,
     pub file: FileId,
     pub body: &'a [Stmt],
+    /// The `go_async` statement, for diagnostics.
+    pub span: Span,
     /// Variables of the enclosing function passed in as a snapshot.
     pub captured: Vec<String>,
     /// Variables the block writes: the dict `gather` returns.
@@ -42,6 +45,8 @@ pub(crate) struct ModuleCtx<'a> {
     pub pending_async: Vec<PendingAsync<'a>>,
     /// Handler name → output variable, for `registerEndpoint` sites.
     pub outputs: HashMap<String, String>,
+    /// Functions beyond the compile budget (see `lower::MAX_FUNCTION_BYTES`).
+    pub oversize: Vec<Diagnostic>,
 }
 
 pub(crate) struct DefinedFn {
@@ -65,6 +70,42 @@ impl<'a> ModuleCtx<'a> {
             defined: Vec::new(),
             pending_async: Vec::new(),
             outputs: HashMap::new(),
+            oversize: Vec::new(),
+        }
+    }
+
+    /// Record a diagnostic when one lowered function (`what`, at `span`)
+    /// is beyond the compile budget.
+    pub fn check_shape(&mut self, what: &str, file: FileId, span: Span, body_bytes: usize, locals: usize) {
+        if body_bytes > super::MAX_FUNCTION_BYTES {
+            self.oversize.push(
+                Diagnostic::new(
+                    Code::FunctionTooLarge,
+                    span,
+                    format!(
+                        "{what} compiles to {} KiB of code; one function may have at most {} KiB",
+                        body_bytes / 1024,
+                        super::MAX_FUNCTION_BYTES / 1024
+                    ),
+                )
+                .in_file(file)
+                .with_help("split it into smaller functions (a loop or a helper function repeats code without repeating it in the source)"),
+            );
+        }
+        if locals > super::MAX_LOCALS {
+            self.oversize.push(
+                Diagnostic::new(
+                    Code::TooManyVariables,
+                    span,
+                    format!(
+                        "{what} uses {} variables and parameters; one function may have at most {}",
+                        locals / 2,
+                        super::MAX_LOCALS / 2
+                    ),
+                )
+                .in_file(file)
+                .with_help("group related values in a dict or a list"),
+            );
         }
     }
 

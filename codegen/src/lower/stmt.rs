@@ -321,9 +321,43 @@ impl<'a> FuncCtx<'_, 'a> {
                 assumed = meet(&assumed, &end);
             }
         }
-        // Counter after the loop: to + 1 (spec §5).
+        // Next iteration while the counter is below `to`: stepping only
+        // then means the counter never wraps (at i64::MAX it would, and run
+        // forever).
+        self.ins()
+            .local_get(lo)
+            .local_get(hi)
+            .i64_lt_s()
+            .if_(BlockType::Empty)
+            .local_get(lo)
+            .i64_const(1)
+            .i64_add()
+            .local_set(lo)
+            .br(1)
+            .end();
+        // Counter after the loop: to + 1 (spec §5), an IntegerOverflow when
+        // `to` is i64::MAX, like any other int arithmetic. Constant bounds
+        // below the maximum need no check.
+        if counter_range.is_none_or(|(_, to)| to == i64::MAX) {
+            self.mark(var.span);
+            self.ins()
+                .local_get(lo)
+                .i64_const(i64::MAX)
+                .i64_eq()
+                .if_(BlockType::Empty);
+            self.open(false);
+            self.raise(
+                avap_hostfns::ErrorKind::IntegerOverflow,
+                &format!(
+                    "integer overflow: loop counter '{}' cannot step past {}",
+                    var.name,
+                    i64::MAX
+                ),
+            );
+            self.ins().drop().drop();
+            self.close();
+        }
         self.ins().local_get(lo).i64_const(1).i64_add().local_set(lo);
-        self.ins().local_get(lo).local_get(hi).i64_le_s().br_if(0);
         self.ins().i32_const(abi::TAG_INT).local_get(lo);
         self.store(home);
         self.close();
@@ -465,6 +499,7 @@ impl<'a> FuncCtx<'_, 'a> {
             index,
             file: self.file,
             body,
+            span: id.span.to(body.last().map_or(id.span, |s| s.span)),
             captured: captured.clone(),
             written: written.into_iter().collect(),
         });

@@ -4,6 +4,8 @@
 use super::{Args, Outcome, charge, value};
 use crate::context::HostContext;
 use crate::error::{ErrorKind, HostError};
+use crate::json::{self, JsonError};
+use crate::memory;
 use crate::ops;
 use crate::value::{Dict, Value};
 
@@ -22,21 +24,25 @@ pub(super) fn add_var(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, Ho
     {
         return value(Value::Int(i));
     }
-    value(v.clone())
+    value(ctx.memory().clone_value(v)?.0)
 }
 
-/// A string holding a JSON array, decoded (the reference parsed string
-/// sources of `getListLen`/`itemFromList` as literals).
-fn json_array(s: &str) -> Option<Vec<Value>> {
+/// Does this string hold a JSON array? (The reference parsed string sources
+/// of `getListLen`/`itemFromList` as literals.) Its length when it does;
+/// counting keeps nothing.
+fn json_array_len(s: &str) -> Option<usize> {
     if !s.trim_start().starts_with('[') {
         return None;
     }
-    match serde_json::from_str::<serde_json::Value>(s) {
-        Ok(json @ serde_json::Value::Array(_)) => match Value::from_json(&json) {
-            Value::List(items) => Some(items),
-            _ => None,
-        },
-        _ => None,
+    json::array_len(s).ok().flatten()
+}
+
+/// A decoding failure that is not the memory limit reads as "no value".
+fn decoded<T>(r: Result<Option<T>, JsonError>) -> Result<Option<T>, HostError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(JsonError::Limit(hit)) => Err(hit.into()),
+        Err(JsonError::Invalid(_)) => Ok(None),
     }
 }
 
@@ -51,14 +57,14 @@ pub(super) fn get_list_len(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcom
         Value::None => 0,
         Value::Str(s) => {
             charge(ctx, s.len())?;
-            json_array(s).map_or_else(|| s.chars().count(), |items| items.len())
+            json_array_len(s).unwrap_or_else(|| s.chars().count())
         }
         Value::List(items) => items.len(),
         Value::Dict(map) => map.len(),
         other => {
             return Err(a.error(
                 ErrorKind::TypeError,
-                format!("'{}' is a {}, which has no length", a.text(0), other.type_name()),
+                format!("'{}' is a {}, which has no length", a.name(ctx, 0)?, other.type_name()),
             ));
         }
     };
@@ -73,37 +79,48 @@ pub(super) fn get_list_len(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcom
 /// that is not a list → `TypeError`. Fuel: the item's size.
 pub(super) fn item_from_list(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
     let index = ops::to_int(a.get(2)).map_err(|e| a.error(e.kind, e.message))?;
-    let decoded;
-    let items: &[Value] = match a.get(1) {
-        Value::None => &[],
-        Value::List(items) => items,
+    let out_of_range = |len: usize| {
+        a.error(
+            ErrorKind::IndexError,
+            format!("index {index} out of range for a list of {len} item(s)"),
+        )
+    };
+    let position = |len: usize| {
+        let len_i = i64::try_from(len).unwrap_or(i64::MAX);
+        let at = if index < 0 { index.saturating_add(len_i) } else { index };
+        usize::try_from(at).ok().filter(|&at| at < len)
+    };
+    let item = match a.get(1) {
+        Value::None => return Err(out_of_range(0)),
+        Value::List(items) => {
+            let item = position(items.len())
+                .and_then(|at| items.get(at))
+                .ok_or_else(|| out_of_range(items.len()))?;
+            ctx.memory().clone_value(item)?.0
+        }
         Value::Str(s) => {
             charge(ctx, s.len())?;
-            match json_array(s) {
-                Some(items) => {
-                    decoded = items;
-                    &decoded
-                }
-                None => return Err(a.error(ErrorKind::TypeError, format!("'{}' is a str, not a list", a.text(0)))),
-            }
+            let Some(len) = json_array_len(s) else {
+                return Err(a.error(
+                    ErrorKind::TypeError,
+                    format!("'{}' is a str, not a list", a.name(ctx, 0)?),
+                ));
+            };
+            let at = position(len).ok_or_else(|| out_of_range(len))?;
+            // Only the item asked for is decoded; the rest is skipped.
+            decoded(json::array_item(s, at, ctx.memory()))?
+                .flatten()
+                .ok_or_else(|| out_of_range(len))?
         }
         other => {
             return Err(a.error(
                 ErrorKind::TypeError,
-                format!("'{}' is a {}, not a list", a.text(0), other.type_name()),
+                format!("'{}' is a {}, not a list", a.name(ctx, 0)?, other.type_name()),
             ));
         }
     };
-    let len = i64::try_from(items.len()).unwrap_or(i64::MAX);
-    let at = if index < 0 { index.saturating_add(len) } else { index };
-    let item = usize::try_from(at).ok().and_then(|at| items.get(at)).ok_or_else(|| {
-        a.error(
-            ErrorKind::IndexError,
-            format!("index {index} out of range for a list of {} item(s)", items.len()),
-        )
-    })?;
     charge(ctx, item.heap_bytes())?;
-    value(item.clone())
+    value(item)
 }
 
 /// `variableToList(element, target)`: appends `element` to the list in
@@ -114,11 +131,14 @@ pub(super) fn item_from_list(ctx: &mut dyn HostContext, a: &Args) -> Result<Outc
 pub(super) fn variable_to_list(ctx: &mut dyn HostContext, a: &Args, target: &mut Value) -> Result<Outcome, HostError> {
     let element = a.get(0);
     charge(ctx, element.heap_bytes())?;
+    let (element, _) = ctx.memory().clone_value(element)?;
     if let Value::List(items) = target {
-        items.push(element.clone());
+        memory::push(items, element, ctx.memory())?;
         return Ok(Outcome::InPlace);
     }
-    value(Value::List(vec![element.clone()]))
+    let mut items = Vec::new();
+    memory::push(&mut items, element, ctx.memory())?;
+    value(Value::List(items))
 }
 
 /// `AddvariableToJSON(key, value, target)`: sets `target[str(key)] = value`.
@@ -131,27 +151,30 @@ pub(super) fn add_variable_to_json(
     a: &Args,
     target: &mut Value,
 ) -> Result<Outcome, HostError> {
-    let key = a.get(0).to_text();
+    let key = memory::text_within(a.get(0), ctx.memory())?;
     let item = a.get(1);
     charge(ctx, key.len() + item.heap_bytes())?;
+    let (item, _) = ctx.memory().clone_value(item)?;
     if let Value::Dict(map) = target {
-        map.insert(key, item.clone());
+        memory::insert(map, key, item, ctx.memory())?;
         return Ok(Outcome::InPlace);
     }
     let mut map = match target {
         Value::Str(s) => {
             charge(ctx, s.len())?;
-            match serde_json::from_str::<serde_json::Value>(s) {
-                Ok(json @ serde_json::Value::Object(_)) => match Value::from_json(&json) {
-                    Value::Dict(map) => map,
-                    _ => Dict::new(),
-                },
+            let parsed = match json::parse(s, ctx.memory()) {
+                Ok(v) => Some(v),
+                Err(JsonError::Limit(hit)) => return Err(hit.into()),
+                Err(JsonError::Invalid(_)) => None,
+            };
+            match parsed {
+                Some(Value::Dict(map)) => map,
                 _ => Dict::new(),
             }
         }
         _ => Dict::new(),
     };
-    map.insert(key, item.clone());
+    memory::insert(&mut map, key, item, ctx.memory())?;
     value(Value::Dict(map))
 }
 
@@ -162,15 +185,16 @@ pub(super) fn add_variable_to_json(
 /// `None`). Fuel: the source text's length when decoded, plus the result's
 /// size.
 pub(super) fn variable_from_json(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let key = a.literal(1);
+    let key = a.literal(ctx, 1)?;
     let found = match a.get(0) {
-        Value::Dict(map) => map.get(&key).cloned(),
+        Value::Dict(map) => match map.get(&key) {
+            Some(v) => Some(ctx.memory().clone_value(v)?.0),
+            None => None,
+        },
         Value::Str(s) => {
             charge(ctx, s.len())?;
-            match serde_json::from_str::<serde_json::Value>(s) {
-                Ok(serde_json::Value::Object(map)) => map.get(&key).map(Value::from_json),
-                _ => None,
-            }
+            // Only the key asked for is decoded; other keys are skipped.
+            decoded(json::field(s, &key, ctx.memory()))?
         }
         _ => None,
     };

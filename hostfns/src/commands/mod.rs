@@ -149,20 +149,27 @@ impl<'a> Args<'a> {
         self.items.get(i).copied().unwrap_or(&NONE)
     }
 
-    /// Slot `i` as text: `str()` of the value, `""` for `None`.
-    fn text(&self, i: usize) -> String {
-        crate::ops::template_text(self.get(i))
+    /// Slot `i` as text: `str()` of the value, `""` for `None`; its memory
+    /// is claimed from the run's budget before it is built.
+    fn text(&self, ctx: &mut dyn HostContext, i: usize) -> Result<String, HostError> {
+        Ok(crate::ops::template_text_within(self.get(i), ctx.memory())?)
+    }
+
+    /// A name slot's text (a name from the source, or a literal): small,
+    /// but claimed like any other text.
+    fn name(&self, ctx: &mut dyn HostContext, i: usize) -> Result<String, HostError> {
+        self.text(ctx, i)
     }
 
     /// A literal slot's text, without one pair of surrounding quotes.
-    fn literal(&self, i: usize) -> String {
-        let text = self.text(i);
+    fn literal(&self, ctx: &mut dyn HostContext, i: usize) -> Result<String, HostError> {
+        let text = self.text(ctx, i)?;
         let unquoted = ['"', '\''].iter().find_map(|q| {
             text.strip_prefix(*q)
                 .and_then(|t| t.strip_suffix(*q))
                 .filter(|_| text.len() >= 2)
         });
-        unquoted.map_or_else(|| text.clone(), str::to_owned)
+        Ok(unquoted.map_or(text.clone(), str::to_owned))
     }
 
     /// A catchable error of `kind`, prefixed with the command's name.

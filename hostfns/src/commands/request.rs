@@ -4,12 +4,14 @@
 use super::{Args, Outcome, charge, value};
 use crate::context::{Endpoint, HostContext};
 use crate::error::{AvapError, ErrorKind, HostError};
+use crate::json::{self, JsonError};
+use crate::memory::{self, MemoryBudget};
 use crate::value::{Dict, Value};
 
 /// `addResult(name)`: records the variable's current value (a snapshot;
 /// undefined → `null`) under its name. Fuel: the value's size.
 pub(super) fn add_result(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let name = a.get(0).to_text();
+    let name = memory::text_within(a.get(0), ctx.memory())?;
     let v = a.get(1);
     charge(ctx, name.len() + v.heap_bytes())?;
     ctx.add_result(&name, v)?;
@@ -25,30 +27,33 @@ fn key_matches(key: &str, param: &str) -> bool {
 /// Coercion of a query or form string (spec §7): `""` → `None`; optionally
 /// signed ASCII digits → int (when it fits); else a finite float if it
 /// parses; else JSON text of an array, object, `true`, `false` or `null` is
-/// decoded; else the string itself.
-pub(crate) fn coerce_param(raw: &str) -> Value {
+/// decoded; else the string itself. What it builds is claimed from `mem`.
+pub(crate) fn coerce_param(raw: &str, mem: &mut MemoryBudget) -> Result<Value, HostError> {
     if raw.is_empty() {
-        return Value::None;
+        return Ok(Value::None);
     }
     let digits = raw.strip_prefix('-').unwrap_or(raw);
     if !digits.is_empty()
         && digits.bytes().all(|c| c.is_ascii_digit())
         && let Ok(i) = raw.parse::<i64>()
     {
-        return Value::Int(i);
+        return Ok(Value::Int(i));
     }
     if let Ok(f) = raw.parse::<f64>()
         && f.is_finite()
     {
-        return Value::Float(f);
+        return Ok(Value::Float(f));
     }
     let t = raw.trim();
-    if (t.starts_with(['[', '{']) || matches!(t, "true" | "false" | "null"))
-        && let Ok(json) = serde_json::from_str::<serde_json::Value>(t)
-    {
-        return Value::from_json(&json);
+    if t.starts_with(['[', '{']) || matches!(t, "true" | "false" | "null") {
+        match json::parse(t, mem) {
+            Ok(v) => return Ok(v),
+            Err(JsonError::Limit(hit)) => return Err(hit.into()),
+            Err(JsonError::Invalid(_)) => {}
+        }
     }
-    Value::Str(raw.to_owned())
+    mem.claim_str(raw.len())?;
+    Ok(Value::Str(raw.to_owned()))
 }
 
 /// `addParam(param, target)` (spec §7): the first query value named
@@ -56,20 +61,20 @@ pub(crate) fn coerce_param(raw: &str) -> Value {
 /// first form field; query and form strings go through [`coerce_param`].
 /// Missing → `None`. Fuel: the request parts scanned plus the value's size.
 pub(super) fn add_param(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let param = a.literal(0);
-    let request = ctx.request();
+    let param = a.literal(ctx, 0)?;
+    let (request, mem) = ctx.request_and_memory();
     let scanned = request.query.len() + request.form.len() + 1;
     let found = if let Some((_, raw)) = request.query.iter().find(|(k, _)| key_matches(k, &param)) {
-        coerce_param(raw)
+        coerce_param(raw, mem)?
     } else if let Some(v) = request
         .json
         .as_ref()
         .and_then(|json| json.as_object())
         .and_then(|obj| obj.get(&param))
     {
-        Value::from_json(v)
+        json::from_json_value(v, mem)?
     } else if let Some((_, raw)) = request.form.iter().find(|(k, _)| key_matches(k, &param)) {
-        coerce_param(raw)
+        coerce_param(raw, mem)?
     } else {
         Value::None
     };
@@ -81,16 +86,18 @@ pub(super) fn add_param(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, 
 /// parameter, in order of first appearance, holding its first value as the
 /// raw string (spec §10). Fuel: the query's size.
 pub(super) fn get_query_param_list(ctx: &mut dyn HostContext) -> Result<Outcome, HostError> {
-    let query = &ctx.request().query;
+    let (request, mem) = ctx.request_and_memory();
     let mut seen = std::collections::HashSet::new();
     let mut list = Vec::new();
     let mut bytes = 0;
-    for (k, v) in query {
+    for (k, v) in &request.query {
         bytes += k.len() + v.len();
         if seen.insert(k.as_str()) {
             let mut one = Dict::new();
-            one.insert(k.clone(), Value::Str(v.clone()));
-            list.push(Value::Dict(one));
+            mem.claim_str(k.len())?;
+            mem.claim_str(v.len())?;
+            memory::insert(&mut one, k.clone(), Value::Str(v.clone()), mem)?;
+            memory::push(&mut list, Value::Dict(one), mem)?;
         }
     }
     charge(ctx, bytes + list.len())?;
@@ -99,17 +106,23 @@ pub(super) fn get_query_param_list(ctx: &mut dyn HostContext) -> Result<Outcome,
 
 /// The middleware argument of `registerEndpoint`: a list of function names,
 /// `None`/`""` for none, a JSON array text, or a comma-separated text.
-fn middleware_names(a: &Args, v: &Value) -> Result<Vec<String>, HostError> {
+fn middleware_names(ctx: &mut dyn HostContext, a: &Args, v: &Value) -> Result<Vec<String>, HostError> {
+    let mem = ctx.memory();
     let list = match v {
         Value::None => return Ok(Vec::new()),
-        Value::List(items) => items.clone(),
+        Value::List(items) => match mem.clone_value(v)?.0 {
+            Value::List(copy) => copy,
+            _ => items.clone(),
+        },
         Value::Str(s) if s.trim().is_empty() => return Ok(Vec::new()),
-        Value::Str(s) => match serde_json::from_str::<serde_json::Value>(s) {
-            Ok(json @ serde_json::Value::Array(_)) => match Value::from_json(&json) {
-                Value::List(items) => items,
-                _ => Vec::new(),
-            },
-            _ => s.split(',').map(|n| Value::Str(n.trim().to_owned())).collect(),
+        Value::Str(s) => match json::parse(s, mem) {
+            Ok(Value::List(items)) => items,
+            Ok(_) => Vec::new(),
+            Err(JsonError::Limit(hit)) => return Err(hit.into()),
+            Err(JsonError::Invalid(_)) => {
+                mem.claim_str(s.len())?;
+                s.split(',').map(|n| Value::Str(n.trim().to_owned())).collect()
+            }
         },
         other => {
             return Err(a.error(
@@ -123,7 +136,7 @@ fn middleware_names(a: &Args, v: &Value) -> Result<Vec<String>, HostError> {
             Value::Str(name) if !name.trim().is_empty() => Ok(name.trim().to_owned()),
             other => Err(a.error(
                 ErrorKind::TypeError,
-                format!("middleware names must be strings, not {}", other.repr()),
+                format!("middleware names must be strings, not {}", other.repr_short()),
             )),
         })
         .collect()
@@ -135,12 +148,12 @@ fn middleware_names(a: &Args, v: &Value) -> Result<Vec<String>, HostError> {
 /// `ValueError`. `handler` and `output` are *names* (their first slot);
 /// an empty output name means none. Fuel: the texts' length.
 pub(super) fn register_endpoint(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let mut path = a.text(0).trim().to_owned();
-    let method = a.text(1).trim().to_ascii_uppercase();
-    let middleware = middleware_names(a, a.get(2))?;
-    let description = a.text(3);
-    let handler = a.text(4).trim().to_owned();
-    let output = a.text(6).trim().to_owned();
+    let mut path = a.text(ctx, 0)?.trim().to_owned();
+    let method = a.text(ctx, 1)?.trim().to_ascii_uppercase();
+    let middleware = middleware_names(ctx, a, a.get(2))?;
+    let description = a.text(ctx, 3)?;
+    let handler = a.name(ctx, 4)?.trim().to_owned();
+    let output = a.name(ctx, 6)?.trim().to_owned();
     if path.is_empty() {
         return Err(a.error(ErrorKind::ValueError, "the path is empty"));
     }
@@ -171,7 +184,7 @@ pub(super) fn register_endpoint(ctx: &mut dyn HostContext, a: &Args) -> Result<O
 /// the runtime's (behind [`HostContext::async_result`]). No block with that
 /// id → `ValueError`. Fuel: the result's size.
 pub(super) fn gather(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let id = a.text(0);
+    let id = a.text(ctx, 0)?;
     charge(ctx, id.len())?;
     match ctx.async_result(&id) {
         Some(Ok(v)) => {
@@ -186,7 +199,7 @@ pub(super) fn gather(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, Hos
 /// `raise(message)`: a catchable `UserError` whose message is `str(message)`
 /// exactly (no prefix).
 pub(super) fn raise(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let message = a.get(0).to_text();
+    let message = memory::text_within(a.get(0), ctx.memory())?;
     charge(ctx, message.len())?;
     Err(HostError::Script(AvapError::new(ErrorKind::UserError, message)))
 }

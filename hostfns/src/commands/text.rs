@@ -8,17 +8,37 @@ use sha2::{Digest, Sha256};
 use super::{Args, Outcome, charge, value};
 use crate::context::HostContext;
 use crate::error::{ErrorKind, HostError};
+use crate::memory::MemoryBudget;
 use crate::ops;
 use crate::value::Value;
 
-/// Compiled-program size cap for script regexes (the regex crate's default).
-const REGEX_SIZE_LIMIT: usize = 10 * 1024 * 1024;
+/// Compiled-program size cap for script regexes, and the cap on the lazy
+/// DFA's cache: what one regex may hold in memory, whatever its pattern
+/// (a constant a run's memory limit leaves room for; see docs/security.md).
+const REGEX_SIZE_LIMIT: usize = 2 * 1024 * 1024;
+const REGEX_DFA_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Longest `randomString` result.
 pub const MAX_RANDOM_LENGTH: i64 = 1_000_000;
 
-fn compile(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build()
+/// Longest pattern compiled as a regex. Parsing builds a syntax tree many
+/// times the pattern's size before `size_limit` can look at the result; a
+/// longer pattern is not a regex (`replace` then matches it as plain text,
+/// `getRegex` refuses it).
+const MAX_PATTERN_BYTES: usize = 16 * 1024;
+
+fn compile(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "the pattern is {} bytes long; regular expressions may be at most {MAX_PATTERN_BYTES} bytes",
+            pattern.len()
+        ));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_DFA_LIMIT)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// One piece of a Python `re.sub` replacement template.
@@ -99,14 +119,39 @@ fn parse_template(template: &str, re: &Regex) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn expand(pieces: &[Piece], caps: &Captures, out: &mut String) {
-    for piece in pieces {
-        match piece {
-            Piece::Text(t) => out.push_str(t),
-            Piece::Group(n) => out.push_str(caps.get(*n).map_or("", |m| m.as_str())),
-            Piece::Named(name) => out.push_str(caps.name(name).map_or("", |m| m.as_str())),
-        }
+/// The texts a replacement template expands to for one match.
+fn expanded<'t>(pieces: &'t [Piece], caps: &'t Captures<'t>) -> impl Iterator<Item = &'t str> {
+    pieces.iter().map(|piece| match piece {
+        Piece::Text(t) => t.as_str(),
+        Piece::Group(n) => caps.get(*n).map_or("", |m| m.as_str()),
+        Piece::Named(name) => caps.name(name).map_or("", |m| m.as_str()),
+    })
+}
+
+/// `re.sub(pattern, template, source)`: measured first (without
+/// allocating), the result's memory claimed, then built at exactly that
+/// size. The matching runs twice; a result larger than the budget is never
+/// started.
+fn substitute(re: &Regex, pieces: &[Piece], source: &str, mem: &mut MemoryBudget) -> Result<String, HostError> {
+    let mut len = source.len();
+    for caps in re.captures_iter(source) {
+        let whole = caps.get(0).map_or(0, |m| m.len());
+        let added: usize = expanded(pieces, &caps).map(str::len).sum();
+        len = (len - whole).saturating_add(added);
     }
+    mem.claim_str(len)?;
+    let mut out = String::with_capacity(len);
+    let mut last = 0;
+    for caps in re.captures_iter(source) {
+        let Some(whole) = caps.get(0) else { continue };
+        out.push_str(&source[last..whole.start()]);
+        for text in expanded(pieces, &caps) {
+            out.push_str(text);
+        }
+        last = whole.end();
+    }
+    out.push_str(&source[last..]);
+    Ok(out)
 }
 
 /// `replace(source, pattern, newValue, target)`: every match of the regular
@@ -117,21 +162,23 @@ fn expand(pieces: &[Piece], caps: &Captures, out: &mut String) {
 /// (spaces in the pattern meaning `\s`, `¨` turning into `"`) are not
 /// reproduced. Fuel: the lengths of the source, pattern and result.
 pub(super) fn replace(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let source = a.text(0);
-    let pattern = a.text(1);
-    let new_value = a.text(2);
+    let source = a.text(ctx, 0)?;
+    let pattern = a.text(ctx, 1)?;
+    let new_value = a.text(ctx, 2)?;
     charge(ctx, source.len() + pattern.len() + new_value.len())?;
     let result = match compile(&pattern) {
         Ok(re) => {
             let pieces = parse_template(&new_value, &re).map_err(|m| a.error(ErrorKind::ValueError, m))?;
-            re.replace_all(&source, |caps: &Captures| {
-                let mut out = String::new();
-                expand(&pieces, caps, &mut out);
-                out
-            })
-            .into_owned()
+            substitute(&re, &pieces, &source, ctx.memory())?
         }
-        Err(_) => source.replace(&pattern, &new_value),
+        Err(_) => {
+            // Plain text (a pattern that is not a valid regex is never empty).
+            let count = source.matches(pattern.as_str()).count();
+            let len = (source.len() - count * pattern.len()).saturating_add(count.saturating_mul(new_value.len()));
+            ctx.memory().claim_str(len)?;
+            charge(ctx, len)?;
+            source.replace(&pattern, &new_value)
+        }
     };
     charge(ctx, result.len())?;
     value(Value::Str(result))
@@ -143,25 +190,39 @@ pub(super) fn replace(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, Ho
 /// its groups' texts. No match → `None`; an invalid pattern → `ValueError`.
 /// Fuel: the lengths of the source, pattern and result.
 pub(super) fn get_regex(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let source = a.text(0);
-    let pattern = a.text(1);
+    let source = a.text(ctx, 0)?;
+    let pattern = a.text(ctx, 1)?;
     charge(ctx, source.len() + pattern.len())?;
     let re = compile(&pattern).map_err(|e| {
         a.error(
             ErrorKind::ValueError,
-            format!("invalid regular expression {pattern:?}: {e}"),
+            format!(
+                "invalid regular expression {}: {e}",
+                Value::Str(pattern.clone()).repr_short()
+            ),
         )
     })?;
-    let mut out = String::new();
+    // Each match contributes its groups' texts (or the whole match): with
+    // nested groups that is several copies of it, so the result is measured
+    // and claimed before it is built.
+    let pieces = |caps: &Captures<'_>| -> Vec<(usize, usize)> {
+        if re.captures_len() == 1 {
+            caps.get(0).map(|m| (m.start(), m.end())).into_iter().collect()
+        } else {
+            caps.iter().skip(1).flatten().map(|m| (m.start(), m.end())).collect()
+        }
+    };
+    let mut len = 0usize;
     let mut matches = 0usize;
     for caps in re.captures_iter(&source) {
         matches += 1;
-        if re.captures_len() == 1 {
-            out.push_str(caps.get(0).map_or("", |m| m.as_str()));
-        } else {
-            for group in caps.iter().skip(1) {
-                out.push_str(group.map_or("", |m| m.as_str()));
-            }
+        len = pieces(&caps).iter().fold(len, |n, (s, e)| n.saturating_add(e - s));
+    }
+    ctx.memory().claim_str(len)?;
+    let mut out = String::with_capacity(len);
+    for caps in re.captures_iter(&source) {
+        for (start, end) in pieces(&caps) {
+            out.push_str(&source[start..end]);
         }
     }
     charge(ctx, out.len() + matches)?;
@@ -185,6 +246,12 @@ fn class_escape(c: char) -> Option<Vec<char>> {
 /// escaped literals), a lone `\d`/`\w`/`\s`, or a single literal
 /// character. Negated classes and anything else are errors.
 fn alphabet(pattern: &str) -> Result<Vec<char>, String> {
+    if pattern.len() > 1024 {
+        return Err(format!(
+            "the pattern is {} bytes long; randomString patterns may be at most 1024 bytes",
+            pattern.len()
+        ));
+    }
     let inner = if let Some(body) = pattern.strip_prefix('[') {
         let Some(body) = body.strip_suffix(']').filter(|b| !b.is_empty()) else {
             return Err(format!(
@@ -257,7 +324,7 @@ fn alphabet(pattern: &str) -> Result<Vec<char>, String> {
 /// length.
 pub(super) fn random_string(ctx: &mut dyn HostContext, a: &Args, form: usize) -> Result<Outcome, HostError> {
     let (pattern, length) = if form == 0 {
-        (a.text(0), a.get(1))
+        (a.text(ctx, 0)?, a.get(1))
     } else {
         (String::new(), a.get(0))
     };
@@ -276,10 +343,12 @@ pub(super) fn random_string(ctx: &mut dyn HostContext, a: &Args, form: usize) ->
     };
     let alphabet = alphabet(&pattern).map_err(|m| a.error(ErrorKind::ValueError, m))?;
     charge(ctx, alphabet.len() + length)?;
+    let widest = alphabet.iter().map(|c| c.len_utf8()).max().unwrap_or(1);
+    ctx.memory().claim_str(length * widest)?;
     let n = u32::try_from(alphabet.len()).unwrap_or(u32::MAX);
     // Largest multiple of n that fits in u32: draws at or above it are redrawn.
     let zone = u32::MAX - (u32::MAX % n + 1) % n;
-    let mut out = String::with_capacity(length);
+    let mut out = String::with_capacity(length * widest);
     let mut buf = vec![0u8; 4 * length.clamp(1, 4096)];
     let mut used = buf.len();
     let mut made = 0;
@@ -302,7 +371,7 @@ pub(super) fn random_string(ctx: &mut dyn HostContext, a: &Args, form: usize) ->
 /// `encodeSHA256(source, target)`: lowercase hex SHA-256 of `str(source)`
 /// (`None` → `""`). Fuel: the text's length.
 pub(super) fn encode_sha256(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let text = a.text(0);
+    let text = a.text(ctx, 0)?;
     charge(ctx, text.len() + 64)?;
     value(Value::Str(hex::encode(Sha256::digest(text.as_bytes()))))
 }
@@ -310,7 +379,7 @@ pub(super) fn encode_sha256(ctx: &mut dyn HostContext, a: &Args) -> Result<Outco
 /// `encodeMD5(source, target)`: lowercase hex MD5 of `str(source)`
 /// (`None` → `""`). Fuel: the text's length.
 pub(super) fn encode_md5(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let text = a.text(0);
+    let text = a.text(ctx, 0)?;
     charge(ctx, text.len() + 32)?;
     value(Value::Str(hex::encode(Md5::digest(text.as_bytes()))))
 }

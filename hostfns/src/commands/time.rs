@@ -42,15 +42,35 @@ fn chrono_format(python: &str) -> String {
     out
 }
 
+/// Longest format string: chrono parses it into a list of items several
+/// times its size, and no date format needs more.
+const MAX_FORMAT_BYTES: usize = 1024;
+
 fn items(a: &Args, format: &str) -> Result<Vec<Item<'static>>, HostError> {
+    if format.len() > MAX_FORMAT_BYTES {
+        return Err(a.error(
+            ErrorKind::ValueError,
+            format!(
+                "the format is {} bytes long; formats may be at most {MAX_FORMAT_BYTES} bytes",
+                format.len()
+            ),
+        ));
+    }
     StrftimeItems::new(&chrono_format(format))
         .parse_to_owned()
-        .map_err(|_| a.error(ErrorKind::ValueError, format!("invalid format string {format:?}")))
+        .map_err(|_| {
+            a.error(
+                ErrorKind::ValueError,
+                format!("invalid format string {}", Value::Str(format.to_owned()).repr_short()),
+            )
+        })
 }
 
 fn format_in(a: &Args, instant: DateTime<Utc>, zone: Tz, format: &str) -> Result<String, HostError> {
     let items = items(a, format)?;
-    let mut out = String::new();
+    // A bounded amount, not claimed: one item expands to at most about 40
+    // bytes (`%+`), and there are at most MAX_FORMAT_BYTES items.
+    let mut out = String::with_capacity(format.len().min(MAX_FORMAT_BYTES) * 2);
     write!(out, "{}", instant.with_timezone(&zone).format_with_items(items.iter()))
         .map_err(|_| a.error(ErrorKind::ValueError, format!("cannot format the date with {format:?}")))?;
     Ok(out)
@@ -68,7 +88,7 @@ fn delta(a: &Args, v: &Value) -> Result<TimeDelta, HostError> {
     let out_of_range = || {
         a.error(
             ErrorKind::ValueError,
-            format!("delta of {} seconds is out of range", v.repr()),
+            format!("delta of {} seconds is out of range", v.repr_short()),
         )
     };
     match v {
@@ -91,7 +111,7 @@ fn delta(a: &Args, v: &Value) -> Result<TimeDelta, HostError> {
 /// An instant from epoch seconds (int, float or numeric text).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // range-checked
 fn instant_from_epoch(a: &Args, v: &Value) -> Result<DateTime<Utc>, HostError> {
-    let out_of_range = || a.error(ErrorKind::ValueError, format!("timestamp {} is out of range", v.repr()));
+    let out_of_range = || a.error(ErrorKind::ValueError, format!("timestamp {} is out of range", v.repr_short()));
     match v {
         Value::Int(i) => DateTime::from_timestamp(*i, 0).ok_or_else(out_of_range),
         other => {
@@ -116,20 +136,32 @@ fn shift(a: &Args, instant: DateTime<Utc>, by: TimeDelta) -> Result<DateTime<Utc
 /// zone; otherwise an IANA name (`Europe/Madrid`, `UTC`). Unknown names are a
 /// `ValueError` (the reference silently used local time).
 fn zone(ctx: &dyn HostContext, a: &Args, v: &Value) -> Result<Tz, HostError> {
-    let name = ops::template_text(v);
-    let name = name.trim();
+    let name = match v {
+        Value::None => "",
+        Value::Str(s) => s.trim(),
+        other => {
+            return Err(a.error(
+                ErrorKind::ValueError,
+                format!("unknown time zone {}", other.repr_short()),
+            ));
+        }
+    };
     if name.is_empty() || name.eq_ignore_ascii_case("current") || name.eq_ignore_ascii_case("local") {
         return Ok(ctx.time_zone());
     }
-    name.parse::<Tz>()
-        .map_err(|_| a.error(ErrorKind::ValueError, format!("unknown time zone {name:?}")))
+    name.parse::<Tz>().map_err(|_| {
+        a.error(
+            ErrorKind::ValueError,
+            format!("unknown time zone {}", Value::Str(name.to_owned()).repr_short()),
+        )
+    })
 }
 
 /// `getDateTime(format, deltaSeconds, timeZone, target)`: now plus
 /// `deltaSeconds`, formatted with `format` in `timeZone`; an empty format
 /// gives epoch seconds as a float. Fuel: the format's and result's length.
 pub(super) fn get_date_time(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let format = a.text(0);
+    let format = a.text(ctx, 0)?;
     let by = delta(a, a.get(1))?;
     let tz = zone(ctx, a, a.get(2))?;
     charge(ctx, format.len())?;
@@ -193,8 +225,8 @@ fn parse_in(text: &str, format: &str, tz: Tz) -> Option<DateTime<Utc>> {
 /// second. A string that does not match → `ValueError`. Fuel: the texts'
 /// length.
 pub(super) fn get_time_stamp(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
-    let text = a.text(0);
-    let format = a.text(1);
+    let text = a.text(ctx, 0)?;
+    let format = a.text(ctx, 1)?;
     let by = delta(a, a.get(2))?;
     charge(ctx, text.len() + format.len())?;
     if !format.is_empty() {
@@ -203,7 +235,11 @@ pub(super) fn get_time_stamp(ctx: &mut dyn HostContext, a: &Args) -> Result<Outc
     let parsed = parse_in(&text, &format, ctx.time_zone()).ok_or_else(|| {
         a.error(
             ErrorKind::ValueError,
-            format!("time data {text:?} does not match format {format:?}"),
+            format!(
+                "time data {} does not match format {}",
+                Value::Str(text.clone()).repr_short(),
+                Value::Str(format.clone()).repr_short()
+            ),
         )
     })?;
     let instant = shift(a, parsed, by)?;
@@ -220,7 +256,7 @@ pub(super) fn get_time_stamp(ctx: &mut dyn HostContext, a: &Args) -> Result<Outc
 /// float. Fuel: the format's and result's length.
 pub(super) fn stamp_to_datetime(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
     let instant = instant_from_epoch(a, a.get(0))?;
-    let format = a.text(1);
+    let format = a.text(ctx, 1)?;
     let by = delta(a, a.get(2))?;
     charge(ctx, format.len())?;
     let instant = shift(a, instant, by)?;
