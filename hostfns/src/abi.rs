@@ -20,8 +20,10 @@
 //!   then `count` pairs `(u32 offset, u32 len)` of UTF-8 bytes; constant `k`
 //!   becomes heap handle `k` before the run starts (pinned, never freed).
 
-/// Version of the artifact format and of this ABI.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the artifact format and of this ABI. Version 2 added the
+/// [`EXPORT_GC_COUNTDOWN`] global (version 1 modules still run; they poll
+/// the collector on their own schedule only).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Import module of the runtime helpers.
 pub const RT_MODULE: &str = "rt";
@@ -84,6 +86,12 @@ pub const EXPORT_CONSTS: &str = "consts";
 pub const EXPORT_STACK_LEFT: &str = "stack_left";
 /// Exported i32 global: number of top-level variable slots.
 pub const EXPORT_GLOBAL_COUNT: &str = "global_count";
+/// Exported mutable i32 global: top-level loop iterations left before the
+/// next garbage-collection poll (`rt.collect`). Loops count it down; the
+/// host sets it to 0 when the run has allocated enough since the last poll
+/// to make one due, so a loop whose allocation rate jumps is not left on a
+/// schedule measured when it allocated little.
+pub const EXPORT_GC_COUNTDOWN: &str = "gc_countdown";
 /// Prefix of exported user functions (`fn:greet`), called by the host for
 /// `registerEndpoint` middleware and handlers. Only functions without
 /// parameters are exported; they return `(tag, payload)`.

@@ -334,6 +334,12 @@ impl Heap {
             .ok_or(HeapError::BadHandle(h))
     }
 
+    /// Whether enough was allocated since the last poll that a top-level
+    /// loop should poll now rather than when its countdown says.
+    pub fn poll_due(&self) -> bool {
+        self.since_poll > POLL_BYTES
+    }
+
     /// At a safe point: collect if enough was allocated since the last
     /// collection. `roots` are every handle still reachable. Returns the
     /// number of loop iterations until the next poll, paced so about

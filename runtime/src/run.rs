@@ -56,6 +56,7 @@ impl Runtime {
                 limit: limits.memory_bytes,
             },
             poll_interval: 1,
+            gc_countdown: None,
             global_count: 0,
             effects: crate::effects::RunEffects {
                 effects: input.effects,
@@ -71,7 +72,14 @@ impl Runtime {
             // a long run shares its thread with other requests instead of
             // needing one of its own.
             store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
+            store.epoch_deadline_callback(move |mut ctx| {
+                // A collection due sooner than the loop's countdown says
+                // (its allocation rate jumped): make the next back-edge poll.
+                if ctx.data().heap.poll_due()
+                    && let Some(countdown) = ctx.data().gc_countdown
+                {
+                    let _ = countdown.set(&mut ctx, wasmtime::Val::I32(0));
+                }
                 Ok(if Instant::now() >= deadline {
                     UpdateDeadline::Interrupt
                 } else {
@@ -262,6 +270,7 @@ fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) ->
         .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| Failure::Internal("module exports no global count".into()))?;
     store.data_mut().global_count = global_count;
+    store.data_mut().gc_countdown = instance.get_global(&mut *store, abi::EXPORT_GC_COUNTDOWN);
     let stack = instance
         .get_global(&mut *store, abi::EXPORT_STACK_LEFT)
         .ok_or_else(|| Failure::Internal("module exports no stack budget".into()))?;

@@ -26,6 +26,8 @@ pub struct RunState {
     pub limiter: MemoryLimiter,
     /// Loop iterations between garbage-collection polls, as last chosen.
     pub poll_interval: u64,
+    /// The module's `gc_countdown` global (absent in format-1 modules).
+    pub gc_countdown: Option<wasmtime::Global>,
     /// Number of top-level variable slots (the collector's roots), read
     /// from the module's `global_count` export once per run.
     pub global_count: u32,

@@ -53,8 +53,8 @@ proptest! {
     #![proptest_config(Config { cases: 300, failure_persistence: None, ..Config::default() })]
 
     #[test]
-    fn inline_arithmetic_matches_the_reference(a in operand(), b in operand(), op in 0..OPS.len()) {
-        let (sym, code) = OPS[op];
+    fn inline_arithmetic_matches_the_reference(a in operand(), b in operand(), which in 0..OPS.len()) {
+        let (sym, code) = OPS[which];
         let expected = op(code, &a, &b);
         let (la, lb) = (literal(&a), literal(&b));
         // Constant right operand, and both operands in variables.

@@ -87,8 +87,6 @@ pub(crate) struct FuncCtx<'m, 'a> {
     pub ints: HashSet<String>,
     /// Loop counters with constant bounds: the range their value lies in.
     pub ranges: HashMap<String, (i64, i64)>,
-    /// Top level: iterations left before the next garbage-collection poll.
-    pub gc_countdown: Option<u32>,
     /// Whether code emitted since the enclosing loop began may create heap
     /// objects (then its back-edge polls the garbage collector).
     pub allocates: bool,
@@ -129,7 +127,6 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             defined: HashSet::new(),
             ints: HashSet::new(),
             ranges: HashMap::new(),
-            gc_countdown: None,
             speculation_budget: 32,
             allocates: false,
         };

@@ -38,6 +38,8 @@ use crate::span::Span;
 
 /// Index of the `stack_left` global.
 pub(crate) const STACK_LEFT_GLOBAL: u32 = 0;
+/// Index of the `gc_countdown` global (see `abi::EXPORT_GC_COUNTDOWN`).
+pub(crate) const GC_COUNTDOWN_GLOBAL: u32 = 3;
 
 // The compile budget: shapes that bound what one script asks of Cranelift,
 // whose time and memory grow faster than linearly with the size of one
@@ -484,9 +486,18 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
         },
         &ConstExpr::i32_const(i32::try_from(m.global_count()).expect("global count fits i32")),
     );
+    globals.global(
+        GlobalType {
+            val_type: ValType::I32,
+            mutable: true,
+            shared: false,
+        },
+        &ConstExpr::i32_const(0),
+    );
     exports.export(abi::EXPORT_STACK_LEFT, ExportKind::Global, STACK_LEFT_GLOBAL);
     exports.export(abi::EXPORT_CONSTS, ExportKind::Global, 1);
     exports.export(abi::EXPORT_GLOBAL_COUNT, ExportKind::Global, 2);
+    exports.export(abi::EXPORT_GC_COUNTDOWN, ExportKind::Global, GC_COUNTDOWN_GLOBAL);
 
     let mut data = DataSection::new();
     table.extend_from_slice(&blob);

@@ -370,28 +370,23 @@ impl<'a> FuncCtx<'_, 'a> {
 
     /// Top-level loop back-edge: every so many iterations, write the
     /// variables back to their slots and let the host collect garbage
-    /// (the host picks the interval from the allocation rate).
+    /// (the host picks the interval from the allocation rate, and zeroes
+    /// the module-wide countdown when a poll is due sooner).
     fn gc_poll(&mut self) {
-        let countdown = match self.gc_countdown {
-            Some(c) => c,
-            None => {
-                let c = self.new_local(ValType::I32);
-                self.gc_countdown = Some(c);
-                c
-            }
-        };
+        let countdown = super::GC_COUNTDOWN_GLOBAL;
         self.ins()
-            .local_get(countdown)
+            .global_get(countdown)
             .i32_const(1)
             .i32_sub()
-            .local_tee(countdown)
+            .global_set(countdown)
+            .global_get(countdown)
             .i32_const(0)
             .i32_le_s()
             .if_(BlockType::Empty);
         self.open(false);
         self.flush_main();
         self.helper(Helper::Collect);
-        self.ins().local_set(countdown);
+        self.ins().global_set(countdown);
         self.close();
     }
 
