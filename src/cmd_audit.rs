@@ -26,7 +26,7 @@ use clap::Parser as _;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{FsLoader, ServeArgs, read_source};
+use crate::cli::{FsLoader, IncludeArgs, ServeArgs, read_source};
 use crate::cmd_keys::load_trusted_keys;
 
 // Host work (bytes produced or copied by a command or helper) costs one fuel
@@ -53,6 +53,8 @@ pub struct AuditArgs {
     /// Print one JSON document instead of tables
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub includes: IncludeArgs,
 }
 
 /// What the allowed classes can reach under the deployment's per-class
@@ -484,7 +486,8 @@ fn audit_file(args: &AuditArgs, file: &std::path::Path, d: &Deployment) -> Resul
     let is_source = file.extension().is_some_and(|e| e == "avap");
     let bytes = if is_source {
         let source = read_source(file)?;
-        let checked = avap_codegen::check_file(source, &FsLoader);
+        let loader = FsLoader::for_script(file, &args.includes.resolve()?)?;
+        let checked = avap_codegen::check_file(source, &loader);
         if checked.error_count() > 0 {
             let text = avap_codegen::diag::render_text(&checked.sources, &checked.diagnostics, false);
             bail!("{} does not compile, so it cannot be audited:\n{text}", file.display());

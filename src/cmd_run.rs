@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail};
 use avap_codegen::check_file;
 use avap_codegen::diag::render_text;
 use avap_hostfns::Request;
-use avap_runtime::{CapabilityPolicy, Limits, Runtime, RuntimeConfig};
+use avap_runtime::precompiled::SealError;
+use avap_runtime::{CapabilityPolicy, Limits, LoadError, Runtime, RuntimeConfig};
 
-use crate::cli::{FsLoader, read_source};
+use crate::cli::{FsLoader, IncludeArgs, read_source};
 use crate::cmd_keys::{load_signing_key, load_trusted_keys};
 use crate::conformance::{self, RequestSpec};
 use crate::exec::{Executor, RunSettings};
@@ -45,9 +46,14 @@ pub struct RunArgs {
     /// Time zone the date commands use (IANA name)
     #[arg(long, default_value = "UTC")]
     pub tz: String,
-    /// Use this `.cwasm` (from `avap compile --precompile`) for the `.wasm` artifact instead of compiling it
+    /// Use this sealed `.cwasm` (from `avap compile --precompile --key`) for the `.wasm` artifact instead of
+    /// compiling it; its seal must be by a `--trust-precompiled` key
     #[arg(long, value_name = "CWASM")]
     pub precompiled: Option<PathBuf>,
+    /// Public keys (files or directories of .pub files) trusted to seal `.cwasm` native code; `--trust` keys
+    /// are not (they are trusted for sandboxed artifacts only)
+    #[arg(long, value_name = "PATH")]
+    pub trust_precompiled: Vec<PathBuf>,
     /// Also print the usage report (fuel, wall time, peak memory) to stderr
     #[arg(long)]
     pub usage: bool,
@@ -68,6 +74,8 @@ pub struct RunArgs {
     /// A named connection for `avapConnector(TOKEN)` (repeatable)
     #[arg(long = "connector", value_name = "TOKEN=URL")]
     pub connector: Vec<String>,
+    #[command(flatten)]
+    pub includes: IncludeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,12 +88,15 @@ pub struct CompileArgs {
     /// Secret key to sign with (from `avap keygen`); without it the artifact is unsigned
     #[arg(long, value_name = "KEY")]
     pub key: Option<PathBuf>,
-    /// Also write a wasmtime-precompiled `.cwasm` for this machine and engine configuration
+    /// Also write a wasmtime-precompiled `.cwasm` for this machine and engine configuration, sealed with
+    /// `--key` (required) so that `avap run --precompiled` loads it only with this artifact
     #[arg(long)]
     pub precompile: bool,
     /// Treat warnings as errors
     #[arg(long)]
     pub deny_warnings: bool,
+    #[command(flatten)]
+    pub includes: IncludeArgs,
 }
 
 /// Parse `fuel=N,time_ms=N,memory_mb=N,stack_kb=N,output_kb=N` over `base`.
@@ -201,6 +212,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let trusted = load_trusted_keys(&args.trust)?;
     let config = RuntimeConfig {
         trusted_keys: trusted,
+        precompiled_keys: load_trusted_keys(&args.trust_precompiled)?,
         allow_unsigned: args.allow_unsigned,
         policy: CapabilityPolicy::allow_all(),
         unmetered: args.unmetered,
@@ -209,6 +221,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let mut executor = Executor::with_config(config)?;
     executor.set_effects(cli_effects(args)?);
+    executor.set_include_paths(args.includes.resolve()?);
     let settings = RunSettings {
         limits,
         time_zone: Some(tz),
@@ -218,8 +231,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let report = match &args.precompiled {
         Some(cwasm) => {
             let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-            let native = std::fs::read(cwasm).with_context(|| format!("cannot read {}", cwasm.display()))?;
-            let module = executor.load_precompiled(&bytes, &native)?;
+            let sealed = std::fs::read(cwasm).with_context(|| format!("cannot read {}", cwasm.display()))?;
+            let module = executor
+                .load_precompiled(&bytes, &sealed)
+                .map_err(|e| precompiled_error(&e, &args.file, cwasm))?;
             rt.block_on(executor.run(&module, request, &settings))
         }
         None => rt.block_on(executor.execute_file(&args.file, request, &settings))?,
@@ -238,9 +253,33 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     })
 }
 
+/// Why `avap run --precompiled` refused, with what to do about it.
+fn precompiled_error(error: &LoadError, artifact: &Path, cwasm: &Path) -> anyhow::Error {
+    let hint = match error {
+        LoadError::Seal(SealError::UntrustedKey { .. }) => {
+            "; pass --trust-precompiled with the public key of the key that sealed it (`avap compile --precompile \
+             --key K` seals with K). --trust keys do not count: they are trusted for sandboxed artifacts, and a \
+             .cwasm is native code that runs outside the sandbox"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!(
+        "cannot run {} with {}: {error}{hint}",
+        artifact.display(),
+        cwasm.display()
+    )
+}
+
 pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
+    if args.precompile && args.key.is_none() {
+        bail!(
+            "--precompile needs --key KEY: a .cwasm is native code, and runtimes load one only when it is sealed by \
+             a key they trust for it (`avap run --trust-precompiled KEY.pub`)"
+        );
+    }
+    let include_paths = args.includes.resolve()?;
     let source = read_source(&args.file)?;
-    let checked = check_file(source, &FsLoader);
+    let checked = check_file(source, &FsLoader::for_script(&args.file, &include_paths)?);
     if !checked.diagnostics.is_empty() {
         let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
         eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
@@ -269,20 +308,22 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
         artifact.meta.imports.len(),
         compile_time.as_secs_f64() * 1000.0
     );
-    if args.precompile {
+    if let (true, Some(key)) = (args.precompile, &key) {
         let runtime = Runtime::new(RuntimeConfig {
             allow_unsigned: true,
             ..RuntimeConfig::default()
         })?;
         let start = std::time::Instant::now();
-        let cwasm = runtime.precompile(&artifact.bytes)?;
+        let cwasm = runtime.precompile(&artifact.bytes, key)?;
         let cpath = out.with_extension("cwasm");
         write_file(&cpath, &cwasm)?;
         eprintln!(
-            "wrote {} ({} bytes, wasmtime compile {:.2} ms; only valid for this wasmtime version and engine configuration)",
+            "wrote {} ({} bytes, wasmtime compile {:.2} ms), sealed by key {} for this artifact; only valid for this \
+             wasmtime version and engine configuration",
             cpath.display(),
             cwasm.len(),
-            start.elapsed().as_secs_f64() * 1000.0
+            start.elapsed().as_secs_f64() * 1000.0,
+            avap_hostfns::artifact::key_id(&key.verifying_key()),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@
 //! only this process trusts, so the runtime never needs `--allow-unsigned`
 //! for them; `.wasm` files must carry a signature from a trusted key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -13,7 +13,9 @@ use avap_codegen::diag::Diagnostic;
 use avap_codegen::{CheckedProgram, check_file, compile};
 use avap_hostfns::Request;
 use avap_hostfns::artifact::{SigningKey, TrustedKeys, generate_key};
-use avap_runtime::{CapabilityPolicy, Effects, Limits, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
+use avap_runtime::{
+    CapabilityPolicy, Effects, Limits, LoadError, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig,
+};
 use serde_json::json;
 
 use crate::cli::{FsLoader, read_source};
@@ -34,6 +36,9 @@ pub struct Executor {
     key: SigningKey,
     /// What effect commands may reach in [`Executor::run`] (default: nothing).
     effects: Effects,
+    /// Directories `include` may read besides the script's own
+    /// (`--include-path`, canonical).
+    include_paths: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -69,6 +74,7 @@ impl Executor {
             runtime: Arc::new(Runtime::new(config)?),
             key,
             effects: Effects::default(),
+            include_paths: Vec::new(),
         })
     }
 
@@ -76,6 +82,12 @@ impl Executor {
     /// model endpoint).
     pub fn set_effects(&mut self, effects: Effects) {
         self.effects = effects;
+    }
+
+    /// Let includes also read under these directories (canonical, from
+    /// `IncludeArgs::resolve`).
+    pub fn set_include_paths(&mut self, dirs: Vec<PathBuf>) {
+        self.include_paths = dirs;
     }
 
     /// Compile a `.avap` file (or load a `.wasm` artifact).
@@ -89,7 +101,7 @@ impl Executor {
             return Ok(Prepared::Module(module));
         }
         let source = read_source(path)?;
-        let checked = check_file(source, &FsLoader);
+        let checked = check_file(source, &FsLoader::for_script(path, &self.include_paths)?);
         self.prepare_checked(&checked)
     }
 
@@ -126,9 +138,11 @@ impl Executor {
         self.runtime.run(module, input).await
     }
 
-    /// Load a signed artifact with its `.cwasm` (see `Runtime::load_precompiled`).
-    pub fn load_precompiled(&self, artifact: &[u8], cwasm: &[u8]) -> Result<Arc<LoadedModule>> {
-        Ok(self.runtime.load_precompiled(artifact, cwasm)?)
+    /// Load a signed artifact with its sealed `.cwasm` (see
+    /// `Runtime::load_precompiled`; the seal must be by one of the config's
+    /// `precompiled_keys`, never by the session key).
+    pub fn load_precompiled(&self, artifact: &[u8], cwasm: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        self.runtime.load_precompiled(artifact, cwasm)
     }
 
     /// Compile (or load) `path` and run it once. Compile errors come back as

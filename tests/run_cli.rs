@@ -105,7 +105,7 @@ fn signed_artifacts_run_only_with_a_trusted_key() {
     let out = avap(&["compile", &src, "-o", &wasm, "--key", &key, "--precompile"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // Trusted: runs, also from the precompiled module.
+    // Trusted: runs, also from the precompiled module whose seal is trusted.
     let out = avap(&["run", &wasm, "--trust", &public, "-q", "name=Sig"]);
     assert_eq!(json(&out)["result"]["message"], "Hello, Sig", "{}", stderr(&out));
     let cwasm = format!("{ds}/greet.cwasm");
@@ -116,6 +116,8 @@ fn signed_artifacts_run_only_with_a_trusted_key() {
         &public,
         "--precompiled",
         &cwasm,
+        "--trust-precompiled",
+        &public,
         "-q",
         "name=Pre",
     ]);
@@ -149,6 +151,137 @@ fn signed_artifacts_run_only_with_a_trusted_key() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("addParam") && text.contains("request"), "{text}");
+}
+
+/// `avap run A.wasm --precompiled X.cwasm`: exit 2 and why, nothing run.
+fn refused_precompiled(wasm: &str, cwasm: &str, trust: &[&str]) -> String {
+    let mut args = vec!["run", wasm, "--precompiled", cwasm];
+    args.extend_from_slice(trust);
+    let out = avap(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr(&out)
+}
+
+/// Where the native code starts in a sealed `.cwasm` (magic, three header
+/// lines, a 64-byte signature).
+fn native_offset(cwasm: &[u8]) -> usize {
+    let mut at = b"AVAP-CWASM-2\n".len();
+    for _ in 0..3 {
+        at += cwasm[at..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    }
+    at + 64
+}
+
+#[test]
+fn a_precompiled_module_runs_only_with_a_seal_for_its_artifact_by_a_trusted_key() {
+    let d = dir("sealed_cwasm");
+    let ds = d.to_str().unwrap();
+    assert!(avap(&["keygen", "--out", ds, "--name", "ci"]).status.success());
+    assert!(avap(&["keygen", "--out", ds, "--name", "other"]).status.success());
+    let (key, public) = (format!("{ds}/ci.key"), format!("{ds}/ci.pub"));
+    // A reads only the request; B reaches the network.
+    let a_src = write(&d, "a.avap", GREET);
+    let b_src = write(
+        &d,
+        "b.avap",
+        "RequestGet(\"http://127.0.0.1:9/\", \"\", \"\", page)\naddResult(page)\n",
+    );
+    for (src, name) in [(&a_src, "a"), (&b_src, "b")] {
+        let wasm = format!("{ds}/{name}.wasm");
+        let out = avap(&["compile", src, "-o", &wasm, "--key", &key, "--precompile"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("sealed by key"), "{}", stderr(&out));
+    }
+    let (a_wasm, a_cwasm, b_cwasm) = (format!("{ds}/a.wasm"), format!("{ds}/a.cwasm"), format!("{ds}/b.cwasm"));
+    let trusted: &[&str] = &["--trust", &public, "--trust-precompiled", &public];
+
+    // The honest path.
+    let out = avap(&[
+        "run",
+        &a_wasm,
+        "--trust",
+        &public,
+        "--precompiled",
+        &a_cwasm,
+        "--trust-precompiled",
+        &public,
+        "-q",
+        "name=Ok",
+    ]);
+    assert_eq!(json(&out)["result"]["message"], "Hello, Ok", "{}", stderr(&out));
+
+    // B's valid seal presented with A.
+    let why = refused_precompiled(&a_wasm, &b_cwasm, trusted);
+    assert!(why.contains("made from another artifact"), "{why}");
+
+    // B's native code with A's hash in the header.
+    let a_bytes = std::fs::read(&a_cwasm).unwrap();
+    let b_bytes = std::fs::read(&b_cwasm).unwrap();
+    let mut swapped = a_bytes[..native_offset(&a_bytes) - 64].to_vec();
+    swapped.extend_from_slice(&b_bytes[native_offset(&b_bytes) - 64..]);
+    let swapped_path = write(&d, "swapped.cwasm", "");
+    std::fs::write(&swapped_path, &swapped).unwrap();
+    let why = refused_precompiled(&a_wasm, &swapped_path, trusted);
+    assert!(why.contains("does not match") && why.contains("tampered"), "{why}");
+
+    // Tampered native code.
+    let mut tampered = a_bytes.clone();
+    let last = tampered.len() - 100;
+    tampered[last] ^= 0x10;
+    let tampered_path = write(&d, "tampered.cwasm", "");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    let why = refused_precompiled(&a_wasm, &tampered_path, trusted);
+    assert!(why.contains("tampered"), "{why}");
+
+    // The unsealed format of earlier versions.
+    let sha = String::from_utf8(a_bytes[..native_offset(&a_bytes) - 64].to_vec()).unwrap();
+    let sha = sha.lines().nth(3).unwrap().to_owned();
+    let mut old = b"AVAP-CWASM-1\n".to_vec();
+    old.extend_from_slice(sha.as_bytes());
+    old.extend_from_slice(&a_bytes[native_offset(&a_bytes)..]);
+    let old_path = write(&d, "old.cwasm", "");
+    std::fs::write(&old_path, &old).unwrap();
+    let why = refused_precompiled(&a_wasm, &old_path, trusted);
+    assert!(
+        why.contains("old unsealed format") && why.contains("avap compile --precompile --key"),
+        "{why}"
+    );
+
+    // A key trusted for artifacts only, and a key trusted for nothing.
+    let why = refused_precompiled(&a_wasm, &a_cwasm, &["--trust", &public]);
+    assert!(
+        why.contains("not trusted to seal precompiled modules") && why.contains("--trust-precompiled"),
+        "{why}"
+    );
+    let other_sealed = format!("{ds}/other/a.wasm");
+    std::fs::create_dir_all(format!("{ds}/other")).unwrap();
+    let out = avap(&[
+        "compile",
+        &a_src,
+        "-o",
+        &other_sealed,
+        "--key",
+        &format!("{ds}/other.key"),
+        "--precompile",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let why = refused_precompiled(
+        &other_sealed,
+        &format!("{ds}/other/a.cwasm"),
+        &["--trust", &format!("{ds}/other.pub"), "--trust-precompiled", &public],
+    );
+    assert!(why.contains("not trusted to seal precompiled modules"), "{why}");
+
+    // No key, no .cwasm.
+    let out = avap(&["compile", &a_src, "-o", &format!("{ds}/nokey.wasm"), "--precompile"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--precompile needs --key"), "{}", stderr(&out));
+    assert!(!d.join("nokey.cwasm").exists());
 }
 
 /// The whole public corpus: every case passes, or fails only because a

@@ -15,12 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use avap_hostfns::artifact::{
-    SigningKey, decode_secret_key, encode_public_key, encode_secret_key, generate_key, key_id,
-};
-use ed25519_dalek::Signer as _;
+use avap_hostfns::artifact::{decode_secret_key, encode_public_key, encode_secret_key, generate_key, key_id};
+use avap_runtime::precompiled;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
 mod support;
 
@@ -242,19 +239,15 @@ fn modules_compiled_on_one_node_are_loaded_from_redis_on_the_other() {
     assert_eq!(health(&a)["cache"]["modules_compiled"], 0);
 }
 
-/// A `.cwasm` sealed as a node seals it (the layout and signed message of
-/// `src/server/l2.rs`), but with `key`.
-fn seal_with(key: &SigningKey, fingerprint: &str, artifact_sha256: &str, cwasm: &[u8]) -> Vec<u8> {
-    let mut message = b"avap-l2-cwasm-v1\n".to_vec();
-    for part in [fingerprint, artifact_sha256, &hex::encode(Sha256::digest(cwasm))] {
-        message.extend_from_slice(part.as_bytes());
-        message.push(b'\n');
+/// Where the native code starts in a sealed `.cwasm` (the layout of
+/// `avap_runtime::precompiled`: magic, three header lines, a 64-byte
+/// signature).
+fn native_of(sealed: &[u8]) -> &[u8] {
+    let mut at = precompiled::MAGIC.len();
+    for _ in 0..3 {
+        at += sealed[at..].iter().position(|&b| b == b'\n').expect("a header line") + 1;
     }
-    let mut entry = b"AVAP-L2-CWASM-1\n".to_vec();
-    entry.extend_from_slice(key_id(&key.verifying_key()).as_bytes());
-    entry.extend_from_slice(&key.sign(&message).to_bytes());
-    entry.extend_from_slice(cwasm);
-    entry
+    &sealed[at + 64..]
 }
 
 #[test]
@@ -294,11 +287,12 @@ fn a_module_sealed_by_an_artifact_signer_is_refused() {
         .strip_prefix(&format!("{prefix}:cwasm:"))
         .and_then(|rest| rest.strip_suffix(&format!(":{sha}")))
         .expect("<prefix>:cwasm:<fingerprint>:<sha>");
-    // The test seals as a node does (ed25519 is deterministic): with A's
-    // key it gives A's entry byte for byte.
+    // The test seals with the function a node uses (ed25519 is
+    // deterministic): with A's key it gives A's entry byte for byte.
     let key_a = decode_secret_key(&std::fs::read_to_string(dir_a.join("keys/server.key")).unwrap()).unwrap();
-    assert!(seal_with(&key_a, fingerprint, sha, &sealed_by_a[96..]) == sealed_by_a);
-    let forged = seal_with(&artifact_signer, fingerprint, sha, &sealed_by_a[96..]);
+    let native = native_of(&sealed_by_a);
+    assert!(precompiled::seal(&key_a, fingerprint, sha, native) == sealed_by_a);
+    let forged = precompiled::seal(&artifact_signer, fingerprint, sha, native);
     assert_eq!(
         redis(&[b"SET", key.as_bytes(), &forged, b"PX", b"600000"]),
         Reply2::Line("OK".to_owned())

@@ -44,11 +44,38 @@ pub struct LoadedSource {
     pub text: String,
 }
 
+/// Why a [`SourceLoader`] gives no file for an include: the diagnostic's
+/// note, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludeError {
+    /// What is wrong (never the refused file's content).
+    pub message: String,
+    /// What to do; `None`: the general rule of where includes are found.
+    pub help: Option<String>,
+}
+
+impl IncludeError {
+    /// A refusal that says what to do about it.
+    pub fn with_help(message: impl Into<String>, help: impl Into<String>) -> IncludeError {
+        IncludeError {
+            message: message.into(),
+            help: Some(help.into()),
+        }
+    }
+}
+
+impl From<String> for IncludeError {
+    fn from(message: String) -> IncludeError {
+        IncludeError { message, help: None }
+    }
+}
+
 /// Where `include("name")` finds its files. The CLI reads the including
-/// file's directory; the server reads its script store.
+/// file's directory (under the directories it allows); the server reads
+/// its script store.
 pub trait SourceLoader {
     /// Resolve `path` as written in the file displayed as `from`.
-    fn load(&self, from: &str, path: &str) -> Result<LoadedSource, String>;
+    fn load(&self, from: &str, path: &str) -> Result<LoadedSource, IncludeError>;
 
     /// Identity of the main file (see [`LoadedSource::identity`]).
     fn identity(&self, name: &str) -> String {
@@ -61,10 +88,8 @@ pub trait SourceLoader {
 pub struct NoIncludes;
 
 impl SourceLoader for NoIncludes {
-    fn load(&self, _from: &str, path: &str) -> Result<LoadedSource, String> {
-        Err(format!(
-            "`{path}` cannot be included here: this script has no file or script store to include from"
-        ))
+    fn load(&self, _from: &str, path: &str) -> Result<LoadedSource, IncludeError> {
+        Err(format!("`{path}` cannot be included here: this script has no file or script store to include from").into())
     }
 }
 
@@ -204,15 +229,17 @@ impl Checker<'_> {
         chain.push((identity, name.clone()));
         for (path, span) in includes {
             let loaded = if chain.len() > MAX_INCLUDE_DEPTH {
-                Err(format!("includes nest deeper than {MAX_INCLUDE_DEPTH} files"))
+                Err(format!("includes nest deeper than {MAX_INCLUDE_DEPTH} files").into())
             } else {
                 self.loader.load(&name, &path)
             };
             match loaded {
-                Err(message) => self.diags.push(
+                Err(IncludeError { message, help }) => self.diags.push(
                     Diagnostic::new(Code::IncludeNotFound, span, format!("cannot include `{path}`"))
                         .with_note(message)
-                        .with_help("include paths are relative to the including file (or names in the script store)")
+                        .with_help(help.unwrap_or_else(|| {
+                            "include paths are relative to the including file (or names in the script store)".into()
+                        }))
                         .in_file(id),
                 ),
                 Ok(found) => {

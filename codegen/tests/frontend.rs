@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use avap_codegen::ast::{Expr, ExprKind, StmtKind};
-use avap_codegen::check::{LoadedSource, SourceLoader, check_file};
+use avap_codegen::check::{IncludeError, LoadedSource, SourceLoader, check_file};
 use avap_codegen::diag::{Code, Severity, render_text, to_json};
 use avap_codegen::{SourceFile, parse};
 
@@ -49,7 +49,7 @@ fn normalise(path: &Path) -> String {
 }
 
 impl SourceLoader for TestLoader {
-    fn load(&self, from: &str, path: &str) -> Result<LoadedSource, String> {
+    fn load(&self, from: &str, path: &str) -> Result<LoadedSource, IncludeError> {
         let from_dir = Path::new(from).parent().unwrap_or(Path::new(""));
         let rel = from_dir.join(path);
         let text = std::fs::read_to_string(self.base.join(&rel)).map_err(|e| format!("{}: {e}", rel.display()))?;

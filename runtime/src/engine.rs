@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use avap_hostfns::artifact::{self, TrustedKeys};
+use avap_hostfns::artifact::{self, SigningKey, TrustedKeys};
 use moka::sync::Cache;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig};
@@ -17,10 +17,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLe
 use crate::error::LoadError;
 use crate::load::LoadedModule;
 use crate::policy::CapabilityPolicy;
+use crate::precompiled;
 use crate::state::RunState;
-
-/// First bytes of a `.cwasm` file written by [`Runtime::precompile`].
-const CWASM_MAGIC: &[u8] = b"AVAP-CWASM-1\n";
 
 /// Engine-wide settings (per-run limits are [`crate::Limits`]).
 #[derive(Debug, Clone)]
@@ -38,7 +36,14 @@ pub struct RuntimeConfig {
     /// A cached module unused this long is dropped; `None` keeps it until
     /// the entry bound evicts it.
     pub cache_time_to_idle: Option<Duration>,
+    /// Keys whose signatures make an artifact loadable (sandboxed wasm).
     pub trusted_keys: TrustedKeys,
+    /// Keys whose seals make a `.cwasm` loadable ([`Runtime::load_precompiled`]).
+    /// Kept apart from `trusted_keys` on purpose: a `.cwasm` is native code
+    /// that runs outside the sandbox, so trusting someone's artifacts must
+    /// not mean running their native code. Empty (the default): no `.cwasm`
+    /// is ever loaded.
+    pub precompiled_keys: TrustedKeys,
     pub allow_unsigned: bool,
     pub policy: CapabilityPolicy,
     /// Turn fuel metering and epoch checks off (for measuring their cost).
@@ -55,6 +60,7 @@ impl Default for RuntimeConfig {
             cache_entries: 256,
             cache_time_to_idle: None,
             trusted_keys: TrustedKeys::default(),
+            precompiled_keys: TrustedKeys::default(),
             allow_unsigned: false,
             policy: CapabilityPolicy::default(),
             unmetered: false,
@@ -67,6 +73,8 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<RunState>,
     pub(crate) config: RuntimeConfig,
+    /// [`Runtime::engine_fingerprint`], computed once.
+    fingerprint: String,
     /// Loaded modules by the hex SHA-256 of their artifact.
     cache: Cache<String, Arc<LoadedModule>>,
     /// Modules compiled by wasmtime (not taken from a cache or a `.cwasm`).
@@ -101,6 +109,7 @@ impl Runtime {
             (stop, handle)
         });
         Ok(Runtime {
+            fingerprint: fingerprint(&engine),
             engine,
             linker,
             cache: module_cache(&config),
@@ -138,14 +147,10 @@ impl Runtime {
 
     /// Identifies what a `.cwasm` made by this runtime is compatible with:
     /// the wasmtime version and engine configuration (wasmtime's
-    /// compatibility hash) and our `.cwasm` header version. Engines with the
+    /// compatibility hash) and our `.cwasm` format version. Engines with the
     /// same fingerprint can load each other's `.cwasm` files.
     pub fn engine_fingerprint(&self) -> String {
-        let mut hasher = Sha256Hasher(Sha256::new());
-        hasher.write(CWASM_MAGIC);
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
-        let digest = hasher.0.finalize();
-        hex::encode(&digest[..16])
+        self.fingerprint.clone()
     }
 
     /// Verify, check against the policy, compile (or take from the cache).
@@ -165,46 +170,41 @@ impl Runtime {
         Ok(loaded)
     }
 
-    /// The `.cwasm` form (as [`Runtime::precompile`] writes it) of a module
-    /// this runtime already compiled: wasmtime serializes the compiled code
-    /// instead of compiling the artifact again.
-    pub fn serialize(&self, module: &LoadedModule) -> Result<Vec<u8>, LoadError> {
+    /// The sealed `.cwasm` form (as [`Runtime::precompile`] writes it) of a
+    /// module this runtime already compiled, sealed with `key`: wasmtime
+    /// serializes the compiled code instead of compiling the artifact again.
+    pub fn serialize(&self, module: &LoadedModule, key: &SigningKey) -> Result<Vec<u8>, LoadError> {
         let native = module
             .pre
             .module()
             .serialize()
             .map_err(|e| LoadError::Compile(format!("cannot serialize the compiled module: {e:#}")))?;
-        let sha = module.sha256().as_bytes();
-        let mut out = Vec::with_capacity(CWASM_MAGIC.len() + sha.len() + native.len());
-        out.extend_from_slice(CWASM_MAGIC);
-        out.extend_from_slice(sha);
-        out.extend_from_slice(&native);
-        Ok(out)
+        Ok(precompiled::seal(key, &self.fingerprint, module.sha256(), &native))
     }
 
-    /// Compile an artifact ahead of time for this engine (`.cwasm`). The
-    /// result starts with a header binding it to the artifact's SHA-256, so
-    /// it is only ever used together with the signed artifact it came from.
-    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    /// Compile an artifact ahead of time for this engine: a `.cwasm` sealed
+    /// with `key` for this engine and this artifact's SHA-256 (see
+    /// [`precompiled`](crate::precompiled)), so it is only ever used with the
+    /// signed artifact it came from, by a runtime that trusts `key` for
+    /// native code.
+    pub fn precompile(&self, bytes: &[u8], key: &SigningKey) -> Result<Vec<u8>, LoadError> {
         let info = artifact::inspect(bytes)?;
         let native = self
             .engine
             .precompile_module(bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let mut out = CWASM_MAGIC.to_vec();
-        out.extend_from_slice(info.sha256.as_bytes());
-        out.extend_from_slice(&native);
-        Ok(out)
+        Ok(precompiled::seal(key, &self.fingerprint, &info.sha256, &native))
     }
 
-    /// [`Runtime::load`] using a `.cwasm` from [`Runtime::precompile`]
-    /// instead of compiling. The artifact is verified as usual; the `.cwasm`
-    /// must name that artifact's SHA-256 and match this engine's
-    /// configuration, or it is refused.
+    /// [`Runtime::load`] using a sealed `.cwasm` (from [`Runtime::precompile`]
+    /// or [`Runtime::serialize`]) instead of compiling.
     ///
-    /// A `.cwasm` is native code: only pass files from a location the
-    /// operator controls, or bytes whose origin the caller has
-    /// authenticated (the artifact's signature does not cover it).
+    /// This is the one place that turns outside bytes into native code. Its
+    /// contract: the artifact is verified and checked against the policy as
+    /// in [`Runtime::load`]; the `.cwasm` is deserialized only when a key in
+    /// [`RuntimeConfig::precompiled_keys`] sealed it for this engine
+    /// fingerprint, this artifact's SHA-256 and these exact native bytes
+    /// ([`precompiled::open`]). Anything else is a [`LoadError::Seal`].
     ///
     /// The loaded module joins the cache; an artifact already cached is
     /// returned as it is, without looking at `cwasm`.
@@ -215,18 +215,17 @@ impl Runtime {
         }
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
         crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
-        let rest = cwasm
-            .strip_prefix(CWASM_MAGIC)
-            .ok_or_else(|| LoadError::Precompiled("not an AVAP .cwasm file (bad header)".into()))?;
-        let sha = verified.info.sha256.as_bytes();
-        let native = rest.strip_prefix(sha).ok_or_else(|| {
-            LoadError::Precompiled(
-                "the .cwasm was made from a different artifact; run `avap compile --precompile` again".into(),
-            )
-        })?;
-        // SAFETY: `deserialize` trusts its input to be wasmtime output. The
-        // bytes come from an operator-controlled file produced by
-        // `precompile` (documented above); wasmtime itself refuses output of
+        let native = precompiled::open(
+            cwasm,
+            &self.config.precompiled_keys,
+            &self.fingerprint,
+            &verified.info.sha256,
+        )?;
+        // SAFETY: `deserialize` trusts its input to be wasmtime output. These
+        // bytes are exactly what a key the operator trusts for native code
+        // (`precompiled_keys`) signed as wasmtime's output for this engine
+        // fingerprint and this verified artifact (`precompiled::open` checked
+        // the signature over them); wasmtime itself also refuses output of
         // another version or engine configuration.
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize(&self.engine, native) }.map_err(|e| {
@@ -238,6 +237,15 @@ impl Runtime {
         self.cache.insert(key, loaded.clone());
         Ok(loaded)
     }
+}
+
+/// See [`Runtime::engine_fingerprint`].
+fn fingerprint(engine: &Engine) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    hasher.write(precompiled::MAGIC);
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    let digest = hasher.0.finalize();
+    hex::encode(&digest[..16])
 }
 
 /// The load cache: at most `cache_entries` modules (moka's admission and

@@ -2,6 +2,8 @@
 
 use avap_hostfns::artifact::ArtifactError;
 
+use crate::precompiled::SealError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -16,6 +18,10 @@ pub enum LoadError {
     Link(String),
     #[error("cannot use the precompiled module: {0}")]
     Precompiled(String),
+    /// The `.cwasm`'s seal is missing, broken, or by a key not trusted for
+    /// native code ([`crate::precompiled`]).
+    #[error("cannot use the precompiled module: {0}")]
+    Seal(#[from] SealError),
     #[error("could not start the wasm engine: {0}")]
     Engine(String),
 }

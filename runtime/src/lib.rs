@@ -6,6 +6,9 @@
 //!   built from `avap-hostfns`, and the cache of loaded artifacts.
 //! * [`Runtime::load`] — verify the signature against trusted keys, check
 //!   the imports against the [`CapabilityPolicy`], compile, `InstancePre`.
+//! * [`Runtime::load_precompiled`] — the same with a sealed `.cwasm`
+//!   ([`precompiled`]) instead of compiling: native code is loaded only
+//!   when a key trusted for it sealed it for this engine and artifact.
 //! * [`Runtime::run`] — a fresh store per run with its [`Limits`]; returns a
 //!   [`RunReport`] (HTTP status, response envelope, [`Usage`]) for every
 //!   outcome, sandbox limits included.
@@ -20,6 +23,7 @@ mod heap;
 mod linker;
 mod load;
 mod policy;
+pub mod precompiled;
 mod run;
 mod state;
 

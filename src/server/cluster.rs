@@ -24,8 +24,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use avap_hostfns::artifact::TrustedKeys;
-
 use super::AppState;
 use super::l2::L2;
 use super::protect::SharedLimit;
@@ -55,19 +53,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `errors` counts failed Redis commands (the metrics' counter).
-    /// `module_sealers`: the keys whose sealed modules this node loads
-    /// from Redis (see [`L2`]).
-    pub fn new(
-        url: RedisUrl,
-        prefix: &str,
-        engine_fingerprint: String,
-        module_sealers: TrustedKeys,
-        errors: Arc<AtomicU64>,
-    ) -> Cluster {
+    /// `errors` counts failed Redis commands (the metrics' counter). Which
+    /// keys may seal the modules this node loads from Redis is the
+    /// runtime's `precompiled_keys` (see [`L2`]).
+    pub fn new(url: RedisUrl, prefix: &str, engine_fingerprint: String, errors: Arc<AtomicU64>) -> Cluster {
         let redis = Redis::new(url, errors);
         Cluster {
-            l2: L2::new(redis.clone(), prefix, engine_fingerprint, module_sealers),
+            l2: L2::new(redis.clone(), prefix, engine_fingerprint),
             rate_limit: SharedLimit::new(redis.clone(), prefix),
             prefix: prefix.to_owned(),
             redis,

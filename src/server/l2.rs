@@ -3,25 +3,28 @@
 //! others.
 //!
 //! * `<prefix>:cwasm:<engine fingerprint>:<artifact sha256>`: the module's
-//!   `.cwasm` (from `Runtime::serialize`), *sealed*: signed by the node
-//!   that compiled it. The fingerprint names the wasmtime version and
-//!   engine configuration, so nodes of different builds never mix.
+//!   sealed `.cwasm` (from `Runtime::serialize`): signed by the node that
+//!   compiled it, in the format `avap compile --precompile --key` writes
+//!   (`avap_runtime::precompiled`). The fingerprint names the wasmtime
+//!   version, engine configuration and `.cwasm` format, so nodes of
+//!   different builds never mix.
 //! * `<prefix>:artifact:<artifact sha256>`: the signed artifact itself.
 //!
 //! Both expire after [`TTL`]; they are content-addressed, so they are never
 //! stale, only absent.
 //!
 //! Trust: a `.cwasm` is native code that wasmtime loads without checking,
-//! so what comes from Redis is treated as hostile. A sealed entry carries
-//! the compiling node's key id and an ed25519 signature over (engine
-//! fingerprint, artifact sha256, sha256 of the `.cwasm` bytes); it is used
-//! only when that key is a *cluster key* (the node's own and
+//! so what comes from Redis is treated as hostile. The seal carries the
+//! compiling node's key id and an ed25519 signature over (engine
+//! fingerprint, artifact sha256, sha256 of the native code); the runtime
+//! loads it only when that key is one of its `precompiled_keys`, which on a
+//! server are the *cluster keys* (the node's own and
 //! `<data-dir>/cluster_keys/*.pub`, see [`super::keys::load_cluster_keys`])
-//! and the signature verifies. The artifact trust list
-//! (`trusted_keys/`) does not count here: an artifact signer gets
-//! sandboxed wasm run, never native code loaded. Anything else is logged,
-//! counted (`avap_l2_refused_total`) and ignored: the node compiles the
-//! artifact itself and overwrites the entry.
+//! and the signature verifies. The artifact trust list (`trusted_keys/`)
+//! does not count here: an artifact signer gets sandboxed wasm run, never
+//! native code loaded. Anything else is logged, counted
+//! (`avap_l2_refused_total`) and ignored: the node compiles the artifact
+//! itself and overwrites the entry.
 //!
 //! A reply larger than [`MAX_VALUE_BYTES`] fails the lookup (the Redis
 //! client refuses to buffer it), so larger modules are not shared.
@@ -29,9 +32,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use avap_hostfns::artifact::{Signature, SigningKey, TrustedKeys, key_id};
 use avap_runtime::LoadedModule;
-use ed25519_dalek::Signer as _;
+use avap_runtime::{LoadError, precompiled::SealError};
 use sha2::{Digest as _, Sha256};
 
 use super::redis::{MAX_VALUE_BYTES, Redis, RedisError, Reply};
@@ -41,15 +43,6 @@ use super::{ApiError, AppState, load_error};
 pub const TTL: Duration = Duration::from_hours(7 * 24);
 /// The bound of a background write of a module (a few MiB).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First bytes of a sealed entry.
-const SEAL_MAGIC: &[u8] = b"AVAP-L2-CWASM-1\n";
-/// What the signature covers starts with this, so it can never be mistaken
-/// for an artifact signature (those sign a bare SHA-256).
-const SIGNED_CONTEXT: &[u8] = b"avap-l2-cwasm-v1\n";
-const KEY_ID_LEN: usize = 16;
-const SIGNATURE_LEN: usize = 64;
-/// Where the `.cwasm` starts in a sealed entry.
-const HEADER_LEN: usize = SEAL_MAGIC.len() + KEY_ID_LEN + SIGNATURE_LEN;
 
 /// The Redis side of the module cache.
 #[derive(Debug, Clone)]
@@ -57,18 +50,14 @@ pub struct L2 {
     redis: Redis,
     prefix: String,
     fingerprint: String,
-    /// The keys whose seals this node accepts: its own and the cluster
-    /// keys, never the artifact trust list.
-    sealers: TrustedKeys,
 }
 
 impl L2 {
-    pub fn new(redis: Redis, prefix: &str, fingerprint: String, sealers: TrustedKeys) -> L2 {
+    pub fn new(redis: Redis, prefix: &str, fingerprint: String) -> L2 {
         L2 {
             redis,
             prefix: prefix.to_owned(),
             fingerprint,
-            sealers,
         }
     }
 
@@ -114,53 +103,6 @@ impl L2 {
     }
 }
 
-/// What the seal's signature covers.
-fn signed_message(fingerprint: &str, artifact_sha256: &str, cwasm: &[u8]) -> Vec<u8> {
-    let mut message = SIGNED_CONTEXT.to_vec();
-    for part in [fingerprint, artifact_sha256, &hex::encode(Sha256::digest(cwasm))] {
-        message.extend_from_slice(part.as_bytes());
-        message.push(b'\n');
-    }
-    message
-}
-
-/// `SEAL_MAGIC`, the signer's key id (16 hex digits), the signature, the `.cwasm`.
-pub fn seal(key: &SigningKey, fingerprint: &str, artifact_sha256: &str, cwasm: &[u8]) -> Vec<u8> {
-    let signature = key.sign(&signed_message(fingerprint, artifact_sha256, cwasm));
-    let mut out = Vec::with_capacity(HEADER_LEN + cwasm.len());
-    out.extend_from_slice(SEAL_MAGIC);
-    out.extend_from_slice(key_id(&key.verifying_key()).as_bytes());
-    out.extend_from_slice(&signature.to_bytes());
-    out.extend_from_slice(cwasm);
-    out
-}
-
-/// The `.cwasm` inside a sealed entry, if one of `trusted` (the cluster
-/// keys) signed it for this engine and artifact; else why not.
-pub fn unseal<'a>(
-    entry: &'a [u8],
-    trusted: &TrustedKeys,
-    fingerprint: &str,
-    artifact_sha256: &str,
-) -> Result<&'a [u8], String> {
-    let rest = entry
-        .strip_prefix(SEAL_MAGIC)
-        .ok_or("not a sealed module (bad header)")?;
-    if entry.len() < HEADER_LEN {
-        return Err("the entry is truncated".to_owned());
-    }
-    let (id, rest) = rest.split_at(KEY_ID_LEN);
-    let (signature, cwasm) = rest.split_at(SIGNATURE_LEN);
-    let id = std::str::from_utf8(id).map_err(|_| "the signer's key id is not text")?;
-    let key = trusted.get(id).ok_or_else(|| {
-        format!("signed by key {id:?}, which is not a cluster key of this node (its own key or one in cluster_keys/)")
-    })?;
-    let signature = Signature::from_slice(signature).map_err(|_| "the signature is malformed")?;
-    key.verify_strict(&signed_message(fingerprint, artifact_sha256, cwasm), &signature)
-        .map_err(|_| format!("the signature of key {id} does not match the module (tampered or corrupt)"))?;
-    Ok(cwasm)
-}
-
 impl AppState {
     /// Load a stored artifact through the cache levels: the runtime's
     /// module cache (L1); else a sealed module from Redis (L2), verified;
@@ -203,7 +145,9 @@ impl AppState {
     }
 
     /// A module from a sealed L2 entry, or `None` (logged) when the entry
-    /// is refused or does not load.
+    /// is refused or does not load. The runtime checks the seal against
+    /// its `precompiled_keys` (this node's cluster keys) before it
+    /// deserializes anything.
     async fn load_sealed(
         &self,
         l2: &L2,
@@ -211,26 +155,23 @@ impl AppState {
         artifact: Arc<Vec<u8>>,
         entry: Vec<u8>,
     ) -> Option<Arc<LoadedModule>> {
-        if let Err(why) = unseal(&entry, &l2.sealers, &l2.fingerprint, sha256) {
-            tracing::warn!(
-                key = %l2.cwasm_key(sha256),
-                "refused a precompiled module from Redis: {why}; compiling the artifact instead"
-            );
-            return None;
-        }
         let loaded = self
-            .off_thread(move |shared| {
-                // `unseal` checked the layout and the signature over these bytes.
-                Ok(shared.runtime.load_precompiled(&artifact, &entry[HEADER_LEN..]))
-            })
+            .off_thread(move |shared| Ok(shared.runtime.load_precompiled(&artifact, &entry)))
             .await;
         match loaded {
             Ok(Ok(module)) => Some(module),
+            Ok(Err(LoadError::Seal(SealError::UntrustedKey { key_id }))) => {
+                tracing::warn!(
+                    key = %l2.cwasm_key(sha256),
+                    "refused a precompiled module from Redis: signed by key {key_id:?}, which is not a cluster key of this node (its own key or one in cluster_keys/); compiling the artifact instead"
+                );
+                None
+            }
             Ok(Err(e)) => {
                 tracing::warn!(
                     key = %l2.cwasm_key(sha256),
                     error = %e,
-                    "a precompiled module from Redis does not load; compiling the artifact instead"
+                    "refused a precompiled module from Redis; compiling the artifact instead"
                 );
                 None
             }
@@ -254,17 +195,13 @@ impl AppState {
         let l2 = cluster.l2.clone();
         let state = self.clone();
         tokio::spawn(async move {
-            let fingerprint = l2.fingerprint.clone();
             let sealed = state
                 .off_thread(move |shared| {
-                    let cwasm = shared
+                    let sealed = shared
                         .runtime
-                        .serialize(&module)
+                        .serialize(&module, &shared.key)
                         .map_err(|e| load_error(e, "serializing a module for Redis"))?;
-                    Ok((
-                        module.sha256().to_owned(),
-                        seal(&shared.key, &fingerprint, module.sha256(), &cwasm),
-                    ))
+                    Ok((module.sha256().to_owned(), sealed))
                 })
                 .await;
             let (sha256, sealed) = match sealed {
@@ -278,41 +215,5 @@ impl AppState {
                 tracing::debug!(error = %e, "a compiled module was not shared through Redis");
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use avap_hostfns::artifact::generate_key;
-
-    use super::*;
-
-    #[test]
-    fn seals_open_only_for_trusted_keys_and_intact_bytes() {
-        let key = generate_key().unwrap();
-        let mut trusted = TrustedKeys::new();
-        trusted.add(key.verifying_key());
-        let cwasm = b"native code".to_vec();
-        let sealed = seal(&key, "fp1", "abc", &cwasm);
-        assert_eq!(unseal(&sealed, &trusted, "fp1", "abc"), Ok(&cwasm[..]));
-
-        let refused =
-            |entry: &[u8], fingerprint: &str, sha: &str| unseal(entry, &trusted, fingerprint, sha).unwrap_err();
-        assert!(
-            refused(&sealed, "fp2", "abc").contains("does not match"),
-            "another engine"
-        );
-        assert!(
-            refused(&sealed, "fp1", "abd").contains("does not match"),
-            "another artifact"
-        );
-        let mut tampered = sealed.clone();
-        *tampered.last_mut().unwrap() ^= 1;
-        assert!(refused(&tampered, "fp1", "abc").contains("tampered"));
-        let stranger = seal(&generate_key().unwrap(), "fp1", "abc", &cwasm);
-        assert!(refused(&stranger, "fp1", "abc").contains("not a cluster key"));
-        assert!(refused(&sealed[..20], "fp1", "abc").contains("truncated"));
-        assert!(refused(b"garbage", "fp1", "abc").contains("bad header"));
-        assert!(refused(b"", "fp1", "abc").contains("bad header"));
     }
 }

@@ -91,6 +91,10 @@ pub use store::{Location, Store};
 /// How long shutdown waits for in-flight requests before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// The default of `max_script_bytes`, the largest script the server
+/// accepts; also the largest file `include` reads in the CLI.
+pub const DEFAULT_MAX_SCRIPT_BYTES: usize = 256 << 10;
+
 /// Server-wide settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -149,7 +153,7 @@ impl ServerConfig {
         ServerConfig {
             limits: ServerConfig::LIMITS,
             max_body_bytes: 1 << 20,
-            max_script_bytes: 256 << 10,
+            max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
             max_concurrent_runs: 2 * cores,
             queue_wait: Duration::from_secs(2),
             cache_entries: 256,
@@ -261,6 +265,8 @@ impl AppState {
             cache_time_to_idle: config.cache_ttl,
             policy: config.policy.clone(),
             trusted_keys: trusted_keys.clone(),
+            // Native code from Redis: only what a cluster key sealed ([`l2`]).
+            precompiled_keys: module_sealers,
             ..RuntimeConfig::default()
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
@@ -270,7 +276,6 @@ impl AppState {
                 url,
                 &config.redis_prefix,
                 runtime.engine_fingerprint(),
-                module_sealers,
                 metrics.redis_errors(),
             )
         });
