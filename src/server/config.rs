@@ -22,6 +22,7 @@ use std::sync::Arc;
 use avap_hostfns::effects::db::{Databases, DbConfigError, DbLimits};
 use avap_hostfns::effects::http::{AiEndpoint, Outbound, OutboundConfig};
 use avap_hostfns::effects::policy::OutboundPolicy;
+use avap_hostfns::redact::url as redact_url;
 use avap_runtime::{CapabilityPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
@@ -713,22 +714,6 @@ fn sqlite_path(path: &str) -> DatabaseKind {
     }
 }
 
-/// `scheme://user:***@host/…`: the password of a URL hidden.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-        None => url.to_owned(),
-    }
-}
-
 /// Picks each key's value from the first layer that sets it and notes where it came from.
 struct Picker<'a> {
     layers: [(Source, &'a Layer); 3],
@@ -996,7 +981,7 @@ impl Resolved {
         if !s.ai_endpoint.is_empty()
             && let Err(why) = AiEndpoint::new(&s.ai_endpoint)
         {
-            return Err(self.invalid("ai_endpoint", format_args!("{:?}", s.ai_endpoint), &why));
+            return Err(self.invalid("ai_endpoint", format_args!("{:?}", redact_url(&s.ai_endpoint)), &why));
         }
         in_range("db_max_rows", to_u64(s.db_max_rows), 1, 1 << 24)?;
         in_range("db_statement_timeout_ms", s.db_statement_timeout_ms, 1, DAY_MS)?;
@@ -1056,12 +1041,20 @@ impl Resolved {
         Ok(())
     }
 
-    /// The effective configuration as TOML, each key with its origin, the
-    /// database password hidden.
+    /// The effective configuration as TOML, each key with its origin; URL
+    /// passwords and credential query values, connector tokens and the
+    /// registry API key hidden.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         let mut table = toml::Table::try_from(&self.settings)
             .map_err(|e| problem(format!("cannot show the configuration: {e}")))?;
-        for key in ["database_url", "app_database_url", "otlp_endpoint", "redis_url"] {
+        for key in [
+            "database_url",
+            "app_database_url",
+            "otlp_endpoint",
+            "redis_url",
+            "ai_endpoint",
+            "registry_url",
+        ] {
             if let Some(toml::Value::String(url)) = table.get_mut(key) {
                 *url = redact_url(url);
             }
