@@ -86,7 +86,7 @@ pub struct Reach {
 fn reach_from_config(settings: &crate::server::config::Settings) -> Reach {
     let outbound = settings.outbound_config();
     let db = settings.db_limits();
-    let non_empty = |s: &str| Some(s).filter(|s| !s.is_empty()).map(crate::server::config::redact_url);
+    let non_empty = |s: &str| Some(s).filter(|s| !s.is_empty()).map(avap_hostfns::redact::url);
     Reach {
         outbound_allow: outbound.allow,
         outbound_timeout_ms: outbound.timeout_ms,

@@ -13,6 +13,8 @@
 //! * [`abi`] and [`artifact`]: the contract between compiled modules and the
 //!   runtime (value tags, helper imports, memory layout, custom sections,
 //!   signatures). Both sides depend on this crate, never on each other.
+//! * [`redact`]: URLs without their credentials, and the configured secrets
+//!   kept out of every message a client may see.
 //!
 //! Nothing here depends on wasmtime.
 //!
@@ -35,6 +37,7 @@ pub mod json;
 pub mod limits;
 pub mod memory;
 pub mod ops;
+pub mod redact;
 pub mod signature;
 pub mod value;
 

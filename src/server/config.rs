@@ -22,11 +22,12 @@ use std::sync::Arc;
 use avap_hostfns::effects::db::{Databases, DbConfigError, DbLimits};
 use avap_hostfns::effects::http::{AiEndpoint, Outbound, OutboundConfig};
 use avap_hostfns::effects::policy::OutboundPolicy;
+use avap_hostfns::redact::url as redact_url;
 use avap_runtime::{CapabilityPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::redis::RedisUrl;
-use super::{ServerConfig, auth, edge, protect, store};
+use super::{ServerConfig, auth, edge, listen, protect, store};
 use crate::cli::ServeArgs;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -111,6 +112,17 @@ pub struct Settings {
     pub rate_burst: u32,
     /// The outer time limit of a request (504 after it; 0 = none).
     pub request_timeout_ms: u64,
+    /// Time a client has to send a whole request head: from connecting, or
+    /// from the first byte of a later request on a kept-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no new request this long after its
+    /// last response is closed.
+    pub idle_timeout_ms: u64,
+    /// Client connections open at once (more are closed at once); lowered
+    /// at start to fit the open-files limit.
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
     /// Origins allowed to call the API from a browser (CORS).
     pub cors_origins: Vec<String>,
     /// `Strict-Transport-Security: max-age=…` on every response; 0 = not
@@ -217,6 +229,10 @@ struct Layer {
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
     request_timeout_ms: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     hsts_max_age: Option<u64>,
     cors_origins: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
@@ -521,6 +537,7 @@ impl Settings {
     pub fn defaults(data_dir: PathBuf) -> Settings {
         let server = ServerConfig::for_this_machine();
         let protect = protect::ProtectConfig::default();
+        let connections = listen::ConnectionLimits::default();
         let outbound = OutboundConfig::default();
         let db = DbLimits::default();
         let app_database_url = format!("sqlite:{}", data_dir.join(APP_DATABASE_FILE).display());
@@ -533,6 +550,10 @@ impl Settings {
             rate_limit: protect.rate_limit,
             rate_burst: protect.rate_burst,
             request_timeout_ms: millis(protect.request_timeout),
+            header_read_timeout_ms: millis(connections.header_read_timeout),
+            idle_timeout_ms: millis(connections.idle_timeout),
+            max_connections: connections.max_connections,
+            max_connections_per_ip: connections.max_connections_per_ip,
             cors_origins: protect.cors_origins,
             hsts_max_age: protect.hsts_max_age,
             max_body_bytes: server.max_body_bytes,
@@ -611,6 +632,12 @@ impl Settings {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             cors_origins: self.cors_origins.clone(),
             hsts_max_age: self.hsts_max_age,
+        };
+        config.connections = listen::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         };
         config.effects.http = Outbound::new(&self.outbound_config()).ok().map(Arc::new);
         config.effects.ai = AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new);
@@ -713,22 +740,6 @@ fn sqlite_path(path: &str) -> DatabaseKind {
     }
 }
 
-/// `scheme://user:***@host/…`: the password of a URL hidden.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-        None => url.to_owned(),
-    }
-}
-
 /// Picks each key's value from the first layer that sets it and notes where it came from.
 struct Picker<'a> {
     layers: [(Source, &'a Layer); 3],
@@ -783,6 +794,18 @@ impl Resolved {
             request_timeout_ms: p
                 .pick("request_timeout_ms", |l| l.request_timeout_ms)
                 .unwrap_or(d.request_timeout_ms),
+            header_read_timeout_ms: p
+                .pick("header_read_timeout_ms", |l| l.header_read_timeout_ms)
+                .unwrap_or(d.header_read_timeout_ms),
+            idle_timeout_ms: p
+                .pick("idle_timeout_ms", |l| l.idle_timeout_ms)
+                .unwrap_or(d.idle_timeout_ms),
+            max_connections: p
+                .pick("max_connections", |l| l.max_connections)
+                .unwrap_or(d.max_connections),
+            max_connections_per_ip: p
+                .pick("max_connections_per_ip", |l| l.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
             hsts_max_age: p.pick("hsts_max_age", |l| l.hsts_max_age).unwrap_or(d.hsts_max_age),
             cors_origins: p
                 .pick("cors_origins", |l| l.cors_origins.clone())
@@ -940,6 +963,12 @@ impl Resolved {
         }
         in_range("rate_burst", u64::from(s.rate_burst), 1, u64::from(u32::MAX))?;
         in_range("request_timeout_ms", s.request_timeout_ms, 0, DAY_MS)?;
+        // No zero: a connection bound cannot be turned off. 100 ms at least,
+        // or no client could send a head over a real network.
+        in_range("header_read_timeout_ms", s.header_read_timeout_ms, 100, DAY_MS)?;
+        in_range("idle_timeout_ms", s.idle_timeout_ms, 100, DAY_MS)?;
+        in_range("max_connections", to_u64(s.max_connections), 1, 1 << 20)?;
+        in_range("max_connections_per_ip", to_u64(s.max_connections_per_ip), 1, 1 << 20)?;
         // Two years, the longest value browsers' preload lists ask for.
         in_range("hsts_max_age", s.hsts_max_age, 0, 2 * 365 * 24 * 60 * 60)?;
         in_range("queue_wait_ms", s.queue_wait_ms, 0, DAY_MS)?;
@@ -996,7 +1025,7 @@ impl Resolved {
         if !s.ai_endpoint.is_empty()
             && let Err(why) = AiEndpoint::new(&s.ai_endpoint)
         {
-            return Err(self.invalid("ai_endpoint", format_args!("{:?}", s.ai_endpoint), &why));
+            return Err(self.invalid("ai_endpoint", format_args!("{:?}", redact_url(&s.ai_endpoint)), &why));
         }
         in_range("db_max_rows", to_u64(s.db_max_rows), 1, 1 << 24)?;
         in_range("db_statement_timeout_ms", s.db_statement_timeout_ms, 1, DAY_MS)?;
@@ -1056,12 +1085,20 @@ impl Resolved {
         Ok(())
     }
 
-    /// The effective configuration as TOML, each key with its origin, the
-    /// database password hidden.
+    /// The effective configuration as TOML, each key with its origin; URL
+    /// passwords and credential query values, connector tokens and the
+    /// registry API key hidden.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         let mut table = toml::Table::try_from(&self.settings)
             .map_err(|e| problem(format!("cannot show the configuration: {e}")))?;
-        for key in ["database_url", "app_database_url", "otlp_endpoint", "redis_url"] {
+        for key in [
+            "database_url",
+            "app_database_url",
+            "otlp_endpoint",
+            "redis_url",
+            "ai_endpoint",
+            "registry_url",
+        ] {
             if let Some(toml::Value::String(url)) = table.get_mut(key) {
                 *url = redact_url(url);
             }
@@ -1554,6 +1591,37 @@ mod tests {
     }
 
     #[test]
+    fn connection_keys_are_layered_validated_and_built() {
+        let file = file("header_read_timeout_ms = 2500\nmax_connections = 100\n");
+        let env = env(&[("AVAP_IDLE_TIMEOUT_MS", "90000"), ("AVAP_MAX_CONNECTIONS_PER_IP", "8")]).unwrap();
+        let r = resolved(&Layer::default(), &env, &file);
+        let limits = r.settings.server_config().connections;
+        assert_eq!(
+            limits,
+            listen::ConnectionLimits {
+                header_read_timeout: Duration::from_millis(2500),
+                idle_timeout: Duration::from_secs(90),
+                max_connections: 100,
+                max_connections_per_ip: 8,
+            }
+        );
+        let printed = r.to_toml().unwrap();
+        assert!(
+            printed.contains("idle_timeout_ms = 90000  # environment variable AVAP_IDLE_TIMEOUT_MS"),
+            "{printed}"
+        );
+        let defaults = resolved(&Layer::default(), &Layer::default(), &Layer::default());
+        assert_eq!(
+            defaults.settings.server_config().connections,
+            listen::ConnectionLimits::default()
+        );
+        assert!(invalid("header_read_timeout_ms = 0\n").contains("must be between 100 and"));
+        assert!(invalid("idle_timeout_ms = 5\n").contains("must be between 100 and"));
+        assert!(invalid("max_connections = 0\n").starts_with("max_connections = 0 (from file)"));
+        assert!(invalid("max_connections_per_ip = 0\n").starts_with("max_connections_per_ip = 0"));
+    }
+
+    #[test]
     fn every_key_has_a_variable() {
         let names: Vec<String> = keys().iter().map(|(path, _)| env_name(path)).collect();
         for expected in [
@@ -1572,9 +1640,9 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
-             5 log file/trace keys, 4 Redis/cache keys"
+             5 log file/trace keys, 4 Redis/cache keys, 4 connection keys"
         );
     }
 

@@ -14,6 +14,11 @@
 //! * `avap_fuel_used_total`: fuel burnt by finished runs.
 //! * `avap_audit_dropped_total`: audit rows of runs dropped because the
 //!   audit queue was full ([`audit`](super::audit)).
+//! * `avap_connections_open` (gauge), `avap_connections_refused_total{reason}`
+//!   (closed at once over `max_connections` or `max_connections_per_ip`) and
+//!   `avap_connections_timed_out_total{timeout}` (`header_read` or `idle`):
+//!   the client connections ([`listen`](super::listen)), counted in
+//!   [`ConnectionCounters`].
 //! * With Redis: `avap_l2_hits_total` / `avap_l2_misses_total` /
 //!   `avap_l2_refused_total` (stored modules loaded from, not found in, or
 //!   refused from Redis: [`l2`](super::l2)), `avap_redis_errors_total`,
@@ -34,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
+use super::listen::{Refusal, Timeout};
 use super::openapi::ROUTES;
 
 /// Upper bounds of the run-duration histogram buckets, in seconds.
@@ -70,6 +76,95 @@ pub struct Metrics {
     invalidations: AtomicU64,
     /// Counted by the Redis client itself.
     redis_errors: Arc<AtomicU64>,
+    /// Counted by the accept loop.
+    connections: Arc<ConnectionCounters>,
+}
+
+/// The client connections: open now, refused at a cap, closed by a timeout.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    open: AtomicI64,
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
+    header_read_timeouts: AtomicU64,
+    idle_timeouts: AtomicU64,
+}
+
+impl ConnectionCounters {
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn open(&self) -> i64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        match reason {
+            Refusal::MaxConnections => &self.refused_total,
+            Refusal::MaxConnectionsPerIp => &self.refused_per_ip,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn timed_out(&self, timeout: Timeout) {
+        match timeout {
+            Timeout::HeaderRead => &self.header_read_timeouts,
+            Timeout::Idle => &self.idle_timeouts,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The three connection metrics as Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(
+            &mut out,
+            "avap_connections_open",
+            "gauge",
+            "Client connections open now.",
+        );
+        let _ = writeln!(out, "avap_connections_open {}", self.open());
+        header(
+            &mut out,
+            "avap_connections_refused_total",
+            "counter",
+            "Client connections closed at once because a cap (max_connections, max_connections_per_ip) was reached.",
+        );
+        for (reason, n) in [
+            (Refusal::MaxConnections, &self.refused_total),
+            (Refusal::MaxConnectionsPerIp, &self.refused_per_ip),
+        ] {
+            let _ = writeln!(
+                out,
+                "avap_connections_refused_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "avap_connections_timed_out_total",
+            "counter",
+            "Client connections closed because no whole request head came in time (header_read) or a kept-alive connection sent nothing (idle).",
+        );
+        for (timeout, n) in [
+            (Timeout::HeaderRead, &self.header_read_timeouts),
+            (Timeout::Idle, &self.idle_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "avap_connections_timed_out_total{{timeout=\"{}\"}} {}",
+                timeout.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
 }
 
 impl Metrics {
@@ -103,6 +198,11 @@ impl Metrics {
 
     pub fn invalidation_received(&self) {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters the accept loop keeps ([`listen`](super::listen)).
+    pub fn connections(&self) -> Arc<ConnectionCounters> {
+        self.connections.clone()
     }
 
     /// The counter the Redis client adds its failed commands to.
@@ -269,6 +369,7 @@ impl Metrics {
             "Runs compiling or running now.",
         );
         let _ = writeln!(out, "avap_runs_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        out.push_str(&self.connections.render());
         out
     }
 }

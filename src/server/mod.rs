@@ -3,7 +3,8 @@
 //!
 //! * [`app`] is the whole router for an [`AppState`]; [`serve`] binds the
 //!   listener, prints the address and serves until SIGINT/SIGTERM, letting
-//!   in-flight requests finish.
+//!   in-flight requests finish. Connections are bounded (header-read and
+//!   idle timeouts, total and per-IP caps) by the accept loop in [`listen`].
 //! * Every error that is not a run outcome is an [`ApiError`]:
 //!   `{"error": {"kind", "message"}}` with its status.
 //! * At most `max_concurrent_runs` requests compile or run at once; one
@@ -49,6 +50,7 @@ mod execute;
 mod extract;
 mod keys;
 mod l2;
+mod listen;
 mod logs;
 mod meta;
 mod metrics;
@@ -63,7 +65,6 @@ mod store;
 mod telemetry;
 mod upload;
 
-use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -124,6 +125,8 @@ pub struct ServerConfig {
     pub allow_anonymous: bool,
     /// Rate limits, request timeout, CORS ([`protect`]).
     pub protect: protect::ProtectConfig,
+    /// Header-read and idle timeouts, connection caps ([`listen`]).
+    pub connections: listen::ConnectionLimits,
     /// What effect commands may reach (outbound HTTP policy, databases,
     /// model endpoint); built from the config keys `outbound_*`,
     /// `ai_endpoint`, … Default: nothing (those commands are denied).
@@ -164,6 +167,7 @@ impl ServerConfig {
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
             protect: protect::ProtectConfig::default(),
+            connections: listen::ConnectionLimits::default(),
             effects: avap_runtime::Effects::default(),
             edge: None,
             effective_config: None,
@@ -737,12 +741,12 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
             stopping.notify_one();
         }
     };
-    // The peer address is the rate-limit key of requests without an API key.
     let audit = state.audit().clone();
-    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
+    let limits = state.config().connections.clone();
+    let counters = state.metrics().connections();
+    let server = listen::serve(listener, app(state), limits, counters, signal);
     tokio::select! {
-        result = server.into_future() => result.context("the server failed")?,
+        () = server => {}
         () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::warn!("requests still open after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
         }

@@ -79,7 +79,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Sqlite(path) => write!(f, "{}", path.display()),
-            Location::Postgres(url) => f.write_str(&super::config::redact_url(url)),
+            Location::Postgres(url) => f.write_str(&avap_hostfns::redact::url(url)),
         }
     }
 }

@@ -60,6 +60,14 @@
 //! Every database failure raises a catchable `DatabaseError` naming the
 //! command and the database (the spec keeps the stored `{"error": …}` value
 //! only for `RequestPost`).
+//!
+//! ## Messages carry no secrets
+//! A message names a database by its role and system, never its URL or
+//! token: `application database (sqlite)`, `connector #2 (postgresql at
+//! db.internal:5432)` (connectors numbered in token order, as
+//! `--print-config` lists them). An unknown token is not echoed. What the
+//! database server says passes [`Databases::secrets`] (every token, URL,
+//! password and file path configured here) on its way out (`effects::call`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -76,6 +84,7 @@ use tokio::sync::OnceCell;
 
 use super::EffectOutcome;
 use crate::error::{ErrorKind, HostError};
+use crate::redact::Secrets;
 use crate::value::{Dict, Value};
 pub use transaction::{Transaction, TransactionOutcome};
 
@@ -113,7 +122,9 @@ impl Default for DbLimits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("database URL `{url}` ({what}): {why}; use `sqlite://PATH`, a file path, or `postgres://USER@HOST:PORT/DB`")]
 pub struct DbConfigError {
+    /// `application database` or `connector #N`.
     pub what: String,
+    /// The URL without its password ([`crate::redact::url`]).
     pub url: String,
     pub why: String,
 }
@@ -127,6 +138,8 @@ pub struct Databases {
     /// When set, every application-database statement runs inside this
     /// transaction instead of on a connection of its own.
     transaction: Option<Arc<Transaction>>,
+    /// The tokens and URLs above (with their passwords and file paths).
+    secrets: Arc<Secrets>,
 }
 
 #[derive(Debug)]
@@ -143,7 +156,8 @@ enum Pool {
 
 /// Debug shows the label only: connection options may hold a password.
 struct Conn {
-    /// What the connection is, for messages (no password).
+    /// What the connection is, for messages: its role and database system
+    /// (and host), never its URL or token.
     label: String,
     target: Target,
     pool: OnceCell<Pool>,
@@ -154,18 +168,26 @@ impl Databases {
     /// application database) and the connectors (token → URL). Nothing
     /// connects until a command uses it. The application database is created
     /// when it is a missing `SQLite` file (unless read-only); connector
-    /// databases must exist.
+    /// databases must exist. Connectors are numbered in token order
+    /// (`connector #1`, …): messages name them so.
     pub fn new(
         app_url: Option<&str>,
         connectors: impl IntoIterator<Item = (String, String)>,
         limits: DbLimits,
     ) -> Result<Databases, DbConfigError> {
+        let mut secrets = Secrets::default();
         let app = app_url
-            .map(|url| Conn::new(url, "application database", !limits.read_only, &limits).map(Arc::new))
+            .map(|url| {
+                secrets.add_url(url);
+                Conn::new(url, "application database", !limits.read_only, &limits).map(Arc::new)
+            })
             .transpose()?;
+        let urls: BTreeMap<String, String> = connectors.into_iter().collect();
         let mut map = BTreeMap::new();
-        for (token, url) in connectors {
-            let conn = Conn::new(&url, &format!("connector `{}`", short(&token)), false, &limits)?;
+        for (n, (token, url)) in urls.into_iter().enumerate() {
+            secrets.add(&token);
+            secrets.add_url(&url);
+            let conn = Conn::new(&url, &format!("connector #{}", n + 1), false, &limits)?;
             map.insert(token, conn);
         }
         Ok(Databases {
@@ -173,7 +195,14 @@ impl Databases {
             connectors: Arc::new(map),
             limits,
             transaction: None,
+            secrets: Arc::new(secrets),
         })
+    }
+
+    /// Every token, URL, password and database file configured here: what
+    /// no message may show.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// The same databases, except that every application-database statement
@@ -182,12 +211,13 @@ impl Databases {
     /// databases; [`Transaction::finish`] commits or rolls it back, and
     /// dropping it unfinished rolls back. Connectors stay outside it.
     pub fn in_transaction(&self) -> (Databases, Arc<Transaction>) {
-        let transaction = Arc::new(Transaction::new(self.limits.clone()));
+        let transaction = Arc::new(Transaction::new(self.limits.clone(), Arc::clone(&self.secrets)));
         let databases = Databases {
             app: self.app.clone(),
             connectors: Arc::clone(&self.connectors),
             limits: self.limits.clone(),
             transaction: Some(Arc::clone(&transaction)),
+            secrets: Arc::clone(&self.secrets),
         };
         (databases, transaction)
     }
@@ -222,25 +252,17 @@ impl Databases {
     }
 
     fn connector(&self, token: &str, command: &str) -> Result<&Conn, HostError> {
+        // The token is not echoed: it is a credential, and one close to a
+        // configured token would show that token.
         self.connectors.get(token).ok_or_else(|| {
             HostError::script(
                 ErrorKind::DatabaseError,
                 format!(
-                    "{command}: no connector is configured for token `{}` \
-                     (add it under [connectors] in the server config, or `avap run --connector TOKEN=URL`)",
-                    short(token)
+                    "{command}: no connector is configured for this token \
+                     (add it under [connectors] in the server config, or `avap run --connector TOKEN=URL`)"
                 ),
             )
         })
-    }
-}
-
-/// The first characters of a token, for messages.
-fn short(token: &str) -> String {
-    if token.chars().count() > 24 {
-        format!("{}…", token.chars().take(24).collect::<String>())
-    } else {
-        token.to_owned()
     }
 }
 
@@ -256,7 +278,7 @@ impl Conn {
     fn new(url: &str, what: &str, create: bool, limits: &DbLimits) -> Result<Conn, DbConfigError> {
         let bad = |why: String| DbConfigError {
             what: what.to_owned(),
-            url: redact(url),
+            url: crate::redact::url(url),
             why,
         };
         let lower = url.to_ascii_lowercase();
@@ -281,8 +303,12 @@ impl Conn {
             }
             Target::Sqlite(opts)
         };
+        let system = match &target {
+            Target::Sqlite(_) => "sqlite".to_owned(),
+            Target::Postgres(opts) => format!("postgresql at {}:{}", opts.get_host(), opts.get_port()),
+        };
         Ok(Conn {
-            label: format!("{what} {}", redact(url)),
+            label: format!("{what} ({system})"),
             target,
             pool: OnceCell::new(),
         })
@@ -410,24 +436,6 @@ async fn sqlite_reset(conn: &mut sqlx::SqliteConnection) -> bool {
         }
     }
     true
-}
-
-/// `scheme://user:secret@host/…` → `scheme://user@host/…`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (auth, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match auth.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            format!("{scheme}://{user}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -966,7 +974,7 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
     match tokio::time::timeout(limits.statement_timeout, work).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(Failure::Db(e))) if !(e.contains("interrupt") && started.elapsed() >= limits.statement_timeout) => {
-            Err(db_error(command, format!("{} ({})", e, conn.label)))
+            Err(db_error(command, format!("{e}, on {}", conn.label)))
         }
         Ok(Err(Failure::Script(e))) => Err(e.with_prefix(command)),
         // The client-side timer, or the progress handler that interrupted
@@ -974,7 +982,7 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
         Ok(Err(Failure::Db(_))) | Err(_) => Err(HostError::script(
             ErrorKind::TimeoutError,
             format!(
-                "{command}: the statement ran longer than {} ms ({}); make it cheaper or raise `db_statement_timeout_ms`",
+                "{command}: the statement ran longer than {} ms on {}; make it cheaper or raise `db_statement_timeout_ms`",
                 limits.statement_timeout.as_millis(),
                 conn.label
             ),
@@ -1523,9 +1531,45 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u@h:5432/db");
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    fn databases_are_named_without_urls_or_tokens() {
+        let dbs = Databases::new(
+            Some("postgres://avap:hunter22@db.internal:6543/app"),
+            [
+                ("zz-token-secret".to_owned(), "sqlite:/srv/b.sqlite".to_owned()),
+                ("aa-token-secret".to_owned(), "postgres://u:pw1234@pg:5432/x".to_owned()),
+            ],
+            DbLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            dbs.app.as_ref().unwrap().label,
+            "application database (postgresql at db.internal:6543)"
+        );
+        assert_eq!(
+            dbs.connectors["aa-token-secret"].label,
+            "connector #1 (postgresql at pg:5432)"
+        );
+        assert_eq!(dbs.connectors["zz-token-secret"].label, "connector #2 (sqlite)");
+        let e = dbs.connector("aa-token-secreT", "query").unwrap_err().to_string();
+        assert!(!e.contains("token-secre"), "{e}");
+        let hidden = dbs
+            .secrets()
+            .scrub("aa-token-secret zz-token-secret hunter22 pw1234 /srv/b.sqlite");
+        assert!(!hidden.contains("secret") && !hidden.contains("hunter22"), "{hidden}");
+        assert!(
+            !hidden.contains("pw1234") && !hidden.contains("/srv/b.sqlite"),
+            "{hidden}"
+        );
+        let bad = Databases::new(
+            None,
+            [("t".to_owned(), "mysql://u:pw@h/db".to_owned())],
+            DbLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (bad.what.as_str(), bad.url.as_str()),
+            ("connector #1", "mysql://u:***@h/db")
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@
 //!   configured `ai_endpoint` through the same client and policy; the target
 //!   gets the `response` (or `text`, `answer`, `output`, `content`,
 //!   `completion`) string of a JSON object answer, else the decoded answer.
+//! * Messages show a script's URLs without their password or credential
+//!   query values ([`crate::redact::url`]), and the model endpoint as
+//!   `the model endpoint (HOST:PORT)`, never its URL (which may hold a key).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -54,6 +57,7 @@ use url::Url;
 use super::EffectOutcome;
 use super::policy::{AllowlistError, OutboundPolicy};
 use crate::error::{ErrorKind, HostError};
+use crate::redact::Secrets;
 use crate::value::{Dict, Value};
 
 /// Settings for outbound HTTP (server config keys `outbound_*`).
@@ -132,16 +136,49 @@ impl Outbound {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AiEndpoint {
     pub url: Url,
+    /// The URL and the key it may carry (password, `?api_key=…`).
+    secrets: Secrets,
 }
 
 impl AiEndpoint {
     /// Parse the endpoint URL (http or https).
     pub fn new(url: &str) -> Result<AiEndpoint, String> {
-        let parsed = Url::parse(url).map_err(|e| format!("ai_endpoint {url:?} is not a URL: {e}"))?;
+        let shown = crate::redact::url(url);
+        let parsed = Url::parse(url).map_err(|e| format!("ai_endpoint {shown:?} is not a URL: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!("ai_endpoint {url:?} must be an http:// or https:// URL"));
+            return Err(format!("ai_endpoint {shown:?} must be an http:// or https:// URL"));
         }
-        Ok(AiEndpoint { url: parsed })
+        let mut secrets = Secrets::default();
+        secrets.add_url(url);
+        secrets.add_url(parsed.as_str());
+        Ok(AiEndpoint { url: parsed, secrets })
+    }
+
+    /// What no message may show: the URL as configured and its credentials.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+}
+
+/// Where a call goes, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// A URL the script named: shown without its credentials.
+    Script,
+    /// The configured model endpoint: shown by host and port only.
+    Model,
+}
+
+impl Dest {
+    fn show(self, url: &Url) -> String {
+        match self {
+            Dest::Script => crate::redact::url(url.as_str()),
+            Dest::Model => format!(
+                "the model endpoint ({}:{})",
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or_default()
+            ),
+        }
     }
 }
 
@@ -166,7 +203,8 @@ pub async fn call(name: &'static str, args: Vec<Value>, fx: &super::Effects) -> 
         "RequestPost" => match request_post(client, &args).await {
             Ok(v) => Ok(EffectOutcome::Value(v)),
             Err(e @ HostError::Limit(_)) => Err(e),
-            Err(e) => Ok(error_dict(&e)),
+            // A value, not an error: it passes the secrets filter here.
+            Err(e) => Ok(error_dict(&fx.scrub(e))),
         },
         "functionAI" => function_ai(client, fx.ai.as_deref(), &args)
             .await
@@ -196,13 +234,19 @@ async fn request_get(client: &Outbound, args: &[Value]) -> Result<Value, HostErr
     const NAME: &str = "RequestGet";
     let url = build_url(NAME, &args[0], &args[1])?;
     let headers = mapping(NAME, "headers", &args[2])?;
-    let resp = client.fetch(NAME, Method::Get, url, headers, None).await?;
+    let resp = client
+        .fetch(NAME, Dest::Script, Method::Get, url, headers, None)
+        .await?;
     if resp.status >= 400 {
         let snippet: String = String::from_utf8_lossy(&resp.body).chars().take(200).collect();
         return Err(err(
             NAME,
             ErrorKind::HttpError,
-            format!("GET {} returned HTTP {}: {snippet}", resp.url, resp.status),
+            format!(
+                "GET {} returned HTTP {}: {snippet}",
+                Dest::Script.show(&resp.url),
+                resp.status
+            ),
         ));
     }
     Ok(decode(&resp.body))
@@ -213,7 +257,9 @@ async fn request_post(client: &Outbound, args: &[Value]) -> Result<Value, HostEr
     let url = build_url(NAME, &args[0], &args[1])?;
     let headers = mapping(NAME, "headers", &args[2])?;
     let body = post_body(&args[3]);
-    let resp = client.fetch(NAME, Method::Post, url, headers, body).await?;
+    let resp = client
+        .fetch(NAME, Dest::Script, Method::Post, url, headers, body)
+        .await?;
     Ok(decode(&resp.body))
 }
 
@@ -232,6 +278,7 @@ async fn function_ai(client: &Outbound, ai: Option<&AiEndpoint>, args: &[Value])
     let resp = client
         .fetch(
             NAME,
+            Dest::Model,
             Method::Post,
             ai.url.clone(),
             Vec::new(),
@@ -244,8 +291,9 @@ async fn function_ai(client: &Outbound, ai: Option<&AiEndpoint>, args: &[Value])
             NAME,
             ErrorKind::HttpError,
             format!(
-                "the model endpoint {} returned HTTP {}: {snippet}",
-                resp.url, resp.status
+                "{} returned HTTP {}: {snippet}",
+                Dest::Model.show(&resp.url),
+                resp.status
             ),
         ));
     }
@@ -267,14 +315,20 @@ fn build_url(name: &str, url: &Value, query: &Value) -> Result<Url, HostError> {
         err(
             name,
             ErrorKind::ValueError,
-            format!("{text:?} is not a valid URL ({e}); write an absolute http:// or https:// URL"),
+            format!(
+                "{:?} is not a valid URL ({e}); write an absolute http:// or https:// URL",
+                crate::redact::url(&text)
+            ),
         )
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(err(
             name,
             ErrorKind::ValueError,
-            format!("{text:?}: only http:// and https:// URLs can be requested"),
+            format!(
+                "{:?}: only http:// and https:// URLs can be requested",
+                crate::redact::url(&text)
+            ),
         ));
     }
     let pairs = mapping(name, "querystring", query)?;
@@ -396,13 +450,14 @@ impl Outbound {
     async fn fetch(
         &self,
         name: &str,
+        dest: Dest,
         method: Method,
         url: Url,
         headers: Vec<(String, String)>,
         body: Option<(Vec<u8>, Option<&'static str>)>,
     ) -> Result<Response, HostError> {
-        let shown = url.to_string();
-        match tokio::time::timeout(self.timeout, self.follow(name, method, url, headers, body)).await {
+        let shown = dest.show(&url);
+        match tokio::time::timeout(self.timeout, self.follow(name, dest, method, url, headers, body)).await {
             Ok(r) => r,
             Err(_) => Err(err(
                 name,
@@ -418,6 +473,7 @@ impl Outbound {
     async fn follow(
         &self,
         name: &str,
+        dest: Dest,
         mut method: Method,
         mut url: Url,
         mut headers: Vec<(String, String)>,
@@ -425,7 +481,7 @@ impl Outbound {
     ) -> Result<Response, HostError> {
         let mut hops = 0;
         loop {
-            let (status, location, payload) = self.exchange(name, method, &url, &headers, body.as_ref()).await?;
+            let (status, location, payload) = self.exchange(name, dest, method, &url, &headers, body.as_ref()).await?;
             let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
             let Some(location) = location.filter(|_| redirect) else {
                 return Ok(Response {
@@ -439,7 +495,8 @@ impl Outbound {
                     name,
                     ErrorKind::HttpError,
                     format!(
-                        "{url} redirected more than {} times (outbound_max_redirects)",
+                        "{} redirected more than {} times (outbound_max_redirects)",
+                        dest.show(&url),
                         self.max_redirects
                     ),
                 ));
@@ -449,14 +506,18 @@ impl Outbound {
                 err(
                     name,
                     ErrorKind::HttpError,
-                    format!("{url} redirected to an invalid location {location:?}: {e}"),
+                    format!("{} redirected to an invalid location: {e}", dest.show(&url)),
                 )
             })?;
             if !matches!(next.scheme(), "http" | "https") {
                 return Err(err(
                     name,
                     ErrorKind::HttpError,
-                    format!("{url} redirected to {next}, which is not http or https"),
+                    format!(
+                        "{} redirected to {}, which is not http or https",
+                        dest.show(&url),
+                        crate::redact::url(next.as_str())
+                    ),
                 ));
             }
             if status == 303 || (method == Method::Post && matches!(status, 301 | 302)) {
@@ -475,20 +536,22 @@ impl Outbound {
     async fn exchange(
         &self,
         name: &str,
+        dest: Dest,
         method: Method,
         url: &Url,
         headers: &[(String, String)],
         body: Option<&(Vec<u8>, Option<&'static str>)>,
     ) -> Result<(u16, Option<String>, Vec<u8>), HostError> {
+        let shown = dest.show(url);
         let transport =
-            |e: &dyn fmt::Display| err(name, ErrorKind::HttpError, format!("{} {url}: {e}", method.as_str()));
+            |e: &dyn fmt::Display| err(name, ErrorKind::HttpError, format!("{} {shown}: {e}", method.as_str()));
         let host = url
             .host_str()
-            .ok_or_else(|| err(name, ErrorKind::ValueError, format!("{url} has no host")))?
+            .ok_or_else(|| err(name, ErrorKind::ValueError, format!("{shown} has no host")))?
             .to_owned();
         let port = url
             .port_or_known_default()
-            .ok_or_else(|| err(name, ErrorKind::ValueError, format!("{url} has no port")))?;
+            .ok_or_else(|| err(name, ErrorKind::ValueError, format!("{shown} has no port")))?;
         // The host call's span (runtime `effects.rs`) names where it went
         // (after redirects, the last hop): host and port, never the path or query.
         let span = tracing::Span::current();
@@ -545,7 +608,7 @@ impl Outbound {
             err(
                 name,
                 ErrorKind::ValueError,
-                format!("cannot build the request to {url}: {e}"),
+                format!("cannot build the request to {shown}: {e}"),
             )
         })?;
         let response = if url.scheme() == "https" {
@@ -572,7 +635,7 @@ impl Outbound {
                 name,
                 ErrorKind::HttpError,
                 format!(
-                    "the response from {url} is larger than {} KiB (outbound_max_response_kb)",
+                    "the response from {shown} is larger than {} KiB (outbound_max_response_kb)",
                     cap / 1024
                 ),
             )

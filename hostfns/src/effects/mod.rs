@@ -15,6 +15,12 @@
 //!
 //! Calling convention: `args` holds the value of every non-target parameter
 //! of form `form`, in order (as in [`crate::commands`], minus the target).
+//!
+//! Every error leaves [`call`] through [`Effects::scrub`]: a configured
+//! secret (connector token, database URL, password or file, the model
+//! endpoint's URL and key) never reaches the script, and so never its
+//! caller, whatever a database server or a remote body said. Messages are
+//! written without them in the first place ([`db`], [`http`]).
 
 pub mod db;
 pub mod http;
@@ -44,6 +50,36 @@ pub struct Effects {
     pub ai: Option<Arc<http::AiEndpoint>>,
 }
 
+impl Effects {
+    /// `e` with every configured secret in its message replaced: the
+    /// databases' tokens, URLs, passwords and files, the model endpoint's
+    /// URL and key.
+    pub fn scrub(&self, e: HostError) -> HostError {
+        let sets = [
+            self.db.as_deref().map(db::Databases::secrets),
+            self.ai.as_deref().map(http::AiEndpoint::secrets),
+        ];
+        let hide = |message: String| {
+            sets.iter()
+                .flatten()
+                .fold(message, |text, secrets| match secrets.scrub(&text) {
+                    std::borrow::Cow::Borrowed(_) => text,
+                    std::borrow::Cow::Owned(hidden) => hidden,
+                })
+        };
+        match e {
+            HostError::Script(mut e) => {
+                e.message = hide(e.message);
+                HostError::Script(e)
+            }
+            HostError::Limit(mut l) => {
+                l.message = hide(l.message);
+                HostError::Limit(l)
+            }
+        }
+    }
+}
+
 /// Whether `name` is a command implemented here (and not in
 /// [`crate::commands`]).
 pub fn is_effect(name: &str) -> bool {
@@ -52,8 +88,12 @@ pub fn is_effect(name: &str) -> bool {
 }
 
 /// Run effect command `name` (form `form`) with the values of its
-/// non-target parameters.
+/// non-target parameters. Errors come out [scrubbed](Effects::scrub).
 pub async fn call(name: &str, form: usize, args: Vec<Value>, fx: &Effects) -> Result<EffectOutcome, HostError> {
+    dispatch(name, form, args, fx).await.map_err(|e| fx.scrub(e))
+}
+
+async fn dispatch(name: &str, form: usize, args: Vec<Value>, fx: &Effects) -> Result<EffectOutcome, HostError> {
     let Some(sig) = signature::command(name).filter(|_| is_effect(name)) else {
         return Err(HostError::script(
             ErrorKind::NotAvailable,

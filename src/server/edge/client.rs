@@ -28,8 +28,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, rustls};
 use url::Url;
 
-use super::super::config::redact_url;
 use super::super::registry_sync::ScriptList;
+use avap_hostfns::redact::url as redact_url;
 
 /// What one request may take.
 #[derive(Debug, Clone, Copy)]

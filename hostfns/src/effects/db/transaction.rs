@@ -26,6 +26,7 @@
 //!   the `sqlx` transaction inside rolls back, and the pool's reset on
 //!   release closes a connection that is still inside a transaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Executor as _;
@@ -36,6 +37,7 @@ use super::{
     sqlite_statement, uses_keyword,
 };
 use crate::error::ErrorKind;
+use crate::redact::Secrets;
 use crate::value::Value;
 
 /// Words a statement inside a shared transaction may not use: they would
@@ -78,6 +80,9 @@ pub enum TransactionOutcome {
 pub struct Transaction {
     limits: DbLimits,
     state: Mutex<State>,
+    /// The databases' secrets: kept out of the reason of a rollback, which
+    /// goes back to the client as it is (no `effects::call` in between).
+    secrets: Arc<Secrets>,
 }
 
 #[derive(Debug, Default)]
@@ -114,10 +119,11 @@ fn refused(message: String) -> Failure {
 }
 
 impl Transaction {
-    pub(super) fn new(limits: DbLimits) -> Transaction {
+    pub(super) fn new(limits: DbLimits, secrets: Arc<Secrets>) -> Transaction {
         Transaction {
             limits,
             state: Mutex::new(State::default()),
+            secrets,
         }
     }
 
@@ -192,6 +198,16 @@ impl Transaction {
     /// by the statement timeout: a commit that takes longer is abandoned
     /// and rolled back.
     pub async fn finish(&self, commit: bool) -> TransactionOutcome {
+        match self.end(commit).await {
+            TransactionOutcome::RolledBack { reason: Some(reason) } => TransactionOutcome::RolledBack {
+                reason: Some(self.secrets.scrub(&reason).into_owned()),
+            },
+            outcome => outcome,
+        }
+    }
+
+    /// [`Transaction::finish`], the reason unfiltered.
+    async fn end(&self, commit: bool) -> TransactionOutcome {
         let mut state = self.state.lock().await;
         state.finished = true;
         if std::mem::take(&mut state.in_flight) {
