@@ -133,6 +133,8 @@ pub struct Settings {
     pub max_script_bytes: usize,
     /// Requests compiling or running at once.
     pub max_concurrent_runs: usize,
+    /// Compilations (Cranelift) at once, across all requests.
+    pub max_concurrent_compiles: usize,
     /// How long a request waits for a run slot before 503.
     pub queue_wait_ms: u64,
     /// Compiled inline scripts kept.
@@ -238,6 +240,7 @@ struct Layer {
     max_body_bytes: Option<usize>,
     max_script_bytes: Option<usize>,
     max_concurrent_runs: Option<usize>,
+    max_concurrent_compiles: Option<usize>,
     queue_wait_ms: Option<u64>,
     cache_entries: Option<usize>,
     cache_ttl_s: Option<u64>,
@@ -559,6 +562,7 @@ impl Settings {
             max_body_bytes: server.max_body_bytes,
             max_script_bytes: server.max_script_bytes,
             max_concurrent_runs: server.max_concurrent_runs,
+            max_concurrent_compiles: server.max_concurrent_compiles,
             queue_wait_ms: millis(server.queue_wait),
             cache_entries: server.cache_entries,
             cache_ttl_s: server.cache_ttl.map_or(0, |idle| idle.as_secs()),
@@ -618,6 +622,7 @@ impl Settings {
         config.max_body_bytes = self.max_body_bytes;
         config.max_script_bytes = self.max_script_bytes;
         config.max_concurrent_runs = self.max_concurrent_runs;
+        config.max_concurrent_compiles = self.max_concurrent_compiles;
         config.queue_wait = Duration::from_millis(self.queue_wait_ms);
         config.cache_entries = self.cache_entries;
         config.cache_ttl = (self.cache_ttl_s > 0).then(|| Duration::from_secs(self.cache_ttl_s));
@@ -819,6 +824,9 @@ impl Resolved {
             max_concurrent_runs: p
                 .pick("max_concurrent_runs", |l| l.max_concurrent_runs)
                 .unwrap_or(d.max_concurrent_runs),
+            max_concurrent_compiles: p
+                .pick("max_concurrent_compiles", |l| l.max_concurrent_compiles)
+                .unwrap_or(d.max_concurrent_compiles),
             queue_wait_ms: p.pick("queue_wait_ms", |l| l.queue_wait_ms).unwrap_or(d.queue_wait_ms),
             cache_entries: p.pick("cache_entries", |l| l.cache_entries).unwrap_or(d.cache_entries),
             cache_ttl_s: p.pick("cache_ttl_s", |l| l.cache_ttl_s).unwrap_or(d.cache_ttl_s),
@@ -987,6 +995,7 @@ impl Resolved {
         in_range("max_body_bytes", to_u64(s.max_body_bytes), 1, 1 << 30)?;
         in_range("max_script_bytes", to_u64(s.max_script_bytes), 1, 1 << 30)?;
         in_range("max_concurrent_runs", to_u64(s.max_concurrent_runs), 1, 1024)?;
+        in_range("max_concurrent_compiles", to_u64(s.max_concurrent_compiles), 1, 256)?;
         in_range("cache_entries", to_u64(s.cache_entries), 1, 1 << 20)?;
         in_range("cache_ttl_s", s.cache_ttl_s, 0, DAY_MS / 1000 * 30)?;
         in_range("prewarm", to_u64(s.prewarm), 0, to_u64(s.cache_entries))?;
@@ -1635,14 +1644,15 @@ mod tests {
             "AVAP_OUTBOUND_MAX_RESPONSE_KB",
             "AVAP_OUTBOUND_MAX_REDIRECTS",
             "AVAP_AI_ENDPOINT",
+            "AVAP_MAX_CONCURRENT_COMPILES",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
-             5 log file/trace keys, 4 Redis/cache keys, 4 connection keys"
+             5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles"
         );
     }
 

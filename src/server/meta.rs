@@ -89,6 +89,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
             "max_body_bytes": config.max_body_bytes,
             "max_script_bytes": config.max_script_bytes,
             "max_concurrent_runs": config.max_concurrent_runs,
+            "max_concurrent_compiles": config.max_concurrent_compiles,
             "queue_wait_ms": u64::try_from(config.queue_wait.as_millis()).unwrap_or(u64::MAX),
         },
         "capabilities": {"allowed": allowed},

@@ -8,7 +8,9 @@
 //!   response head. Counted by the [`count_requests`] middleware.
 //! * `avap_runs_total{outcome}`: runs by `ok` or the envelope's or the API
 //!   error's kind; `avap_limit_hits_total{kind}` for the limit kinds.
-//! * `avap_compile_cache_hits_total` / `avap_compile_cache_misses_total`.
+//! * `avap_compile_cache_hits_total` / `avap_compile_cache_misses_total`;
+//!   `avap_compiles_shed_total`: compiles and loads refused with 503 because
+//!   the compile pool (`max_concurrent_compiles`) stayed full.
 //! * `avap_run_duration_seconds` (histogram) and `avap_runs_in_flight` (gauge);
 //!   `avap_run_slots` (gauge), the run slots, for saturation.
 //! * `avap_fuel_used_total`: fuel burnt by finished runs.
@@ -64,6 +66,7 @@ pub struct Metrics {
     limit_hits: Mutex<BTreeMap<String, u64>>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    compiles_shed: AtomicU64,
     /// Non-cumulative bucket counts; the last one is `+Inf`.
     duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_micros: AtomicU64,
@@ -182,6 +185,10 @@ impl Metrics {
 
     pub fn cache_miss(&self) {
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn compile_shed(&self) {
+        self.compiles_shed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn l2_hit(&self) {
@@ -306,6 +313,11 @@ impl Metrics {
                 "avap_compile_cache_misses_total",
                 "Inline scripts compiled because they were not cached.",
                 &self.cache_misses,
+            ),
+            (
+                "avap_compiles_shed_total",
+                "Compiles and loads refused with 503: the compile pool stayed full for queue_wait_ms.",
+                &self.compiles_shed,
             ),
             (
                 "avap_fuel_used_total",

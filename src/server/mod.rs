@@ -105,6 +105,10 @@ pub struct ServerConfig {
     pub max_script_bytes: usize,
     /// Requests compiling or running at once (also the wasmtime pool size).
     pub max_concurrent_runs: usize,
+    /// Compilations at once (Cranelift, on blocking threads), whatever
+    /// happened to the requests that asked for them: each holds its slot
+    /// until it finishes.
+    pub max_concurrent_compiles: usize,
     /// How long a request waits for a run slot before 503.
     pub queue_wait: Duration,
     /// Inline scripts whose compiled form is kept.
@@ -158,6 +162,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
             max_concurrent_runs: 2 * cores,
+            max_concurrent_compiles: cores,
             queue_wait: Duration::from_secs(2),
             cache_entries: 256,
             cache_ttl: Some(Duration::from_hours(1)),
@@ -191,6 +196,8 @@ struct Shared {
     stored: StoredCache,
     store: Store,
     runs: Arc<Semaphore>,
+    /// The compile pool ([`ServerConfig::max_concurrent_compiles`]).
+    compiles: Arc<Semaphore>,
     metrics: metrics::Metrics,
     /// Run rows of the audit trail, written in the background.
     audit: audit::AuditLog,
@@ -288,6 +295,7 @@ impl AppState {
                 scripts: ScriptCache::new(config.cache_entries, config.cache_ttl),
                 stored: StoredCache::new(config.cache_entries, config.cache_ttl),
                 runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+                compiles: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
                 metrics,
                 cluster,
                 audit: audit::AuditLog::start(store.clone())?,
@@ -541,18 +549,62 @@ impl AppState {
         self.off_thread(work).await
     }
 
-    /// Run CPU-bound `work` that cannot yield (compiling) on a blocking
-    /// thread, so accepting, health checks and queue timeouts stay live.
+    /// Run CPU-bound `work` that cannot yield (compiling, loading) on a
+    /// blocking thread, so accepting, health checks and queue timeouts stay
+    /// live — in a slot of the compile pool.
+    ///
+    /// The slot moves into the blocking task and is released only when the
+    /// work ends, so compiles whose requests timed out still count against
+    /// the pool; work whose request is gone before a slot frees up is never
+    /// started. Waiting for a slot is bounded by `queue_wait` (503, like a
+    /// run slot) and by the request's own deadline.
     async fn off_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        let wait = self.config().queue_wait;
+        let permit = match tokio::time::timeout(wait, self.shared.compiles.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(closed)) => return Err(ApiError::Internal(closed.into())),
+            Err(_) => {
+                self.shared.metrics.compile_shed();
+                return Err(ApiError::Overloaded { waited: wait });
+            }
+        };
+        let wanted = WantedGuard::new();
+        let still_wanted = wanted.flag();
         let shared = self.shared.clone();
         // The work's spans (compile) belong to the request's trace.
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| work(&shared)))
-            .await
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if !still_wanted.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(ApiError::Internal(anyhow::anyhow!("the request went away before compiling")));
+            }
+            span.in_scope(|| work(&shared))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("compile task failed: {e}")))?
+    }
+}
+
+/// Marks blocking work unwanted when the request that asked for it is
+/// dropped (client gone, request timeout) before the work started.
+struct WantedGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl WantedGuard {
+    fn new() -> WantedGuard {
+        WantedGuard(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    fn flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl Drop for WantedGuard {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
