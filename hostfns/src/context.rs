@@ -57,6 +57,13 @@ pub trait HostContext {
     /// The request and the memory budget at once (decoding a request value
     /// claims memory while reading the request).
     fn request_and_memory(&mut self) -> (&Request, &mut MemoryBudget);
+    /// `TimeLimit` once the run's wall-clock deadline has passed. Host work
+    /// that can run long in one call (matching a regex over a large text)
+    /// checks it as it goes: the epoch ticks that bound wasm time cannot
+    /// interrupt host code.
+    fn check_time(&self) -> Result<(), HostError> {
+        Ok(())
+    }
     /// Record `value` under `key` in the response result (a snapshot).
     /// Fails with `OutputLimit` when the response would grow past its cap.
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError>;

@@ -382,6 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn values_at_the_nesting_limit_round_trip_as_json() {
+        let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        let limit = crate::memory::MAX_DEPTH as usize;
+        let v = value(&deep(limit));
+        assert_eq!(v.footprint().depth, crate::memory::MAX_DEPTH);
+        assert_eq!(v.to_json_text(), deep(limit));
+        assert!(matches!(
+            parse(&deep(limit + 1), &mut MemoryBudget::unlimited()),
+            Err(JsonError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn deep_documents_are_invalid_not_a_crash() {
         let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(

@@ -26,9 +26,15 @@ use crate::value::{Dict, Value};
 
 /// Deepest nesting of lists and dicts a value may have (a string or number
 /// is depth 0, `[]` depth 1, `[[1]]` depth 2). Building anything deeper
-/// ends the run with `MemoryLimit`. JSON texts are parsed with serde_json's
-/// own limit of 128 levels.
-pub const MAX_DEPTH: u32 = 500;
+/// ends the run with `MemoryLimit`.
+///
+/// The same bound as JSON input (serde_json reads at most 127 levels: its
+/// recursion limit of 128 counts the document itself), so
+/// every value a script builds can be read back as JSON — by
+/// `variableFromJSON`, and by clients that parse responses with the usual
+/// limits — and every recursive walk over a value stays far from the end
+/// of a run's stack.
+pub const MAX_DEPTH: u32 = 127;
 
 /// Bytes of one `Value` inline (in a list's buffer, a dict entry, a heap slot).
 pub const VALUE_BYTES: u64 = size_of::<Value>() as u64;

@@ -286,13 +286,14 @@ impl Heap {
             _ => return Ok(None),
         };
         let (tail_at, tail_len) = self.resolve_str(right)?;
-        // The buffer grows by doubling (amortised O(1) appends) and is
+        // The buffer grows by half (amortised O(1) appends; doubling would
+        // hold up to twice the text, and three times while it moves) and is
         // accounted by its capacity; the old handle keeps a view entry.
         let needed = old_len + tail_len;
         let new_capacity = if needed <= capacity {
             capacity
         } else {
-            needed.max(capacity * 2)
+            needed.max(capacity + capacity / 2)
         };
         let grown_bytes = memory::alloc_bytes(new_capacity);
         if self.prefix_of.capacity() <= index {

@@ -46,6 +46,7 @@ impl Runtime {
         let mut services = Services::new(input.request, tz, limits.output_bytes);
         services.now = input.now;
         let deadline = start + Duration::from_millis(limits.time_ms);
+        services.deadline = (!self.config.unmetered).then_some(deadline);
         let state = RunState {
             heap: Heap::new(limits.memory_bytes),
             services,

@@ -53,6 +53,8 @@ pub struct Services {
     pub fuel_charged: u64,
     /// Memory the current host call may claim (set from the heap per call).
     pub memory: MemoryBudget,
+    /// The run's wall-clock deadline (`None` when unmetered).
+    pub deadline: Option<std::time::Instant>,
     /// Bytes of results, routes and async results kept for the rest of the run.
     retained: u64,
 }
@@ -72,6 +74,7 @@ impl Services {
             fuel_available: 0,
             fuel_charged: 0,
             memory: MemoryBudget::new(0),
+            deadline: None,
             retained: 0,
         }
     }
@@ -114,6 +117,17 @@ impl HostContext for Services {
 
     fn memory(&mut self) -> &mut MemoryBudget {
         &mut self.memory
+    }
+
+    fn check_time(&self) -> Result<(), HostError> {
+        match self.deadline {
+            Some(deadline) if std::time::Instant::now() >= deadline => Err(LimitHit::new(
+                LimitKind::TimeLimit,
+                "wall-clock time limit reached (in a host call)",
+            )
+            .into()),
+            _ => Ok(()),
+        }
     }
 
     fn request_and_memory(&mut self) -> (&Request, &mut MemoryBudget) {

@@ -11,6 +11,8 @@ pub struct Case {
     pub attack: String,
     /// `ok`, an error kind, or `CompileError E0xxx`.
     pub expect: String,
+    /// The source line the error must point at, when the file says.
+    pub line: Option<u64>,
     /// The `--limits` text.
     pub limits: String,
     pub memory_bytes: u64,
@@ -60,11 +62,13 @@ fn parse(path: &Path) -> Case {
     };
     let memory_bytes = value("memory_mb", 64) << 20;
     let time_ms = value("time_ms", 2000);
+    let line = field("line").map(|l| l.parse().unwrap_or_else(|_| panic!("{name}: bad `// line:`")));
     Case {
         script: expand(&text).unwrap_or_else(|e| panic!("{name}: {e}")),
         name,
         attack,
         expect,
+        line,
         limits,
         memory_bytes,
         time_ms,

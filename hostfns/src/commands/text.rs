@@ -8,7 +8,6 @@ use sha2::{Digest, Sha256};
 use super::{Args, Outcome, charge, value};
 use crate::context::HostContext;
 use crate::error::{ErrorKind, HostError};
-use crate::memory::MemoryBudget;
 use crate::ops;
 use crate::value::Value;
 
@@ -119,6 +118,49 @@ fn parse_template(template: &str, re: &Regex) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
+/// How long a replacement template's expansion is, per match: its fixed
+/// text plus each group it refers to, times how often it refers to it.
+struct ExpansionSize<'p> {
+    fixed: usize,
+    groups: Vec<(&'p Piece, usize)>,
+}
+
+impl<'p> ExpansionSize<'p> {
+    fn of(pieces: &'p [Piece]) -> ExpansionSize<'p> {
+        let mut fixed = 0;
+        let mut groups: Vec<(&Piece, usize)> = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => fixed += t.len(),
+                group => match groups.iter_mut().find(|(g, _)| same_group(g, group)) {
+                    Some((_, n)) => *n += 1,
+                    None => groups.push((group, 1)),
+                },
+            }
+        }
+        ExpansionSize { fixed, groups }
+    }
+
+    fn for_match(&self, caps: &Captures<'_>) -> usize {
+        self.groups.iter().fold(self.fixed, |len, (group, times)| {
+            let text = match group {
+                Piece::Group(n) => caps.get(*n).map_or("", |m| m.as_str()),
+                Piece::Named(name) => caps.name(name).map_or("", |m| m.as_str()),
+                Piece::Text(t) => t.as_str(),
+            };
+            len.saturating_add(text.len().saturating_mul(*times))
+        })
+    }
+}
+
+fn same_group(a: &Piece, b: &Piece) -> bool {
+    match (a, b) {
+        (Piece::Group(x), Piece::Group(y)) => x == y,
+        (Piece::Named(x), Piece::Named(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// The texts a replacement template expands to for one match.
 fn expanded<'t>(pieces: &'t [Piece], caps: &'t Captures<'t>) -> impl Iterator<Item = &'t str> {
     pieces.iter().map(|piece| match piece {
@@ -128,21 +170,41 @@ fn expanded<'t>(pieces: &'t [Piece], caps: &'t Captures<'t>) -> impl Iterator<It
     })
 }
 
+/// Matching is host work the epoch ticks cannot interrupt: every 256
+/// matches it is charged (each match costs its pieces) and the run's
+/// deadline is checked.
+fn pace(ctx: &mut dyn HostContext, matches: usize, pieces: usize) -> Result<(), HostError> {
+    if matches % 256 == 0 {
+        charge(ctx, 256 * (1 + pieces))?;
+        ctx.check_time()?;
+    }
+    Ok(())
+}
+
 /// `re.sub(pattern, template, source)`: measured first (without
 /// allocating), the result's memory claimed, then built at exactly that
 /// size. The matching runs twice; a result larger than the budget is never
 /// started.
-fn substitute(re: &Regex, pieces: &[Piece], source: &str, mem: &mut MemoryBudget) -> Result<String, HostError> {
+fn substitute(
+    ctx: &mut dyn HostContext,
+    re: &Regex,
+    pieces: &[Piece],
+    source: &str,
+) -> Result<String, HostError> {
+    let size = ExpansionSize::of(pieces);
     let mut len = source.len();
+    let mut matches = 0usize;
     for caps in re.captures_iter(source) {
         let whole = caps.get(0).map_or(0, |m| m.len());
-        let added: usize = expanded(pieces, &caps).map(str::len).sum();
-        len = (len - whole).saturating_add(added);
+        len = (len - whole).saturating_add(size.for_match(&caps));
+        matches += 1;
+        pace(ctx, matches, size.groups.len())?;
     }
-    mem.claim_str(len)?;
+    ctx.memory().claim_str(len)?;
     let mut out = String::with_capacity(len);
     let mut last = 0;
-    for caps in re.captures_iter(source) {
+    for (n, caps) in re.captures_iter(source).enumerate() {
+        pace(ctx, n + 1, pieces.len())?;
         let Some(whole) = caps.get(0) else { continue };
         out.push_str(&source[last..whole.start()]);
         for text in expanded(pieces, &caps) {
@@ -169,7 +231,7 @@ pub(super) fn replace(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, Ho
     let result = match compile(&pattern) {
         Ok(re) => {
             let pieces = parse_template(&new_value, &re).map_err(|m| a.error(ErrorKind::ValueError, m))?;
-            substitute(&re, &pieces, &source, ctx.memory())?
+            substitute(ctx, &re, &pieces, &source)?
         }
         Err(_) => {
             // Plain text (a pattern that is not a valid regex is never empty).
@@ -216,11 +278,13 @@ pub(super) fn get_regex(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, 
     let mut matches = 0usize;
     for caps in re.captures_iter(&source) {
         matches += 1;
+        pace(ctx, matches, re.captures_len())?;
         len = pieces(&caps).iter().fold(len, |n, (s, e)| n.saturating_add(e - s));
     }
     ctx.memory().claim_str(len)?;
     let mut out = String::with_capacity(len);
-    for caps in re.captures_iter(&source) {
+    for (n, caps) in re.captures_iter(&source).enumerate() {
+        pace(ctx, n + 1, re.captures_len())?;
         for (start, end) in pieces(&caps) {
             out.push_str(&source[start..end]);
         }
