@@ -1,6 +1,7 @@
 //! Property test of the whole sandbox: any generated program that compiles
 //! runs to a response — a result or a known error kind — never a crash, an
-//! internal error or a wrong status code.
+//! internal error or a wrong status code — within its memory and time
+//! limits. (`fuzz/fuzz_targets/run.rs` does the same on mutated inputs.)
 
 mod common;
 
@@ -42,6 +43,11 @@ proptest! {
         let h = HARNESS.with(std::rc::Rc::clone);
         let limits = Limits { fuel: 2_000_000, time_ms: 2_000, memory_bytes: 8 << 20, stack_bytes: 32 << 10, output_bytes: 1 << 20 };
         let r = h.run_with(&src, limits);
+        // Limits are hard: the heap never passes its budget, and the run
+        // never outlives twice its time (host work included).
+        prop_assert!(r.usage.peak_memory_bytes <= limits.memory_bytes, "heap peak {} for\n{src}", r.usage.peak_memory_bytes);
+        let budget_ms = std::time::Duration::from_millis(2 * limits.time_ms).as_secs_f64() * 1000.0;
+        prop_assert!(r.usage.wall_ms <= budget_ms, "{} ms for\n{src}", r.usage.wall_ms);
         let ok = r.envelope["status"] == true;
         if ok {
             prop_assert!((100..=599).contains(&r.http_status), "status {} for\n{src}", r.http_status);

@@ -49,16 +49,20 @@ pub(crate) const GC_COUNTDOWN_GLOBAL: u32 = 3;
 
 /// Largest body of one wasm function (a user function, a `go_async`
 /// block, or one top-level statement), in bytes of code.
-pub const MAX_FUNCTION_BYTES: usize = 256 * 1024;
+pub const MAX_FUNCTION_BYTES: usize = 64 * 1024;
 /// Most wasm locals one function may have (two per variable or parameter,
 /// plus scratch); wasmparser refuses more than 50,000.
 pub const MAX_LOCALS: usize = 16_384;
-/// Largest total of code in one module.
-pub const MAX_CODE_BYTES: usize = 2 * 1024 * 1024;
-/// Top-level statements are grouped into chunk functions of about this
-/// much source each (a statement expands to at most a few dozen times its
-/// source size in code).
-const CHUNK_SOURCE_BYTES: usize = 4096;
+/// Largest compile work of one module: its bytes of code plus
+/// [`FUNCTION_COST`] per function (Cranelift's fixed cost per function is
+/// about that much code's worth; BENCHMARKS.md, "Compile budget").
+pub const MAX_CODE_BYTES: usize = 1024 * 1024;
+pub const FUNCTION_COST: usize = 128;
+/// Top-level statements are grouped into chunk functions of at most this
+/// much source each (a statement expands to at most about 50 times its
+/// source size in code, so a chunk stays under `MAX_FUNCTION_BYTES` unless
+/// one statement alone is too large).
+const CHUNK_SOURCE_BYTES: usize = 1024;
 const PAGE: u32 = 65_536;
 
 /// A command the module imports.
@@ -408,16 +412,23 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
     let mut fn_names = Vec::new();
     let base = m.import_count();
     let code_bytes: usize = m.defined.iter().flatten().map(|f| f.body.byte_len()).sum();
-    if code_bytes > MAX_CODE_BYTES {
-        m.oversize.push(Diagnostic::new(
-            Code::ProgramTooLarge,
-            Span::default(),
-            format!(
-                "the script compiles to {} KiB of code; the limit is {} KiB",
-                code_bytes / 1024,
-                MAX_CODE_BYTES / 1024
-            ),
-        ).with_help("split it into several scripts, or move repeated code into functions and loops"));
+    let function_count = m.defined.len();
+    let work = code_bytes + FUNCTION_COST * function_count;
+    if work > MAX_CODE_BYTES {
+        m.oversize.push(
+            Diagnostic::new(
+                Code::ProgramTooLarge,
+                Span::default(),
+                format!(
+                    "the script compiles to {} KiB of code in {function_count} functions, {} KiB of compile work; \
+                     the budget is {} KiB",
+                    code_bytes / 1024,
+                    work / 1024,
+                    MAX_CODE_BYTES / 1024
+                ),
+            )
+            .with_help("split it into several scripts, or move repeated code into functions and loops"),
+        );
     }
     for (i, h) in Helper::ALL.iter().enumerate() {
         names.append(u32::try_from(i).unwrap_or(0), h.name());
