@@ -36,6 +36,7 @@ struct Outcome {
 /// Run `file` with `limits`; its peak RSS from `wait4`.
 fn run(file: &std::path::Path, limits: &str) -> Outcome {
     let start = Instant::now();
+    #[allow(clippy::zombie_processes)] // reaped by `wait4` below, which also reads its peak RSS
     let child = Command::new(env!("CARGO_BIN_EXE_avap"))
         .arg("run")
         .arg(file)
@@ -113,7 +114,9 @@ fn every_attack_ends_with_its_kind_within_its_time_and_memory() {
         for _ in 0..2 {
             s.spawn(|| {
                 loop {
-                    let Some(case) = queue.lock().expect("queue").pop() else { break };
+                    let Some(case) = queue.lock().expect("queue").pop() else {
+                        break;
+                    };
                     let file = dir.join(format!("{}.avap", case.name));
                     std::fs::write(&file, &case.script).expect("write case");
                     let outcome = run(&file, &case.limits);
@@ -171,7 +174,12 @@ fn every_attack_ends_with_its_kind_within_its_time_and_memory() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[allow(clippy::cast_precision_loss)] // display only

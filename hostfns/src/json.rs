@@ -7,7 +7,7 @@
 //! [`MemoryBudget`] before allocating it, and skip (without allocating)
 //! whatever the caller does not need: [`field`] keeps one key of an object,
 //! [`array_len`] only counts, [`array_item`] keeps one item. Nesting is
-//! bounded by serde_json's recursion limit (128 levels).
+//! bounded by `serde_json`'s recursion limit (128 levels).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -348,7 +348,11 @@ mod tests {
             "1e400",
         ] {
             let reference = serde_json::from_str::<serde_json::Value>(text).map(|v| Value::from_json(&v));
-            assert_eq!(parse(text, &mut MemoryBudget::unlimited()).ok(), reference.ok(), "{text}");
+            assert_eq!(
+                parse(text, &mut MemoryBudget::unlimited()).ok(),
+                reference.ok(),
+                "{text}"
+            );
         }
     }
 

@@ -28,7 +28,7 @@ use crate::value::{Dict, Value};
 /// is depth 0, `[]` depth 1, `[[1]]` depth 2). Building anything deeper
 /// ends the run with `MemoryLimit`.
 ///
-/// The same bound as JSON input (serde_json reads at most 127 levels: its
+/// The same bound as JSON input (`serde_json` reads at most 127 levels: its
 /// recursion limit of 128 counts the document itself), so
 /// every value a script builds can be read back as JSON — by
 /// `variableFromJSON`, and by clients that parse responses with the usual
@@ -37,11 +37,12 @@ use crate::value::{Dict, Value};
 pub const MAX_DEPTH: u32 = 127;
 
 /// Bytes of one `Value` inline (in a list's buffer, a dict entry, a heap slot).
-pub const VALUE_BYTES: u64 = size_of::<Value>() as u64;
+pub const VALUE_BYTES: u64 = VALUE_SIZE as u64;
+const VALUE_SIZE: usize = size_of::<Value>();
 
 /// Bytes of one dict entry in its entry table: the cached hash, the key's
 /// `String` header and the value (`indexmap`'s `Bucket`).
-const ENTRY_BYTES: u64 = (size_of::<u64>() + size_of::<String>() + size_of::<Value>()) as u64;
+const ENTRY_SIZE: usize = size_of::<u64>() + size_of::<String>() + size_of::<Value>();
 
 /// Bytes the allocator hands out for a request of `n` bytes: nothing for an
 /// empty buffer, whole 16-byte granules for small ones, and an eighth more
@@ -58,7 +59,7 @@ pub fn alloc_bytes(n: usize) -> u64 {
 
 /// Bytes of a list's buffer with room for `capacity` values.
 pub fn list_table(capacity: usize) -> u64 {
-    alloc_bytes(capacity.saturating_mul(VALUE_BYTES as usize))
+    alloc_bytes(capacity.saturating_mul(VALUE_SIZE))
 }
 
 /// Bytes of a dict's tables with room for `capacity` entries: the entry
@@ -70,7 +71,7 @@ pub fn dict_table(capacity: usize) -> u64 {
         return 0;
     }
     let buckets = index_buckets(capacity);
-    alloc_bytes(capacity.saturating_mul(ENTRY_BYTES as usize)) + alloc_bytes(buckets * 9 + 16)
+    alloc_bytes(capacity.saturating_mul(ENTRY_SIZE)) + alloc_bytes(buckets * 9 + 16)
 }
 
 /// Buckets of a hash index that holds `capacity` entries (hashbrown's rule).

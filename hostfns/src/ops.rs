@@ -168,10 +168,7 @@ fn repeat(seq: &Value, count: i64, mem: &mut MemoryBudget) -> Result<Value, Host
     // What one repetition holds: the text, or the items' slots and buffers.
     let unit = match seq {
         Value::Str(s) => s.len() as u64,
-        Value::List(items) => items
-            .iter()
-            .map(|v| memory::VALUE_BYTES + v.footprint().bytes)
-            .sum(),
+        Value::List(items) => items.iter().map(|v| memory::VALUE_BYTES + v.footprint().bytes).sum(),
         _ => 0,
     };
     if unit == 0 || times == 0 {

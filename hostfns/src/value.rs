@@ -236,11 +236,10 @@ impl serde::Serialize for Value {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap as _, SerializeSeq as _};
         match self {
-            Value::None => serializer.serialize_unit(),
             Value::Bool(b) => serializer.serialize_bool(*b),
             Value::Int(i) => serializer.serialize_i64(*i),
             Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
-            Value::Float(_) => serializer.serialize_unit(),
+            Value::None | Value::Float(_) => serializer.serialize_unit(),
             Value::Str(s) => serializer.serialize_str(s),
             Value::List(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;

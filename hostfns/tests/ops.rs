@@ -456,10 +456,7 @@ fn set_index_on_lists_and_dicts() {
     assert_eq!(set_index(&mut d, &s("b"), int(2)), Ok(()));
     assert_eq!(d, dict(&[("a", int(1)), ("b", int(2))]));
     assert_eq!(kind(set_index(&mut d, &int(1), none())), ErrorKind::TypeError);
-    assert_eq!(
-        kind(set_index(&mut s("abc"), &int(0), s("x"))),
-        ErrorKind::TypeError
-    );
+    assert_eq!(kind(set_index(&mut s("abc"), &int(0), s("x"))), ErrorKind::TypeError);
 }
 
 #[test]

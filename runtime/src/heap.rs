@@ -168,10 +168,10 @@ impl Heap {
     }
 
     fn recount_tables(&mut self) {
-        self.tables = memory::alloc_bytes(self.slots.capacity() * VALUE_BYTES as usize)
+        self.tables = memory::alloc_bytes(self.slots.capacity() * size_of::<Value>())
             + memory::alloc_bytes(self.sizes.capacity() * size_of::<u64>())
             + memory::alloc_bytes(self.depths.capacity() * size_of::<u16>())
-            + memory::alloc_bytes(self.prefix_of.capacity() * VIEW_ENTRY_BYTES as usize);
+            + memory::alloc_bytes(self.prefix_of.capacity() * size_of::<Option<(usize, usize)>>());
         self.peak = self.peak.max(self.used());
     }
 

@@ -106,9 +106,11 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         rt,
         Helper::Attr.name(),
         |mut c: Caller<'_, RunState>, t: i32, p: i64, name: i32| {
-            with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v, mem| match v[1] {
-                Value::Str(n) => ops::attr(v[0], n, mem),
-                _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name").into()),
+            with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v, mem| {
+                match v[1] {
+                    Value::Str(n) => ops::attr(v[0], n, mem),
+                    _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name").into()),
+                }
             })
         },
     )?;
@@ -163,7 +165,9 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 let heap = &c.data().heap;
                 let (key, _, mut mem) = copy_in(heap, tk, pk)?;
                 let (v, footprint) = mem.clone_value(value(heap, tv, pv)?.as_ref())?;
-                let Value::Str(key) = key else { return Err(bad("string handle")) };
+                let Value::Str(key) = key else {
+                    return Err(bad("string handle"));
+                };
                 (key, v, footprint, mem)
             };
             charge(&mut c, 1 + (key.len() as u64 + footprint.bytes) / BYTES_PER_FUEL)?;
@@ -447,7 +451,9 @@ fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path:
         let (v, footprint) = mem.clone_value(value(heap, val.0, val.1)?.as_ref())?;
         (indices, v, footprint, mem)
     };
-    let depth = u32::try_from(indices.len()).unwrap_or(u32::MAX).saturating_add(footprint.depth);
+    let depth = u32::try_from(indices.len())
+        .unwrap_or(u32::MAX)
+        .saturating_add(footprint.depth);
     let heap = &mut c.data_mut().heap;
     let root = heap.get_mut(obj.1)?;
     match walk_and_set(root, &indices, v, &mut mem) {

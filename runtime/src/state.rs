@@ -121,11 +121,9 @@ impl HostContext for Services {
 
     fn check_time(&self) -> Result<(), HostError> {
         match self.deadline {
-            Some(deadline) if std::time::Instant::now() >= deadline => Err(LimitHit::new(
-                LimitKind::TimeLimit,
-                "wall-clock time limit reached (in a host call)",
-            )
-            .into()),
+            Some(deadline) if std::time::Instant::now() >= deadline => {
+                Err(LimitHit::new(LimitKind::TimeLimit, "wall-clock time limit reached (in a host call)").into())
+            }
             _ => Ok(()),
         }
     }
@@ -182,7 +180,11 @@ impl HostContext for Services {
 
     fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>> {
         Some(match self.async_results.get(id)? {
-            Ok(v) => self.memory.clone_value(v).map(|(copy, _)| copy).map_err(HostError::from),
+            Ok(v) => self
+                .memory
+                .clone_value(v)
+                .map(|(copy, _)| copy)
+                .map_err(HostError::from),
             Err(e) => Err(e.clone()),
         })
     }

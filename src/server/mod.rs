@@ -579,7 +579,9 @@ impl AppState {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             if !still_wanted.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(ApiError::Internal(anyhow::anyhow!("the request went away before compiling")));
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the request went away before compiling"
+                )));
             }
             span.in_scope(|| work(&shared))
         })

@@ -6,6 +6,7 @@ use std::path::Path;
 
 /// One attack, expanded.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // each test reads the fields it needs
 pub struct Case {
     pub name: String,
     pub attack: String,
@@ -57,7 +58,7 @@ fn parse(path: &Path) -> Case {
             .filter_map(|kv| kv.split_once('='))
             .filter(|(k, _)| *k == key)
             .filter_map(|(_, v)| v.parse().ok())
-            .last()
+            .next_back()
             .unwrap_or(default)
     };
     let memory_bytes = value("memory_mb", 64) << 20;

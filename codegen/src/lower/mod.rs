@@ -229,7 +229,13 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         cx.ins().i32_const(abi::TAG_ERR).i64_const(0).end();
         let locals = cx.local_count();
         let (body, marks) = cx.finish();
-        m.check_shape("this go_async block", pending.file, pending.span, body.byte_len(), locals);
+        m.check_shape(
+            "this go_async block",
+            pending.file,
+            pending.span,
+            body.byte_len(),
+            locals,
+        );
         let type_index = m.user_fn_type(n);
         let line = marks.first().map_or(0, |m| m.1);
         m.set_function(

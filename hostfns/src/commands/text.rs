@@ -174,7 +174,7 @@ fn expanded<'t>(pieces: &'t [Piece], caps: &'t Captures<'t>) -> impl Iterator<It
 /// matches it is charged (each match costs its pieces) and the run's
 /// deadline is checked.
 fn pace(ctx: &mut dyn HostContext, matches: usize, pieces: usize) -> Result<(), HostError> {
-    if matches % 256 == 0 {
+    if matches.is_multiple_of(256) {
         charge(ctx, 256 * (1 + pieces))?;
         ctx.check_time()?;
     }
@@ -185,12 +185,7 @@ fn pace(ctx: &mut dyn HostContext, matches: usize, pieces: usize) -> Result<(), 
 /// allocating), the result's memory claimed, then built at exactly that
 /// size. The matching runs twice; a result larger than the budget is never
 /// started.
-fn substitute(
-    ctx: &mut dyn HostContext,
-    re: &Regex,
-    pieces: &[Piece],
-    source: &str,
-) -> Result<String, HostError> {
+fn substitute(ctx: &mut dyn HostContext, re: &Regex, pieces: &[Piece], source: &str) -> Result<String, HostError> {
     let size = ExpansionSize::of(pieces);
     let mut len = source.len();
     let mut matches = 0usize;

@@ -111,7 +111,12 @@ fn delta(a: &Args, v: &Value) -> Result<TimeDelta, HostError> {
 /// An instant from epoch seconds (int, float or numeric text).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // range-checked
 fn instant_from_epoch(a: &Args, v: &Value) -> Result<DateTime<Utc>, HostError> {
-    let out_of_range = || a.error(ErrorKind::ValueError, format!("timestamp {} is out of range", v.repr_short()));
+    let out_of_range = || {
+        a.error(
+            ErrorKind::ValueError,
+            format!("timestamp {} is out of range", v.repr_short()),
+        )
+    };
     match v {
         Value::Int(i) => DateTime::from_timestamp(*i, 0).ok_or_else(out_of_range),
         other => {
