@@ -136,8 +136,26 @@ impl CheckedProgram {
     }
 }
 
-/// Parse and check `file` and everything it includes.
+/// Parse and check `file` and everything it includes, and hold it to the
+/// compile budget: every error the compiler would refuse the program for.
 pub fn check_file(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram {
+    let mut checked = check_source(file, loader);
+    // The compile budget: a well-formed program is lowered (cheap: a few
+    // milliseconds per 100 KB of source) to find functions too large for
+    // Cranelift to compile within its budget, so `check` reports them like
+    // any other error, with their span.
+    if checked.error_count() == 0 {
+        let oversize = crate::lower::lower(&checked).oversize;
+        checked.diagnostics.extend(oversize);
+    }
+    checked
+}
+
+/// The front end alone: parse `file` and everything it includes, check
+/// blocks, names and command signatures. No compile budget (see
+/// [`check_file`]); for tools that never compile, and for measuring the
+/// front end.
+pub fn check_source(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram {
     let mut cx = Checker {
         sources: Sources::new(),
         programs: Vec::new(),
@@ -159,20 +177,12 @@ pub fn check_file(file: SourceFile, loader: &dyn SourceLoader) -> CheckedProgram
     }
     let mut diagnostics = cx.diags;
     diagnostics.sort_by_key(|d| (d.file, d.span.start, d.span.end));
-    let mut checked = CheckedProgram {
+    CheckedProgram {
         sources: cx.sources,
         programs: cx.programs,
         functions: cx.functions,
         diagnostics,
-    };
-    // The compile budget: a well-formed program is lowered (cheap) to find
-    // functions too large for Cranelift to compile within its budget, so
-    // `check` reports them like any other error, with their span.
-    if checked.error_count() == 0 {
-        let oversize = crate::lower::lower(&checked).oversize;
-        checked.diagnostics.extend(oversize);
     }
-    checked
 }
 
 struct Checker<'l> {

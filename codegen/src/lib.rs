@@ -26,7 +26,7 @@ pub mod lower;
 pub mod parser;
 pub mod span;
 
-pub use check::{CheckOptions, CheckedProgram, IncludeError, SourceLoader, check_file};
+pub use check::{CheckOptions, CheckedProgram, IncludeError, SourceLoader, check_file, check_source};
 pub use compile::{Artifact, compile};
 pub use diag::{Code, Diagnostic, Severity, Sources};
 pub use parser::parse;
