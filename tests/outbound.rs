@@ -106,6 +106,8 @@ async fn test_server(trap_port: u16) -> SocketAddr {
             }),
         )
         .route("/big", get(|| async { "x".repeat(100 * 1024) }))
+        // A JSON bomb within the response cap: 60 KiB of `[]`s.
+        .route("/bomb", get(|| async { format!("[{}[]]", "[],".repeat(20_000)) }))
         .route("/loop", get(|| async { Redirect::temporary("/loop") }))
         .route("/hop", get(|| async { Redirect::to("/echo?via=hop") }))
         .route(
@@ -338,6 +340,24 @@ async fn redirects_to_private_addresses_are_refused_at_the_hop() {
     // A POST answered with 307 repeats as a POST to the trap: refused too.
     assert!(posted.contains("refused"), "{e}");
     trap.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_bomb_response_is_decoded_within_the_run_memory() {
+    let h = Harness::new();
+    let server = test_server(1).await;
+    let script = format!("r = RequestGet(\"http://{server}/bomb\", \"\", \"\")\nn = len(r)\naddResult(n)\n");
+    // 20,001 lists decode to about 1.5 MB of values: fine with room…
+    let e = h.run(&script, &[server.to_string()]).await;
+    assert_eq!(e["result"]["n"], 20_001, "{e}");
+    // …and refused while decoding, before it is built, under a 1 MiB limit.
+    let limits = Limits {
+        memory_bytes: 1 << 20,
+        ..Limits::CLI
+    };
+    let e = h.run_limited(&script, &[server.to_string()], limits, 2_000).await;
+    assert_eq!(error_kind(&e), "MemoryLimit", "{e}");
+    assert_eq!(e["error"]["line"], 1, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

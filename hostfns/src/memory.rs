@@ -214,6 +214,12 @@ impl MemoryBudget {
         self.available
     }
 
+    /// A fresh budget of what this one has left.
+    #[must_use]
+    pub fn remaining(&self) -> MemoryBudget {
+        MemoryBudget::new(self.available.saturating_sub(self.claimed.saturating_sub(self.released)))
+    }
+
     /// Bytes claimed so far.
     pub fn claimed(&self) -> u64 {
         self.claimed

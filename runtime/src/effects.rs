@@ -58,18 +58,21 @@ pub fn register(l: &mut Linker<RunState>) -> Res<()> {
 /// effect under the run's deadline, the result back into the heap.
 async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
     let (form_index, slots) = call_slots(c, sig, ptr, argc)?;
-    // The values of every slot but the target's.
+    // Copies of the values of every slot but the target's, claimed from the
+    // run's memory; what is left of it bounds what the effect decodes.
     let mut args = Vec::new();
+    let mut memory = c.data().heap.budget();
     let mut at = 0;
     for p in sig.forms[form_index] {
         let width = if p.kind == ParamKind::Name { 2 } else { 1 };
         if p.kind != ParamKind::Target {
             for &(t, v) in &slots[at..at + width] {
-                args.push(value(&c.data().heap, t, v)?.into_owned());
+                args.push(memory.clone_value(value(&c.data().heap, t, v)?.as_ref())?.0);
             }
         }
         at += width;
     }
+    let memory = memory.remaining();
     let fx = c.data().effects.clone();
     let span = tracing::info_span!(
         "host_call",
@@ -83,7 +86,7 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
         db.system = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let work = effects::call(sig.name, form_index, args, &fx.effects).instrument(span.clone());
+    let work = effects::call(sig.name, form_index, args, &fx.effects, memory).instrument(span.clone());
     let result = match fx.deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(r) => r,

@@ -57,6 +57,7 @@ use url::Url;
 use super::EffectOutcome;
 use super::policy::{AllowlistError, OutboundPolicy};
 use crate::error::{ErrorKind, HostError};
+use crate::memory::MemoryBudget;
 use crate::redact::Secrets;
 use crate::value::{Dict, Value};
 
@@ -183,7 +184,12 @@ impl Dest {
 }
 
 /// Run `RequestGet`, `RequestPost` or `functionAI`.
-pub async fn call(name: &'static str, args: Vec<Value>, fx: &super::Effects) -> Result<EffectOutcome, HostError> {
+pub async fn call(
+    name: &'static str,
+    args: Vec<Value>,
+    fx: &super::Effects,
+    memory: MemoryBudget,
+) -> Result<EffectOutcome, HostError> {
     let Some(client) = fx.http.as_deref() else {
         let e = HostError::script(
             ErrorKind::CapabilityDenied,
@@ -199,14 +205,14 @@ pub async fn call(name: &'static str, args: Vec<Value>, fx: &super::Effects) -> 
         };
     };
     match name {
-        "RequestGet" => request_get(client, &args).await.map(EffectOutcome::Value),
-        "RequestPost" => match request_post(client, &args).await {
+        "RequestGet" => request_get(client, &args, memory).await.map(EffectOutcome::Value),
+        "RequestPost" => match request_post(client, &args, memory).await {
             Ok(v) => Ok(EffectOutcome::Value(v)),
             Err(e @ HostError::Limit(_)) => Err(e),
             // A value, not an error: it passes the secrets filter here.
             Err(e) => Ok(error_dict(&fx.scrub(e))),
         },
-        "functionAI" => function_ai(client, fx.ai.as_deref(), &args)
+        "functionAI" => function_ai(client, fx.ai.as_deref(), &args, memory)
             .await
             .map(EffectOutcome::Value),
         other => Err(HostError::script(
@@ -230,7 +236,7 @@ fn err(name: &str, kind: ErrorKind, message: impl fmt::Display) -> HostError {
     HostError::script(kind, format!("{name}: {message}"))
 }
 
-async fn request_get(client: &Outbound, args: &[Value]) -> Result<Value, HostError> {
+async fn request_get(client: &Outbound, args: &[Value], memory: MemoryBudget) -> Result<Value, HostError> {
     const NAME: &str = "RequestGet";
     let url = build_url(NAME, &args[0], &args[1])?;
     let headers = mapping(NAME, "headers", &args[2])?;
@@ -249,10 +255,10 @@ async fn request_get(client: &Outbound, args: &[Value]) -> Result<Value, HostErr
             ),
         ));
     }
-    Ok(decode(&resp.body))
+    decode(&resp.body, memory)
 }
 
-async fn request_post(client: &Outbound, args: &[Value]) -> Result<Value, HostError> {
+async fn request_post(client: &Outbound, args: &[Value], memory: MemoryBudget) -> Result<Value, HostError> {
     const NAME: &str = "RequestPost";
     let url = build_url(NAME, &args[0], &args[1])?;
     let headers = mapping(NAME, "headers", &args[2])?;
@@ -260,10 +266,15 @@ async fn request_post(client: &Outbound, args: &[Value]) -> Result<Value, HostEr
     let resp = client
         .fetch(NAME, Dest::Script, Method::Post, url, headers, body)
         .await?;
-    Ok(decode(&resp.body))
+    decode(&resp.body, memory)
 }
 
-async fn function_ai(client: &Outbound, ai: Option<&AiEndpoint>, args: &[Value]) -> Result<Value, HostError> {
+async fn function_ai(
+    client: &Outbound,
+    ai: Option<&AiEndpoint>,
+    args: &[Value],
+    memory: MemoryBudget,
+) -> Result<Value, HostError> {
     const NAME: &str = "functionAI";
     let Some(ai) = ai else {
         return Err(err(
@@ -297,7 +308,7 @@ async fn function_ai(client: &Outbound, ai: Option<&AiEndpoint>, args: &[Value])
             ),
         ));
     }
-    let answer = decode(&resp.body);
+    let answer = decode(&resp.body, memory)?;
     if let Value::Dict(d) = &answer {
         for key in ["response", "text", "answer", "output", "content", "completion"] {
             if let Some(Value::Str(s)) = d.get(key) {
@@ -404,12 +415,18 @@ fn post_body(v: &Value) -> Option<(Vec<u8>, Option<&'static str>)> {
     }
 }
 
-/// A response body as a value: JSON when it parses, else text.
-fn decode(body: &[u8]) -> Value {
+/// A response body as a value: JSON when it parses, else text. Decoded
+/// straight into values under the run's memory budget: a body within
+/// `max_response_kb` can still be a JSON bomb many times its size.
+fn decode(body: &[u8], mut memory: MemoryBudget) -> Result<Value, HostError> {
     let text = String::from_utf8_lossy(body);
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(j) => Value::from_json(&j),
-        Err(_) => Value::Str(text.into_owned()),
+    match crate::json::parse(&text, &mut memory) {
+        Ok(v) => Ok(v),
+        Err(crate::json::JsonError::Limit(hit)) => Err(hit.into()),
+        Err(crate::json::JsonError::Invalid(_)) => {
+            memory.claim_str(text.len())?;
+            Ok(Value::Str(text.into_owned()))
+        }
     }
 }
 
@@ -782,8 +799,14 @@ mod tests {
 
     #[test]
     fn bodies_decode_as_json_or_text() {
+        let decode = |body: &[u8]| decode(body, MemoryBudget::unlimited()).expect("fits");
         assert_eq!(decode(b"[1, 2]"), Value::List(vec![Value::Int(1), Value::Int(2)]));
         assert_eq!(decode(b"hello"), Value::Str("hello".into()));
+        let bomb = format!("[{}[]]", "[],".repeat(100_000));
+        assert!(matches!(
+            super::decode(bomb.as_bytes(), MemoryBudget::new(1 << 20)),
+            Err(HostError::Limit(_))
+        ));
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ pub mod policy;
 use std::sync::Arc;
 
 use crate::error::{ErrorKind, HostError};
+use crate::memory::MemoryBudget;
 use crate::signature::{self, Capability, ParamKind};
 use crate::value::Value;
 
@@ -89,11 +90,25 @@ pub fn is_effect(name: &str) -> bool {
 
 /// Run effect command `name` (form `form`) with the values of its
 /// non-target parameters. Errors come out [scrubbed](Effects::scrub).
-pub async fn call(name: &str, form: usize, args: Vec<Value>, fx: &Effects) -> Result<EffectOutcome, HostError> {
-    dispatch(name, form, args, fx).await.map_err(|e| fx.scrub(e))
+/// `memory` is what is left of the run's memory: a response body is decoded
+/// under it (a hostile upstream may answer with a JSON bomb).
+pub async fn call(
+    name: &str,
+    form: usize,
+    args: Vec<Value>,
+    fx: &Effects,
+    memory: MemoryBudget,
+) -> Result<EffectOutcome, HostError> {
+    dispatch(name, form, args, fx, memory).await.map_err(|e| fx.scrub(e))
 }
 
-async fn dispatch(name: &str, form: usize, args: Vec<Value>, fx: &Effects) -> Result<EffectOutcome, HostError> {
+async fn dispatch(
+    name: &str,
+    form: usize,
+    args: Vec<Value>,
+    fx: &Effects,
+    memory: MemoryBudget,
+) -> Result<EffectOutcome, HostError> {
     let Some(sig) = signature::command(name).filter(|_| is_effect(name)) else {
         return Err(HostError::script(
             ErrorKind::NotAvailable,
@@ -114,7 +129,7 @@ async fn dispatch(name: &str, form: usize, args: Vec<Value>, fx: &Effects) -> Re
         ));
     }
     match sig.name {
-        "RequestGet" | "RequestPost" | "functionAI" => http::call(sig.name, args, fx).await,
+        "RequestGet" | "RequestPost" | "functionAI" => http::call(sig.name, args, fx, memory).await,
         "ormDirect" | "ormCheckTable" | "ormAccessSelect" | "ormAccessInsert" | "ormAccessUpdate" | "avapConnector" => {
             match &fx.db {
                 Some(dbs) => db::call(sig.name, form, args, dbs).await,
