@@ -64,7 +64,8 @@ pub trait HostContext {
     fn check_time(&self) -> Result<(), HostError> {
         Ok(())
     }
-    /// Record `value` under `key` in the response result (a snapshot).
+    /// Record `value` under `key` in the response result (a snapshot),
+    /// charging fuel for its size.
     /// Fails with `OutputLimit` when the response would grow past its cap.
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError>;
     /// Declare a route.

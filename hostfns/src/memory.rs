@@ -48,6 +48,7 @@ const ENTRY_SIZE: usize = size_of::<u64>() + size_of::<String>() + size_of::<Val
 /// empty buffer, whole 16-byte granules for small ones, and an eighth more
 /// for larger ones (mimalloc's size classes are spaced at most 12.5% apart;
 /// glibc's chunk header is smaller than either margin).
+#[inline]
 pub fn alloc_bytes(n: usize) -> u64 {
     let n = n as u64;
     match n {
@@ -99,21 +100,25 @@ impl Value {
     /// [`Footprint`] of this value, measured with an explicit stack (the
     /// value may be deeper than the host stack allows to recurse, for
     /// instance before [`check_depth`] refused it).
+    #[inline]
     pub fn footprint(&self) -> Footprint {
         match self {
-            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) => return Footprint::default(),
-            Value::Str(s) => {
-                return Footprint {
-                    bytes: alloc_bytes(s.capacity()),
-                    depth: 0,
-                };
-            }
-            Value::List(_) | Value::Dict(_) => {}
+            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) => Footprint::default(),
+            Value::Str(s) => Footprint {
+                bytes: alloc_bytes(s.capacity()),
+                depth: 0,
+            },
+            Value::List(_) | Value::Dict(_) => self.container_footprint(),
         }
+    }
+
+    fn container_footprint(&self) -> Footprint {
         let mut bytes = 0u64;
         let mut depth = 0u32;
-        let mut stack: Vec<(&Value, u32)> = vec![(self, 1)];
-        while let Some((v, level)) = stack.pop() {
+        // Nested containers wait on the stack; a flat one never allocates it.
+        let mut stack: Vec<(&Value, u32)> = Vec::new();
+        let mut next = Some((self, 1));
+        while let Some((v, level)) = next.take().or_else(|| stack.pop()) {
             match v {
                 Value::Str(s) => bytes = bytes.saturating_add(alloc_bytes(s.capacity())),
                 Value::List(items) => {
@@ -150,6 +155,9 @@ impl Value {
     }
 }
 
+/// Longest `str()` of a number, `None` or a bool.
+const MAX_SCALAR_TEXT: usize = 24;
+
 /// `MemoryLimit` when a value would nest deeper than [`MAX_DEPTH`].
 pub fn check_depth(depth: u32) -> Result<(), LimitHit> {
     if depth > MAX_DEPTH {
@@ -168,6 +176,7 @@ pub struct MemoryBudget {
     available: u64,
     claimed: u64,
     released: u64,
+    deepest: u32,
 }
 
 impl MemoryBudget {
@@ -177,6 +186,7 @@ impl MemoryBudget {
             available,
             claimed: 0,
             released: 0,
+            deepest: 0,
         }
     }
 
@@ -217,7 +227,10 @@ impl MemoryBudget {
     /// A fresh budget of what this one has left.
     #[must_use]
     pub fn remaining(&self) -> MemoryBudget {
-        MemoryBudget::new(self.available.saturating_sub(self.claimed.saturating_sub(self.released)))
+        MemoryBudget::new(
+            self.available
+                .saturating_sub(self.claimed.saturating_sub(self.released)),
+        )
     }
 
     /// Bytes claimed so far.
@@ -234,9 +247,25 @@ impl MemoryBudget {
     /// Claim the footprint of a copy of `v`, then make it. Returns the copy
     /// and its footprint (the inline part is the holder's to count).
     pub fn clone_value(&mut self, v: &Value) -> Result<(Value, Footprint), LimitHit> {
+        if let Value::Str(s) = v {
+            // The copy has exactly the text's length.
+            let bytes = alloc_bytes(s.len());
+            self.claim(bytes)?;
+            return Ok((Value::Str(s.clone()), Footprint { bytes, depth: 0 }));
+        }
+        // Measured, claimed, then cloned: a clone of a dict copies its hash
+        // index as it is (no rehashing), and never holds more than the
+        // original.
         let footprint = v.footprint();
         self.claim(footprint.bytes)?;
+        self.deepest = self.deepest.max(footprint.depth);
         Ok((v.clone(), footprint))
+    }
+
+    /// The deepest value copied with [`MemoryBudget::clone_value`] so far
+    /// (what a container that keeps the copies now nests, less one).
+    pub fn deepest(&self) -> u32 {
+        self.deepest
     }
 
     /// Claim a new string of `len` bytes (exact capacity).
@@ -247,6 +276,12 @@ impl MemoryBudget {
 
 /// `str(v)`, its length measured and claimed before the text is built.
 pub fn text_within(v: &Value, budget: &mut MemoryBudget) -> Result<String, LimitHit> {
+    if let Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) = v {
+        // At most 24 bytes (`-9223372036854775808`, `-1.2345678901234567e-300`):
+        // claimed as that bound, formatted once.
+        budget.claim_str(MAX_SCALAR_TEXT)?;
+        return Ok(v.to_text());
+    }
     let len = v.text_len();
     budget.claim_str(len)?;
     Ok(match v {
@@ -288,11 +323,8 @@ pub fn reserve_list(items: &mut Vec<Value>, extra: usize, budget: &mut MemoryBud
 /// growth first. An existing key keeps its place and its old value is freed
 /// (and so is the new copy of the key).
 pub fn insert(map: &mut Dict, key: String, v: Value, budget: &mut MemoryBudget) -> Result<(), LimitHit> {
-    if let Some(slot) = map.get_mut(&key) {
-        budget.release(alloc_bytes(key.capacity()));
-        replace(slot, v, budget);
-        return Ok(());
-    }
+    // A full map grows first (also when the key turns out to exist: one
+    // hash lookup per insert instead of two).
     if map.len() == map.capacity() {
         let before = dict_table(map.capacity());
         // hashbrown doubles its buckets; the entry vector follows.
@@ -306,7 +338,16 @@ pub fn insert(map: &mut Dict, key: String, v: Value, budget: &mut MemoryBudget) 
             budget.claimed = budget.claimed.saturating_add(after - predicted);
         }
     }
-    map.insert(key, v);
+    match map.entry(key) {
+        indexmap::map::Entry::Occupied(mut entry) => {
+            // The map keeps its own copy of the key: this one is freed.
+            budget.release(alloc_bytes(entry.key().len()));
+            replace(entry.get_mut(), v, budget);
+        }
+        indexmap::map::Entry::Vacant(entry) => {
+            entry.insert(v);
+        }
+    }
     Ok(())
 }
 

@@ -556,11 +556,8 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
             .collect::<Res<_>>()?;
         let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
         let r = commands::call(sig.name, form_index, &mut state.services, &refs, &mut target);
-        // Updated in place, the target now holds one of the arguments.
-        let depth = match r {
-            Ok(Outcome::InPlace) => 1 + refs.iter().map(|v| v.footprint().depth).max().unwrap_or(0),
-            _ => 0,
-        };
+        // Updated in place, the target now holds a copy of an argument.
+        let depth = 1 + state.services.memory.deepest();
         r.map(|o| (o, depth))
     };
     let charged = state.services.fuel_charged;

@@ -165,8 +165,7 @@ impl Runtime {
             self.dispatch(&instance, store).await?;
         }
         let results = std::mem::take(&mut store.data_mut().services.results);
-        // Within the output limit, checked as each result was added.
-        Ok(results.into_iter().map(|(k, v)| (k, v.to_json())).collect())
+        Ok(results.into_iter().collect())
     }
 
     /// Route the request to a `registerEndpoint` handler (spec §7).

@@ -40,8 +40,8 @@ pub struct Services {
     pub request: Request,
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     pub time_zone: chrono_tz::Tz,
-    /// `addResult` snapshots, turned into JSON when the run ends.
-    pub results: IndexMap<String, Value>,
+    /// `addResult` snapshots, as JSON.
+    pub results: IndexMap<String, serde_json::Value>,
     /// Per result: its JSON size (the output limit) and its memory.
     result_sizes: HashMap<String, (u64, u64)>,
     pub output_bytes: u64,
@@ -147,12 +147,14 @@ impl HostContext for Services {
             )
             .into());
         }
-        let (copy, footprint) = self.memory.clone_value(value)?;
-        let kept = footprint.bytes + memory::VALUE_BYTES + memory::alloc_bytes(key.len());
-        self.memory.claim(memory::alloc_bytes(key.len()))?;
+        // The snapshot is kept as JSON: about the size of the value itself
+        // (a `serde_json::Value` tree of the same shape), claimed first.
+        let kept = value.footprint().bytes + memory::VALUE_BYTES + memory::alloc_bytes(key.len());
+        self.charge(kept / crate::linker::BYTES_PER_FUEL)?;
+        self.memory.claim(kept)?;
         self.output_bytes = next;
         self.result_sizes.insert(key.to_owned(), (size, kept));
-        self.results.insert(key.to_owned(), copy);
+        self.results.insert(key.to_owned(), value.to_json());
         self.retained = self.retained.saturating_sub(old_memory).saturating_add(kept);
         Ok(())
     }

@@ -129,9 +129,8 @@ pub(super) fn item_from_list(ctx: &mut dyn HostContext, a: &Args) -> Result<Outc
 /// a non-list value with `[]` before appending (evidence/COMMANDS.md §13).
 /// Fuel: the element's size.
 pub(super) fn variable_to_list(ctx: &mut dyn HostContext, a: &Args, target: &mut Value) -> Result<Outcome, HostError> {
-    let element = a.get(0);
-    charge(ctx, element.heap_bytes())?;
-    let (element, _) = ctx.memory().clone_value(element)?;
+    let (element, footprint) = ctx.memory().clone_value(a.get(0))?;
+    charge(ctx, usize::try_from(footprint.bytes).unwrap_or(usize::MAX))?;
     if let Value::List(items) = target {
         memory::push(items, element, ctx.memory())?;
         return Ok(Outcome::InPlace);

@@ -13,7 +13,9 @@ use crate::value::{Dict, Value};
 pub(super) fn add_result(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
     let name = memory::text_within(a.get(0), ctx.memory())?;
     let v = a.get(1);
-    charge(ctx, name.len() + v.heap_bytes())?;
+    // The context measures the value (its JSON size, its memory) and
+    // charges fuel for it; this is the name's share.
+    charge(ctx, name.len())?;
     ctx.add_result(&name, v)?;
     value(Value::None)
 }
