@@ -813,12 +813,12 @@ mod tests {
     async fn unconfigured_http_is_denied_but_post_stores_the_error() {
         let fx = super::super::Effects::default();
         let url = Value::Str("http://example.com/".into());
-        let e = call("RequestGet", vec![url.clone(), Value::None, Value::None], &fx)
+        let e = call("RequestGet", vec![url.clone(), Value::None, Value::None], &fx, MemoryBudget::unlimited())
             .await
             .unwrap_err();
         assert!(e.to_string().starts_with("CapabilityDenied"), "{e}");
         let EffectOutcome::Value(Value::Dict(d)) =
-            call("RequestPost", vec![url, Value::None, Value::None, Value::None], &fx)
+            call("RequestPost", vec![url, Value::None, Value::None, Value::None], &fx, MemoryBudget::unlimited())
                 .await
                 .unwrap()
         else {
@@ -833,7 +833,7 @@ mod tests {
             http: Some(Arc::new(Outbound::new(&OutboundConfig::default()).unwrap())),
             ..Default::default()
         };
-        let e = call("functionAI", vec![Value::Str("hi".into())], &fx)
+        let e = call("functionAI", vec![Value::Str("hi".into())], &fx, MemoryBudget::unlimited())
             .await
             .unwrap_err();
         assert!(
