@@ -813,15 +813,23 @@ mod tests {
     async fn unconfigured_http_is_denied_but_post_stores_the_error() {
         let fx = super::super::Effects::default();
         let url = Value::Str("http://example.com/".into());
-        let e = call("RequestGet", vec![url.clone(), Value::None, Value::None], &fx, MemoryBudget::unlimited())
-            .await
-            .unwrap_err();
+        let e = call(
+            "RequestGet",
+            vec![url.clone(), Value::None, Value::None],
+            &fx,
+            MemoryBudget::unlimited(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().starts_with("CapabilityDenied"), "{e}");
-        let EffectOutcome::Value(Value::Dict(d)) =
-            call("RequestPost", vec![url, Value::None, Value::None, Value::None], &fx, MemoryBudget::unlimited())
-                .await
-                .unwrap()
-        else {
+        let EffectOutcome::Value(Value::Dict(d)) = call(
+            "RequestPost",
+            vec![url, Value::None, Value::None, Value::None],
+            &fx,
+            MemoryBudget::unlimited(),
+        )
+        .await
+        .unwrap() else {
             panic!("RequestPost stores a dict");
         };
         assert!(matches!(d.get("error"), Some(Value::Str(s)) if s.contains("not configured")));
@@ -833,9 +841,14 @@ mod tests {
             http: Some(Arc::new(Outbound::new(&OutboundConfig::default()).unwrap())),
             ..Default::default()
         };
-        let e = call("functionAI", vec![Value::Str("hi".into())], &fx, MemoryBudget::unlimited())
-            .await
-            .unwrap_err();
+        let e = call(
+            "functionAI",
+            vec![Value::Str("hi".into())],
+            &fx,
+            MemoryBudget::unlimited(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             e.to_string().contains("CapabilityDenied") && e.to_string().contains("ai_endpoint"),
             "{e}"
