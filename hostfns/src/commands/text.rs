@@ -26,6 +26,29 @@ pub const MAX_RANDOM_LENGTH: i64 = 1_000_000;
 /// `getRegex` refuses it).
 const MAX_PATTERN_BYTES: usize = 16 * 1024;
 
+/// Most work one regex call may do when it must find capture groups: the
+/// text's length times the pattern's groups. Resolving groups takes the
+/// slower engines (about 20 ns per byte per group here), and one match
+/// cannot be interrupted: a single call over 3 MB with 30 groups took 2 s.
+/// At this bound one call takes about a fifth of a second.
+const MAX_CAPTURE_WORK: usize = 8 << 20;
+
+/// `ValueError` (as a message) when matching `re` over `text` could take
+/// longer than the run can interrupt; otherwise the work (text bytes ×
+/// groups), charged as fuel before matching.
+fn capture_work(re: &Regex, text: &str) -> Result<usize, String> {
+    let groups = re.captures_len() - 1;
+    let work = text.len().saturating_mul(groups);
+    if work > MAX_CAPTURE_WORK {
+        return Err(format!(
+            "matching {groups} groups over {} bytes of text is too much work for one call \
+             (text × groups may be at most {MAX_CAPTURE_WORK}); use fewer groups or a shorter text",
+            text.len()
+        ));
+    }
+    Ok(work)
+}
+
 fn compile(pattern: &str) -> Result<Regex, String> {
     if pattern.len() > MAX_PATTERN_BYTES {
         return Err(format!(
@@ -226,6 +249,8 @@ pub(super) fn replace(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, Ho
     let result = match compile(&pattern) {
         Ok(re) => {
             let pieces = parse_template(&new_value, &re).map_err(|m| a.error(ErrorKind::ValueError, m))?;
+            let work = capture_work(&re, &source).map_err(|m| a.error(ErrorKind::ValueError, m))?;
+            charge(ctx, work)?;
             substitute(ctx, &re, &pieces, &source)?
         }
         Err(_) => {
@@ -259,6 +284,8 @@ pub(super) fn get_regex(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, 
             ),
         )
     })?;
+    let work = capture_work(&re, &source).map_err(|m| a.error(ErrorKind::ValueError, m))?;
+    charge(ctx, work)?;
     // Each match contributes its groups' texts (or the whole match): with
     // nested groups that is several copies of it, so the result is measured
     // and claimed before it is built.
