@@ -440,6 +440,9 @@ pub(super) fn random_string(ctx: &mut dyn HostContext, a: &Args, form: usize) ->
     let mut made = 0;
     while made < length {
         if used + 4 > buf.len() {
+            // Each refill is a system call: a long string is host work the
+            // epoch ticks cannot interrupt, so the deadline is checked here.
+            ctx.check_time()?;
             ctx.fill_random(&mut buf)?;
             used = 0;
         }
