@@ -181,6 +181,31 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     }
 }
 
+/// The scalar `visit_*` methods of a visitor that looks only at arrays or
+/// objects: any other document gives `Ok(None)`.
+macro_rules! not_a_container {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    };
+}
+
 /// The top level of [`field`]: keeps one key's value.
 struct FieldVisitor<'c, 'k> {
     cx: &'c Cx,
@@ -212,24 +237,7 @@ impl<'de> Visitor<'de> for FieldVisitor<'_, '_> {
         Ok(None)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Option<Value>, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Option<Value>, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Option<Value>, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Option<Value>, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Option<Value>, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
-        Ok(None)
-    }
+    not_a_container!();
 }
 
 /// The top level of [`array_len`].
@@ -255,24 +263,7 @@ impl<'de> Visitor<'de> for CountVisitor {
         Ok(None)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Option<usize>, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Option<usize>, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Option<usize>, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Option<usize>, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Option<usize>, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Option<usize>, E> {
-        Ok(None)
-    }
+    not_a_container!();
 }
 
 /// The top level of [`array_item`].
@@ -310,24 +301,7 @@ impl<'de> Visitor<'de> for ItemVisitor<'_> {
         Ok(None)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    not_a_container!();
 }
 
 #[cfg(test)]
