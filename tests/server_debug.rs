@@ -26,7 +26,10 @@ fn server(name: &str) -> (Server, Keys) {
     std::fs::write(
         &config,
         format!(
-            "app_database_url = \"postgres://avap:DBSECRET@127.0.0.1:5432/test\"\n\
+            // No pre-warming: it runs in the background after start and
+            // would race the cache assertions below.
+            "prewarm = 0\n\
+             app_database_url = \"postgres://avap:DBSECRET@127.0.0.1:5432/test\"\n\
              ai_endpoint = \"http://127.0.0.1:9/v1/ask?api_key=AISECRET\"\n\
              [connectors]\nTOKENSECRET123 = \"sqlite:{}\"\n",
             dir.join("connector.sqlite").display()

@@ -372,19 +372,15 @@ fn with_values(
     };
     match r {
         Ok(v) => {
-            if matches!(v, Value::Str(_) | Value::List(_) | Value::Dict(_)) {
-                let footprint = v.footprint();
-                charge(c, footprint.bytes / BYTES_PER_FUEL)?;
-                let kind = if let Value::Str(_) = v {
-                    abi::TAG_STR
-                } else if let Value::List(_) = v {
-                    abi::TAG_LIST
-                } else {
-                    abi::TAG_DICT
-                };
-                return Ok((kind, c.data_mut().heap.alloc_measured(v, footprint)?));
-            }
-            to_pair(&mut c.data_mut().heap, v)
+            let tag = match v {
+                Value::Str(_) => abi::TAG_STR,
+                Value::List(_) => abi::TAG_LIST,
+                Value::Dict(_) => abi::TAG_DICT,
+                _ => return to_pair(&mut c.data_mut().heap, v),
+            };
+            let footprint = v.footprint();
+            charge(c, footprint.bytes / BYTES_PER_FUEL)?;
+            Ok((tag, c.data_mut().heap.alloc_measured(v, footprint)?))
         }
         Err(HostError::Script(e)) => {
             raise(c, e);
