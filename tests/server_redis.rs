@@ -434,3 +434,210 @@ fn without_redis_url_there_is_no_redis() {
     );
     assert_eq!(metric(&s, "avap_l2_hits_total"), 0);
 }
+
+/// A Redis that speaks only TLS, on its own port, with a certificate for
+/// `localhost` from a CA made for this test (by `openssl`); stopped on drop.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    ca_file: PathBuf,
+}
+
+impl TlsRedis {
+    fn start(tag: &str) -> TlsRedis {
+        let dir = fresh_dir(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=avap test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", "server.crt", "--tls-key-file", "server.key"])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server with TLS");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the TLS Redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsRedis {
+            child,
+            port,
+            ca_file: dir.join("ca.crt"),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+
+    /// `KEYS pattern`, asked with `redis-cli` over TLS.
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&self.ca_file)
+            .args([
+                "-h",
+                "localhost",
+                "-p",
+                &self.port.to_string(),
+                "--raw",
+                "KEYS",
+                pattern,
+            ])
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn nodes_share_modules_and_updates_over_tls() {
+    let tls = TlsRedis::start("tls-redis");
+    let db = PgDatabase::create("tls");
+    let prefix = unique_prefix("tls");
+    let [dir_a, dir_b] = two_node_dirs("tls");
+    let url = tls.url();
+    let ca = tls.ca_file.to_str().unwrap();
+    let env = [("AVAP_REDIS_URL", url.as_str()), ("AVAP_REDIS_CA_FILE", ca)];
+    let a = node(&dir_a, &db, &prefix, &env);
+    let b = node(&dir_b, &db, &prefix, &env);
+    assert_eq!(health(&a)["redis"], "ok");
+    assert_eq!(health(&b)["redis"], "ok");
+
+    // L2 over TLS: node B loads what node A compiled and shared.
+    let square = store(&a, "square", "x = 7\ny = x * x\naddResult(y)\n");
+    let sha = square["artifact_sha256"].as_str().unwrap();
+    let started = Instant::now();
+    while tls.keys(&format!("{prefix}:cwasm:*:{sha}")).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the module was not shared within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(run(&b, "square")["y"], 49);
+    assert_eq!(metric(&b, "avap_l2_hits_total"), 1);
+    assert_eq!(health(&b)["cache"]["modules_compiled"], 0, "loaded, not compiled");
+    // Pub/sub over TLS: an update on A reaches B's cache within a second.
+    assert_eq!(run(&b, "square")["y"], 49);
+    store(&a, "square", "y = 50\naddResult(y)\n");
+    let started = Instant::now();
+    while run(&b, "square")["y"] != 50 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the invalidation did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The shared rate limit's script runs there too.
+    assert_eq!(metric(&a, "avap_redis_errors_total"), 0);
+    assert_eq!(metric(&b, "avap_redis_errors_total"), 0);
+}
+
+#[test]
+fn a_tls_redis_whose_certificate_is_not_trusted_is_not_used() {
+    let tls = TlsRedis::start("tls-untrusted");
+    let dir = fresh_dir("tls-untrusted-node");
+    let data_dir = dir.join("data");
+    let log_path = dir.join("stderr.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        // The system's trust store does not hold the test's CA.
+        .env("AVAP_REDIS_URL", tls.url())
+        .env("AVAP_LOG_FORMAT", "json");
+    let s = Server::spawn_with_stderr(cmd, data_dir, Stdio::from(std::fs::File::create(&log_path).unwrap()));
+    assert_eq!(health(&s)["redis"], "degraded");
+    let r = s.execute(&json!({"script": "x = 1\naddResult(x)\n"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    s.stop();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let refused = log
+        .lines()
+        .find(|line| line.contains("Redis is unreachable"))
+        .unwrap_or_else(|| panic!("the refusal is logged: {log}"));
+    assert!(
+        refused.contains("certificate") || refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+}

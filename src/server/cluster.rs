@@ -56,15 +56,22 @@ impl Cluster {
     /// `errors` counts failed Redis commands (the metrics' counter). Which
     /// keys may seal the modules this node loads from Redis is the
     /// runtime's `precompiled_keys` (see [`L2`]).
-    pub fn new(url: RedisUrl, prefix: &str, engine_fingerprint: String, errors: Arc<AtomicU64>) -> Cluster {
-        let redis = Redis::new(url, errors);
-        Cluster {
+    /// The cluster side of a node; `ca_pem` is the CA for a `rediss://` Redis.
+    pub fn new(
+        url: RedisUrl,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+        engine_fingerprint: String,
+        errors: Arc<AtomicU64>,
+    ) -> Result<Cluster, String> {
+        let redis = Redis::new(url, ca_pem, errors)?;
+        Ok(Cluster {
             l2: L2::new(redis.clone(), prefix, engine_fingerprint),
             rate_limit: SharedLimit::new(redis.clone(), prefix),
             prefix: prefix.to_owned(),
             redis,
             unannounced: Mutex::default(),
-        }
+        })
     }
 
     /// Publish that `name` changed; kept for later when Redis cannot take it.

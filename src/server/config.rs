@@ -144,10 +144,13 @@ pub struct Settings {
     pub cache_ttl_s: u64,
     /// Stored scripts loaded at start, most-run first (0 = none).
     pub prewarm: usize,
-    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, shared by the nodes of a
-    /// cluster: compiled-module cache, script invalidations, rate limits.
-    /// Empty: none (a single node).
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (`rediss://` for TLS), shared
+    /// by the nodes of a cluster: compiled-module cache, script
+    /// invalidations, rate limits. Empty: none (a single node).
     pub redis_url: String,
+    /// A PEM file of the CA certificates that sign the `rediss://` server's
+    /// certificate, instead of the system's trust store. Empty: the system's.
+    pub redis_ca_file: String,
     /// The namespace of this cluster's Redis keys (`PREFIX:…`), so several
     /// clusters can share one Redis.
     pub redis_prefix: String,
@@ -246,6 +249,7 @@ struct Layer {
     cache_ttl_s: Option<u64>,
     prewarm: Option<usize>,
     redis_url: Option<String>,
+    redis_ca_file: Option<String>,
     redis_prefix: Option<String>,
     deny_capabilities: Option<Vec<String>>,
     outbound_allow: Option<Vec<String>>,
@@ -568,6 +572,7 @@ impl Settings {
             cache_ttl_s: server.cache_ttl.map_or(0, |idle| idle.as_secs()),
             prewarm: server.prewarm,
             redis_url: String::new(),
+            redis_ca_file: String::new(),
             redis_prefix: server.redis_prefix,
             deny_capabilities: Vec::new(),
             outbound_allow: outbound.allow,
@@ -628,6 +633,7 @@ impl Settings {
         config.cache_ttl = (self.cache_ttl_s > 0).then(|| Duration::from_secs(self.cache_ttl_s));
         config.prewarm = self.prewarm;
         config.redis_url = RedisUrl::parse(&self.redis_url).ok();
+        config.redis_ca_file = (!self.redis_ca_file.is_empty()).then(|| self.redis_ca_file.clone().into());
         config.redis_prefix.clone_from(&self.redis_prefix);
         config.policy = policy;
         config.allow_anonymous = auth::anonymous_allowed(self);
@@ -832,6 +838,9 @@ impl Resolved {
             cache_ttl_s: p.pick("cache_ttl_s", |l| l.cache_ttl_s).unwrap_or(d.cache_ttl_s),
             prewarm: p.pick("prewarm", |l| l.prewarm).unwrap_or(d.prewarm),
             redis_url: p.pick("redis_url", |l| l.redis_url.clone()).unwrap_or(d.redis_url),
+            redis_ca_file: p
+                .pick("redis_ca_file", |l| l.redis_ca_file.clone())
+                .unwrap_or(d.redis_ca_file),
             redis_prefix: p
                 .pick("redis_prefix", |l| l.redis_prefix.clone())
                 .unwrap_or(d.redis_prefix),
@@ -1003,6 +1012,27 @@ impl Resolved {
             && let Err(why) = RedisUrl::parse(&s.redis_url)
         {
             return Err(self.invalid("redis_url", format_args!("{:?}", redact_url(&s.redis_url)), &why));
+        }
+        if !s.redis_ca_file.is_empty() {
+            let shown = format_args!("{:?}", s.redis_ca_file);
+            if !s.redis_url.starts_with("rediss://") {
+                return Err(self.invalid(
+                    "redis_ca_file",
+                    shown,
+                    "only a `rediss://` (TLS) redis_url uses it; remove it or use rediss://",
+                ));
+            }
+            match std::fs::read(&s.redis_ca_file) {
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {}
+                Ok(_) => {
+                    return Err(self.invalid(
+                        "redis_ca_file",
+                        shown,
+                        "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    ));
+                }
+                Err(e) => return Err(self.invalid("redis_ca_file", shown, &format!("cannot read it: {e}"))),
+            }
         }
         let prefix_ok = (1..=64).contains(&s.redis_prefix.len())
             && s.redis_prefix
@@ -1567,9 +1597,10 @@ mod tests {
 
     #[test]
     fn redis_and_cache_keys() {
-        let file = file("redis_url = \"redis://:hunter2@cache:6380/1\"\nredis_prefix = \"blue\"\ncache_ttl_s = 0\n");
+        let from_file =
+            file("redis_url = \"redis://:hunter2@cache:6380/1\"\nredis_prefix = \"blue\"\ncache_ttl_s = 0\n");
         let env = env(&[("AVAP_PREWARM", "3")]).unwrap();
-        let r = resolved(&Layer::default(), &env, &file);
+        let r = resolved(&Layer::default(), &env, &from_file);
         let config = r.settings.server_config();
         assert_eq!(
             config.redis_url.as_ref().map(ToString::to_string).as_deref(),
@@ -1592,8 +1623,44 @@ mod tests {
         assert_eq!(config.cache_ttl, Some(Duration::from_hours(1)));
         let bad = invalid("redis_url = \"http://:hunter2@cache\"\n");
         assert!(bad.starts_with("redis_url = \"http://:***@cache\""), "{bad}");
-        assert!(bad.contains("not a redis:// URL") && !bad.contains("hunter2"), "{bad}");
+        assert!(
+            bad.contains("not a redis:// or rediss://") && !bad.contains("hunter2"),
+            "{bad}"
+        );
         assert!(invalid("redis_url = \"redis://cache:99999\"\n").contains("not a port number"));
+        // TLS: `rediss://`, with a CA file that must hold certificates.
+        let dir = std::env::temp_dir().join(format!("avap-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, junk) = (dir.join("ca.pem"), dir.join("junk.pem"));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let tls = format!(
+            "redis_url = \"rediss://cache:6380\"\nredis_ca_file = {:?}\n",
+            ca.display().to_string()
+        );
+        let config = resolved(&Layer::default(), &Layer::default(), &file(&tls))
+            .settings
+            .server_config();
+        assert_eq!(
+            config.redis_url.as_ref().map(ToString::to_string).as_deref(),
+            Some("rediss://cache:6380/0")
+        );
+        assert_eq!(config.redis_ca_file.as_deref(), Some(ca.as_path()));
+        let plain = format!(
+            "redis_url = \"redis://cache\"\nredis_ca_file = {:?}\n",
+            ca.display().to_string()
+        );
+        assert!(invalid(&plain).contains("only a `rediss://`"), "{}", invalid(&plain));
+        let junk = format!(
+            "redis_url = \"rediss://cache\"\nredis_ca_file = {:?}\n",
+            junk.display().to_string()
+        );
+        assert!(invalid(&junk).contains("holds no PEM certificate"));
+        assert!(
+            invalid("redis_url = \"rediss://cache\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n")
+                .contains("cannot read it")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(invalid("redis_prefix = \"a b\"\n").contains("1 to 64 letters"));
         assert!(invalid("redis_prefix = \"\"\n").contains("1 to 64 letters"));
         assert!(invalid("prewarm = 300\ncache_entries = 10\n").starts_with("prewarm = 300"));
@@ -1645,14 +1712,16 @@ mod tests {
             "AVAP_OUTBOUND_MAX_REDIRECTS",
             "AVAP_AI_ENDPOINT",
             "AVAP_MAX_CONCURRENT_COMPILES",
+            "AVAP_REDIS_CA_FILE",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
-             5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles"
+             5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
+             redis_ca_file"
         );
     }
 

@@ -26,8 +26,8 @@
 //! (`avap_l2_refused_total`) and ignored: the node compiles the artifact
 //! itself and overwrites the entry.
 //!
-//! A reply larger than [`MAX_VALUE_BYTES`] fails the lookup (the Redis
-//! client refuses to buffer it), so larger modules are not shared.
+//! A reply larger than [`MAX_VALUE_BYTES`] fails the lookup, and larger
+//! modules are never written, so they are not shared.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,8 @@ use super::{ApiError, AppState, load_error};
 pub const TTL: Duration = Duration::from_hours(7 * 24);
 /// The bound of a background write of a module (a few MiB).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bound of a lookup, on a request's path: as any Redis command.
+const FETCH_TIMEOUT: Duration = super::redis::COMMAND_TIMEOUT;
 
 /// The Redis side of the module cache.
 #[derive(Debug, Clone)]
@@ -73,10 +75,11 @@ impl L2 {
     async fn fetch(&self, artifact_sha256: &str) -> Result<Option<Vec<u8>>, RedisError> {
         match self
             .redis
-            .call(&[b"GET", self.cwasm_key(artifact_sha256).as_bytes()])
+            .call_bulk(FETCH_TIMEOUT, &[b"GET", self.cwasm_key(artifact_sha256).as_bytes()])
             .await?
         {
-            Reply::Bulk(entry) => Ok(entry),
+            Reply::BulkString(entry) => Ok(Some(entry)),
+            Reply::Nil => Ok(None),
             other => Err(RedisError::Protocol(format!("GET answered {other:?}"))),
         }
     }
@@ -96,7 +99,7 @@ impl L2 {
             (self.artifact_key(artifact_sha256), artifact),
         ] {
             self.redis
-                .call_within(WRITE_TIMEOUT, &[b"SET", key.as_bytes(), value, b"PX", ttl.as_bytes()])
+                .call_bulk(WRITE_TIMEOUT, &[b"SET", key.as_bytes(), value, b"PX", ttl.as_bytes()])
                 .await?;
         }
         Ok(())

@@ -121,6 +121,8 @@ pub struct ServerConfig {
     /// The Redis shared by the nodes of a cluster: module cache (L2),
     /// invalidations, rate limits ([`cluster`]). `None`: a single node.
     pub redis_url: Option<redis::RedisUrl>,
+    /// CA certificates (PEM) for a `rediss://` Redis; `None`: the system's.
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// The namespace of this cluster's Redis keys.
     pub redis_prefix: String,
     pub policy: CapabilityPolicy,
@@ -168,6 +170,7 @@ impl ServerConfig {
             cache_ttl: Some(Duration::from_hours(1)),
             prewarm: 16,
             redis_url: None,
+            redis_ca_file: None,
             redis_prefix: "avap".to_owned(),
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
@@ -282,14 +285,26 @@ impl AppState {
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
         let metrics = metrics::Metrics::default();
-        let cluster = config.redis_url.clone().map(|url| {
-            cluster::Cluster::new(
-                url,
-                &config.redis_prefix,
-                runtime.engine_fingerprint(),
-                metrics.redis_errors(),
-            )
-        });
+        let cluster = match config.redis_url.clone() {
+            None => None,
+            Some(url) => {
+                let ca_pem = match &config.redis_ca_file {
+                    None => None,
+                    Some(path) => Some(
+                        std::fs::read(path).with_context(|| format!("cannot read redis_ca_file {}", path.display()))?,
+                    ),
+                };
+                let cluster = cluster::Cluster::new(
+                    url,
+                    ca_pem,
+                    &config.redis_prefix,
+                    runtime.engine_fingerprint(),
+                    metrics.redis_errors(),
+                )
+                .map_err(anyhow::Error::msg)?;
+                Some(cluster)
+            }
+        };
         Ok(AppState {
             shared: Arc::new(Shared {
                 scripts: ScriptCache::new(config.cache_entries, config.cache_ttl),

@@ -224,8 +224,8 @@ return {1, 0}
 pub struct SharedLimit {
     redis: Redis,
     prefix: String,
-    /// The script's SHA-1 as Redis reported it (`SCRIPT LOAD`), once known.
-    script: Arc<Mutex<Option<String>>>,
+    /// [`GCRA`], sent by its SHA-1 (and whole after a Redis restart).
+    script: Arc<::redis::Script>,
 }
 
 impl SharedLimit {
@@ -233,39 +233,24 @@ impl SharedLimit {
         SharedLimit {
             redis,
             prefix: prefix.to_owned(),
-            script: Arc::default(),
+            script: Arc::new(::redis::Script::new(GCRA)),
         }
     }
 
     /// Take one request for `client`: `Ok(Ok(()))`, `Ok(Err(seconds to
     /// wait))`, or `Err` when Redis cannot say (the caller falls back).
-    /// One round trip once the script is loaded; after a Redis restart
-    /// (`NOSCRIPT`) the script is sent again.
+    /// One round trip once Redis knows the script.
     async fn take(&self, client: &str, rate: u32, burst: u32) -> Result<Result<(), u64>, RedisError> {
         let key = format!("{}:rate:{client}", self.prefix);
         let (rate, burst) = (rate.to_string(), burst.to_string());
-        let known = self
-            .script
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let sha = match known {
-            Some(sha) => sha,
-            None => self.load_script().await?,
-        };
-        let (key, rate, burst) = (key.as_bytes(), rate.as_bytes(), burst.as_bytes());
-        let evalsha: [&[u8]; 6] = [b"EVALSHA", sha.as_bytes(), b"1", key, rate, burst];
-        let reply = match self.redis.call(&evalsha).await {
-            Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
-                let eval: [&[u8]; 6] = [b"EVAL", GCRA.as_bytes(), b"1", key, rate, burst];
-                self.redis.call(&eval).await?
-            }
-            other => other?,
-        };
+        let reply = self
+            .redis
+            .script(&self.script, &[&key], &[rate.as_bytes(), burst.as_bytes()])
+            .await?;
         match reply {
-            Reply::Array(Some(items)) => match items.as_slice() {
-                [Reply::Integer(1), _] => Ok(Ok(())),
-                [Reply::Integer(0), Reply::Integer(wait)] => Ok(Err(u64::try_from(*wait).unwrap_or(1).max(1))),
+            Reply::Array(items) => match items.as_slice() {
+                [Reply::Int(1), _] => Ok(Ok(())),
+                [Reply::Int(0), Reply::Int(wait)] => Ok(Err(u64::try_from(*wait).unwrap_or(1).max(1))),
                 _ => Err(RedisError::Protocol(format!(
                     "the rate-limit script answered {items:?}"
                 ))),
@@ -273,17 +258,6 @@ impl SharedLimit {
             other => Err(RedisError::Protocol(format!(
                 "the rate-limit script answered {other:?}"
             ))),
-        }
-    }
-
-    async fn load_script(&self) -> Result<String, RedisError> {
-        match self.redis.call(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()]).await? {
-            Reply::Bulk(Some(sha)) => {
-                let sha = String::from_utf8_lossy(&sha).into_owned();
-                *self.script.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sha.clone());
-                Ok(sha)
-            }
-            other => Err(RedisError::Protocol(format!("SCRIPT LOAD answered {other:?}"))),
         }
     }
 }
@@ -481,7 +455,7 @@ mod tests {
     async fn two_nodes(prefix: &str) -> (SharedLimit, SharedLimit) {
         let node = || {
             let url = super::super::redis::RedisUrl::parse("redis://127.0.0.1:6379").unwrap();
-            let redis = Redis::new(url, Arc::default());
+            let redis = Redis::new(url, None, Arc::default()).unwrap();
             SharedLimit::new(redis, prefix)
         };
         let (a, b) = (node(), node());
@@ -518,9 +492,9 @@ mod tests {
     #[tokio::test]
     async fn a_forgotten_script_is_sent_again() {
         let (a, _) = two_nodes(&prefix("noscript")).await;
-        // As after a Redis restart: the SHA-1 we hold is unknown to Redis.
-        *a.script.lock().unwrap() = Some("0".repeat(40));
         assert_eq!(a.take("ip:10.0.0.3", 10, 2).await, Ok(Ok(())));
+        // As after a Redis restart: Redis no longer knows the script.
+        a.redis.call(&[b"SCRIPT", b"FLUSH"]).await.unwrap();
         assert_eq!(a.take("ip:10.0.0.3", 10, 2).await, Ok(Ok(())));
         assert_eq!(a.take("ip:10.0.0.3", 10, 2).await, Ok(Err(1)));
     }
@@ -533,7 +507,7 @@ mod tests {
             .unwrap()
             .port();
         let url = super::super::redis::RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
-        let redis = Redis::new(url, Arc::default());
+        let redis = Redis::new(url, None, Arc::default()).unwrap();
         assert!(!redis.probe().await);
         let shared = SharedLimit::new(redis, "x");
         assert_eq!(shared.take("ip:1.2.3.4", 1, 1).await, Err(RedisError::Unavailable));
