@@ -1,13 +1,15 @@
 //! Command-line interface.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use avap_codegen::check::{CheckOptions, IncludeError, LoadedSource, SourceLoader, check_file};
+use avap_codegen::check::{CheckOptions, check_file};
 use avap_codegen::diag::{render_text, to_json};
-use avap_codegen::{SourceFile, Sources, parse};
+use avap_codegen::{Sources, parse};
+use avap_server::ServeArgs;
+use avap_server::fs_loader::{FsLoader, read_source};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// AVAP sandbox runtime: compile AVAP scripts to signed WebAssembly and run
@@ -86,52 +88,6 @@ struct ParseArgs {
     json: bool,
 }
 
-/// `avap serve`. Every setting can also come from a TOML config file or an
-/// `AVAP_<KEY>` environment variable (see `--print-config`); a flag given
-/// here wins over both.
-#[derive(Debug, Default, clap::Args)]
-pub struct ServeArgs {
-    /// TOML config file (default: `$XDG_CONFIG_HOME/avap/config.toml` or `~/.config/avap/config.toml`, if it exists)
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration as TOML, with where each value came from, and exit
-    #[arg(long)]
-    pub print_config: bool,
-    /// Address and port to listen on [default: 127.0.0.1:8080] (port 0 picks a free port; the startup line shows it)
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
-    /// Directory for the embedded database and the server key (default: `$XDG_DATA_HOME/avap` or `~/.local/share/avap`)
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Require an API key on every guarded route, even on a loopback address
-    #[arg(long, conflicts_with = "allow_anonymous")]
-    pub require_api_key: bool,
-    /// Let requests without an API key in even on a non-loopback address
-    #[arg(long)]
-    pub allow_anonymous: bool,
-    /// Requests per second per client (API key, else IP) [default: 50]; 0 turns rate limiting off
-    #[arg(long, value_name = "N")]
-    pub rate_limit: Option<u32>,
-    /// Requests a client may send at once before the rate applies [default: 100]
-    #[arg(long, value_name = "N")]
-    pub rate_burst: Option<u32>,
-    /// The outer time limit of a request, in milliseconds (504 after it; 0 = none) [default: 30000]
-    #[arg(long, value_name = "N")]
-    pub request_timeout_ms: Option<u64>,
-    /// An origin allowed to call the API from a browser (CORS); repeatable
-    #[arg(long, value_name = "ORIGIN")]
-    pub cors_origin: Vec<String>,
-    /// Run as an edge node: serve a verified disk mirror of the registry at `--registry`, read-only, also while it is unreachable
-    #[arg(long)]
-    pub edge: bool,
-    /// The registry node an edge node follows, as `http(s)://HOST[:PORT]` (its API key: `registry_api_key` / `AVAP_REGISTRY_API_KEY`)
-    #[arg(long, value_name = "URL")]
-    pub registry: Option<String>,
-    /// How often an edge node asks the registry for changes, in milliseconds [default: 5000]
-    #[arg(long, value_name = "N")]
-    pub registry_sync_ms: Option<u64>,
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -157,11 +113,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-pub(crate) fn read_source(path: &Path) -> Result<SourceFile> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(SourceFile::from_bytes(path.display().to_string(), &bytes))
 }
 
 /// `--include-path`, on every command that compiles sources.
@@ -190,169 +141,6 @@ impl IncludeArgs {
             dirs.push(canonical);
         }
         Ok(dirs)
-    }
-}
-
-/// Reads the files scripts `include` from disk, and only files a script
-/// may see: regular files (no devices, FIFOs or directories: `/dev/zero`
-/// would never end, a FIFO would block), under the script's own directory
-/// or an `--include-path` directory, at most [`MAX_INCLUDE_BYTES`] each.
-/// A script from elsewhere must not be able to pull `/etc/passwd` into its
-/// diagnostics, or hang the compiler.
-///
-/// Includes resolve relative to the including file's directory; the
-/// allowed directories are fixed for the whole script (its own directory
-/// and `--include-path`), so a helper in `lib/` may include `../common/x.avap`
-/// of the same project. Paths are checked after canonicalising (symlinks
-/// and `..` resolved), so neither can lead out. A file's identity is its
-/// canonical path, so `a.avap`, `./a.avap` and `sub/../a.avap` are one file.
-#[derive(Debug, Clone)]
-pub(crate) struct FsLoader {
-    /// The script's own directory, canonical.
-    script_dir: PathBuf,
-    /// The `--include-path` directories, canonical.
-    include_paths: Vec<PathBuf>,
-}
-
-/// The largest file `include` reads: the largest script `avap serve`
-/// accepts by default (`max_script_bytes`); the CLI has no config file to
-/// change it.
-pub(crate) const MAX_INCLUDE_BYTES: u64 = crate::server::DEFAULT_MAX_SCRIPT_BYTES as u64;
-
-impl FsLoader {
-    /// The loader for the script at `script`, allowing also `include_paths`
-    /// (canonical, from [`IncludeArgs::resolve`]).
-    pub fn for_script(script: &Path, include_paths: &[PathBuf]) -> Result<FsLoader> {
-        let dir = match script.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let script_dir = std::fs::canonicalize(dir)
-            .with_context(|| format!("cannot resolve the directory of {}", script.display()))?;
-        Ok(FsLoader {
-            script_dir,
-            include_paths: include_paths.to_vec(),
-        })
-    }
-
-    fn allows(&self, canonical: &Path) -> bool {
-        std::iter::once(&self.script_dir)
-            .chain(&self.include_paths)
-            .any(|dir| canonical.starts_with(dir))
-    }
-
-    /// Where includes may come from, for messages.
-    fn allowed_dirs(&self) -> String {
-        let dir = format!("the script's directory {}", self.script_dir.display());
-        if self.include_paths.is_empty() {
-            return dir;
-        }
-        let extra: Vec<String> = self.include_paths.iter().map(|d| d.display().to_string()).collect();
-        format!("{dir} and --include-path {}", extra.join(", "))
-    }
-}
-
-/// What kind of file a non-regular file is, for messages.
-fn file_kind(file_type: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if file_type.is_fifo() {
-            return "a FIFO";
-        }
-        if file_type.is_char_device() {
-            return "a character device";
-        }
-        if file_type.is_block_device() {
-            return "a block device";
-        }
-        if file_type.is_socket() {
-            return "a socket";
-        }
-    }
-    if file_type.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
-    }
-}
-
-impl SourceLoader for FsLoader {
-    fn load(&self, from: &str, path: &str) -> std::result::Result<LoadedSource, IncludeError> {
-        use std::io::Read;
-
-        let base = Path::new(from).parent().unwrap_or(Path::new("."));
-        let full = base.join(path);
-        let canonical = std::fs::canonicalize(&full).map_err(|e| format!("{}: {e}", full.display()))?;
-        let shown = canonical.display();
-        // Where the written path leads, when that is not obvious from it.
-        let leads = if canonical == full {
-            format!("include path {shown}")
-        } else {
-            format!("`{path}` resolves to {shown}, which")
-        };
-        if !self.allows(&canonical) {
-            let dir = canonical.parent().unwrap_or(&canonical);
-            return Err(IncludeError::with_help(
-                format!("{leads} is outside {}", self.allowed_dirs()),
-                format!(
-                    "pass --include-path {} to allow it (include reads only under the script's directory and the --include-path directories)",
-                    dir.display()
-                ),
-            ));
-        }
-        let too_large = |size: String| {
-            IncludeError::with_help(
-                format!("{leads} is larger than the {MAX_INCLUDE_BYTES} bytes a script may have ({size})"),
-                "split it into smaller files (the same limit as `max_script_bytes` of avap serve)",
-            )
-        };
-        let not_regular = |kind: &str| {
-            IncludeError::with_help(
-                format!("{leads} is {kind}: include reads only regular files"),
-                "include a .avap file",
-            )
-        };
-        // Refuse by the path's metadata first: opening a FIFO would block.
-        let meta = std::fs::metadata(&canonical).map_err(|e| format!("{shown}: {e}"))?;
-        if !meta.is_file() {
-            return Err(not_regular(file_kind(meta.file_type())));
-        }
-        if meta.len() > MAX_INCLUDE_BYTES {
-            return Err(too_large(format!("{} bytes", meta.len())));
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        #[cfg(unix)]
-        {
-            // Should the file be swapped for a FIFO after the check above,
-            // the open still returns at once, and the check below refuses it.
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(libc::O_NONBLOCK);
-        }
-        let file = options.open(&canonical).map_err(|e| format!("{shown}: {e}"))?;
-        let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
-        if !meta.is_file() {
-            return Err(not_regular(file_kind(meta.file_type())));
-        }
-        // `take`: a file that grows after the size check is still bounded.
-        let mut bytes = Vec::new();
-        file.take(MAX_INCLUDE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("{shown}: {e}"))?;
-        if bytes.len() as u64 > MAX_INCLUDE_BYTES {
-            return Err(too_large("it grew while being read".to_owned()));
-        }
-        Ok(LoadedSource {
-            identity: shown.to_string(),
-            // Diagnostics show the path as the author would write it.
-            name: full.display().to_string(),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        })
-    }
-
-    fn identity(&self, name: &str) -> String {
-        std::fs::canonicalize(name).map_or_else(|_| name.to_string(), |p| p.display().to_string())
     }
 }
 

@@ -26,8 +26,10 @@ use clap::Parser as _;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{FsLoader, IncludeArgs, ServeArgs, read_source};
+use crate::cli::IncludeArgs;
 use crate::cmd_keys::load_trusted_keys;
+use avap_server::ServeArgs;
+use avap_server::fs_loader::{FsLoader, read_source};
 
 // Host work (bytes produced or copied by a command or helper) costs one fuel
 // unit per `HOST_BYTES_PER_FUEL` bytes, on top of one unit per call: the

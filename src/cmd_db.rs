@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::ServeArgs;
 use crate::server::backup::{self, BackupSummary};
 use crate::server::config;
 use crate::server::{Location, Store};
+use avap_server::ServeArgs;
 
 /// Which database a command works on.
 #[derive(Debug, Clone, clap::Args)]

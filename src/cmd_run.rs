@@ -10,10 +10,11 @@ use avap_hostfns::Request;
 use avap_runtime::precompiled::SealError;
 use avap_runtime::{CapabilityPolicy, Limits, LoadError, Runtime, RuntimeConfig};
 
-use crate::cli::{FsLoader, IncludeArgs, read_source};
+use crate::cli::IncludeArgs;
 use crate::cmd_keys::{load_signing_key, load_trusted_keys};
 use crate::conformance::{self, RequestSpec};
 use crate::exec::{Executor, RunSettings};
+use avap_server::fs_loader::{FsLoader, read_source};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {

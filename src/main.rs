@@ -9,8 +9,10 @@ mod cmd_inspect;
 mod cmd_keys;
 mod cmd_run;
 mod conformance;
-mod exec;
-mod server;
+
+// The server library under its old module names, for the commands.
+use avap_server as server;
+use avap_server::exec;
 
 /// mimalloc: a run allocates and frees many small values; glibc's malloc
 /// was a third of the `json_build` benchmark (see BENCHMARKS.md).

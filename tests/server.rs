@@ -1,6 +1,9 @@
 //! `avap serve` as a client sees it: the real binary on a loopback port,
 //! spoken to with raw HTTP/1.1 over `TcpStream` (one request per
-//! connection, `Connection: close`).
+//! connection, `Connection: close`): what needs the process — the data
+//! directory, the registry backend (`.ci/run` runs this file again on
+//! `PostgreSQL`), signals. Requests and responses themselves are tested in
+//! process, through the router: `server/tests/router.rs`.
 
 mod support;
 
@@ -56,147 +59,6 @@ fn health_reports_ok_and_the_cache() {
     }
     let cache = s.get("/api/v1/health").json()["cache"].clone();
     assert_eq!((&cache["stored_scripts"], &cache["modules"]), (&json!(1), &json!(2)));
-}
-
-#[test]
-fn info_lists_limits_policy_and_commands() {
-    let s = Server::start("info");
-    let r = s.get("/api/v1/info");
-    assert_eq!(r.status, 200);
-    let v = r.json();
-    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(
-        v["limits"],
-        json!({"fuel": 1_000_000_000u64, "time_ms": 10_000, "memory_mb": 128, "stack_kb": 256, "output_kb": 4096})
-    );
-    assert_eq!(v["requests"]["max_body_bytes"], 1 << 20);
-    assert!(
-        v["capabilities"]["allowed"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("pure"))
-    );
-    let commands = v["commands"].as_array().expect("commands");
-    let add_param = commands
-        .iter()
-        .find(|c| c["name"] == "addParam")
-        .expect("addParam listed");
-    assert_eq!(add_param["capability"], "request");
-}
-
-#[test]
-fn execute_hello_returns_the_envelope() {
-    let s = Server::start("hello");
-    let script = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
-    let r = s.execute(&json!({"script": script, "params": {"name": "Ada"}}));
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v = r.json();
-    assert_eq!(v["status"], true);
-    assert_eq!(v["result"], json!({"message": "Hello, Ada"}));
-    // The query of the simulated request works too.
-    let r = s.execute(&json!({"script": script, "request": {"method": "GET", "query": {"name": "Bo"}}}));
-    assert_eq!(r.json()["result"]["message"], "Hello, Bo");
-}
-
-#[test]
-fn status_variable_is_the_http_status() {
-    let s = Server::start("status");
-    let script = "addParam(code, code)\n_status = code\naddResult(code)\n";
-    let r = s.execute(&json!({"script": script, "request": {"query": {"code": "201"}}}));
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.json()["result"]["code"], 201);
-}
-
-#[test]
-fn runtime_error_is_400_with_kind_and_position() {
-    let s = Server::start("runtime-error");
-    let r = s.execute(&json!({"script": "x = 1\ny = x + missing\n"}));
-    assert_eq!(r.error_kind(), (400, "NameError".to_owned()), "{}", r.body);
-    let v = r.json();
-    assert_eq!(v["status"], false);
-    assert_eq!(
-        (v["error"]["line"].as_u64(), v["error"]["column"].as_u64()),
-        (Some(2), Some(9))
-    );
-}
-
-#[test]
-fn compile_error_is_400_compile_error() {
-    let s = Server::start("compile-error");
-    let r = s.execute(&json!({"script": "if(x, 1, =)\naddVar(y, 2)\n"}));
-    assert_eq!(r.error_kind(), (400, "CompileError".to_owned()), "{}", r.body);
-    let v = r.json();
-    assert_eq!(v["error"]["line"], 1);
-    assert_eq!(v["error"]["diagnostics"][0]["code"], "E0020");
-}
-
-#[test]
-fn limits_are_clamped_to_the_server_maximum() {
-    let s = Server::start("limits");
-    let endless = "s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\naddResult(s)\n";
-    let start = Instant::now();
-    let r = s.execute(&json!({"script": endless, "limits": {"fuel": 99_999_999_999_999u64, "time_ms": 3_600_000}}));
-    let took = start.elapsed();
-    // Unclamped, the run would go on to the time limit; clamped, it runs out of fuel first.
-    assert_eq!(r.error_kind(), (422, "FuelExhausted".to_owned()), "{}", r.body);
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    // Asking for less than the maximum is honoured.
-    let r = s.execute(&json!({"script": endless, "limits": {"fuel": 1000}}));
-    assert_eq!(r.error_kind(), (422, "FuelExhausted".to_owned()));
-    assert!(r.json()["elapsed"].as_f64().unwrap() < 0.5);
-}
-
-#[test]
-fn malformed_json_is_400_with_position() {
-    let s = Server::start("malformed");
-    let r = s.post("/api/v1/execute", "{\"script\": \"x\",\n}");
-    assert_eq!(r.error_kind(), (400, "InvalidJson".to_owned()), "{}", r.body);
-    let v = r.json();
-    assert_eq!(
-        (v["error"]["line"].as_u64(), v["error"]["column"].as_u64()),
-        (Some(2), Some(1))
-    );
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("trailing comma"),
-        "{v}"
-    );
-    let r = s.post("/api/v1/execute", "");
-    assert_eq!(r.error_kind(), (400, "InvalidJson".to_owned()), "{}", r.body);
-}
-
-#[test]
-fn unknown_fields_are_rejected() {
-    let s = Server::start("unknown-field");
-    let r = s.execute(&json!({"script": "x = 1\naddResult(x)\n", "parms": {}}));
-    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
-    assert!(r.body.contains("unknown field `parms`"), "{}", r.body);
-    let r = s.execute(&json!({"script": "x = 1\naddResult(x)\n", "limits": {"fuel_max": 1}}));
-    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
-    let r = s.execute(&json!({"script": "x = 1\naddResult(x)\n", "params": [1, 2]}));
-    assert_eq!(r.error_kind(), (400, "InvalidRequest".to_owned()), "{}", r.body);
-}
-
-#[test]
-fn oversized_body_and_script_are_413() {
-    let s = Server::start("oversized");
-    let big = json!({"script": "x".repeat((1 << 20) + 10)}).to_string();
-    let r = s.post("/api/v1/execute", &big);
-    assert_eq!(r.error_kind(), (413, "BodyTooLarge".to_owned()), "{}", r.body);
-    let long_script = json!({"script": "x".repeat(300 << 10)}).to_string();
-    let r = s.post("/api/v1/execute", &long_script);
-    assert_eq!(r.error_kind(), (413, "ScriptTooLarge".to_owned()), "{}", r.body);
-    // The server is fine afterwards.
-    assert_eq!(s.execute(&json!({"script": "x = 1\naddResult(x)\n"})).status, 200);
-}
-
-#[test]
-fn unknown_routes_and_methods_are_json_errors() {
-    let s = Server::start("routes");
-    let r = s.get("/api/v1/nope");
-    assert_eq!(r.error_kind(), (404, "NotFound".to_owned()), "{}", r.body);
-    assert!(r.body.contains("/api/v1/nope"));
-    let r = s.get("/api/v1/execute");
-    assert_eq!(r.error_kind(), (405, "MethodNotAllowed".to_owned()), "{}", r.body);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Client connections are bounded (`src/server/listen.rs`), on real
+//! Client connections are bounded (`server/src/listen.rs`), on real
 //! sockets against the real binary: the header-read timeout (a stalled
 //! head, a slowloris trickle), the idle keep-alive timeout, the total cap
 //! and the per-IP cap.

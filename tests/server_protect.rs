@@ -1,6 +1,6 @@
 //! Protection of `avap serve`: rate limits, security headers and CORS,
 //! against the real server on a loopback port. (The request timeout is
-//! unit-tested in `src/server/protect.rs`: a real request slow enough to
+//! unit-tested in `server/src/protect.rs`: a real request slow enough to
 //! hit it is hard to make.)
 
 use serde_json::json;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::redis::RedisUrl;
 use super::{ServerConfig, auth, edge, listen, protect, store};
-use crate::cli::ServeArgs;
+use crate::ServeArgs;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 

@@ -256,7 +256,7 @@ pub mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::store::{Actor, NewVersion};
+    use crate::store::{Actor, NewVersion};
 
     fn actor() -> Actor {
         Actor {

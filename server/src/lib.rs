@@ -36,6 +36,7 @@
 //!   of it ([`edge`]), also while the registry is unreachable.
 
 mod api_key_cache;
+mod args;
 mod audit;
 pub mod auth;
 pub mod backup;
@@ -46,8 +47,11 @@ pub mod config;
 mod debug;
 mod edge;
 mod error;
+pub mod exec;
 mod execute;
 mod extract;
+pub mod fs_loader;
+pub mod key_files;
 mod keys;
 mod l2;
 mod listen;
@@ -83,8 +87,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 pub use error::ApiError;
 
-use crate::cli::ServeArgs;
 use crate::exec::{RunSettings, compile_error_report};
+pub use args::ServeArgs;
 pub use cache::StoredScript;
 use cache::{Compiled, ScriptCache, StoredCache};
 pub use store::{Location, Store};
@@ -249,8 +253,8 @@ pub struct Built {
 }
 
 impl AppState {
-    /// Trusting only `key` (`avap serve` adds the data directory's trusted keys).
-    #[cfg(test)]
+    /// Trusting only `key` (`avap serve` adds the data directory's trusted
+    /// keys); what an embedder or an in-process test starts from.
     pub fn new(config: ServerConfig, store: Store, key: SigningKey) -> Result<AppState> {
         AppState::with_trusted_keys(config, store, key, TrustedKeys::new(), TrustedKeys::new())
     }

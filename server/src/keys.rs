@@ -93,7 +93,7 @@ fn load_key_dir(data_dir: &Path, dir_name: &str, what: &str) -> Result<TrustedKe
         }
     }
     files.sort();
-    crate::cmd_keys::load_trusted_keys(&files).with_context(|| {
+    crate::key_files::load_trusted_keys(&files).with_context(|| {
         format!(
             "cannot read the {what} in {} (each .pub file must be an `avap keygen` public key)",
             dir.display()

@@ -18,7 +18,7 @@ use avap_runtime::{
 };
 use serde_json::json;
 
-use crate::cli::{FsLoader, read_source};
+use crate::fs_loader::{FsLoader, read_source};
 
 /// How runs are set up, besides the program and the request.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +53,15 @@ impl std::fmt::Debug for Executor {
 pub enum Prepared {
     Module(Arc<LoadedModule>),
     CompileError(RunReport),
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prepared::Module(_) => f.write_str("Prepared::Module(..)"),
+            Prepared::CompileError(report) => f.debug_tuple("Prepared::CompileError").field(report).finish(),
+        }
+    }
 }
 
 impl Executor {
