@@ -8,11 +8,11 @@ mod cmd_health;
 mod cmd_inspect;
 mod cmd_keys;
 mod cmd_run;
-mod conformance;
-
 // The server library under its old module names, for the commands.
 use avap_server as server;
 use avap_server::exec;
+// The conformance runner, under its old module name.
+use avap_conformance as conformance;
 
 /// mimalloc: a run allocates and frees many small values; glibc's malloc
 /// was a third of the `json_build` benchmark (see BENCHMARKS.md).

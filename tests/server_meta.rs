@@ -5,7 +5,7 @@ mod support;
 use serde_json::{Value, json};
 use support::Server;
 
-/// The value of the sample line `name` (with its labels) in a Prometheus text body.
+/// The value of the sample line `name` (with its labels) in an `OpenMetrics` text body.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
@@ -19,9 +19,10 @@ fn metrics_count_requests_runs_and_cache() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
     );
-    assert!(r.body.contains("# TYPE avap_requests_total counter"), "{}", r.body);
+    assert!(r.body.contains("# TYPE avap_runs_in_flight gauge"), "{}", r.body);
+    assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
     assert!(
         r.body.contains("# TYPE avap_run_duration_seconds histogram"),
         "{}",
@@ -39,6 +40,8 @@ fn metrics_count_requests_runs_and_cache() {
     assert_eq!(fuel.error_kind(), (422, "FuelExhausted".to_owned()));
     let r = s.get("/api/v1/metrics");
     let text = &r.body;
+    // OpenMetrics names a counter's family without `_total`; its samples have it.
+    assert!(text.contains("# TYPE avap_requests counter"), "{text}");
     assert_eq!(sample(text, ok_runs), Some(2.0), "{text}");
     assert_eq!(
         sample(text, r#"avap_requests_total{route="/api/v1/execute",status="200"}"#),

@@ -67,7 +67,12 @@ def parse_exposition(text):
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(maxsplit=3)
-            names = [name + s for s in ("_bucket", "_sum", "_count")] if kind in ("histogram", "summary") else [name]
+            # OpenMetrics names a counter's family without the samples' `_total`.
+            names = (
+                [name + s for s in ("_bucket", "_sum", "_count")]
+                if kind in ("histogram", "summary")
+                else [name + "_total"] if kind == "counter" and not name.endswith("_total") else [name]
+            )
             for n in names:
                 series.setdefault(n, set())
         elif line and not line.startswith("#"):

@@ -20,8 +20,7 @@
 //! per node ([`super::protect`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::AppState;
@@ -62,7 +61,7 @@ impl Cluster {
         ca_pem: Option<Vec<u8>>,
         prefix: &str,
         engine_fingerprint: String,
-        errors: Arc<AtomicU64>,
+        errors: prometheus_client::metrics::counter::Counter,
     ) -> Result<Cluster, String> {
         let redis = Redis::new(url, ca_pem, errors)?;
         Ok(Cluster {

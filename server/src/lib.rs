@@ -289,6 +289,7 @@ impl AppState {
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
         let metrics = metrics::Metrics::default();
+        metrics.set_run_slots(config.max_concurrent_runs);
         let cluster = match config.redis_url.clone() {
             None => None,
             Some(url) => {

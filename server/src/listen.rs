@@ -629,15 +629,8 @@ mod tests {
         drop((a2, b1, b2));
         assert_eq!(counters.open(), 0);
         assert!(lock(&admission.open).per_ip.is_empty(), "no entry left behind");
-        let text = counters.render();
-        assert!(
-            text.contains("avap_connections_refused_total{reason=\"max_connections\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("avap_connections_refused_total{reason=\"max_connections_per_ip\"} 2\n"),
-            "{text}"
-        );
+        assert_eq!(counters.refused_count(Refusal::MaxConnections), 1);
+        assert_eq!(counters.refused_count(Refusal::MaxConnectionsPerIp), 2);
     }
 
     #[test]

@@ -182,8 +182,8 @@ fn operation(method: &str, path: &str) -> Value {
             json!({"summary": "Version, limits, capability policy and commands", "responses": ok_json("Server information.")})
         }
         ("GET", "/api/v1/metrics") => json!({
-            "summary": "Prometheus metrics (text format 0.0.4)",
-            "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "summary": "Prometheus metrics (OpenMetrics text 1.0.0)",
+            "responses": {"200": {"description": "Metrics.", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}},
         }),
         ("GET", "/api/v1/openapi.json") => {
             json!({"summary": "This document", "security": [], "responses": ok_json("OpenAPI 3.0 document.")})

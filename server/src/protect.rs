@@ -455,7 +455,7 @@ mod tests {
     async fn two_nodes(prefix: &str) -> (SharedLimit, SharedLimit) {
         let node = || {
             let url = super::super::redis::RedisUrl::parse("redis://127.0.0.1:6379").unwrap();
-            let redis = Redis::new(url, None, Arc::default()).unwrap();
+            let redis = Redis::new(url, None, prometheus_client::metrics::counter::Counter::default()).unwrap();
             SharedLimit::new(redis, prefix)
         };
         let (a, b) = (node(), node());
@@ -507,7 +507,7 @@ mod tests {
             .unwrap()
             .port();
         let url = super::super::redis::RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
-        let redis = Redis::new(url, None, Arc::default()).unwrap();
+        let redis = Redis::new(url, None, prometheus_client::metrics::counter::Counter::default()).unwrap();
         assert!(!redis.probe().await);
         let shared = SharedLimit::new(redis, "x");
         assert_eq!(shared.take("ip:1.2.3.4", 1, 1).await, Err(RedisError::Unavailable));

@@ -24,13 +24,14 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::{MultiplexedConnection, PubSub};
 use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind};
 use futures_core::Stream;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 /// What a command returns: the crate's reply type.
@@ -254,7 +255,7 @@ struct Inner {
     status: AtomicU8,
     /// Commands that failed for a connection reason, since start (a
     /// counter the metrics own).
-    errors: Arc<AtomicU64>,
+    errors: Counter,
     /// Wakes the monitor when a command finds Redis gone.
     lost: Notify,
 }
@@ -272,7 +273,7 @@ impl Redis {
     /// A client for `url` counting failed commands in `errors`; `ca_pem`
     /// replaces the system's trust store for `rediss://` (a private CA).
     /// Nothing connects until [`Redis::probe`] or [`Redis::monitor`] runs.
-    pub fn new(url: RedisUrl, ca_pem: Option<Vec<u8>>, errors: Arc<AtomicU64>) -> Result<Redis, String> {
+    pub fn new(url: RedisUrl, ca_pem: Option<Vec<u8>>, errors: Counter) -> Result<Redis, String> {
         let client = match ca_pem {
             Some(root_cert) if url.tls => Client::build_with_tls(
                 url.raw.as_str(),
@@ -307,7 +308,7 @@ impl Redis {
     /// Commands that failed because of the connection or a timeout.
     #[cfg(test)]
     pub fn errors(&self) -> u64 {
-        self.inner.errors.load(Ordering::Relaxed)
+        self.inner.errors.get()
     }
 
     /// One short command with [`COMMAND_TIMEOUT`]. Fails at once while
@@ -382,7 +383,7 @@ impl Redis {
         if let Err(e) = &result
             && e.is_connection_problem()
         {
-            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+            self.inner.errors.inc();
             self.drop_connection(lane);
             self.mark_down(e);
         }
@@ -600,7 +601,7 @@ mod tests {
     }
 
     fn open(url: &str) -> Redis {
-        Redis::new(RedisUrl::parse(url).unwrap(), None, Arc::default()).unwrap()
+        Redis::new(RedisUrl::parse(url).unwrap(), None, Counter::default()).unwrap()
     }
 
     /// A key unique to this test run.

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use avap_hostfns::artifact::TrustedKeys;
 use avap_runtime::CapabilityPolicy;
 
-use crate::exec::{Executor, Prepared};
+use avap_server::exec::{Executor, Prepared};
 use case::{Case, CaseFile, Fixtures};
 pub use case::{RequestSpec, build_request};
 use compare::{compare, error_message, error_summary};

@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use super::case::{Fixtures, HttpFixture, Tables};
 use super::compare::{json_eq, show};
-use crate::exec::RunSettings;
+use avap_server::exec::RunSettings;
 
 /// Why a case could not be set up.
 #[derive(Debug)]
