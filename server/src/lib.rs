@@ -683,7 +683,8 @@ pub fn app(state: AppState) -> Router {
         shared_limit,
         Some(state.shared.api_keys.clone()),
     );
-    Router::new()
+    let protect_config = state.config().protect.clone();
+    let router = Router::new()
         .route("/api/v1/execute", post(execute::execute))
         .route("/api/v1/execute/batch", post(batch::execute_batch))
         .route("/api/v1/execute/file", post(upload::execute_file))
@@ -716,7 +717,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             metrics::count_requests,
         ))
-        .layer(axum::middleware::from_fn_with_state(protect, protect::edge))
+        .layer(tower::util::option_layer(protect::cors(&protect_config)));
+    protect::security_headers(router, &protect_config)
         // gzip for clients that accept it (tower-http skips bodies under 32 bytes).
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn(request_id::request_id))

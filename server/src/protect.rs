@@ -1,10 +1,11 @@
 //! Protection middleware of `avap serve`:
 //!
-//! * [`edge`] (outermost): CORS for the configured origins (preflights
-//!   answered with 204) and security headers on every response. HSTS only
-//!   when `hsts_max_age` is set: the server speaks plain HTTP, so HSTS is
-//!   for deployments behind a TLS-terminating proxy (browsers ignore it
-//!   over plain HTTP anyway).
+//! * [`cors`] and [`security_headers`] (outermost, tower-http layers):
+//!   CORS for the configured origins (preflights answered by the layer)
+//!   and security headers on every response. HSTS only when
+//!   `hsts_max_age` is set: the server speaks plain HTTP, so HSTS is for
+//!   deployments behind a TLS-terminating proxy (browsers ignore it over
+//!   plain HTTP anyway).
 //! * [`rate_limit`]: an in-memory token bucket per client: the `avap_<id>`
 //!   of a presented API key, else the peer IP. Over the limit → 429
 //!   `RateLimited` with `Retry-After`. Health, info, metrics and the
@@ -21,10 +22,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::api_key_cache::ApiKeyCache;
 use super::error::ApiError;
@@ -37,8 +41,6 @@ const MAX_CLIENTS: usize = 100_000;
 /// How often the map is swept for idle entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
-const ALLOW_HEADERS: &str = "authorization, content-type, x-api-key";
 const CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 /// The protection settings (`avap serve --rate-limit …`).
@@ -77,8 +79,6 @@ pub struct Protect {
 #[derive(Debug)]
 struct Inner {
     config: ProtectConfig,
-    /// The `Strict-Transport-Security` value, when configured.
-    hsts: Option<HeaderValue>,
     limiter: Mutex<Limiter>,
     /// The cluster-wide limit, when Redis is configured.
     shared: Option<SharedLimit>,
@@ -98,9 +98,6 @@ impl Protect {
             inner: Arc::new(Inner {
                 shared,
                 known_keys,
-                hsts: (config.hsts_max_age > 0)
-                    .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
-                    .and_then(|v| HeaderValue::try_from(v).ok()),
                 config,
                 limiter: Mutex::new(Limiter::new(Instant::now())),
             }),
@@ -321,61 +318,74 @@ async fn bounded(limit: Duration, work: impl Future<Output = Response>) -> Respo
     }
 }
 
-/// Middleware: CORS and security headers.
-pub async fn edge(State(protect): State<Protect>, request: Request, next: Next) -> Response {
-    let origins = &protect.config().cors_origins;
-    let allowed = request
-        .headers()
-        .get(header::ORIGIN)
-        .filter(|o| o.to_str().is_ok_and(|o| origins.iter().any(|a| a == o)))
-        .cloned();
-    let preflight =
-        request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let health = request.uri().path() == "/api/v1/health";
-    let mut response = match (&allowed, preflight) {
-        (Some(_), true) => {
-            let mut response = StatusCode::NO_CONTENT.into_response();
-            let h = response.headers_mut();
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static(ALLOW_METHODS),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static(ALLOW_HEADERS),
-            );
-            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-            response
-        }
-        _ => next.run(request).await,
-    };
-    let h = response.headers_mut();
-    if let Some(origin) = allowed {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("retry-after"),
-        );
+/// CORS for the configured origins (exact matches), or none when there
+/// are none: browsers then get no cross-origin access. Preflights are
+/// answered by the layer itself; every response says `Vary: origin`.
+pub fn cors(config: &ProtectConfig) -> Option<CorsLayer> {
+    if config.cors_origins.is_empty() {
+        return None;
     }
-    if !origins.is_empty() {
-        h.append(header::VARY, HeaderValue::from_static("origin"));
+    // The configuration checked every origin at start.
+    let origins = config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+            ])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_mins(10))
+            .vary([header::ORIGIN]),
+    )
+}
+
+/// The security headers of every response: no sniffing, no framing, no
+/// referrer, a closed CSP, `Cache-Control: no-store` unless the handler
+/// chose (registry reads send `no-cache` with their `ETag`), and HSTS when
+/// configured.
+pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &ProtectConfig) -> Router<S> {
+    let fixed = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    let mut router = router.layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ));
+    for (name, value) in fixed {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            name,
+            HeaderValue::from_static(value),
+        ));
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    if let Some(hsts) = &protect.inner.hsts {
-        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    let hsts = (config.hsts_max_age > 0)
+        .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
+        .and_then(|v| HeaderValue::try_from(v).ok());
+    match hsts {
+        Some(hsts) => router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            hsts,
+        )),
+        None => router,
     }
-    if !health {
-        h.entry(header::CACHE_CONTROL)
-            .or_insert(HeaderValue::from_static("no-store"));
-    }
-    response
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]
