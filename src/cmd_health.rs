@@ -1,24 +1,23 @@
 //! `avap health`: ask a running `avap serve` whether it is healthy, for
 //! container health checks and scripts. The distroless image has no curl,
-//! so this is a plain HTTP/1.1 GET over a std `TcpStream`: no TLS, no
-//! redirects, no async runtime.
+//! so this is a plain HTTP GET through the CLI tools' client
+//! ([`avap_server::http_client`]): no redirects, no proxy.
 //!
 //! Exit 0 when the endpoint answers 200, 1 for anything else (another
 //! status, no answer in time, a bad URL). Docker's `HEALTHCHECK` reserves
 //! exit code 2, so unlike other commands a bad argument value is 1 too.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use avap_server::http_client::{self, HttpError};
 use serde_json::Value;
 
 /// Where `avap serve` answers with its default `listen`.
 const DEFAULT_URL: &str = "http://127.0.0.1:8080/api/v1/health";
 /// The path asked when the URL names none.
 const HEALTH_PATH: &str = "/api/v1/health";
-/// The most of an answer read: the health document is a few hundred bytes.
+/// The most of an answer's body read: the health document is a few hundred bytes.
 const MAX_ANSWER_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, clap::Args)]
@@ -32,12 +31,13 @@ pub struct HealthArgs {
     pub timeout_ms: u64,
 }
 
-/// An `http://` URL taken apart.
+/// An `http://` URL taken apart (checked here, for messages that say what
+/// to do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
-    /// `host:port` as given (also the `Host` header).
+    /// `host:port` as given.
     authority: String,
-    /// What to connect to: `host` without IPv6 brackets, and the port.
+    /// `host` without IPv6 brackets, and the port.
     host: String,
     port: u16,
     /// Path and query, starting with `/`.
@@ -78,69 +78,16 @@ pub fn health(args: &HealthArgs) -> ExitCode {
 /// GET `url` within `timeout`.
 fn check(url: &str, timeout: Duration) -> Result<Answer, String> {
     let target = parse_url(url)?;
-    let deadline = Instant::now() + timeout;
-    let late = || format!("{url} did not answer within {} ms", timeout.as_millis());
-    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-        .collect();
-    let mut last_error = format!("{} resolves to no address", target.host);
-    let mut stream = None;
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(late());
-        }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_error = format!("cannot connect to {addr}: {e} (is avap serve listening there?)"),
-        }
+    let full = format!("http://{}{}", target.authority, target.path);
+    match http_client::get(&full, timeout, MAX_ANSWER_BYTES) {
+        Ok(reply) => Ok(answer(reply.status, &reply.body)),
+        Err(HttpError::Timeout) => Err(format!("{url} did not answer within {} ms", timeout.as_millis())),
+        Err(HttpError::Connect(e)) => Err(format!(
+            "cannot connect to {}: {e} (is avap serve listening there?)",
+            target.authority
+        )),
+        Err(HttpError::Failed(e)) => Err(format!("{url} did not answer with HTTP: {e}")),
     }
-    let mut stream = stream.ok_or(last_error)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: avap-health\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-        target.path, target.authority
-    );
-    let mut raw = Vec::new();
-    match exchange(&mut stream, request.as_bytes(), deadline, &mut raw) {
-        Ok(()) => {}
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
-            // A complete head is enough: the status is known.
-            if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Err(late());
-            }
-        }
-        Err(e) => return Err(format!("{url}: the connection failed: {e}")),
-    }
-    parse_answer(&raw).ok_or_else(|| {
-        let shown = String::from_utf8_lossy(&raw[..raw.len().min(80)]).into_owned();
-        format!("{url} did not answer with HTTP (got {shown:?})")
-    })
-}
-
-/// Send `request` and read the answer into `raw` until the peer closes, the
-/// answer passes [`MAX_ANSWER_BYTES`] or `deadline` passes (`TimedOut`).
-fn exchange(stream: &mut TcpStream, request: &[u8], deadline: Instant, raw: &mut Vec<u8>) -> std::io::Result<()> {
-    let left = || deadline.saturating_duration_since(Instant::now());
-    // A zero timeout means "none" to std: never pass one.
-    stream.set_write_timeout(Some(left().max(Duration::from_millis(1))))?;
-    stream.write_all(request)?;
-    let mut buf = [0u8; 4096];
-    while u64::try_from(raw.len()).unwrap_or(u64::MAX) < MAX_ANSWER_BYTES {
-        let wait = left();
-        if wait.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(wait))?;
-        match stream.read(&mut buf)? {
-            0 => return Ok(()),
-            n => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    Ok(())
 }
 
 /// `http://host[:port][/path]`; the port defaults to 80, the path to the health endpoint.
@@ -186,21 +133,14 @@ fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// The status line and, for a JSON body, its `status` and first error message.
-fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let text = String::from_utf8_lossy(raw);
-    let mut lines = text.lines();
-    let status_line = lines.next()?;
-    let mut words = status_line.split_whitespace();
-    if !words.next()?.starts_with("HTTP/") {
-        return None;
+/// The status and, for a JSON body, its `status` and first error message.
+fn answer(status: u16, body: &[u8]) -> Answer {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    Answer {
+        status,
+        state: json.as_ref().and_then(|j| j["status"].as_str()).map(str::to_owned),
+        detail: json.as_ref().and_then(first_message),
     }
-    let status = words.next()?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let json: Option<Value> = serde_json::from_str(body.trim()).ok();
-    let state = json.as_ref().and_then(|j| j["status"].as_str()).map(ToOwned::to_owned);
-    let detail = json.as_ref().and_then(first_message);
-    Some(Answer { status, state, detail })
 }
 
 /// The first `"message"` in a health document (the failing component's) or an API error.
@@ -262,21 +202,21 @@ mod tests {
 
     #[test]
     fn answers() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"status\":\"ok\",\"database\":{\"status\":\"ok\"}}";
+        let ok = answer(200, br#"{"status":"ok","database":{"status":"ok"}}"#);
         assert_eq!(
-            parse_answer(ok),
-            Some(Answer {
+            ok,
+            Answer {
                 status: 200,
                 state: Some("ok".to_owned()),
                 detail: None
-            })
+            }
         );
-        let down = b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"status\":\"unavailable\",\"database\":{\"status\":\"error\",\"message\":\"no answer\"}}";
-        let answer = parse_answer(down).unwrap();
-        assert_eq!((answer.status, answer.detail.as_deref()), (503, Some("no answer")));
-        let plain = parse_answer(b"HTTP/1.0 404 Not Found\r\n\r\nnope").unwrap();
+        let down = answer(
+            503,
+            br#"{"status":"unavailable","database":{"status":"error","message":"no answer"}}"#,
+        );
+        assert_eq!((down.status, down.detail.as_deref()), (503, Some("no answer")));
+        let plain = answer(404, b"nope");
         assert_eq!((plain.status, plain.state), (404, None));
-        assert_eq!(parse_answer(b"SSH-2.0-OpenSSH\r\n"), None);
-        assert_eq!(parse_answer(b""), None);
     }
 }

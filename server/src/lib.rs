@@ -51,6 +51,7 @@ pub mod exec;
 mod execute;
 mod extract;
 pub mod fs_loader;
+pub mod http_client;
 pub mod key_files;
 mod keys;
 mod l2;

@@ -1,0 +1,91 @@
+//! The blocking HTTP client of the CLI's tools (`avap health`, `avap
+//! conformance --server`): `reqwest` over rustls, no redirects, no proxy
+//! from the environment (they ask a server directly), one deadline for the
+//! whole exchange and a cap on the body read.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+/// What the server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    /// At most the cap given; empty when the head came but the body did not
+    /// in time (the status is known).
+    pub body: Vec<u8>,
+}
+
+/// Why there is no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// No connection: refused, unreachable, unresolvable.
+    Connect(String),
+    /// No answer within the deadline.
+    Timeout,
+    /// Anything else: not HTTP, a reset, a body over the cap.
+    Failed(String),
+}
+
+/// `GET url`.
+pub fn get(url: &str, timeout: Duration, max_body: u64) -> Result<Reply, HttpError> {
+    let client = client(timeout)?;
+    exchange(client.get(url).header("accept", "application/json"), max_body)
+}
+
+/// `POST url` with a JSON body.
+pub fn post_json(url: &str, body: Vec<u8>, timeout: Duration, max_body: u64) -> Result<Reply, HttpError> {
+    let client = client(timeout)?;
+    let request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body);
+    exchange(request, max_body)
+}
+
+fn client(timeout: Duration) -> Result<reqwest::blocking::Client, HttpError> {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("avap/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| HttpError::Failed(format!("cannot start the HTTP client: {e}")))
+}
+
+fn exchange(request: reqwest::blocking::RequestBuilder, max_body: u64) -> Result<Reply, HttpError> {
+    let response = request.send().map_err(|e| classify(&e))?;
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    match response.take(max_body + 1).read_to_end(&mut body) {
+        Ok(_) if body.len() as u64 > max_body => {
+            return Err(HttpError::Failed(format!("the answer's body is over {max_body} bytes")));
+        }
+        Ok(_) => {}
+        // The head came in time, the rest did not: the status is known.
+        Err(_) => body.clear(),
+    }
+    Ok(Reply { status, body })
+}
+
+fn classify(e: &reqwest::Error) -> HttpError {
+    if e.is_timeout() {
+        HttpError::Timeout
+    } else if e.is_connect() {
+        // The innermost cause says it best ("Connection refused").
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        HttpError::Connect(cause.to_string())
+    } else {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(inner) = cause {
+            text = format!("{text}: {inner}");
+            cause = inner.source();
+        }
+        HttpError::Failed(text)
+    }
+}
