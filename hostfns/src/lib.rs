@@ -26,24 +26,38 @@
 //! assert_eq!(sig.forms[0][1].kind, ParamKind::Target);
 //! ```
 
+// The contract: what the compiler and the runtime agree on.
 pub mod abi;
 pub mod artifact;
+pub mod error;
+pub mod limits;
+pub mod signature;
+
+// The implementations (feature `commands`, on by default; the compiler
+// builds without them, so without regex, time-zone data or md-5).
+#[cfg(feature = "commands")]
 pub mod commands;
+#[cfg(feature = "commands")]
 pub mod context;
 #[cfg(feature = "effects")]
 pub mod effects;
-pub mod error;
+#[cfg(feature = "commands")]
 pub mod json;
-pub mod limits;
+#[cfg(feature = "commands")]
 pub mod memory;
+#[cfg(feature = "commands")]
 pub mod ops;
+#[cfg(feature = "commands")]
 pub mod redact;
-pub mod signature;
+#[cfg(feature = "commands")]
 pub mod value;
 
+#[cfg(feature = "commands")]
 pub use context::{Endpoint, HostContext, Request};
 pub use error::{AvapError, ErrorKind, HostError};
 pub use limits::{LimitHit, LimitKind};
+#[cfg(feature = "commands")]
 pub use memory::MemoryBudget;
 pub use signature::{Capability, CommandSig, ParamKind, Returns, command, commands};
+#[cfg(feature = "commands")]
 pub use value::{Dict, Value};
