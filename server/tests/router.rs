@@ -12,7 +12,6 @@ use avap_server::{AppState, Location, ServerConfig, Store, app};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -69,7 +68,9 @@ async fn send(app: &Router, method: Method, path: &str, body: Option<String>) ->
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let bytes = response.into_body().collect().await.expect("the body").to_bytes();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body");
     Reply {
         status,
         content_type,

@@ -13,19 +13,11 @@
 //! key is never part of a message.
 
 use std::fmt;
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::StatusCode;
-use hyper::body::Bytes;
-use hyper::header::{self, HeaderValue};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::{TlsConnector, rustls};
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderValue};
 use url::Url;
 
 use super::super::registry_sync::ScriptList;
@@ -115,7 +107,8 @@ pub struct RegistryClient {
     /// The base URL as logs and health show it (password hidden).
     shown: String,
     api_key: Option<String>,
-    tls: TlsConnector,
+    /// reqwest over rustls with the webpki roots; no redirects, no proxy.
+    http: reqwest::Client,
     limits: Limits,
 }
 
@@ -133,20 +126,21 @@ impl RegistryClient {
         let base = parse_registry_url(url).map_err(|why| anyhow!("registry_url {}: {why}", redact_url(url)))?;
         let api_key = api_key.filter(|k| !k.is_empty());
         check_transport(&base, api_key.is_some()).map_err(|why| anyhow!("registry_url {}: {why}", redact_url(url)))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("cannot set up TLS for the registry client")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let limits = Limits::DEFAULT;
+        let http = reqwest::Client::builder()
+            .connect_timeout(limits.connect)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tcp_nodelay(true)
+            .user_agent(concat!("avap-edge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the registry client")?;
         Ok(RegistryClient {
             shown: redact_url(base.as_str().trim_end_matches('/')),
             base,
             api_key,
-            tls: TlsConnector::from(Arc::new(tls)),
-            limits: Limits::DEFAULT,
+            http,
+            limits,
         })
     }
 
@@ -242,36 +236,10 @@ impl RegistryClient {
     }
 
     async fn exchange(&self, url: &Url, shown: &str, if_none_match: Option<&str>, cap: usize) -> Result<Reply> {
-        let host = url.host_str().context("the registry URL has no host")?.to_owned();
-        let port = url.port_or_known_default().context("the registry URL has no port")?;
-        let connect = async {
-            let stream = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
-            let _ = stream.set_nodelay(true);
-            Ok::<_, std::io::Error>(stream)
-        };
-        let connect_limit = self.limits.connect;
-        let stream = tokio::time::timeout(connect_limit, connect)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "cannot connect to {shown}: no answer within {} ms",
-                    connect_limit.as_millis()
-                )
-            })?
-            .with_context(|| format!("cannot connect to {shown}"))?;
-        let mut request = hyper::Request::get(match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        })
-        .header(
-            header::HOST,
-            match url.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.clone(),
-            },
-        )
-        .header(header::USER_AGENT, concat!("avap-edge/", env!("CARGO_PKG_VERSION")))
-        .header(header::ACCEPT, "application/json, application/wasm");
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json, application/wasm");
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
@@ -281,73 +249,48 @@ impl RegistryClient {
             value.set_sensitive(true);
             request = request.header(header::AUTHORIZATION, value);
         }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .with_context(|| format!("cannot build the request to {shown}"))?;
-        let response = if url.scheme() == "https" {
-            let server_name = match url.host() {
-                Some(url::Host::Ipv4(ip)) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(ip).into()),
-                Some(url::Host::Ipv6(ip)) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(ip).into()),
-                _ => rustls::pki_types::ServerName::try_from(host.clone())
-                    .with_context(|| format!("{host} is not a valid TLS server name"))?,
-            };
-            let tls = tokio::time::timeout(connect_limit, self.tls.connect(server_name, stream))
-                .await
-                .map_err(|_| anyhow!("TLS with {shown}: no handshake within {} ms", connect_limit.as_millis()))?
-                .with_context(|| format!("TLS with {shown} failed"))?;
-            send(tls, request).await
-        } else {
-            send(stream, request).await
-        };
-        let (parts, incoming, _connection) = response.with_context(|| format!("GET {shown} failed"))?;
+        let mut response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!("cannot connect to {shown}: {}", innermost(&e))
+            } else {
+                anyhow!("GET {shown} failed: {}", innermost(&e))
+            }
+        })?;
         let too_large = || anyhow!("the answer of {shown} is larger than the limit of {cap} bytes; refused");
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > cap as u64) {
+        if response.content_length().is_some_and(|n| n > cap as u64) {
             return Err(too_large());
         }
-        let body = match Limited::new(incoming, cap).collect().await {
-            Ok(collected) => collected.to_bytes().to_vec(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Err(e) => return Err(anyhow!("reading the answer of {shown} failed: {e}")),
-        };
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| anyhow!("reading the answer of {shown} failed: {}", innermost(&e)))?
+        {
+            if body.len() + chunk.len() > cap {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         Ok(Reply {
-            status: parts.status,
+            status: response.status(),
             body,
         })
     }
 }
 
+/// The innermost cause of a client error: it says what happened
+/// ("Connection refused", a certificate problem), the outer ones where.
+fn innermost(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
 struct Reply {
     status: StatusCode,
     body: Vec<u8>,
-}
-
-/// Aborts the task driving a connection when the request is done with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-type Parts = (hyper::http::response::Parts, hyper::body::Incoming, AbortOnDrop);
-
-/// HTTP/1.1 over `io`: the response head, its body and the connection task.
-async fn send<S>(io: S, request: hyper::Request<Empty<Bytes>>) -> Result<Parts, hyper::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let task = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let (parts, body) = sender.send_request(request).await?.into_parts();
-    Ok((parts, body, task))
 }
 
 #[cfg(test)]
