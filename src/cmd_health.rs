@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use avap_server::http_client::{self, HttpError};
+use avap_server::http_client::{Client, HttpError};
 use serde_json::Value;
 
 /// Where `avap serve` answers with its default `listen`.
@@ -79,7 +79,7 @@ pub fn health(args: &HealthArgs) -> ExitCode {
 fn check(url: &str, timeout: Duration) -> Result<Answer, String> {
     let target = parse_url(url)?;
     let full = format!("http://{}{}", target.authority, target.path);
-    match http_client::get(&full, timeout, MAX_ANSWER_BYTES) {
+    match Client::new(timeout).and_then(|client| client.get(&full, MAX_ANSWER_BYTES)) {
         Ok(reply) => Ok(answer(reply.status, &reply.body)),
         Err(HttpError::Timeout) => Err(format!("{url} did not answer within {} ms", timeout.as_millis())),
         Err(HttpError::Connect(e)) => Err(format!(

@@ -1,9 +1,10 @@
 //! `--server`: where the cases go, and the request that takes each there
 //! (through the CLI tools' client, [`avap_server::http_client`]).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use avap_server::http_client::{self, HttpError};
+use avap_server::http_client::{Client, HttpError};
 
 /// How long one case's exchange may take.
 const TIMEOUT: Duration = Duration::from_mins(2);
@@ -50,10 +51,17 @@ pub use avap_server::http_client::Reply;
 /// The most of a reply read (a response envelope is far smaller).
 const MAX_REPLY_BYTES: u64 = 64 << 20;
 
+/// The client every case's request goes through, built on first use.
+static CLIENT: OnceLock<Result<Client, HttpError>> = OnceLock::new();
+
 /// `POST base+path` with a JSON body.
 pub fn post_json(base: &BaseUrl, path: &str, body: &[u8]) -> Result<Reply, String> {
     let url = format!("http://{}{}{path}", base.authority, base.prefix);
-    http_client::post_json(&url, body.to_vec(), TIMEOUT, MAX_REPLY_BYTES).map_err(|e| match e {
+    let client = CLIENT.get_or_init(|| Client::new(TIMEOUT)).as_ref();
+    let reply = client
+        .map_err(Clone::clone)
+        .and_then(|client| client.post_json(&url, body.to_vec(), MAX_REPLY_BYTES));
+    reply.map_err(|e| match e {
         HttpError::Connect(e) => format!("cannot connect to {}: {e}", base.authority),
         HttpError::Timeout => format!("{url} did not answer within {} s", TIMEOUT.as_secs()),
         HttpError::Failed(e) => format!("{url}: {e}"),

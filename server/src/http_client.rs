@@ -26,32 +26,41 @@ pub enum HttpError {
     Failed(String),
 }
 
-/// `GET url`.
-pub fn get(url: &str, timeout: Duration, max_body: u64) -> Result<Reply, HttpError> {
-    let client = client(timeout)?;
-    exchange(client.get(url).header("accept", "application/json"), max_body)
+/// A client with one deadline per exchange; build it once and reuse it
+/// (building starts the blocking client's own runtime thread).
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: reqwest::blocking::Client,
 }
 
-/// `POST url` with a JSON body.
-pub fn post_json(url: &str, body: Vec<u8>, timeout: Duration, max_body: u64) -> Result<Reply, HttpError> {
-    let client = client(timeout)?;
-    let request = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(body);
-    exchange(request, max_body)
-}
+impl Client {
+    pub fn new(timeout: Duration) -> Result<Client, HttpError> {
+        let inner = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("avap/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpError::Failed(format!("cannot start the HTTP client: {e}")))?;
+        Ok(Client { inner })
+    }
 
-fn client(timeout: Duration) -> Result<reqwest::blocking::Client, HttpError> {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .user_agent(concat!("avap/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| HttpError::Failed(format!("cannot start the HTTP client: {e}")))
+    /// `GET url`.
+    pub fn get(&self, url: &str, max_body: u64) -> Result<Reply, HttpError> {
+        exchange(self.inner.get(url).header("accept", "application/json"), max_body)
+    }
+
+    /// `POST url` with a JSON body.
+    pub fn post_json(&self, url: &str, body: Vec<u8>, max_body: u64) -> Result<Reply, HttpError> {
+        let request = self
+            .inner
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body);
+        exchange(request, max_body)
+    }
 }
 
 fn exchange(request: reqwest::blocking::RequestBuilder, max_body: u64) -> Result<Reply, HttpError> {
@@ -73,12 +82,7 @@ fn classify(e: &reqwest::Error) -> HttpError {
     if e.is_timeout() {
         HttpError::Timeout
     } else if e.is_connect() {
-        // The innermost cause says it best ("Connection refused").
-        let mut cause: &dyn std::error::Error = e;
-        while let Some(inner) = cause.source() {
-            cause = inner;
-        }
-        HttpError::Connect(cause.to_string())
+        HttpError::Connect(innermost_cause(e))
     } else {
         let mut text = e.to_string();
         let mut cause = std::error::Error::source(e);
@@ -88,4 +92,14 @@ fn classify(e: &reqwest::Error) -> HttpError {
         }
         HttpError::Failed(text)
     }
+}
+
+/// The innermost cause of an error: it says what happened ("Connection
+/// refused", a certificate problem); the outer ones say where.
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }

@@ -20,6 +20,8 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
 use url::Url;
 
+use crate::http_client::innermost_cause;
+
 use super::super::registry_sync::ScriptList;
 use avap_hostfns::redact::url as redact_url;
 
@@ -251,9 +253,9 @@ impl RegistryClient {
         }
         let mut response = request.send().await.map_err(|e| {
             if e.is_connect() {
-                anyhow!("cannot connect to {shown}: {}", innermost(&e))
+                anyhow!("cannot connect to {shown}: {}", innermost_cause(&e))
             } else {
-                anyhow!("GET {shown} failed: {}", innermost(&e))
+                anyhow!("GET {shown} failed: {}", innermost_cause(&e))
             }
         })?;
         let too_large = || anyhow!("the answer of {shown} is larger than the limit of {cap} bytes; refused");
@@ -264,7 +266,7 @@ impl RegistryClient {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| anyhow!("reading the answer of {shown} failed: {}", innermost(&e)))?
+            .map_err(|e| anyhow!("reading the answer of {shown} failed: {}", innermost_cause(&e)))?
         {
             if body.len() + chunk.len() > cap {
                 return Err(too_large());
@@ -276,16 +278,6 @@ impl RegistryClient {
             body,
         })
     }
-}
-
-/// The innermost cause of a client error: it says what happened
-/// ("Connection refused", a certificate problem), the outer ones where.
-fn innermost(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    cause.to_string()
 }
 
 struct Reply {
