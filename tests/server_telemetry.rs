@@ -1,6 +1,7 @@
-//! Traces and log files of `avap serve`: spans exported over OTLP/HTTP JSON
-//! to a collector the test runs, W3C `traceparent` in and out, trace ids
-//! in the JSON log lines, no secrets in either, and log file rotation.
+//! Traces and log files of `avap serve`: spans exported to a real OTLP
+//! receiver the test runs (HTTP/protobuf, gRPC, gRPC over TLS), W3C
+//! `traceparent` in, out and on to upstreams, trace ids in the JSON log
+//! lines, no secrets in either, and log file rotation.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -9,6 +10,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use prost::Message as _;
 use serde_json::{Value, json};
 
 mod support;
@@ -56,54 +61,152 @@ fn read_request(stream: &mut TcpStream) -> Option<Received> {
     Some(Received { path, headers, body })
 }
 
-/// A local OTLP/HTTP receiver: keeps every request it gets, answers 200.
+/// How a [`Collector`] receives spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// OTLP/HTTP with protobuf bodies, plain.
+    Http,
+    /// OTLP/gRPC, plain.
+    Grpc,
+    /// OTLP/gRPC over TLS, with a certificate from a CA made for the test.
+    GrpcTls,
+}
+
+/// What a collector was sent.
+#[derive(Debug, Clone, Default)]
+struct Sink(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A real OTLP receiver: the collector's gRPC service (tonic, from
+/// `opentelemetry-proto`), or its HTTP endpoint decoding protobuf bodies.
 struct Collector {
-    addr: String,
-    received: Arc<Mutex<Vec<Received>>>,
+    /// What `otlp_endpoint` and `otlp_protocol` should say.
+    endpoint: String,
+    protocol: &'static str,
+    /// The CA to trust (`otlp_ca_file`), for TLS.
+    ca_file: Option<std::path::PathBuf>,
+    sink: Sink,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl Collector {
-    fn start() -> Collector {
+    fn start(transport: Transport) -> Collector {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the collector");
         let listener = TcpListener::bind("127.0.0.1:0").expect("collector binds");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let sink = received.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                if let Some(request) = read_request(&mut stream) {
-                    sink.lock().unwrap().push(request);
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-                    );
-                }
+        let port = listener.local_addr().expect("addr").port();
+        let sink = Sink::default();
+        let (endpoint, ca_file) = match transport {
+            Transport::Http => {
+                let http_sink = sink.clone();
+                std::thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        let Ok(mut stream) = stream else { continue };
+                        let Some(request) = read_request(&mut stream) else {
+                            continue;
+                        };
+                        assert_eq!(request.path, "/v1/traces");
+                        assert_eq!(
+                            request.headers.get("content-type").map(String::as_str),
+                            Some("application/x-protobuf")
+                        );
+                        let decoded =
+                            ExportTraceServiceRequest::decode(&request.body[..]).expect("an OTLP protobuf body");
+                        http_sink.0.lock().unwrap().push(decoded);
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                });
+                (format!("http://127.0.0.1:{port}"), None)
             }
-        });
-        Collector { addr, received }
+            Transport::Grpc | Transport::GrpcTls => {
+                let mut server = tonic::transport::Server::builder();
+                let mut ca_file = None;
+                if transport == Transport::GrpcTls {
+                    let dir = fresh_dir(&format!("otlp-tls-{port}"));
+                    support::test_certificates(&dir);
+                    let identity = tonic::transport::Identity::from_pem(
+                        std::fs::read(dir.join("server.crt")).unwrap(),
+                        std::fs::read(dir.join("server.key")).unwrap(),
+                    );
+                    server = server
+                        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                        .expect("the receiver's TLS");
+                    ca_file = Some(dir.join("ca.crt"));
+                }
+                listener.set_nonblocking(true).unwrap();
+                let grpc_sink = sink.clone();
+                runtime.spawn(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    server
+                        .add_service(TraceServiceServer::new(grpc_sink))
+                        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                        .await
+                        .expect("the gRPC receiver serves");
+                });
+                let scheme = if ca_file.is_some() { "https" } else { "http" };
+                (format!("{scheme}://localhost:{port}"), ca_file)
+            }
+        };
+        Collector {
+            endpoint,
+            protocol: if transport == Transport::Http {
+                "http/protobuf"
+            } else {
+                "grpc"
+            },
+            ca_file,
+            sink,
+            _runtime: runtime,
+        }
     }
 
-    /// Every span received so far, with the resource's `service.name` added as `service`.
+    /// Every span received so far, in the OTLP/JSON shape (ids in hex,
+    /// 64-bit numbers as strings), with the resource's `service.name` as `service`.
     fn spans(&self) -> Vec<Value> {
-        let received = self.received.lock().unwrap();
+        let received = self.sink.0.lock().unwrap();
         let mut spans = Vec::new();
         for request in received.iter() {
-            assert_eq!(request.path, "/v1/traces");
-            assert_eq!(
-                request.headers.get("content-type").map(String::as_str),
-                Some("application/json")
-            );
-            let doc: Value = serde_json::from_slice(&request.body).expect("an OTLP/JSON document");
-            for resource in doc["resourceSpans"].as_array().expect("resourceSpans") {
-                let service = resource["resource"]["attributes"]
-                    .as_array()
-                    .and_then(|a| a.iter().find(|kv| kv["key"] == "service.name"))
-                    .map_or(Value::Null, |kv| kv["value"]["stringValue"].clone());
-                for scope in resource["scopeSpans"].as_array().expect("scopeSpans") {
-                    for span in scope["spans"].as_array().expect("spans") {
-                        let mut span = span.clone();
-                        span["service"] = service.clone();
-                        spans.push(span);
+            for resource in &request.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .map_or(Value::Null, |kv| any_value(kv.value.as_ref())["stringValue"].clone());
+                for span in resource.scope_spans.iter().flat_map(|scope| &scope.spans) {
+                    let mut json = json!({
+                        "traceId": hex::encode(&span.trace_id),
+                        "spanId": hex::encode(&span.span_id),
+                        "name": span.name,
+                        "kind": span.kind,
+                        "startTimeUnixNano": span.start_time_unix_nano.to_string(),
+                        "endTimeUnixNano": span.end_time_unix_nano.to_string(),
+                        "attributes": span.attributes.iter()
+                            .map(|kv| json!({"key": kv.key, "value": any_value(kv.value.as_ref())}))
+                            .collect::<Vec<_>>(),
+                        "service": service,
+                    });
+                    if !span.parent_span_id.is_empty() {
+                        json["parentSpanId"] = Value::String(hex::encode(&span.parent_span_id));
                     }
+                    spans.push(json);
                 }
             }
         }
@@ -112,29 +215,57 @@ impl Collector {
 
     /// Every byte received, for secret checks.
     fn raw(&self) -> String {
-        let received = self.received.lock().unwrap();
+        let received = self.sink.0.lock().unwrap();
         received
             .iter()
-            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .map(|r| String::from_utf8_lossy(&r.encode_to_vec()).into_owned())
             .collect()
+    }
+
+    /// Wait until a span named `name` arrived (spans are batched).
+    fn wait_for(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spans().iter().any(|s| s["name"] == name) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
-/// A local HTTP server answering every request with `hello`; its `host:port`.
-fn outbound_target() -> String {
+/// An attribute value as OTLP/JSON writes it.
+fn any_value(value: Option<&AnyValue>) -> Value {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => json!({ "stringValue": s }),
+        Some(any_value::Value::IntValue(i)) => json!({ "intValue": i.to_string() }),
+        Some(any_value::Value::BoolValue(b)) => json!({ "boolValue": b }),
+        Some(any_value::Value::DoubleValue(d)) => json!({ "doubleValue": d }),
+        other => json!({ "other": format!("{other:?}") }),
+    }
+}
+
+/// A local HTTP server answering every request with `hello`, keeping the
+/// headers of each request.
+struct Upstream {
+    addr: String,
+    seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+fn outbound_target() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").expect("target binds");
     let addr = listener.local_addr().expect("addr").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            if read_request(&mut stream).is_some() {
+            if let Some(request) = read_request(&mut stream) {
+                sink.lock().unwrap().push(request.headers);
                 let _ = stream.write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
                 );
             }
         }
     });
-    addr
+    Upstream { addr, seen }
 }
 
 /// `avap serve` sending spans to `collector`, logging JSON to `<dir>/avap.log`,
@@ -147,9 +278,13 @@ fn traced_server(name: &str, collector: &Collector, target: &str) -> (Server, st
     cmd.env("XDG_CONFIG_HOME", dir.join("config-home"))
         .env("AVAP_LOG_FORMAT", "json")
         .env("AVAP_LOG_FILE", &log)
-        .env("AVAP_OTLP_ENDPOINT", format!("http://{}", collector.addr))
+        .env("AVAP_OTLP_ENDPOINT", &collector.endpoint)
         .env("AVAP_OTLP_SERVICE_NAME", "avap-test")
         .env("AVAP_OUTBOUND_ALLOW", target);
+    cmd.env("AVAP_OTLP_PROTOCOL", collector.protocol);
+    if let Some(ca) = &collector.ca_file {
+        cmd.env("AVAP_OTLP_CA_FILE", ca);
+    }
     (Server::spawn(cmd, data_dir), log)
 }
 
@@ -214,8 +349,9 @@ fn assert_child(child: &Value, parent: &Value) {
 
 #[test]
 fn spans_follow_requests_compiles_runs_and_host_calls() {
-    let collector = Collector::start();
-    let target = outbound_target();
+    let collector = Collector::start(Transport::Http);
+    let upstream = outbound_target();
+    let target = upstream.addr.clone();
     let (s, log) = traced_server("traces", &collector, &target);
 
     let inline = post_json(
@@ -273,10 +409,7 @@ fn spans_follow_requests_compiles_runs_and_host_calls() {
     }
     // Spans are batched: wait for the last request's host call, then stop
     // (shutdown sends whatever is still queued).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !collector.spans().iter().any(|s| s["name"] == "RequestGet") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    collector.wait_for("RequestGet");
     assert!(s.stop().success());
     let spans = collector.spans();
     assert!(spans.iter().all(|s| s["service"] == "avap-test"), "service.name");
@@ -336,6 +469,12 @@ fn spans_follow_requests_compiles_runs_and_host_calls() {
     assert_eq!(attr(call, "server.port")["intValue"], port);
     assert_eq!(attr(call, "outcome")["stringValue"], "ok");
     assert!(!collector.raw().contains("/data"), "no URL paths in spans");
+    // The upstream was told the host call's span: its spans join the trace.
+    let sent = upstream.seen.lock().unwrap()[0].get("traceparent").cloned();
+    assert_eq!(
+        sent,
+        Some(format!("00-{outbound_trace}-{}-01", call["spanId"].as_str().unwrap()))
+    );
 
     // The log lines of each request carry its trace id and request span id.
     let lines = log_lines(&log);
@@ -365,8 +504,8 @@ fn spans_follow_requests_compiles_runs_and_host_calls() {
 
 #[test]
 fn secrets_stay_out_of_logs_and_spans() {
-    let collector = Collector::start();
-    let target = outbound_target();
+    let collector = Collector::start(Transport::Grpc);
+    let target = outbound_target().addr;
     let (s, log) = traced_server("secrets", &collector, &target);
     let key = create_api_key(&s.data_dir, "admin");
     let key_secret = key.rsplit('_').next().unwrap().to_owned();
@@ -407,10 +546,7 @@ fn secrets_stay_out_of_logs_and_spans() {
     );
     assert_eq!(run.status, 200, "{}", run.body);
     assert!(run.body.contains("FORMSECRET"), "the script saw its params");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !collector.spans().iter().any(|s| s["name"] == "RequestGet") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    collector.wait_for("RequestGet");
     assert!(s.stop().success());
 
     let logged = std::fs::read_to_string(&log).expect("the log file");
@@ -432,6 +568,23 @@ fn secrets_stay_out_of_logs_and_spans() {
         log_lines(&log).iter().any(|l| l["status"] == 401),
         "the bad key was logged (without the key)"
     );
+}
+
+#[test]
+fn grpc_over_tls_with_a_private_ca() {
+    let collector = Collector::start(Transport::GrpcTls);
+    let (s, _log) = traced_server("traces-tls", &collector, "127.0.0.1:9");
+    let r = post_json(&s, "/api/v1/execute", &[], &json!({"script": "x = 1\naddResult(x)\n"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (trace, span) = traceparent(&r);
+    collector.wait_for("POST /api/v1/execute");
+    assert!(s.stop().success());
+    let spans = collector.spans();
+    let t = Trace::of(&spans, &trace);
+    let request = t.one("POST /api/v1/execute");
+    assert_eq!(request["spanId"], span.as_str());
+    assert_eq!(request["service"], "avap-test");
+    assert_child(t.one("run"), request);
 }
 
 #[test]
@@ -528,13 +681,14 @@ fn an_unwritable_log_file_stops_the_start_with_a_clear_error() {
     );
     let bad = serve_command(&dir.join("data"))
         .env("XDG_CONFIG_HOME", dir.join("config-home"))
-        .env("AVAP_OTLP_ENDPOINT", "https://collector:4318")
+        .env("AVAP_OTLP_ENDPOINT", "collector:4318")
         .output()
         .expect("run avap serve");
     assert_eq!(bad.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        stderr.contains("otlp_endpoint") && stderr.contains("only http://"),
+        stderr.contains("otlp_endpoint = \"collector:4318\" (from environment variable AVAP_OTLP_ENDPOINT)")
+            && stderr.contains("http://127.0.0.1:4318"),
         "{stderr}"
     );
 }

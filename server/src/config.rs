@@ -27,6 +27,7 @@ use avap_runtime::{CapabilityPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::redis::RedisUrl;
+use super::telemetry::{OtlpEndpoint, OtlpProtocol};
 use super::{ServerConfig, auth, edge, listen, protect, store};
 use crate::ServeArgs;
 
@@ -201,9 +202,14 @@ pub struct Settings {
     pub log_max_mb: f64,
     /// Rotated log files kept: `FILE.1` (newest) … `FILE.<log_keep>`; 0 = truncate instead.
     pub log_keep: usize,
-    /// Send traces to this OTLP/HTTP collector (`http://HOST:PORT`, spans are
-    /// posted as JSON to `…/v1/traces`); empty = no export.
+    /// Send traces to this OTLP collector (`http://` or `https://HOST:PORT`;
+    /// over HTTP spans are posted to `…/v1/traces`); empty = no export.
     pub otlp_endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub otlp_protocol: OtlpProtocol,
+    /// A PEM CA bundle for an `https://` collector with a private CA;
+    /// empty = the webpki roots.
+    pub otlp_ca_file: String,
     /// `service.name` of the exported traces.
     pub otlp_service_name: String,
     /// The most one run may use; also what a run gets when it asks for nothing.
@@ -272,6 +278,8 @@ struct Layer {
     log_max_mb: Option<f64>,
     log_keep: Option<usize>,
     otlp_endpoint: Option<String>,
+    otlp_protocol: Option<OtlpProtocol>,
+    otlp_ca_file: Option<String>,
     otlp_service_name: Option<String>,
     limits: Option<LimitLayer>,
     connectors: Option<BTreeMap<String, String>>,
@@ -595,6 +603,8 @@ impl Settings {
             log_max_mb: 100.0,
             log_keep: 5,
             otlp_endpoint: String::new(),
+            otlp_protocol: OtlpProtocol::default(),
+            otlp_ca_file: String::new(),
             otlp_service_name: "avap".to_owned(),
             limits: LimitSettings {
                 fuel: server.limits.fuel,
@@ -650,7 +660,9 @@ impl Settings {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
         };
-        config.effects.http = Outbound::new(&self.outbound_config()).ok().map(Arc::new);
+        config.effects.http = Outbound::new(&self.outbound_config())
+            .ok()
+            .map(|outbound| Arc::new(outbound.with_trace_headers(Arc::new(super::telemetry::outbound_headers))));
         config.effects.ai = AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new);
         config.effects.db = self.databases().ok().map(Arc::new);
         config.edge = self.edge_config();
@@ -892,6 +904,10 @@ impl Resolved {
             otlp_endpoint: p
                 .pick("otlp_endpoint", |l| l.otlp_endpoint.clone())
                 .unwrap_or(d.otlp_endpoint),
+            otlp_protocol: p.pick("otlp_protocol", |l| l.otlp_protocol).unwrap_or(d.otlp_protocol),
+            otlp_ca_file: p
+                .pick("otlp_ca_file", |l| l.otlp_ca_file.clone())
+                .unwrap_or(d.otlp_ca_file),
             otlp_service_name: p
                 .pick("otlp_service_name", |l| l.otlp_service_name.clone())
                 .unwrap_or(d.otlp_service_name),
@@ -1022,16 +1038,8 @@ impl Resolved {
                     "only a `rediss://` (TLS) redis_url uses it; remove it or use rediss://",
                 ));
             }
-            match std::fs::read(&s.redis_ca_file) {
-                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {}
-                Ok(_) => {
-                    return Err(self.invalid(
-                        "redis_ca_file",
-                        shown,
-                        "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                    ));
-                }
-                Err(e) => return Err(self.invalid("redis_ca_file", shown, &format!("cannot read it: {e}"))),
+            if let Err(why) = read_pem(&s.redis_ca_file) {
+                return Err(self.invalid("redis_ca_file", shown, &why));
             }
         }
         let prefix_ok = (1..=64).contains(&s.redis_prefix.len())
@@ -1201,9 +1209,33 @@ impl Settings {
     /// The `otlp_*` keys; call after [`Resolved::validate`].
     pub fn telemetry_config(&self) -> super::telemetry::TelemetryConfig {
         super::telemetry::TelemetryConfig {
-            endpoint: super::telemetry::export::OtlpEndpoint::parse(&self.otlp_endpoint).ok(),
+            endpoint: self.otlp_endpoint().ok().flatten(),
             service_name: self.otlp_service_name.clone(),
         }
+    }
+
+    /// `otlp_endpoint` with its protocol and CA; `None` when it is empty.
+    fn otlp_endpoint(&self) -> Result<Option<OtlpEndpoint>, (&'static str, String)> {
+        if self.otlp_endpoint.is_empty() {
+            return Ok(None);
+        }
+        let ca_pem = if self.otlp_ca_file.is_empty() {
+            None
+        } else {
+            Some(read_pem(&self.otlp_ca_file).map_err(|why| ("otlp_ca_file", why))?)
+        };
+        OtlpEndpoint::parse(&self.otlp_endpoint, self.otlp_protocol, ca_pem)
+            .map(Some)
+            .map_err(|why| ("otlp_endpoint", why))
+    }
+}
+
+/// A PEM CA bundle file's bytes; the error says why it is not one.
+fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    match std::fs::read(path) {
+        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Ok(pem),
+        Ok(_) => Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned()),
+        Err(e) => Err(format!("cannot read it: {e}")),
     }
 }
 
@@ -1230,14 +1262,19 @@ impl Resolved {
         if s.log_keep > 1000 {
             return Err(self.invalid("log_keep", s.log_keep, "must be between 0 and 1000"));
         }
-        if !s.otlp_endpoint.is_empty()
-            && let Err(why) = super::telemetry::export::OtlpEndpoint::parse(&s.otlp_endpoint)
-        {
+        if !s.otlp_ca_file.is_empty() && s.otlp_endpoint.is_empty() {
             return Err(self.invalid(
-                "otlp_endpoint",
-                format_args!("{:?}", redact_url(&s.otlp_endpoint)),
-                &why,
+                "otlp_ca_file",
+                format_args!("{:?}", s.otlp_ca_file),
+                "only an https:// otlp_endpoint uses it; remove it or set otlp_endpoint",
             ));
+        }
+        if let Err((key, why)) = s.otlp_endpoint() {
+            let shown = match key {
+                "otlp_ca_file" => format!("{:?}", s.otlp_ca_file),
+                _ => format!("{:?}", redact_url(&s.otlp_endpoint)),
+            };
+            return Err(self.invalid(key, shown, &why));
         }
         let name = &s.otlp_service_name;
         if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
@@ -1585,8 +1622,25 @@ mod tests {
         assert!(defaults.telemetry_config().endpoint.is_none());
         assert!(invalid("log_max_mb = 0\n").starts_with("log_max_mb = 0 (from file): must be more than 0"));
         assert!(invalid("log_keep = 5000\n").contains("between 0 and 1000"));
-        let https = invalid("otlp_endpoint = \"https://collector:4318\"\n");
-        assert!(https.contains("only http://"), "{https}");
+        let grpc_file = self::file("otlp_endpoint = \"https://collector:4317\"\notlp_protocol = \"grpc\"\n");
+        let grpc = resolved(&Layer::default(), &Layer::default(), &grpc_file)
+            .settings
+            .telemetry_config();
+        assert_eq!(
+            grpc.endpoint.map(|e| e.to_string()).as_deref(),
+            Some("https://collector:4317 (gRPC)")
+        );
+        let path = invalid("otlp_endpoint = \"http://collector:4317/x\"\notlp_protocol = \"grpc\"\n");
+        assert!(
+            path.starts_with("otlp_endpoint = \"http://collector:4317/x\" (from file)"),
+            "{path}"
+        );
+        let no_ca = invalid("otlp_endpoint = \"https://collector:4318\"\notlp_ca_file = \"/nonexistent.pem\"\n");
+        assert!(
+            no_ca.starts_with("otlp_ca_file = \"/nonexistent.pem\" (from file): cannot read it"),
+            "{no_ca}"
+        );
+        assert!(invalid("otlp_ca_file = \"/x.pem\"\n").contains("set otlp_endpoint"));
         assert!(invalid("otlp_service_name = \"\"\n").contains("printable"));
         let not_a_number = env(&[("AVAP_LOG_MAX_MB", "big")]).unwrap_err().to_string();
         assert_eq!(
@@ -1713,15 +1767,17 @@ mod tests {
             "AVAP_AI_ENDPOINT",
             "AVAP_MAX_CONCURRENT_COMPILES",
             "AVAP_REDIS_CA_FILE",
+            "AVAP_OTLP_PROTOCOL",
+            "AVAP_OTLP_CA_FILE",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
-             redis_ca_file"
+             redis_ca_file, otlp_protocol and otlp_ca_file"
         );
     }
 

@@ -1,10 +1,25 @@
-//! The blocking HTTP client of the CLI's tools (`avap health`, `avap
-//! conformance --server`): `reqwest` over rustls, no redirects, no proxy
-//! from the environment (they ask a server directly), one deadline for the
-//! whole exchange and a cap on the body read.
+//! The server's own HTTP clients, all `reqwest` over rustls with the
+//! webpki roots, no redirects and no proxy from the environment (they talk
+//! to one server directly): [`async_builder`] for the edge's registry
+//! client and the OTLP/HTTP exporter, [`Client`] (blocking, one deadline
+//! for the whole exchange, a cap on the body read) for the CLI's tools
+//! (`avap health`, `avap conformance --server`).
+//!
+//! Scripts' outbound calls (`RequestGet`, …) do not come here: their client
+//! connects only to the address the outbound policy checked (hostfns).
 
 use std::io::Read as _;
 use std::time::Duration;
+
+/// The base of every async client: `connect_timeout`, no redirects, no proxy.
+pub fn async_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tcp_nodelay(true)
+        .user_agent(concat!("avap/", env!("CARGO_PKG_VERSION")))
+}
 
 /// What the server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -752,8 +752,19 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         Ok(location) => location,
         Err(e) => return Ok(config_error(e)),
     };
-    let (trace_layer, trace_exporter) =
-        telemetry::start(&settings.telemetry_config()).context("cannot start the trace exporter")?;
+    // The runtime first: the trace exporter's connections live on it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (trace_layer, trace_exporter) = match runtime.block_on(async { telemetry::start(&settings.telemetry_config()) })
+    {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("avap serve: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let log_writer = match logs::init(&settings.log_options(), trace_layer) {
         Ok(guard) => guard,
         Err(e) => {
@@ -767,10 +778,6 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let key = keys::load_or_create(data_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let store = Store::connect(&database).await?;
         let trusted = keys::load_trusted(data_dir)?;

@@ -18,21 +18,22 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
+use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, Registry};
 use tracing_subscriber::util::SubscriberInitExt;
 
 use super::config::{LogFormat, LogLevel};
-use super::telemetry::{self, TraceLayer, redact};
+use super::telemetry::{self, redact};
 
 /// The `log_*` settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +52,7 @@ pub struct LogOptions {
 /// goes to a terminal. A second call keeps the first subscriber. Keep the
 /// returned guard alive until exit: dropping it writes what is still
 /// buffered. The error says why the log file cannot be opened.
-pub fn init(options: &LogOptions, traces: TraceLayer) -> Result<LogGuard, String> {
+pub fn init(options: &LogOptions, traces: impl Layer<Registry> + Send + Sync) -> Result<LogGuard, String> {
     let sink = match &options.file {
         None => Sink::Stderr,
         Some(path) => Sink::File(RotatingFile::open(path, options.max_bytes, options.keep).map_err(|e| {
@@ -68,10 +69,10 @@ pub fn init(options: &LogOptions, traces: TraceLayer) -> Result<LogGuard, String
         LogFormat::Text => false,
     };
     let (buffer, guard) = BatchedWriter::start(sink);
-    let lines = LogLayer { buffer, json };
+    let lines = LogLayer::new(buffer, json);
     // Only fails when a subscriber is already set: keep that one.
     let _ = tracing_subscriber::registry()
-        .with(traces.with_filter(TraceLayer::filter()))
+        .with(traces)
         .with(lines.with_filter(LevelFilter::from_level(options.level.level())))
         .try_init();
     Ok(guard)
@@ -82,6 +83,20 @@ pub fn init(options: &LogOptions, traces: TraceLayer) -> Result<LogGuard, String
 struct LogLayer {
     buffer: Arc<Buffer>,
     json: bool,
+    /// The subscriber this layer is part of: where the trace layer keeps
+    /// span ids. (`Span::current()` cannot be asked from inside an event:
+    /// `tracing` answers re-entrant calls with no subscriber.)
+    dispatch: OnceLock<WeakDispatch>,
+}
+
+impl LogLayer {
+    fn new(buffer: Arc<Buffer>, json: bool) -> LogLayer {
+        LogLayer {
+            buffer,
+            json,
+            dispatch: OnceLock::new(),
+        }
+    }
 }
 
 /// A span's fields as its log lines show them: its ancestors' fields, then
@@ -95,6 +110,10 @@ impl<S> Layer<S> for LogLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_register_dispatch(&self, dispatch: &Dispatch) {
+        let _ = self.dispatch.set(dispatch.downgrade());
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let mut fields = span
@@ -119,7 +138,11 @@ where
         let mut fields = Map::new();
         event.record(&mut JsonFields(&mut fields));
         let span = ctx.event_span(event);
-        let ids = span.as_ref().and_then(telemetry::ids);
+        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
+        let ids = span
+            .as_ref()
+            .zip(dispatch)
+            .and_then(|(span, dispatch)| telemetry::ids(&span.id(), &dispatch));
         let extensions = span.as_ref().map(|s| s.extensions());
         let span_fields = extensions.as_ref().and_then(|e| e.get::<SpanFields>());
         let meta = event.metadata();
@@ -141,7 +164,8 @@ struct Line<'a> {
     target: &'a str,
     fields: Map<String, Value>,
     span: Option<&'a SpanFields>,
-    ids: Option<telemetry::SpanIds>,
+    /// Trace id and span id.
+    ids: Option<(String, String)>,
 }
 
 impl Line<'_> {
@@ -156,9 +180,9 @@ impl Line<'_> {
             fields.insert("name".into(), Value::String(span.name.to_owned()));
             out.insert("span".into(), Value::Object(fields));
         }
-        if let Some(ids) = self.ids {
-            out.insert("trace_id".into(), Value::String(ids.trace_id.to_string()));
-            out.insert("span_id".into(), Value::String(ids.span_id.to_string()));
+        if let Some((trace_id, span_id)) = self.ids {
+            out.insert("trace_id".into(), Value::String(trace_id));
+            out.insert("span_id".into(), Value::String(span_id));
         }
         let mut line = Value::Object(out).to_string();
         line.push('\n');
@@ -182,8 +206,8 @@ impl Line<'_> {
             line.push(' ');
         }
         push_pairs(&mut line, &self.fields);
-        if let Some(ids) = self.ids {
-            let _ = write!(line, " trace_id={} span_id={}", ids.trace_id, ids.span_id);
+        if let Some((trace_id, span_id)) = self.ids {
+            let _ = write!(line, " trace_id={trace_id} span_id={span_id}");
         }
         let trimmed = line.trim_end().len();
         line.truncate(trimmed);
@@ -651,13 +675,10 @@ mod tests {
     /// Events through the real layers, as JSON values.
     fn logged(json: bool, work: impl FnOnce()) -> String {
         let buffer = Arc::new(Buffer::default());
-        let layer = LogLayer {
-            buffer: buffer.clone(),
-            json,
-        };
-        let (traces, _) = telemetry::start(&telemetry::TelemetryConfig::default()).unwrap();
+        let layer = LogLayer::new(buffer.clone(), json);
+        let (traces, _guard) = telemetry::start(&telemetry::TelemetryConfig::default()).unwrap();
         let subscriber = tracing_subscriber::registry()
-            .with(traces.with_filter(TraceLayer::filter()))
+            .with(traces)
             .with(layer.with_filter(LevelFilter::INFO));
         tracing::subscriber::with_default(subscriber, work);
         let mut out = Vec::new();

@@ -26,7 +26,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::auth::Caller;
-use super::telemetry::{RemoteParent, SpanId, TRACEPARENT, TraceId, traceparent};
+use super::telemetry;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -50,10 +50,6 @@ pub fn current() -> Option<RequestId> {
 /// Middleware: the request id, its span, the response headers and the access line.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = accepted(request.headers()).unwrap_or_else(generate);
-    let remote = RemoteParent::from_headers(request.headers());
-    let trace_id = remote.map_or_else(TraceId::random, |parent| parent.trace_id);
-    let span_id = SpanId::random();
-    let sampled = remote.is_none_or(|parent| parent.sampled);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = request
@@ -69,15 +65,12 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         request_id = %id,
         otel.name = %span_name,
         otel.kind = "server",
-        otel.trace_id = %trace_id,
-        otel.span_id = %span_id,
-        otel.parent_span_id = remote.map(|parent| tracing::field::display(parent.span_id)),
-        otel.sampled = sampled,
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
     );
+    telemetry::continue_trace(&span, request.headers());
     request.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
     let mut response = CURRENT
@@ -90,7 +83,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .get::<Caller>()
         .and_then(|caller| caller.key_id.clone());
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "error");
     }
@@ -108,9 +101,9 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }
-    response
-        .headers_mut()
-        .insert(TRACEPARENT, traceparent(trace_id, span_id, sampled));
+    if let Some((name, value)) = telemetry::traceparent(&span) {
+        response.headers_mut().insert(name, value);
+    }
     response
 }
 

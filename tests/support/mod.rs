@@ -29,6 +29,56 @@ pub fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A CA made for a test (`ca.crt`, `ca.key`) and a certificate it signed
+/// for `localhost` and 127.0.0.1 (`server.crt`, `server.key`), written into
+/// `dir` by `openssl`.
+pub fn test_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=avap test CA",
+    ];
+    openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
+    let csr = ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"];
+    openssl(&[&["req"][..], &ec, &csr].concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
 impl Server {
     /// Start on a free port with the data directory `<tmp>/<name>/data`.
     pub fn start(name: &str) -> Server {

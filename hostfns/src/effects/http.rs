@@ -86,9 +86,15 @@ impl Default for OutboundConfig {
     }
 }
 
+/// Headers for a request made from the current `tracing` span: the W3C
+/// trace context the server propagates (it knows the tracer; this crate
+/// does not).
+pub type TraceHeaders = Arc<dyn Fn() -> Vec<(HeaderName, HeaderValue)> + Send + Sync>;
+
 /// The outbound HTTP client and its policy; one per process.
 pub struct Outbound {
     policy: OutboundPolicy,
+    trace_headers: Option<TraceHeaders>,
     timeout: Duration,
     max_response_bytes: usize,
     max_redirects: u32,
@@ -102,6 +108,7 @@ impl fmt::Debug for Outbound {
             .field("timeout", &self.timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_redirects", &self.max_redirects)
+            .field("trace_headers", &self.trace_headers.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -120,11 +127,19 @@ impl Outbound {
             .with_no_client_auth();
         Ok(Outbound {
             policy,
+            trace_headers: None,
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
             max_response_bytes: usize::try_from(config.max_response_kb.saturating_mul(1024)).unwrap_or(usize::MAX),
             max_redirects: config.max_redirects,
             tls: TlsConnector::from(Arc::new(tls)),
         })
+    }
+
+    /// Add `headers()` to every request (a header the script set wins).
+    #[must_use]
+    pub fn with_trace_headers(mut self, headers: TraceHeaders) -> Outbound {
+        self.trace_headers = Some(headers);
+        self
     }
 
     /// The policy in force.
@@ -573,7 +588,7 @@ impl Outbound {
         // (after redirects, the last hop): host and port, never the path or query.
         let span = tracing::Span::current();
         span.record("server.address", host.as_str());
-        span.record("server.port", port);
+        span.record("server.port", i64::from(port));
         let addr = self.resolve(name, url, &host, port).await?;
         let stream = TcpStream::connect(addr).await.map_err(|e| transport(&e))?;
         let _ = stream.set_nodelay(true);
@@ -619,6 +634,11 @@ impl Outbound {
                 continue;
             }
             request = request.header(k, v);
+        }
+        for (k, v) in self.trace_headers.as_ref().map(|headers| headers()).unwrap_or_default() {
+            if !user_sets(k.as_str()) {
+                request = request.header(k, v);
+            }
         }
         let payload = body.map(|(b, _)| Bytes::from(b.clone())).unwrap_or_default();
         let request = request.body(Full::new(payload)).map_err(|e| {

@@ -129,12 +129,7 @@ impl RegistryClient {
         let api_key = api_key.filter(|k| !k.is_empty());
         check_transport(&base, api_key.is_some()).map_err(|why| anyhow!("registry_url {}: {why}", redact_url(url)))?;
         let limits = Limits::DEFAULT;
-        let http = reqwest::Client::builder()
-            .connect_timeout(limits.connect)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .tcp_nodelay(true)
-            .user_agent(concat!("avap-edge/", env!("CARGO_PKG_VERSION")))
+        let http = crate::http_client::async_builder(limits.connect)
             .build()
             .context("cannot set up the registry client")?;
         Ok(RegistryClient {

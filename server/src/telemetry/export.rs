@@ -1,24 +1,24 @@
-//! OTLP over HTTP with the JSON encoding: finished spans go into a bounded
-//! queue; one background thread batches them and `POST`s
-//! `ExportTraceServiceRequest` documents to `{otlp_endpoint}/v1/traces`.
+//! The OTLP exporter: finished spans go into the SDK's batch processor (a
+//! bounded queue and its own thread; a full queue drops spans, a request
+//! never waits), through the secrets filter ([`Scrubbed`]), to a collector
+//! over gRPC (tonic) or HTTP/protobuf (our reqwest client), plain or TLS.
 //!
-//! A request never waits on the exporter: a full queue drops the span and
-//! counts it (reported in the log), and a collector that is down costs the
-//! exporter thread a connect timeout, nobody else. Plain `http://` only —
-//! point it at a local OpenTelemetry Collector or agent, which forwards
-//! over TLS; that keeps TLS, gRPC and protobuf out of this binary.
+//! The `OTEL_EXPORTER_OTLP_*` environment variables the SDK reads
+//! (headers, compression) apply where the `otlp_*` keys say nothing.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use avap_hostfns::redact::url as redact_url;
+use axum::body::Bytes;
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter};
+use serde::{Deserialize, Serialize};
 
-use super::context::{SpanId, TraceId};
+use super::redact;
 
 /// Finished spans waiting for the exporter; more are dropped.
 const QUEUE: usize = 4096;
@@ -26,388 +26,257 @@ const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 512;
 /// How long a span waits for companions before its batch is sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// Connect, write and read timeout of one export request.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long shutdown waits for the last batch.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// One export request, connection included.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a collector's answer read over HTTP (it is a small protobuf).
+const MAX_ANSWER: usize = 64 * 1024;
 
-/// Where spans go: `http://HOST[:PORT][/PATH]`, posted to `PATH/v1/traces`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpEndpoint {
-    /// `HOST:PORT`, to connect to and for the `Host` header.
-    authority: String,
-    /// The request path: the endpoint's path + `/v1/traces`.
-    path: String,
+/// How spans travel to the collector (`otlp_protocol`; the values of
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC, usually port 4317.
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies posted to `{endpoint}/v1/traces`, usually port 4318.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
-impl OtlpEndpoint {
-    /// The `otlp_endpoint` setting; the error says what is wrong with it.
-    pub fn parse(url: &str) -> Result<OtlpEndpoint, String> {
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(if url.starts_with("https://") {
-                "only http:// is supported: send spans to a local OpenTelemetry Collector or agent \
-                 (for example http://127.0.0.1:4318), which forwards them over TLS"
-                    .to_owned()
-            } else {
-                "not an http:// URL such as http://127.0.0.1:4318".to_owned()
-            });
-        };
-        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-        if path.contains(['?', '#']) {
-            return Err("no query string or fragment: give the collector's base URL".to_owned());
-        }
-        if authority.is_empty() || authority.contains('@') {
-            return Err("name a host (and port), without user or password".to_owned());
-        }
-        // `[::1]:4318`, `host:4318`, or a host alone (port 80).
-        let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty()
-        });
-        if authority.starts_with('[') && !authority.contains(']') {
-            return Err("an IPv6 address goes in brackets, as in http://[::1]:4318".to_owned());
-        }
-        let authority = if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        let port_ok = authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err("the port is not a number from 0 to 65535".to_owned());
-        }
-        Ok(OtlpEndpoint {
-            authority,
-            path: format!("{}/v1/traces", path.trim_end_matches('/')),
-        })
+/// Where spans go and how.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    /// The collector's base URL, without a trailing `/`.
+    base: String,
+    protocol: OtlpProtocol,
+    /// A PEM CA bundle to trust instead of the webpki roots (`otlp_ca_file`).
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for OtlpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
     }
 }
 
 impl fmt::Display for OtlpEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
-    }
-}
-
-/// An attribute value, as OTLP types it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttrValue {
-    Str(String),
-    Int(i64),
-    Double(f64),
-    Bool(bool),
-}
-
-impl AttrValue {
-    fn to_otlp(&self) -> Value {
-        match self {
-            AttrValue::Str(s) => json!({"stringValue": s}),
-            // int64 is a JSON string in the OTLP/JSON mapping.
-            AttrValue::Int(i) => json!({"intValue": i.to_string()}),
-            AttrValue::Double(d) => json!({"doubleValue": d}),
-            AttrValue::Bool(b) => json!({"boolValue": b}),
+        match self.protocol {
+            OtlpProtocol::Grpc => write!(f, "{} (gRPC)", redact_url(&self.base)),
+            OtlpProtocol::HttpProtobuf => write!(f, "{}/v1/traces", redact_url(&self.base)),
         }
     }
 }
 
-/// `SpanKind` of the OTLP protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
-    Internal = 1,
-    Server = 2,
-    Client = 3,
-}
-
-/// `Status.code` of the OTLP protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusCode {
-    Unset = 0,
-    Ok = 1,
-    Error = 2,
-}
-
-/// A finished span.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanRecord {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    pub name: String,
-    pub kind: SpanKind,
-    pub start_unix_nanos: u64,
-    pub end_unix_nanos: u64,
-    pub attributes: Vec<(&'static str, AttrValue)>,
-    pub status: StatusCode,
-}
-
-impl SpanRecord {
-    fn to_otlp(&self) -> Value {
-        let attributes: Vec<Value> = self
-            .attributes
-            .iter()
-            .map(|(key, value)| json!({"key": key, "value": value.to_otlp()}))
-            .collect();
-        let mut span = json!({
-            "traceId": self.trace_id.to_string(),
-            "spanId": self.span_id.to_string(),
-            "name": self.name,
-            "kind": self.kind as i32,
-            "startTimeUnixNano": self.start_unix_nanos.to_string(),
-            "endTimeUnixNano": self.end_unix_nanos.to_string(),
-            "attributes": attributes,
-            "status": {"code": self.status as i32},
-        });
-        if let Some(parent) = self.parent_span_id {
-            span["parentSpanId"] = Value::String(parent.to_string());
+impl OtlpEndpoint {
+    /// The `otlp_endpoint` setting (`http://` or `https://` base URL); the
+    /// error says what is wrong with it.
+    pub fn parse(url: &str, protocol: OtlpProtocol, ca_pem: Option<Vec<u8>>) -> Result<OtlpEndpoint, String> {
+        let example = match protocol {
+            OtlpProtocol::Grpc => "http://127.0.0.1:4317",
+            OtlpProtocol::HttpProtobuf => "http://127.0.0.1:4318",
+        };
+        let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e}); give one such as {example}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("not an http:// or https:// URL such as {example}"));
         }
-        span
-    }
-}
-
-/// The `ExportTraceServiceRequest` of `spans`, as OTLP/JSON.
-pub fn export_request(service_name: &str, spans: &[SpanRecord]) -> Value {
-    json!({
-        "resourceSpans": [{
-            "resource": {"attributes": [
-                {"key": "service.name", "value": {"stringValue": service_name}},
-                {"key": "service.version", "value": {"stringValue": env!("CARGO_PKG_VERSION")}},
-            ]},
-            "scopeSpans": [{
-                "scope": {"name": "avap", "version": env!("CARGO_PKG_VERSION")},
-                "spans": spans.iter().map(SpanRecord::to_otlp).collect::<Vec<_>>(),
-            }],
-        }],
-    })
-}
-
-pub(super) enum Message {
-    Span(SpanRecord),
-    /// Send what is queued and stop; answer on the channel when done.
-    Stop(SyncSender<()>),
-}
-
-/// The sending side, held by the trace layer; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Exporter {
-    queue: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl fmt::Debug for Message {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Message::Span(span) => f.debug_tuple("Span").field(&span.name).finish(),
-            Message::Stop(_) => f.write_str("Stop"),
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(format!("name a host (and port), as in {example}"));
         }
-    }
-}
-
-impl Exporter {
-    /// Queue a finished span; never blocks (a full queue drops it).
-    pub fn export(&self, span: SpanRecord) {
-        match self.queue.try_send(Message::Span(span)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Keep it until exit: dropping it sends what is queued (for at most a few seconds).
-#[derive(Debug)]
-pub struct ExporterGuard {
-    exporter: Exporter,
-}
-
-impl Drop for ExporterGuard {
-    fn drop(&mut self) {
-        let (done, finished) = mpsc::sync_channel(1);
-        let deadline = Instant::now() + SHUTDOWN_WAIT;
-        // The queue may be full: retry until the thread makes room.
-        let mut stop = Message::Stop(done);
-        loop {
-            match self.exporter.queue.try_send(stop) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return,
-                Err(TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return;
-                    }
-                    stop = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-        let _ = finished.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    }
-}
-
-/// Start the exporter thread.
-pub fn start(endpoint: OtlpEndpoint, service_name: String) -> std::io::Result<(Exporter, ExporterGuard)> {
-    let (queue, spans) = mpsc::sync_channel(QUEUE);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let exporter = Exporter {
-        queue,
-        dropped: dropped.clone(),
-    };
-    let mut sender = Sender {
-        endpoint,
-        service_name,
-        dropped,
-        failing: false,
-    };
-    std::thread::Builder::new()
-        .name("avap-otlp".into())
-        .spawn(move || sender.run(&spans))?;
-    Ok((exporter.clone(), ExporterGuard { exporter }))
-}
-
-struct Sender {
-    endpoint: OtlpEndpoint,
-    service_name: String,
-    dropped: Arc<AtomicU64>,
-    /// The last export failed: say so once, not per batch.
-    failing: bool,
-}
-
-impl Sender {
-    fn run(&mut self, spans: &Receiver<Message>) {
-        let mut batch = Vec::new();
-        let mut due: Option<Instant> = None;
-        loop {
-            let wait = due.map_or(Duration::from_hours(1), |d| d.saturating_duration_since(Instant::now()));
-            match spans.recv_timeout(wait) {
-                Ok(Message::Span(span)) => {
-                    batch.push(span);
-                    due.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
-                    if batch.len() >= MAX_BATCH {
-                        self.send(&mut batch);
-                        due = None;
-                    }
-                }
-                Ok(Message::Stop(done)) => {
-                    // Whatever was queued before the stop is in `batch` or still in the channel.
-                    while let Ok(Message::Span(span)) = spans.try_recv() {
-                        batch.push(span);
-                    }
-                    while !batch.is_empty() {
-                        let rest = batch.split_off(batch.len().min(MAX_BATCH));
-                        self.send(&mut batch);
-                        batch = rest;
-                    }
-                    let _ = done.send(());
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.send(&mut batch);
-                    due = None;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    }
-
-    /// Post `batch` (emptying it) and report problems in the log.
-    fn send(&mut self, batch: &mut Vec<SpanRecord>) {
-        if batch.is_empty() {
-            return;
-        }
-        let body = export_request(&self.service_name, batch).to_string();
-        let count = batch.len();
-        batch.clear();
-        match post(&self.endpoint, body.as_bytes()) {
-            Ok(()) => {
-                if self.failing {
-                    tracing::info!(endpoint = %self.endpoint, "sending spans again");
-                }
-                self.failing = false;
-            }
-            Err(e) => {
-                self.dropped.fetch_add(count as u64, Ordering::Relaxed);
-                if !self.failing {
-                    tracing::warn!(
-                        endpoint = %self.endpoint,
-                        "cannot send spans to the OTLP collector: {e}; spans are dropped until it answers"
-                    );
-                }
-                self.failing = true;
-            }
-        }
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 && !self.failing {
-            tracing::warn!(
-                dropped,
-                "spans dropped: the trace queue was full or the collector failed"
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(
+                "no user or password in the URL: pass credentials as headers in OTEL_EXPORTER_OTLP_HEADERS".to_owned(),
             );
         }
-    }
-}
-
-/// One `POST` with `Connection: close`; `Ok` on a 2xx answer.
-fn post(endpoint: &OtlpEndpoint, body: &[u8]) -> Result<(), String> {
-    let addr = endpoint
-        .authority
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", endpoint.authority))?
-        .next()
-        .ok_or_else(|| format!("{} has no address", endpoint.authority))?;
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        endpoint.path,
-        endpoint.authority,
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body))
-        .map_err(|e| format!("cannot send: {e}"))?;
-    // The status line is all we need.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !answer.contains(&b'\n') && answer.len() < 8192 {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("no answer: {e}")),
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err("no query string or fragment: give the collector's base URL".to_owned());
         }
-    }
-    let status_line = String::from_utf8_lossy(&answer);
-    let status_line = status_line.lines().next().unwrap_or("");
-    match status_line.split_whitespace().nth(1) {
-        Some(code) if code.starts_with('2') => Ok(()),
-        Some(_) => Err(format!("the collector answered {status_line:?}")),
-        None => Err("the collector closed the connection without an answer".to_owned()),
-    }
-}
-
-#[cfg(test)]
-impl Exporter {
-    /// An exporter whose queue the test reads.
-    pub(super) fn for_tests(queue: SyncSender<Message>) -> Exporter {
-        Exporter {
-            queue,
-            dropped: Arc::new(AtomicU64::new(0)),
+        if protocol == OtlpProtocol::Grpc && parsed.path() != "/" {
+            return Err(format!(
+                "a gRPC endpoint has no path: give scheme, host and port, as in {example}"
+            ));
         }
-    }
-}
-
-/// The spans queued so far.
-#[cfg(test)]
-pub(super) fn drain_for_tests(queue: &Receiver<Message>) -> Vec<SpanRecord> {
-    queue
-        .try_iter()
-        .filter_map(|m| match m {
-            Message::Span(span) => Some(span),
-            Message::Stop(_) => None,
+        if ca_pem.is_some() && parsed.scheme() != "https" {
+            return Err("otlp_ca_file is set but the endpoint is not https://".to_owned());
+        }
+        Ok(OtlpEndpoint {
+            base: url.trim_end_matches('/').to_owned(),
+            protocol,
+            ca_pem,
         })
-        .collect()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.base.starts_with("https://")
+    }
+}
+
+/// The batch processor that exports to `endpoint`. Call inside a Tokio
+/// runtime: the gRPC channel and the HTTP client live on it.
+pub(super) fn processor(endpoint: &OtlpEndpoint) -> Result<BatchSpanProcessor, String> {
+    let cannot = |e: &dyn fmt::Display| format!("cannot set up the OTLP exporter for {endpoint}: {e}");
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| cannot(&e))?;
+    let exporter = match endpoint.protocol {
+        OtlpProtocol::Grpc => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.base.clone())
+                .with_timeout(EXPORT_TIMEOUT);
+            if endpoint.is_tls() {
+                let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+                if let Some(pem) = &endpoint.ca_pem {
+                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                }
+                builder = builder.with_tls_config(tls);
+            }
+            // tonic connects lazily, on the runtime entered here.
+            let _entered = runtime.enter();
+            builder.build().map_err(|e| cannot(&e))?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut client = crate::http_client::async_builder(EXPORT_TIMEOUT);
+            if let Some(pem) = &endpoint.ca_pem {
+                let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| cannot(&e))?;
+                client = roots
+                    .into_iter()
+                    .fold(client, reqwest::ClientBuilder::add_root_certificate);
+            }
+            let client = OtlpHttpClient {
+                client: client.timeout(EXPORT_TIMEOUT).build().map_err(|e| cannot(&e))?,
+                runtime,
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", endpoint.base))
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(EXPORT_TIMEOUT)
+                .with_http_client(client)
+                .build()
+                .map_err(|e| cannot(&e))?
+        }
+    };
+    let batches = BatchConfigBuilder::default()
+        .with_max_queue_size(QUEUE)
+        .with_max_export_batch_size(MAX_BATCH)
+        .with_scheduled_delay(FLUSH_EVERY)
+        .build();
+    Ok(
+        BatchSpanProcessor::builder(Scrubbed::new(exporter, endpoint.to_string()))
+            .with_batch_config(batches)
+            .build(),
+    )
+}
+
+/// An exporter behind the secrets filter: a span's name, attributes and
+/// events are filtered on their way out ([`redact`]); failures are logged
+/// once per outage, not per batch.
+#[derive(Debug)]
+pub(super) struct Scrubbed<E> {
+    inner: E,
+    /// The collector as logs show it.
+    shown: String,
+    failing: AtomicBool,
+}
+
+impl<E> Scrubbed<E> {
+    pub(super) fn new(inner: E, shown: String) -> Scrubbed<E> {
+        Scrubbed {
+            inner,
+            shown,
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Scrubbed<E> {
+    async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
+        for span in &mut batch {
+            if let std::borrow::Cow::Owned(name) = redact::scrub(&span.name) {
+                span.name = name.into();
+            }
+            scrub_all(&mut span.attributes);
+            for event in &mut span.events.events {
+                scrub_all(&mut event.attributes);
+            }
+        }
+        let count = batch.len();
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!(endpoint = %self.shown, "sending spans again");
+            }
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(
+                    endpoint = %self.shown,
+                    dropped = count,
+                    "cannot send spans to the OTLP collector: {e}; spans are dropped until it answers"
+                );
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Secret-named attributes lose their value; text values are scrubbed.
+fn scrub_all(attributes: &mut [KeyValue]) {
+    for kv in attributes {
+        if redact::is_sensitive(kv.key.as_str()) {
+            kv.value = Value::from(redact::REDACTED);
+        } else if let Value::String(text) = &kv.value
+            && let std::borrow::Cow::Owned(shown) = redact::field_text(kv.key.as_str(), text.as_str())
+        {
+            kv.value = Value::from(shown);
+        }
+    }
+}
+
+/// OTLP/HTTP through the server's reqwest client. The batch thread is not
+/// a Tokio thread, so each request is spawned on the runtime.
+#[derive(Debug)]
+struct OtlpHttpClient {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpHttpClient {
+    async fn send_bytes(
+        &self,
+        request: axum::http::Request<Bytes>,
+    ) -> Result<axum::http::Response<Bytes>, opentelemetry_http::HttpError> {
+        let request = reqwest::Request::try_from(request)?;
+        let client = self.client.clone();
+        let exchange = async move {
+            let mut response = client.execute(request).await?;
+            let mut answer = axum::http::Response::builder().status(response.status());
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_ANSWER {
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if let Some(headers) = answer.headers_mut() {
+                *headers = std::mem::take(response.headers_mut());
+            }
+            Ok::<_, opentelemetry_http::HttpError>(answer.body(Bytes::from(body))?)
+        };
+        self.runtime.spawn(exchange).await?
+    }
 }
 
 #[cfg(test)]
@@ -416,53 +285,48 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let e = OtlpEndpoint::parse("http://127.0.0.1:4318").unwrap();
-        assert_eq!(e.to_string(), "http://127.0.0.1:4318/v1/traces");
-        let e = OtlpEndpoint::parse("http://collector/otlp/").unwrap();
-        assert_eq!(e.to_string(), "http://collector:80/otlp/v1/traces");
-        let e = OtlpEndpoint::parse("http://[::1]:4318").unwrap();
-        assert_eq!(e.to_string(), "http://[::1]:4318/v1/traces");
-        let e = OtlpEndpoint::parse("http://[::1]").unwrap();
-        assert_eq!(e.to_string(), "http://[::1]:80/v1/traces");
-        for bad in [
-            "https://x:4318",
-            "127.0.0.1:4318",
-            "http://",
-            "http://u:p@x:4318",
-            "http://x:99999",
-            "http://x:4318/?a=b",
-        ] {
-            assert!(OtlpEndpoint::parse(bad).is_err(), "{bad}");
-        }
+        let http = |u: &str| OtlpEndpoint::parse(u, OtlpProtocol::HttpProtobuf, None);
+        let grpc = |u: &str| OtlpEndpoint::parse(u, OtlpProtocol::Grpc, None);
+        assert_eq!(
+            http("http://127.0.0.1:4318/").unwrap().to_string(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            http("https://collector.example/otlp").unwrap().to_string(),
+            "https://collector.example/otlp/v1/traces"
+        );
+        assert_eq!(
+            grpc("https://collector:4317").unwrap().to_string(),
+            "https://collector:4317 (gRPC)"
+        );
+        assert!(grpc("http://collector:4317/v1").unwrap_err().contains("no path"));
+        assert!(http("ftp://collector").unwrap_err().contains("http://"));
+        assert!(http("collector:4318").unwrap_err().contains("http"));
+        assert!(
+            http("http://u:p@collector:4318")
+                .unwrap_err()
+                .contains("OTEL_EXPORTER_OTLP_HEADERS")
+        );
+        assert!(http("http://collector:4318/?a=b").unwrap_err().contains("query"));
+        let ca = Some(b"pem".to_vec());
+        assert!(
+            OtlpEndpoint::parse("http://c:4318", OtlpProtocol::HttpProtobuf, ca)
+                .unwrap_err()
+                .contains("https")
+        );
     }
 
     #[test]
-    fn spans_in_the_otlp_json_mapping() {
-        let span = SpanRecord {
-            trace_id: TraceId(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
-            span_id: SpanId(0x00f0_67aa_0ba9_02b7),
-            parent_span_id: None,
-            name: "GET /api/v1/health".to_owned(),
-            kind: SpanKind::Server,
-            start_unix_nanos: 1,
-            end_unix_nanos: 2,
-            attributes: vec![
-                ("http.response.status_code", AttrValue::Int(200)),
-                ("ok", AttrValue::Bool(true)),
-            ],
-            status: StatusCode::Unset,
-        };
-        let doc = export_request("svc", &[span]);
-        let resource = &doc["resourceSpans"][0];
-        assert_eq!(resource["resource"]["attributes"][0]["value"]["stringValue"], "svc");
-        let s = &resource["scopeSpans"][0]["spans"][0];
-        assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(s["spanId"], "00f067aa0ba902b7");
-        assert!(s.get("parentSpanId").is_none());
-        assert_eq!(s["kind"], 2);
-        assert_eq!(s["startTimeUnixNano"], "1");
-        assert_eq!(s["attributes"][0]["value"]["intValue"], "200");
-        assert_eq!(s["attributes"][1]["value"]["boolValue"], true);
-        assert_eq!(s["status"]["code"], 0);
+    fn attributes_are_filtered() {
+        let mut attributes = vec![
+            KeyValue::new("api_key", "avap_0123abcd_s3cret"),
+            KeyValue::new("url.full", "https://u:pw@example.com/?token=abc"),
+            KeyValue::new("count", 3),
+        ];
+        scrub_all(&mut attributes);
+        assert_eq!(attributes[0].value, Value::from(redact::REDACTED));
+        let shown = attributes[1].value.as_str();
+        assert!(!shown.contains("pw@") && !shown.contains("abc"), "{shown}");
+        assert_eq!(attributes[2].value, Value::from(3));
     }
 }

@@ -1,35 +1,36 @@
 //! Traces: a span per request, compile, run and host call with outside
-//! effects, with W3C trace context in and out, exported over OTLP/HTTP JSON
-//! when `otlp_endpoint` is set ([`export`]).
+//! effects, with W3C trace context in and out, exported over OTLP when
+//! `otlp_endpoint` is set ([`export`]).
 //!
-//! [`TraceLayer`] is a `tracing` layer. It gives every span a trace id and
-//! a span id — inherited from its parent span, taken from the fields
-//! `otel.trace_id`/`otel.span_id`/`otel.parent_span_id`/`otel.sampled`
-//! (set by the request middleware from the client's `traceparent`), or new —
-//! so the log lines written inside a span carry them ([`ids`]), exporting or
-//! not. When exporting, it also keeps each span's fields (through the
-//! secrets filter, [`redact`]) and queues the finished span.
+//! `tracing` spans become OpenTelemetry spans through
+//! `tracing-opentelemetry` ([`start`] builds the layer). Every span gets a
+//! trace id and a span id whether or not anything is exported, so log lines
+//! name them ([`current_ids`]) and responses carry a `traceparent`. The
+//! request middleware continues a client's trace ([`continue_trace`]);
+//! `RequestGet`/`RequestPost` send the host call's context upstream
+//! ([`outbound_headers`]). The secrets filter ([`redact`]) sits in front of
+//! the exporter, so no span attribute leaves the process unfiltered.
 //!
-//! Span conventions (fields with these names steer the export and are not
-//! attributes): `otel.name` (the span's name, else the `tracing` name),
-//! `otel.kind` (`server`, `client`, else internal), `otel.status_code`
-//! (`ok` or `error`).
+//! Span conventions (`tracing-opentelemetry`'s): `otel.name` (the span's
+//! name, else the `tracing` name), `otel.kind` (`server`, `client`, else
+//! internal), `otel.status_code` (`ok` or `error`); other fields are
+//! attributes.
 
-pub mod context;
 pub mod export;
 pub mod redact;
 
-use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::{Metadata, Subscriber};
-use tracing_subscriber::layer::{Context, Filter, Layer};
-use tracing_subscriber::registry::{LookupSpan, SpanRef};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
 
-pub use context::{RemoteParent, SpanId, TRACEPARENT, TraceId, traceparent};
-use export::{AttrValue, Exporter, ExporterGuard, OtlpEndpoint, SpanKind, SpanRecord, StatusCode};
+pub use export::{OtlpEndpoint, OtlpProtocol};
 
 /// What the `otlp_*` keys say.
 #[derive(Debug, Clone, Default)]
@@ -40,143 +41,96 @@ pub struct TelemetryConfig {
     pub service_name: String,
 }
 
-/// The trace layer for the process subscriber, and the exporter's guard
-/// (keep it until exit: dropping it sends the last spans).
-pub fn start(config: &TelemetryConfig) -> std::io::Result<(TraceLayer, Option<ExporterGuard>)> {
-    match &config.endpoint {
-        None => Ok((TraceLayer { exporter: None }, None)),
-        Some(endpoint) => {
-            let (exporter, guard) = export::start(endpoint.clone(), config.service_name.clone())?;
-            Ok((
-                TraceLayer {
-                    exporter: Some(exporter),
-                },
-                Some(guard),
-            ))
+/// Keeps the tracer provider; dropping it sends the spans still queued
+/// (within five seconds) and stops the exporter.
+#[derive(Debug)]
+pub struct TracesGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TracesGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!("the trace exporter did not stop cleanly: {e}");
         }
     }
 }
 
-/// The ids of a span, kept in its registry extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanIds {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    pub sampled: bool,
-}
-
-/// The ids of `span`, or of its nearest ancestor that has them (spans
-/// the trace layer did not see have none).
-pub fn ids<'a, R: LookupSpan<'a>>(span: &SpanRef<'a, R>) -> Option<SpanIds> {
-    span.scope().find_map(|s| s.extensions().get::<SpanIds>().copied())
-}
-
-/// What an exported span keeps until it closes.
-struct Pending {
-    name: String,
-    kind: SpanKind,
-    status: StatusCode,
-    start_unix_nanos: u64,
-    attributes: Vec<(&'static str, AttrValue)>,
-}
-
-/// See the [module docs](self).
-#[derive(Debug, Clone)]
-pub struct TraceLayer {
-    exporter: Option<Exporter>,
-}
-
-impl TraceLayer {
-    /// Only spans reach this layer: events are the log layer's business.
-    pub fn filter<S>() -> impl Filter<S> {
-        tracing_subscriber::filter::filter_fn(|meta: &Metadata<'_>| meta.is_span())
-    }
-}
-
-impl<S> Layer<S> for TraceLayer
+/// The trace layer for the process subscriber (it sees spans only: events
+/// are the log layer's business) and the guard to keep until exit. With an
+/// endpoint, call this inside the Tokio runtime that is to carry the gRPC
+/// connection. The error says what is wrong with the exporter's settings.
+pub fn start<S>(config: &TelemetryConfig) -> Result<(impl Layer<S> + use<S>, TracesGuard), String>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut fields = Fields::new(self.exporter.is_some());
-        attrs.record(&mut fields);
-        let inherited = span.parent().and_then(|parent| ids(&parent));
-        let span_ids = match (fields.explicit(), inherited) {
-            (Some(explicit), _) => explicit,
-            (None, Some(parent)) => SpanIds {
-                trace_id: parent.trace_id,
-                span_id: SpanId::random(),
-                parent_span_id: Some(parent.span_id),
-                sampled: parent.sampled,
-            },
-            (None, None) => SpanIds {
-                trace_id: TraceId::random(),
-                span_id: SpanId::random(),
-                parent_span_id: None,
-                sampled: true,
-            },
-        };
-        let mut extensions = span.extensions_mut();
-        extensions.insert(span_ids);
-        if self.exporter.is_some() && span_ids.sampled {
-            extensions.insert(Pending {
-                name: fields.name.take().unwrap_or_else(|| attrs.metadata().name().to_owned()),
-                kind: fields.kind,
-                status: fields.status,
-                start_unix_nanos: now_unix_nanos(),
-                attributes: fields.attributes,
-            });
-        }
+    // A client's sampling decision is kept; a new trace is sampled.
+    let mut builder = SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(config.service_name.clone())
+                    .build(),
+            )
+            .with_span_processor(export::processor(endpoint)?);
     }
+    let provider = builder.build();
+    let tracer = provider.tracer("avap");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta: &Metadata<'_>| {
+            meta.is_span()
+        }));
+    Ok((layer, TracesGuard { provider }))
+}
 
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if self.exporter.is_none() {
-            return;
-        }
-        let Some(span) = ctx.span(id) else { return };
-        let mut extensions = span.extensions_mut();
-        let Some(pending) = extensions.get_mut::<Pending>() else {
-            return;
-        };
-        let mut fields = Fields::new(true);
-        values.record(&mut fields);
-        if let Some(name) = fields.name {
-            pending.name = name;
-        }
-        if fields.status != StatusCode::Unset {
-            pending.status = fields.status;
-        }
-        for (key, value) in fields.attributes {
-            match pending.attributes.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
-                None => pending.attributes.push((key, value)),
-            }
-        }
+/// Make `span` continue the trace named by a valid W3C `traceparent` in
+/// `headers` (an invalid one is ignored, as the recommendation says: the
+/// span starts a new trace).
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if parent.span().span_context().is_valid() {
+        // Fails only when the span is disabled or already started.
+        let _ = span.set_parent(parent);
     }
+}
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(exporter) = &self.exporter else { return };
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(ids) = span.extensions().get::<SpanIds>().copied() else {
-            return;
-        };
-        let Some(pending) = span.extensions_mut().remove::<Pending>() else {
-            return;
-        };
-        exporter.export(SpanRecord {
-            trace_id: ids.trace_id,
-            span_id: ids.span_id,
-            parent_span_id: ids.parent_span_id,
-            name: pending.name,
-            kind: pending.kind,
-            start_unix_nanos: pending.start_unix_nanos,
-            end_unix_nanos: now_unix_nanos(),
-            attributes: pending.attributes,
-            status: pending.status,
-        });
-    }
+/// The `traceparent` header naming `span`, for a response.
+pub fn traceparent(span: &tracing::Span) -> Option<(HeaderName, HeaderValue)> {
+    let mut headers = HeaderMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    let (name, value) = headers
+        .into_iter()
+        .find(|(name, _)| name.as_ref().is_some_and(|n| n == "traceparent"))?;
+    Some((name?, value))
+}
+
+/// The W3C trace-context headers for a call made from the current span
+/// (a host call's span: the upstream's spans become its children).
+pub fn outbound_headers() -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = HeaderMap::new();
+    TraceContextPropagator::new()
+        .inject_context(&tracing::Span::current().context(), &mut HeaderInjector(&mut headers));
+    headers
+        .into_iter()
+        .filter_map(|(name, value)| Some((name?, value)))
+        .collect()
+}
+
+/// Trace id (32 hex digits) and span id (16) of span `id` of `dispatch`,
+/// if it has any, for log lines. Do not hold the span's extensions.
+pub fn ids(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
+    let context = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
 }
 
 /// Note a run's outcome on its `run` span: `outcome` (`ok`, the error
@@ -190,8 +144,9 @@ pub fn record_run(span: &tracing::Span, result: &Result<avap_runtime::RunReport,
                 report.envelope["error"]["kind"].as_str().unwrap_or("error")
             };
             span.record("outcome", outcome);
-            span.record("fuel", report.usage.fuel);
-            span.record("http.response.status_code", report.http_status);
+            // As i64: OpenTelemetry has no unsigned integers (a u64 would be exported as text).
+            span.record("fuel", i64::try_from(report.usage.fuel).unwrap_or(i64::MAX));
+            span.record("http.response.status_code", i64::from(report.http_status));
             if outcome != "ok" {
                 span.record("otel.status_code", "error");
             }
@@ -203,235 +158,155 @@ pub fn record_run(span: &tracing::Span, result: &Result<avap_runtime::RunReport,
     }
 }
 
-fn now_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// A span's fields: the `otel.*` conventions, and (when exporting) the
-/// rest as attributes, through the secrets filter.
-struct Fields {
-    keep_attributes: bool,
-    name: Option<String>,
-    kind: SpanKind,
-    status: StatusCode,
-    trace_id: Option<TraceId>,
-    span_id: Option<SpanId>,
-    parent_span_id: Option<SpanId>,
-    sampled: Option<bool>,
-    attributes: Vec<(&'static str, AttrValue)>,
-}
-
-impl Fields {
-    fn new(keep_attributes: bool) -> Fields {
-        Fields {
-            keep_attributes,
-            name: None,
-            kind: SpanKind::Internal,
-            status: StatusCode::Unset,
-            trace_id: None,
-            span_id: None,
-            parent_span_id: None,
-            sampled: None,
-            attributes: Vec::new(),
-        }
-    }
-
-    /// The ids the span was created with, if it names its trace and itself.
-    fn explicit(&self) -> Option<SpanIds> {
-        Some(SpanIds {
-            trace_id: self.trace_id?,
-            span_id: self.span_id?,
-            parent_span_id: self.parent_span_id,
-            sampled: self.sampled.unwrap_or(true),
-        })
-    }
-
-    /// A text value: the `otel.*` conventions, else an attribute.
-    fn text(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "otel.name" => self.name = Some(redact::scrub(value).into_owned()),
-            "otel.kind" => {
-                self.kind = match value {
-                    "server" => SpanKind::Server,
-                    "client" => SpanKind::Client,
-                    _ => SpanKind::Internal,
-                };
-            }
-            "otel.status_code" => {
-                self.status = match value {
-                    "error" | "ERROR" => StatusCode::Error,
-                    "ok" | "OK" => StatusCode::Ok,
-                    _ => StatusCode::Unset,
-                };
-            }
-            "otel.trace_id" => self.trace_id = TraceId::parse(value),
-            "otel.span_id" => self.span_id = SpanId::parse(value),
-            "otel.parent_span_id" => self.parent_span_id = SpanId::parse(value),
-            name => {
-                if self.keep_attributes {
-                    let shown = redact::field_text(name, value).into_owned();
-                    self.attributes.push((field.name(), AttrValue::Str(shown)));
-                }
-            }
-        }
-    }
-
-    fn value(&mut self, field: &Field, value: AttrValue) {
-        if !self.keep_attributes {
-            return;
-        }
-        let value = if redact::is_sensitive(field.name()) {
-            AttrValue::Str(redact::REDACTED.to_owned())
-        } else {
-            value
-        };
-        self.attributes.push((field.name(), value));
-    }
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field, value);
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        // `%value` fields arrive here too, formatted with Display. Format
-        // only what is used: the conventions, and attributes when exporting.
-        if self.keep_attributes || field.name().starts_with("otel.") {
-            self.text(field, &format!("{value:?}"));
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if field.name() == "otel.sampled" {
-            self.sampled = Some(value);
-        } else {
-            self.value(field, AttrValue::Bool(value));
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.value(field, AttrValue::Int(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        let value = i64::try_from(value).map_or_else(|_| AttrValue::Str(value.to_string()), AttrValue::Int);
-        self.value(field, value);
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.value(field, AttrValue::Double(value));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use tracing_subscriber::layer::SubscriberExt;
+    use opentelemetry::trace::{SpanKind, Status};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
 
-    /// Spans exported through a real [`TraceLayer`] into a channel.
-    fn collect(work: impl FnOnce()) -> Vec<SpanRecord> {
-        let (queue, spans) = std::sync::mpsc::sync_channel(64);
-        let layer = TraceLayer {
-            exporter: Some(Exporter::for_tests(queue)),
-        };
-        let subscriber = tracing_subscriber::registry().with(layer.with_filter(TraceLayer::filter()));
-        tracing::subscriber::with_default(subscriber, work);
-        export::drain_for_tests(&spans)
+    /// Keeps what it is given.
+    #[derive(Debug, Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// Spans finished by `work`, through the same filtering exporter as production.
+    fn collect(work: impl FnOnce()) -> Vec<SpanData> {
+        let sink = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .with_simple_exporter(export::Scrubbed::new(sink.clone(), "test".into()))
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), work);
+        let _ = provider.shutdown();
+        sink.0.lock().unwrap().clone()
+    }
+
+    fn attr(span: &SpanData, key: &str) -> Option<opentelemetry::Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
     }
 
     #[test]
-    fn children_inherit_the_trace_and_secrets_stay_out() {
-        let remote = TraceId(0xabc);
+    fn children_inherit_the_remote_trace_and_secrets_stay_out() {
+        let mut headers = HeaderMap::new();
+        let remote = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert("traceparent", HeaderValue::from_static(remote));
+        let mut upstream = Vec::new();
+        let mut answered = None;
         let spans = collect(|| {
             let request = tracing::error_span!(
                 "request",
                 otel.name = "GET /x",
                 otel.kind = "server",
-                otel.trace_id = %remote,
-                otel.span_id = %SpanId(7),
-                otel.parent_span_id = %SpanId(5),
                 authorization = "Bearer abc",
                 path = "/x?token=T0PSECRET",
                 status = tracing::field::Empty,
             );
+            continue_trace(&request, &headers);
             request.in_scope(|| {
                 let run = tracing::info_span!("run", script.name = "inline", otel.status_code = tracing::field::Empty);
                 run.in_scope(|| {
-                    tracing::info_span!("host_call", otel.name = "RequestGet", otel.kind = "client").in_scope(|| {});
+                    tracing::info_span!("host_call", otel.name = "RequestGet", otel.kind = "client")
+                        .in_scope(|| upstream = outbound_headers());
                 });
                 run.record("otel.status_code", "error");
             });
-            request.record("status", 200u64);
+            request.record("status", 200i64);
+            answered = traceparent(&request);
         });
-        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(names, ["RequestGet", "run", "GET /x"], "closed innermost first");
         let [host, run, request] = &spans[..] else {
             unreachable!()
         };
-        assert!(spans.iter().all(|s| s.trace_id == remote));
-        assert_eq!((request.span_id, request.parent_span_id), (SpanId(7), Some(SpanId(5))));
-        assert_eq!(run.parent_span_id, Some(request.span_id));
-        assert_eq!(host.parent_span_id, Some(run.span_id));
+        let trace = "0af7651916cd43dd8448eb211c80319c";
+        assert!(spans.iter().all(|s| s.span_context.trace_id().to_string() == trace));
+        assert_eq!(request.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert!(request.parent_span_is_remote);
+        assert_eq!(run.parent_span_id, request.span_context.span_id());
+        assert_eq!(host.parent_span_id, run.span_context.span_id());
         assert_eq!(
-            (request.kind, host.kind, run.kind),
-            (SpanKind::Server, SpanKind::Client, SpanKind::Internal)
+            (&request.span_kind, &host.span_kind, &run.span_kind),
+            (&SpanKind::Server, &SpanKind::Client, &SpanKind::Internal)
         );
-        assert_eq!(run.status, StatusCode::Error);
-        let attr = |s: &SpanRecord, k: &str| s.attributes.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+        assert!(matches!(run.status, Status::Error { .. }));
+        assert_eq!(attr(request, "authorization"), Some(redact::REDACTED.into()));
+        assert_eq!(attr(request, "path"), Some("/x?token=[redacted]".into()));
+        assert_eq!(attr(request, "status"), Some(200i64.into()));
+        assert_eq!(attr(run, "script.name"), Some("inline".into()));
+        // The upstream is told the host call's span; the client the request's.
+        let sent = upstream
+            .iter()
+            .find(|(k, _)| k == "traceparent")
+            .expect("a traceparent upstream");
         assert_eq!(
-            attr(request, "authorization"),
-            Some(AttrValue::Str(redact::REDACTED.into()))
+            sent.1.to_str().unwrap(),
+            format!("00-{trace}-{}-01", host.span_context.span_id())
         );
+        let (_, answered) = answered.expect("a traceparent for the response");
         assert_eq!(
-            attr(request, "path"),
-            Some(AttrValue::Str("/x?token=[redacted]".into()))
-        );
-        assert_eq!(attr(request, "status"), Some(AttrValue::Int(200)));
-        assert_eq!(attr(run, "script.name"), Some(AttrValue::Str("inline".into())));
-        assert!(
-            attr(request, "otel.trace_id").is_none(),
-            "conventions are not attributes"
+            answered.to_str().unwrap(),
+            format!("00-{trace}-{}-01", request.span_context.span_id())
         );
     }
 
     #[test]
     fn a_span_without_parent_starts_a_trace_and_unsampled_traces_are_not_exported() {
+        let mut unsampled = HeaderMap::new();
+        unsampled.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        let mut invalid = HeaderMap::new();
+        invalid.insert("traceparent", HeaderValue::from_static("00-zz-b7ad6b7169203331-01"));
         let spans = collect(|| {
             tracing::info_span!("a").in_scope(|| {});
-            tracing::info_span!("b").in_scope(|| {});
-            tracing::info_span!("c", otel.trace_id = %TraceId(9), otel.span_id = %SpanId(9), otel.sampled = false)
-                .in_scope(|| tracing::info_span!("d").in_scope(|| {}));
+            let b = tracing::info_span!("b");
+            continue_trace(&b, &invalid);
+            b.in_scope(|| {});
+            let c = tracing::info_span!("c");
+            continue_trace(&c, &unsampled);
+            c.in_scope(|| tracing::info_span!("d").in_scope(|| {}));
         });
-        assert_eq!(spans.len(), 2, "{spans:?}");
-        assert_ne!(spans[0].trace_id, spans[1].trace_id);
-        assert_eq!(spans[0].parent_span_id, None);
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["a", "b"], "{spans:?}");
+        assert_ne!(spans[0].span_context.trace_id(), spans[1].span_context.trace_id());
+        assert_eq!(spans[1].parent_span_id, opentelemetry::trace::SpanId::INVALID);
     }
 
     #[test]
-    fn ids_are_found_from_a_span_or_its_ancestors() {
-        let seen = Arc::new(Mutex::new(None));
-        let layer = TraceLayer { exporter: None };
-        let subscriber = tracing_subscriber::registry().with(layer.with_filter(TraceLayer::filter()));
-        let out = seen.clone();
-        tracing::subscriber::with_default(subscriber, || {
-            let outer = tracing::info_span!("outer", otel.trace_id = %TraceId(3), otel.span_id = %SpanId(4));
-            let _in = outer.enter();
-            let inner = tracing::info_span!("inner");
-            inner.with_subscriber(|(id, dispatch)| {
-                let registry = dispatch
-                    .downcast_ref::<tracing_subscriber::Registry>()
-                    .expect("a registry");
-                let span = registry.span(id).expect("the span");
-                *out.lock().unwrap() = ids(&span);
-            });
+    fn log_lines_find_the_ids_of_the_current_span() {
+        let mut seen = None;
+        let (layer, _guard) = start(&TelemetryConfig::default()).unwrap();
+        let current = || {
+            let id = tracing::Span::current().id()?;
+            tracing::dispatcher::get_default(|dispatch| ids(&id, dispatch))
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            assert_eq!(current(), None, "no span, no ids");
+            let outer = tracing::info_span!("outer");
+            outer.in_scope(|| tracing::info_span!("inner").in_scope(|| seen = current()));
         });
-        let ids = seen.lock().unwrap().expect("ids");
-        assert_eq!((ids.trace_id, ids.parent_span_id), (TraceId(3), Some(SpanId(4))));
+        let (trace_id, span_id) = seen.expect("ids inside a span");
+        assert_eq!((trace_id.len(), span_id.len()), (32, 16));
     }
 }
