@@ -7,25 +7,35 @@
 //! and `span_id` of the innermost span) or human text. Every field value
 //! goes through the secrets filter ([`redact`]) on its way out.
 //!
-//! Lines go to stderr, or to `log_file`, rotated past `log_max_mb` into
-//! `FILE.1` … `FILE.<log_keep>` (newest first) and reopened on SIGHUP for
-//! an external logrotate. A background thread writes them in batches; a
-//! batch is split only between lines, so no line is lost or cut in two by
-//! a rotation. The startup line on stdout is not a log line and stays as it is.
+//! Lines go through `tracing-appender`'s non-blocking writer (a bounded
+//! queue and one writer thread: a request never waits on a `write(2)`; a
+//! stuck output drops lines and says so) to stderr, or to `log_file`
+//! ([`RotatingFile`]: rotated past `log_max_mb` into `FILE.1` …
+//! `FILE.<log_keep>`, newest first, only between lines; reopened on SIGHUP
+//! for an external logrotate). The startup line on stdout is not a log line
+//! and stays as it is.
+//!
+//! Why not `tracing-subscriber`'s JSON formatter and `tracing-appender`'s
+//! rolling files: the formatter writes field values as they are, and every
+//! value must pass the secrets filter by its field's name; the rolling
+//! appender rotates by time only, follows a symlink planted at the log path
+//! and creates files with the umask's mode, where ours rotates by size,
+//! refuses symlinks (`O_NOFOLLOW`) and creates files `0640`.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter as _;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -53,14 +63,28 @@ pub struct LogOptions {
 /// returned guard alive until exit: dropping it writes what is still
 /// buffered. The error says why the log file cannot be opened.
 pub fn init(options: &LogOptions, traces: impl Layer<Registry> + Send + Sync) -> Result<LogGuard, String> {
-    let sink = match &options.file {
-        None => Sink::Stderr,
-        Some(path) => Sink::File(RotatingFile::open(path, options.max_bytes, options.keep).map_err(|e| {
-            format!(
-                "cannot open the log file {} (log_file): {e}; check that its directory exists and is writable",
-                path.display()
-            )
-        })?),
+    let writer = || {
+        NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(MAX_QUEUED_LINES)
+            .thread_name("avap-log")
+    };
+    let (output, worker, reopen) = match &options.file {
+        None => {
+            let (output, worker) = writer().finish(std::io::stderr());
+            (output, worker, None)
+        }
+        Some(path) => {
+            let file = RotatingFile::open(path, options.max_bytes, options.keep).map_err(|e| {
+                format!(
+                    "cannot open the log file {} (log_file): {e}; check that its directory exists and is writable",
+                    path.display()
+                )
+            })?;
+            let reopen = LogReopen(file.reopen.clone());
+            let (output, worker) = writer().finish(file);
+            (output, worker, Some(reopen))
+        }
     };
     let to_terminal = options.file.is_none() && std::io::stderr().is_terminal();
     let json = match options.format {
@@ -68,20 +92,27 @@ pub fn init(options: &LogOptions, traces: impl Layer<Registry> + Send + Sync) ->
         LogFormat::Json => true,
         LogFormat::Text => false,
     };
-    let (buffer, guard) = BatchedWriter::start(sink);
-    let lines = LogLayer::new(buffer, json);
+    let lines = LogLayer::new(output, json);
     // Only fails when a subscriber is already set: keep that one.
     let _ = tracing_subscriber::registry()
         .with(traces)
         .with(lines.with_filter(LevelFilter::from_level(options.level.level())))
         .try_init();
-    Ok(guard)
+    Ok(LogGuard {
+        _worker: worker,
+        reopen,
+    })
 }
 
-/// Writes events as lines into the batch buffer.
+/// Lines waiting for the writer thread; more are dropped (and counted).
+const MAX_QUEUED_LINES: usize = 64 * 1024;
+
+/// Writes events as lines to the non-blocking writer.
 #[derive(Debug)]
 struct LogLayer {
-    buffer: Arc<Buffer>,
+    output: NonBlocking,
+    /// Dropped lines already reported.
+    dropped_reported: AtomicUsize,
     json: bool,
     /// The subscriber this layer is part of: where the trace layer keeps
     /// span ids. (`Span::current()` cannot be asked from inside an event:
@@ -90,9 +121,10 @@ struct LogLayer {
 }
 
 impl LogLayer {
-    fn new(buffer: Arc<Buffer>, json: bool) -> LogLayer {
+    fn new(output: NonBlocking, json: bool) -> LogLayer {
         LogLayer {
-            buffer,
+            output,
+            dropped_reported: AtomicUsize::new(0),
             json,
             dispatch: OnceLock::new(),
         }
@@ -154,7 +186,17 @@ where
             ids,
         };
         let text = if self.json { line.json() } else { line.text() };
-        self.buffer.push(text.as_bytes());
+        let mut output = self.output.make_writer();
+        let _ = output.write_all(text.as_bytes());
+        let dropped = self.output.error_counter().dropped_lines();
+        let reported = self.dropped_reported.load(Ordering::Relaxed);
+        if dropped > reported && self.dropped_reported.swap(dropped, Ordering::Relaxed) < dropped {
+            let note = format!(
+                "avap serve: {} log lines dropped: the log output could not keep up\n",
+                dropped - reported
+            );
+            let _ = output.write_all(note.as_bytes());
+        }
     }
 }
 
@@ -293,102 +335,20 @@ impl Visit for JsonFields<'_> {
     }
 }
 
-/// How often buffered lines are written out.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Buffered bytes past which new lines are dropped (the output is stuck).
-const MAX_BUFFERED: usize = 8 << 20;
-
-/// Log lines go to a buffer that a background thread writes out every
-/// [`FLUSH_EVERY`]. A request never waits on a `write(2)`, nobody is woken
-/// per line, and a busy server makes one syscall per batch. If the output
-/// stalls, lines beyond [`MAX_BUFFERED`] are dropped rather than slowing
-/// requests down (and the drop is reported once it drains).
-struct BatchedWriter;
-
-#[derive(Debug, Default)]
-struct Buffer {
-    bytes: Mutex<Vec<u8>>,
-    dropped: AtomicU64,
-    stop: AtomicBool,
-    /// Reopen the log file before the next batch (SIGHUP).
-    reopen: AtomicBool,
-}
-
-impl Buffer {
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.bytes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queue one whole line.
-    fn push(&self, line: &[u8]) {
-        let mut bytes = self.lock();
-        if bytes.len() + line.len() > MAX_BUFFERED {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            bytes.extend_from_slice(line);
-        }
-    }
-
-    /// Write out what is buffered; `false` when the output is gone for good.
-    fn drain(&self, out: &mut impl LineSink) -> bool {
-        if self.reopen.swap(false, Ordering::AcqRel) {
-            out.reopen();
-        }
-        let batch = std::mem::take(&mut *self.lock());
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        let mut ok = batch.is_empty() || out.write_lines(&batch);
-        if dropped > 0 {
-            let note = format!("avap serve: {dropped} log lines dropped: the log output could not keep up\n");
-            ok &= out.write_lines(note.as_bytes());
-        }
-        ok
-    }
-}
-
-/// Where batches of whole lines are written.
-trait LineSink {
-    /// `false` when nothing can be written any more.
-    fn write_lines(&mut self, batch: &[u8]) -> bool;
-    fn reopen(&mut self) {}
-}
-
-impl LineSink for Vec<u8> {
-    fn write_lines(&mut self, batch: &[u8]) -> bool {
-        self.extend_from_slice(batch);
-        true
-    }
-}
-
-enum Sink {
-    Stderr,
-    File(RotatingFile),
-}
-
-impl LineSink for Sink {
-    fn write_lines(&mut self, batch: &[u8]) -> bool {
-        match self {
-            Sink::Stderr => std::io::stderr().write_all(batch).is_ok(),
-            Sink::File(file) => file.write_lines(batch),
-        }
-    }
-
-    fn reopen(&mut self) {
-        if let Sink::File(file) = self {
-            file.reopen();
-        }
-    }
-}
-
-/// The log file: appended to, rotated by size.
+/// The log file: appended to, rotated by size, reopened on request.
 struct RotatingFile {
     path: PathBuf,
-    file: File,
+    /// Lines are buffered until the writer thread's queue is empty: one
+    /// `write(2)` per batch.
+    file: BufWriter<File>,
     /// Bytes in `file` (as far as we know: an external truncation is seen at reopen).
     size: u64,
     max_bytes: u64,
     keep: usize,
     /// A write error was reported on stderr; report the next one only after a success.
     failing: bool,
+    /// Set by SIGHUP: reopen before the next line.
+    reopen: Arc<AtomicBool>,
 }
 
 impl RotatingFile {
@@ -397,11 +357,12 @@ impl RotatingFile {
         let size = file.metadata()?.len();
         Ok(RotatingFile {
             path: path.to_path_buf(),
-            file,
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
             size,
             max_bytes: max_bytes.max(1),
             keep,
             failing: false,
+            reopen: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -446,15 +407,17 @@ impl RotatingFile {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
-        if self.keep == 0 {
-            self.file = log_file_options().write(true).truncate(true).open(&self.path)?;
+        self.file.flush()?;
+        let file = if self.keep == 0 {
+            log_file_options().write(true).truncate(true).open(&self.path)?
         } else {
             for n in (1..self.keep).rev() {
                 moved(std::fs::rename(self.numbered(n), self.numbered(n + 1)))?;
             }
             moved(std::fs::rename(&self.path, self.numbered(1)))?;
-            self.file = open_append(&self.path)?;
-        }
+            open_append(&self.path)?
+        };
+        self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
         self.size = 0;
         Ok(())
     }
@@ -471,24 +434,38 @@ impl RotatingFile {
             }
         }
     }
-}
-
-impl LineSink for RotatingFile {
-    fn write_lines(&mut self, batch: &[u8]) -> bool {
-        let result = self.write_batch(batch);
-        self.report(result, "write");
-        // Keep going: the disk may get space back, the file may be fixed.
-        true
-    }
 
     /// After an external rotation (`logrotate` moved the file away).
-    fn reopen(&mut self) {
-        let result = open_append(&self.path).and_then(|file| {
+    fn reopen_now(&mut self) {
+        let result = self.file.flush().and_then(|()| open_append(&self.path)).and_then(|file| {
             self.size = file.metadata()?.len();
-            self.file = file;
+            self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
             Ok(())
         });
         self.report(result, "reopen");
+    }
+}
+
+/// Bytes of lines gathered before a `write(2)`.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// The writer thread's end: each `write` is whole lines. Errors are
+/// reported on stderr and swallowed: the disk may get space back, the file
+/// may be fixed, and the writer thread must keep going.
+impl Write for RotatingFile {
+    fn write(&mut self, lines: &[u8]) -> std::io::Result<usize> {
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            self.reopen_now();
+        }
+        let result = self.write_batch(lines);
+        self.report(result, "write");
+        Ok(lines.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.file.flush();
+        self.report(result, "write");
+        Ok(())
     }
 }
 
@@ -506,51 +483,22 @@ fn log_file_options() -> OpenOptions {
     options
 }
 
-impl BatchedWriter {
-    fn start(mut sink: Sink) -> (Arc<Buffer>, LogGuard) {
-        let shared = Arc::new(Buffer::default());
-        let file = matches!(sink, Sink::File(_));
-        let flusher = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("avap-log".into())
-                .spawn(move || {
-                    while !shared.stop.load(Ordering::Acquire) {
-                        std::thread::park_timeout(FLUSH_EVERY);
-                        if !shared.drain(&mut sink) {
-                            return;
-                        }
-                    }
-                    shared.drain(&mut sink);
-                })
-                .ok()
-        };
-        let guard = LogGuard {
-            shared: shared.clone(),
-            flusher,
-            file,
-        };
-        (shared, guard)
-    }
-}
-
-/// Writes what is buffered when dropped.
+/// Keeps the writer thread; dropping it writes what is queued.
 #[derive(Debug)]
 pub struct LogGuard {
-    shared: Arc<Buffer>,
-    flusher: Option<std::thread::JoinHandle<()>>,
+    _worker: WorkerGuard,
     /// Logging to a file (which SIGHUP reopens).
-    file: bool,
+    reopen: Option<LogReopen>,
 }
 
 /// Asks the log writer to reopen its file.
 #[derive(Debug, Clone)]
-pub struct LogReopen(Arc<Buffer>);
+pub struct LogReopen(Arc<AtomicBool>);
 
 impl LogGuard {
     /// A handle for SIGHUP, when logging to a file.
     pub fn reopener(&self) -> Option<LogReopen> {
-        self.file.then(|| LogReopen(self.shared.clone()))
+        self.reopen.clone()
     }
 }
 
@@ -565,24 +513,8 @@ pub async fn reopen_on_hangup(reopen: LogReopen) {
         }
     };
     while hangups.recv().await.is_some() {
-        reopen.0.reopen.store(true, Ordering::Release);
+        reopen.0.store(true, Ordering::Release);
         tracing::info!("SIGHUP: reopening the log file");
-    }
-}
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        match self.flusher.take() {
-            Some(flusher) => {
-                flusher.thread().unpark();
-                let _ = flusher.join();
-            }
-            // No thread could be started: write what there is now, to stderr.
-            None => {
-                self.shared.drain(&mut Sink::Stderr);
-            }
-        }
     }
 }
 
@@ -599,35 +531,46 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn lines_are_buffered_then_drained_in_order() {
-        let buffer = Buffer::default();
-        buffer.push(b"one\n");
-        buffer.push(b"two\n");
-        let mut out = Vec::new();
-        assert!(buffer.drain(&mut out));
-        assert_eq!(out, b"one\ntwo\n");
-        out.clear();
-        assert!(buffer.drain(&mut out));
-        assert!(out.is_empty(), "drained once");
+    /// A writer that blocks until the test lets it go.
+    #[derive(Clone)]
+    struct Stuck(Collected, Arc<std::sync::Barrier>);
+
+    impl Write for Stuck {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if self.0.0.lock().unwrap().is_empty() {
+                self.1.wait();
+            }
+            self.0.write(bytes)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
-    fn a_stalled_output_drops_lines_and_says_so() {
-        let buffer = Buffer::default();
-        let line = vec![b'x'; MAX_BUFFERED / 2 + 1];
-        buffer.push(&line);
-        buffer.push(&line);
-        buffer.push(&line);
-        let mut out = Vec::new();
-        assert!(buffer.drain(&mut out));
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.matches('x').count(), line.len(), "only the first line fit");
-        assert!(
-            text.ends_with("avap serve: 2 log lines dropped: the log output could not keep up\n"),
-            "{}",
-            &text[text.len() - 80..]
-        );
+    fn a_stuck_output_drops_lines_and_says_so() {
+        let out = Collected::default();
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let (output, worker) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(2)
+            .finish(Stuck(out.clone(), release.clone()));
+        let layer = LogLayer::new(output, false);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            for i in 0..10 {
+                tracing::info!("line {i}");
+            }
+            release.wait();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tracing::info!("after");
+        });
+        drop(worker);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("line 0"), "{text}");
+        assert!(!text.contains("line 9"), "{text}");
+        assert!(text.contains("log lines dropped: the log output could not keep up"), "{text}");
+        assert!(text.contains("after"), "{text}");
     }
 
     #[test]
@@ -639,10 +582,11 @@ mod tests {
         for i in 0..40 {
             writeln!(batch, "line {i:02} xxxxxxxxxxxxxxxxxxxx").unwrap();
         }
-        file.write_batch(&batch).unwrap();
+        file.write_all(&batch).unwrap();
         let long = format!("{}\n", "y".repeat(300));
-        file.write_batch(long.as_bytes()).unwrap();
-        file.write_batch(b"last\n").unwrap();
+        file.write_all(long.as_bytes()).unwrap();
+        file.write_all(b"last\n").unwrap();
+        file.flush().unwrap();
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         assert_eq!(read(&path), "last\n");
         assert_eq!(
@@ -664,26 +608,43 @@ mod tests {
         let dir = tmp_dir("reopen");
         let path = dir.join("avap.log");
         let mut file = RotatingFile::open(&path, 1 << 20, 1).unwrap();
-        assert!(file.write_lines(b"before\n"));
+        file.write_all(b"before\n").unwrap();
+        file.flush().unwrap();
         std::fs::rename(&path, dir.join("moved.log")).unwrap();
-        file.reopen();
-        assert!(file.write_lines(b"after\n"));
+        LogReopen(file.reopen.clone()).0.store(true, Ordering::Release);
+        file.write_all(b"after\n").unwrap();
+        file.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
         assert_eq!(std::fs::read_to_string(dir.join("moved.log")).unwrap(), "before\n");
     }
 
-    /// Events through the real layers, as JSON values.
+    /// What the writer thread was given.
+    #[derive(Clone, Default)]
+    struct Collected(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Collected {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Events through the real layers and writer thread, as text.
     fn logged(json: bool, work: impl FnOnce()) -> String {
-        let buffer = Arc::new(Buffer::default());
-        let layer = LogLayer::new(buffer.clone(), json);
+        let out = Collected::default();
+        let (output, worker) = tracing_appender::non_blocking(out.clone());
+        let layer = LogLayer::new(output, json);
         let (traces, _guard) = telemetry::start(&telemetry::TelemetryConfig::default()).unwrap();
         let subscriber = tracing_subscriber::registry()
             .with(traces)
             .with(layer.with_filter(LevelFilter::INFO));
         tracing::subscriber::with_default(subscriber, work);
-        let mut out = Vec::new();
-        buffer.drain(&mut out);
-        String::from_utf8(out).unwrap()
+        drop(worker);
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 
     #[test]
