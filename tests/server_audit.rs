@@ -245,7 +245,14 @@ fn queued_run_rows_are_written_at_shutdown() {
 
 #[test]
 fn runs_cut_off_by_the_request_timeout_are_audited_as_cancelled() {
-    let s = Server::start_with_args("audit-cancel", &["--request-timeout-ms", "50"]);
+    // Fuel far beyond what 50 ms can burn: the request timeout, not the
+    // fuel limit, must end the run, on however fast a machine.
+    let data_dir = support::fresh_dir("audit-cancel").join("data");
+    let mut cmd = support::serve_command(&data_dir);
+    cmd.args(["--request-timeout-ms", "50"])
+        .env("AVAP_LIMITS_FUEL", "1000000000000000")
+        .env("AVAP_LIMITS_TIME_MS", "60000");
+    let s = Server::spawn(cmd, data_dir);
     let endless = "s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\naddResult(s)\n";
     let r = s.execute(&json!({"script": endless}));
     assert_eq!(r.error_kind(), (504, "RequestTimeout".to_owned()), "{}", r.body);

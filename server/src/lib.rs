@@ -707,8 +707,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/debug/profile", post(debug::profile))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
-        .layer(axum::middleware::from_fn_with_state(protect.clone(), protect::timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+    let router = protect::timeout(router, protect_config.request_timeout)
         .layer(axum::middleware::from_fn_with_state(
             protect.clone(),
             protect::rate_limit,

@@ -35,9 +35,9 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::fmt::MakeWriter as _;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::MakeWriter as _;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, Registry};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -437,11 +437,15 @@ impl RotatingFile {
 
     /// After an external rotation (`logrotate` moved the file away).
     fn reopen_now(&mut self) {
-        let result = self.file.flush().and_then(|()| open_append(&self.path)).and_then(|file| {
-            self.size = file.metadata()?.len();
-            self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
-            Ok(())
-        });
+        let result = self
+            .file
+            .flush()
+            .and_then(|()| open_append(&self.path))
+            .and_then(|file| {
+                self.size = file.metadata()?.len();
+                self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
+                Ok(())
+            });
         self.report(result, "reopen");
     }
 }
@@ -569,7 +573,10 @@ mod tests {
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("line 0"), "{text}");
         assert!(!text.contains("line 9"), "{text}");
-        assert!(text.contains("log lines dropped: the log output could not keep up"), "{text}");
+        assert!(
+            text.contains("log lines dropped: the log output could not keep up"),
+            "{text}"
+        );
         assert!(text.contains("after"), "{text}");
     }
 

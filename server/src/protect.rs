@@ -13,11 +13,10 @@
 //!   one for the whole cluster ([`SharedLimit`]: GCRA in one Lua script,
 //!   one round trip per request); while Redis is unreachable each node
 //!   falls back to its own bucket.
-//! * [`timeout`]: the outer bound of a request (504 `RequestTimeout`); runs
+//! * [`timeout`]: the outer bound of a request (tower's `Timeout`, 504 `RequestTimeout`); runs
 //!   have their own, tighter wall-time limit.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -302,20 +301,18 @@ pub async fn rate_limit(State(protect): State<Protect>, request: Request, next: 
     }
 }
 
-/// Middleware: 504 when the rest of the stack takes longer than the timeout.
-pub async fn timeout(State(protect): State<Protect>, request: Request, next: Next) -> Response {
-    bounded(protect.config().request_timeout, next.run(request)).await
-}
-
-/// `work`, or 504 `RequestTimeout` once `limit` passes (zero: no limit).
-async fn bounded(limit: Duration, work: impl Future<Output = Response>) -> Response {
+/// `router` under tower's `Timeout`: 504 `RequestTimeout` (our JSON
+/// error, not an empty body) when it takes longer than `limit`; zero: no limit.
+pub fn timeout<S: Clone + Send + Sync + 'static>(router: Router<S>, limit: Duration) -> Router<S> {
     if limit.is_zero() {
-        return work.await;
+        return router;
     }
-    match tokio::time::timeout(limit, work).await {
-        Ok(response) => response,
-        Err(_) => ApiError::RequestTimeout { limit }.into_response(),
-    }
+    let elapsed = move |_: tower::BoxError| async move { ApiError::RequestTimeout { limit }.into_response() };
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(elapsed))
+            .layer(tower::timeout::TimeoutLayer::new(limit)),
+    )
 }
 
 /// CORS for the configured origins (exact matches), or none when there
@@ -539,17 +536,23 @@ mod tests {
 
     #[tokio::test]
     async fn slow_requests_time_out() {
-        let slow = async {
+        use tower::ServiceExt as _;
+        let slow = || async {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            StatusCode::OK.into_response()
+            StatusCode::OK
         };
-        let response = bounded(Duration::from_millis(20), slow).await;
+        let app = timeout(
+            Router::new()
+                .route("/slow", axum::routing::get(slow))
+                .route("/fast", axum::routing::get(|| async { StatusCode::OK })),
+            Duration::from_millis(20),
+        );
+        let get = |path: &str| axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let response = app.clone().oneshot(get("/slow")).await.unwrap();
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"]["kind"], "RequestTimeout");
-
-        let fast = async { StatusCode::OK.into_response() };
-        assert_eq!(bounded(Duration::from_millis(20), fast).await.status(), StatusCode::OK);
+        assert_eq!(app.oneshot(get("/fast")).await.unwrap().status(), StatusCode::OK);
     }
 }

@@ -15,6 +15,12 @@
 //! ([`telemetry`](super::telemetry)): it continues the trace of a valid
 //! W3C `traceparent` header, or starts one, and the response names it in its
 //! own `traceparent` header. Handlers find the request id with [`current`].
+//!
+//! Not tower-http's `SetRequestIdLayer`/`PropagateRequestIdLayer`: they
+//! keep whatever id a client sends (any length, any bytes, straight into
+//! the log) and make one only when the header is absent; here an id that
+//! cannot be logged safely is replaced, and the id, its span, the task-local
+//! and the access line are made in one place, in one layer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
