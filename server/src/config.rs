@@ -4,7 +4,11 @@
 //! validates them once at start; [`Resolved::to_toml`] is `--print-config`.
 //!
 //! One key set serves the file, the environment and `--print-config`: the
-//! fields of [`Settings`]. In the environment a nested key joins its table
+//! fields of [`Settings`]. Each layer is a `figment` provider; figment
+//! merges them and remembers which one set each value (the origin that
+//! errors and `--print-config` name). Each layer is checked alone first,
+//! so an unknown key or a wrong type is reported with its own place: the
+//! file and line, or the variable. In the environment a nested key joins its table
 //! and name with `_` (`[limits] fuel` is `AVAP_LIMITS_FUEL`) and a list is
 //! comma-separated (`AVAP_CORS_ORIGINS=https://a.example,https://b.example`).
 //! Unknown keys and variables are errors, so a typo never silently falls
@@ -93,7 +97,8 @@ impl LogLevel {
 }
 
 /// The effective configuration: every key with its value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `ADDRESS:PORT` to listen on (port 0 picks a free one).
     pub listen: String,
@@ -219,7 +224,8 @@ pub struct Settings {
 }
 
 /// `[limits]`: the server's per-run maximums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub fuel: u64,
     pub time_ms: u64,
@@ -229,71 +235,8 @@ pub struct LimitSettings {
 }
 
 /// One layer (file, environment or flags): only the keys it sets.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Layer {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    allow_anonymous: Option<bool>,
-    require_api_key: Option<bool>,
-    rate_limit: Option<u32>,
-    rate_burst: Option<u32>,
-    request_timeout_ms: Option<u64>,
-    header_read_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    hsts_max_age: Option<u64>,
-    cors_origins: Option<Vec<String>>,
-    max_body_bytes: Option<usize>,
-    max_script_bytes: Option<usize>,
-    max_concurrent_runs: Option<usize>,
-    max_concurrent_compiles: Option<usize>,
-    queue_wait_ms: Option<u64>,
-    cache_entries: Option<usize>,
-    cache_ttl_s: Option<u64>,
-    prewarm: Option<usize>,
-    redis_url: Option<String>,
-    redis_ca_file: Option<String>,
-    redis_prefix: Option<String>,
-    deny_capabilities: Option<Vec<String>>,
-    outbound_allow: Option<Vec<String>>,
-    outbound_timeout_ms: Option<u64>,
-    outbound_max_response_kb: Option<u64>,
-    outbound_max_redirects: Option<u32>,
-    ai_endpoint: Option<String>,
-    app_database_url: Option<String>,
-    db_read_only: Option<bool>,
-    db_max_rows: Option<usize>,
-    db_statement_timeout_ms: Option<u64>,
-    db_max_result_kb: Option<u64>,
-    edge: Option<bool>,
-    registry_url: Option<String>,
-    registry_api_key: Option<String>,
-    registry_sync_ms: Option<u64>,
-    log_format: Option<LogFormat>,
-    log_level: Option<LogLevel>,
-    log_file: Option<String>,
-    log_max_mb: Option<f64>,
-    log_keep: Option<usize>,
-    otlp_endpoint: Option<String>,
-    otlp_protocol: Option<OtlpProtocol>,
-    otlp_ca_file: Option<String>,
-    otlp_service_name: Option<String>,
-    limits: Option<LimitLayer>,
-    connectors: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitLayer {
-    fuel: Option<u64>,
-    time_ms: Option<u64>,
-    memory_mb: Option<u64>,
-    stack_kb: Option<u64>,
-    output_kb: Option<u64>,
-}
+#[derive(Debug, Clone, Default)]
+struct Layer(toml::Table);
 
 /// Where a key's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,11 +247,77 @@ pub enum Source {
     Flag,
 }
 
+impl Source {
+    /// The name of its figment provider.
+    fn name(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "environment",
+            Source::Flag => "flag",
+        }
+    }
+
+    fn named(name: &str) -> Source {
+        [Source::File, Source::Env, Source::Flag]
+            .into_iter()
+            .find(|source| source.name() == name)
+            .unwrap_or(Source::Default)
+    }
+}
+
+/// A layer as a figment provider, named by its source.
+struct Provide<'a>(Source, &'a toml::Table);
+
+impl figment::Provider for Provide<'_> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.0.name())
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        figment::providers::Serialized::defaults(self.1).data()
+    }
+}
+
+impl Layer {
+    /// The layer if every key it sets is a key of [`Settings`] with a value
+    /// of the key's type; else the first problem, its place said by
+    /// `place(key path)`.
+    fn checked(self, source: Source, place: impl Fn(&[String]) -> String) -> Result<Layer, ConfigError> {
+        let template = Settings::defaults(PathBuf::from("/"));
+        let result = figment::Figment::from(figment::providers::Serialized::defaults(template))
+            .merge(Provide(source, &self.0))
+            .extract::<Settings>();
+        match result {
+            Ok(_) => Ok(self),
+            Err(e) => {
+                let mut path = e.path.clone();
+                let what = match &e.kind {
+                    figment::error::Kind::UnknownField(name, expected) => {
+                        if path.last() != Some(name) {
+                            path.push(name.clone());
+                        }
+                        let known: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+                        format!("unknown field `{name}`, expected one of {}", known.join(", "))
+                    }
+                    figment::error::Kind::UnknownVariant(name, expected) => {
+                        let known: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+                        format!("unknown variant `{name}`, expected one of {}", known.join(", "))
+                    }
+                    kind => kind.to_string(),
+                };
+                Err(problem(format!("{}: {what}", place(&path))))
+            }
+        }
+    }
+}
+
 /// The settings with the origin of every value.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub settings: Settings,
-    sources: BTreeMap<&'static str, Source>,
+    /// The merged layers; it knows which layer set each value.
+    merged: figment::Figment,
     /// The config file read, if any.
     file: Option<PathBuf>,
     /// The line of each key set in that file (`limits.fuel` for `[limits] fuel`).
@@ -379,12 +388,22 @@ fn key_lines(text: &str) -> BTreeMap<String, usize> {
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
-    toml::from_str(text).map_err(|e| {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
             .map(|span| format!(" line {}", line_of(text, span.start)))
             .unwrap_or_default();
         problem(format!("{}{line}: {}", path.display(), e.message().trim()))
+    })?;
+    let lines = key_lines(text);
+    Layer(table).checked(Source::File, |key| {
+        // A table named wrongly has no line of its own: its first key's.
+        let prefix = key.join(".");
+        let line = lines
+            .get(&prefix)
+            .or_else(|| lines.iter().find(|(k, _)| k.starts_with(&prefix)).map(|(_, n)| n));
+        let line = line.map(|n| format!(" line {n}")).unwrap_or_default();
+        format!("{}{line}", path.display())
     })
 }
 
@@ -397,20 +416,32 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn flag_layer(args: &ServeArgs) -> Layer {
     // Either access flag settles both keys, so it beats the file and the environment.
     let access = args.allow_anonymous || args.require_api_key;
-    Layer {
-        listen: args.listen.clone(),
-        data_dir: args.data_dir.clone(),
-        allow_anonymous: access.then_some(args.allow_anonymous),
-        require_api_key: access.then_some(args.require_api_key),
-        rate_limit: args.rate_limit,
-        rate_burst: args.rate_burst,
-        request_timeout_ms: args.request_timeout_ms,
-        cors_origins: (!args.cors_origin.is_empty()).then(|| args.cors_origin.clone()),
-        edge: args.edge.then_some(true),
-        registry_url: args.registry.clone(),
-        registry_sync_ms: args.registry_sync_ms,
-        ..Layer::default()
-    }
+    let mut table = toml::Table::new();
+    let mut set = |key: &str, value: Option<toml::Value>| {
+        if let Some(value) = value {
+            table.insert(key.to_owned(), value);
+        }
+    };
+    let text = |value: &Option<String>| value.clone().map(toml::Value::String);
+    let number = |value: Option<u64>| value.map(|n| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+    set("listen", text(&args.listen));
+    set(
+        "data_dir",
+        args.data_dir.as_ref().map(|d| d.to_string_lossy().into_owned().into()),
+    );
+    set("allow_anonymous", access.then_some(args.allow_anonymous.into()));
+    set("require_api_key", access.then_some(args.require_api_key.into()));
+    set("rate_limit", number(args.rate_limit.map(u64::from)));
+    set("rate_burst", number(args.rate_burst.map(u64::from)));
+    set("request_timeout_ms", number(args.request_timeout_ms));
+    set(
+        "cors_origins",
+        (!args.cors_origin.is_empty()).then(|| args.cors_origin.clone().into()),
+    );
+    set("edge", args.edge.then_some(true.into()));
+    set("registry_url", text(&args.registry));
+    set("registry_sync_ms", number(args.registry_sync_ms));
+    Layer(table)
 }
 
 /// The kind of value a key holds, which says how its variable's text is read.
@@ -478,16 +509,11 @@ fn env_layer(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Lay
             .to_str()
             .ok_or_else(|| problem(format!("environment variable {name}: the value is not UTF-8")))?;
         let value = env_value(name, value, *kind)?;
-        // Each variable is checked alone first, so a wrong type names it.
-        let alone = nested(path, value.clone());
-        toml::Value::Table(alone.clone())
-            .try_into::<Layer>()
-            .map_err(|e| problem(format!("environment variable {name}: {}", e.message().trim())))?;
-        merge_into(&mut table, alone);
+        // Each variable is checked alone, so a wrong type names it.
+        let alone = Layer(nested(path, value)).checked(Source::Env, |_| format!("environment variable {name}"))?;
+        merge_into(&mut table, alone.0);
     }
-    toml::Value::Table(table)
-        .try_into::<Layer>()
-        .map_err(|e| problem(format!("environment variables: {}", e.message().trim())))
+    Ok(Layer(table))
 }
 
 /// A variable's text as a value of `kind`.
@@ -763,25 +789,6 @@ fn sqlite_path(path: &str) -> DatabaseKind {
     }
 }
 
-/// Picks each key's value from the first layer that sets it and notes where it came from.
-struct Picker<'a> {
-    layers: [(Source, &'a Layer); 3],
-    sources: BTreeMap<&'static str, Source>,
-}
-
-impl Picker<'_> {
-    fn pick<T>(&mut self, key: &'static str, get: impl Fn(&Layer) -> Option<T>) -> Option<T> {
-        for (source, layer) in self.layers {
-            if let Some(value) = get(layer) {
-                self.sources.insert(key, source);
-                return Some(value);
-            }
-        }
-        self.sources.insert(key, Source::Default);
-        None
-    }
-}
-
 impl Resolved {
     fn from_layers(
         flags: &Layer,
@@ -790,146 +797,28 @@ impl Resolved {
         file_path: Option<PathBuf>,
         default_data_dir: impl FnOnce() -> Result<PathBuf, ConfigError>,
     ) -> Result<Resolved, ConfigError> {
-        let mut p = Picker {
-            layers: [(Source::Flag, flags), (Source::Env, env), (Source::File, file)],
-            sources: BTreeMap::new(),
+        let layers = figment::Figment::new()
+            .merge(Provide(Source::File, &file.0))
+            .merge(Provide(Source::Env, &env.0))
+            .merge(Provide(Source::Flag, &flags.0));
+        // The defaults of some keys (the databases) depend on `data_dir`.
+        let data_dir = match layers.extract_inner::<PathBuf>("data_dir") {
+            Ok(dir) => dir,
+            Err(_) => default_data_dir()?,
         };
-        let data_dir = match p.pick("data_dir", |l| l.data_dir.clone()) {
-            Some(dir) => dir,
-            None => default_data_dir()?,
-        };
-        let d = Settings::defaults(data_dir);
-        let limit = |get: fn(&LimitLayer) -> Option<u64>| move |l: &Layer| l.limits.as_ref().and_then(get);
-        let settings = Settings {
-            listen: p.pick("listen", |l| l.listen.clone()).unwrap_or(d.listen),
-            database_url: p
-                .pick("database_url", |l| l.database_url.clone())
-                .unwrap_or(d.database_url),
-            data_dir: d.data_dir,
-            allow_anonymous: p
-                .pick("allow_anonymous", |l| l.allow_anonymous)
-                .unwrap_or(d.allow_anonymous),
-            require_api_key: p
-                .pick("require_api_key", |l| l.require_api_key)
-                .unwrap_or(d.require_api_key),
-            rate_limit: p.pick("rate_limit", |l| l.rate_limit).unwrap_or(d.rate_limit),
-            rate_burst: p.pick("rate_burst", |l| l.rate_burst).unwrap_or(d.rate_burst),
-            request_timeout_ms: p
-                .pick("request_timeout_ms", |l| l.request_timeout_ms)
-                .unwrap_or(d.request_timeout_ms),
-            header_read_timeout_ms: p
-                .pick("header_read_timeout_ms", |l| l.header_read_timeout_ms)
-                .unwrap_or(d.header_read_timeout_ms),
-            idle_timeout_ms: p
-                .pick("idle_timeout_ms", |l| l.idle_timeout_ms)
-                .unwrap_or(d.idle_timeout_ms),
-            max_connections: p
-                .pick("max_connections", |l| l.max_connections)
-                .unwrap_or(d.max_connections),
-            max_connections_per_ip: p
-                .pick("max_connections_per_ip", |l| l.max_connections_per_ip)
-                .unwrap_or(d.max_connections_per_ip),
-            hsts_max_age: p.pick("hsts_max_age", |l| l.hsts_max_age).unwrap_or(d.hsts_max_age),
-            cors_origins: p
-                .pick("cors_origins", |l| l.cors_origins.clone())
-                .unwrap_or(d.cors_origins),
-            max_body_bytes: p
-                .pick("max_body_bytes", |l| l.max_body_bytes)
-                .unwrap_or(d.max_body_bytes),
-            max_script_bytes: p
-                .pick("max_script_bytes", |l| l.max_script_bytes)
-                .unwrap_or(d.max_script_bytes),
-            max_concurrent_runs: p
-                .pick("max_concurrent_runs", |l| l.max_concurrent_runs)
-                .unwrap_or(d.max_concurrent_runs),
-            max_concurrent_compiles: p
-                .pick("max_concurrent_compiles", |l| l.max_concurrent_compiles)
-                .unwrap_or(d.max_concurrent_compiles),
-            queue_wait_ms: p.pick("queue_wait_ms", |l| l.queue_wait_ms).unwrap_or(d.queue_wait_ms),
-            cache_entries: p.pick("cache_entries", |l| l.cache_entries).unwrap_or(d.cache_entries),
-            cache_ttl_s: p.pick("cache_ttl_s", |l| l.cache_ttl_s).unwrap_or(d.cache_ttl_s),
-            prewarm: p.pick("prewarm", |l| l.prewarm).unwrap_or(d.prewarm),
-            redis_url: p.pick("redis_url", |l| l.redis_url.clone()).unwrap_or(d.redis_url),
-            redis_ca_file: p
-                .pick("redis_ca_file", |l| l.redis_ca_file.clone())
-                .unwrap_or(d.redis_ca_file),
-            redis_prefix: p
-                .pick("redis_prefix", |l| l.redis_prefix.clone())
-                .unwrap_or(d.redis_prefix),
-            deny_capabilities: p
-                .pick("deny_capabilities", |l| l.deny_capabilities.clone())
-                .unwrap_or(d.deny_capabilities),
-            outbound_allow: p
-                .pick("outbound_allow", |l| l.outbound_allow.clone())
-                .unwrap_or(d.outbound_allow),
-            outbound_timeout_ms: p
-                .pick("outbound_timeout_ms", |l| l.outbound_timeout_ms)
-                .unwrap_or(d.outbound_timeout_ms),
-            outbound_max_response_kb: p
-                .pick("outbound_max_response_kb", |l| l.outbound_max_response_kb)
-                .unwrap_or(d.outbound_max_response_kb),
-            outbound_max_redirects: p
-                .pick("outbound_max_redirects", |l| l.outbound_max_redirects)
-                .unwrap_or(d.outbound_max_redirects),
-            ai_endpoint: p
-                .pick("ai_endpoint", |l| l.ai_endpoint.clone())
-                .unwrap_or(d.ai_endpoint),
-            app_database_url: p
-                .pick("app_database_url", |l| l.app_database_url.clone())
-                .unwrap_or(d.app_database_url),
-            db_read_only: p.pick("db_read_only", |l| l.db_read_only).unwrap_or(d.db_read_only),
-            db_max_rows: p.pick("db_max_rows", |l| l.db_max_rows).unwrap_or(d.db_max_rows),
-            db_statement_timeout_ms: p
-                .pick("db_statement_timeout_ms", |l| l.db_statement_timeout_ms)
-                .unwrap_or(d.db_statement_timeout_ms),
-            db_max_result_kb: p
-                .pick("db_max_result_kb", |l| l.db_max_result_kb)
-                .unwrap_or(d.db_max_result_kb),
-            connectors: p.pick("connectors", |l| l.connectors.clone()).unwrap_or(d.connectors),
-            edge: p.pick("edge", |l| l.edge).unwrap_or(d.edge),
-            registry_url: p
-                .pick("registry_url", |l| l.registry_url.clone())
-                .unwrap_or(d.registry_url),
-            registry_api_key: p
-                .pick("registry_api_key", |l| l.registry_api_key.clone())
-                .unwrap_or(d.registry_api_key),
-            registry_sync_ms: p
-                .pick("registry_sync_ms", |l| l.registry_sync_ms)
-                .unwrap_or(d.registry_sync_ms),
-            log_format: p.pick("log_format", |l| l.log_format).unwrap_or(d.log_format),
-            log_level: p.pick("log_level", |l| l.log_level).unwrap_or(d.log_level),
-            log_file: p.pick("log_file", |l| l.log_file.clone()).unwrap_or(d.log_file),
-            log_max_mb: p.pick("log_max_mb", |l| l.log_max_mb).unwrap_or(d.log_max_mb),
-            log_keep: p.pick("log_keep", |l| l.log_keep).unwrap_or(d.log_keep),
-            otlp_endpoint: p
-                .pick("otlp_endpoint", |l| l.otlp_endpoint.clone())
-                .unwrap_or(d.otlp_endpoint),
-            otlp_protocol: p.pick("otlp_protocol", |l| l.otlp_protocol).unwrap_or(d.otlp_protocol),
-            otlp_ca_file: p
-                .pick("otlp_ca_file", |l| l.otlp_ca_file.clone())
-                .unwrap_or(d.otlp_ca_file),
-            otlp_service_name: p
-                .pick("otlp_service_name", |l| l.otlp_service_name.clone())
-                .unwrap_or(d.otlp_service_name),
-            limits: LimitSettings {
-                fuel: p.pick("limits.fuel", limit(|l| l.fuel)).unwrap_or(d.limits.fuel),
-                time_ms: p
-                    .pick("limits.time_ms", limit(|l| l.time_ms))
-                    .unwrap_or(d.limits.time_ms),
-                memory_mb: p
-                    .pick("limits.memory_mb", limit(|l| l.memory_mb))
-                    .unwrap_or(d.limits.memory_mb),
-                stack_kb: p
-                    .pick("limits.stack_kb", limit(|l| l.stack_kb))
-                    .unwrap_or(d.limits.stack_kb),
-                output_kb: p
-                    .pick("limits.output_kb", limit(|l| l.output_kb))
-                    .unwrap_or(d.limits.output_kb),
-            },
-        };
+        let merged = figment::Figment::from(Provide(
+            Source::Default,
+            &toml::Table::try_from(Settings::defaults(data_dir))
+                .map_err(|e| problem(format!("cannot build the defaults: {e}")))?,
+        ))
+        .merge(layers);
+        // Each layer was checked alone, so only a bug fails here.
+        let settings = merged
+            .extract::<Settings>()
+            .map_err(|e| problem(format!("cannot merge the configuration: {e}")))?;
         Ok(Resolved {
             settings,
-            sources: p.sources,
+            merged,
             file: file_path,
             file_lines: BTreeMap::new(),
         })
@@ -938,11 +827,11 @@ impl Resolved {
     /// Where `key`'s value came from, in words.
     fn origin(&self, key: &str) -> String {
         // `connectors.X` comes from where the whole `[connectors]` table did.
-        let source = self
-            .sources
-            .get(key)
-            .or_else(|| key.split_once('.').and_then(|(section, _)| self.sources.get(section)));
-        match source.copied().unwrap_or(Source::Default) {
+        let metadata = self.merged.find_metadata(key).or_else(|| {
+            key.split_once('.')
+                .and_then(|(section, _)| self.merged.find_metadata(section))
+        });
+        match metadata.map_or(Source::Default, |m| Source::named(&m.name)) {
             Source::Default => "default".to_owned(),
             Source::File => {
                 let path = self
@@ -1360,10 +1249,7 @@ mod tests {
     fn flags_beat_env_beat_file_beat_defaults() {
         let file = file("rate_limit = 1\nrate_burst = 2\nqueue_wait_ms = 3\n[limits]\nfuel = 4\n");
         let env = env(&[("AVAP_RATE_BURST", "20"), ("AVAP_QUEUE_WAIT_MS", "30")]).unwrap();
-        let flags = Layer {
-            queue_wait_ms: Some(300),
-            ..Layer::default()
-        };
+        let flags = Layer(toml::from_str("queue_wait_ms = 300").unwrap());
         let r = resolved(&flags, &env, &file);
         let s = &r.settings;
         assert_eq!(
@@ -1482,11 +1368,7 @@ mod tests {
     #[test]
     fn an_access_flag_settles_both_access_keys() {
         let file = file("allow_anonymous = true\n");
-        let flags = Layer {
-            require_api_key: Some(true),
-            allow_anonymous: Some(false),
-            ..Layer::default()
-        };
+        let flags = Layer(toml::from_str("require_api_key = true\nallow_anonymous = false").unwrap());
         let r = resolved(&flags, &Layer::default(), &file);
         assert!(r.settings.require_api_key && !r.settings.allow_anonymous);
         assert!(!r.settings.server_config().allow_anonymous);
@@ -1594,7 +1476,7 @@ mod tests {
         );
         // What is printed reads back as a config file with the same values.
         let again = parse_file(Path::new("printed.toml"), &printed.replace("***", "pw")).unwrap();
-        assert_eq!(again.limits.unwrap().fuel, Some(5));
+        assert_eq!(again.0["limits"]["fuel"].as_integer(), Some(5));
     }
 
     #[test]
@@ -1788,11 +1670,7 @@ mod tests {
             ("AVAP_REGISTRY_API_KEY", "avap_0123abcd_supersecret"),
         ])
         .unwrap();
-        let flags = Layer {
-            edge: Some(true),
-            registry_sync_ms: Some(250),
-            ..Layer::default()
-        };
+        let flags = Layer(toml::from_str("edge = true\nregistry_sync_ms = 250").unwrap());
         let r = resolved(&flags, &env, &Layer::default());
         let edge = r.settings.server_config().edge.expect("edge mode");
         assert_eq!(edge.registry_url, "https://10.0.0.5:8080");
