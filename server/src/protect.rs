@@ -6,8 +6,11 @@
 //!   `hsts_max_age` is set: the server speaks plain HTTP, so HSTS is for
 //!   deployments behind a TLS-terminating proxy (browsers ignore it over
 //!   plain HTTP anyway).
-//! * [`rate_limit`]: an in-memory token bucket per client: the `avap_<id>`
-//!   of a presented API key, else the peer IP. Over the limit → 429
+//! * [`rate_limit`]: GCRA per client (`governor`) on this node: the
+//!   `avap_<id>` of a presented API key, else the peer IP. Its keyed
+//!   state is ours ([`BoundedStore`]): at most 100,000 clients, newcomers
+//!   sharing one bucket while it is full, so a flood of addresses can
+//!   neither grow memory without bound nor pass unlimited. Over the limit → 429
 //!   `RateLimited` with `Retry-After`. Health, info, metrics and the
 //!   `OpenAPI` document are exempt. With Redis (`redis_url`) the limit is
 //!   one for the whole cluster ([`SharedLimit`]: GCRA in one Lua script,
@@ -18,7 +21,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -26,6 +30,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -33,8 +43,6 @@ use super::api_key_cache::ApiKeyCache;
 use super::error::ApiError;
 use super::redis::{Redis, RedisError, Reply};
 
-/// Entries idle this long (at least) are dropped from the rate-limit map.
-const IDLE: Duration = Duration::from_mins(1);
 /// The most clients tracked at once.
 const MAX_CLIENTS: usize = 100_000;
 /// How often the map is swept for idle entries.
@@ -78,7 +86,10 @@ pub struct Protect {
 #[derive(Debug)]
 struct Inner {
     config: ProtectConfig,
-    limiter: Mutex<Limiter>,
+    /// `None` when rate limiting is off.
+    limiter: Option<Limiter>,
+    /// When the limiter last dropped clients whose buckets are full again.
+    last_sweep: Mutex<Instant>,
     /// The cluster-wide limit, when Redis is configured.
     shared: Option<SharedLimit>,
     /// API keys the server has verified: a request is charged to its key
@@ -93,12 +104,14 @@ impl Protect {
     /// charged to that key (each key its own budget); every other request
     /// to its peer address.
     pub fn new(config: ProtectConfig, shared: Option<SharedLimit>, known_keys: Option<Arc<ApiKeyCache>>) -> Protect {
+        let limiter = quota(&config).map(|quota| Limiter::new(quota, BoundedStore::default(), MonotonicClock));
         Protect {
             inner: Arc::new(Inner {
                 shared,
                 known_keys,
                 config,
-                limiter: Mutex::new(Limiter::new(Instant::now())),
+                limiter,
+                last_sweep: Mutex::new(Instant::now()),
             }),
         }
     }
@@ -119,78 +132,97 @@ impl Protect {
         self.check(client, Instant::now())
     }
 
-    /// Take one token for `client` from this node's bucket, or the whole seconds to wait.
+    /// Admit one request of `client` by this node's limiter, or the whole seconds to wait.
     fn check(&self, client: &str, now: Instant) -> Result<(), u64> {
-        let config = self.config();
-        if config.rate_limit == 0 {
+        let Some(limiter) = &self.inner.limiter else {
             return Ok(());
+        };
+        {
+            let mut last_sweep = self.inner.last_sweep.lock().unwrap_or_else(PoisonError::into_inner);
+            if now.duration_since(*last_sweep) >= SWEEP_EVERY || limiter.len() >= MAX_CLIENTS {
+                *last_sweep = now;
+                limiter.retain_recent();
+            }
         }
-        let rate = f64::from(config.rate_limit);
-        let burst = f64::from(config.rate_burst.max(1));
-        let mut limiter = self
-            .inner
-            .limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        limiter.take(client, now, rate, burst)
+        take(limiter, client)
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+/// `rate_limit` per second with bursts of `rate_burst`; `None` when off.
+fn quota(config: &ProtectConfig) -> Option<Quota> {
+    let rate = NonZeroU32::new(config.rate_limit)?;
+    let burst = NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN);
+    Some(Quota::per_second(rate).allow_burst(burst))
 }
+
+/// One request of `client`, or the whole seconds to wait (at least 1).
+fn take<C: Clock>(limiter: &Limiter<C>, client: &str) -> Result<(), u64> {
+    limiter.check_key(&client.to_owned()).map_err(|not_until| {
+        let wait = not_until.wait_time_from(limiter.clock().now());
+        (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    })
+}
+
+/// This node's rate limiter: `governor`'s GCRA over [`BoundedStore`].
+type Limiter<C = MonotonicClock> = RateLimiter<String, BoundedStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The bucket newcomers share while the table is full of active clients.
 const OVERFLOW_CLIENT: &str = "overflow";
 
-#[derive(Debug)]
-struct Limiter {
-    buckets: HashMap<String, Bucket>,
-    last_sweep: Instant,
+/// The limiter's state (each client's theoretical arrival time), bounded:
+/// while [`MAX_CLIENTS`] clients are tracked, newcomers share one bucket
+/// rather than grow the table without bound (or pass untracked, which would
+/// let a flood from many addresses through unlimited). Clients whose
+/// buckets are full again are dropped by `retain_recent` (every
+/// [`SWEEP_EVERY`], and whenever the table is full).
+#[derive(Debug, Default)]
+struct BoundedStore(Mutex<HashMap<String, Nanos>>);
+
+impl BoundedStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Nanos>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-impl Limiter {
-    fn new(now: Instant) -> Limiter {
-        Limiter {
-            buckets: HashMap::new(),
-            last_sweep: now,
-        }
-    }
+impl StateStore for BoundedStore {
+    type Key = String;
 
-    fn take(&mut self, client: &str, now: Instant, rate: f64, burst: f64) -> Result<(), u64> {
-        // An entry is only dropped once its bucket would have refilled anyway.
-        let idle = IDLE.max(Duration::from_secs_f64(burst / rate));
-        if now.duration_since(self.last_sweep) >= SWEEP_EVERY || self.buckets.len() >= MAX_CLIENTS {
-            self.buckets.retain(|_, b| now.duration_since(b.last) < idle);
-            self.last_sweep = now;
-        }
-        // Still full of active clients: newcomers share one bucket rather
-        // than grow the table without bound (or pass untracked, which would
-        // let a flood from many addresses through unlimited).
-        let client = if self.buckets.len() >= MAX_CLIENTS && !self.buckets.contains_key(client) {
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut states = self.lock();
+        let key = if states.len() >= MAX_CLIENTS && !states.contains_key(key) {
             OVERFLOW_CLIENT
         } else {
-            client
+            key
         };
-        let bucket = self.buckets.entry(client.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let elapsed = now.duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - bucket.tokens) / rate).ceil();
-            // `wait` is a small positive whole number of seconds.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let wait = wait as u64;
-            Err(wait.max(1))
+        let (outcome, next) = f(states.get(key).copied())?;
+        match states.get_mut(key) {
+            Some(state) => *state = next,
+            None => {
+                states.insert(key.to_owned(), next);
+            }
         }
+        Ok(outcome)
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for BoundedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.lock().retain(|_, tat| *tat >= drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.lock().shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 
@@ -382,34 +414,54 @@ pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>, con
 #[cfg(test)]
 mod tests {
     use axum::http::StatusCode;
+    use governor::clock::FakeRelativeClock;
 
     use super::*;
 
-    #[test]
-    fn buckets_refill_at_the_rate() {
-        let t0 = Instant::now();
-        let mut limiter = Limiter::new(t0);
-        assert_eq!(limiter.take("a", t0, 2.0, 2.0), Ok(()));
-        assert_eq!(limiter.take("a", t0, 2.0, 2.0), Ok(()));
-        assert_eq!(limiter.take("a", t0, 2.0, 2.0), Err(1));
-        assert_eq!(limiter.take("b", t0, 2.0, 2.0), Ok(()), "clients are separate");
-        let later = t0 + Duration::from_millis(500);
-        assert_eq!(limiter.take("a", later, 2.0, 2.0), Ok(()));
-        assert_eq!(limiter.take("a", later, 2.0, 2.0), Err(1));
-        // A slow rate asks for a longer wait.
-        assert_eq!(limiter.take("c", t0, 0.1, 1.0), Ok(()));
-        assert_eq!(limiter.take("c", t0, 0.1, 1.0), Err(10));
+    /// A limiter on a clock the test moves.
+    fn limiter(rate: u32, burst: u32) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
+        let config = ProtectConfig {
+            rate_limit: rate,
+            rate_burst: burst,
+            ..ProtectConfig::default()
+        };
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::new(quota(&config).unwrap(), BoundedStore::default(), clock.clone());
+        (limiter, clock)
     }
 
     #[test]
-    fn idle_clients_are_evicted() {
-        let t0 = Instant::now();
-        let mut limiter = Limiter::new(t0);
-        limiter.take("a", t0, 1.0, 1.0).unwrap();
-        assert_eq!(limiter.buckets.len(), 1);
-        let later = t0 + IDLE + SWEEP_EVERY;
-        limiter.take("b", later, 1.0, 1.0).unwrap();
-        assert_eq!(limiter.buckets.keys().collect::<Vec<_>>(), ["b"]);
+    fn buckets_refill_at_the_rate() {
+        let (limiter, clock) = limiter(2, 2);
+        assert_eq!(take(&limiter, "a"), Ok(()));
+        assert_eq!(take(&limiter, "a"), Ok(()));
+        assert_eq!(take(&limiter, "a"), Err(1));
+        assert_eq!(take(&limiter, "b"), Ok(()), "clients are separate");
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(take(&limiter, "a"), Ok(()));
+        assert_eq!(take(&limiter, "a"), Err(1));
+        // A slow rate asks for a longer wait.
+        let (slow, _) = limiter_per(Quota::with_period(Duration::from_secs(10)).unwrap());
+        assert_eq!(take(&slow, "c"), Ok(()));
+        assert_eq!(take(&slow, "c"), Err(10));
+    }
+
+    fn limiter_per(quota: Quota) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (Limiter::new(quota, BoundedStore::default(), clock.clone()), clock)
+    }
+
+    #[test]
+    fn clients_with_full_buckets_are_dropped() {
+        let (limiter, clock) = limiter(1, 1);
+        take(&limiter, "a").unwrap();
+        assert_eq!(limiter.len(), 1);
+        // governor keeps a state one emission interval past its refill.
+        clock.advance(Duration::from_secs(3));
+        take(&limiter, "b").unwrap();
+        limiter.retain_recent();
+        assert_eq!(limiter.len(), 1, "only b still owes time");
+        assert_eq!(take(&limiter, "a"), Ok(()), "a starts over with a full bucket");
     }
 
     #[tokio::test]
@@ -444,18 +496,18 @@ mod tests {
 
     #[test]
     fn newcomers_share_one_bucket_while_the_table_is_full() {
-        let t0 = Instant::now();
-        let mut limiter = Limiter::new(t0);
+        let (limiter, _) = limiter(1, 1);
         for i in 0..MAX_CLIENTS {
-            limiter.take(&format!("c{i}"), t0, 1.0, 1.0).unwrap();
+            take(&limiter, &format!("c{i}")).unwrap();
         }
+        assert_eq!(take(&limiter, "new-1"), Ok(()), "the overflow bucket's first token");
+        assert_eq!(take(&limiter, "new-2"), Err(1), "newcomers share it");
+        assert_eq!(take(&limiter, "c7"), Err(1), "known clients keep their own bucket");
         assert_eq!(
-            limiter.take("new-1", t0, 1.0, 1.0),
-            Ok(()),
-            "the overflow bucket's first token"
+            limiter.len(),
+            MAX_CLIENTS + 1,
+            "the table does not grow past the overflow bucket"
         );
-        assert_eq!(limiter.take("new-2", t0, 1.0, 1.0), Err(1), "newcomers share it");
-        assert!(!limiter.buckets.contains_key("new-2"));
     }
 
     /// Two limiters on one prefix: two nodes of a cluster.
