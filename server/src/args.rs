@@ -1,17 +1,21 @@
-//! The flags of `avap serve` (the CLI parses them; the configuration layers them).
+//! The flags of `avap serve`: clap parses them, and serialized (serde, the
+//! configuration's key names) they are the top layer of the configuration.
+//! A flag left out is not serialized, so it sets nothing.
 
 use std::path::PathBuf;
 
 /// `avap serve`. Every setting can also come from a TOML config file or an
 /// `AVAP_<KEY>` environment variable (see `--print-config`); a flag given
 /// here wins over both.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, clap::Args, serde::Serialize)]
 pub struct ServeArgs {
     /// TOML config file (default: `$XDG_CONFIG_HOME/avap/config.toml` or `~/.config/avap/config.toml`, if it exists)
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Print the effective configuration as TOML, with where each value came from, and exit
     #[arg(long)]
+    #[serde(skip)]
     pub print_config: bool,
     /// Address and port to listen on [default: 127.0.0.1:8080] (port 0 picks a free port; the startup line shows it)
     #[arg(long, value_name = "ADDR:PORT")]
@@ -21,9 +25,11 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// Require an API key on every guarded route, even on a loopback address
     #[arg(long, conflicts_with = "allow_anonymous")]
+    #[serde(skip)] // with `allow_anonymous`: either flag settles both keys
     pub require_api_key: bool,
     /// Let requests without an API key in even on a non-loopback address
     #[arg(long)]
+    #[serde(skip)]
     pub allow_anonymous: bool,
     /// Requests per second per client (API key, else IP) [default: 50]; 0 turns rate limiting off
     #[arg(long, value_name = "N")]
@@ -36,12 +42,15 @@ pub struct ServeArgs {
     pub request_timeout_ms: Option<u64>,
     /// An origin allowed to call the API from a browser (CORS); repeatable
     #[arg(long, value_name = "ORIGIN")]
+    #[serde(rename = "cors_origins", skip_serializing_if = "Vec::is_empty")]
     pub cors_origin: Vec<String>,
     /// Run as an edge node: serve a verified disk mirror of the registry at `--registry`, read-only, also while it is unreachable
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub edge: bool,
     /// The registry node an edge node follows, as `http(s)://HOST[:PORT]` (its API key: `registry_api_key` / `AVAP_REGISTRY_API_KEY`)
     #[arg(long, value_name = "URL")]
+    #[serde(rename = "registry_url")]
     pub registry: Option<String>,
     /// How often an edge node asks the registry for changes, in milliseconds [default: 5000]
     #[arg(long, value_name = "N")]

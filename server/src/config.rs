@@ -414,33 +414,13 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The flags given on the command line (a flag left out sets nothing).
 fn flag_layer(args: &ServeArgs) -> Layer {
+    // Every flag's value is a string, number, bool, path or list: TOML has them all.
+    let mut table = toml::Table::try_from(args).unwrap_or_default();
     // Either access flag settles both keys, so it beats the file and the environment.
-    let access = args.allow_anonymous || args.require_api_key;
-    let mut table = toml::Table::new();
-    let mut set = |key: &str, value: Option<toml::Value>| {
-        if let Some(value) = value {
-            table.insert(key.to_owned(), value);
-        }
-    };
-    let text = |value: &Option<String>| value.clone().map(toml::Value::String);
-    let number = |value: Option<u64>| value.map(|n| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
-    set("listen", text(&args.listen));
-    set(
-        "data_dir",
-        args.data_dir.as_ref().map(|d| d.to_string_lossy().into_owned().into()),
-    );
-    set("allow_anonymous", access.then_some(args.allow_anonymous.into()));
-    set("require_api_key", access.then_some(args.require_api_key.into()));
-    set("rate_limit", number(args.rate_limit.map(u64::from)));
-    set("rate_burst", number(args.rate_burst.map(u64::from)));
-    set("request_timeout_ms", number(args.request_timeout_ms));
-    set(
-        "cors_origins",
-        (!args.cors_origin.is_empty()).then(|| args.cors_origin.clone().into()),
-    );
-    set("edge", args.edge.then_some(true.into()));
-    set("registry_url", text(&args.registry));
-    set("registry_sync_ms", number(args.registry_sync_ms));
+    if args.allow_anonymous || args.require_api_key {
+        table.insert("allow_anonymous".to_owned(), args.allow_anonymous.into());
+        table.insert("require_api_key".to_owned(), args.require_api_key.into());
+    }
     Layer(table)
 }
 
@@ -1363,6 +1343,38 @@ mod tests {
             r.validate().unwrap_err().to_string(),
             "max_concurrent_runs = 0 (from file /etc/avap.toml line 2): must be between 1 and 1024"
         );
+    }
+
+    #[test]
+    fn flags_serialize_to_their_keys() {
+        let args = ServeArgs {
+            listen: Some("0.0.0.0:1".into()),
+            cors_origin: vec!["https://a.example".into()],
+            registry: Some("https://registry.example".into()),
+            require_api_key: true,
+            rate_limit: Some(3),
+            ..ServeArgs::default()
+        };
+        let flags = flag_layer(&args);
+        let mut keys: Vec<&str> = flags.0.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "allow_anonymous",
+                "cors_origins",
+                "listen",
+                "rate_limit",
+                "registry_url",
+                "require_api_key"
+            ]
+        );
+        let r = resolved(&flags, &Layer::default(), &Layer::default());
+        assert!(!r.settings.allow_anonymous && r.settings.require_api_key);
+        assert_eq!(r.origin("registry_url"), "flag --registry");
+        assert_eq!(r.origin("cors_origins"), "flag --cors-origin");
+        assert_eq!(r.origin("rate_burst"), "default");
+        assert!(flag_layer(&ServeArgs::default()).0.is_empty(), "no flag, no key");
     }
 
     #[test]
