@@ -137,9 +137,11 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
         tokens: Vec::with_capacity(src.len() / 3),
         brackets: Vec::new(),
         line_start_token: 0,
+        floor_division_words: Vec::new(),
         diags,
     };
     lexer.run();
+    lexer.warn_names_after_floor_division();
     lexer.tokens
 }
 
@@ -152,6 +154,10 @@ struct Lexer<'s, 'd> {
     brackets: Vec<(u8, usize)>,
     /// Index of the first token of the current line.
     line_start_token: usize,
+    /// `x = a // b`-shaped comments whose text starts with a word: the
+    /// `//` position and the word. W0002 once the file is lexed, if the
+    /// word names something in the code.
+    floor_division_words: Vec<(usize, &'s str)>,
     diags: &'d mut Vec<Diagnostic>,
 }
 
@@ -163,7 +169,7 @@ fn is_ident_continue(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-impl Lexer<'_, '_> {
+impl<'s> Lexer<'s, '_> {
     fn peek(&self, ahead: usize) -> u8 {
         self.bytes.get(self.pos + ahead).copied().unwrap_or(0)
     }
@@ -220,11 +226,13 @@ impl Lexer<'_, '_> {
     }
 
     fn line_comment(&mut self) {
+        // The source outlives the lexer: words of comments are kept from it.
+        let src: &'s str = self.src;
         let start = self.pos;
-        let end = self.src[start..].find('\n').map_or(self.src.len(), |i| start + i);
+        let end = src[start..].find('\n').map_or(src.len(), |i| start + i);
         self.pos = end;
         // `x = 7 // 2` reads like Python floor division but is a comment.
-        let text = self.src[start + 2..end].trim_start();
+        let text = src[start + 2..end].trim_start();
         let line = &self.tokens[self.line_start_token..];
         let is_expression_line = matches!(
             line,
@@ -232,15 +240,53 @@ impl Lexer<'_, '_> {
                 && matches!(second.kind, TokenKind::Assign | TokenKind::PlusAssign | TokenKind::MinusAssign | TokenKind::StarAssign | TokenKind::SlashAssign)
         ) || matches!(line.first(), Some(t) if t.kind == TokenKind::Ident && &self.src[t.span.range()] == "return");
         let after_operand = line.last().is_some_and(|t| t.kind.ends_operand());
-        if is_expression_line && after_operand && text.starts_with(|c: char| c.is_ascii_digit() || c == '(') {
-            let d = self.error(
-                Code::CommentLooksLikeFloorDivision,
-                start,
-                start + 2,
-                "`//` starts a comment here, not floor division",
-            );
-            d.label = Some("the rest of the line is ignored".into());
-            d.help = Some("for floor division write it inside parentheses: `(a // b)`".into());
+        if !(is_expression_line && after_operand) {
+            return;
+        }
+        if text.starts_with(|c: char| c.is_ascii_digit() || c == '(') {
+            self.floor_division_warning(start);
+        } else if text.starts_with(|c: char| is_ident_start(c as u8)) {
+            // `pages = (total + size - 1) // size`: a word, then nothing or
+            // an operator, is an operand when the code uses that name
+            // (decided once every token is known); prose has more words.
+            let word_end = text.bytes().position(|b| !is_ident_continue(b)).unwrap_or(text.len());
+            let rest = text[word_end..].trim_start();
+            if rest.is_empty() || rest.starts_with(['+', '-', '*', '/', '%', ')']) {
+                self.floor_division_words.push((start, &text[..word_end]));
+            }
+        }
+    }
+
+    fn floor_division_warning(&mut self, start: usize) {
+        let d = self.error(
+            Code::CommentLooksLikeFloorDivision,
+            start,
+            start + 2,
+            "`//` starts a comment here, not floor division",
+        );
+        d.label = Some("the rest of the line is ignored".into());
+        d.help = Some("for floor division write it inside parentheses: `(a // b)`".into());
+    }
+
+    /// W0002 for the comments whose first word names an identifier of the code.
+    fn warn_names_after_floor_division(&mut self) {
+        if self.floor_division_words.is_empty() {
+            return;
+        }
+        let names: std::collections::HashSet<&str> = self
+            .tokens
+            .iter()
+            .filter(|t| t.kind == TokenKind::Ident)
+            .map(|t| &self.src[t.span.range()])
+            .collect();
+        let sites: Vec<usize> = self
+            .floor_division_words
+            .iter()
+            .filter(|(_, word)| names.contains(word))
+            .map(|&(start, _)| start)
+            .collect();
+        for start in sites {
+            self.floor_division_warning(start);
         }
     }
 

@@ -247,6 +247,15 @@ fn statements_and_blocks() {
     assert_eq!(codes("t = `a ${b} \\${c}`"), Vec::<&str>::new());
     assert_eq!(codes("x[0] += 1"), Vec::<&str>::new());
     assert_eq!(codes("x = 7 // 2"), vec!["W0002"]);
+    // A name of the code after `//` is an operand too; prose is not.
+    assert_eq!(
+        codes("size = 3\ntotal = 10\npages = (total + size - 1) // size"),
+        vec!["W0002"]
+    );
+    assert_eq!(codes("size = 3\nx = size // size + 1"), vec!["W0002"]);
+    assert_eq!(codes("size = 3\nx = size // TODO"), Vec::<&str>::new());
+    assert_eq!(codes("size = 3\nx = size // size of the page"), Vec::<&str>::new());
+    assert_eq!(codes("x = 3 // pages"), Vec::<&str>::new());
     assert_eq!(codes("if(a, b, c)\nend()"), vec!["E0030"]);
     assert_eq!(codes("if(a, b, '=', x)\nend()"), vec!["E0031"]);
     assert_eq!(codes("if(None, None, \"a >\")\nend()"), vec!["E0032"]);
