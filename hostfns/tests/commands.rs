@@ -253,6 +253,11 @@ fn add_param_coerces_query_strings() {
         ("null", "null"),
         ("word", "hello"),
         ("inf", "inf"),
+        ("quoted", r#""Ada""#),
+        ("escaped", r#""line\nbreak""#),
+        ("lone", r#"""#),
+        ("bad", r#""a"b""#),
+        ("plus", "+4"),
     ]);
     assert_eq!(param(&mut ctx, "int"), int(42));
     assert_eq!(param(&mut ctx, "neg"), int(-3));
@@ -264,6 +269,12 @@ fn add_param_coerces_query_strings() {
     assert_eq!(param(&mut ctx, "null"), none());
     assert_eq!(param(&mut ctx, "word"), s("hello"));
     assert_eq!(param(&mut ctx, "inf"), s("inf"));
+    // A JSON string text is decoded like any JSON text (spec §7).
+    assert_eq!(param(&mut ctx, "quoted"), s("Ada"));
+    assert_eq!(param(&mut ctx, "escaped"), s("line\nbreak"));
+    assert_eq!(param(&mut ctx, "lone"), s("\""), "not JSON: kept");
+    assert_eq!(param(&mut ctx, "bad"), s(r#""a"b""#), "not JSON: kept");
+    assert_eq!(param(&mut ctx, "plus"), float(4.0), "a sign other than - makes a float");
 }
 
 #[test]

@@ -27,9 +27,11 @@ fn key_matches(key: &str, param: &str) -> bool {
 }
 
 /// Coercion of a query or form string (spec §7): `""` → `None`; optionally
-/// signed ASCII digits → int (when it fits); else a finite float if it
-/// parses; else JSON text of an array, object, `true`, `false` or `null` is
-/// decoded; else the string itself. What it builds is claimed from `mem`.
+/// signed ASCII digits → int (when it fits; `-4` is an int, `+4` and `4.0`
+/// are not digits only); else a finite float if it parses; else JSON text of
+/// an array, object, string, `true`, `false` or `null` is decoded (`"Ada"`
+/// with its quotes → `Ada`); else the string itself. What it builds is
+/// claimed from `mem`.
 pub(crate) fn coerce_param(raw: &str, mem: &mut MemoryBudget) -> Result<Value, HostError> {
     if raw.is_empty() {
         return Ok(Value::None);
@@ -47,7 +49,8 @@ pub(crate) fn coerce_param(raw: &str, mem: &mut MemoryBudget) -> Result<Value, H
         return Ok(Value::Float(f));
     }
     let t = raw.trim();
-    if t.starts_with(['[', '{']) || matches!(t, "true" | "false" | "null") {
+    let json_string = t.len() >= 2 && t.starts_with('"') && t.ends_with('"');
+    if t.starts_with(['[', '{']) || json_string || matches!(t, "true" | "false" | "null") {
         match json::parse(t, mem) {
             Ok(v) => return Ok(v),
             Err(JsonError::Limit(hit)) => return Err(hit.into()),
