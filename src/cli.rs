@@ -34,7 +34,7 @@ enum Command {
     /// Show an artifact's metadata, imports, endpoints and signature status
     Inspect(crate::cmd_inspect::InspectArgs),
     /// Run a directory of conformance cases (NAME.avap + NAME.expected.json)
-    Conformance(crate::conformance::ConformanceArgs),
+    Conformance(ConformanceArgs),
     /// Create an ed25519 key pair for signing artifacts
     Keygen(crate::cmd_keys::KeygenArgs),
     /// Start the HTTP execution server
@@ -53,12 +53,49 @@ enum Command {
     Restore(crate::cmd_db::RestoreArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// Source lines with carets (colored on a terminal)
+/// Machine-readable or not: every command that can print JSON takes
+/// `--format json` (and `--json`, the older spelling of the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// For people: text, tables, source lines with carets (colored on a terminal)
+    #[default]
+    #[value(alias = "text")]
     Human,
-    /// One JSON document: {"files": [{"file", "errors", "warnings", "diagnostics": […]}]}
+    /// One JSON document on stdout (the command's help says its shape)
     Json,
+}
+
+/// `--format human|json` and its older spelling `--json`.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// The same as `--format json`
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+}
+
+impl OutputArgs {
+    /// Whether JSON was asked for.
+    pub fn json(self) -> bool {
+        self.json || self.format == Format::Json
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ConformanceArgs {
+    /// Directory of NAME.avap programs with their NAME.expected.json cases
+    dir: PathBuf,
+    /// With json: case lines to stderr, one JSON summary as the last line of stdout
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Run only the cases whose `name/case` contains this text
+    #[arg(long, value_name = "SUBSTRING")]
+    filter: Option<String>,
+    /// Run every case through a running `avap serve` (`POST /api/v1/execute`) instead of in-process
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,9 +103,9 @@ struct CheckArgs {
     /// Script files to check
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Human)]
-    format: Format,
+    /// With json: {"ok", "files": [{"file", "errors", "warnings", "diagnostics": […]}]}
+    #[command(flatten)]
+    output: OutputArgs,
     /// Treat warnings (unknown commands, …) as errors
     #[arg(long)]
     deny_warnings: bool,
@@ -83,9 +120,9 @@ struct CheckArgs {
 struct ParseArgs {
     /// Script file to parse
     file: PathBuf,
-    /// Print the syntax tree as JSON (the stable form; the default is Rust debug form)
-    #[arg(long)]
-    json: bool,
+    /// With json: the syntax tree, every node with its byte span (the stable form; the default is Rust debug form)
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn main() -> ExitCode {
@@ -97,7 +134,12 @@ pub fn main() -> ExitCode {
         Command::Compile(args) => crate::cmd_run::compile(&args),
         Command::Inspect(args) => crate::cmd_inspect::inspect(&args),
         Command::Keygen(args) => crate::cmd_keys::keygen(&args),
-        Command::Conformance(args) => crate::conformance::conformance(&args),
+        Command::Conformance(args) => crate::conformance::conformance(&crate::conformance::Options {
+            dir: args.dir,
+            json: args.output.json(),
+            filter: args.filter,
+            server: args.server,
+        }),
         Command::Serve(args) => crate::server::serve(&args),
         Command::Apikey(args) => crate::cmd_apikey::apikey(&args),
         Command::Audit(args) => crate::cmd_audit::audit(&args),
@@ -148,7 +190,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     let options = CheckOptions {
         deny_warnings: args.deny_warnings,
     };
-    let color = !args.no_color && args.format == Format::Human && std::io::stderr().is_terminal();
+    let color = !args.no_color && !args.output.json() && std::io::stderr().is_terminal();
     let mut failed = false;
     let mut json_files = Vec::new();
     let (mut errors, mut warnings) = (0, 0);
@@ -159,40 +201,36 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         failed |= checked.fails(options);
         errors += checked.error_count();
         warnings += checked.warning_count();
-        match args.format {
-            Format::Human => {
-                eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
-            }
-            Format::Json => json_files.push(serde_json::json!({
+        if args.output.json() {
+            json_files.push(serde_json::json!({
                 "file": path.display().to_string(),
                 "errors": checked.error_count(),
                 "warnings": checked.warning_count(),
                 "diagnostics": to_json(&checked.sources, &checked.diagnostics),
-            })),
+            }));
+        } else {
+            eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
         }
     }
-    match args.format {
-        Format::Human => {
-            let files = args.files.len();
-            let verdict = if failed { "failed" } else { "ok" };
-            eprintln!(
-                "{verdict}: {files} file{} checked, {errors} error{}, {warnings} warning{}{}",
-                if files == 1 { "" } else { "s" },
-                if errors == 1 { "" } else { "s" },
-                if warnings == 1 { "" } else { "s" },
-                if args.deny_warnings && warnings > 0 {
-                    " (warnings denied)"
-                } else {
-                    ""
-                },
-            );
-        }
-        Format::Json => {
-            let doc = serde_json::json!({ "ok": !failed, "files": json_files });
-            let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &doc)?;
-            writeln!(out)?;
-        }
+    if args.output.json() {
+        let doc = serde_json::json!({ "ok": !failed, "files": json_files });
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        let files = args.files.len();
+        let verdict = if failed { "failed" } else { "ok" };
+        eprintln!(
+            "{verdict}: {files} file{} checked, {errors} error{}, {warnings} warning{}{}",
+            if files == 1 { "" } else { "s" },
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" },
+            if args.deny_warnings && warnings > 0 {
+                " (warnings denied)"
+            } else {
+                ""
+            },
+        );
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -201,7 +239,7 @@ fn parse_cmd(args: &ParseArgs) -> Result<ExitCode> {
     let file = read_source(&args.file)?;
     let (program, diags) = parse(&file);
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if args.output.json() {
         serde_json::to_writer_pretty(&mut out, &program)?;
         writeln!(out)?;
     } else {

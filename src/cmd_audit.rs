@@ -52,9 +52,9 @@ pub struct AuditArgs {
     /// With --trust: admit unsigned artifacts too (as `avap run --allow-unsigned`)
     #[arg(long)]
     pub allow_unsigned: bool,
-    /// Print one JSON document instead of tables
-    #[arg(long)]
-    pub json: bool,
+    /// With json: one JSON document instead of tables
+    #[command(flatten)]
+    pub output: crate::cli::OutputArgs,
     #[command(flatten)]
     pub includes: IncludeArgs,
 }
@@ -142,7 +142,7 @@ pub fn audit(args: &AuditArgs) -> Result<ExitCode> {
     let deployment = deployment(args)?;
     match &args.file {
         None => {
-            let out = if args.json {
+            let out = if args.output.json() {
                 pretty(&surface_json(&deployment))
             } else {
                 surface_text(&deployment)
@@ -504,7 +504,7 @@ fn audit_file(args: &AuditArgs, file: &std::path::Path, d: &Deployment) -> Resul
     let info = match artifact::inspect(&bytes) {
         Ok(info) => info,
         Err(e) => {
-            let out = if args.json {
+            let out = if args.output.json() {
                 pretty(&json!({"file": name, "admitted": false, "refusals": [e.to_string()]}))
             } else {
                 format!("file:      {name}\nverdict:   REFUSED: {e}\n")
@@ -627,7 +627,7 @@ fn audit_file(args: &AuditArgs, file: &std::path::Path, d: &Deployment) -> Resul
     }
     let admitted = refusals.is_empty();
 
-    let out = if args.json {
+    let out = if args.output.json() {
         pretty(&json!({
             "file": name,
             "admitted": admitted,

@@ -24,9 +24,9 @@ pub struct InspectArgs {
     /// without it a signature can be listed but not checked
     #[arg(long = "trust", value_name = "PATH")]
     pub trust: Vec<PathBuf>,
-    /// Print one JSON object instead of text
-    #[arg(long)]
-    pub json: bool,
+    /// With json: one JSON object instead of text
+    #[command(flatten)]
+    pub output: crate::cli::OutputArgs,
 }
 
 /// The signature as `avap inspect` reports it.
@@ -66,7 +66,7 @@ pub fn inspect(args: &InspectArgs) -> Result<ExitCode> {
     let info = match artifact::inspect(&bytes) {
         Ok(info) => info,
         Err(e) => {
-            if args.json {
+            if args.output.json() {
                 print_json(&json!({
                     "file": file,
                     "ok": false,
@@ -94,7 +94,7 @@ pub fn inspect(args: &InspectArgs) -> Result<ExitCode> {
     let imports_error = artifact::check_imports(&info).err().map(|e| e.to_string());
     let ok = !matches!(signature, SigReport::Bad(_)) && imports_error.is_none();
 
-    if args.json {
+    if args.output.json() {
         print_json(&to_json(&file, &info, &signature, imports_error.as_deref(), ok))?;
     } else {
         let text = to_text(&file, &info, &signature, imports_error.as_deref(), trusted.is_empty());

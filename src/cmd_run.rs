@@ -26,9 +26,9 @@ pub struct RunArgs {
     /// A query parameter (repeatable)
     #[arg(long = "query", short = 'q', value_name = "K=V")]
     pub query: Vec<String>,
-    /// The JSON body the script reads with addParam
-    #[arg(long, value_name = "JSON")]
-    pub json: Option<String>,
+    /// The JSON body the script reads with addParam (`--json` is its older spelling)
+    #[arg(long, visible_alias = "json", value_name = "JSON")]
+    pub body: Option<String>,
     /// HTTP method the script sees (routing of registerEndpoint)
     #[arg(long, default_value = "GET")]
     pub method: String,
@@ -145,8 +145,8 @@ fn build_request(args: &RunArgs) -> Result<Request> {
         let (k, v) = q.split_once('=').with_context(|| format!("--query `{q}` is not K=V"))?;
         req.query.push((k.to_owned(), v.to_owned()));
     }
-    if let Some(j) = &args.json {
-        req.json = Some(serde_json::from_str(j).context("--json is not valid JSON")?);
+    if let Some(j) = &args.body {
+        req.json = Some(serde_json::from_str(j).context("--body is not valid JSON")?);
     }
     Ok(req)
 }

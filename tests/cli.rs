@@ -103,3 +103,31 @@ fn serve_with_an_unusable_address_exits_two_and_says_why() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot listen"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn one_output_convention_with_the_old_spellings_kept() {
+    let path = script("formats.avap", "x = 1\naddResult(x)\n");
+    let file = path.to_str().unwrap();
+    // `--format json` everywhere; `--json` is the older spelling of the same.
+    for (new, old) in [
+        (vec!["parse", file, "--format", "json"], vec!["parse", file, "--json"]),
+        (vec!["check", file, "--format", "json"], vec!["check", file, "--json"]),
+        (vec!["audit", "--format", "json"], vec!["audit", "--json"]),
+    ] {
+        let (a, b) = (avap(&new), avap(&old));
+        assert!(a.status.success(), "{new:?}: {}", text(&a.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&a.stdout).expect("JSON on stdout");
+        assert!(doc.is_object(), "{doc}");
+        assert_eq!(text(&a.stdout), text(&b.stdout), "{new:?} = {old:?}");
+    }
+    let both = avap(&["parse", file, "--json", "--format", "human"]);
+    assert_eq!(both.status.code(), Some(2), "contradicting flags are refused");
+    // `avap run` prints JSON anyway: its body flag is --body, --json its alias.
+    let echo = script("echo.avap", "addParam(name, n)\naddResult(n)\n");
+    let echo = echo.to_str().unwrap();
+    for flag in ["--body", "--json"] {
+        let out = avap(&["run", echo, flag, r#"{"name": "Ada"}"#]);
+        assert!(out.status.success(), "{flag}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(r#""n": "Ada""#), "{}", text(&out.stdout));
+    }
+}

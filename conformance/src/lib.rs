@@ -33,18 +33,16 @@ const NOT_AVAILABLE: &str = "command not available yet";
 /// Suffix of case files.
 const CASE_SUFFIX: &str = ".expected.json";
 
-#[derive(clap::Args, Debug)]
-pub struct ConformanceArgs {
-    /// Directory of NAME.avap programs with their NAME.expected.json cases
+/// What `avap conformance` was asked to do (the CLI parses the flags).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Directory of NAME.avap programs with their NAME.expected.json cases.
     pub dir: PathBuf,
-    /// Print case lines to stderr and one JSON summary as the last line of stdout
-    #[arg(long)]
+    /// Case lines to stderr and one JSON summary as the last line of stdout.
     pub json: bool,
-    /// Run only the cases whose `name/case` contains this text
-    #[arg(long, value_name = "SUBSTRING")]
+    /// Only the cases whose `name/case` contains this text.
     pub filter: Option<String>,
-    /// Run every case through a running `avap serve` (`POST /api/v1/execute`) instead of in-process
-    #[arg(long, value_name = "URL")]
+    /// Every case through a running `avap serve` instead of in-process.
     pub server: Option<String>,
 }
 
@@ -58,7 +56,7 @@ enum Target {
 
 /// Runs the cases; exit status 0 only when none failed. A missing
 /// directory, or no case to run, is an error.
-pub fn conformance(args: &ConformanceArgs) -> Result<ExitCode> {
+pub fn conformance(args: &Options) -> Result<ExitCode> {
     let outcomes = run_dir_on(
         &args.dir,
         args.filter.as_deref(),
