@@ -666,6 +666,19 @@ fn log_files_rotate_keep_whole_lines_and_reopen_on_sighup() {
 }
 
 #[test]
+fn sighup_without_a_log_file_does_not_stop_the_server() {
+    let s = Server::start("hangup-stderr");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.get("/api/v1/health").status, 200, "still serving after SIGHUP");
+    assert!(s.stop().success());
+}
+
+#[test]
 fn an_unwritable_log_file_stops_the_start_with_a_clear_error() {
     let dir = fresh_dir("bad-log");
     let out = serve_command(&dir.join("data"))

@@ -782,9 +782,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         let store = Store::connect(&database).await?;
         let trusted = keys::load_trusted(data_dir)?;
         let cluster_keys = keys::load_cluster_keys(data_dir)?;
-        if let Some(reopen) = log_writer.reopener() {
-            tokio::spawn(logs::reopen_on_hangup(reopen));
-        }
+        tokio::spawn(logs::on_hangup(log_writer.reopener()));
         let state = AppState::with_trusted_keys(server_config, store, key, trusted, cluster_keys)?;
         // An edge node serves its mirror at once and follows the registry in the background.
         edge::spawn_sync(&state);

@@ -506,9 +506,12 @@ impl LogGuard {
     }
 }
 
-/// Reopen the log file on every SIGHUP (for an external logrotate with
-/// `postrotate kill -HUP`). Runs until the process ends.
-pub async fn reopen_on_hangup(reopen: LogReopen) {
+/// Handle every SIGHUP until the process ends: reopen the log file (for an
+/// external logrotate with `postrotate kill -HUP`), or, logging to stderr,
+/// say there is nothing to reopen. Either way the signal no longer has its
+/// default effect, which would end the server (`systemctl reload`, a
+/// closing terminal).
+pub async fn on_hangup(reopen: Option<LogReopen>) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => signal,
         Err(e) => {
@@ -517,8 +520,13 @@ pub async fn reopen_on_hangup(reopen: LogReopen) {
         }
     };
     while hangups.recv().await.is_some() {
-        reopen.0.store(true, Ordering::Release);
-        tracing::info!("SIGHUP: reopening the log file");
+        match &reopen {
+            Some(reopen) => {
+                reopen.0.store(true, Ordering::Release);
+                tracing::info!("SIGHUP: reopening the log file");
+            }
+            None => tracing::info!("SIGHUP: nothing to reopen (the log goes to stderr); the server goes on"),
+        }
     }
 }
 
