@@ -32,16 +32,19 @@ fn redis_prefix(tag: &str) -> String {
 }
 
 fn node(dir: &Path, db: &PgDatabase, prefix: &str, rate: (&str, &str)) -> Server {
-    let data_dir = dir.to_path_buf();
+    Server::spawn(node_command(dir, db, prefix, rate), dir.to_path_buf())
+}
+
+fn node_command(dir: &Path, db: &PgDatabase, prefix: &str, rate: (&str, &str)) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_avap"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--require-api-key", "--data-dir"])
-        .arg(&data_dir)
+        .arg(dir)
         .env("AVAP_DATABASE_URL", &db.url)
         .env("AVAP_REDIS_URL", "redis://127.0.0.1:6379")
         .env("AVAP_REDIS_PREFIX", prefix)
         .env("AVAP_RATE_LIMIT", rate.0)
         .env("AVAP_RATE_BURST", rate.1);
-    Server::spawn(cmd, data_dir)
+    cmd
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -196,4 +199,55 @@ fn one_rate_limit_holds_across_nodes() {
         .collect();
     assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
     assert!(statuses.contains(&429), "forged ids escaped the limit: {statuses:?}");
+}
+
+#[test]
+fn nodes_with_different_keys_say_what_to_do() {
+    let db = PgDatabase::create("keymismatch");
+    let prefix = redis_prefix("keymismatch");
+    let root = fresh_dir("keymismatch");
+    let first = node(&root.join("node1"), &db, &prefix, ("0", "1"));
+    let admin = avap(&["apikey", "create", "--scope", "admin", "--database-url", &db.url])
+        .trim()
+        .to_owned();
+    let stored = first.as_key(
+        &admin,
+        "POST",
+        "/api/v1/scripts",
+        Some(&json!({"name": "greet", "source": V1})),
+    );
+    assert_eq!(stored.status, 201, "{}", stored.body);
+    let first_key = std::fs::read_to_string(root.join("node1/keys/server.pub")).unwrap();
+    // A second node with a key of its own (the keys were not shared).
+    let dir = root.join("node2");
+    let log = root.join("node2.log");
+    let cmd = node_command(&dir, &db, &prefix, ("0", "1"));
+    let second = Server::spawn_with_stderr(cmd, dir, std::fs::File::create(&log).unwrap().into());
+    let refused = greet(&second, &admin);
+    assert_eq!(
+        refused.error_kind(),
+        (500, "ClusterKeyMismatch".to_owned()),
+        "{}",
+        refused.body
+    );
+    let said = refused.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(said.contains("server.key") && said.contains("trusted_keys"), "{said}");
+    // Its log named the key at start, before anyone asked.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let warned = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("which this node does not trust") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(warned.contains("which this node does not trust"), "{warned}");
+    assert!(warned.contains("greet"), "{warned}");
+    assert!(!first_key.is_empty());
+    // Trusting the first node's key (and restarting) fixes it.
+    std::fs::create_dir_all(root.join("node2/trusted_keys")).unwrap();
+    std::fs::write(root.join("node2/trusted_keys/node1.pub"), &first_key).unwrap();
+    drop(second);
+    let second = node(&root.join("node2"), &db, &prefix, ("0", "1"));
+    assert_eq!(message(&greet(&second, &admin)), "Hello, Ana");
 }

@@ -119,6 +119,7 @@ impl AppState {
     /// probe, so the status is known when this returns: at most one
     /// command timeout), the invalidation subscriber, then pre-warming.
     pub async fn start_background(&self) {
+        tokio::spawn(super::keys::warn_untrusted_signers(self.clone()));
         let Some(cluster) = &self.shared.cluster else {
             tokio::spawn(self.clone().prewarm());
             return;

@@ -92,6 +92,12 @@ pub enum ApiError {
     /// The server's database does not answer (503): nothing was changed.
     /// The detail is logged, never sent.
     DatabaseUnavailable(anyhow::Error),
+    /// A stored script is signed by a key this node does not trust: the
+    /// nodes sharing the registry have different server keys (500; logged
+    /// with what to do).
+    ClusterKeyMismatch {
+        key_id: String,
+    },
     /// Something failed on our side; the detail is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -145,7 +151,7 @@ impl ApiError {
             ApiError::Overloaded { .. } | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ClusterKeyMismatch { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -169,6 +175,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "RateLimited",
             ApiError::RequestTimeout { .. } => "RequestTimeout",
             ApiError::DatabaseUnavailable(_) => "DatabaseUnavailable",
+            ApiError::ClusterKeyMismatch { .. } => "ClusterKeyMismatch",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -259,6 +266,13 @@ impl fmt::Display for ApiError {
                 "the server's database is unavailable, so the registry cannot be read or changed now \
                  (nothing was changed; stored scripts already loaded keep running); retry later",
             ),
+            ApiError::ClusterKeyMismatch { key_id } => write!(
+                f,
+                "the stored script is signed by key {key_id}, which this server does not trust: \
+                 the servers sharing this registry have different keys. An operator fixes it by \
+                 giving every node the same keys/server.key, or by copying the other node's \
+                 keys/server.pub into this node's trusted_keys/ and restarting it"
+            ),
             ApiError::Internal(_) => f.write_str("internal server error"),
         }
     }
@@ -279,6 +293,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(e) => tracing::error!("internal error: {e:#}"),
+            ApiError::ClusterKeyMismatch { key_id } => tracing::error!(
+                key_id,
+                "a stored script is signed by key {key_id}, which this node does not trust; \
+                 copy that node's keys/server.pub into trusted_keys/ (or share one server.key) and restart"
+            ),
             ApiError::DatabaseUnavailable(e) => tracing::warn!("database unavailable: {e:#}"),
             _ => {}
         }

@@ -101,6 +101,58 @@ fn load_key_dir(data_dir: &Path, dir_name: &str, what: &str) -> Result<TrustedKe
     })
 }
 
+/// The most stored scripts whose signers are checked at start.
+const SIGNERS_CHECKED: usize = 10_000;
+
+/// Warn, once per key, when the registry holds current versions signed by
+/// a key this node does not trust: nodes sharing one database with
+/// different server keys fail each other's scripts (500
+/// `ClusterKeyMismatch`). Runs in the background at start; edge nodes
+/// check their mirror instead.
+pub(crate) async fn warn_untrusted_signers(state: super::AppState) {
+    if state.shared.edge.is_some() {
+        return;
+    }
+    let current = match state.store().current_artifacts().await {
+        Ok(current) => current,
+        Err(e) => {
+            tracing::debug!("cannot list the registry's artifacts for the signer check: {e:#}");
+            return;
+        }
+    };
+    let mut untrusted: std::collections::BTreeMap<String, (usize, String)> = std::collections::BTreeMap::new();
+    for (name, version, _, _) in current.into_iter().take(SIGNERS_CHECKED) {
+        let Ok(Some((_, artifact))) = state.store().artifact(&name, Some(version)).await else {
+            continue;
+        };
+        let signer = tokio::task::spawn_blocking(move || {
+            avap_hostfns::artifact::inspect(&artifact)
+                .ok()
+                .and_then(|info| info.signature)
+                .map(|signature| signature.key_id)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(key_id) = signer
+            && state.trusted_keys().get(&key_id).is_none()
+        {
+            let entry = untrusted.entry(key_id).or_insert((0, name));
+            entry.0 += 1;
+        }
+    }
+    for (key_id, (scripts, example)) in untrusted {
+        tracing::warn!(
+            key_id,
+            scripts,
+            example,
+            "{scripts} stored script(s) (for example {example}) are signed by key {key_id}, which this node \
+             does not trust: their runs here fail with 500 ClusterKeyMismatch. Give every node the same \
+             keys/server.key, or copy the signing node's keys/server.pub into trusted_keys/, and restart"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -672,6 +672,9 @@ impl Shared {
 fn load_error(e: LoadError, doing: &'static str) -> ApiError {
     match e {
         denied @ LoadError::CapabilityDenied { .. } => ApiError::CapabilityDenied(denied.to_string()),
+        LoadError::Artifact(avap_hostfns::artifact::ArtifactError::UntrustedKey { key_id }) => {
+            ApiError::ClusterKeyMismatch { key_id }
+        }
         other => ApiError::Internal(anyhow::Error::new(other).context(doing)),
     }
 }
