@@ -11,13 +11,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use avap_codegen::check::NoIncludes;
 use avap_codegen::{SourceFile, check_file, compile};
 use avap_hostfns::Request;
 use avap_hostfns::artifact::{SigningKey, TrustedKeys};
+use avap_hostfns::effects::breaker::BreakerConfig;
 use avap_hostfns::effects::http::{Outbound, OutboundConfig};
 use avap_runtime::{Effects, Limits, RunInput, Runtime, RuntimeConfig};
 use axum::Router;
@@ -176,24 +177,31 @@ impl Harness {
     }
 
     async fn run_limited(&self, source: &str, allow: &[String], limits: Limits, timeout_ms: u64) -> Value {
+        let outbound = Outbound::new(&OutboundConfig {
+            allow: allow.to_vec(),
+            timeout_ms,
+            max_response_kb: 64,
+            max_redirects: 3,
+            ..OutboundConfig::default()
+        })
+        .expect("valid allowlist");
+        self.run_through(source, Arc::new(outbound), limits).await
+    }
+
+    /// Run `source` through `outbound` (shared across runs: its breakers
+    /// remember the hosts); the envelope.
+    async fn run_through(&self, source: &str, outbound: Arc<Outbound>, limits: Limits) -> Value {
         let checked = check_file(SourceFile::new("outbound.avap", source), &NoIncludes);
         assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
         let module = self
             .runtime
             .load(&compile(&checked, Some(&self.key)).bytes)
             .expect("loads");
-        let outbound = Outbound::new(&OutboundConfig {
-            allow: allow.to_vec(),
-            timeout_ms,
-            max_response_kb: 64,
-            max_redirects: 3,
-        })
-        .expect("valid allowlist");
         let input = RunInput {
             request: Request::default(),
             limits,
             effects: Effects {
-                http: Some(Arc::new(outbound)),
+                http: Some(outbound),
                 ..Effects::default()
             },
             ..RunInput::default()
@@ -595,4 +603,173 @@ async fn without_outbound_configured_requests_are_denied() {
     let e = h.runtime.run(&module, RunInput::default()).await.envelope;
     assert_eq!(error_kind(&e), "CapabilityDenied", "{e}");
     assert!(error_message(&e).contains("not configured"), "{e}");
+}
+
+/// An upstream whose `/flaky` answers 500 while `failing` is set, `/slow`
+/// after `slow_ms`, `/hold` after 600 ms; it counts the requests it gets.
+struct Upstream {
+    addr: SocketAddr,
+    failing: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn upstream(slow_ms: u64) -> Upstream {
+    let failing = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (fail, count) = (Arc::clone(&failing), Arc::clone(&hits));
+    let counted = move || {
+        count.fetch_add(1, Ordering::SeqCst);
+    };
+    let (c1, c2, c3) = (counted.clone(), counted.clone(), counted);
+    let app = Router::new()
+        .route(
+            "/flaky",
+            get(move || async move {
+                c1();
+                if fail.load(Ordering::SeqCst) {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
+                } else {
+                    "up".into_response()
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            get(move || async move {
+                c2();
+                tokio::time::sleep(Duration::from_millis(slow_ms)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/hold",
+            get(move || async move {
+                c3();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "held"
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("upstream binds");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Upstream { addr, failing, hits }
+}
+
+fn outbound_with(upstream: &Upstream, breaker: BreakerConfig) -> Arc<Outbound> {
+    Arc::new(
+        Outbound::new(&OutboundConfig {
+            allow: vec![upstream.addr.to_string()],
+            timeout_ms: 5_000,
+            breaker,
+            ..OutboundConfig::default()
+        })
+        .expect("valid"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_upstream_opens_its_circuit_and_probes_close_it() {
+    let h = Harness::new();
+    let up = upstream(0).await;
+    let outbound = outbound_with(
+        &up,
+        BreakerConfig {
+            failure_pct: 50,
+            slow_ms: 0,
+            min_calls: 4,
+            open_ms: 300,
+            max_concurrent: 8,
+        },
+    );
+    let flaky = get_script(&format!("http://{}/flaky", up.addr));
+    for _ in 0..4 {
+        let e = h.run_through(&flaky, Arc::clone(&outbound), Limits::CLI).await;
+        assert!(error_message(&e).contains("500"), "{e}");
+    }
+    let reached = up.hits.load(Ordering::SeqCst);
+    let e = h.run_through(&flaky, Arc::clone(&outbound), Limits::CLI).await;
+    assert_eq!(error_kind(&e), "HttpError", "{e}");
+    assert!(
+        error_message(&e).contains(&format!("circuit open for {}", up.addr)),
+        "{e}"
+    );
+    assert_eq!(up.hits.load(Ordering::SeqCst), reached, "an open circuit sends nothing");
+    // The upstream recovers; after open_ms, probes go through and close it.
+    up.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for _ in 0..3 {
+        let e = h.run_through(&flaky, Arc::clone(&outbound), Limits::CLI).await;
+        assert_eq!(e["result"]["r"], "up", "{e}");
+    }
+    let stats = outbound.breakers().expect("breakers").stats();
+    assert_eq!(
+        (stats.open, stats.opened_total, stats.closed_total),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.refused_open_total, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upstream_opens_its_circuit_too() {
+    let h = Harness::new();
+    let up = upstream(150).await;
+    let outbound = outbound_with(
+        &up,
+        BreakerConfig {
+            failure_pct: 50,
+            slow_ms: 100,
+            min_calls: 2,
+            open_ms: 60_000,
+            max_concurrent: 8,
+        },
+    );
+    let slow = get_script(&format!("http://{}/slow", up.addr));
+    for _ in 0..2 {
+        let e = h.run_through(&slow, Arc::clone(&outbound), Limits::CLI).await;
+        assert_eq!(e["result"]["r"], "late", "slow answers still arrive: {e}");
+    }
+    let started = std::time::Instant::now();
+    let e = h.run_through(&slow, Arc::clone(&outbound), Limits::CLI).await;
+    assert!(error_message(&e).contains("circuit open"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bulkhead_keeps_one_upstream_from_taking_every_slot() {
+    let h = Arc::new(Harness::new());
+    let up = upstream(0).await;
+    let outbound = outbound_with(
+        &up,
+        BreakerConfig {
+            max_concurrent: 2,
+            ..BreakerConfig::default()
+        },
+    );
+    let hold = get_script(&format!("http://{}/hold", up.addr));
+    // Spawned all at once (collected), so the three calls overlap.
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (h, outbound, hold) = (Arc::clone(&h), Arc::clone(&outbound), hold.clone());
+            tokio::spawn(async move { h.run_through(&hold, outbound, Limits::CLI).await })
+        })
+        .collect();
+    let mut envelopes = Vec::new();
+    for run in runs {
+        envelopes.push(run.await.expect("the run task"));
+    }
+    let held = envelopes.iter().filter(|e| e["result"]["r"] == "held").count();
+    let refused: Vec<&Value> = envelopes
+        .iter()
+        .filter(|e| error_message(e).contains("too many calls at once"))
+        .collect();
+    assert_eq!((held, refused.len()), (2, 1), "{envelopes:#?}");
+    assert_eq!(error_kind(refused[0]), "HttpError");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 2, "the third call never left");
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use avap_hostfns::effects::breaker::{BreakerConfig, WINDOW};
 use avap_hostfns::effects::db::{Databases, DbConfigError, DbLimits};
 use avap_hostfns::effects::http::{AiEndpoint, Outbound, OutboundConfig};
 use avap_hostfns::effects::policy::OutboundPolicy;
@@ -172,6 +173,17 @@ pub struct Settings {
     pub outbound_max_response_kb: u64,
     /// Redirects one outbound HTTP call follows.
     pub outbound_max_redirects: u32,
+    /// Failed (or slow) calls among one host's last 20, in percent, that
+    /// open its circuit: calls to it then fail at once; 0 = no breakers.
+    pub outbound_breaker_failure_pct: u8,
+    /// A call to a host this slow counts as failed (0 = only errors count).
+    pub outbound_breaker_slow_ms: u64,
+    /// Calls to a host known before its failure rate is judged (1 to 20).
+    pub outbound_breaker_min_calls: u32,
+    /// How long an open circuit refuses calls before it probes the host again.
+    pub outbound_breaker_open_ms: u64,
+    /// Calls to one host at once (more fail at once); 0 = no cap.
+    pub outbound_max_concurrent_per_host: usize,
     /// The model endpoint of `functionAI` (an http(s) URL; empty = none, and
     /// `functionAI` is refused with `CapabilityDenied`).
     pub ai_endpoint: String,
@@ -593,6 +605,11 @@ impl Settings {
             outbound_timeout_ms: outbound.timeout_ms,
             outbound_max_response_kb: outbound.max_response_kb,
             outbound_max_redirects: outbound.max_redirects,
+            outbound_breaker_failure_pct: outbound.breaker.failure_pct,
+            outbound_breaker_slow_ms: outbound.breaker.slow_ms,
+            outbound_breaker_min_calls: outbound.breaker.min_calls,
+            outbound_breaker_open_ms: outbound.breaker.open_ms,
+            outbound_max_concurrent_per_host: outbound.breaker.max_concurrent,
             ai_endpoint: String::new(),
             app_database_url,
             db_read_only: db.read_only,
@@ -709,6 +726,13 @@ impl Settings {
             timeout_ms: self.outbound_timeout_ms,
             max_response_kb: self.outbound_max_response_kb,
             max_redirects: self.outbound_max_redirects,
+            breaker: BreakerConfig {
+                failure_pct: self.outbound_breaker_failure_pct,
+                slow_ms: self.outbound_breaker_slow_ms,
+                min_calls: self.outbound_breaker_min_calls,
+                open_ms: self.outbound_breaker_open_ms,
+                max_concurrent: self.outbound_max_concurrent_per_host,
+            },
         }
     }
 
@@ -938,6 +962,26 @@ impl Resolved {
         in_range("outbound_timeout_ms", s.outbound_timeout_ms, 1, DAY_MS)?;
         in_range("outbound_max_response_kb", s.outbound_max_response_kb, 1, 1 << 20)?;
         in_range("outbound_max_redirects", u64::from(s.outbound_max_redirects), 0, 20)?;
+        in_range(
+            "outbound_breaker_failure_pct",
+            u64::from(s.outbound_breaker_failure_pct),
+            0,
+            100,
+        )?;
+        in_range("outbound_breaker_slow_ms", s.outbound_breaker_slow_ms, 0, DAY_MS)?;
+        in_range(
+            "outbound_breaker_min_calls",
+            u64::from(s.outbound_breaker_min_calls),
+            1,
+            to_u64(WINDOW),
+        )?;
+        in_range("outbound_breaker_open_ms", s.outbound_breaker_open_ms, 1, DAY_MS)?;
+        in_range(
+            "outbound_max_concurrent_per_host",
+            to_u64(s.outbound_max_concurrent_per_host),
+            0,
+            100_000,
+        )?;
         if !s.ai_endpoint.is_empty()
             && let Err(why) = AiEndpoint::new(&s.ai_endpoint)
         {
@@ -1436,6 +1480,15 @@ mod tests {
         assert!(bad.starts_with("ai_endpoint") && bad.contains("http"), "{bad}");
         let bad = invalid("outbound_max_redirects = 50\n");
         assert!(bad.contains("between 0 and 20"), "{bad}");
+        let bad = invalid("outbound_breaker_min_calls = 30\n");
+        assert!(bad.contains("between 1 and 20"), "{bad}");
+        assert!(invalid("outbound_breaker_failure_pct = 101\n").contains("between 0 and 100"));
+        assert!(http.breakers().is_some(), "on by default");
+        let off = self::file("outbound_breaker_failure_pct = 0\noutbound_max_concurrent_per_host = 0\n");
+        let off = resolved(&Layer::default(), &Layer::default(), &off)
+            .settings
+            .server_config();
+        assert!(off.effects.http.expect("outbound client").breakers().is_none());
         let none = resolved(&Layer::default(), &Layer::default(), &Layer::default());
         assert!(none.settings.server_config().effects.ai.is_none());
     }
@@ -1668,10 +1721,10 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
-             redis_ca_file, otlp_protocol and otlp_ca_file"
+             redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys"
         );
     }
 

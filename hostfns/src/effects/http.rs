@@ -55,6 +55,7 @@ use tokio_rustls::rustls;
 use url::Url;
 
 use super::EffectOutcome;
+use super::breaker::{BreakerConfig, Breakers};
 use super::policy::{AllowlistError, OutboundPolicy};
 use crate::error::{ErrorKind, HostError};
 use crate::memory::MemoryBudget;
@@ -73,6 +74,8 @@ pub struct OutboundConfig {
     pub max_response_kb: u64,
     /// Redirects followed per call.
     pub max_redirects: u32,
+    /// Circuit breakers and bulkheads per host.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for OutboundConfig {
@@ -82,6 +85,7 @@ impl Default for OutboundConfig {
             timeout_ms: 30_000,
             max_response_kb: 4096,
             max_redirects: 5,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ pub type TraceHeaders = Arc<dyn Fn() -> Vec<(HeaderName, HeaderValue)> + Send + 
 pub struct Outbound {
     policy: OutboundPolicy,
     trace_headers: Option<TraceHeaders>,
+    breakers: Option<Arc<Breakers>>,
     timeout: Duration,
     max_response_bytes: usize,
     max_redirects: u32,
@@ -128,6 +133,7 @@ impl Outbound {
         Ok(Outbound {
             policy,
             trace_headers: None,
+            breakers: Breakers::new(config.breaker),
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
             max_response_bytes: usize::try_from(config.max_response_kb.saturating_mul(1024)).unwrap_or(usize::MAX),
             max_redirects: config.max_redirects,
@@ -140,6 +146,11 @@ impl Outbound {
     pub fn with_trace_headers(mut self, headers: TraceHeaders) -> Outbound {
         self.trace_headers = Some(headers);
         self
+    }
+
+    /// The breakers and bulkheads, when configured (for the metrics).
+    pub fn breakers(&self) -> Option<&Breakers> {
+        self.breakers.as_deref()
     }
 
     /// The policy in force.
@@ -563,8 +574,9 @@ impl Outbound {
         }
     }
 
-    /// Resolve, check, connect and exchange one request/response.
-    /// Returns the status, the `Location` header and the body.
+    /// Resolve, check, pass the host's breaker and bulkhead, connect and
+    /// exchange one request/response. Returns the status, the `Location`
+    /// header and the body.
     async fn exchange(
         &self,
         name: &str,
@@ -575,8 +587,6 @@ impl Outbound {
         body: Option<&(Vec<u8>, Option<&'static str>)>,
     ) -> Result<(u16, Option<String>, Vec<u8>), HostError> {
         let shown = dest.show(url);
-        let transport =
-            |e: &dyn fmt::Display| err(name, ErrorKind::HttpError, format!("{} {shown}: {e}", method.as_str()));
         let host = url
             .host_str()
             .ok_or_else(|| err(name, ErrorKind::ValueError, format!("{shown} has no host")))?
@@ -590,6 +600,44 @@ impl Outbound {
         span.record("server.address", host.as_str());
         span.record("server.port", i64::from(port));
         let addr = self.resolve(name, url, &host, port).await?;
+        // The breaker and bulkhead of this host (see `breaker`).
+        let permit = match &self.breakers {
+            Some(breakers) => Some(
+                breakers
+                    .admit(&format!("{host}:{port}"))
+                    .map_err(|refusal| err(name, ErrorKind::HttpError, refusal))?,
+            ),
+            None => None,
+        };
+        let result = self.talk(name, dest, method, url, &host, addr, headers, body).await;
+        if let Some(permit) = permit {
+            // The upstream failed: no connection, no answer, a 5xx, a body
+            // over the cap. A script's bad header is not the host's fault.
+            permit.finish(match &result {
+                Ok((status, ..)) => *status >= 500,
+                Err(HostError::Script(e)) => e.kind != ErrorKind::ValueError,
+                Err(HostError::Limit(_)) => false,
+            });
+        }
+        result
+    }
+
+    /// Connect to `addr` (checked) and exchange one request/response.
+    #[allow(clippy::too_many_arguments)]
+    async fn talk(
+        &self,
+        name: &str,
+        dest: Dest,
+        method: Method,
+        url: &Url,
+        host: &str,
+        addr: SocketAddr,
+        headers: &[(String, String)],
+        body: Option<&(Vec<u8>, Option<&'static str>)>,
+    ) -> Result<(u16, Option<String>, Vec<u8>), HostError> {
+        let shown = dest.show(url);
+        let transport =
+            |e: &dyn fmt::Display| err(name, ErrorKind::HttpError, format!("{} {shown}: {e}", method.as_str()));
         let stream = TcpStream::connect(addr).await.map_err(|e| transport(&e))?;
         let _ = stream.set_nodelay(true);
         let mut request = hyper::Request::builder()
@@ -602,7 +650,7 @@ impl Outbound {
                 hyper::header::HOST,
                 match url.port() {
                     Some(p) => format!("{host}:{p}"),
-                    None => host.clone(),
+                    None => host.to_owned(),
                 },
             )
             .header(
@@ -652,7 +700,7 @@ impl Outbound {
             let server_name = match url.host() {
                 Some(url::Host::Ipv4(ip)) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(ip).into()),
                 Some(url::Host::Ipv6(ip)) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(ip).into()),
-                _ => rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| transport(&e))?,
+                _ => rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| transport(&e))?,
             };
             let tls = self.tls.connect(server_name, stream).await.map_err(|e| transport(&e))?;
             send(tls, request).await

@@ -22,6 +22,7 @@
 //! caller, whatever a database server or a remote body said. Messages are
 //! written without them in the first place ([`db`], [`http`]).
 
+pub mod breaker;
 pub mod db;
 pub mod http;
 pub mod policy;
