@@ -140,14 +140,25 @@ pub async fn execute_batch(
 
 /// One item, as `{"status", "body"}`.
 async fn run_item(state: AppState, actor: Actor, item: Value) -> Value {
-    let response = match serde_json::from_value::<ExecuteRequest>(item) {
+    let response = match parse_item(item) {
         Ok(request) => match execute_one(&state, &actor, request).await {
             Ok(report) => envelope_response(report),
             Err(e) => e.into_response(),
         },
-        Err(e) => ApiError::from_json(&e).into_response(),
+        Err(e) => e.into_response(),
     };
     into_result(response).await
+}
+
+/// An item as an execute request: a JSON object (serde would fill the
+/// struct from an array too).
+fn parse_item(item: Value) -> Result<ExecuteRequest, ApiError> {
+    if !item.is_object() {
+        return Err(ApiError::invalid(
+            "a batch item must be a JSON object (an execute request)",
+        ));
+    }
+    serde_json::from_value(item).map_err(|e| ApiError::from_json(&e))
 }
 
 /// A response of the single-execute path as a batch result.
@@ -205,10 +216,7 @@ mod transactional {
     }
 
     pub(super) async fn run(state: &AppState, actor: &Actor, items: Vec<Value>) -> Value {
-        let requests: Vec<Result<ExecuteRequest, ApiError>> = items
-            .into_iter()
-            .map(|item| serde_json::from_value(item).map_err(|e| ApiError::from_json(&e)))
-            .collect();
+        let requests: Vec<Result<ExecuteRequest, ApiError>> = items.into_iter().map(super::parse_item).collect();
         let budget = time_budget(state, &requests);
         let (effects, transaction) = shared_effects(state);
         let deadline = Instant::now() + budget;

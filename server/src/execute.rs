@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::audit::{RunRecord, RunTarget};
 use super::error::ApiError;
-use super::extract::{JsonBody, whole};
+use super::extract::{JsonBody, object, whole};
 use super::openapi::{ApiErrorBody, Envelope, EnvelopeOrError};
 use super::store::Actor;
 use super::{AppState, Program};
@@ -41,10 +41,10 @@ pub struct ExecuteRequest {
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
     /// Per-run limits; each is clamped to the server's maximum.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::opt")]
     pub limits: Option<LimitsSpec>,
     /// The rest of the HTTP request the script sees.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::opt")]
     pub request: Option<RequestSpec>,
 }
 
@@ -313,6 +313,20 @@ mod tests {
             r.query,
             [("n", "1"), ("tag", "a"), ("tag", "b")].map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
+    }
+
+    #[test]
+    fn limits_and_request_are_objects_not_arrays() {
+        let parse = |body: serde_json::Value| serde_json::from_value::<ExecuteRequest>(body).map(|_| ());
+        assert!(parse(serde_json::json!({"script": "", "limits": [null]})).is_err());
+        assert!(parse(serde_json::json!({"script": "", "request": ["GET"]})).is_err());
+        assert!(parse(serde_json::json!({"script": "", "limits": null, "request": {"method": "GET"}})).is_ok());
+        let limits =
+            serde_json::from_value::<ExecuteRequest>(serde_json::json!({"script": "", "limits": {"fuel": 5.0}}))
+                .unwrap()
+                .limits
+                .unwrap();
+        assert_eq!(limits.fuel, Some(5));
     }
 
     #[test]

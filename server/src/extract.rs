@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 
-/// A JSON request body of type `T` (any content type is accepted).
+/// A JSON request body of type `T`, a struct: a JSON object (any content
+/// type is accepted).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -20,7 +21,41 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
+        // serde would fill a struct from an array too (fields in order).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::invalid("the body must be a JSON object, not an array"));
+        }
         parse(&bytes).map(JsonBody)
+    }
+}
+
+/// Structs in JSON bodies from JSON objects only, for
+/// `#[serde(deserialize_with = "object::opt")]`: serde would also fill a
+/// struct from an array (fields in order), which the document does not allow.
+pub mod object {
+    use serde::de::{DeserializeOwned, Error, Unexpected};
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    /// An optional struct: an object, or `null` for none.
+    pub fn opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        from_value(Option::<Value>::deserialize(d)?.unwrap_or(Value::Null))
+    }
+
+    /// `value` as a `T` when it is an object, `None` when it is `null`.
+    pub fn from_value<T: DeserializeOwned, E: Error>(value: Value) -> Result<Option<T>, E> {
+        match value {
+            Value::Null => Ok(None),
+            object @ Value::Object(_) => T::deserialize(object).map(Some).map_err(E::custom),
+            Value::Array(_) => Err(E::invalid_type(Unexpected::Seq, &"a JSON object")),
+            Value::Bool(b) => Err(E::invalid_type(Unexpected::Bool(b), &"a JSON object")),
+            Value::Number(_) => Err(E::invalid_type(Unexpected::Other("number"), &"a JSON object")),
+            Value::String(s) => Err(E::invalid_type(Unexpected::Str(&s), &"a JSON object")),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use super::audit::{self, RunRecord, RunTarget};
 use super::error::ApiError;
 use super::execute::{ExecuteRequest, LimitsSpec, RequestSpec, envelope_response, execute_one};
+use super::extract::object;
 use super::openapi::{ApiErrorBody, Envelope, EnvelopeOrError};
 use super::store::Actor;
 use super::{AppState, Program};
@@ -50,15 +51,13 @@ struct FileUpload {
     /// AVAP source (UTF-8 text), or a signed `.wasm` artifact (told apart by
     /// the `\0asm` magic); anything else is a 400.
     file: String,
-    /// The body the script sees (`addParam`).
-    #[schema(value_type = Object, required = false)]
-    params: Value,
+    /// The body the script sees (`addParam`); `null` is as good as no part.
+    #[schema(value_type = Option<Object>)]
+    params: Option<Value>,
     /// Per-run limits as in `ExecuteRequest`.
-    #[schema(required = false)]
-    limits: LimitsSpec,
+    limits: Option<LimitsSpec>,
     /// Method, path, query, headers as in `ExecuteRequest`.
-    #[schema(required = false)]
-    request: RequestSpec,
+    request: Option<RequestSpec>,
 }
 
 /// Upload a `.avap` source or a signed `.wasm` artifact and run it once.
@@ -155,10 +154,11 @@ fn multipart_error(state: &AppState, e: &MultipartError) -> ApiError {
     }
 }
 
-/// A part holding JSON text of type `T`; `null` is as good as no part, as
-/// in an execute request.
+/// A part holding a JSON object of type `T`; `null` is as good as no part,
+/// as in an execute request.
 fn json_part<T: DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<Option<T>, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("the `{name}` part: {e}")))
+    let invalid = |e: serde_json::Error| ApiError::invalid(format!("the `{name}` part: {e}"));
+    object::from_value(serde_json::from_slice(bytes).map_err(invalid)?).map_err(invalid)
 }
 
 /// Verify, load and run a signed artifact once.
