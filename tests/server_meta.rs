@@ -91,7 +91,7 @@ fn openapi_lists_every_route_and_each_is_served() {
     let r = s.get("/api/v1/openapi.json");
     assert_eq!(r.status, 200);
     let doc = r.json();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0."), "{doc}");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."), "{doc}");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert_eq!(doc["components"]["securitySchemes"]["apiKey"]["name"], "X-API-Key");
     assert!(doc["components"]["schemas"]["ExecuteRequest"].is_object());
@@ -121,7 +121,8 @@ fn openapi_lists_every_route_and_each_is_served() {
             let body = (method != "GET" && method != "DELETE").then_some(("application/json", "{}"));
             let reply = s.request(&method, &concrete, body);
             assert_ne!(reply.status, 405, "{method} {path}: {}", reply.body);
-            if reply.status == 404 {
+            // A HEAD reply has no body to tell the fallback's 404 by.
+            if reply.status == 404 && method != "HEAD" {
                 assert_ne!(reply.error_kind().1, "NotFound", "{method} {path}: {}", reply.body);
             }
         }

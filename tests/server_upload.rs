@@ -253,7 +253,7 @@ fn json_responses_are_gzipped_for_clients_that_ask() {
         .read_to_string(&mut text)
         .expect("a gzip body");
     let doc: Value = serde_json::from_str(&text).expect("JSON inside");
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     assert!(body.len() < text.len() / 2, "{} of {}", body.len(), text.len());
 
     let (head, body) = raw_get(&s, "/api/v1/openapi.json", "");

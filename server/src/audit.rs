@@ -26,15 +26,17 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::Extensions;
 use axum::http::request::Parts;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Caller;
 use super::cache::{self, Compiled, SourceHash};
 use super::error::ApiError;
+use super::openapi::ApiErrorBody;
 use super::request_id::RequestId;
-use super::store::{Actor, AuditQuery, AuditRow, Store};
+use super::store::{Actor, AuditEntry, AuditQuery, AuditRow, Store};
 
 /// How many rows wait for the writer before new ones are dropped.
 const QUEUE_ROWS: usize = 4096;
@@ -284,19 +286,46 @@ pub fn record_outcome(state: &AppState, actor: &Actor, target: RunTarget, outcom
     }
 }
 
-/// The query of `GET /api/v1/audit`.
-#[derive(Debug, Deserialize)]
+/// The query of `GET /api/v1/audit`; any other parameter is a 400.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only rows of this stored script.
     script: Option<String>,
+    /// Rows per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Only rows with a smaller id: the previous page's `next_before`.
     before: Option<i64>,
+}
+
+/// A page of `GET /api/v1/audit` (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AuditPage {
+    /// Newest first.
+    entries: Vec<AuditEntry>,
+    /// Pass as `before` for the next page; null on the last page.
+    next_before: Option<i64>,
 }
 
 /// `GET /api/v1/audit?script=NAME&limit=N&before=ID`: queued rows are
 /// written first, then the rows are returned newest first,
 /// `{"entries": [...], "next_before": ID|null}` (pass `next_before` as
 /// `before` for the next page).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "registry",
+    summary = "The audit trail, newest first",
+    params(ListParams),
+    responses(
+        (status = 200, description = "Audit rows.", body = AuditPage),
+        (status = 400, description = "A bad query: an unknown or repeated parameter, a number that is not one, `limit` out of range (`InvalidRequest`).", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,

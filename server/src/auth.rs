@@ -138,7 +138,7 @@ pub fn anonymous_allowed(settings: &Settings) -> bool {
 }
 
 /// The scope a path needs, or `None` for an open one.
-fn needed_scope(path: &str) -> Option<Scope> {
+pub(crate) fn needed_scope(path: &str) -> Option<Scope> {
     let under = |prefix: &str| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

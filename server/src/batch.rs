@@ -19,28 +19,92 @@ use axum::Json;
 use axum::body::to_bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
 use super::execute::{ExecuteRequest, envelope_response, execute_one, execute_one_with};
 use super::extract::JsonBody;
+use super::openapi::{ApiErrorBody, EnvelopeOrError};
 use super::store::Actor;
 
 /// The most items one batch may hold.
 pub const MAX_ITEMS: usize = 64;
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /api/v1/execute/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// Each item is parsed on its own, so one malformed item is just that item's 400.
+    /// Up to 64 execute requests (see `ExecuteRequest`). Each item is parsed
+    /// on its own, so an item that is not one is just that item's 400 result.
+    #[schema(max_items = 64, value_type = Vec<Value>)]
     items: Vec<Value>,
-    /// Run the items in order inside one application-database transaction.
+    /// Run the items one after another, in order, with every
+    /// application-database statement inside one transaction: committed when
+    /// every item's run ends without an error, rolled back otherwise (later
+    /// items are then not run). Connectors and outbound HTTP stay outside it.
     #[serde(default)]
     transaction: bool,
 }
 
+/// The reply of `POST /api/v1/execute/batch` (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct BatchResponse {
+    /// One per item, in item order.
+    results: Vec<BatchResult>,
+    /// With `"transaction": true` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction: Option<TransactionOutcome>,
+    /// When rolled back: the index of the first item that failed (null: the commit itself failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_item: Option<u64>,
+    /// When rolled back: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// One item's outcome: its status and body as `POST /api/v1/execute` would answer.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct BatchResult {
+    /// The item's HTTP status; 424 for an item not run because the transaction rolled back first.
+    #[schema(minimum = 100, maximum = 599)]
+    status: u16,
+    /// The envelope, or the error (kind `NotRun` for an item not run).
+    body: EnvelopeOrError,
+    /// With `"transaction": true` only: what became of this item's writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction: Option<TransactionOutcome>,
+}
+
+/// What became of a transactional batch's writes.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TransactionOutcome {
+    Committed,
+    RolledBack,
+}
+
+/// Run up to 64 execute requests at once.
+///
+/// Concurrently and independently, or with `"transaction": true` in order
+/// inside one database transaction. The reply is 200 whatever the items
+/// did: each result has its own status.
+#[utoipa::path(
+    post,
+    path = "/api/v1/execute/batch",
+    tag = "runs",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per item, in order, each with its own status.", body = BatchResponse),
+        (status = 400, description = "The batch itself is malformed (`InvalidJson`, `InvalidRequest`) or has more than 64 items.", body = ApiErrorBody),
+        (status = 413, description = "The body is over the server's limit (`BodyTooLarge`).", body = ApiErrorBody),
+    ),
+)]
 pub async fn execute_batch(
     State(state): State<AppState>,
     actor: Actor,
@@ -76,14 +140,25 @@ pub async fn execute_batch(
 
 /// One item, as `{"status", "body"}`.
 async fn run_item(state: AppState, actor: Actor, item: Value) -> Value {
-    let response = match serde_json::from_value::<ExecuteRequest>(item) {
+    let response = match parse_item(item) {
         Ok(request) => match execute_one(&state, &actor, request).await {
             Ok(report) => envelope_response(report),
             Err(e) => e.into_response(),
         },
-        Err(e) => ApiError::from_json(&e).into_response(),
+        Err(e) => e.into_response(),
     };
     into_result(response).await
+}
+
+/// An item as an execute request: a JSON object (serde would fill the
+/// struct from an array too).
+fn parse_item(item: Value) -> Result<ExecuteRequest, ApiError> {
+    if !item.is_object() {
+        return Err(ApiError::invalid(
+            "a batch item must be a JSON object (an execute request)",
+        ));
+    }
+    serde_json::from_value(item).map_err(|e| ApiError::from_json(&e))
 }
 
 /// A response of the single-execute path as a batch result.
@@ -141,10 +216,7 @@ mod transactional {
     }
 
     pub(super) async fn run(state: &AppState, actor: &Actor, items: Vec<Value>) -> Value {
-        let requests: Vec<Result<ExecuteRequest, ApiError>> = items
-            .into_iter()
-            .map(|item| serde_json::from_value(item).map_err(|e| ApiError::from_json(&e)))
-            .collect();
+        let requests: Vec<Result<ExecuteRequest, ApiError>> = items.into_iter().map(super::parse_item).collect();
         let budget = time_budget(state, &requests);
         let (effects, transaction) = shared_effects(state);
         let deadline = Instant::now() + budget;
@@ -157,13 +229,14 @@ mod transactional {
                 ends.push(ItemEnd::NotRun);
                 continue;
             }
+            let started = Instant::now();
             let end = match tokio::time::timeout_at(deadline, run_one(state, actor, request, effects.clone())).await {
                 Ok(end) => end,
                 Err(_) => {
                     out_of_time = true;
                     ItemEnd::Failed(json!({
                         "status": 504,
-                        "body": {"status": false, "error": {
+                        "body": {"status": false, "elapsed": started.elapsed().as_secs_f64(), "error": {
                             "kind": "TimeLimit",
                             "message": format!(
                                 "the batch ran out of its time budget ({} ms, the sum of its items' time limits) \

@@ -29,10 +29,13 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::ApiErrorBody;
 use super::telemetry::redact;
 
 /// The runs in progress, for `GET /api/v1/debug/runs`.
@@ -99,7 +102,34 @@ impl Drop for ActiveRunGuard<'_> {
     }
 }
 
+/// The answer of `GET /api/v1/debug/runs` (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DebugRuns {
+    count: u64,
+    /// Oldest first.
+    runs: Vec<DebugRun>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DebugRun {
+    request_id: Option<String>,
+    /// The registry name, `inline`, `upload` or `stored`.
+    script: String,
+    /// RFC 3339 UTC.
+    started_at: String,
+    elapsed_ms: u64,
+}
+
 /// `GET /api/v1/debug/runs`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/debug/runs",
+    tag = "debug",
+    summary = "Runs in progress: request id, script, start, elapsed",
+    responses((status = 200, description = "Oldest first.", body = DebugRuns)),
+)]
 pub async fn runs(State(state): State<AppState>) -> Json<Value> {
     let runs = state.shared.active_runs.snapshot();
     Json(json!({"count": runs.len(), "runs": runs}))
@@ -111,6 +141,16 @@ const LISTED_SCRIPTS: usize = 100;
 /// `GET /api/v1/debug/cache`: [`AppState::cache_state`] and, for the first
 /// registry scripts by name, their current version and whether it is
 /// loaded in the stored-script cache.
+#[utoipa::path(
+    get,
+    path = "/api/v1/debug/cache",
+    tag = "debug",
+    summary = "Cache sizes, run slots, and which registry scripts are loaded in the stored-script cache",
+    responses(
+        (status = 200, description = "The cache summary (as in the health answer) and `registry`: `{scripts, listed: [{name, version, cached, artifact_sha256}]}`, the first 100 scripts by name.", body = Object),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn cache(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut summary = state.cache_state();
     let scripts = state.store().list().await?;
@@ -133,6 +173,13 @@ pub async fn cache(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 }
 
 /// `GET /api/v1/debug/config`: TOML text.
+#[utoipa::path(
+    get,
+    path = "/api/v1/debug/config",
+    tag = "debug",
+    summary = "The effective configuration with each value's origin; passwords and tokens hidden",
+    responses((status = 200, description = "TOML text, as `avap serve --print-config` prints it.", body = String, content_type = "text/plain")),
+)]
 pub async fn config(State(state): State<AppState>) -> Response {
     let text = match &state.config().effective_config {
         Some(text) => text.lines().fold(String::new(), |mut out, line| {
@@ -174,16 +221,48 @@ impl Drop for ProfileSlot {
     }
 }
 
+/// The longest profile that fits in a request timeout of `timeout` (zero:
+/// no timeout), at most 60 s.
+pub fn max_profile_seconds(timeout: Duration) -> u64 {
+    if timeout.is_zero() {
+        60
+    } else {
+        timeout.saturating_sub(PROFILE_MARGIN).as_secs().min(60)
+    }
+}
+
+/// The profile's length when the query names none: [`DEFAULT_SECONDS`], or
+/// the longest that fits in the request timeout when that is shorter.
+pub fn default_profile_seconds(timeout: Duration) -> u64 {
+    DEFAULT_SECONDS.min(max_profile_seconds(timeout))
+}
+
 /// `POST /api/v1/debug/profile?seconds=N`.
+///
+/// The document served says this server's maximum and default of `seconds`
+/// ([`openapi::document`](super::openapi::document)).
+#[utoipa::path(
+    post,
+    path = "/api/v1/debug/profile",
+    tag = "debug",
+    summary = "A CPU profile of the whole server process, as folded stacks for speedscope or flamegraph.pl",
+    params(("seconds" = Option<u64>, Query, minimum = 1, maximum = 60,
+            description = "How long to sample (99 Hz): 1 to 60, and at most the request timeout less 5 s; default 10 or that most.")),
+    responses(
+        (status = 200, description = "One `thread;outermost;…;innermost count` line per distinct stack.", body = String, content_type = "text/plain"),
+        (status = 400, description = "An unknown parameter, or `seconds` out of range (`InvalidRequest`).", body = ApiErrorBody),
+        (status = 409, description = "A profile is already being taken (`ProfileInProgress`).", body = ApiErrorBody),
+    ),
+)]
 pub async fn profile(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let seconds = profile_seconds(query.as_deref())?;
     let timeout = state.config().protect.request_timeout;
-    if !timeout.is_zero() && Duration::from_secs(seconds) + PROFILE_MARGIN > timeout {
+    let most = max_profile_seconds(timeout);
+    let seconds = profile_seconds(query.as_deref(), default_profile_seconds(timeout))?;
+    if seconds == 0 || seconds > most {
         return Err(ApiError::invalid(format!(
             "a {seconds} s profile does not fit in this server's request timeout of {} ms \
-             (request_timeout_ms); ask for at most {} s",
+             (request_timeout_ms); ask for at most {most} s",
             timeout.as_millis(),
-            timeout.saturating_sub(PROFILE_MARGIN).as_secs()
         )));
     }
     let Some(slot) = ProfileSlot::take() else {
@@ -213,9 +292,9 @@ pub async fn profile(State(state): State<AppState>, RawQuery(query): RawQuery) -
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], folded).into_response())
 }
 
-/// `seconds=N` from the query: 1 to 60, default [`DEFAULT_SECONDS`].
-fn profile_seconds(query: Option<&str>) -> Result<u64, ApiError> {
-    let mut seconds = DEFAULT_SECONDS;
+/// `seconds=N` from the query: 1 to 60, else `default`.
+fn profile_seconds(query: Option<&str>, default: u64) -> Result<u64, ApiError> {
+    let mut seconds = default;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "seconds" {
@@ -277,12 +356,18 @@ mod tests {
 
     #[test]
     fn profile_lengths() {
-        assert_eq!(profile_seconds(None).unwrap(), DEFAULT_SECONDS);
-        assert_eq!(profile_seconds(Some("seconds=1")).unwrap(), 1);
-        assert_eq!(profile_seconds(Some("seconds=60")).unwrap(), 60);
+        assert_eq!(profile_seconds(None, DEFAULT_SECONDS).unwrap(), DEFAULT_SECONDS);
+        assert_eq!(profile_seconds(Some("seconds=1"), 7).unwrap(), 1);
+        assert_eq!(profile_seconds(Some("seconds=60"), 7).unwrap(), 60);
+        assert_eq!(max_profile_seconds(Duration::ZERO), 60);
+        assert_eq!(max_profile_seconds(Duration::from_secs(30)), 25);
+        assert_eq!(max_profile_seconds(Duration::from_millis(12_500)), 7);
+        assert_eq!(max_profile_seconds(Duration::from_secs(3)), 0);
+        assert_eq!(default_profile_seconds(Duration::from_secs(30)), DEFAULT_SECONDS);
+        assert_eq!(default_profile_seconds(Duration::from_secs(12)), 7);
         for bad in ["seconds=0", "seconds=61", "seconds=x", "seconds=", "secs=5"] {
             assert_eq!(
-                profile_seconds(Some(bad)).unwrap_err().kind(),
+                profile_seconds(Some(bad), DEFAULT_SECONDS).unwrap_err().kind(),
                 "InvalidRequest",
                 "{bad}"
             );

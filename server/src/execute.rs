@@ -10,46 +10,63 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::audit::{RunRecord, RunTarget};
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, object, whole};
+use super::openapi::{ApiErrorBody, Envelope, EnvelopeOrError};
 use super::store::Actor;
 use super::{AppState, Program};
 use crate::exec::RunSettings;
 
 /// The body of `POST /api/v1/execute`: exactly one of `script` and `name`.
-#[derive(Debug, Deserialize)]
+// The `OpenAPI` document adds that rule to the derived schema (openapi.rs).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    /// AVAP source.
+    /// AVAP source, run once (compiled or taken from the compile cache).
     #[serde(default)]
     pub script: Option<String>,
-    /// A stored script.
+    /// A stored script, run at its current version or at `version`.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub name: Option<String>,
-    /// A version of the stored script (default: its current one).
-    #[serde(default)]
+    /// A version of the stored script (default: its current one); only with `name`.
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(minimum = 1)]
     pub version: Option<i64>,
     /// The JSON body the script sees (`addParam`): an object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
     /// Per-run limits; each is clamped to the server's maximum.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::opt")]
     pub limits: Option<LimitsSpec>,
     /// The rest of the HTTP request the script sees.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::opt")]
     pub request: Option<RequestSpec>,
 }
 
-/// Per-run limits in the units of `avap run --limits`.
-#[derive(Debug, Default, Deserialize)]
+/// Per-run limits in the units of `avap run --limits`, each clamped to the
+/// server's maximum (`GET /api/v1/info`); unset ones are that maximum.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     pub fuel: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     pub time_ms: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     pub memory_mb: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     pub stack_kb: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     pub output_kb: Option<u64>,
 }
 
@@ -67,16 +84,19 @@ impl LimitsSpec {
     }
 }
 
-/// Method, path, query and headers of the request the script sees.
-#[derive(Debug, Default, Deserialize)]
+/// Method, path, query and headers of the request the script sees
+/// (default `GET /`, nothing else).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     pub method: Option<String>,
     pub path: Option<String>,
     /// `{"name": "value"}`; an array value repeats the key.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub query: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub headers: Map<String, Value>,
 }
 
@@ -126,6 +146,30 @@ fn pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
     out
 }
 
+/// Run an inline or stored script once.
+///
+/// The reply is the run's envelope with the run's status: 200 (or the
+/// script's `_status`), 400 for a compile or runtime error, 422 for a limit
+/// hit, 504 for the time limit.
+#[utoipa::path(
+    post,
+    path = "/api/v1/execute",
+    tag = "runs",
+    request_body = ExecuteRequest,
+    responses(
+        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
+        (status = 400, description = "A compile or runtime error (envelope), or an invalid request (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
+        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`).", body = ApiErrorBody),
+        (status = 404, description = "No such stored script or version (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope).", body = EnvelopeOrError),
+        (status = 405, description = "A `registerEndpoint` script has no endpoint for the method (envelope).", body = Envelope),
+        (status = 413, description = "The body (`BodyTooLarge`) or the script (`ScriptTooLarge`) is over the server's limit.", body = ApiErrorBody),
+        (status = 422, description = "A run limit was hit: fuel, memory, stack or output (envelope).", body = Envelope),
+        (status = 500, description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent.", body = EnvelopeOrError),
+        (status = 502, description = "Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`).", body = ApiErrorBody),
+        (status = 503, description = "No run or compile slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 504, description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`).", body = EnvelopeOrError),
+    ),
+)]
 pub async fn execute(
     State(state): State<AppState>,
     actor: Actor,
@@ -269,6 +313,20 @@ mod tests {
             r.query,
             [("n", "1"), ("tag", "a"), ("tag", "b")].map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
+    }
+
+    #[test]
+    fn limits_and_request_are_objects_not_arrays() {
+        let parse = |body: serde_json::Value| serde_json::from_value::<ExecuteRequest>(body).map(|_| ());
+        assert!(parse(serde_json::json!({"script": "", "limits": [null]})).is_err());
+        assert!(parse(serde_json::json!({"script": "", "request": ["GET"]})).is_err());
+        assert!(parse(serde_json::json!({"script": "", "limits": null, "request": {"method": "GET"}})).is_ok());
+        let limits =
+            serde_json::from_value::<ExecuteRequest>(serde_json::json!({"script": "", "limits": {"fuel": 5.0}}))
+                .unwrap()
+                .limits
+                .unwrap();
+        assert_eq!(limits.fuel, Some(5));
     }
 
     #[test]

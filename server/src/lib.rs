@@ -699,7 +699,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/registry/scripts", get(registry_sync::scripts))
         .route("/api/v1/registry/artifacts/{sha256}", get(registry_sync::artifact))
         .route("/api/v1/run/{name}", any(run::run_stored))
-        .route("/api/v1/run/{name}/{*rest}", any(run::run_stored))
+        .route("/api/v1/run/{name}/{*rest}", any(run::run_stored_at))
         .route("/api/v1/health", get(meta::health))
         .route("/api/v1/info", get(meta::info))
         .route("/api/v1/metrics", get(metrics::metrics))

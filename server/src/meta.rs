@@ -5,10 +5,61 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+
+/// The answer of `GET /api/v1/health` (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    status: HealthStatus,
+    /// The failing parts (`database`, `redis`, `registry`); empty when `ok`.
+    degraded: Vec<String>,
+    version: String,
+    /// `{status: ok|error, backend, message?}`.
+    #[schema(value_type = Object)]
+    database: Value,
+    /// Cache sizes and run slots.
+    #[schema(value_type = Object)]
+    cache: Value,
+    /// `ok`, `degraded` (unreachable) or `off` (no `redis_url`).
+    redis: String,
+    /// Edge nodes: the registry they follow.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+}
+
+/// The answer of `GET /api/v1/info` (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Info {
+    version: String,
+    /// The most a run may use, in the units of an execute request's `limits`.
+    #[schema(value_type = Object)]
+    limits: Value,
+    /// Body and script size limits, run and compile slots, queue wait.
+    #[schema(value_type = Object)]
+    requests: Value,
+    /// `{"allowed": [capability, …]}`.
+    #[schema(value_type = Object)]
+    capabilities: Value,
+    /// Every command: `{name, capability, summary}`.
+    #[schema(value_type = Vec<Object>)]
+    commands: Value,
+}
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -21,6 +72,13 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// (or not within [`PING_TIMEOUT`]): cached stored scripts keep running,
 /// registry writes answer 503 — so a load balancer keeps a degraded node in
 /// rotation. The body also shows the caches and run slots.
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "meta",
+    summary = "Liveness and readiness: 200 while this node can serve runs",
+    responses((status = 200, description = "`ok`, or `degraded` with the failing parts.", body = Health)),
+)]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut degraded: Vec<&str> = Vec::new();
     let backend = state.store().backend();
@@ -68,6 +126,13 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 
 /// What this server is and allows: limits in the units of the execute
 /// request's `limits`, the capability policy and the command catalogue.
+#[utoipa::path(
+    get,
+    path = "/api/v1/info",
+    tag = "meta",
+    summary = "Version, limits, capability policy and commands",
+    responses((status = 200, description = "Server information.", body = Info)),
+)]
 pub async fn info(State(state): State<AppState>) -> Json<Value> {
     let config = state.config();
     let l = config.limits;

@@ -449,6 +449,14 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     response
 }
 
+/// `GET /api/v1/metrics`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics",
+    tag = "meta",
+    summary = "Prometheus metrics (OpenMetrics text 1.0.0)",
+    responses((status = 200, description = "Metrics.", body = String, content_type = "application/openmetrics-text")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(

@@ -291,7 +291,7 @@ impl SharedLimit {
 }
 
 /// Paths never rate limited.
-fn exempt(path: &str) -> bool {
+pub(crate) fn exempt(path: &str) -> bool {
     matches!(
         path,
         "/api/v1/health" | "/api/v1/info" | "/api/v1/metrics" | "/api/v1/openapi.json"

@@ -17,30 +17,83 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::audit;
 use super::error::ApiError;
 use super::execute::envelope_response;
-use super::extract::JsonBody;
-use super::store::{Actor, AuditRow, NewVersion, Put, Rollback, VersionMeta};
+use super::extract::{JsonBody, whole};
+use super::openapi::{ApiErrorBody, EnvelopeOrError};
+use super::store::{Actor, AuditRow, NewVersion, Put, Rollback, ScriptSummary, VersionMeta};
 
 /// The body of `POST /api/v1/scripts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreRequest {
+    /// 1 to 64 of `A-Za-z0-9_-`.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub name: String,
+    /// AVAP source; compile errors are a 400 and nothing is stored.
     pub source: String,
 }
 
 /// The body of `POST /api/v1/scripts/{name}/rollback`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
+    /// The version to make current.
+    #[serde(deserialize_with = "whole::one")]
+    #[schema(minimum = 1)]
     pub version: i64,
+}
+
+/// A version stored, or found unchanged (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct StoredVersion {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    name: String,
+    version: i64,
+    source_sha256: String,
+    artifact_sha256: String,
+    /// `true` when the source was the current version's: nothing stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unchanged: Option<bool>,
+}
+
+/// A stored script (described only: built as JSON). An edge node shows
+/// what it mirrors: no source and no older versions, and `mirrored_from`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ScriptDetail {
+    name: String,
+    version: i64,
+    artifact_sha256: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<String>,
+    /// Every version, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    versions: Option<Vec<VersionMeta>>,
+    /// Edge nodes: the registry the mirror follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mirrored_from: Option<String>,
+}
+
+/// A rollback done (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RolledBack {
+    name: String,
+    version: i64,
 }
 
 /// `^[A-Za-z0-9_-]{1,64}$`: safe in a URL path segment and a file name.
@@ -93,6 +146,22 @@ enum Stored {
 
 /// `POST /api/v1/scripts`: 201 with the new version, 200 `unchanged`, or
 /// 400 with the diagnostics. Every request that names a script is audited.
+#[utoipa::path(
+    post,
+    path = "/api/v1/scripts",
+    tag = "registry",
+    summary = "Store (compile and sign) a script as a new version",
+    request_body = StoreRequest,
+    responses(
+        (status = 201, description = "Stored as a new version.", body = StoredVersion),
+        (status = 200, description = "The source is the current version's: nothing stored (`unchanged`).", body = StoredVersion),
+        (status = 400, description = "Compile diagnostics (envelope `CompileError`; nothing stored), or an invalid request or name (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
+        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`), or the key lacks the `admin` scope (`Forbidden`).", body = ApiErrorBody),
+        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`).", body = ApiErrorBody),
+        (status = 413, description = "The body (`BodyTooLarge`) or the source (`ScriptTooLarge`) is over the server's limit.", body = ApiErrorBody),
+        (status = 503, description = "No compile slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     actor: Actor,
@@ -177,6 +246,16 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
 }
 
 /// `GET /api/v1/scripts`: `[{name, version, updated_at}]` by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/scripts",
+    tag = "registry",
+    summary = "List stored scripts",
+    responses(
+        (status = 200, description = "Every stored script at its current version, by name.", body = Vec<ScriptSummary>),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if let Some(edge) = state.edge() {
         return Ok(Json(edge.scripts_json()));
@@ -185,6 +264,18 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 /// `GET /api/v1/scripts/{name}`: the current version with its source, and every version.
+#[utoipa::path(
+    get,
+    path = "/api/v1/scripts/{name}",
+    tag = "registry",
+    summary = "A stored script and its versions",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The script.")),
+    responses(
+        (status = 200, description = "The current version with its source, and every version.", body = ScriptDetail),
+        (status = 404, description = "No such script (`ScriptNotFound`).", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     if let Some(edge) = state.edge() {
         return edge.script_json(&name).map(Json);
@@ -208,6 +299,19 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
 }
 
 /// `DELETE /api/v1/scripts/{name}`: 204, or 404 (audited either way).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/scripts/{name}",
+    tag = "registry",
+    summary = "Delete a stored script and every version of it",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The script.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such script (`ScriptNotFound`).", body = ApiErrorBody),
+        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`).", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     actor: Actor,
@@ -237,6 +341,22 @@ pub async fn delete(
 
 /// `POST /api/v1/scripts/{name}/rollback` with `{"version": N}`: make N
 /// current (audited whether or not it could).
+#[utoipa::path(
+    post,
+    path = "/api/v1/scripts/{name}/rollback",
+    tag = "registry",
+    summary = "Make an earlier version current",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The script.")),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "Rolled back.", body = RolledBack),
+        (status = 400, description = "An invalid request (`InvalidJson`, `InvalidRequest`).", body = ApiErrorBody),
+        (status = 404, description = "No such script or version (`ScriptNotFound`).", body = ApiErrorBody),
+        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`).", body = ApiErrorBody),
+        (status = 413, description = "The body is over the server's limit (`BodyTooLarge`).", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn rollback(
     State(state): State<AppState>,
     actor: Actor,

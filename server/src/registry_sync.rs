@@ -22,23 +22,27 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::ApiErrorBody;
 
 /// One script of the list: what a follower needs to mirror its current version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RegistryEntry {
     pub name: String,
     pub version: i64,
     /// Lowercase hex SHA-256 of the signed artifact.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub artifact_sha256: String,
     /// RFC 3339 UTC: when the script last changed on the registry.
     pub updated_at: String,
 }
 
 /// The body of `GET /api/v1/registry/scripts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = RegistryList)]
 pub struct ScriptList {
     /// Changes whenever the list does; also the `ETag` (quoted).
     pub generation: String,
@@ -80,6 +84,21 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// `GET /api/v1/registry/scripts`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/registry/scripts",
+    tag = "edge",
+    summary = "The current version of every stored script, for edge nodes",
+    params(("If-None-Match" = Option<String>, Header, description = "A previous answer's `ETag`: 304 while the list is unchanged.")),
+    responses(
+        (status = 200, description = "The list; `ETag` is the quoted generation.", body = ScriptList,
+         headers(("ETag" = String, description = "The quoted generation."))),
+        (status = 304, description = "Unchanged since the `If-None-Match` generation.",
+         headers(("ETag" = String, description = "The quoted generation."))),
+        (status = 409, description = "This is an edge node (`EdgeReadOnly`): follow the registry node.", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn scripts(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(edge) = state.edge() {
         return Err(edge.read_only());
@@ -119,6 +138,20 @@ pub async fn scripts(State(state): State<AppState>, headers: HeaderMap) -> Resul
 }
 
 /// `GET /api/v1/registry/artifacts/{sha256}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/registry/artifacts/{sha256}",
+    tag = "edge",
+    summary = "A signed artifact by its SHA-256, for edge nodes",
+    params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "`artifact_sha256` of a stored version.")),
+    responses(
+        (status = 200, description = "The signed artifact (content-addressed: cacheable forever).", body = Vec<u8>, content_type = "application/wasm"),
+        (status = 400, description = "Not 64 lowercase hex digits (`InvalidRequest`).", body = ApiErrorBody),
+        (status = 404, description = "No stored version has this artifact (`ArtifactNotFound`).", body = ApiErrorBody),
+        (status = 409, description = "This is an edge node (`EdgeReadOnly`): follow the registry node.", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub async fn artifact(State(state): State<AppState>, Path(sha256): Path<String>) -> Result<Response, ApiError> {
     if let Some(edge) = state.edge() {
         return Err(edge.read_only());

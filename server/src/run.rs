@@ -10,30 +10,83 @@ use avap_hostfns::Request as ScriptRequest;
 use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::audit::{self, RunRecord, RunTarget};
 use super::error::ApiError;
 use super::execute::envelope_response;
 use super::extract::{parse, read_body};
+use super::openapi::{ApiErrorBody, Envelope, EnvelopeOrError};
 use super::{AppState, Program};
 use crate::exec::RunSettings;
 
-#[derive(Debug, Deserialize)]
-pub struct RunPath {
-    name: String,
-    #[serde(default)]
-    rest: Option<String>,
-}
-
+/// Run a stored script as an endpoint (the HTTP request is its input).
+///
+/// The script sees the method, the path `/`, the query, a JSON or form body
+/// and the headers.
+#[utoipa::path(
+    method(get, put, post, delete, options, head, patch, trace),
+    path = "/api/v1/run/{name}",
+    tag = "runs",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The stored script.")),
+    responses(
+        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
+        (status = 400, description = "A runtime error (envelope), or a body that is not what its content type says (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
+        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`).", body = ApiErrorBody),
+        (status = 404, description = "No such stored script (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope).", body = EnvelopeOrError),
+        (status = 405, description = "A `registerEndpoint` script has no endpoint for the method (envelope).", body = Envelope),
+        (status = 413, description = "The body is over the server's limit (`BodyTooLarge`).", body = ApiErrorBody),
+        (status = 422, description = "A run limit was hit: fuel, memory, stack or output (envelope).", body = Envelope),
+        (status = 500, description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent.", body = EnvelopeOrError),
+        (status = 502, description = "Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`).", body = ApiErrorBody),
+        (status = 503, description = "No run slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 504, description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`).", body = EnvelopeOrError),
+    ),
+)]
 pub async fn run_stored(
     State(state): State<AppState>,
-    Path(path): Path<RunPath>,
+    Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    run(state, name, None, req).await
+}
+
+/// Run a stored script routed by `registerEndpoint` (method and path).
+///
+/// The script sees `/{rest}` as its path; otherwise as `/api/v1/run/{name}`.
+#[utoipa::path(
+    method(get, put, post, delete, options, head, patch, trace),
+    path = "/api/v1/run/{name}/{rest}",
+    tag = "runs",
+    params(
+        ("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The stored script."),
+        ("rest" = String, Path, description = "The path the script sees (for `registerEndpoint`); may hold `/`."),
+    ),
+    responses(
+        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
+        (status = 400, description = "A runtime error (envelope), or a body that is not what its content type says (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
+        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`).", body = ApiErrorBody),
+        (status = 404, description = "No such stored script (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope).", body = EnvelopeOrError),
+        (status = 405, description = "A `registerEndpoint` script has no endpoint for the method (envelope).", body = Envelope),
+        (status = 413, description = "The body is over the server's limit (`BodyTooLarge`).", body = ApiErrorBody),
+        (status = 422, description = "A run limit was hit: fuel, memory, stack or output (envelope).", body = Envelope),
+        (status = 500, description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent.", body = EnvelopeOrError),
+        (status = 502, description = "Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`).", body = ApiErrorBody),
+        (status = 503, description = "No run slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 504, description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`).", body = EnvelopeOrError),
+    ),
+)]
+pub async fn run_stored_at(
+    State(state): State<AppState>,
+    Path((name, rest)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    run(state, name, Some(rest), req).await
+}
+
+async fn run(state: AppState, name: String, rest: Option<String>, req: Request) -> Result<Response, ApiError> {
     let actor = audit::actor_of(req.extensions());
-    let mut target = RunTarget::stored(&path.name, None);
+    let mut target = RunTarget::stored(&name, None);
     let method = req.method().as_str().to_owned();
     let query = req.uri().query().map(decode_pairs).unwrap_or_default();
     let headers: Vec<(String, String)> = req
@@ -47,19 +100,16 @@ pub async fn run_stored(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let Some(stored) = state.stored(&path.name, None).await? else {
+    let Some(stored) = state.stored(&name, None).await? else {
         audit::record_outcome(&state, &actor, target, "ScriptNotFound".to_owned());
-        return Err(ApiError::ScriptNotFound {
-            name: path.name,
-            version: None,
-        });
+        return Err(ApiError::ScriptNotFound { name, version: None });
     };
     target.resolved(stored.version, stored.module.sha256());
     let body = read_body(req, &state).await?;
     let BodyParams { json, form } = body_params(&content_type, &body)?;
     let request = ScriptRequest {
         method,
-        path: script_path(path.rest.as_deref()),
+        path: script_path(rest.as_deref()),
         query,
         json,
         form,
@@ -71,7 +121,7 @@ pub async fn run_stored(
         now: None,
     };
     let record = RunRecord::new(&state, &actor, target);
-    let run = state.execute_script(&path.name, Program::Loaded(stored.module), request, settings);
+    let run = state.execute_script(&name, Program::Loaded(stored.module), request, settings);
     let result = state.metrics().run(run).await;
     record.finish(&result);
     Ok(envelope_response(result?))

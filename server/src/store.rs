@@ -148,7 +148,7 @@ pub struct MigrationState {
 }
 
 /// One line of the script list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ScriptSummary {
     pub name: String,
     pub version: i64,
@@ -156,7 +156,7 @@ pub struct ScriptSummary {
 }
 
 /// What identifies one version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VersionMeta {
     pub version: i64,
     pub source_sha256: String,
@@ -235,15 +235,20 @@ impl AuditRow {
 }
 
 /// One row of the audit trail as read back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
+    /// RFC 3339 UTC.
     pub at: String,
+    /// The API key id, or `anonymous`.
     pub actor: String,
+    /// `store`, `delete`, `rollback` or `run`.
     pub action: String,
+    /// Null for inline runs and uploads.
     pub script: Option<String>,
     pub version: Option<i64>,
     pub artifact_sha256: Option<String>,
+    /// `ok`, `unchanged`, or an error kind.
     pub outcome: String,
     pub request_id: Option<String>,
 }

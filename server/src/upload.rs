@@ -24,6 +24,8 @@ use sha2::{Digest as _, Sha256};
 use super::audit::{self, RunRecord, RunTarget};
 use super::error::ApiError;
 use super::execute::{ExecuteRequest, LimitsSpec, RequestSpec, envelope_response, execute_one};
+use super::extract::object;
+use super::openapi::{ApiErrorBody, Envelope, EnvelopeOrError};
 use super::store::Actor;
 use super::{AppState, Program};
 use crate::exec::RunSettings;
@@ -40,6 +42,43 @@ struct Upload {
     request: Option<RequestSpec>,
 }
 
+/// The parts of `POST /api/v1/execute/file` (described only: read part by
+/// part). `params`, `limits` and `request` are JSON text.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct FileUpload {
+    /// AVAP source (UTF-8 text), or a signed `.wasm` artifact (told apart by
+    /// the `\0asm` magic); anything else is a 400.
+    file: String,
+    /// The body the script sees (`addParam`); `null` is as good as no part.
+    #[schema(value_type = Option<Object>)]
+    params: Option<Value>,
+    /// Per-run limits as in `ExecuteRequest`.
+    limits: Option<LimitsSpec>,
+    /// Method, path, query, headers as in `ExecuteRequest`.
+    request: Option<RequestSpec>,
+}
+
+/// Upload a `.avap` source or a signed `.wasm` artifact and run it once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/execute/file",
+    tag = "runs",
+    request_body(content = inline(FileUpload), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
+        (status = 400, description = "A compile or runtime error (envelope); a malformed upload, an unknown, repeated or malformed part or no `file` (`InvalidRequest`); or an artifact that is corrupt or tampered with (`InvalidArtifact`).", body = EnvelopeOrError),
+        (status = 403, description = "The artifact is unsigned or signed by a key this server does not trust (`UntrustedArtifact`), or the script uses a denied capability (`CapabilityDenied`).", body = ApiErrorBody),
+        (status = 404, description = "A `registerEndpoint` script has no endpoint on the path (envelope).", body = Envelope),
+        (status = 405, description = "A `registerEndpoint` script has no endpoint for the method (envelope).", body = Envelope),
+        (status = 413, description = "The body (`BodyTooLarge`) or the source (`ScriptTooLarge`) is over the server's limit.", body = ApiErrorBody),
+        (status = 422, description = "A run limit was hit: fuel, memory, stack or output (envelope).", body = Envelope),
+        (status = 500, description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent.", body = EnvelopeOrError),
+        (status = 503, description = "No run or compile slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 504, description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`).", body = EnvelopeOrError),
+    ),
+)]
 pub async fn execute_file(
     State(state): State<AppState>,
     actor: Actor,
@@ -82,23 +121,25 @@ pub async fn execute_file(
 
 async fn read_parts(state: &AppState, mut multipart: Multipart) -> Result<Upload, ApiError> {
     let mut upload = Upload::default();
+    let mut seen: Vec<String> = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(|e| multipart_error(state, &e))? {
         let name = field.name().unwrap_or("").to_owned();
         let bytes = field.bytes().await.map_err(|e| multipart_error(state, &e))?;
-        let duplicate = match name.as_str() {
-            "file" => upload.file.replace(bytes.to_vec()).is_some(),
-            "params" => upload.params.replace(json_part(&name, &bytes)?).is_some(),
-            "limits" => upload.limits.replace(json_part(&name, &bytes)?).is_some(),
-            "request" => upload.request.replace(json_part(&name, &bytes)?).is_some(),
+        match name.as_str() {
+            "file" => upload.file = Some(bytes.to_vec()),
+            "params" => upload.params = json_part(&name, &bytes)?,
+            "limits" => upload.limits = json_part(&name, &bytes)?,
+            "request" => upload.request = json_part(&name, &bytes)?,
             other => {
                 return Err(ApiError::invalid(format!(
                     "unknown part `{other}`: the parts are `file`, `params`, `limits` and `request`"
                 )));
             }
-        };
-        if duplicate {
+        }
+        if seen.contains(&name) {
             return Err(ApiError::invalid(format!("the `{name}` part is sent twice")));
         }
+        seen.push(name);
     }
     Ok(upload)
 }
@@ -113,9 +154,11 @@ fn multipart_error(state: &AppState, e: &MultipartError) -> ApiError {
     }
 }
 
-/// A part holding JSON text of type `T`.
-fn json_part<T: DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("the `{name}` part: {e}")))
+/// A part holding a JSON object of type `T`; `null` is as good as no part,
+/// as in an execute request.
+fn json_part<T: DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<Option<T>, ApiError> {
+    let invalid = |e: serde_json::Error| ApiError::invalid(format!("the `{name}` part: {e}"));
+    object::from_value(serde_json::from_slice(bytes).map_err(invalid)?).map_err(invalid)
 }
 
 /// Verify, load and run a signed artifact once.
