@@ -117,6 +117,10 @@ pub struct Metrics {
     redis_errors: Counter,
     /// Counted by the accept loop.
     connections: Arc<ConnectionCounters>,
+    /// The outbound breakers and bulkheads, read at each scrape.
+    circuits_open: Gauge,
+    circuits_opened: Counter,
+    outbound_refused: Family<Reason, Counter>,
 }
 
 /// The client connections: open now, refused at a cap, closed by a timeout.
@@ -216,6 +220,9 @@ impl Default for Metrics {
             invalidations: Counter::default(),
             redis_errors: Counter::default(),
             connections: Arc::default(),
+            circuits_open: Gauge::default(),
+            circuits_opened: Counter::default(),
+            outbound_refused: Family::default(),
         };
         metrics.register();
         metrics
@@ -321,6 +328,37 @@ impl Metrics {
             self.run_slots.clone(),
         );
         self.connections.register(r);
+        r.register(
+            "avap_outbound_circuits_open",
+            "Outbound hosts whose circuit is open or half open now",
+            self.circuits_open.clone(),
+        );
+        r.register(
+            "avap_outbound_circuits_opened",
+            "Times an outbound host's circuit opened (failures or slow calls)",
+            self.circuits_opened.clone(),
+        );
+        r.register(
+            "avap_outbound_calls_refused",
+            "Outbound calls failed at once: circuit_open or bulkhead (too many at once to one host)",
+            self.outbound_refused.clone(),
+        );
+    }
+
+    /// The breakers' state, before a scrape.
+    pub fn set_outbound(&self, stats: avap_hostfns::effects::breaker::BreakerStats) {
+        self.circuits_open.set(i64::try_from(stats.open).unwrap_or(i64::MAX));
+        // The breakers count; the counters catch up to them.
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.circuits_opened, stats.opened_total);
+        for (reason, total) in [
+            ("circuit_open", stats.refused_open_total),
+            ("bulkhead", stats.refused_busy_total),
+        ] {
+            catch_up(&self.outbound_refused.get_or_create(&Reason { reason }), total);
+        }
     }
 
     pub fn request(&self, route: &'static str, status: u16, took: Duration) {
@@ -458,6 +496,10 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     responses((status = 200, description = "Metrics.", body = String, content_type = "application/openmetrics-text")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let breakers = state.config().effects.http.as_ref().and_then(|http| http.breakers());
+    state
+        .metrics()
+        .set_outbound(breakers.map(|b| b.stats()).unwrap_or_default());
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -494,7 +536,24 @@ mod tests {
         m.cache_miss();
         m.set_run_slots(8);
         let _ = m.run(async { Err(ApiError::MethodNotAllowed) }).await;
+        let breakers = avap_hostfns::effects::breaker::BreakerStats {
+            open: 1,
+            opened_total: 3,
+            refused_busy_total: 2,
+            ..Default::default()
+        };
+        m.set_outbound(breakers);
+        m.set_outbound(breakers);
         let text = m.render();
+        assert!(text.contains("avap_outbound_circuits_open 1\n"), "{text}");
+        assert!(
+            text.contains("avap_outbound_circuits_opened_total 3\n"),
+            "set twice, counted once: {text}"
+        );
+        assert!(
+            text.contains("avap_outbound_calls_refused_total{reason=\"bulkhead\"} 2\n"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
             text.contains("# TYPE avap_run_slots gauge\navap_run_slots 8\n"),

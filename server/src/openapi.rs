@@ -230,7 +230,11 @@ fn add_middleware(doc: &mut Value) {
         }
         added.push((
             "500",
-            error_response("Something failed on the server's side (`InternalError`); the detail is logged, not sent."),
+            error_response(
+                "Something failed on the server's side (`InternalError`; the detail is logged, not sent), or a \
+                 stored script is signed by a key this server does not trust (`ClusterKeyMismatch`, saying what \
+                 the operator does).",
+            ),
         ));
         added.push((
             "504",
