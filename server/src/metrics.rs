@@ -497,9 +497,11 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let breakers = state.config().effects.http.as_ref().and_then(|http| http.breakers());
-    state
-        .metrics()
-        .set_outbound(breakers.map(|b| b.stats()).unwrap_or_default());
+    state.metrics().set_outbound(
+        breakers
+            .map(avap_hostfns::effects::breaker::Breakers::stats)
+            .unwrap_or_default(),
+    );
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
