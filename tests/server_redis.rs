@@ -278,6 +278,13 @@ fn a_module_sealed_by_an_artifact_signer_is_refused() {
         Stdio::from(std::fs::File::create(&log_path).unwrap()),
     );
 
+    // B pre-warms its cache at start: once that is done, only the run
+    // below loads the script (else both may ask Redis, and count twice).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("pre-warmed") {
+        assert!(Instant::now() < deadline, "node B did not pre-warm");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stored = store(&a, "forged", "x = 6\ny = x * 7\naddResult(y)\n");
     let sha = stored["artifact_sha256"].as_str().unwrap();
     let key = wait_for_cwasm(&prefix, sha);
