@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::server::Store;
 use crate::server::auth::{self, Scope};
+use crate::server::{Actor, AuditRow, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct ApikeyArgs {
@@ -60,6 +60,7 @@ async fn create(store: &Store, scopes: &[Scope], name: Option<&str>) -> Result<E
     let new = auth::generate()?;
     let scopes = auth::scopes_text(scopes);
     store.create_api_key(&new.id, name, &new.hash, &scopes).await?;
+    audit(store, "apikey_create", &new.id, "ok").await;
     println!("{}", new.key);
     eprintln!(
         "Created API key {} (scopes: {scopes}). This is the only time it is shown: keep it now.\n\
@@ -67,6 +68,30 @@ async fn create(store: &Store, scopes: &[Scope], name: Option<&str>) -> Result<E
         new.id, new.id
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who the audit trail names for the command line: `cli:<user>`.
+pub fn cli_actor() -> Actor {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    Actor {
+        actor: format!("cli:{user}"),
+        request_id: None,
+    }
+}
+
+/// Note an administrative action in the audit trail; a failure to write it
+/// is said on stderr (the action itself is done).
+async fn audit(store: &Store, action: &'static str, key_id: &str, outcome: &str) {
+    let row = AuditRow {
+        subject: Some(key_id.to_owned()),
+        ..AuditRow::new(&cli_actor(), action, outcome)
+    };
+    if let Err(e) = store.append_audit(&[row]).await {
+        eprintln!("warning: the audit row of {action} {key_id} could not be written: {e:#}");
+    }
 }
 
 async fn list(store: &Store) -> Result<ExitCode> {
@@ -94,12 +119,17 @@ async fn list(store: &Store) -> Result<ExitCode> {
 
 async fn revoke(store: &Store, id: &str) -> Result<ExitCode> {
     if store.revoke_api_key(id).await? {
+        audit(store, "apikey_revoke", id, "ok").await;
         eprintln!("revoked API key {id}");
         return Ok(ExitCode::SUCCESS);
     }
     match store.api_key(id).await? {
-        Some(_) => eprintln!("API key {id} was already revoked"),
+        Some(_) => {
+            audit(store, "apikey_revoke", id, "unchanged").await;
+            eprintln!("API key {id} was already revoked");
+        }
         None => {
+            audit(store, "apikey_revoke", id, "NotFound").await;
             eprintln!("error: no API key with id {id} (see `avap apikey list`)");
             return Ok(ExitCode::FAILURE);
         }

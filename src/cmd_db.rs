@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::server::backup::{self, BackupSummary};
 use crate::server::config;
-use crate::server::{Location, Store};
+use crate::server::{AuditRow, Location, Store};
 use avap_server::ServeArgs;
 
 /// Which database a command works on.
@@ -215,6 +215,14 @@ pub fn restore(args: &RestoreArgs) -> Result<ExitCode> {
             );
         }
         store.restore(&contents, args.replace).await?;
+        let restored = AuditRow {
+            subject: Some(args.input.display().to_string()),
+            ..AuditRow::new(&crate::cmd_apikey::cli_actor(), "restore", "ok")
+        };
+        // The restore is done: a failure to note it is said, not fatal.
+        if let Err(e) = store.append_audit(&[restored]).await {
+            eprintln!("warning: the restore is done, but its audit row could not be written: {e:#}");
+        }
         let summary = BackupSummary::of(&contents);
         store.close().await;
         eprintln!(

@@ -68,6 +68,12 @@ fn a_backup_taken_under_writes_restores_into_postgres_and_runs() {
     // Into an empty PostgreSQL database; the restoring nodes share the key.
     let db = PgDatabase::create("restore");
     avap(&["restore", file.to_str().unwrap(), "--database-url", &db.url]);
+    // The restore is in the audit trail, naming the file.
+    let restore_rows = format!(
+        "SELECT outcome || ' ' || (subject = '{}')::text FROM audit_log WHERE action = 'restore'",
+        file.display()
+    );
+    assert_eq!(db.query(&restore_rows), "ok true");
     let restored_dir = fresh_dir("backup-restored").join("data");
     std::fs::create_dir_all(restored_dir.join("keys")).unwrap();
     for name in ["server.key", "server.pub"] {

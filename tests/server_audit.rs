@@ -204,17 +204,66 @@ fn the_actor_is_the_api_key_and_reading_needs_admin() {
     assert_eq!(r.error_kind(), (403, "Forbidden".to_owned()), "{}", r.body);
     assert_eq!(s.get("/api/v1/audit").status, 401);
 
-    let rows = audit_until(&s, "", &as_admin, 2);
+    let rows = audit_until(&s, "", &as_admin, 4);
     let actors: Vec<_> = rows
         .iter()
         .map(|r| {
             (
                 r["action"].as_str().unwrap_or("?"),
                 r["actor"].as_str().unwrap_or("?").to_owned(),
+                r["subject"].as_str().unwrap_or("-").to_owned(),
             )
         })
         .collect();
-    assert_eq!(actors, [("run", id(&runner)), ("store", id(&admin))], "{rows:#?}");
+    // The keys were made with `avap apikey create`: the command line is the actor.
+    let cli = format!(
+        "cli:{}",
+        std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or("unknown".into())
+    );
+    assert_eq!(
+        actors,
+        [
+            ("run", id(&runner), "-".to_owned()),
+            ("store", id(&admin), "-".to_owned()),
+            ("apikey_create", cli.clone(), id(&runner)),
+            ("apikey_create", cli.clone(), id(&admin)),
+        ],
+        "{rows:#?}"
+    );
+    // Revoking is audited too, found or not.
+    let revoke = |key_id: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_avap"));
+        cmd.args(["apikey", "revoke", key_id, "--data-dir"]).arg(&data_dir);
+        if let Some(url) = support::server_database(&data_dir) {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.output().expect("run avap apikey revoke").status
+    };
+    assert!(revoke(&id(&runner)).success());
+    assert!(!revoke("00000000").success());
+    let rows = audit_until(&s, "", &as_admin, 6);
+    let latest: Vec<(&str, &str, &str)> = rows[..2]
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or("?"),
+                r["subject"].as_str().unwrap_or("?"),
+                r["outcome"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    let runner_id = id(&runner);
+    assert_eq!(
+        latest,
+        [
+            ("apikey_revoke", "00000000", "NotFound"),
+            ("apikey_revoke", runner_id.as_str(), "ok")
+        ],
+        "{rows:#?}"
+    );
 }
 
 #[test]

@@ -12,7 +12,11 @@
 //!   [`AuditLog::close`] writes what is queued at shutdown. A run whose
 //!   request is cancelled (client gone, request timeout) is recorded as
 //!   `Cancelled` ([`RunRecord`]).
-//! * `GET /api/v1/audit` ([`list`], admin scope) reads the rows back.
+//! * `GET /api/v1/audit` ([`list`], admin scope) reads the rows back;
+//!   `GET /api/v1/audit/export` ([`export`]) hands them to a SIEM as JSON
+//!   lines, oldest first, in pages it pulls with `after`.
+//! * With `audit_retention_days`, a background task deletes older rows
+//!   every hour ([`prune`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::Extensions;
 use axum::http::request::Parts;
+use axum::response::IntoResponse as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -36,7 +41,7 @@ use super::cache::{self, Compiled, SourceHash};
 use super::error::ApiError;
 use super::openapi::ApiErrorBody;
 use super::request_id::RequestId;
-use super::store::{Actor, AuditEntry, AuditQuery, AuditRow, Store};
+use super::store::{Actor, AuditEntry, AuditQuery, AuditRow, Store, audit_time};
 
 /// How many rows wait for the writer before new ones are dropped.
 const QUEUE_ROWS: usize = 4096;
@@ -47,6 +52,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Rows `GET /api/v1/audit` returns unless `limit` says otherwise, and the most it may ask.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
+/// Rows one export answer holds unless `limit` says otherwise, and the most.
+const EXPORT_LIMIT: i64 = 1000;
+const MAX_EXPORT_LIMIT: i64 = 10_000;
+/// How often old rows are pruned (the first time a minute after start).
+const PRUNE_EVERY: Duration = Duration::from_hours(1);
 
 /// The queue of run rows and its writer task; cheap to clone.
 ///
@@ -69,8 +79,9 @@ struct Queue {
 }
 
 impl AuditLog {
-    /// Start the writer on the current tokio runtime.
-    pub fn start(store: Store) -> Result<AuditLog> {
+    /// Start the writer on the current tokio runtime, and the pruner when
+    /// rows are kept for at most `retention`.
+    pub fn start(store: Store, retention: Option<Duration>) -> Result<AuditLog> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("the audit log writer needs a tokio runtime (start the server inside one)")?;
         let log = AuditLog {
@@ -81,6 +92,21 @@ impl AuditLog {
                 writing: tokio::sync::Mutex::new(()),
             }),
         };
+        if let Some(keep) = retention {
+            let queue = Arc::downgrade(&log.inner);
+            runtime.spawn(async move {
+                tokio::time::sleep(Duration::from_mins(1)).await;
+                let mut tick = tokio::time::interval(PRUNE_EVERY);
+                loop {
+                    tick.tick().await;
+                    let Some(queue) = queue.upgrade() else { return };
+                    if queue.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    prune(&queue.store, keep, chrono::Utc::now()).await;
+                }
+            });
+        }
         // The task holds only a weak reference: it ends with the last log handle.
         let queue = Arc::downgrade(&log.inner);
         runtime.spawn(async move {
@@ -350,6 +376,95 @@ pub async fn list(
     Ok(Json(json!({"entries": entries, "next_before": next_before})))
 }
 
+/// Delete the rows older than `keep` before `now`; a failure is logged
+/// (the next round tries again).
+pub async fn prune(store: &Store, keep: Duration, now: chrono::DateTime<chrono::Utc>) -> u64 {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let cutoff = audit_time(
+        now.checked_sub_signed(keep)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+    );
+    match store.prune_audit(&cutoff).await {
+        Ok(0) => 0,
+        Ok(pruned) => {
+            tracing::info!(pruned, before = %cutoff, "audit rows older than audit_retention_days deleted");
+            pruned
+        }
+        Err(e) => {
+            tracing::warn!("cannot prune the audit trail: {e:#}");
+            0
+        }
+    }
+}
+
+/// The query of `GET /api/v1/audit/export`; any other parameter is a 400.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// Only rows with a larger id: the last id of the previous answer (default 0: from the start).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    /// Only rows at or after this time, RFC 3339 (`2026-12-01T00:00:00Z`).
+    since: Option<String>,
+    /// Rows in this answer (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/audit/export?after=ID&since=TIME&limit=N`: audit rows as
+/// JSON lines (`application/x-ndjson`), oldest first. A SIEM pulls the
+/// trail in turns: the last line's `id` is the next `after`; an answer
+/// with fewer than `limit` lines is the end for now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/export",
+    tag = "registry",
+    summary = "The audit trail as JSON lines, oldest first, for a SIEM",
+    params(ExportParams),
+    responses(
+        (status = 200, description = "One audit row (an `AuditEntry` object) per line.", body = String, content_type = "application/x-ndjson"),
+        (status = 400, description = "A bad query: an unknown or repeated parameter, a number that is not one, `limit` out of range, `since` not RFC 3339 (`InvalidRequest`).", body = ApiErrorBody),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn export(
+    State(state): State<AppState>,
+    params: Result<Query<ExportParams>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))?;
+    let limit = params.limit.unwrap_or(EXPORT_LIMIT);
+    if !(1..=MAX_EXPORT_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "`limit` must be 1 to {MAX_EXPORT_LIMIT}, not {limit}"
+        )));
+    }
+    let after = params.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::invalid(format!("`after` must be 0 or more, not {after}")));
+    }
+    let since = match &params.since {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| audit_time(t.with_timezone(&chrono::Utc)))
+                .map_err(|e| {
+                    ApiError::invalid(format!(
+                        "`since` is not an RFC 3339 time such as 2026-12-01T00:00:00Z: {e}"
+                    ))
+                })?,
+        ),
+    };
+    state.audit().flush().await;
+    let entries = state.store().audit_export(after, since.as_deref(), limit).await?;
+    let mut lines = String::new();
+    for entry in &entries {
+        lines.push_str(&serde_json::to_string(entry).map_err(|e| ApiError::Internal(e.into()))?);
+        lines.push('\n');
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn rows_are_written_in_batches_and_on_flush() {
         let store = Store::in_memory().await.unwrap();
-        let log = AuditLog::start(store.clone()).unwrap();
+        let log = AuditLog::start(store.clone(), None).unwrap();
         for _ in 0..BATCH_ROWS + 3 {
             assert!(log.record(row("ok")));
         }
@@ -388,7 +503,7 @@ mod tests {
     #[tokio::test]
     async fn close_writes_what_is_queued_and_later_rows_are_dropped() {
         let store = Store::in_memory().await.unwrap();
-        let log = AuditLog::start(store.clone()).unwrap();
+        let log = AuditLog::start(store.clone(), None).unwrap();
         assert!(log.record(row("ok")));
         log.close().await;
         assert_eq!(count(&store).await, 1);
@@ -397,11 +512,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn old_rows_are_pruned_and_the_export_pages_oldest_first() {
+        let store = Store::in_memory().await.unwrap();
+        let now = chrono::Utc::now();
+        let stamped = |days_ago: i64| AuditRow {
+            at: audit_time(now - chrono::Duration::days(days_ago)),
+            ..row("ok")
+        };
+        store
+            .append_audit(&[stamped(40), stamped(31), stamped(29), stamped(1), stamped(0)])
+            .await
+            .unwrap();
+        let all = store.audit_export(0, None, 100).await.unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+        let page = store.audit_export(all[1].id, None, 2).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [all[2].id, all[3].id]);
+        let since = audit_time(now - chrono::Duration::days(2));
+        assert_eq!(store.audit_export(0, Some(&since), 100).await.unwrap().len(), 2);
+        let pruned = prune(&store, Duration::from_hours(24 * 30), now).await;
+        assert_eq!(pruned, 2, "the rows of 40 and 31 days ago");
+        assert_eq!(count(&store).await, 3);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_drops_rows_instead_of_waiting() {
         // On this single-threaded test runtime the writer cannot run while
         // we queue, as if the database had stalled.
         let store = Store::in_memory().await.unwrap();
-        let log = AuditLog::start(store.clone()).unwrap();
+        let log = AuditLog::start(store.clone(), None).unwrap();
         let accepted = (0..QUEUE_ROWS * 2).filter(|_| log.record(row("ok"))).count();
         assert_eq!(accepted, QUEUE_ROWS);
         log.flush().await;

@@ -161,6 +161,8 @@ pub struct Settings {
     /// The namespace of this cluster's Redis keys (`PREFIX:…`), so several
     /// clusters can share one Redis.
     pub redis_prefix: String,
+    /// Audit rows older than this many days are deleted (every hour); 0 = kept forever.
+    pub audit_retention_days: u32,
     /// Capability classes scripts may not use (refused at load with 403).
     pub deny_capabilities: Vec<String>,
     /// Non-public destinations `RequestGet`/`RequestPost`/`functionAI` may
@@ -600,6 +602,7 @@ impl Settings {
             redis_url: String::new(),
             redis_ca_file: String::new(),
             redis_prefix: server.redis_prefix,
+            audit_retention_days: 0,
             deny_capabilities: Vec::new(),
             outbound_allow: outbound.allow,
             outbound_timeout_ms: outbound.timeout_ms,
@@ -668,6 +671,8 @@ impl Settings {
         config.redis_url = RedisUrl::parse(&self.redis_url).ok();
         config.redis_ca_file = (!self.redis_ca_file.is_empty()).then(|| self.redis_ca_file.clone().into());
         config.redis_prefix.clone_from(&self.redis_prefix);
+        config.audit_retention =
+            (self.audit_retention_days > 0).then(|| Duration::from_hours(24 * u64::from(self.audit_retention_days)));
         config.policy = policy;
         config.allow_anonymous = auth::anonymous_allowed(self);
         config.protect = protect::ProtectConfig {
@@ -962,6 +967,7 @@ impl Resolved {
         in_range("outbound_timeout_ms", s.outbound_timeout_ms, 1, DAY_MS)?;
         in_range("outbound_max_response_kb", s.outbound_max_response_kb, 1, 1 << 20)?;
         in_range("outbound_max_redirects", u64::from(s.outbound_max_redirects), 0, 20)?;
+        in_range("audit_retention_days", u64::from(s.audit_retention_days), 0, 36_500)?;
         in_range(
             "outbound_breaker_failure_pct",
             u64::from(s.outbound_breaker_failure_pct),
@@ -1721,10 +1727,10 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
-             redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys"
+             redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days"
         );
     }
 

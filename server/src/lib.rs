@@ -92,7 +92,7 @@ use crate::exec::{RunSettings, compile_error_report};
 pub use args::ServeArgs;
 pub use cache::StoredScript;
 use cache::{Compiled, ScriptCache, StoredCache};
-pub use store::{Location, Store};
+pub use store::{Actor, AuditRow, Location, Store};
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -130,6 +130,8 @@ pub struct ServerConfig {
     pub redis_ca_file: Option<std::path::PathBuf>,
     /// The namespace of this cluster's Redis keys.
     pub redis_prefix: String,
+    /// Audit rows older than this are deleted every hour; `None`: kept.
+    pub audit_retention: Option<Duration>,
     pub policy: CapabilityPolicy,
     /// Requests without an API key get every scope ([`auth`]); `avap serve`
     /// turns this on only for a loopback listener unless told otherwise.
@@ -177,6 +179,7 @@ impl ServerConfig {
             redis_url: None,
             redis_ca_file: None,
             redis_prefix: "avap".to_owned(),
+            audit_retention: None,
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
             protect: protect::ProtectConfig::default(),
@@ -319,7 +322,7 @@ impl AppState {
                 compiles: Arc::new(Semaphore::new(config.max_concurrent_compiles)),
                 metrics,
                 cluster,
-                audit: audit::AuditLog::start(store.clone())?,
+                audit: audit::AuditLog::start(store.clone(), config.audit_retention)?,
                 trusted_keys,
                 api_keys: Arc::default(),
                 active_runs: debug::ActiveRuns::default(),
@@ -696,6 +699,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
         .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/audit/export", get(audit::export))
         .route("/api/v1/registry/scripts", get(registry_sync::scripts))
         .route("/api/v1/registry/artifacts/{sha256}", get(registry_sync::artifact))
         .route("/api/v1/run/{name}", any(run::run_stored))

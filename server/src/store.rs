@@ -207,15 +207,18 @@ pub struct AuditRow {
     /// RFC 3339 UTC: when it happened (not when it was written).
     pub at: String,
     pub actor: String,
-    /// `store`, `delete`, `rollback` or `run`.
+    /// `store`, `delete`, `rollback`, `run`, or an administrative action:
+    /// `apikey_create`, `apikey_revoke`, `restore`.
     pub action: &'static str,
-    /// The script's name; `None` for inline runs and uploads.
+    /// The script's name; `None` for inline runs, uploads and administrative rows.
     pub script: Option<String>,
     pub version: Option<i64>,
     pub artifact_sha256: Option<String>,
     /// `ok`, `unchanged`, or the error kind of a refused write or failed run.
     pub outcome: String,
     pub request_id: Option<String>,
+    /// What an administrative row is about: an API key id, a backup's SHA-256.
+    pub subject: Option<String>,
 }
 
 impl AuditRow {
@@ -230,6 +233,7 @@ impl AuditRow {
             artifact_sha256: None,
             outcome: outcome.into(),
             request_id: actor.request_id.clone(),
+            subject: None,
         }
     }
 }
@@ -242,15 +246,20 @@ pub struct AuditEntry {
     pub at: String,
     /// The API key id, or `anonymous`.
     pub actor: String,
-    /// `store`, `delete`, `rollback` or `run`.
+    /// `store`, `delete`, `rollback`, `run`, `apikey_create`, `apikey_revoke` or `restore`.
     pub action: String,
-    /// Null for inline runs and uploads.
+    /// Null for inline runs, uploads and administrative rows.
     pub script: Option<String>,
     pub version: Option<i64>,
     pub artifact_sha256: Option<String>,
     /// `ok`, `unchanged`, or an error kind.
     pub outcome: String,
     pub request_id: Option<String>,
+    /// What an administrative row is about: the API key id of
+    /// `apikey_create`/`apikey_revoke`, the backup's SHA-256 of `restore`.
+    /// (Absent in backups made before it existed.)
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// Which rows [`Store::audit_entries`] returns, newest first.
@@ -282,7 +291,7 @@ fn version_meta((version, source_sha256, artifact_sha256, created_at): VersionRo
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    audit_time(chrono::Utc::now())
 }
 
 /// The database could not be reached (down, restarting, network), as
@@ -679,6 +688,7 @@ struct AuditValues<'a> {
     artifact_sha256: Option<&'a str>,
     outcome: &'a str,
     request_id: Option<&'a str>,
+    subject: Option<&'a str>,
 }
 
 impl<'a> From<&'a AuditRow> for AuditValues<'a> {
@@ -692,6 +702,7 @@ impl<'a> From<&'a AuditRow> for AuditValues<'a> {
             artifact_sha256: r.artifact_sha256.as_deref(),
             outcome: &r.outcome,
             request_id: r.request_id.as_deref(),
+            subject: r.subject.as_deref(),
         }
     }
 }
@@ -707,6 +718,7 @@ impl<'a> From<&'a AuditEntry> for AuditValues<'a> {
             artifact_sha256: r.artifact_sha256.as_deref(),
             outcome: &r.outcome,
             request_id: r.request_id.as_deref(),
+            subject: r.subject.as_deref(),
         }
     }
 }
@@ -716,20 +728,21 @@ impl<'a> From<&'a AuditEntry> for AuditValues<'a> {
 /// multi-row INSERT per chunk: a statement is a round trip to the database,
 /// and run rows arrive by the thousand.
 async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[AuditValues<'_>]) -> Result<(), sqlx::Error> {
-    const ROWS_PER_STATEMENT: usize = 64; // 8 parameters each, well under every backend's cap
+    const ROWS_PER_STATEMENT: usize = 64; // 9 parameters each, well under every backend's cap
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         // Placeholders written out as `$N`: sqlx's QueryBuilder writes `?`
         // for the Any driver, which PostgreSQL does not accept.
         let mut sql = String::from(
-            "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id) VALUES ",
+            "INSERT INTO audit_log (at, actor, action, script, version, artifact_sha256, outcome, request_id, subject) \
+             VALUES ",
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
-            for column in 1..=8 {
-                let _ = write!(sql, "{}${}", if column > 1 { ", " } else { "" }, i * 8 + column);
+            for column in 1..=9 {
+                let _ = write!(sql, "{}${}", if column > 1 { ", " } else { "" }, i * 9 + column);
             }
             sql.push(')');
         }
@@ -743,7 +756,8 @@ async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[AuditVa
                 .bind(row.version)
                 .bind(row.artifact_sha256)
                 .bind(row.outcome)
-                .bind(row.request_id);
+                .bind(row.request_id)
+                .bind(row.subject);
         }
         insert.execute(&mut **tx).await?;
     }
@@ -760,10 +774,11 @@ type AuditEntryRow = (
     Option<String>,
     String,
     Option<String>,
+    Option<String>,
 );
 
 fn audit_entry(
-    (id, at, actor, action, script, version, artifact_sha256, outcome, request_id): AuditEntryRow,
+    (id, at, actor, action, script, version, artifact_sha256, outcome, request_id, subject): AuditEntryRow,
 ) -> AuditEntry {
     AuditEntry {
         id,
@@ -775,6 +790,7 @@ fn audit_entry(
         artifact_sha256,
         outcome,
         request_id,
+        subject,
     }
 }
 
@@ -793,7 +809,8 @@ impl Store {
     /// Rows matching `query`, newest first.
     pub async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let mut sql = String::from(
-            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id FROM audit_log",
+            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id, subject \
+             FROM audit_log",
         );
         let mut conditions = Vec::new();
         if query.script.is_some() {
@@ -818,6 +835,38 @@ impl Store {
         let rows = select.bind(query.limit).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(audit_entry).collect())
     }
+
+    /// Up to `limit` rows with an id above `after` and a time at or after
+    /// `since` (RFC 3339 UTC as written here), oldest first: an export a
+    /// SIEM pulls in turns, passing the last id it got as `after`.
+    pub async fn audit_export(&self, after: i64, since: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>> {
+        let rows: Vec<AuditEntryRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id, subject \
+             FROM audit_log WHERE id > $1 AND at >= $2 ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(since.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(audit_entry).collect())
+    }
+
+    /// Delete the rows written before `before` (RFC 3339 UTC); how many.
+    pub async fn prune_audit(&self, before: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .context("cannot prune the audit trail")?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, as audit rows are stamped: text that
+/// sorts as time does.
+pub fn audit_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A row of `scripts`, as backed up.
@@ -1010,7 +1059,7 @@ impl Snapshot {
     /// Up to `limit` audit rows with an id above `after`, oldest first.
     pub async fn audit_after(&mut self, after: i64, limit: i64) -> Result<Vec<AuditEntry>> {
         let rows: Vec<AuditEntryRow> = sqlx::query_as(
-            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id \
+            "SELECT id, at, actor, action, script, version, artifact_sha256, outcome, request_id, subject \
              FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)

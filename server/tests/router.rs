@@ -265,3 +265,40 @@ async fn stored_scripts_run_as_endpoints_and_fill_the_cache() {
     let listed = get(&app, "/api/v1/scripts").await.json();
     assert_eq!(listed[0]["name"], "hi", "{listed}");
 }
+
+#[tokio::test]
+async fn the_audit_export_is_json_lines_oldest_first_in_pages() {
+    let app = server("audit-export").await;
+    let stored = post(
+        &app,
+        "/api/v1/scripts",
+        &json!({"name": "hi", "source": "x = 1\naddResult(x)\n"}).to_string(),
+    )
+    .await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.body);
+    for _ in 0..2 {
+        assert_eq!(get(&app, "/api/v1/run/hi").await.status, StatusCode::OK);
+    }
+    let all = get(&app, "/api/v1/audit/export").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    assert_eq!(all.content_type.as_deref(), Some("application/x-ndjson"));
+    let rows: Vec<Value> = all
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["store", "run", "run"], "oldest first");
+    // Pulled in turns: the last id is the next `after`.
+    let first = get(&app, "/api/v1/audit/export?limit=1").await;
+    let first: Value = serde_json::from_str(first.body.trim()).unwrap();
+    let rest = get(&app, &format!("/api/v1/audit/export?after={}", first["id"])).await;
+    assert_eq!(rest.body.lines().count(), 2);
+    let later = get(&app, "/api/v1/audit/export?since=2999-01-01T00:00:00Z").await;
+    assert_eq!((later.status, later.body.as_str()), (StatusCode::OK, ""));
+    let bad = get(&app, "/api/v1/audit/export?since=yesterday").await;
+    assert_eq!(bad.error_kind(), (400, "InvalidRequest".to_owned()), "{}", bad.body);
+    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("RFC 3339"));
+    let bad = get(&app, "/api/v1/audit/export?limit=0").await;
+    assert_eq!(bad.error_kind(), (400, "InvalidRequest".to_owned()));
+}
