@@ -281,7 +281,10 @@ fn a_module_sealed_by_an_artifact_signer_is_refused() {
     // B pre-warms its cache at start: once that is done, only the run
     // below loads the script (else both may ask Redis, and count twice).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("pre-warmed") {
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("pre-warmed")
+    {
         assert!(Instant::now() < deadline, "node B did not pre-warm");
         std::thread::sleep(Duration::from_millis(20));
     }

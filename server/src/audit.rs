@@ -406,6 +406,7 @@ pub struct ExportParams {
     #[param(minimum = 0)]
     after: Option<i64>,
     /// Only rows at or after this time, RFC 3339 (`2026-12-01T00:00:00Z`).
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Rows in this answer (default 1000).
     #[param(minimum = 1, maximum = 10000)]
