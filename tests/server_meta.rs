@@ -166,4 +166,22 @@ fn batch_runs_items_independently_in_order() {
     );
     let empty = s.post_json("/api/v1/execute/batch", &json!({"items": []}));
     assert_eq!(empty.json(), json!({"results": []}));
+    // The bare array is the same batch, without a transaction.
+    let bare = s.post_json("/api/v1/execute/batch", &body["items"]);
+    assert_eq!(bare.status, 200, "{}", bare.body);
+    let outcomes = |reply: &Value| -> Vec<(Value, Value)> {
+        let results = reply["results"].as_array().expect("results").clone();
+        results
+            .iter()
+            .map(|r| (r["status"].clone(), r["body"]["error"]["kind"].clone()))
+            .collect()
+    };
+    assert_eq!(outcomes(&bare.json()), outcomes(&r.json()));
+    let neither = s.post_json("/api/v1/execute/batch", &json!("items"));
+    assert_eq!(neither.error_kind(), (400, "InvalidRequest".to_owned()));
+    assert!(
+        neither.body.contains("an array of execute requests"),
+        "{}",
+        neither.body
+    );
 }

@@ -1,5 +1,5 @@
-//! `POST /api/v1/execute/batch`: `{"items": [<execute request>, …]}` (at
-//! most [`MAX_ITEMS`]), each item run through the same path as
+//! `POST /api/v1/execute/batch`: `{"items": [<execute request>, …]}` or the
+//! bare array `[<execute request>, …]` (at most [`MAX_ITEMS`]), each item run through the same path as
 //! `POST /api/v1/execute` (so the run slots bound them, and each is audited).
 //! The reply is always 200 with `{"results": [{"status", "body"}, …]}` in
 //! item order.
@@ -26,7 +26,6 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::ApiError;
 use super::execute::{ExecuteRequest, envelope_response, execute_one, execute_one_with};
-use super::extract::JsonBody;
 use super::openapi::{ApiErrorBody, EnvelopeOrError};
 use super::store::Actor;
 
@@ -47,6 +46,35 @@ pub struct BatchRequest {
     /// items are then not run). Connectors and outbound HTTP stay outside it.
     #[serde(default)]
     transaction: bool,
+}
+
+/// `{"items": …, "transaction": …}`, or the bare array of items.
+pub struct BatchBody(BatchRequest);
+
+impl axum::extract::FromRequest<AppState> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = super::extract::read_body(req, state).await?;
+        match super::extract::parse::<Value>(&bytes)? {
+            Value::Array(items) => Ok(BatchBody(BatchRequest {
+                items,
+                transaction: false,
+            })),
+            object @ Value::Object(_) => serde_json::from_value(object)
+                .map(BatchBody)
+                .map_err(|e| ApiError::from_json(&e)),
+            other => Err(ApiError::invalid(format!(
+                "the body must be {{\"items\": [...]}} or an array of execute requests, not {}",
+                match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    _ => "a string",
+                }
+            ))),
+        }
+    }
 }
 
 /// The reply of `POST /api/v1/execute/batch` (described only: built as JSON).
@@ -98,6 +126,7 @@ pub enum TransactionOutcome {
     post,
     path = "/api/v1/execute/batch",
     tag = "runs",
+    // The bare-array form is added to the document by `openapi::refine`.
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One result per item, in order, each with its own status.", body = BatchResponse),
@@ -108,7 +137,7 @@ pub enum TransactionOutcome {
 pub async fn execute_batch(
     State(state): State<AppState>,
     actor: Actor,
-    JsonBody(body): JsonBody<BatchRequest>,
+    BatchBody(body): BatchBody,
 ) -> Result<Json<Value>, ApiError> {
     if body.items.len() > MAX_ITEMS {
         return Err(ApiError::invalid(format!(

@@ -261,6 +261,15 @@ fn refine(doc: &mut Value) {
         {"title": "stored", "required": ["name"],
          "properties": {"name": {"type": "string"}, "script": {"type": "null"}}},
     ]);
+    // A batch is also the bare array of its items (no transaction).
+    let batch =
+        &mut doc["paths"]["/api/v1/execute/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    let object = batch.take();
+    *batch = json!({"oneOf": [
+        object,
+        {"type": "array", "items": {}, "maxItems": super::batch::MAX_ITEMS,
+         "description": "The items alone: the same as {\"items\": [...]}"},
+    ]});
 }
 
 /// A run's outcome: `{"status": true, "elapsed", "result"}`, or
