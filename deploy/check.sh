@@ -91,15 +91,18 @@ fi
 [ -x "$AVAP" ] || fail "$AVAP is not an executable; build it (cargo build) or set AVAP_BIN"
 "$AVAP" --version
 
-step "systemd-analyze verify deploy/systemd/avap.service"
+step "systemd-analyze verify deploy/systemd/ (the service, the backup service and its timer)"
 if command -v systemd-analyze >/dev/null 2>&1; then
     # The unit runs /usr/local/bin/avap, which is not installed here: verify a
     # copy that differs only in that path (the freshly built binary).
     unit_dir="$(mktemp -d)"
     sed "s|^ExecStart=/usr/local/bin/avap |ExecStart=$AVAP |" deploy/systemd/avap.service > "$unit_dir/avap.service"
     # verify exits 0 on unknown or unparsable settings and only warns: any output fails.
-    out="$(systemd-analyze verify "$unit_dir/avap.service" 2>&1)" || fail "systemd-analyze verify failed: $out"
-    [ -z "$out" ] || fail "systemd-analyze verify complained: $out"
+    cp deploy/systemd/avap-backup.service deploy/systemd/avap-backup.timer "$unit_dir/"
+    for unit in avap.service avap-backup.service avap-backup.timer; do
+        out="$(systemd-analyze verify "$unit_dir/$unit" 2>&1)" || fail "systemd-analyze verify $unit failed: $out"
+        [ -z "$out" ] || fail "systemd-analyze verify $unit complained: $out"
+    done
     rm -rf "$unit_dir"
     echo "clean ($(systemd-analyze --version | head -n 1))"
 else

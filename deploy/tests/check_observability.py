@@ -263,6 +263,10 @@ REQUIRED_ALERTS = {
     "limit-hit rate": lambda e: "avap_limit_hits_total" in e and "avap_runs_total" in e,
     "cache hit ratio": lambda e: "avap_compile_cache_hits_total" in e and "avap_compile_cache_misses_total" in e,
     "saturation (in flight / slots)": lambda e: "avap_runs_in_flight" in e and "avap_run_slots" in e,
+    # Issue 19: the process and its disk.
+    "memory": lambda e: "process_resident_memory_bytes" in e,
+    "file descriptors": lambda e: "process_open_fds" in e and "process_max_fds" in e,
+    "data directory disk": lambda e: "avap_data_dir_free_bytes" in e,
 }
 
 

@@ -60,6 +60,7 @@ mod logs;
 mod meta;
 mod metrics;
 mod openapi;
+mod process_stats;
 mod protect;
 mod redis;
 mod registry;
@@ -151,6 +152,8 @@ pub struct ServerConfig {
     /// hidden), for `GET /api/v1/debug/config` ([`debug`]); `None` when the
     /// server was not started from a resolved configuration.
     pub effective_config: Option<Arc<str>>,
+    /// The data directory, whose filesystem's free space the metrics show.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -187,6 +190,7 @@ impl ServerConfig {
             effects: avap_runtime::Effects::default(),
             edge: None,
             effective_config: None,
+            data_dir: None,
         }
     }
 }
@@ -781,6 +785,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     let mut server_config = settings.server_config();
     server_config.effective_config = resolved.to_toml().ok().map(Arc::from);
+    server_config.data_dir = Some(settings.data_dir.clone());
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;

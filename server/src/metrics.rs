@@ -48,6 +48,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::listen::{Refusal, Timeout};
 use super::openapi::ROUTES;
+use super::process_stats::ProcessStats;
 
 /// Upper bounds of the duration histograms' buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -121,6 +122,21 @@ pub struct Metrics {
     circuits_open: Gauge,
     circuits_opened: Counter,
     outbound_refused: Family<Reason, Counter>,
+    /// The process and its disk, read at each scrape (standard `process_*` names).
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    threads: Gauge,
+    disk_free_bytes: Gauge,
+    disk_size_bytes: Gauge,
+    /// The registry database's pool, by `state` (`in_use`, `idle`, `max`).
+    db_pool: Family<PoolState, Gauge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PoolState {
+    state: &'static str,
 }
 
 /// The client connections: open now, refused at a cap, closed by a timeout.
@@ -223,6 +239,14 @@ impl Default for Metrics {
             circuits_open: Gauge::default(),
             circuits_opened: Counter::default(),
             outbound_refused: Family::default(),
+            cpu_seconds: Counter::default(),
+            resident_bytes: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            threads: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_size_bytes: Gauge::default(),
+            db_pool: Family::default(),
         };
         metrics.register();
         metrics
@@ -329,6 +353,46 @@ impl Metrics {
         );
         self.connections.register(r);
         r.register(
+            "process_cpu_seconds",
+            "CPU time of the avap process, user and system",
+            self.cpu_seconds.clone(),
+        );
+        for (name, help, gauge) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the avap process",
+                &self.resident_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors of the avap process",
+                &self.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "The open-files limit of the avap process",
+                &self.max_fds,
+            ),
+            ("process_threads", "Threads of the avap process", &self.threads),
+            (
+                "avap_data_dir_free_bytes",
+                "Bytes free to the server on the data directory's filesystem",
+                &self.disk_free_bytes,
+            ),
+            (
+                "avap_data_dir_size_bytes",
+                "Size of the data directory's filesystem",
+                &self.disk_size_bytes,
+            ),
+        ] {
+            r.register(name, help, gauge.clone());
+        }
+        r.register(
+            "avap_db_pool_connections",
+            "The registry database's connection pool: in_use, idle, and its max",
+            self.db_pool.clone(),
+        );
+        r.register(
             "avap_outbound_circuits_open",
             "Outbound hosts whose circuit is open or half open now",
             self.circuits_open.clone(),
@@ -343,6 +407,32 @@ impl Metrics {
             "Outbound calls failed at once: circuit_open or bulkhead (too many at once to one host)",
             self.outbound_refused.clone(),
         );
+    }
+
+    /// The process, its disk and the registry pool, before a scrape.
+    pub fn set_process(&self, stats: &ProcessStats, pool: (u32, usize, u32)) {
+        let gauge = |gauge: &Gauge, value: Option<u64>| {
+            if let Some(value) = value {
+                gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        };
+        if let Some(total) = stats.cpu_seconds {
+            let delta = total - self.cpu_seconds.get();
+            if delta > 0.0 {
+                self.cpu_seconds.inc_by(delta);
+            }
+        }
+        gauge(&self.resident_bytes, stats.resident_bytes);
+        gauge(&self.open_fds, stats.open_fds);
+        gauge(&self.max_fds, stats.max_fds);
+        gauge(&self.threads, stats.threads);
+        gauge(&self.disk_free_bytes, stats.disk_free_bytes);
+        gauge(&self.disk_size_bytes, stats.disk_size_bytes);
+        let (open, idle, max) = pool;
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        for (state, value) in [("in_use", open.saturating_sub(idle)), ("idle", idle), ("max", max)] {
+            self.db_pool.get_or_create(&PoolState { state }).set(i64::from(value));
+        }
     }
 
     /// The breakers' state, before a scrape.
@@ -502,6 +592,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .map(avap_hostfns::effects::breaker::Breakers::stats)
             .unwrap_or_default(),
     );
+    let process = ProcessStats::read(state.config().data_dir.as_deref());
+    state.metrics().set_process(&process, state.store().pool_stats());
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -546,7 +638,33 @@ mod tests {
         };
         m.set_outbound(breakers);
         m.set_outbound(breakers);
+        let process = ProcessStats {
+            cpu_seconds: Some(1.5),
+            resident_bytes: Some(1 << 20),
+            open_fds: Some(12),
+            max_fds: Some(1024),
+            threads: Some(5),
+            disk_free_bytes: Some(10),
+            disk_size_bytes: None,
+        };
+        m.set_process(&process, (3, 1, 4));
+        m.set_process(&process, (3, 1, 4));
         let text = m.render();
+        assert!(
+            text.contains("process_cpu_seconds_total 1.5\n"),
+            "read twice, counted once: {text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes 1048576\n"), "{text}");
+        assert!(
+            text.contains("process_open_fds 12\n") && text.contains("process_max_fds 1024\n"),
+            "{text}"
+        );
+        assert!(text.contains("avap_data_dir_free_bytes 10\n"), "{text}");
+        assert!(
+            text.contains("avap_db_pool_connections{state=\"in_use\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("avap_db_pool_connections{state=\"max\"} 4\n"), "{text}");
         assert!(text.contains("avap_outbound_circuits_open 1\n"), "{text}");
         assert!(
             text.contains("avap_outbound_circuits_opened_total 3\n"),

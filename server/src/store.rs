@@ -794,6 +794,17 @@ fn audit_entry(
     }
 }
 
+/// The registry's connection pool now: open connections, idle ones, the most it opens.
+impl Store {
+    pub fn pool_stats(&self) -> (u32, usize, u32) {
+        (
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        )
+    }
+}
+
 /// The audit trail (`audit_log`, migration 0003).
 impl Store {
     /// Write `rows` in one transaction: all or none.
