@@ -197,11 +197,12 @@ pub async fn execute_one_with(
         (None, Some(name)) => RunTarget::stored(name, body.version),
         (None, None) => RunTarget::default(),
     };
+    let stored = body.name.clone().filter(|_| body.script.is_none());
     let mut record = RunRecord::new(state, actor, target);
     // Boxed once here, so the large run future is not copied through every
     // layer of futures (and middleware) that awaits this one.
     let run = Box::pin(run_request(state, body, &mut record.target, effects));
-    let result = state.metrics().run(run).await;
+    let result = state.metrics().run(stored.as_deref(), run).await;
     record.finish(&result);
     result
 }

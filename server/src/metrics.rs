@@ -132,6 +132,24 @@ pub struct Metrics {
     disk_size_bytes: Gauge,
     /// The registry database's pool, by `state` (`in_use`, `idle`, `max`).
     db_pool: Family<PoolState, Gauge>,
+    /// Runs of stored scripts and their seconds, by script (bounded).
+    script_runs: Family<ScriptOutcome, Counter>,
+    script_seconds: Family<ScriptLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    scripts_named: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Stored scripts with series of their own; later ones count as `other`.
+const MAX_SCRIPT_LABELS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ScriptOutcome {
+    script: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ScriptLabel {
+    script: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -247,6 +265,9 @@ impl Default for Metrics {
             disk_free_bytes: Gauge::default(),
             disk_size_bytes: Gauge::default(),
             db_pool: Family::default(),
+            script_runs: Family::default(),
+            script_seconds: Family::default(),
+            scripts_named: std::sync::Mutex::default(),
         };
         metrics.register();
         metrics
@@ -388,6 +409,16 @@ impl Metrics {
             r.register(name, help, gauge.clone());
         }
         r.register(
+            "avap_script_runs",
+            "Runs of stored scripts by script (the first 200 named, then `other`) and outcome (ok or error)",
+            self.script_runs.clone(),
+        );
+        r.register(
+            "avap_script_run_seconds",
+            "Seconds spent in runs of stored scripts, by script: divided by avap_script_runs_total, the mean run time",
+            self.script_seconds.clone(),
+        );
+        r.register(
             "avap_db_pool_connections",
             "The registry database's connection pool: in_use, idle, and its max",
             self.db_pool.clone(),
@@ -506,7 +537,13 @@ impl Metrics {
     }
 
     /// Await one run, counting it in flight, timing it and recording its outcome.
-    pub async fn run(&self, run: impl Future<Output = Result<RunReport, ApiError>>) -> Result<RunReport, ApiError> {
+    /// [`Metrics::run`] of stored script `script` (None: inline or
+    /// uploaded), counted per script too.
+    pub async fn run(
+        &self,
+        script: Option<&str>,
+        run: impl Future<Output = Result<RunReport, ApiError>>,
+    ) -> Result<RunReport, ApiError> {
         // A guard, so a run cancelled mid-way (client gone, request timeout) leaves the gauge too.
         struct InFlight<'a>(&'a Gauge);
         impl Drop for InFlight<'_> {
@@ -530,8 +567,38 @@ impl Metrics {
         if let Some(kind) = LIMIT_KINDS.iter().find(|k| **k == outcome) {
             self.limit_hits.get_or_create(&LimitKind { kind }).inc();
         }
+        if let Some(script) = script {
+            let script = self.script_label(script);
+            let ok = outcome == "ok";
+            self.script_runs
+                .get_or_create(&ScriptOutcome {
+                    script: script.clone(),
+                    outcome: if ok { "ok" } else { "error" },
+                })
+                .inc();
+            self.script_seconds
+                .get_or_create(&ScriptLabel { script })
+                .inc_by(started.elapsed().as_secs_f64());
+        }
         self.runs.get_or_create(&Outcome { outcome }).inc();
         result
+    }
+
+    /// `script`, or `other` once [`MAX_SCRIPT_LABELS`] scripts have series:
+    /// the label set stays bounded whatever names are stored.
+    fn script_label(&self, script: &str) -> String {
+        let mut named = self
+            .scripts_named
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if named.contains(script) {
+            return script.to_owned();
+        }
+        if named.len() < MAX_SCRIPT_LABELS {
+            named.insert(script.to_owned());
+            return script.to_owned();
+        }
+        "other".to_owned()
     }
 
     /// The `OpenMetrics` text exposition of every metric.
@@ -606,6 +673,31 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn stored_scripts_have_their_own_series_up_to_a_bound() {
+        let m = Metrics::default();
+        let _ = m.run(Some("hello"), async { Err(ApiError::MethodNotAllowed) }).await;
+        let _ = m.run(None, async { Err(ApiError::MethodNotAllowed) }).await;
+        for n in 0..MAX_SCRIPT_LABELS + 5 {
+            let name = format!("s{n}");
+            let _ = m.run(Some(&name), async { Err(ApiError::MethodNotAllowed) }).await;
+        }
+        let text = m.render();
+        assert!(
+            text.contains("avap_script_runs_total{script=\"hello\",outcome=\"error\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("avap_script_runs_total{script=\"other\",outcome=\"error\"} 6\n"),
+            "the label set stays bounded: {text}"
+        );
+        assert!(
+            text.contains("avap_script_run_seconds_total{script=\"hello\"}"),
+            "{text}"
+        );
+        assert_eq!(text.matches("avap_script_runs_total{").count(), MAX_SCRIPT_LABELS + 1);
+    }
+
     #[test]
     fn routes_are_matched_by_template() {
         assert_eq!(route_of("/api/v1/execute"), "/api/v1/execute");
@@ -629,7 +721,7 @@ mod tests {
         m.request("/api/v1/execute", 200, Duration::from_millis(3));
         m.cache_miss();
         m.set_run_slots(8);
-        let _ = m.run(async { Err(ApiError::MethodNotAllowed) }).await;
+        let _ = m.run(None, async { Err(ApiError::MethodNotAllowed) }).await;
         let breakers = avap_hostfns::effects::breaker::BreakerStats {
             open: 1,
             opened_total: 3,

@@ -122,7 +122,7 @@ async fn run(state: AppState, name: String, rest: Option<String>, req: Request) 
     };
     let record = RunRecord::new(&state, &actor, target);
     let run = state.execute_script(&name, Program::Loaded(stored.module), request, settings);
-    let result = state.metrics().run(run).await;
+    let result = state.metrics().run(Some(&name), run).await;
     record.finish(&result);
     Ok(envelope_response(result?))
 }

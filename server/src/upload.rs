@@ -183,7 +183,7 @@ async fn run_artifact(
     };
     let record = RunRecord::new(state, actor, RunTarget::artifact(sha256));
     let run = state.execute(Program::Artifact(artifact), script_request, settings);
-    let result = state.metrics().run(run).await;
+    let result = state.metrics().run(None, run).await;
     record.finish(&result);
     result.map(envelope_response)
 }
