@@ -29,19 +29,7 @@ use crate::exec::RunSettings;
     path = "/api/v1/run/{name}",
     tag = "runs",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The stored script.")),
-    responses(
-        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
-        (status = 400, description = "A runtime error (envelope), or a body that is not what its content type says (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
-        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`).", body = ApiErrorBody),
-        (status = 404, description = "No such stored script (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope).", body = EnvelopeOrError),
-        (status = 405, description = "A `registerEndpoint` script has no endpoint for the method (envelope).", body = Envelope),
-        (status = 413, description = "The body is over the server's limit (`BodyTooLarge`).", body = ApiErrorBody),
-        (status = 422, description = "A run limit was hit: fuel, memory, stack or output (envelope).", body = Envelope),
-        (status = 500, description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent.", body = EnvelopeOrError),
-        (status = 502, description = "Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`).", body = ApiErrorBody),
-        (status = 503, description = "No run slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 504, description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`).", body = EnvelopeOrError),
-    ),
+    responses(RunResponses),
 )]
 pub async fn run_stored(
     State(state): State<AppState>,
@@ -62,19 +50,7 @@ pub async fn run_stored(
         ("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The stored script."),
         ("rest" = String, Path, description = "The path the script sees (for `registerEndpoint`); may hold `/`."),
     ),
-    responses(
-        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
-        (status = 400, description = "A runtime error (envelope), or a body that is not what its content type says (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
-        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`).", body = ApiErrorBody),
-        (status = 404, description = "No such stored script (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope).", body = EnvelopeOrError),
-        (status = 405, description = "A `registerEndpoint` script has no endpoint for the method (envelope).", body = Envelope),
-        (status = 413, description = "The body is over the server's limit (`BodyTooLarge`).", body = ApiErrorBody),
-        (status = 422, description = "A run limit was hit: fuel, memory, stack or output (envelope).", body = Envelope),
-        (status = 500, description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent.", body = EnvelopeOrError),
-        (status = 502, description = "Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`).", body = ApiErrorBody),
-        (status = 503, description = "No run slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 504, description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`).", body = EnvelopeOrError),
-    ),
+    responses(RunResponses),
 )]
 pub async fn run_stored_at(
     State(state): State<AppState>,
@@ -125,6 +101,65 @@ async fn run(state: AppState, name: String, rest: Option<String>, req: Request) 
     let result = state.metrics().run(Some(&name), run).await;
     record.finish(&result);
     Ok(envelope_response(result?))
+}
+
+/// What the two run routes answer (one list for both).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Described, never built.
+enum RunResponses {
+    #[response(
+        status = 200,
+        description = "The run's envelope; the status is the script's `_status` when it sets one."
+    )]
+    Ok(Envelope),
+    #[response(
+        status = 400,
+        description = "A runtime error (envelope), or a body that is not what its content type says (`InvalidJson`, `InvalidRequest`)."
+    )]
+    BadRequest(EnvelopeOrError),
+    #[response(
+        status = 403,
+        description = "The script uses a capability this server denies (`CapabilityDenied`)."
+    )]
+    Denied(ApiErrorBody),
+    #[response(
+        status = 404,
+        description = "No such stored script (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope)."
+    )]
+    NotFound(EnvelopeOrError),
+    #[response(
+        status = 405,
+        description = "A `registerEndpoint` script has no endpoint for the method (envelope)."
+    )]
+    MethodNotAllowed(Envelope),
+    #[response(status = 413, description = "The body is over the server's limit (`BodyTooLarge`).")]
+    TooLarge(ApiErrorBody),
+    #[response(
+        status = 422,
+        description = "A run limit was hit: fuel, memory, stack or output (envelope)."
+    )]
+    Limit(Envelope),
+    #[response(
+        status = 500,
+        description = "A fault inside the runtime (envelope) or the server (`InternalError`); the detail is logged, not sent."
+    )]
+    Fault(EnvelopeOrError),
+    #[response(
+        status = 502,
+        description = "Edge nodes: the mirrored artifact failed verification (`ArtifactRejected`)."
+    )]
+    Rejected(ApiErrorBody),
+    #[response(
+        status = 503,
+        description = "No run slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).",
+        headers(("Retry-After" = u64, description = "Seconds to wait."))
+    )]
+    Unavailable(ApiErrorBody),
+    #[response(
+        status = 504,
+        description = "The run's time limit was hit (envelope `TimeLimit`), or the request timeout (`RequestTimeout`)."
+    )]
+    TimedOut(EnvelopeOrError),
 }
 
 /// The path the script sees: what follows the script name, from `/`.
