@@ -793,6 +793,17 @@ fn decode_sig_payload(data: &[u8]) -> Result<SignatureInfo, ArtifactError> {
     })
 }
 
+/// The key id the artifact says it is signed with (`None`: unsigned),
+/// from its section headers alone: no validation, no hashing. For a
+/// report only; [`verify`] is what decides whether an artifact runs.
+pub fn signer_key_id(bytes: &[u8]) -> Result<Option<String>, ArtifactError> {
+    let sections = walk_sections(bytes)?;
+    match sections.last() {
+        Some(last) if last.custom_name == Some(SIG_SECTION) => Ok(Some(decode_sig_payload(last.custom_data)?.key_id)),
+        _ => Ok(None),
+    }
+}
+
 /// Validates the module and reads its sections. Does not check the
 /// signature (see [`check_signature`] and [`verify`]).
 pub fn inspect(bytes: &[u8]) -> Result<ArtifactInfo, ArtifactError> {

@@ -4,8 +4,8 @@ use avap_hostfns::abi;
 use avap_hostfns::artifact::{
     ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, META_SECTION, Meta, SIG_SECTION, SRCMAP_SECTION,
     SignatureStatus, SigningKey, SourceMap, SrcEntry, TrustedKeys, append_sections, decode_public_key,
-    decode_secret_key, encode_public_key, encode_secret_key, generate_key, inspect, key_id, sign, strip_signature,
-    verify,
+    decode_secret_key, encode_public_key, encode_secret_key, generate_key, inspect, key_id, sign, signer_key_id,
+    strip_signature, verify,
 };
 use sha2::{Digest, Sha256};
 use wasm_encoder::{
@@ -188,6 +188,15 @@ fn sections_are_valid_wasm_and_readable() {
         ]
     );
     assert_eq!(info.sections.last().unwrap().range.end, bytes.len());
+}
+
+#[test]
+fn the_signer_is_read_from_the_section_headers() {
+    let k = key(7);
+    let id = key_id(&k.verifying_key());
+    assert_eq!(signer_key_id(&signed_artifact(&k)).unwrap(), Some(id));
+    assert_eq!(signer_key_id(&unsigned_artifact()).unwrap(), None);
+    assert!(signer_key_id(b"not wasm").is_err());
 }
 
 #[test]
