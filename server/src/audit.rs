@@ -356,13 +356,8 @@ pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "`limit` must be 1 to {MAX_LIMIT}, not {limit}"
-        )));
-    }
+    let Query(params) = query(params)?;
+    let limit = page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let query = AuditQuery {
         script: params.script,
         before: params.before,
@@ -374,6 +369,21 @@ pub async fn list(
     let full_page = i64::try_from(entries.len()).is_ok_and(|n| n == limit);
     let next_before = entries.last().filter(|_| full_page).map(|e| e.id);
     Ok(Json(json!({"entries": entries, "next_before": next_before})))
+}
+
+/// The query string of an audit route, or a 400 saying what is wrong with it.
+fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<Query<T>, ApiError> {
+    params.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
+}
+
+/// `limit` (else `default`) when it is 1 to `max`, else a 400.
+fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(format!("`limit` must be 1 to {max}, not {limit}")))
+    }
 }
 
 /// Delete the rows older than `keep` before `now`; a failure is logged
@@ -433,13 +443,8 @@ pub async fn export(
     State(state): State<AppState>,
     params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))?;
-    let limit = params.limit.unwrap_or(EXPORT_LIMIT);
-    if !(1..=MAX_EXPORT_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "`limit` must be 1 to {MAX_EXPORT_LIMIT}, not {limit}"
-        )));
-    }
+    let Query(params) = query(params)?;
+    let limit = page_limit(params.limit, EXPORT_LIMIT, MAX_EXPORT_LIMIT)?;
     let after = params.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::invalid(format!("`after` must be 0 or more, not {after}")));
