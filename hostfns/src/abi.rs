@@ -22,8 +22,11 @@
 
 /// Version of the artifact format and of this ABI. Version 2 added the
 /// [`EXPORT_GC_COUNTDOWN`] global (version 1 modules still run; they poll
-/// the collector on their own schedule only).
-pub const FORMAT_VERSION: u32 = 2;
+/// the collector on their own schedule only). Version 3 runs `go_async`
+/// blocks concurrently: each block is an export ([`EXPORT_ASYNC_PREFIX`])
+/// started by [`Helper::AsyncStart`]; older modules still run, their blocks
+/// to completion where they stand ([`Helper::AsyncDone`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Import module of the runtime helpers.
 pub const RT_MODULE: &str = "rt";
@@ -96,6 +99,12 @@ pub const EXPORT_GC_COUNTDOWN: &str = "gc_countdown";
 /// `registerEndpoint` middleware and handlers. Only functions without
 /// parameters are exported; they return `(tag, payload)`.
 pub const EXPORT_FN_PREFIX: &str = "fn:";
+/// Prefix of exported `go_async` blocks, numbered in the order the compiler
+/// met them (`go_async:0`). A block takes the values of the variables it
+/// captures as `(tag, payload)` parameters ([`Helper::AsyncStart`]), reads every other top-level
+/// variable from its global slot, and returns the dict of the variables it
+/// assigned (or `TAG_ERR`).
+pub const EXPORT_ASYNC_PREFIX: &str = "go_async:";
 
 /// Operator codes passed to [`Helper::Binary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,17 +263,26 @@ pub enum Helper {
     /// variable at return.
     SetOutput,
     /// `(idt, idp, t, p) -> ()`: a `go_async` block finished; `(t, p)` is the
-    /// dict of variables it assigned, or `TAG_ERR` if it failed.
+    /// dict of variables it assigned, or `TAG_ERR` if it failed. Format ≤ 2
+    /// modules only (their blocks run inline); kept so they still link.
     AsyncDone,
     /// `() -> i32`: a safe point on the top level (all its variables are in
     /// their global slots, nothing else is live): collect garbage if the
     /// heap grew enough; returns how many loop iterations to run before
     /// polling again.
     Collect,
+    /// `(idt, idp, block, lt, lp) -> ()`: start `go_async` block number
+    /// `block` (export [`EXPORT_ASYNC_PREFIX`]`block`) under id `(idt, idp)`,
+    /// on a snapshot of the top-level variable slots (as they are in linear
+    /// memory now) and of the captured values, the dict `(lt, lp)` keyed by
+    /// parameter position (`"0"`, `"1"`, …; a value not yet assigned is
+    /// absent and reaches the block unassigned). Returns at once; the block
+    /// runs concurrently with the caller.
+    AsyncStart,
 }
 
 impl Helper {
-    pub const ALL: [Helper; 20] = [
+    pub const ALL: [Helper; 21] = [
         Helper::Binary,
         Helper::Unary,
         Helper::Truthy,
@@ -285,6 +303,7 @@ impl Helper {
         Helper::SetOutput,
         Helper::AsyncDone,
         Helper::Collect,
+        Helper::AsyncStart,
     ];
 
     /// Import name.
@@ -310,6 +329,7 @@ impl Helper {
             Helper::SetOutput => "set_output",
             Helper::AsyncDone => "async_done",
             Helper::Collect => "collect",
+            Helper::AsyncStart => "async_start",
         }
     }
 
@@ -336,6 +356,7 @@ impl Helper {
             Helper::SetOutput => (&[I32, I64], &[]),
             Helper::AsyncDone => (&[I32, I64, I32, I64], &[]),
             Helper::Collect => (&[], &[I32]),
+            Helper::AsyncStart => (&[I32, I64, I32, I32, I64], &[]),
         }
     }
 }

@@ -70,7 +70,20 @@ pub trait HostContext {
     fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError>;
     /// Declare a route.
     fn register_endpoint(&mut self, endpoint: Endpoint) -> Result<(), HostError>;
-    /// The outcome of the `go_async` block `id`: the dict of variables it
-    /// assigned, or the error it failed with. `None` when no such block ran.
-    fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>>;
+    /// Where the `go_async` block `id` stands: finished (the dict of
+    /// variables it assigned, or the error it failed with), still running
+    /// (the runtime already waited for it as long as `gather` asked), or
+    /// unknown.
+    fn async_result(&mut self, id: &str) -> AsyncState;
+}
+
+/// What [`HostContext::async_result`] knows of a `go_async` block.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AsyncState {
+    /// No block with that id was started in this run.
+    Unknown,
+    /// Started and not finished.
+    Running,
+    /// Finished: the variables it assigned, or its error.
+    Done(Result<Value, HostError>),
 }

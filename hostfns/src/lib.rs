@@ -53,7 +53,7 @@ pub mod redact;
 pub mod value;
 
 #[cfg(feature = "commands")]
-pub use context::{Endpoint, HostContext, Request};
+pub use context::{AsyncState, Endpoint, HostContext, Request};
 pub use error::{AvapError, ErrorKind, HostError};
 pub use limits::{LimitHit, LimitKind};
 #[cfg(feature = "commands")]

@@ -8,7 +8,9 @@ use support::{dict, float, int, list, none, s};
 use std::collections::HashMap;
 
 use avap_hostfns::commands::{Outcome, call};
-use avap_hostfns::{Endpoint, ErrorKind, HostContext, HostError, LimitHit, LimitKind, MemoryBudget, Request, Value};
+use avap_hostfns::{
+    AsyncState, Endpoint, ErrorKind, HostContext, HostError, LimitHit, LimitKind, MemoryBudget, Request, Value,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
@@ -21,7 +23,7 @@ struct TestCtx {
     fuel_budget: u64,
     results: Vec<(String, Value)>,
     endpoints: Vec<Endpoint>,
-    asyncs: HashMap<String, Result<Value, HostError>>,
+    asyncs: HashMap<String, AsyncState>,
     memory: MemoryBudget,
 }
 
@@ -103,8 +105,8 @@ impl HostContext for TestCtx {
         self.endpoints.push(endpoint);
         Ok(())
     }
-    fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>> {
-        self.asyncs.remove(id)
+    fn async_result(&mut self, id: &str) -> AsyncState {
+        self.asyncs.remove(id).unwrap_or(AsyncState::Unknown)
     }
 }
 
@@ -745,8 +747,10 @@ fn register_endpoint_errors() {
 #[test]
 fn gather_returns_the_block_variables() {
     let mut ctx = TestCtx::new();
-    ctx.asyncs
-        .insert("lookup".to_owned(), Ok(dict(&[("lookupDone", int(1))])));
+    ctx.asyncs.insert(
+        "lookup".to_owned(),
+        AsyncState::Done(Ok(dict(&[("lookupDone", int(1))]))),
+    );
     assert_eq!(
         run_on(&mut ctx, "gather", 0, &[s("lookup"), int(5)], none()),
         Ok(dict(&[("lookupDone", int(1))]))
@@ -756,12 +760,34 @@ fn gather_returns_the_block_variables() {
 #[test]
 fn gather_passes_on_the_block_error() {
     let mut ctx = TestCtx::new();
-    let failure = HostError::script(ErrorKind::TimeoutError, "gather timed out");
-    ctx.asyncs.insert("slow".to_owned(), Err(failure.clone()));
+    let failure = HostError::script(ErrorKind::KeyError, "'missing'");
+    ctx.asyncs
+        .insert("slow".to_owned(), AsyncState::Done(Err(failure.clone())));
     assert_eq!(
         run_on(&mut ctx, "gather", 0, &[s("slow"), int(1)], none()),
         Err(failure)
     );
+}
+
+#[test]
+fn gather_of_a_block_still_running_is_a_timeout_error() {
+    // The runtime waited as long as asked before the command runs.
+    let mut ctx = TestCtx::new();
+    ctx.asyncs.insert("slow".to_owned(), AsyncState::Running);
+    let r = run_on(&mut ctx, "gather", 0, &[s("slow"), float(0.25)], none());
+    assert_eq!(kind(r.clone()), ErrorKind::TimeoutError);
+    assert!(message(r).contains("go_async block 'slow' did not finish within 0.25 s"));
+}
+
+#[test]
+fn gather_wants_a_timeout_in_seconds() {
+    for bad in [s("soon"), int(-1), float(f64::NAN), none(), list(&[])] {
+        let r = run("gather", &[s("job"), bad.clone()]);
+        assert_eq!(kind(r.clone()), ErrorKind::ValueError, "{bad:?}");
+        assert!(message(r).contains("timeoutSeconds must be a number of seconds"));
+    }
+    assert_eq!(avap_hostfns::commands::gather_timeout(&s(" 1.5 ")), Ok(1.5));
+    assert_eq!(avap_hostfns::commands::gather_timeout(&int(0)), Ok(0.0));
 }
 
 #[test]

@@ -21,7 +21,7 @@ use avap_hostfns::effects::{self, EffectOutcome, Effects};
 use avap_hostfns::signature::{CommandSig, ParamKind};
 use avap_hostfns::{HostError, LimitHit, LimitKind};
 use tracing::Instrument as _;
-use wasmtime::{Caller, Linker};
+use wasmtime::{AsContextMut as _, Caller, Linker};
 
 use crate::linker::{BYTES_PER_FUEL, call_slots, charge, raise, to_pair, value};
 use crate::state::RunState;
@@ -50,6 +50,15 @@ pub fn register(l: &mut Linker<RunState>) -> Res<()> {
             },
         )?;
     }
+    // `gather` waits for a block before the command reads its outcome.
+    let gather = avap_hostfns::command("gather").expect("gather is a command");
+    l.func_wrap_async(
+        abi::COMMAND_MODULE,
+        gather.name,
+        move |mut c: Caller<'_, RunState>, (ptr, argc): (i32, i32)| {
+            Box::new(async move { crate::blocks::gather(&mut c, gather, ptr, argc).await })
+        },
+    )?;
     l.allow_shadowing(false);
     Ok(())
 }
@@ -72,8 +81,13 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
         }
         at += width;
     }
-    let memory = memory.remaining();
+    // While this flow waits, the run's other flows may allocate too: the
+    // response is decoded within this flow's share of what is left (the
+    // value it becomes is checked against the whole run's memory again
+    // when it is stored).
+    let memory = avap_hostfns::MemoryBudget::new(memory.remaining().available() / c.data().services.run.flows());
     let fx = c.data().effects.clone();
+    crate::shared::suspend(c.as_context_mut())?;
     let span = tracing::info_span!(
         "host_call",
         otel.name = sig.name,
@@ -101,6 +115,7 @@ async fn call(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, 
         },
         None => work.await,
     };
+    crate::shared::resume(c.as_context_mut())?;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(HostError::Script(e)) => e.kind.as_str(),

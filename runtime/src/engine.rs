@@ -48,6 +48,14 @@ pub struct RuntimeConfig {
     pub policy: CapabilityPolicy,
     /// Turn fuel metering and epoch checks off (for measuring their cost).
     pub unmetered: bool,
+    /// `go_async` blocks one run may hold started and not yet gathered;
+    /// starting one more ends the run with `MemoryLimit` (each block costs
+    /// an instance, a heap and its outcome).
+    pub max_async_blocks: u32,
+    /// Instance slots for `go_async` blocks across the process, besides the
+    /// `max_concurrent_runs` slots of the runs themselves. A block waits
+    /// for a free slot (within its run's deadline).
+    pub async_block_slots: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -64,6 +72,8 @@ impl Default for RuntimeConfig {
             allow_unsigned: false,
             policy: CapabilityPolicy::default(),
             unmetered: false,
+            max_async_blocks: 32,
+            async_block_slots: 64,
         }
     }
 }
@@ -80,6 +90,9 @@ pub struct Runtime {
     /// Modules compiled by wasmtime (not taken from a cache or a `.cwasm`).
     compiled: AtomicU64,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Free instance slots for `go_async` blocks
+    /// ([`RuntimeConfig::async_block_slots`]).
+    pub(crate) block_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -108,6 +121,7 @@ impl Runtime {
                 .expect("spawn the epoch ticker thread");
             (stop, handle)
         });
+        let block_slots = Arc::new(tokio::sync::Semaphore::new(config.async_block_slots as usize));
         Ok(Runtime {
             fingerprint: fingerprint(&engine),
             engine,
@@ -116,6 +130,7 @@ impl Runtime {
             config,
             compiled: AtomicU64::new(0),
             ticker,
+            block_slots,
         })
     }
 
@@ -288,10 +303,11 @@ const KEEP_RESIDENT: usize = 64 << 10;
 
 fn engine_config(c: &RuntimeConfig) -> Config {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_memories(c.max_concurrent_runs)
-        .total_core_instances(c.max_concurrent_runs)
-        .total_tables(c.max_concurrent_runs)
-        .total_stacks(c.max_concurrent_runs)
+    let slots = c.max_concurrent_runs.saturating_add(c.async_block_slots);
+    pool.total_memories(slots)
+        .total_core_instances(slots)
+        .total_tables(slots)
+        .total_stacks(slots)
         .max_memory_size(c.max_linear_memory)
         .max_memories_per_module(1)
         .max_tables_per_module(1)

@@ -11,9 +11,10 @@
 //! function call are reclaimed at the next top-level safe point.
 //!
 //! What is counted: each slot's [`Footprint`] (buffers, tables, elements),
-//! the slot tables themselves (by capacity), what the run's services retain
-//! (results, routes, `go_async` results: [`Heap::retained`]) and the linear
-//! memory. Values are at most `memory::MAX_DEPTH` deep: [`Heap::alloc`] and
+//! the slot tables themselves (by capacity), what the store's services
+//! retain (routes: [`Heap::retained`]), the linear memory, and what the rest
+//! of the run uses ([`Heap::shared`]: its other stores, results, `go_async`
+//! outcomes). Values are at most `memory::MAX_DEPTH` deep: [`Heap::alloc`] and
 //! [`Heap::settle`] refuse deeper ones, so host code that walks a value
 //! recursively never runs out of stack.
 //!
@@ -45,9 +46,13 @@ pub struct Heap {
     tables: u64,
     /// Bytes of linear memory, counted against the same limit.
     pub linear_bytes: u64,
-    /// Bytes the run's services hold outside the heap (results, routes,
-    /// async results); set by the host after each call that may change it.
+    /// Bytes this store's services hold outside the heap (routes, blocks'
+    /// snapshots); set by the host after each call that may change it.
     pub retained: u64,
+    /// Bytes the rest of the run uses: its other stores (as they last
+    /// published) and what it keeps outside any store (results, block
+    /// outcomes). Counted against the same limit; see `crate::shared`.
+    pub shared: u64,
     pub limit: u64,
     peak: u64,
     /// Allocation since the last poll / collection, to pace the polls.
@@ -89,6 +94,11 @@ impl Heap {
     }
 
     pub fn used(&self) -> u64 {
+        self.own_bytes().saturating_add(self.shared)
+    }
+
+    /// What this store uses, without the rest of the run.
+    pub fn own_bytes(&self) -> u64 {
         self.bytes
             .saturating_add(self.tables)
             .saturating_add(self.retained)

@@ -16,6 +16,7 @@
 //! This crate never parses AVAP: it only knows the ABI in
 //! `avap_hostfns::abi` and the artifact format in `avap_hostfns::artifact`.
 
+mod blocks;
 mod effects;
 mod engine;
 mod error;
@@ -25,6 +26,7 @@ mod load;
 mod policy;
 pub mod precompiled;
 mod run;
+mod shared;
 mod state;
 
 pub use avap_hostfns::effects::Effects;

@@ -17,7 +17,7 @@ use wasmtime::{Caller, Engine, Linker, WasmBacktrace};
 use crate::heap::Heap;
 use crate::state::RunState;
 
-type Pair = (i32, i64);
+pub(crate) type Pair = (i32, i64);
 type Res<T> = wasmtime::Result<T>;
 
 /// Build the linker with every helper and command.
@@ -242,34 +242,14 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         rt,
         Helper::AsyncDone.name(),
         |mut c: Caller<'_, RunState>, idt: i32, idp: i64, t: i32, p: i64| -> Res<()> {
-            // The block's result is kept until the run ends: claimed, then
-            // counted as retained.
-            let (id, outcome, kept) = {
-                let heap = &c.data().heap;
-                let mut mem = heap.budget();
-                let id = ops::template_text_within(value(heap, idt, idp)?.as_ref(), &mut mem)?;
-                let outcome = if t == abi::TAG_ERR {
-                    None
-                } else {
-                    Some(mem.clone_value(value(heap, t, p)?.as_ref())?.0)
-                };
-                (id, outcome, mem.claimed())
-            };
-            let state = c.data_mut();
-            let outcome = match outcome {
-                Some(v) => Ok(v),
-                None => {
-                    let (e, _) = state
-                        .pending
-                        .take()
-                        .unwrap_or((AvapError::new(ErrorKind::ValueError, "failed"), None));
-                    Err(HostError::Script(e))
-                }
-            };
-            state.services.retain(kept + memory::VALUE_BYTES);
-            state.services.async_results.insert(id, outcome);
-            state.heap.retained = state.services.retained();
-            Ok(())
+            crate::blocks::done_inline(&mut c, (idt, idp), (t, p))
+        },
+    )?;
+    l.func_wrap(
+        rt,
+        Helper::AsyncStart.name(),
+        |mut c: Caller<'_, RunState>, idt: i32, idp: i64, block: i32, dt: i32, dp: i64| -> Res<()> {
+            crate::blocks::start(&mut c, (idt, idp), block, (dt, dp))
         },
     )?;
     l.func_wrap(rt, Helper::Collect.name(), |mut c: Caller<'_, RunState>| -> Res<i32> {
@@ -410,7 +390,13 @@ pub(crate) fn charge(c: &mut Caller<'_, RunState>, units: u64) -> Res<()> {
     if units == 0 {
         return Ok(());
     }
-    let Ok(left) = c.get_fuel() else { return Ok(()) };
+    let Ok(mut left) = c.get_fuel() else { return Ok(()) };
+    if units > left {
+        // Other flows of the run may have given fuel back since this one
+        // took its lease.
+        crate::shared::top_up(wasmtime::AsContextMut::as_context_mut(c), units)?;
+        left = c.get_fuel()?;
+    }
     if units > left {
         c.set_fuel(0)?;
         return Err(wasmtime::Error::new(LimitHit::new(
@@ -498,7 +484,7 @@ pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, a
 
 /// A command call: read the argument slots, run the command, store the
 /// result. See `avap_hostfns::abi::COMMAND_SIGNATURE` for the layout.
-fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
+pub(crate) fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, argc: i32) -> Res<Pair> {
     let (form_index, slots) = call_slots(c, sig, ptr, argc)?;
     let form = sig.forms[form_index];
     // Position of the target slot, if the form has one.
@@ -510,6 +496,10 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
         }
         at += if p.kind == ParamKind::Name { 2 } else { 1 };
     }
+    if std::mem::take(&mut c.data_mut().rebalance) {
+        crate::shared::rebalance(wasmtime::AsContextMut::as_context_mut(c))?;
+    }
+    crate::shared::top_up(wasmtime::AsContextMut::as_context_mut(c), 0)?;
     let fuel = c.get_fuel().unwrap_or(u64::MAX);
     let state = c.data_mut();
     state.services.fuel_available = fuel;
@@ -561,8 +551,9 @@ fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, ptr: i32, arg
         c.set_fuel(fuel.saturating_sub(charged))?;
     }
     let state = c.data_mut();
-    // Results, routes and async results the services now keep.
+    // Routes this store keeps, and what the run keeps (results).
     state.heap.retained = state.services.retained();
+    state.heap.shared = state.services.run.shared_for(state.published);
     match result {
         Ok((Outcome::Value(v), _)) => {
             if let Some((_, h)) = target_handle {

@@ -1,18 +1,19 @@
 //! One run: a fresh `Store<RunState>` with the run's limits, the top level,
 //! then `registerEndpoint` dispatch, then the response envelope (spec §7).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avap_hostfns::abi;
 use avap_hostfns::{AvapError, ErrorKind, LimitHit, LimitKind, Request, Value};
 use serde_json::json;
-use wasmtime::{Instance, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{AsContextMut as _, Instance, Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use crate::engine::Runtime;
-use crate::heap::Heap;
 use crate::linker::value;
 use crate::load::LoadedModule;
-use crate::state::{CodeLocation, MemoryLimiter, RunState, Services};
+use crate::shared::{self, RunShared};
+use crate::state::{CodeLocation, RunState};
 use crate::{Limits, RunReport, Usage};
 
 /// What a run needs besides the module.
@@ -30,7 +31,8 @@ pub struct RunInput {
 }
 
 /// How a run ended, before it becomes an envelope.
-enum Failure {
+#[derive(Debug)]
+pub(crate) enum Failure {
     Script(AvapError, Option<CodeLocation>),
     Limit(LimitHit, Option<CodeLocation>),
     Internal(String),
@@ -42,68 +44,47 @@ impl Runtime {
     pub async fn run(&self, module: &LoadedModule, input: RunInput) -> RunReport {
         let start = Instant::now();
         let limits = input.limits;
-        let tz = input.time_zone.unwrap_or(chrono_tz::UTC);
-        let mut services = Services::new(input.request, tz, limits.output_bytes);
-        services.now = input.now;
         let deadline = start + Duration::from_millis(limits.time_ms);
-        services.deadline = (!self.config.unmetered).then_some(deadline);
-        let state = RunState {
-            heap: Heap::new(limits.memory_bytes),
-            services,
-            memory: None,
-            pending: None,
-            output: None,
-            limiter: MemoryLimiter {
-                limit: limits.memory_bytes,
-            },
-            poll_interval: 1,
-            gc_countdown: None,
-            global_count: 0,
-            effects: crate::effects::RunEffects {
-                effects: input.effects,
-                deadline: (!self.config.unmetered).then_some(deadline),
-            },
+        let run = Arc::new(RunShared::new(
+            module.pre.clone(),
+            limits,
+            (!self.config.unmetered).then_some(deadline),
+            input.request,
+            input.time_zone.unwrap_or(chrono_tz::UTC),
+            input.now,
+            input.effects,
+            self.config.max_async_blocks,
+            Arc::clone(&self.block_slots),
+        ));
+        let mut store = new_store(&run);
+        // The main flow and the go_async blocks it starts run in this one
+        // task: the blocks are polled beside it and dropped (cancelled) when
+        // it is done; a limit a block hits ends the run.
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.execute(module, &mut store, &limits) => outcome,
+            failure = crate::blocks::drive(Arc::clone(&run)) => Err(failure),
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        if !self.config.unmetered {
-            let _ = store.set_fuel(limits.fuel);
-            // Every epoch tick the run checks the real clock against its
-            // wall-time limit and otherwise yields to the async executor, so
-            // a long run shares its thread with other requests instead of
-            // needing one of its own.
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |mut ctx| {
-                // A collection due sooner than the loop's countdown says
-                // (its allocation rate jumped): make the next back-edge poll.
-                if ctx.data().heap.poll_due()
-                    && let Some(countdown) = ctx.data().gc_countdown
-                {
-                    let _ = countdown.set(&mut ctx, wasmtime::Val::I32(0));
-                }
-                Ok(if Instant::now() >= deadline {
-                    UpdateDeadline::Interrupt
-                } else {
-                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
-                })
-            });
-        }
-        let outcome = self.execute(module, &mut store, &limits).await;
+        let _ = shared::suspend(store.as_context_mut());
         let fuel_used = if self.config.unmetered {
             0
         } else {
-            limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
+            // What the run took out of its budget: leases of blocks
+            // cancelled at the end count as used.
+            limits.fuel.saturating_sub(run.fuel_left())
         };
         let wall = start.elapsed();
         let usage = Usage {
             fuel: fuel_used,
             wall_ms: wall.as_secs_f64() * 1000.0,
-            peak_memory_bytes: store.data().heap.peak(),
+            peak_memory_bytes: store.data().heap.peak().max(run.peak()),
         };
         let elapsed = wall.as_secs_f64();
         match outcome {
-            Ok(result) => {
+            Ok(()) => {
                 let status = status_code(&store);
+                let result: serde_json::Map<String, serde_json::Value> =
+                    std::mem::take(&mut run.lock_results().values).into_iter().collect();
                 RunReport {
                     http_status: status,
                     envelope: json!({"status": true, "elapsed": elapsed, "result": result}),
@@ -146,7 +127,7 @@ impl Runtime {
         module: &LoadedModule,
         store: &mut Store<RunState>,
         limits: &Limits,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
+    ) -> Result<(), Failure> {
         let instance = module
             .pre
             .instantiate_async(&mut *store)
@@ -164,8 +145,7 @@ impl Runtime {
         if !store.data().services.endpoints.is_empty() {
             self.dispatch(&instance, store).await?;
         }
-        let results = std::mem::take(&mut store.data_mut().services.results);
-        Ok(results.into_iter().collect())
+        Ok(())
     }
 
     /// Route the request to a `registerEndpoint` handler (spec §7).
@@ -196,7 +176,7 @@ impl Runtime {
             ));
         };
         for name in ep.middleware.iter().chain(std::iter::once(&ep.handler)) {
-            let before = store.data().services.results.len();
+            let before = store.data().services.run.lock_results().len();
             store.data_mut().output = None;
             let export = format!("{}{name}", abi::EXPORT_FN_PREFIX);
             let Ok(f) = instance.get_typed_func::<(), (i32, i64)>(&mut *store, &export) else {
@@ -215,7 +195,7 @@ impl Runtime {
             }
             let is_handler = std::ptr::eq(name, &raw const ep.handler);
             if is_handler
-                && store.data().services.results.len() == before
+                && store.data().services.run.lock_results().len() == before
                 && let (Some(out), Some((t, p))) = (&ep.output, store.data().output)
             {
                 let v = value(&store.data().heap, t, p).map_or(Value::None, std::borrow::Cow::into_owned);
@@ -230,8 +210,50 @@ impl Runtime {
     }
 }
 
-/// Instance set-up before `main`: memory accounting, constants, stack budget.
-fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) -> Result<(), Failure> {
+/// A store for one flow of `run` (its main flow or a block): the memory
+/// limiter, the fuel the run has left, and the epoch callback that enforces
+/// the deadline, settles the shared budgets and yields to the executor.
+pub(crate) fn new_store(run: &Arc<RunShared>) -> Store<RunState> {
+    let mut store = Store::new(run.pre.module().engine(), RunState::new(run));
+    store.limiter(|s| &mut s.limiter);
+    let _ = shared::resume(store.as_context_mut());
+    if run.metered {
+        let deadline = run.deadline.unwrap_or_else(Instant::now);
+        // Every epoch tick the run checks the real clock against its
+        // wall-time limit and otherwise yields to the async executor, so a
+        // long run shares its thread with other requests instead of needing
+        // one of its own. Before the yield the store publishes its memory
+        // (and tops up its fuel lease: see `shared`); right after it resumes
+        // (the deadline of 0 ticks makes the next check call back at once)
+        // it learns what the other flows of its run did meanwhile.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut cx| {
+            if Instant::now() >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if std::mem::take(&mut cx.data_mut().resumed) {
+                let run = Arc::clone(&cx.data().services.run);
+                shared::sync_memory(cx.data_mut(), &run);
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            shared::tick(cx.as_context_mut())?;
+            // A collection due sooner than the loop's countdown says (its
+            // allocation rate jumped): make the next back-edge poll.
+            if cx.data().heap.poll_due()
+                && let Some(countdown) = cx.data().gc_countdown
+            {
+                let _ = countdown.set(&mut cx, wasmtime::Val::I32(0));
+            }
+            cx.data_mut().resumed = true;
+            Ok(UpdateDeadline::YieldCustom(0, Box::pin(tokio::task::yield_now())))
+        });
+    }
+    store
+}
+
+/// Instance set-up before `main` (or a block): memory accounting,
+/// constants, stack budget.
+pub(crate) fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) -> Result<(), Failure> {
     let memory = instance
         .get_memory(&mut *store, abi::EXPORT_MEMORY)
         .ok_or_else(|| Failure::Internal("module exports no memory".into()))?;
@@ -298,7 +320,7 @@ fn read_consts(mem: &[u8], table: i32) -> Option<Vec<String>> {
 }
 
 /// The uncaught error pending after `main` (or a handler) returned failure.
-fn uncaught(store: &mut Store<RunState>) -> Failure {
+pub(crate) fn uncaught(store: &mut Store<RunState>) -> Failure {
     match store.data_mut().pending.take() {
         Some((e, loc)) => Failure::Script(e, loc),
         None => Failure::Internal("the script failed without an error".into()),
@@ -306,7 +328,7 @@ fn uncaught(store: &mut Store<RunState>) -> Failure {
 }
 
 /// Sort a wasm error into a limit, a script error or an internal fault.
-fn classify(e: wasmtime::Error, store: &mut Store<RunState>) -> Result<Failure, wasmtime::Error> {
+pub(crate) fn classify(e: wasmtime::Error, store: &mut Store<RunState>) -> Result<Failure, wasmtime::Error> {
     let loc = e
         .downcast_ref::<WasmBacktrace>()
         .and_then(|bt| bt.frames().first())

@@ -1,14 +1,14 @@
 //! Per-run host state (`Store<RunState>`): the heap, the request, the
 //! response being built, and the services commands see.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use avap_hostfns::memory::{self, MemoryBudget};
-use avap_hostfns::{AvapError, Endpoint, HostContext, HostError, LimitHit, LimitKind, Request, Value};
-use indexmap::IndexMap;
+use avap_hostfns::{AsyncState, AvapError, Endpoint, HostContext, HostError, LimitHit, LimitKind, Request};
 use wasmtime::{Memory, ResourceLimiter};
 
 use crate::heap::Heap;
+use crate::shared::RunShared;
 
 /// Where in the wasm code an error was raised: `(function index, offset in
 /// the function body)`, mapped to a source line through `avap.srcmap`.
@@ -33,21 +33,55 @@ pub struct RunState {
     pub global_count: u32,
     /// What the effect commands may reach, and the run's deadline.
     pub effects: crate::effects::RunEffects,
+    /// Fuel leased to this store from the run's pool since it last settled
+    /// (see `crate::shared`).
+    pub fuel_given: u64,
+    /// An epoch tick passed while other flows are live: the next command
+    /// settles the lease (an exact point) before it runs.
+    pub rebalance: bool,
+    /// The bytes this store last published to the run.
+    pub published: u64,
+    /// The epoch callback yielded: its next call (right after the store
+    /// resumes) refreshes what the rest of the run uses.
+    pub resumed: bool,
+}
+
+impl RunState {
+    /// A fresh state for one flow (the main flow or a block) of `run`.
+    pub fn new(run: &Arc<RunShared>) -> RunState {
+        let limits = run.limits;
+        RunState {
+            heap: Heap::new(limits.memory_bytes),
+            services: Services::new(Arc::clone(run)),
+            memory: None,
+            pending: None,
+            output: None,
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes,
+            },
+            poll_interval: 1,
+            gc_countdown: None,
+            global_count: 0,
+            effects: crate::effects::RunEffects {
+                effects: run.effects.clone(),
+                deadline: run.deadline,
+            },
+            fuel_given: 0,
+            rebalance: false,
+            published: 0,
+            resumed: false,
+        }
+    }
 }
 
 /// The part of the run state commands see through [`HostContext`].
 pub struct Services {
-    pub request: Request,
+    pub request: Arc<Request>,
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     pub time_zone: chrono_tz::Tz,
-    /// `addResult` snapshots, as JSON.
-    pub results: IndexMap<String, serde_json::Value>,
-    /// Per result: its JSON size (the output limit) and its memory.
-    result_sizes: HashMap<String, (u64, u64)>,
-    pub output_bytes: u64,
-    pub output_limit: u64,
+    /// The run this store belongs to: results, blocks, shared budgets.
+    pub run: Arc<RunShared>,
     pub endpoints: Vec<Endpoint>,
-    pub async_results: HashMap<String, Result<Value, HostError>>,
     /// Fuel available to the current host call, and how much it used.
     pub fuel_available: u64,
     pub fuel_charged: u64,
@@ -55,31 +89,27 @@ pub struct Services {
     pub memory: MemoryBudget,
     /// The run's wall-clock deadline (`None` when unmetered).
     pub deadline: Option<std::time::Instant>,
-    /// Bytes of results, routes and async results kept for the rest of the run.
+    /// Bytes of routes kept for the rest of the run.
     retained: u64,
 }
 
 impl Services {
-    pub fn new(request: Request, time_zone: chrono_tz::Tz, output_limit: u64) -> Services {
+    pub fn new(run: Arc<RunShared>) -> Services {
         Services {
-            request,
-            now: None,
-            time_zone,
-            results: IndexMap::new(),
-            result_sizes: HashMap::new(),
-            output_bytes: 0,
-            output_limit,
+            request: Arc::clone(&run.request),
+            now: run.now,
+            time_zone: run.time_zone,
+            deadline: run.deadline,
+            run,
             endpoints: Vec::new(),
-            async_results: HashMap::new(),
             fuel_available: 0,
             fuel_charged: 0,
             memory: MemoryBudget::new(0),
-            deadline: None,
             retained: 0,
         }
     }
 
-    /// Bytes kept for the rest of the run (the heap counts them).
+    /// Bytes this store keeps for the rest of the run (the heap counts them).
     pub fn retained(&self) -> u64 {
         self.retained
     }
@@ -129,33 +159,21 @@ impl HostContext for Services {
     }
 
     fn request_and_memory(&mut self) -> (&Request, &mut MemoryBudget) {
-        (&self.request, &mut self.memory)
+        (&*self.request, &mut self.memory)
     }
 
-    fn add_result(&mut self, key: &str, value: &Value) -> Result<(), HostError> {
-        // Measured, not built: the envelope is serialised once, at the end.
-        let size = value.json_len().saturating_add(key.len() as u64 + 4);
-        let (old, old_memory) = self.result_sizes.get(key).copied().unwrap_or((0, 0));
-        let next = self.output_bytes - old + size;
-        if next > self.output_limit {
-            return Err(LimitHit::new(
-                LimitKind::OutputLimit,
-                format!(
-                    "response result would be {next} bytes; the limit is {} bytes",
-                    self.output_limit
-                ),
-            )
-            .into());
-        }
-        // The snapshot is kept as JSON: about the size of the value itself
-        // (a `serde_json::Value` tree of the same shape), claimed first.
-        let kept = value.footprint().bytes + memory::VALUE_BYTES + memory::alloc_bytes(key.len());
-        self.charge(kept / crate::linker::BYTES_PER_FUEL)?;
-        self.memory.claim(kept)?;
-        self.output_bytes = next;
-        self.result_sizes.insert(key.to_owned(), (size, kept));
-        self.results.insert(key.to_owned(), value.to_json());
-        self.retained = self.retained.saturating_sub(old_memory).saturating_add(kept);
+    fn add_result(&mut self, key: &str, value: &avap_hostfns::Value) -> Result<(), HostError> {
+        let run = Arc::clone(&self.run);
+        let mut results = run.lock_results();
+        let measured = results.measure(key, value)?;
+        self.charge(measured.memory / crate::linker::BYTES_PER_FUEL)?;
+        self.memory.claim(measured.memory)?;
+        results.insert(key, value, &measured);
+        drop(results);
+        // The snapshot belongs to the run, not to this store: a block's
+        // results outlive its store.
+        run.keep(measured.memory);
+        run.release(measured.old_memory);
         Ok(())
     }
 
@@ -180,15 +198,25 @@ impl HostContext for Services {
         Ok(())
     }
 
-    fn async_result(&mut self, id: &str) -> Option<Result<Value, HostError>> {
-        Some(match self.async_results.get(id)? {
-            Ok(v) => self
-                .memory
-                .clone_value(v)
-                .map(|(copy, _)| copy)
-                .map_err(HostError::from),
-            Err(e) => Err(e.clone()),
-        })
+    fn async_result(&mut self, id: &str) -> AsyncState {
+        let mut blocks = self.run.lock_blocks();
+        let Some(entry) = blocks.by_id.get_mut(id) else {
+            return AsyncState::Unknown;
+        };
+        let state = match &entry.outcome {
+            None => return AsyncState::Running,
+            Some(Ok(v)) => AsyncState::Done(
+                self.memory
+                    .clone_value(v)
+                    .map(|(copy, _)| copy)
+                    .map_err(HostError::from),
+            ),
+            Some(Err(e)) => AsyncState::Done(Err(e.clone())),
+        };
+        if !std::mem::replace(&mut entry.gathered, true) {
+            blocks.live = blocks.live.saturating_sub(1);
+        }
+        state
     }
 }
 

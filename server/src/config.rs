@@ -142,6 +142,12 @@ pub struct Settings {
     pub max_concurrent_runs: usize,
     /// Compilations (Cranelift) at once, across all requests.
     pub max_concurrent_compiles: usize,
+    /// `go_async` blocks one run may hold started and not yet gathered
+    /// (one more ends the run with `MemoryLimit`).
+    pub max_async_blocks: u32,
+    /// Instances for `go_async` blocks across the server, besides the
+    /// runs' own; a block waits (within its run's deadline) for a free one.
+    pub async_block_slots: u32,
     /// How long a request waits for a run slot before 503.
     pub queue_wait_ms: u64,
     /// Compiled inline scripts kept.
@@ -595,6 +601,8 @@ impl Settings {
             max_script_bytes: server.max_script_bytes,
             max_concurrent_runs: server.max_concurrent_runs,
             max_concurrent_compiles: server.max_concurrent_compiles,
+            max_async_blocks: server.max_async_blocks,
+            async_block_slots: server.async_block_slots,
             queue_wait_ms: millis(server.queue_wait),
             cache_entries: server.cache_entries,
             cache_ttl_s: server.cache_ttl.map_or(0, |idle| idle.as_secs()),
@@ -664,6 +672,8 @@ impl Settings {
         config.max_script_bytes = self.max_script_bytes;
         config.max_concurrent_runs = self.max_concurrent_runs;
         config.max_concurrent_compiles = self.max_concurrent_compiles;
+        config.max_async_blocks = self.max_async_blocks;
+        config.async_block_slots = self.async_block_slots;
         config.queue_wait = Duration::from_millis(self.queue_wait_ms);
         config.cache_entries = self.cache_entries;
         config.cache_ttl = (self.cache_ttl_s > 0).then(|| Duration::from_secs(self.cache_ttl_s));
@@ -919,6 +929,8 @@ impl Resolved {
         in_range("max_script_bytes", to_u64(s.max_script_bytes), 1, 1 << 30)?;
         in_range("max_concurrent_runs", to_u64(s.max_concurrent_runs), 1, 1024)?;
         in_range("max_concurrent_compiles", to_u64(s.max_concurrent_compiles), 1, 256)?;
+        in_range("max_async_blocks", u64::from(s.max_async_blocks), 1, 1024)?;
+        in_range("async_block_slots", u64::from(s.async_block_slots), 1, 4096)?;
         in_range("cache_entries", to_u64(s.cache_entries), 1, 1 << 20)?;
         in_range("cache_ttl_s", s.cache_ttl_s, 0, DAY_MS / 1000 * 30)?;
         in_range("prewarm", to_u64(s.prewarm), 0, to_u64(s.cache_entries))?;
@@ -1719,6 +1731,8 @@ mod tests {
             "AVAP_OUTBOUND_MAX_REDIRECTS",
             "AVAP_AI_ENDPOINT",
             "AVAP_MAX_CONCURRENT_COMPILES",
+            "AVAP_MAX_ASYNC_BLOCKS",
+            "AVAP_ASYNC_BLOCK_SLOTS",
             "AVAP_REDIS_CA_FILE",
             "AVAP_OTLP_PROTOCOL",
             "AVAP_OTLP_CA_FILE",
@@ -1727,10 +1741,11 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
-             redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days"
+             redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
+             max_async_blocks and async_block_slots"
         );
     }
 

@@ -115,6 +115,11 @@ pub struct ServerConfig {
     /// happened to the requests that asked for them: each holds its slot
     /// until it finishes.
     pub max_concurrent_compiles: usize,
+    /// `go_async` blocks one run may hold started and not gathered.
+    pub max_async_blocks: u32,
+    /// Instances for `go_async` blocks across the process, besides the
+    /// runs' own (a block waits for a free one).
+    pub async_block_slots: u32,
     /// How long a request waits for a run slot before 503.
     pub queue_wait: Duration,
     /// Inline scripts whose compiled form is kept.
@@ -175,6 +180,8 @@ impl ServerConfig {
             max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
             max_concurrent_runs: 2 * cores,
             max_concurrent_compiles: cores,
+            max_async_blocks: RuntimeConfig::default().max_async_blocks,
+            async_block_slots: u32::try_from(4 * cores).unwrap_or(u32::MAX),
             queue_wait: Duration::from_secs(2),
             cache_entries: 256,
             cache_ttl: Some(Duration::from_hours(1)),
@@ -289,6 +296,8 @@ impl AppState {
                 .context("max_concurrent_runs is too large")?,
             cache_entries: config.cache_entries,
             cache_time_to_idle: config.cache_ttl,
+            max_async_blocks: config.max_async_blocks,
+            async_block_slots: config.async_block_slots,
             policy: config.policy.clone(),
             trusted_keys: trusted_keys.clone(),
             // Native code from Redis: only what a cluster key sealed ([`l2`]).

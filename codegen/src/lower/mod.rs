@@ -246,7 +246,7 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
                 marks,
                 name: format!("go_async@{line}"),
                 file: pending.file,
-                export: None,
+                export: Some(format!("{}{}", abi::EXPORT_ASYNC_PREFIX, pending.block)),
             },
         );
     }

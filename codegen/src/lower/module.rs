@@ -22,6 +22,8 @@ pub(crate) struct UserFn {
 /// A `go_async` block waiting to be compiled into its own function.
 pub(crate) struct PendingAsync<'a> {
     pub index: u32,
+    /// Its number among the module's blocks: the export `go_async:<block>`.
+    pub block: u32,
     pub file: FileId,
     pub body: &'a [Stmt],
     /// The `go_async` statement, for diagnostics.
@@ -43,6 +45,8 @@ pub(crate) struct ModuleCtx<'a> {
     /// Defined functions: `(type index, body, source-map marks, name, file)`.
     pub defined: Vec<Option<DefinedFn>>,
     pub pending_async: Vec<PendingAsync<'a>>,
+    /// `go_async` blocks numbered so far.
+    pub async_blocks: u32,
     /// Handler name → output variable, for `registerEndpoint` sites.
     pub outputs: HashMap<String, String>,
     /// Functions beyond the compile budget (see `lower::MAX_FUNCTION_BYTES`).
@@ -69,6 +73,7 @@ impl<'a> ModuleCtx<'a> {
             user_fns: HashMap::new(),
             defined: Vec::new(),
             pending_async: Vec::new(),
+            async_blocks: 0,
             outputs: HashMap::new(),
             oversize: Vec::new(),
         }

@@ -490,27 +490,45 @@ impl<'a> FuncCtx<'_, 'a> {
         self.value_arg(id);
         self.store_pair(idp);
         let index = self.m.reserve_function();
+        let block = self.m.async_blocks;
+        self.m.async_blocks += 1;
         self.m.pending_async.push(PendingAsync {
             index,
+            block,
             file: self.file,
             body,
             span: id.span.to(body.last().map_or(id.span, |s| s.span)),
             captured: captured.clone(),
             written: written.into_iter().collect(),
         });
-        for name in &captured {
+        // The captured values travel as a dict keyed by their position
+        // ("0", "1", …); one not yet assigned is left out, so the block sees
+        // it unassigned too. Everything else the block reads comes from its
+        // copy of the top-level slots, which must be current in memory when
+        // the runtime takes the snapshot.
+        let dict = self.new_local(ValType::I64);
+        self.helper(Helper::DictNew);
+        self.ins().local_set(dict);
+        for (i, name) in captured.iter().enumerate() {
             let home = self.home(name);
+            let p = self.new_pair();
             self.load(home);
+            self.store_pair(p);
+            self.ins().local_get(p.tag()).if_(BlockType::Empty);
+            self.ins().local_get(dict);
+            self.push_str(&i.to_string());
+            self.load_pair(p);
+            self.helper(Helper::DictSet);
+            self.ins().drop().end();
         }
         self.flush_main();
         self.allocates = true;
-        self.ins().call(index);
-        self.reload_main();
-        let res = self.new_pair();
-        self.store_pair(res);
         self.load_pair(idp);
-        self.load_pair(res);
-        self.helper(Helper::AsyncDone);
+        self.ins()
+            .i32_const(i32::try_from(block).unwrap_or(i32::MAX))
+            .i32_const(abi::TAG_DICT)
+            .local_get(dict);
+        self.helper(Helper::AsyncStart);
     }
 }
 

@@ -25,6 +25,8 @@ mod request;
 mod text;
 mod time;
 
+pub use request::gather_timeout;
+
 use crate::context::HostContext;
 use crate::error::{AvapError, ErrorKind, HostError};
 use crate::signature::{self, ParamKind};

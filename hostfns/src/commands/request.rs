@@ -2,7 +2,7 @@
 //! `getQueryParamList`, `registerEndpoint`, `gather`, `raise`.
 
 use super::{Args, Outcome, charge, value};
-use crate::context::{Endpoint, HostContext};
+use crate::context::{AsyncState, Endpoint, HostContext};
 use crate::error::{AvapError, ErrorKind, HostError};
 use crate::json::{self, JsonError};
 use crate::memory::{self, MemoryBudget};
@@ -185,20 +185,52 @@ pub(super) fn register_endpoint(ctx: &mut dyn HostContext, a: &Args) -> Result<O
 }
 
 /// `gather(id, timeoutSeconds)`: the dict of variables the `go_async` block
-/// `id` assigned, or the error it failed with. Waiting and the timeout are
-/// the runtime's (behind [`HostContext::async_result`]). No block with that
-/// id → `ValueError`. Fuel: the result's size.
+/// `id` assigned, or the error it failed with. Waiting is the runtime's: it
+/// waits at most [`gather_timeout`] for the block before this runs, so a
+/// block still running here has run out of time → `TimeoutError`. No block
+/// with that id → `ValueError`. Fuel: the result's size.
 pub(super) fn gather(ctx: &mut dyn HostContext, a: &Args) -> Result<Outcome, HostError> {
     let id = a.text(ctx, 0)?;
     charge(ctx, id.len())?;
+    let seconds = gather_timeout(a.get(1)).map_err(|m| a.error(ErrorKind::ValueError, m))?;
     match ctx.async_result(&id) {
-        Some(Ok(v)) => {
+        AsyncState::Done(Ok(v)) => {
             charge(ctx, v.heap_bytes())?;
             value(v)
         }
-        Some(Err(e)) => Err(e),
-        None => Err(a.error(ErrorKind::ValueError, format!("no go_async block with id '{id}'"))),
+        AsyncState::Done(Err(e)) => Err(e),
+        AsyncState::Running => Err(a.error(
+            ErrorKind::TimeoutError,
+            format!("go_async block '{id}' did not finish within {seconds} s"),
+        )),
+        AsyncState::Unknown => Err(a.error(ErrorKind::ValueError, format!("no go_async block with id '{id}'"))),
     }
+}
+
+/// How long `gather` waits, from its `timeoutSeconds` argument: a number of
+/// seconds ≥ 0 (an int, a float, or text holding one, as query parameters
+/// arrive). The runtime calls this before waiting; [`gather`] reports the
+/// same error for a bad value.
+///
+/// # Errors
+/// A message naming the bad value.
+pub fn gather_timeout(v: &Value) -> Result<f64, String> {
+    let seconds = match v {
+        // Seconds: a timeout past 2^53 s loses nothing that matters.
+        #[allow(clippy::cast_precision_loss)]
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => s.trim().parse::<f64>().map_err(|_| bad_timeout(v))?,
+        _ => return Err(bad_timeout(v)),
+    };
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(bad_timeout(v));
+    }
+    Ok(seconds)
+}
+
+fn bad_timeout(v: &Value) -> String {
+    format!("timeoutSeconds must be a number of seconds ≥ 0, not {}", v.repr_short())
 }
 
 /// `raise(message)`: a catchable `UserError` whose message is `str(message)`
