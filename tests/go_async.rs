@@ -17,6 +17,7 @@ use avap_codegen::check::NoIncludes;
 use avap_codegen::{SourceFile, check_file, compile};
 use avap_hostfns::Request;
 use avap_hostfns::artifact::{SigningKey, TrustedKeys};
+use avap_hostfns::effects::db::{Databases, DbLimits};
 use avap_hostfns::effects::http::{Outbound, OutboundConfig};
 use avap_runtime::{Effects, Limits, RunInput, RunReport, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
@@ -113,12 +114,6 @@ impl Harness {
             Some(u) => source.replace("{up}", &u.addr.to_string()),
             None => source.to_owned(),
         };
-        let checked = check_file(SourceFile::new("blocks.avap", &source), &NoIncludes);
-        assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
-        let module = self
-            .runtime
-            .load(&compile(&checked, Some(&self.key)).bytes)
-            .expect("loads");
         let effects = match up {
             Some(u) => Effects {
                 http: Some(Arc::new(
@@ -133,6 +128,16 @@ impl Harness {
             },
             None => Effects::default(),
         };
+        self.run_with(&source, effects, limits).await
+    }
+
+    async fn run_with(&self, source: &str, effects: Effects, limits: Limits) -> (RunReport, Duration) {
+        let checked = check_file(SourceFile::new("blocks.avap", source), &NoIncludes);
+        assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+        let module = self
+            .runtime
+            .load(&compile(&checked, Some(&self.key)).bytes)
+            .expect("loads");
         let input = RunInput {
             request: Request::default(),
             limits,
@@ -434,4 +439,55 @@ async fn too_many_blocks_held_at_once_is_a_clear_error() {
     let message = report.envelope["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("max_async_blocks"), "{message}");
     assert_eq!(report.envelope["error"]["line"], json!(2), "{}", report.envelope);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_block_stops_its_sqlite_statement() {
+    let h = Harness::new();
+    // One pooled connection: a statement still running would hold it.
+    let db = Arc::new(
+        Databases::new(
+            Some("sqlite::memory:"),
+            [],
+            DbLimits {
+                statement_timeout: Duration::from_secs(20),
+                ..DbLimits::default()
+            },
+        )
+        .expect("database"),
+    );
+    let effects = || Effects {
+        db: Some(Arc::clone(&db)),
+        ..Effects::default()
+    };
+    // The main flow computes for a few epoch ticks, so the block's
+    // statement is running when the run ends.
+    let script = "\
+addVar(x, 1)
+go_async(\"count\")
+    ormDirect(\"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4000000000) SELECT count(*) AS n FROM c\", r)
+end()
+startLoop(i, 1, 3000000)
+    x = x + 1
+endLoop()
+addResult(x)
+";
+    let (report, _) = h.run_with(script, effects(), Limits::CLI).await;
+    assert_eq!(report.http_status, 200, "{}", report.envelope);
+    // The connection is free again at once: the statement was stopped.
+    let start = Instant::now();
+    let (next, _) = h
+        .run_with(
+            "ormDirect(\"SELECT 41 + 1 AS n\", r)\naddResult(r)\n",
+            effects(),
+            Limits::CLI,
+        )
+        .await;
+    assert_eq!(next.http_status, 200, "{}", next.envelope);
+    assert_eq!(result(&next)["r"], json!([{"n": 42}]));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "waited {:?} for the connection",
+        start.elapsed()
+    );
 }

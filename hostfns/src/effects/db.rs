@@ -1091,6 +1091,17 @@ async fn run_sqlite(pool: &SqlitePool, want: Want, q: &Sql, limits: &DbLimits) -
 }
 
 /// One statement on an `SQLite` connection, under its deadline.
+/// Sets its flag when dropped: when the statement's future is dropped, or
+/// when it finishes (the progress handler is removed before the connection
+/// runs anything else).
+struct StopWhenDropped(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopWhenDropped {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn sqlite_statement(
     c: &mut sqlx::SqliteConnection,
     want: Want,
@@ -1103,9 +1114,14 @@ async fn sqlite_statement(
     // pool's `after_release` removes the handler (a shared transaction
     // removes it after each statement).
     let deadline = Instant::now() + limits.statement_timeout;
-    c.lock_handle()
-        .await?
-        .set_progress_handler(1000, move || Instant::now() < deadline);
+    // A run that stops waiting (a `go_async` block cancelled at the end of
+    // its run, a request dropped) drops this future: the guard then stops
+    // the statement too, instead of leaving it running on the worker.
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_when_dropped = StopWhenDropped(Arc::clone(&dropped));
+    c.lock_handle().await?.set_progress_handler(1000, move || {
+        Instant::now() < deadline && !dropped.load(std::sync::atomic::Ordering::Relaxed)
+    });
     let rows = match want {
         Want::Rows => true,
         Want::Count => false,
