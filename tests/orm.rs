@@ -3,15 +3,17 @@
 //! `SQLite` and on the real `PostgreSQL` of this machine
 //! (`postgres://postgres@127.0.0.1:5432/test`; each test works in a fresh
 //! schema it drops at the end), plus scripts run end to end with
-//! `avap run --db`.
+//! `avap run --db`, and the databases' circuit breakers and bulkheads.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use avap_hostfns::Value;
 use avap_hostfns::abi::{METHOD_CALL_KEY, SQL_TEMPLATE_KEY};
 use avap_hostfns::effects::EffectOutcome;
+use avap_hostfns::effects::breaker::BreakerConfig;
 use avap_hostfns::effects::db::{Databases, DbLimits, call};
 use avap_hostfns::{Dict, ErrorKind, HostError};
 use sqlx::Connection as _;
@@ -858,4 +860,88 @@ async fn postgres_session_state_is_discarded() {
     }
     let (kind, message) = err(&db, "ormDirect", vec![s("SELECT x FROM avap_leak")]).await;
     assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+}
+
+/// Breakers that trip after four statements, half of them failed or slow.
+fn tripping(slow_ms: u64, max_concurrent: usize) -> DbLimits {
+    DbLimits {
+        statement_timeout: Duration::from_secs(2),
+        breaker: BreakerConfig {
+            failure_pct: 50,
+            slow_ms,
+            min_calls: 4,
+            open_ms: 400,
+            max_concurrent,
+        },
+        ..DbLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_reached_opens_its_circuit() {
+    // Nothing listens on port 9: every statement fails to connect.
+    let db = Databases::new(Some("postgres://postgres@127.0.0.1:9/test"), [], tripping(0, 0)).expect("config");
+    for _ in 0..4 {
+        let (kind, message) = err(&db, "ormDirect", vec![s("SELECT 1")]).await;
+        assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+        assert!(!message.contains("circuit open"), "{message}");
+    }
+    let started = std::time::Instant::now();
+    let (kind, message) = err(&db, "ormDirect", vec![s("SELECT 1")]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    assert!(
+        message.contains("circuit open for application database (postgresql at 127.0.0.1:9)")
+            && message.contains("db_breaker_*"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(50), "refused at once");
+    let stats = db.breakers().expect("on").stats();
+    assert_eq!((stats.open, stats.opened_total, stats.refused_open_total), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn slow_statements_open_the_circuit_and_probes_close_it() {
+    let db = Databases::new(Some(PG), [], tripping(150, 0)).expect("config");
+    for _ in 0..4 {
+        ok(&db, "ormDirect", vec![s("SELECT pg_sleep(0.2)::text AS slept")]).await;
+    }
+    let (_, message) = err(&db, "ormDirect", vec![s("SELECT 1 AS one")]).await;
+    assert!(message.contains("circuit open"), "{message}");
+    // SQL errors are the script's, not the database's: they never count.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            rows(&ok(&db, "ormDirect", vec![s("SELECT 1 AS one")]).await),
+            vec![serde_json::json!({"one": 1})]
+        );
+    }
+    assert_eq!(
+        db.breakers().expect("on").stats().open,
+        0,
+        "three quick probes closed it"
+    );
+    for _ in 0..6 {
+        let (_, message) = err(&db, "ormDirect", vec![s("SELECT no_such_column FROM no_such_table")]).await;
+        assert!(message.contains("no_such_table"), "{message}");
+    }
+    assert_eq!(db.breakers().expect("on").stats().open, 0, "bad SQL is not an outage");
+}
+
+#[tokio::test]
+async fn the_bulkhead_caps_statements_on_one_database_at_once() {
+    let db = Arc::new(Databases::new(Some(PG), [], tripping(0, 1)).expect("config"));
+    let held = {
+        let db = Arc::clone(&db);
+        tokio::spawn(async move { ok(&db, "ormDirect", vec![s("SELECT pg_sleep(0.5)::text AS slept")]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (kind, message) = err(&db, "ormDirect", vec![s("SELECT 1")]).await;
+    assert_eq!(kind, ErrorKind::DatabaseError, "{message}");
+    assert!(
+        message.contains("too many calls at once to application database")
+            && message.contains("db_max_concurrent_statements"),
+        "{message}"
+    );
+    held.await.expect("the first statement finishes");
+    ok(&db, "ormDirect", vec![s("SELECT 1")]).await;
 }

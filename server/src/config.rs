@@ -208,6 +208,18 @@ pub struct Settings {
     /// Largest one database result may be, in KiB (more is a
     /// `DatabaseError`, counted while rows are read).
     pub db_max_result_kb: u64,
+    /// Statements among one database's last 20 that could not reach it
+    /// (no connection, a broken one, the statement timeout) or were slow,
+    /// in percent, that open its circuit; 0 = no breakers.
+    pub db_breaker_failure_pct: u8,
+    /// A statement this slow counts as failed (0 = only failures count).
+    pub db_breaker_slow_ms: u64,
+    /// Statements on a database known before its failure rate is judged (1 to 20).
+    pub db_breaker_min_calls: u32,
+    /// How long an open circuit refuses statements before it probes again.
+    pub db_breaker_open_ms: u64,
+    /// Statements on one database at once (more fail at once); 0 = no cap.
+    pub db_max_concurrent_statements: usize,
     /// Run as an edge node: serve a disk mirror of `registry_url`'s scripts,
     /// read-only (see `edge.rs`).
     pub edge: bool,
@@ -627,6 +639,11 @@ impl Settings {
             db_max_rows: db.max_rows,
             db_statement_timeout_ms: millis(db.statement_timeout),
             db_max_result_kb: u64::try_from(db.max_result_bytes / 1024).unwrap_or(u64::MAX),
+            db_breaker_failure_pct: db.breaker.failure_pct,
+            db_breaker_slow_ms: db.breaker.slow_ms,
+            db_breaker_min_calls: db.breaker.min_calls,
+            db_breaker_open_ms: db.breaker.open_ms,
+            db_max_concurrent_statements: db.breaker.max_concurrent,
             edge: false,
             registry_url: String::new(),
             registry_api_key: String::new(),
@@ -721,6 +738,13 @@ impl Settings {
             max_rows: self.db_max_rows,
             statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
             max_result_bytes: usize::try_from(self.db_max_result_kb.saturating_mul(1024)).unwrap_or(usize::MAX),
+            breaker: BreakerConfig {
+                failure_pct: self.db_breaker_failure_pct,
+                slow_ms: self.db_breaker_slow_ms,
+                min_calls: self.db_breaker_min_calls,
+                open_ms: self.db_breaker_open_ms,
+                max_concurrent: self.db_max_concurrent_statements,
+            },
         }
     }
 
@@ -1008,6 +1032,21 @@ impl Resolved {
         in_range("db_max_rows", to_u64(s.db_max_rows), 1, 1 << 24)?;
         in_range("db_statement_timeout_ms", s.db_statement_timeout_ms, 1, DAY_MS)?;
         in_range("db_max_result_kb", s.db_max_result_kb, 1, 1 << 21)?;
+        in_range("db_breaker_failure_pct", u64::from(s.db_breaker_failure_pct), 0, 100)?;
+        in_range("db_breaker_slow_ms", s.db_breaker_slow_ms, 0, DAY_MS)?;
+        in_range(
+            "db_breaker_min_calls",
+            u64::from(s.db_breaker_min_calls),
+            1,
+            to_u64(WINDOW),
+        )?;
+        in_range("db_breaker_open_ms", s.db_breaker_open_ms, 1, DAY_MS)?;
+        in_range(
+            "db_max_concurrent_statements",
+            to_u64(s.db_max_concurrent_statements),
+            0,
+            100_000,
+        )?;
         self.validate_edge()?;
         if let Err(e) = s.databases() {
             let key = if e.what == "application database" {
@@ -1507,6 +1546,15 @@ mod tests {
             .settings
             .server_config();
         assert!(off.effects.http.expect("outbound client").breakers().is_none());
+        let on = resolved(&Layer::default(), &Layer::default(), &Layer::default());
+        let db = on.settings.server_config().effects.db.expect("databases");
+        assert!(db.breakers().is_some(), "database breakers on by default");
+        let off = self::file("db_breaker_failure_pct = 0\ndb_max_concurrent_statements = 0\n");
+        let off = resolved(&Layer::default(), &Layer::default(), &off)
+            .settings
+            .server_config();
+        assert!(off.effects.db.expect("databases").breakers().is_none());
+        assert!(invalid("db_breaker_min_calls = 0\n").contains("between 1 and 20"));
         let none = resolved(&Layer::default(), &Layer::default(), &Layer::default());
         assert!(none.settings.server_config().effects.ai.is_none());
     }
@@ -1741,11 +1789,11 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 5,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
-             max_async_blocks and async_block_slots"
+             max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys"
         );
     }
 

@@ -32,6 +32,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use avap_hostfns::effects::breaker::{BreakerStats, Breakers};
 use avap_runtime::RunReport;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -118,10 +119,10 @@ pub struct Metrics {
     redis_errors: Counter,
     /// Counted by the accept loop.
     connections: Arc<ConnectionCounters>,
-    /// The outbound breakers and bulkheads, read at each scrape.
-    circuits_open: Gauge,
-    circuits_opened: Counter,
-    outbound_refused: Family<Reason, Counter>,
+    /// The outbound hosts' and the databases' breakers and bulkheads, read
+    /// at each scrape.
+    outbound: BreakerMetrics,
+    databases: BreakerMetrics,
     /// The process and its disk, read at each scrape (standard `process_*` names).
     cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     resident_bytes: Gauge,
@@ -254,9 +255,8 @@ impl Default for Metrics {
             invalidations: Counter::default(),
             redis_errors: Counter::default(),
             connections: Arc::default(),
-            circuits_open: Gauge::default(),
-            circuits_opened: Counter::default(),
-            outbound_refused: Family::default(),
+            outbound: BreakerMetrics::default(),
+            databases: BreakerMetrics::default(),
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
             open_fds: Gauge::default(),
@@ -423,21 +423,10 @@ impl Metrics {
             "The registry database's connection pool: in_use, idle, and its max",
             self.db_pool.clone(),
         );
-        r.register(
-            "avap_outbound_circuits_open",
-            "Outbound hosts whose circuit is open or half open now",
-            self.circuits_open.clone(),
-        );
-        r.register(
-            "avap_outbound_circuits_opened",
-            "Times an outbound host's circuit opened (failures or slow calls)",
-            self.circuits_opened.clone(),
-        );
-        r.register(
-            "avap_outbound_calls_refused",
-            "Outbound calls failed at once: circuit_open or bulkhead (too many at once to one host)",
-            self.outbound_refused.clone(),
-        );
+        self.outbound
+            .register(r, "avap_outbound", "outbound host", "calls", "to one host");
+        self.databases
+            .register(r, "avap_db", "database", "statements", "on one database");
     }
 
     /// The process, its disk and the registry pool, before a scrape.
@@ -466,20 +455,14 @@ impl Metrics {
         }
     }
 
-    /// The breakers' state, before a scrape.
-    pub fn set_outbound(&self, stats: avap_hostfns::effects::breaker::BreakerStats) {
-        self.circuits_open.set(i64::try_from(stats.open).unwrap_or(i64::MAX));
-        // The breakers count; the counters catch up to them.
-        let catch_up = |counter: &Counter, total: u64| {
-            counter.inc_by(total.saturating_sub(counter.get()));
-        };
-        catch_up(&self.circuits_opened, stats.opened_total);
-        for (reason, total) in [
-            ("circuit_open", stats.refused_open_total),
-            ("bulkhead", stats.refused_busy_total),
-        ] {
-            catch_up(&self.outbound_refused.get_or_create(&Reason { reason }), total);
-        }
+    /// The outbound breakers' state, before a scrape.
+    pub fn set_outbound(&self, stats: BreakerStats) {
+        self.outbound.set(stats);
+    }
+
+    /// The database breakers' state, before a scrape.
+    pub fn set_databases(&self, stats: BreakerStats) {
+        self.databases.set(stats);
     }
 
     pub fn request(&self, route: &'static str, status: u16, took: Duration) {
@@ -653,12 +636,15 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     responses((status = 200, description = "Metrics.", body = String, content_type = "application/openmetrics-text")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let breakers = state.config().effects.http.as_ref().and_then(|http| http.breakers());
-    state.metrics().set_outbound(
-        breakers
-            .map(avap_hostfns::effects::breaker::Breakers::stats)
-            .unwrap_or_default(),
-    );
+    let effects = &state.config().effects;
+    let http = effects.http.as_ref().and_then(|http| http.breakers());
+    state
+        .metrics()
+        .set_outbound(http.map(Breakers::stats).unwrap_or_default());
+    let databases = effects.db.as_ref().and_then(|db| db.breakers());
+    state
+        .metrics()
+        .set_databases(databases.map(Breakers::stats).unwrap_or_default());
     let process = ProcessStats::read(state.config().data_dir.as_deref());
     state.metrics().set_process(&process, state.store().pool_stats());
     let mut response = state.metrics().render().into_response();
@@ -667,6 +653,50 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// One set of circuit breakers and bulkheads (`avap_hostfns::effects::breaker`),
+/// as three series: circuits open now, circuits opened, calls refused by reason.
+#[derive(Debug, Default)]
+struct BreakerMetrics {
+    open: Gauge,
+    opened: Counter,
+    refused: Family<Reason, Counter>,
+}
+
+impl BreakerMetrics {
+    fn register(&self, r: &mut Registry, prefix: &str, what: &str, calls: &str, per: &str) {
+        r.register(
+            format!("{prefix}_circuits_open"),
+            format!("{what}s whose circuit is open or half open now"),
+            self.open.clone(),
+        );
+        r.register(
+            format!("{prefix}_circuits_opened"),
+            format!("Times a {what}'s circuit opened (failures or slow {calls})"),
+            self.opened.clone(),
+        );
+        r.register(
+            format!("{prefix}_{calls}_refused"),
+            format!("{calls} failed at once: circuit_open or bulkhead (too many at once {per})"),
+            self.refused.clone(),
+        );
+    }
+
+    fn set(&self, stats: BreakerStats) {
+        self.open.set(i64::try_from(stats.open).unwrap_or(i64::MAX));
+        // The breakers count; the counters catch up to them.
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.opened, stats.opened_total);
+        for (reason, total) in [
+            ("circuit_open", stats.refused_open_total),
+            ("bulkhead", stats.refused_busy_total),
+        ] {
+            catch_up(&self.refused.get_or_create(&Reason { reason }), total);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -722,7 +752,7 @@ mod tests {
         m.cache_miss();
         m.set_run_slots(8);
         let _ = m.run(None, async { Err(ApiError::MethodNotAllowed) }).await;
-        let breakers = avap_hostfns::effects::breaker::BreakerStats {
+        let breakers = BreakerStats {
             open: 1,
             opened_total: 3,
             refused_busy_total: 2,
@@ -730,6 +760,10 @@ mod tests {
         };
         m.set_outbound(breakers);
         m.set_outbound(breakers);
+        m.set_databases(BreakerStats {
+            refused_open_total: 4,
+            ..Default::default()
+        });
         let process = ProcessStats {
             cpu_seconds: Some(1.5),
             resident_bytes: Some(1 << 20),
@@ -764,6 +798,10 @@ mod tests {
         );
         assert!(
             text.contains("avap_outbound_calls_refused_total{reason=\"bulkhead\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("avap_db_statements_refused_total{reason=\"circuit_open\"} 4\n"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

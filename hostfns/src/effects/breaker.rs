@@ -1,5 +1,8 @@
 //! Circuit breakers and bulkheads for outbound hosts (`RequestGet`,
-//! `RequestPost`, `functionAI`), one of each per `host:port`.
+//! `RequestPost`, `functionAI`), one of each per `host:port`, and for
+//! databases (the `orm*` commands and connectors), one of each per
+//! configured database. [`Keys`] says which configuration keys the
+//! messages name.
 //!
 //! * **Breaker.** Each host keeps the outcomes of its last [`WINDOW`] calls.
 //!   A call fails when it cannot connect, times out, answers 5xx, or takes
@@ -92,27 +95,55 @@ impl Host {
     }
 }
 
+/// The configuration keys a set of breakers answers to, for its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    /// The breaker's keys (`outbound_breaker_*`).
+    pub breaker: &'static str,
+    /// The bulkhead's key (`outbound_max_concurrent_per_host`).
+    pub bulkhead: &'static str,
+}
+
+impl Keys {
+    /// Outbound HTTP hosts.
+    pub const OUTBOUND: Keys = Keys {
+        breaker: "outbound_breaker_*",
+        bulkhead: "outbound_max_concurrent_per_host",
+    };
+    /// Databases.
+    pub const DATABASE: Keys = Keys {
+        breaker: "db_breaker_*",
+        bulkhead: "db_max_concurrent_statements",
+    };
+}
+
 /// Why a call was refused before it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// The circuit is open (or half open with its probe out).
-    Open { host: String, retry_in: Duration },
+    Open {
+        host: String,
+        retry_in: Duration,
+        keys: Keys,
+    },
     /// The host's bulkhead is full.
-    Busy { host: String, limit: usize },
+    Busy { host: String, limit: usize, keys: Keys },
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Open { host, retry_in } => write!(
+            Refusal::Open { host, retry_in, keys } => write!(
                 f,
                 "circuit open for {host}: too many of its recent calls failed or were slow, so calls to it \
-                 fail at once for another {} s (outbound_breaker_*)",
-                retry_in.as_secs().max(1)
+                 fail at once for another {} s ({})",
+                retry_in.as_secs().max(1),
+                keys.breaker
             ),
-            Refusal::Busy { host, limit } => write!(
+            Refusal::Busy { host, limit, keys } => write!(
                 f,
-                "too many calls at once to {host}: {limit} are in progress (outbound_max_concurrent_per_host)"
+                "too many calls at once to {host}: {limit} are in progress ({})",
+                keys.bulkhead
             ),
         }
     }
@@ -135,6 +166,7 @@ pub struct BreakerStats {
 #[derive(Debug)]
 pub struct Breakers {
     config: BreakerConfig,
+    keys: Keys,
     hosts: Mutex<HashMap<String, Host>>,
     opened: AtomicU64,
     closed: AtomicU64,
@@ -143,11 +175,19 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    /// `None` when the configuration turns both off.
+    /// Breakers for outbound hosts; `None` when the configuration turns
+    /// both off.
     pub fn new(config: BreakerConfig) -> Option<Arc<Breakers>> {
+        Breakers::named(config, Keys::OUTBOUND)
+    }
+
+    /// Breakers whose messages name `keys`; `None` when the configuration
+    /// turns both off.
+    pub fn named(config: BreakerConfig, keys: Keys) -> Option<Arc<Breakers>> {
         (!config.is_off()).then(|| {
             Arc::new(Breakers {
                 config,
+                keys,
                 hosts: Mutex::new(HashMap::new()),
                 opened: AtomicU64::new(0),
                 closed: AtomicU64::new(0),
@@ -179,6 +219,7 @@ impl Breakers {
                 return Err(Refusal::Open {
                     host: host.to_owned(),
                     retry_in: until - now,
+                    keys: self.keys,
                 });
             }
             State::Open { .. } => {
@@ -194,6 +235,7 @@ impl Breakers {
                 return Err(Refusal::Open {
                     host: host.to_owned(),
                     retry_in: Duration::from_secs(1),
+                    keys: self.keys,
                 });
             }
             State::HalfOpen {
@@ -220,6 +262,7 @@ impl Breakers {
             return Err(Refusal::Busy {
                 host: host.to_owned(),
                 limit,
+                keys: self.keys,
             });
         }
         entry.in_flight += 1;
@@ -427,7 +470,8 @@ mod tests {
             refused,
             Refusal::Busy {
                 host: "h:80".into(),
-                limit: 2
+                limit: 2,
+                keys: Keys::OUTBOUND,
             }
         );
         assert!(b.admit_at("other:80", t0).is_ok(), "per host");

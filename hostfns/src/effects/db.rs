@@ -83,6 +83,7 @@ use sqlx::{Column as _, Executor as _, Row as _, Statement as _, TypeInfo as _, 
 use tokio::sync::OnceCell;
 
 use super::EffectOutcome;
+use super::breaker::{BreakerConfig, Breakers, Keys};
 use crate::error::{ErrorKind, HostError};
 use crate::redact::Secrets;
 use crate::value::{Dict, Value};
@@ -105,6 +106,12 @@ pub struct DbLimits {
     /// counted while rows are read) a result may have; also the longest
     /// string or blob `SQLite` may build (`SQLITE_LIMIT_LENGTH`).
     pub max_result_bytes: usize,
+    /// A circuit breaker and a bulkhead per configured database (the
+    /// `db_breaker_*` and `db_max_concurrent_statements` keys): statements
+    /// that fail to reach the database (no connection, a broken one, the
+    /// statement timeout) or are slow open its circuit; errors the
+    /// database reports about the SQL itself do not.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for DbLimits {
@@ -114,6 +121,13 @@ impl Default for DbLimits {
             max_rows: 10_000,
             statement_timeout: Duration::from_secs(5),
             max_result_bytes: 16 << 20,
+            breaker: BreakerConfig {
+                // Statements are cut at `statement_timeout`, which counts as
+                // a failure: slowness alone does not trip by default.
+                slow_ms: 0,
+                max_concurrent: 16,
+                ..BreakerConfig::default()
+            },
         }
     }
 }
@@ -132,6 +146,8 @@ pub struct DbConfigError {
 /// The application database and the named connector connections.
 #[derive(Debug)]
 pub struct Databases {
+    /// Circuit breakers and bulkheads, by connection label.
+    breakers: Option<Arc<Breakers>>,
     app: Option<Arc<Conn>>,
     connectors: Arc<BTreeMap<String, Conn>>,
     limits: DbLimits,
@@ -191,6 +207,7 @@ impl Databases {
             map.insert(token, conn);
         }
         Ok(Databases {
+            breakers: Breakers::named(limits.breaker, Keys::DATABASE),
             app,
             connectors: Arc::new(map),
             limits,
@@ -213,6 +230,7 @@ impl Databases {
     pub fn in_transaction(&self) -> (Databases, Arc<Transaction>) {
         let transaction = Arc::new(Transaction::new(self.limits.clone(), Arc::clone(&self.secrets)));
         let databases = Databases {
+            breakers: self.breakers.clone(),
             app: self.app.clone(),
             connectors: Arc::clone(&self.connectors),
             limits: self.limits.clone(),
@@ -227,6 +245,11 @@ impl Databases {
     fn transaction_for(&self, conn: &Conn) -> Option<&Transaction> {
         let is_app = self.app.as_deref().is_some_and(|app| std::ptr::eq(app, conn));
         self.transaction.as_deref().filter(|_| is_app)
+    }
+
+    /// The breakers and bulkheads, when configured (for the metrics).
+    pub fn breakers(&self) -> Option<&Breakers> {
+        self.breakers.as_deref()
     }
 
     /// The limits every statement runs under.
@@ -958,11 +981,31 @@ fn uses_keyword(sql: &str, words: &[&str]) -> bool {
 }
 
 async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> Result<Value, HostError> {
+    // The database's breaker and bulkhead (see `breaker`): a database that
+    // is down or slow is refused at once instead of holding run slots.
+    let permit = match &db.breakers {
+        Some(breakers) => Some(
+            breakers
+                .admit(&conn.label)
+                .map_err(|refusal| db_error(command, refusal))?,
+        ),
+        None => None,
+    };
+    let (result, unreachable) = statement(command, conn, db, want, q).await;
+    if let Some(permit) = permit {
+        permit.finish(unreachable);
+    }
+    result
+}
+
+/// One statement under the statement timeout; whether it failed to reach
+/// the database (what the breaker counts).
+async fn statement(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> (Result<Value, HostError>, bool) {
     let limits = &db.limits;
-    let pool = conn
-        .pool(limits)
-        .await
-        .map_err(|e| db_error(command, format!("{}: {e}", conn.label)))?;
+    let pool = match conn.pool(limits).await {
+        Ok(pool) => pool,
+        Err(e) => return (Err(db_error(command, format!("{}: {e}", conn.label))), true),
+    };
     let started = Instant::now();
     let work = async {
         match (&pool, db.transaction_for(conn)) {
@@ -972,26 +1015,34 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
         }
     };
     match tokio::time::timeout(limits.statement_timeout, work).await {
-        Ok(Ok(v)) => Ok(v),
+        Ok(Ok(v)) => (Ok(v), false),
+        Ok(Err(Failure::Unreachable(e))) => (Err(db_error(command, format!("{e}, on {}", conn.label))), true),
         Ok(Err(Failure::Db(e))) if !(e.contains("interrupt") && started.elapsed() >= limits.statement_timeout) => {
-            Err(db_error(command, format!("{e}, on {}", conn.label)))
+            (Err(db_error(command, format!("{e}, on {}", conn.label))), false)
         }
-        Ok(Err(Failure::Script(e))) => Err(e.with_prefix(command)),
+        Ok(Err(Failure::Script(e))) => (Err(e.with_prefix(command)), false),
         // The client-side timer, or the progress handler that interrupted
         // an `SQLite` statement at its deadline.
-        Ok(Err(Failure::Db(_))) | Err(_) => Err(HostError::script(
-            ErrorKind::TimeoutError,
-            format!(
-                "{command}: the statement ran longer than {} ms on {}; make it cheaper or raise `db_statement_timeout_ms`",
-                limits.statement_timeout.as_millis(),
-                conn.label
-            ),
-        )),
+        Ok(Err(Failure::Db(_))) | Err(_) => (
+            Err(HostError::script(
+                ErrorKind::TimeoutError,
+                format!(
+                    "{command}: the statement ran longer than {} ms on {}; make it cheaper or raise `db_statement_timeout_ms`",
+                    limits.statement_timeout.as_millis(),
+                    conn.label
+                ),
+            )),
+            true,
+        ),
     }
 }
 
 enum Failure {
+    /// The database reported an error about the statement.
     Db(String),
+    /// The database could not be reached or the connection broke (the
+    /// breaker counts these).
+    Unreachable(String),
     Script(ScriptFailure),
 }
 
@@ -1008,10 +1059,16 @@ impl ScriptFailure {
 
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
-        Failure::Db(match &e {
-            sqlx::Error::Database(d) => d.message().to_owned(),
-            other => other.to_string(),
-        })
+        match &e {
+            sqlx::Error::Database(d) => Failure::Db(d.message().to_owned()),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Failure::Unreachable(e.to_string()),
+            other => Failure::Db(other.to_string()),
+        }
     }
 }
 
