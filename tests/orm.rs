@@ -945,3 +945,30 @@ async fn the_bulkhead_caps_statements_on_one_database_at_once() {
     held.await.expect("the first statement finishes");
     ok(&db, "ormDirect", vec![s("SELECT 1")]).await;
 }
+
+#[tokio::test]
+async fn slow_statements_are_counted_and_fingerprinted_without_their_values() {
+    let limits = DbLimits {
+        slow_statement: Some(Duration::from_millis(100)),
+        ..DbLimits::default()
+    };
+    let db = Databases::new(Some(PG), [], limits).expect("config");
+    ok(&db, "ormDirect", vec![s("SELECT 1 AS quick")]).await;
+    assert_eq!(db.slow_statements(), 0);
+    ok(
+        &db,
+        "ormDirect",
+        vec![s("SELECT pg_sleep(0.15)::text AS slept, 'secret' AS s")],
+    )
+    .await;
+    assert_eq!(db.slow_statements(), 1);
+    let pools = db.pool_stats();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert!(pools[0].0.starts_with("application database (postgresql"), "{pools:?}");
+    assert_eq!(
+        avap_hostfns::effects::db::fingerprint(
+            "SELECT  pg_sleep(0.15), 'it''s secret' AS s\n FROM t WHERE id = 42 AND c2 = $1"
+        ),
+        "SELECT pg_sleep(?), ? AS s FROM t WHERE id = ? AND c2 = $1"
+    );
+}

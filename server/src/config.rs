@@ -220,6 +220,9 @@ pub struct Settings {
     pub db_breaker_open_ms: u64,
     /// Statements on one database at once (more fail at once); 0 = no cap.
     pub db_max_concurrent_statements: usize,
+    /// A statement this slow is logged (its shape, literals replaced, never
+    /// its values) and counted in `avap_db_slow_statements_total`; 0 = off.
+    pub db_slow_statement_ms: u64,
     /// Run as an edge node: serve a disk mirror of `registry_url`'s scripts,
     /// read-only (see `edge.rs`).
     pub edge: bool,
@@ -644,6 +647,7 @@ impl Settings {
             db_breaker_min_calls: db.breaker.min_calls,
             db_breaker_open_ms: db.breaker.open_ms,
             db_max_concurrent_statements: db.breaker.max_concurrent,
+            db_slow_statement_ms: db.slow_statement.map_or(0, millis),
             edge: false,
             registry_url: String::new(),
             registry_api_key: String::new(),
@@ -745,6 +749,7 @@ impl Settings {
                 open_ms: self.db_breaker_open_ms,
                 max_concurrent: self.db_max_concurrent_statements,
             },
+            slow_statement: (self.db_slow_statement_ms > 0).then(|| Duration::from_millis(self.db_slow_statement_ms)),
         }
     }
 
@@ -1041,6 +1046,7 @@ impl Resolved {
             to_u64(WINDOW),
         )?;
         in_range("db_breaker_open_ms", s.db_breaker_open_ms, 1, DAY_MS)?;
+        in_range("db_slow_statement_ms", s.db_slow_statement_ms, 0, DAY_MS)?;
         in_range(
             "db_max_concurrent_statements",
             to_u64(s.db_max_concurrent_statements),
@@ -1789,11 +1795,11 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 5,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
-             max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys"
+             max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms"
         );
     }
 

@@ -133,6 +133,10 @@ pub struct Metrics {
     disk_size_bytes: Gauge,
     /// The registry database's pool, by `state` (`in_use`, `idle`, `max`).
     db_pool: Family<PoolState, Gauge>,
+    /// The application databases' pools, by database and `state`.
+    app_db_pool: Family<DatabasePoolState, Gauge>,
+    /// Application-database statements over `db_slow_statement_ms`.
+    slow_statements: Counter,
     /// Runs of stored scripts and their seconds, by script (bounded).
     script_runs: Family<ScriptOutcome, Counter>,
     script_seconds: Family<ScriptLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
@@ -155,6 +159,14 @@ struct ScriptLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PoolState {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DatabasePoolState {
+    /// `application database (postgresql at HOST:PORT)`, `connector #N (…)`:
+    /// bounded by the configuration, never a URL.
+    database: String,
     state: &'static str,
 }
 
@@ -265,6 +277,8 @@ impl Default for Metrics {
             disk_free_bytes: Gauge::default(),
             disk_size_bytes: Gauge::default(),
             db_pool: Family::default(),
+            app_db_pool: Family::default(),
+            slow_statements: Counter::default(),
             script_runs: Family::default(),
             script_seconds: Family::default(),
             scripts_named: std::sync::Mutex::default(),
@@ -423,6 +437,16 @@ impl Metrics {
             "The registry database's connection pool: in_use, idle, and its max",
             self.db_pool.clone(),
         );
+        r.register(
+            "avap_app_db_pool_connections",
+            "The application databases' connection pools (the orm* commands and connectors): in_use, idle, and max",
+            self.app_db_pool.clone(),
+        );
+        r.register(
+            "avap_db_slow_statements",
+            "Application-database statements that took db_slow_statement_ms or longer (each also logged)",
+            self.slow_statements.clone(),
+        );
         self.outbound
             .register(r, "avap_outbound", "outbound host", "calls", "to one host");
         self.databases
@@ -463,6 +487,22 @@ impl Metrics {
     /// The database breakers' state, before a scrape.
     pub fn set_databases(&self, stats: BreakerStats) {
         self.databases.set(stats);
+    }
+
+    /// The application databases' pools and slow statements, before a scrape.
+    pub fn set_app_databases(&self, pools: &[(String, u32, usize, u32)], slow_statements: u64) {
+        for (database, open, idle, max) in pools {
+            let idle = u32::try_from(*idle).unwrap_or(u32::MAX);
+            for (state, value) in [("in_use", open.saturating_sub(idle)), ("idle", idle), ("max", *max)] {
+                let labels = DatabasePoolState {
+                    database: database.clone(),
+                    state,
+                };
+                self.app_db_pool.get_or_create(&labels).set(i64::from(value));
+            }
+        }
+        self.slow_statements
+            .inc_by(slow_statements.saturating_sub(self.slow_statements.get()));
     }
 
     pub fn request(&self, route: &'static str, status: u16, took: Duration) {
@@ -764,6 +804,9 @@ mod tests {
             refused_open_total: 4,
             ..Default::default()
         });
+        let pools = [("application database (sqlite)".to_owned(), 3, 1, 8)];
+        m.set_app_databases(&pools, 2);
+        m.set_app_databases(&pools, 2);
         let process = ProcessStats {
             cpu_seconds: Some(1.5),
             resident_bytes: Some(1 << 20),
@@ -803,6 +846,16 @@ mod tests {
         assert!(
             text.contains("avap_db_statements_refused_total{reason=\"circuit_open\"} 4\n"),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "avap_app_db_pool_connections{database=\"application database (sqlite)\",state=\"in_use\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("avap_db_slow_statements_total 2\n"),
+            "set twice, counted once: {text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(

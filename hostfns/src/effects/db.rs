@@ -112,6 +112,10 @@ pub struct DbLimits {
     /// statement timeout) or are slow open its circuit; errors the
     /// database reports about the SQL itself do not.
     pub breaker: BreakerConfig,
+    /// A statement that takes this long is logged (its fingerprint: the
+    /// SQL with every literal replaced, never its parameters) and counted;
+    /// `None`: no slow-statement log.
+    pub slow_statement: Option<Duration>,
 }
 
 impl Default for DbLimits {
@@ -128,6 +132,7 @@ impl Default for DbLimits {
                 max_concurrent: 16,
                 ..BreakerConfig::default()
             },
+            slow_statement: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct DbConfigError {
 pub struct Databases {
     /// Circuit breakers and bulkheads, by connection label.
     breakers: Option<Arc<Breakers>>,
+    /// Statements over [`DbLimits::slow_statement`] so far.
+    slow_statements: Arc<std::sync::atomic::AtomicU64>,
     app: Option<Arc<Conn>>,
     connectors: Arc<BTreeMap<String, Conn>>,
     limits: DbLimits,
@@ -208,6 +215,7 @@ impl Databases {
         }
         Ok(Databases {
             breakers: Breakers::named(limits.breaker, Keys::DATABASE),
+            slow_statements: Arc::default(),
             app,
             connectors: Arc::new(map),
             limits,
@@ -231,6 +239,7 @@ impl Databases {
         let transaction = Arc::new(Transaction::new(self.limits.clone(), Arc::clone(&self.secrets)));
         let databases = Databases {
             breakers: self.breakers.clone(),
+            slow_statements: Arc::clone(&self.slow_statements),
             app: self.app.clone(),
             connectors: Arc::clone(&self.connectors),
             limits: self.limits.clone(),
@@ -250,6 +259,28 @@ impl Databases {
     /// The breakers and bulkheads, when configured (for the metrics).
     pub fn breakers(&self) -> Option<&Breakers> {
         self.breakers.as_deref()
+    }
+
+    /// Statements that took [`DbLimits::slow_statement`] or longer so far.
+    pub fn slow_statements(&self) -> u64 {
+        self.slow_statements.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Each configured database whose pool is open: its label (role and
+    /// system, never its URL), connections open, idle, and the pool's most.
+    pub fn pool_stats(&self) -> Vec<(String, u32, usize, u32)> {
+        self.app
+            .as_deref()
+            .into_iter()
+            .chain(self.connectors.values())
+            .filter_map(|conn| {
+                let (size, idle, max) = match conn.pool.get()? {
+                    Pool::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+                    Pool::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+                };
+                Some((conn.label.clone(), size, idle, max))
+            })
+            .collect()
     }
 
     /// The limits every statement runs under.
@@ -991,11 +1022,78 @@ async fn run(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sql) -> 
         ),
         None => None,
     };
+    let started = Instant::now();
+    let sql = db.limits.slow_statement.map(|_| q.render(Dialect::Postgres));
     let (result, unreachable) = statement(command, conn, db, want, q).await;
     if let Some(permit) = permit {
         permit.finish(unreachable);
     }
+    let took = started.elapsed();
+    if let (Some(slow), Some(sql)) = (db.limits.slow_statement, sql)
+        && took >= slow
+    {
+        let fingerprint = fingerprint(&sql);
+        db.slow_statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            command,
+            database = conn.label.as_str(),
+            ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            statement = fingerprint.as_str(),
+            "slow statement"
+        );
+    }
     result
+}
+
+/// What a slow-statement log line shows of a statement: its SQL with every
+/// literal (quoted text, numbers) replaced by `?` and runs of blanks made
+/// one space, at most 300 bytes — the shape of the statement, never the
+/// values in it (bound parameters are never part of the SQL anyway).
+pub fn fingerprint(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len().min(300));
+    let mut chars = sql.chars().peekable();
+    let mut previous_word = false;
+    while let Some(c) = chars.next() {
+        if out.len() >= 300 {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\'' => {
+                // A quoted literal ('' escapes a quote inside it).
+                while let Some(n) = chars.next() {
+                    if n == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                out.push('?');
+                previous_word = false;
+            }
+            c if c.is_ascii_digit() && !previous_word => {
+                while chars.peek().is_some_and(|n| n.is_ascii_alphanumeric() || *n == '.') {
+                    chars.next();
+                }
+                out.push('?');
+                previous_word = false;
+            }
+            c if c.is_whitespace() => {
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                out.push(' ');
+                previous_word = false;
+            }
+            c => {
+                out.push(c);
+                previous_word = c.is_alphanumeric() || c == '_' || c == '$';
+            }
+        }
+    }
+    out.trim().to_owned()
 }
 
 /// One statement under the statement timeout; whether it failed to reach
