@@ -61,7 +61,7 @@ async fn create(store: &Store, scopes: &[Scope], name: Option<&str>) -> Result<E
     let scopes = auth::scopes_text(scopes);
     store.create_api_key(&new.id, name, &new.hash, &scopes).await?;
     audit(store, "apikey_create", &new.id, "ok").await;
-    println!("{}", new.key);
+    outln!("{}", new.key)?;
     eprintln!(
         "Created API key {} (scopes: {scopes}). This is the only time it is shown: keep it now.\n\
          Send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`; revoke it with `avap apikey revoke {}`.",
@@ -100,19 +100,22 @@ async fn list(store: &Store) -> Result<ExitCode> {
         eprintln!("no API keys (create one with `avap apikey create --scope execute`)");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<8}  {:<20}  {:<16}  {:<24}  REVOKED",
-        "ID", "NAME", "SCOPES", "CREATED"
-    );
+        "ID",
+        "NAME",
+        "SCOPES",
+        "CREATED"
+    )?;
     for k in keys {
-        println!(
+        outln!(
             "{:<8}  {:<20}  {:<16}  {:<24}  {}",
             k.id,
             k.name.as_deref().unwrap_or("-"),
             k.scopes,
             k.created_at,
             k.revoked_at.as_deref().unwrap_or("-")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -86,14 +86,14 @@ pub fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
             store.migrate().await?;
         }
         let after = store.migrations().await?;
-        println!("database: {location} ({:?})", store.backend());
+        outln!("database: {location} ({:?})", store.backend())?;
         for (old, new) in before.iter().zip(&after) {
             let state = match (old.applied, new.applied) {
                 (true, _) => "applied",
                 (false, true) => "applied now",
                 (false, false) => "pending",
             };
-            println!("{:>4}  {:<12} {}", new.version, state, new.description);
+            outln!("{:>4}  {:<12} {}", new.version, state, new.description)?;
         }
         let pending = after.iter().filter(|m| !m.applied).count();
         if pending > 0 {

@@ -59,7 +59,7 @@ pub fn health(args: &HealthArgs) -> ExitCode {
     match check(&args.url, timeout) {
         Ok(answer) if answer.status == 200 => {
             let state = answer.state.as_deref().unwrap_or("ok");
-            println!("healthy: {} answered 200 ({state})", args.url);
+            let _ = outln!("healthy: {} answered 200 ({state})", args.url);
             ExitCode::SUCCESS
         }
         Ok(answer) => {

@@ -57,17 +57,17 @@ pub fn keygen(args: &KeygenArgs) -> Result<ExitCode> {
     write_new_file(&secret_path, artifact::encode_secret_key(&key).as_bytes(), true)?;
     write_new_file(&public_path, artifact::encode_public_key(&public).as_bytes(), false)?;
 
-    println!("generated signing key {id}");
-    println!(
+    outln!("generated signing key {id}")?;
+    outln!(
         "  secret key: {} (keep it private; sign with `--key {}`)",
         secret_path.display(),
         secret_path.display()
-    );
-    println!("  public key: {}", public_path.display());
-    println!(
+    )?;
+    outln!("  public key: {}", public_path.display())?;
+    outln!(
         "to trust it, give the runtime `--trust {}` (or list that file among its trusted keys)",
         public_path.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -240,7 +240,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         None => rt.block_on(executor.execute_file(&args.file, request, &settings))?,
     };
-    println!("{}", serde_json::to_string_pretty(&report.envelope)?);
+    outln!("{}", serde_json::to_string_pretty(&report.envelope)?)?;
     if args.usage {
         eprintln!(
             "status {} · fuel {} · wall {:.3} ms · peak memory {} bytes",

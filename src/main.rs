@@ -1,5 +1,15 @@
 //! `avap`: compile, check and run AVAP scripts; serve them over HTTP.
 
+/// `println!` that returns the write's error instead of panicking when
+/// whoever reads stdout has gone (`avap run … | head`); `cli::main` then
+/// ends quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod cli;
 mod cmd_apikey;
 mod cmd_audit;
