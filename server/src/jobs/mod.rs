@@ -25,9 +25,9 @@
 //!   progress); a lease that runs out (worker killed, partitioned) is
 //!   found by the sweeper on any node, the attempt is recorded as `lost`
 //!   and the job queued again at once. A script may therefore run more than
-//!   once: it sees `X-Avap-Job-Id` and `X-Avap-Job-Attempt` to make its
-//!   effects idempotent. Submissions with the same `idempotency_key` are
-//!   one job.
+//!   once: its query has `avap_job_id` and `avap_job_attempt`
+//!   (`addParam(avap_job_id, id)`) to make its effects idempotent.
+//!   Submissions with the same `idempotency_key` are one job.
 //! * **Retries**: a failed attempt waits `initial × factor^(n-1)` (at most
 //!   `max`, half of it random jitter) in state `failed`, then runs again,
 //!   up to `max_attempts`; then the job is `dead` (the dead-letter queue,

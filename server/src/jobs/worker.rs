@@ -365,14 +365,15 @@ async fn run_claimed(
 async fn execute(state: &AppState, claimed: &Claimed, slot: OwnedSemaphorePermit) -> Result<RunReport, ApiError> {
     let mut body: ExecuteRequest = serde_json::from_str(&claimed.spec)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("job {} has an unreadable spec: {e}", claimed.id)))?;
-    // The script can tell its attempts apart, and make its effects idempotent.
+    // The script can tell its attempts apart, and make its effects
+    // idempotent: `addParam(avap_job_id, id)` (scripts read the query, not headers).
     let request = body.request.get_or_insert_with(RequestSpec::default);
     request
-        .headers
-        .insert("X-Avap-Job-Id".to_owned(), Value::from(claimed.id.clone()));
+        .query
+        .insert("avap_job_id".to_owned(), Value::from(claimed.id.clone()));
     request
-        .headers
-        .insert("X-Avap-Job-Attempt".to_owned(), Value::from(claimed.attempt));
+        .query
+        .insert("avap_job_attempt".to_owned(), Value::from(claimed.attempt));
     let max = Limits {
         time_ms: u64::try_from(state.jobs().config().max_time.as_millis()).unwrap_or(u64::MAX),
         ..state.config().limits
