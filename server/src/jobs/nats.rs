@@ -31,8 +31,12 @@ use super::Priority;
 
 /// How long an idle worker waits for a wake-up before asking again anyway.
 pub const IDLE: Duration = Duration::from_secs(1);
-/// How long a publish waits for `JetStream`'s ack.
+/// How long a publish waits for `JetStream`'s ack, and a fetch or an ack
+/// for an answer. A request sent just before nats-server went away is
+/// never answered: without a bound, a worker would wait on it for ever
+/// (holding its run slot) and the dispatcher would stop.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// The stream's duplicate window, and how long the dispatcher trusts that
 /// a published pointer is still in the stream before publishing it again.
 pub const REDISPATCH: Duration = Duration::from_mins(10);
@@ -87,6 +91,15 @@ impl Queue {
             .request_timeout(Some(PUBLISH_TIMEOUT))
             // Reconnect for ever: a node outlives a restart of nats-server.
             .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("jobs: connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("jobs: disconnected from NATS; reconnecting (jobs are still accepted)");
+                    }
+                    other => tracing::debug!("jobs: NATS: {other}"),
+                }
+            })
             .connect(url)
             .await
             .map_err(|e| fail("cannot connect")(&e))?;
@@ -155,38 +168,46 @@ impl Queue {
             what,
             detail,
         };
-        let ack = self
-            .js
-            .send_publish(subject(&self.prefix, priority), publish)
+        let published = async {
+            let ack = self
+                .js
+                .send_publish(subject(&self.prefix, priority), publish)
+                .await
+                .map_err(|e| error("cannot publish a job", e.to_string()))?;
+            ack.await
+                .map_err(|e| error("a published job was not stored", e.to_string()))
+        };
+        tokio::time::timeout(PUBLISH_TIMEOUT, published)
             .await
-            .map_err(|e| error("cannot publish a job", e.to_string()))?;
-        tokio::time::timeout(PUBLISH_TIMEOUT, ack)
-            .await
-            .map_err(|_| error("no ack for a published job", "timed out".to_owned()))?
-            .map_err(|e| error("a published job was not stored", e.to_string()))?;
+            .map_err(|_| error("no ack for a published job", "timed out".to_owned()))??;
         Ok(())
     }
 
     /// The next message, most urgent priority first; `None` when every
     /// consumer is empty.
     pub async fn next(&self) -> Result<Option<(Pointer, jetstream::Message)>, NatsError> {
+        let error = |detail: String| NatsError {
+            url: self.url.clone(),
+            what: "cannot fetch jobs",
+            detail,
+        };
         for consumer in &self.consumers {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(1)
-                .messages()
-                .await
-                .map_err(|e| NatsError {
-                    url: self.url.clone(),
-                    what: "cannot fetch jobs",
-                    detail: e.to_string(),
-                })?;
-            if let Some(message) = batch.next().await {
-                let message = message.map_err(|e| NatsError {
-                    url: self.url.clone(),
-                    what: "cannot fetch jobs",
-                    detail: e.to_string(),
-                })?;
+            let fetched = tokio::time::timeout(FETCH_TIMEOUT, async {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(1)
+                    // No `expires`: with it, nats-server 2.9 holds a
+                    // no-wait request open until it expires when the
+                    // consumer is empty, and the next priority would wait.
+                    .messages()
+                    .await
+                    .map_err(|e| error(e.to_string()))?;
+                Ok::<_, NatsError>(batch.next().await)
+            })
+            .await
+            .map_err(|_| error("no answer (timed out)".to_owned()))??;
+            if let Some(message) = fetched {
+                let message = message.map_err(|e| error(e.to_string()))?;
                 match serde_json::from_slice::<Pointer>(&message.payload) {
                     Ok(pointer) => return Ok(Some((pointer, message))),
                     Err(e) => {
@@ -217,7 +238,9 @@ impl Queue {
 /// means the message comes back after `ack_wait` (and is then dropped as
 /// stale), so it is logged, not returned.
 pub async fn settle(message: &jetstream::Message, kind: AckKind) {
-    if let Err(e) = message.ack_with(kind).await {
-        tracing::debug!("cannot settle a jobs message: {e}");
+    match tokio::time::timeout(PUBLISH_TIMEOUT, message.ack_with(kind)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("cannot settle a jobs message: {e}"),
+        Err(_) => tracing::debug!("cannot settle a jobs message: timed out"),
     }
 }
