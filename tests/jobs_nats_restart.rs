@@ -121,8 +121,15 @@ fn no_accepted_job_is_lost_when_nats_server_restarts_under_load() {
         .expect("kill");
     assert!(status.success());
     wait_until("nats-server stopped", Duration::from_secs(10), || !nats_answers());
-    std::thread::sleep(Duration::from_millis(1500));
+    let jobs_health = || server.get("/api/v1/health").json()["jobs"].clone();
+    wait_until("health showing the jobs degraded", Duration::from_secs(5), || {
+        jobs_health() == "degraded"
+    });
+    std::thread::sleep(Duration::from_secs(1));
     start_nats();
+    wait_until("health showing the jobs ok", Duration::from_secs(15), || {
+        jobs_health() == "ok"
+    });
     let restarted_at = Instant::now();
     submitter.join().expect("the submitter");
 

@@ -274,8 +274,12 @@ fn refine(doc: &mut Value) {
          "properties": {"name": {"type": "string"}, "script": {"type": "null"}}},
     ]);
     // A job runs what an execute request does: the same rule.
-    doc["components"]["schemas"]["SubmitJob"]["oneOf"] =
-        doc["components"]["schemas"]["ExecuteRequest"]["oneOf"].clone();
+    let one_of = doc["components"]["schemas"]["ExecuteRequest"]["oneOf"].clone();
+    let submit = &mut doc["components"]["schemas"]["SubmitJob"];
+    submit["oneOf"] = one_of;
+    // A time or a delay, not both.
+    submit["not"] = json!({"required": ["run_at", "delay_s"],
+        "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}}});
     // A batch is also the bare array of its items (no transaction).
     let batch =
         &mut doc["paths"]["/api/v1/execute/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"];

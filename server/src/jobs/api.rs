@@ -21,7 +21,7 @@ use crate::store::Actor;
 
 /// The most attempts a job may ask for.
 const MAX_ATTEMPTS: u32 = 100;
-/// The furthest ahead a job may be scheduled: one year.
+/// The longest `delay_s`: one year (`run_at` may name any time).
 const MAX_DELAY_S: f64 = 365.0 * 24.0 * 3600.0;
 /// Jobs `GET /api/v1/jobs` returns unless `limit` says otherwise, and the most.
 const DEFAULT_LIMIT: i64 = 100;
@@ -64,8 +64,9 @@ pub struct SubmitJob {
     /// The wait between attempts.
     #[serde(default, deserialize_with = "object::opt")]
     pub backoff: Option<BackoffSpec>,
-    /// When to run it, RFC 3339 (default: now); not with `delay_s`.
+    /// When to run it, RFC 3339 (default: now; a past time is now); not with `delay_s`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
     /// Run it this many seconds from now (default 0); not with `run_at`.
     #[serde(default)]
@@ -229,15 +230,6 @@ fn due_at(body: &SubmitJob, now: i64) -> Result<i64, ApiError> {
                 ApiError::invalid(format!(
                     "`run_at` {at:?} is not an RFC 3339 time ({e}); write it as 2030-01-02T03:04:05Z"
                 ))
-            })
-            .and_then(|t| {
-                #[allow(clippy::cast_possible_truncation)] // a year in ms fits
-                let latest = now + (MAX_DELAY_S * 1000.0) as i64;
-                if t > latest {
-                    Err(ApiError::invalid("`run_at` is more than a year ahead"))
-                } else {
-                    Ok(t)
-                }
             }),
         (None, Some(delay)) if !(0.0..=MAX_DELAY_S).contains(&delay) => Err(ApiError::invalid(format!(
             "`delay_s` must be 0 to {MAX_DELAY_S} (a year), not {delay}"
