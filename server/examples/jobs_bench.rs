@@ -70,6 +70,8 @@ async fn node(backend: JobsBackend, tag: &str) -> (Router, AppState, avap_server
     };
     let workers = config.jobs.workers;
     let state = AppState::new(config, store, key).expect("the state");
+    // The open database keeps working after its directory entry is gone.
+    let _ = std::fs::remove_dir_all(&dir);
     let runtime = avap_server::jobs::start(&state, workers);
     (app(state.clone()), state, runtime, prefix)
 }

@@ -42,6 +42,8 @@ struct Node {
     workers: Vec<JobsRuntime>,
     prefix: String,
     backend: Backend,
+    /// The registry's directory, removed at the end.
+    dir: PathBuf,
 }
 
 struct Options {
@@ -103,6 +105,7 @@ impl Node {
             workers,
             prefix,
             backend,
+            dir,
         }
     }
 
@@ -160,8 +163,9 @@ impl Node {
         }
     }
 
-    /// Stop the workers and delete this test's NATS stream.
+    /// Stop the workers, delete this test's NATS stream and its directory.
     async fn finish(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
         for workers in self.workers {
             workers.shutdown(Duration::from_secs(5)).await;
         }

@@ -2,11 +2,13 @@
 //! the lease sweeper, the pruner and, with NATS, the connection and the
 //! dispatcher.
 //!
-//! A worker takes a run slot *before* it claims a job, so a claimed job
-//! never waits for one while its lease runs. While the job runs, the
-//! worker renews the lease every third of it (and tells NATS the message
-//! is in progress); a renewal that finds the job no longer its own
-//! (cancelled, or requeued after the lease ran out) stops the run.
+//! A worker claims a job only when a run slot is free, and holds none while
+//! it waits for work (health and requests see idle workers as idle); it
+//! takes the slot to run the job, under the job's lease. While the job
+//! waits for its slot and runs, the worker renews the lease every third of
+//! it (and tells NATS the message is in progress); a renewal that finds
+//! the job no longer its own (cancelled, or requeued after the lease ran
+//! out) stops the run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use avap_runtime::{Limits, RunReport};
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::nats::{self, Queue};
@@ -219,10 +221,11 @@ async fn work(state: AppState, name: Arc<str>, mut stop: watch::Receiver<bool>, 
     let lease_ms = i64::try_from(jobs.config().lease.as_millis()).unwrap_or(i64::MAX);
     while !*stop.borrow() {
         wake.borrow_and_update();
-        let slot = tokio::select! {
-            slot = state.run_slot() => slot,
+        // Only claim what can start now: wait for a free slot, without keeping it.
+        tokio::select! {
+            slot = state.run_slot() => drop(slot),
             _ = stop.changed() => continue,
-        };
+        }
         let found = match &jobs.config().backend {
             JobsBackend::Database => jobs
                 .store()
@@ -236,9 +239,8 @@ async fn work(state: AppState, name: Arc<str>, mut stop: watch::Receiver<bool>, 
             },
         };
         match found {
-            Ok(Some((claimed, message))) => run_claimed(&state, &name, claimed, message, slot).await,
+            Ok(Some((claimed, message))) => run_claimed(&state, &name, claimed, message).await,
             Ok(None) => {
-                drop(slot);
                 let idle = match jobs.config().backend {
                     JobsBackend::Database => POLL,
                     JobsBackend::Nats(_) => nats::IDLE,
@@ -250,7 +252,6 @@ async fn work(state: AppState, name: Arc<str>, mut stop: watch::Receiver<bool>, 
                 }
             }
             Err(e) => {
-                drop(slot);
                 tracing::warn!("jobs: cannot claim a job: {e}");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -289,13 +290,7 @@ async fn next_from_nats(
 }
 
 /// Run a claimed job under its lease and record how it ended.
-async fn run_claimed(
-    state: &AppState,
-    name: &str,
-    claimed: Claimed,
-    message: Option<jetstream::Message>,
-    slot: OwnedSemaphorePermit,
-) {
+async fn run_claimed(state: &AppState, name: &str, claimed: Claimed, message: Option<jetstream::Message>) {
     let jobs = state.jobs();
     let metrics = state.metrics();
     let lease = jobs.config().lease;
@@ -303,7 +298,7 @@ async fn run_claimed(
     #[allow(clippy::cast_precision_loss)] // milliseconds
     metrics.job_started((now_ms() - claimed.due_at).max(0) as f64 / 1000.0);
     let started = Instant::now();
-    let run = execute(state, &claimed, slot);
+    let run = execute(state, &claimed);
     tokio::pin!(run);
     let mut beat = tokio::time::interval(lease / 3);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -361,8 +356,8 @@ async fn run_claimed(
     }
 }
 
-/// Run a job's script once, in `slot`, with the job's limits.
-async fn execute(state: &AppState, claimed: &Claimed, slot: OwnedSemaphorePermit) -> Result<RunReport, ApiError> {
+/// Run a job's script once, in a run slot (waited for), with the job's limits.
+async fn execute(state: &AppState, claimed: &Claimed) -> Result<RunReport, ApiError> {
     let mut body: ExecuteRequest = serde_json::from_str(&claimed.spec)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("job {} has an unreadable spec: {e}", claimed.id)))?;
     // The script can tell its attempts apart, and make its effects
@@ -380,6 +375,7 @@ async fn execute(state: &AppState, claimed: &Claimed, slot: OwnedSemaphorePermit
     };
     let stored = claimed.script.clone();
     let run = async {
+        let slot = state.run_slot().await;
         let mut target = RunTarget::default();
         let prepared = prepare_run(state, body, &mut target, max).await?;
         state.execute_in_slot(slot, prepared).await
