@@ -39,6 +39,8 @@ enum Command {
     Keygen(crate::cmd_keys::KeygenArgs),
     /// Start the HTTP execution server
     Serve(ServeArgs),
+    /// Run jobs from the server database's queue or NATS (`--jobs-url`), without the HTTP API: a separate worker pool
+    Worker(avap_server::WorkerArgs),
     /// Create, list and revoke the API keys of `avap serve`
     Apikey(crate::cmd_apikey::ApikeyArgs),
     /// Show the host surface scripts can reach under the deployment's policy, or whether it admits one artifact
@@ -141,6 +143,7 @@ pub fn main() -> ExitCode {
             server: args.server,
         }),
         Command::Serve(args) => crate::server::serve(&args),
+        Command::Worker(args) => crate::server::worker(&args),
         Command::Apikey(args) => crate::cmd_apikey::apikey(&args),
         Command::Audit(args) => crate::cmd_audit::audit(&args),
         Command::Health(args) => Ok(crate::cmd_health::health(&args)),

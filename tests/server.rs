@@ -38,6 +38,7 @@ fn health_reports_ok_and_the_cache() {
             "version": env!("CARGO_PKG_VERSION"),
             "database": {"status": "ok", "backend": backend},
             "redis": "off",
+            "jobs": "database",
             "cache": {
                 "inline_scripts": 0, "stored_scripts": 0, "modules": 0, "modules_compiled": 0,
                 "capacity": 256, "runs": {"active": 0, "slots": 2 * cores},

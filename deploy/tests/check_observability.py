@@ -361,11 +361,11 @@ def self_test():
             for name, _ in promql_names(r["expr"])[0]:
                 names.add(name)
     # A fake export of exactly what the files use, so the real files pass.
-    series = {n: {"job", "instance", "le", "route", "status", "outcome", "kind"} for n in names}
+    series = {n: {"job", "instance", "le", "route", "status", "outcome", "kind", "state", "priority"} for n in names}
     for p in dashboard["panels"]:
         for t in p.get("targets", []):
             for name, _ in promql_names(t["expr"])[0]:
-                series.setdefault(name, {"job", "instance", "le", "route", "status", "outcome", "kind"})
+                series.setdefault(name, {"job", "instance", "le", "route", "status", "outcome", "kind", "state", "priority"})
     baseline = check_all(alerts, dashboard, series)
     assert not baseline, baseline
 

@@ -55,4 +55,42 @@ pub struct ServeArgs {
     /// How often an edge node asks the registry for changes, in milliseconds [default: 5000]
     #[arg(long, value_name = "N")]
     pub registry_sync_ms: Option<u64>,
+    /// Jobs go through NATS `JetStream` at this `nats://HOST:PORT`, shared with other nodes and workers (default: the queue in the server database)
+    #[arg(long, value_name = "URL")]
+    pub jobs_url: Option<String>,
+    /// Jobs this process runs at once [default: one per core]; 0 = accept jobs, run none
+    #[arg(long, value_name = "N")]
+    pub jobs_workers: Option<usize>,
+}
+
+/// `avap worker`: runs jobs, serves no HTTP. It reads the configuration of
+/// `avap serve` (the same file and `AVAP_*` variables: the database, the
+/// queue, limits, what scripts may reach), with these flags on top.
+#[derive(Debug, Default, clap::Args)]
+pub struct WorkerArgs {
+    /// TOML config file (default: `$XDG_CONFIG_HOME/avap/config.toml` or `~/.config/avap/config.toml`, if it exists)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded database and the server key (default: `$XDG_DATA_HOME/avap` or `~/.local/share/avap`)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Take jobs from NATS `JetStream` at this `nats://HOST:PORT` (default: the queue in the server database)
+    #[arg(long, value_name = "URL")]
+    pub jobs_url: Option<String>,
+    /// Jobs run at once [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub jobs_workers: Option<usize>,
+}
+
+impl WorkerArgs {
+    /// The same settings as `avap serve` flags, for the shared configuration.
+    pub fn serve_args(&self) -> ServeArgs {
+        ServeArgs {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            jobs_url: self.jobs_url.clone(),
+            jobs_workers: self.jobs_workers,
+            ..ServeArgs::default()
+        }
+    }
 }

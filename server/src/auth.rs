@@ -5,8 +5,8 @@
 //!
 //! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*`,
 //! `/api/v1/audit` and `/api/v1/debug/*`, `execute` for `/api/v1/execute*` and `/api/v1/run/*`,
-//! `registry` (read-only, for edge nodes) for `/api/v1/registry/*`
-//! (`admin` implies the others); everything else (health, info, …) is open.
+//! `registry` (read-only, for edge nodes) for `/api/v1/registry/*`,
+//! `jobs` for `/api/v1/jobs*` (`admin` implies the others); everything else (health, info, …) is open.
 //! It tells handlers who is calling with a [`Caller`]. A request without
 //! a key gets every scope when [`ServerConfig::allow_anonymous`] is on (by
 //! default only on a loopback listener); a request with a key is always
@@ -38,6 +38,8 @@ pub enum Scope {
     Execute,
     /// Reading the registry for edge nodes: `/api/v1/registry/*` (no writes, no runs)
     Registry,
+    /// Submitting, reading, cancelling and retrying jobs: `/api/v1/jobs*`
+    Jobs,
 }
 
 impl Scope {
@@ -46,6 +48,7 @@ impl Scope {
             Scope::Admin => "admin",
             Scope::Execute => "execute",
             Scope::Registry => "registry",
+            Scope::Jobs => "jobs",
         }
     }
 
@@ -149,6 +152,8 @@ pub(crate) fn needed_scope(path: &str) -> Option<Scope> {
         Some(Scope::Execute)
     } else if under("/api/v1/registry") {
         Some(Scope::Registry)
+    } else if under("/api/v1/jobs") {
+        Some(Scope::Jobs)
     } else {
         None
     }
@@ -246,6 +251,11 @@ mod tests {
         assert_eq!(needed_scope("/api/v1/debug/profile"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/execute/file"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/health"), None);
+        assert_eq!(needed_scope("/api/v1/jobs"), Some(Scope::Jobs));
+        assert_eq!(needed_scope("/api/v1/jobs/abc/retry"), Some(Scope::Jobs));
+        assert_eq!(needed_scope("/api/v1/jobsx"), None);
+        assert!(Scope::Jobs.granted_by("admin") && Scope::Jobs.granted_by("jobs"));
+        assert!(!Scope::Jobs.granted_by("execute") && !Scope::Execute.granted_by("jobs"));
         assert_eq!(needed_scope("/api/v1/scriptsx"), None);
         assert!(Scope::Execute.granted_by("admin"));
         assert!(!Scope::Admin.granted_by("execute"));

@@ -31,6 +31,7 @@ use avap_hostfns::redact::url as redact_url;
 use avap_runtime::{CapabilityPolicy, Limits};
 use serde::{Deserialize, Serialize};
 
+use super::jobs::{JobsBackend, JobsConfig};
 use super::redis::RedisUrl;
 use super::telemetry::{OtlpEndpoint, OtlpProtocol};
 use super::{ServerConfig, auth, edge, listen, protect, store};
@@ -169,6 +170,23 @@ pub struct Settings {
     pub redis_prefix: String,
     /// Audit rows older than this many days are deleted (every hour); 0 = kept forever.
     pub audit_retention_days: u32,
+    /// `nats://HOST:PORT` (`tls://` for TLS): jobs go through NATS
+    /// `JetStream`, shared by the nodes and `avap worker` processes of a
+    /// cluster (their state stays in `database_url`, `PostgreSQL` for a
+    /// cluster). Empty: the queue in the server database (a single node).
+    pub jobs_url: String,
+    /// Jobs this process runs at once (0 = it accepts jobs but runs none).
+    pub jobs_workers: usize,
+    /// The longest one job's run may take (its time limit's maximum).
+    pub jobs_max_time_ms: u64,
+    /// How long a running job stays its worker's without a heartbeat (every
+    /// third of it): a worker that dies loses its jobs this long after.
+    pub jobs_lease_ms: u64,
+    /// Finished jobs and their results are deleted this many seconds after they finished.
+    pub jobs_retention_s: u64,
+    /// The namespace of the NATS stream (`PREFIX_jobs`), subjects and
+    /// consumers, so several clusters can share one NATS.
+    pub jobs_prefix: String,
     /// Capability classes scripts may not use (refused at load with 403).
     pub deny_capabilities: Vec<String>,
     /// Non-public destinations `RequestGet`/`RequestPost`/`functionAI` may
@@ -626,6 +644,12 @@ impl Settings {
             redis_ca_file: String::new(),
             redis_prefix: server.redis_prefix,
             audit_retention_days: 0,
+            jobs_url: String::new(),
+            jobs_workers: server.jobs.workers,
+            jobs_max_time_ms: millis(server.jobs.max_time),
+            jobs_lease_ms: millis(server.jobs.lease),
+            jobs_retention_s: server.jobs.retention.as_secs(),
+            jobs_prefix: server.jobs.prefix.clone(),
             deny_capabilities: Vec::new(),
             outbound_allow: outbound.allow,
             outbound_timeout_ms: outbound.timeout_ms,
@@ -704,6 +728,18 @@ impl Settings {
         config.redis_prefix.clone_from(&self.redis_prefix);
         config.audit_retention =
             (self.audit_retention_days > 0).then(|| Duration::from_hours(24 * u64::from(self.audit_retention_days)));
+        config.jobs = JobsConfig {
+            backend: if self.jobs_url.is_empty() {
+                JobsBackend::Database
+            } else {
+                JobsBackend::Nats(self.jobs_url.clone())
+            },
+            workers: self.jobs_workers,
+            max_time: Duration::from_millis(self.jobs_max_time_ms),
+            lease: Duration::from_millis(self.jobs_lease_ms),
+            retention: Duration::from_secs(self.jobs_retention_s),
+            prefix: self.jobs_prefix.clone(),
+        };
         config.policy = policy;
         config.allow_anonymous = auth::anonymous_allowed(self);
         config.protect = protect::ProtectConfig {
@@ -873,7 +909,7 @@ impl Resolved {
     }
 
     /// Where `key`'s value came from, in words.
-    fn origin(&self, key: &str) -> String {
+    pub fn origin(&self, key: &str) -> String {
         // `connectors.X` comes from where the whole `[connectors]` table did.
         let metadata = self.merged.find_metadata(key).or_else(|| {
             key.split_once('.')
@@ -1009,6 +1045,7 @@ impl Resolved {
         in_range("outbound_max_response_kb", s.outbound_max_response_kb, 1, 1 << 20)?;
         in_range("outbound_max_redirects", u64::from(s.outbound_max_redirects), 0, 20)?;
         in_range("audit_retention_days", u64::from(s.audit_retention_days), 0, 36_500)?;
+        self.validate_jobs()?;
         in_range(
             "outbound_breaker_failure_pct",
             u64::from(s.outbound_breaker_failure_pct),
@@ -1072,6 +1109,48 @@ impl Resolved {
         Ok(())
     }
 
+    /// The `jobs_*` keys.
+    fn validate_jobs(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        if !s.jobs_url.is_empty() {
+            let parsed = url::Url::parse(&s.jobs_url).ok();
+            let fine = parsed
+                .as_ref()
+                .is_some_and(|u| matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some_and(|h| !h.is_empty()));
+            if !fine {
+                return Err(self.invalid(
+                    "jobs_url",
+                    format_args!("{:?}", redact_url(&s.jobs_url)),
+                    "a NATS server is `nats://HOST:PORT` (or `tls://HOST:PORT`), such as `nats://127.0.0.1:4222`; \
+                     leave it empty for the queue in the server database",
+                ));
+            }
+        }
+        let in_range = |key: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(self.invalid(key, value, &format!("must be between {min} and {max}")))
+            }
+        };
+        in_range("jobs_workers", to_u64(s.jobs_workers), 0, 1024)?;
+        in_range("jobs_max_time_ms", s.jobs_max_time_ms, 1, DAY_MS)?;
+        in_range("jobs_lease_ms", s.jobs_lease_ms, 300, DAY_MS)?;
+        in_range("jobs_retention_s", s.jobs_retention_s, 1, 36_500 * 24 * 3600)?;
+        let prefix_ok = (1..=32).contains(&s.jobs_prefix.len())
+            && s.jobs_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !prefix_ok {
+            return Err(self.invalid(
+                "jobs_prefix",
+                format_args!("{:?}", s.jobs_prefix),
+                "1 to 32 letters, digits, `-` or `_` (it names a NATS stream), such as `avap`",
+            ));
+        }
+        Ok(())
+    }
+
     /// `edge`, `registry_url`, `registry_api_key`, `registry_sync_ms`.
     fn validate_edge(&self) -> Result<(), ConfigError> {
         let s = &self.settings;
@@ -1121,6 +1200,7 @@ impl Resolved {
             "redis_url",
             "ai_endpoint",
             "registry_url",
+            "jobs_url",
         ] {
             if let Some(toml::Value::String(url)) = table.get_mut(key) {
                 *url = redact_url(url);
@@ -1795,11 +1875,12 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 6,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
-             max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms"
+             max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms, \
+             6 jobs keys"
         );
     }
 

@@ -98,6 +98,15 @@ pub enum ApiError {
     ClusterKeyMismatch {
         key_id: String,
     },
+    /// No job with this id (or it was pruned after `jobs_retention_s`) (404).
+    JobNotFound {
+        id: String,
+    },
+    /// A job is not in a state the change applies to (409): cancelling a
+    /// finished job, retrying one that is not dead.
+    JobStateConflict(String),
+    /// An idempotency key reused for a different job body (409).
+    IdempotencyConflict(String),
     /// Something failed on our side; the detail is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -144,8 +153,11 @@ impl ApiError {
             ApiError::NotFound { .. }
             | ApiError::ScriptNotFound { .. }
             | ApiError::NotMirrored { .. }
-            | ApiError::ArtifactNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::EdgeReadOnly { .. } => StatusCode::CONFLICT,
+            | ApiError::ArtifactNotFound { .. }
+            | ApiError::JobNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::EdgeReadOnly { .. } | ApiError::JobStateConflict(_) | ApiError::IdempotencyConflict(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::ArtifactRejected { .. } => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -176,6 +188,9 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => "RequestTimeout",
             ApiError::DatabaseUnavailable(_) => "DatabaseUnavailable",
             ApiError::ClusterKeyMismatch { .. } => "ClusterKeyMismatch",
+            ApiError::JobNotFound { .. } => "JobNotFound",
+            ApiError::JobStateConflict(_) => "JobStateConflict",
+            ApiError::IdempotencyConflict(_) => "IdempotencyConflict",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -222,7 +237,10 @@ impl fmt::Display for ApiError {
                 f,
                 "the script is {size} bytes, larger than this server's limit of {limit} bytes; split it or store it"
             ),
-            ApiError::CapabilityDenied(message) | ApiError::Unauthorized(message) => f.write_str(message),
+            ApiError::CapabilityDenied(message)
+            | ApiError::Unauthorized(message)
+            | ApiError::JobStateConflict(message)
+            | ApiError::IdempotencyConflict(message) => f.write_str(message),
             ApiError::NotFound { path } => write!(f, "no such endpoint: {path} (the API is under /api/v1/)"),
             ApiError::ScriptNotFound { name, version: None } => write!(f, "no stored script named `{name}`"),
             ApiError::ScriptNotFound { name, version: Some(v) } => {
@@ -272,6 +290,10 @@ impl fmt::Display for ApiError {
                  the servers sharing this registry have different keys. An operator fixes it by \
                  giving every node the same keys/server.key, or by copying the other node's \
                  keys/server.pub into this node's trusted_keys/ and restarting it"
+            ),
+            ApiError::JobNotFound { id } => write!(
+                f,
+                "no job {id:?} (finished jobs are kept for jobs_retention_s, then deleted; GET /api/v1/jobs lists them)"
             ),
             ApiError::Internal(_) => f.write_str("internal server error"),
         }

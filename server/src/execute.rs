@@ -214,6 +214,30 @@ async fn run_request(
     target: &mut RunTarget,
     effects: Option<avap_runtime::Effects>,
 ) -> Result<RunReport, ApiError> {
+    let run = prepare_run(state, body, target, state.config().limits).await?;
+    state
+        .execute_script_with(&run.script_name, run.program, run.request, run.settings, effects)
+        .await
+}
+
+/// An execute request resolved to what runs, ready for a run slot.
+#[derive(Debug)]
+pub struct PreparedRun {
+    /// What the run span and the debug list call it: the stored name, or `inline`.
+    pub script_name: String,
+    pub program: Program,
+    pub request: Request,
+    pub settings: RunSettings,
+}
+
+/// Check an execute request and resolve its program, with limits clamped
+/// to `max` (the server's per-run maximums; a job's allow a longer time).
+pub(crate) async fn prepare_run(
+    state: &AppState,
+    body: ExecuteRequest,
+    target: &mut RunTarget,
+    max: Limits,
+) -> Result<PreparedRun, ApiError> {
     let config = state.config();
     let request = body.script_request()?;
     // What the run span and the debug list call it.
@@ -249,13 +273,16 @@ async fn run_request(
         }
     };
     let settings = RunSettings {
-        limits: body.limits.unwrap_or_default().clamp(config.limits),
+        limits: body.limits.unwrap_or_default().clamp(max),
         time_zone: None,
         now: None,
     };
-    state
-        .execute_script_with(&script_name, program, request, settings, effects)
-        .await
+    Ok(PreparedRun {
+        script_name,
+        program,
+        request,
+        settings,
+    })
 }
 
 /// The envelope as the response body, with the run's status.

@@ -34,6 +34,10 @@
 //! * Edge nodes follow another node's registry through its read API
 //!   ([`registry_sync`], `registry` scope) and serve a verified disk mirror
 //!   of it ([`edge`]), also while the registry is unreachable.
+//!
+//! * Work that outlives a request is a job ([`jobs`], `jobs` scope): a
+//!   durable queue in the registry database, or NATS `JetStream` for a
+//!   cluster; `avap worker` ([`worker`]) runs only the consuming side.
 
 mod api_key_cache;
 mod args;
@@ -52,6 +56,7 @@ mod execute;
 mod extract;
 pub mod fs_loader;
 pub mod http_client;
+pub mod jobs;
 pub mod key_files;
 mod keys;
 mod l2;
@@ -90,7 +95,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 pub use error::ApiError;
 
 use crate::exec::{RunSettings, compile_error_report};
-pub use args::ServeArgs;
+pub use args::{ServeArgs, WorkerArgs};
 pub use cache::StoredScript;
 use cache::{Compiled, ScriptCache, StoredCache};
 pub use store::{Actor, AuditRow, Location, Store};
@@ -159,6 +164,8 @@ pub struct ServerConfig {
     pub effective_config: Option<Arc<str>>,
     /// The data directory, whose filesystem's free space the metrics show.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The job queue's backend and workers ([`jobs`]).
+    pub jobs: jobs::JobsConfig,
 }
 
 impl ServerConfig {
@@ -198,6 +205,7 @@ impl ServerConfig {
             edge: None,
             effective_config: None,
             data_dir: None,
+            jobs: jobs::JobsConfig::default(),
         }
     }
 }
@@ -234,6 +242,8 @@ struct Shared {
     cluster: Option<cluster::Cluster>,
     /// Runs in progress, for `GET /api/v1/debug/runs` ([`debug`]).
     active_runs: debug::ActiveRuns,
+    /// The job queue ([`jobs`]).
+    jobs: jobs::Jobs,
 }
 
 impl std::fmt::Debug for Shared {
@@ -340,6 +350,7 @@ impl AppState {
                 api_keys: Arc::default(),
                 active_runs: debug::ActiveRuns::default(),
                 edge: config.edge.as_ref().map(edge::Edge::open).transpose()?.map(Arc::new),
+                jobs: jobs::Jobs::new(store.clone(), config.jobs.clone()),
                 config,
                 runtime,
                 key,
@@ -362,6 +373,11 @@ impl AppState {
 
     pub fn audit(&self) -> &audit::AuditLog {
         &self.shared.audit
+    }
+
+    /// The job queue ([`jobs`]).
+    pub fn jobs(&self) -> &jobs::Jobs {
+        &self.shared.jobs
     }
 
     /// The mirror and registry of an edge node; `None` on a normal node.
@@ -449,6 +465,50 @@ impl AppState {
         settings: RunSettings,
         effects: Option<avap_runtime::Effects>,
     ) -> Result<RunReport, ApiError> {
+        self.execute_traced(script, None, program, request, settings, effects)
+            .await
+    }
+
+    /// Run a prepared job run in `slot`, a run slot its worker already holds
+    /// ([`AppState::run_slot`]).
+    pub(crate) async fn execute_in_slot(
+        &self,
+        slot: OwnedSemaphorePermit,
+        run: execute::PreparedRun,
+    ) -> Result<RunReport, ApiError> {
+        self.execute_traced(
+            &run.script_name,
+            Some(slot),
+            run.program,
+            run.request,
+            run.settings,
+            None,
+        )
+        .await
+    }
+
+    /// A run slot, however long it takes (job workers wait; requests are
+    /// shed after `queue_wait` by [`AppState::admit`]).
+    pub(crate) async fn run_slot(&self) -> OwnedSemaphorePermit {
+        self.shared
+            .runs
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the run semaphore is never closed")
+    }
+
+    /// The body of [`AppState::execute_script_with`]: the `run` span and
+    /// the list of runs in progress around [`AppState::run_program`].
+    async fn execute_traced(
+        &self,
+        script: &str,
+        slot: Option<OwnedSemaphorePermit>,
+        program: Program,
+        request: Request,
+        settings: RunSettings,
+        effects: Option<avap_runtime::Effects>,
+    ) -> Result<RunReport, ApiError> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "run",
@@ -463,7 +523,7 @@ impl AppState {
             .active_runs
             .start(request_id::current().map(|id| id.0), script);
         let result = self
-            .run_program(program, request, settings, effects)
+            .run_program(slot, program, request, settings, effects)
             .instrument(span.clone())
             .await;
         telemetry::record_run(&span, &result);
@@ -473,12 +533,16 @@ impl AppState {
     /// The body of [`AppState::execute_script`].
     async fn run_program(
         &self,
+        slot: Option<OwnedSemaphorePermit>,
         program: Program,
         request: Request,
         settings: RunSettings,
         effects: Option<avap_runtime::Effects>,
     ) -> Result<RunReport, ApiError> {
-        let _slot = self.admit().await?;
+        let _slot = match slot {
+            Some(slot) => slot,
+            None => self.admit().await?,
+        };
         let module = match program {
             Program::Inline(script) => match self.compiled(script).await? {
                 Compiled::Module(module) => module,
@@ -711,6 +775,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/scripts", get(registry::list).post(registry::create))
         .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
         .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
+        .route("/api/v1/jobs", get(jobs::api::list).post(jobs::api::submit))
+        .route("/api/v1/jobs/{id}", get(jobs::api::show).delete(jobs::api::cancel))
+        .route("/api/v1/jobs/{id}/retry", post(jobs::api::retry))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/export", get(audit::export))
         .route("/api/v1/registry/scripts", get(registry_sync::scripts))
@@ -823,6 +890,7 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
     // Redis reached (or known down) before the first request; pre-warming
     // goes on in the background.
     state.start_background().await;
+    let jobs = jobs::start(&state, state.config().jobs.workers);
     // Scripts and tests read this exact line from stdout; logs go to stderr.
     println!(
         "avap serve listening on http://{addr} (data dir {})",
@@ -854,8 +922,84 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
             tracing::warn!("requests still open after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
         }
     }
+    jobs.shutdown(SHUTDOWN_GRACE).await;
     audit.close().await;
     Ok(())
+}
+
+/// `avap worker`: run jobs from the configured queue (`jobs_url`) with
+/// `jobs_workers` at once, and no HTTP API, until SIGINT or SIGTERM; then
+/// let running jobs finish (for up to 30 s). The same configuration as
+/// `avap serve` (file, `AVAP_*`, flags).
+pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
+    let config_error = |e: &dyn std::fmt::Display| {
+        eprintln!("avap worker: config error: {e}");
+        ExitCode::from(2)
+    };
+    let resolved = match config::resolve(&args.serve_args()) {
+        Ok(resolved) => resolved,
+        Err(e) => return Ok(config_error(&e)),
+    };
+    let settings = &resolved.settings;
+    if settings.jobs_workers == 0 {
+        return Ok(config_error(&format!(
+            "jobs_workers is 0 (from {}): a worker with no job slots would run nothing; pass --jobs-workers N",
+            resolved.origin("jobs_workers")
+        )));
+    }
+    let database = match settings.database() {
+        Ok(location) => location,
+        Err(e) => return Ok(config_error(&e)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (trace_layer, trace_exporter) = match runtime.block_on(async { telemetry::start(&settings.telemetry_config()) })
+    {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("avap worker: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let log_writer = match logs::init(&settings.log_options(), trace_layer) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("avap worker: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut server_config = settings.server_config();
+    server_config.data_dir = Some(settings.data_dir.clone());
+    let data_dir = settings.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    // The server key signs inline job scripts compiled here; stored ones
+    // were signed by the nodes that stored them (trusted as for `serve`).
+    let key = keys::load_or_create(&data_dir)?;
+    runtime.block_on(async {
+        let store = Store::connect(&database).await?;
+        let trusted = keys::load_trusted(&data_dir)?;
+        let cluster_keys = keys::load_cluster_keys(&data_dir)?;
+        let state = AppState::with_trusted_keys(server_config, store, key, trusted, cluster_keys)?;
+        state.start_background().await;
+        let workers = state.config().jobs.workers;
+        let jobs = jobs::start(&state, workers);
+        // Scripts and tests read this exact line from stdout; logs go to stderr.
+        println!(
+            "avap worker running {workers} jobs at once (data dir {})",
+            data_dir.display()
+        );
+        shutdown_signal().await;
+        tracing::info!("shutting down; letting running jobs finish");
+        jobs.shutdown(SHUTDOWN_GRACE).await;
+        state.audit().close().await;
+        anyhow::Ok(())
+    })?;
+    drop(trace_exporter);
+    drop(log_writer);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -17,7 +17,7 @@ use super::error::ApiError;
 #[allow(dead_code)]
 pub struct Health {
     status: HealthStatus,
-    /// The failing parts (`database`, `redis`, `registry`); empty when `ok`.
+    /// The failing parts (`database`, `redis`, `registry`, `jobs`); empty when `ok`.
     degraded: Vec<String>,
     version: String,
     /// `{status: ok|error, backend, message?}`.
@@ -28,6 +28,10 @@ pub struct Health {
     cache: Value,
     /// `ok`, `degraded` (unreachable) or `off` (no `redis_url`).
     redis: String,
+    /// The job queue: `database` (the embedded queue), `ok` (NATS
+    /// reachable) or `degraded` (NATS not reachable: jobs are accepted and
+    /// wait in the database).
+    jobs: String,
     /// Edge nodes: the registry they follow.
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,6 +113,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     body["redis"] = json!(redis);
     if redis == "degraded" {
         degraded.push("redis");
+    }
+    let jobs = state.jobs().health();
+    body["jobs"] = json!(jobs);
+    if jobs == "degraded" {
+        degraded.push("jobs");
     }
     // Edge nodes: the registry they follow; unreachable is degraded (the
     // mirror on disk is still served).

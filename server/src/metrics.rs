@@ -23,6 +23,15 @@
 //!   `avap_connections_timed_out_total{timeout}` (`header_read` or `idle`):
 //!   the client connections ([`listen`](super::listen)), counted in
 //!   [`ConnectionCounters`].
+//! * Jobs ([`jobs`](super::jobs)): `avap_jobs{state,priority}` (gauge, read
+//!   from the database at each scrape: the queue's depth per priority,
+//!   running, failed waiting for a retry, the dead-letter queue; shared by
+//!   the nodes of a cluster, so every node shows the same),
+//!   `avap_jobs_submitted_total`, `avap_job_attempts_total{outcome}`
+//!   (`succeeded`, `failed`, `dead`, `lost`, `stopped`),
+//!   `avap_job_retries_total`, `avap_jobs_finished_total{state}`,
+//!   `avap_job_queue_seconds` (due to started) and `avap_job_run_seconds`
+//!   (histograms), `avap_job_workers` and `avap_job_runs_in_flight` on this node.
 //! * With Redis: `avap_l2_hits_total` / `avap_l2_misses_total` /
 //!   `avap_l2_refused_total` (stored modules loaded from, not found in, or
 //!   refused from Redis: [`l2`](super::l2)), `avap_redis_errors_total`,
@@ -55,6 +64,26 @@ use super::process_stats::ProcessStats;
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
 ];
+
+/// Upper bounds of the job histograms' buckets, in seconds: jobs wait and
+/// run far longer than requests.
+const JOB_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JobLabels {
+    state: &'static str,
+    priority: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StaticOutcome {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
 
 /// The envelope error kinds that are limit hits.
 const LIMIT_KINDS: [&str; 5] = [
@@ -141,6 +170,16 @@ pub struct Metrics {
     script_runs: Family<ScriptOutcome, Counter>,
     script_seconds: Family<ScriptLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     scripts_named: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Jobs by state and priority, read from the database at each scrape.
+    jobs: Family<JobLabels, Gauge>,
+    jobs_submitted: Counter,
+    job_attempts: Family<StaticOutcome, Counter>,
+    job_retries: Counter,
+    jobs_finished: Family<StateLabel, Counter>,
+    job_queue_seconds: Histogram,
+    job_run_seconds: Histogram,
+    job_workers: Gauge,
+    job_runs_in_flight: Gauge,
 }
 
 /// Stored scripts with series of their own; later ones count as `other`.
@@ -282,6 +321,15 @@ impl Default for Metrics {
             script_runs: Family::default(),
             script_seconds: Family::default(),
             scripts_named: std::sync::Mutex::default(),
+            jobs: Family::default(),
+            jobs_submitted: Counter::default(),
+            job_attempts: Family::default(),
+            job_retries: Counter::default(),
+            jobs_finished: Family::default(),
+            job_queue_seconds: Histogram::new(JOB_BUCKETS),
+            job_run_seconds: Histogram::new(JOB_BUCKETS),
+            job_workers: Gauge::default(),
+            job_runs_in_flight: Gauge::default(),
         };
         metrics.register();
         metrics
@@ -296,7 +344,64 @@ impl Metrics {
         for kind in LIMIT_KINDS {
             drop(self.limit_hits.get_or_create(&LimitKind { kind }));
         }
+        // Zeros for the alert on the dead-letter queue before any job exists.
+        for state in crate::jobs::JobState::ALL {
+            for priority in crate::jobs::Priority::ALL {
+                drop(self.jobs.get_or_create(&JobLabels {
+                    state: state.as_str(),
+                    priority: priority.as_str(),
+                }));
+            }
+        }
+        for state in ["succeeded", "dead", "cancelled"] {
+            drop(self.jobs_finished.get_or_create(&StateLabel { state }));
+        }
         let r = &mut self.registry;
+        r.register(
+            "avap_jobs",
+            "Jobs in the queue's database by state and priority (the same on every node of a cluster)",
+            self.jobs.clone(),
+        );
+        r.register(
+            "avap_jobs_submitted",
+            "Jobs accepted by this node (not counting idempotent repeats)",
+            self.jobs_submitted.clone(),
+        );
+        r.register(
+            "avap_job_attempts",
+            "Job attempts this node ended, by outcome: succeeded, failed (retry due), dead, lost (a worker's lease ran out), stopped (cancelled or lost while running)",
+            self.job_attempts.clone(),
+        );
+        r.register(
+            "avap_job_retries",
+            "Job attempts that failed or were lost and were queued again",
+            self.job_retries.clone(),
+        );
+        r.register(
+            "avap_jobs_finished",
+            "Jobs that finished on this node by final state: succeeded, dead, cancelled",
+            self.jobs_finished.clone(),
+        );
+        r.register(
+            "avap_job_queue_seconds",
+            "Time from a job being due to its attempt starting (queue-to-start latency)",
+            self.job_queue_seconds.clone(),
+        );
+        r.register(
+            "avap_job_run_seconds",
+            "Time one job attempt ran",
+            self.job_run_seconds.clone(),
+        );
+        r.register(
+            "avap_job_workers",
+            "Jobs this node may run at once (jobs_workers)",
+            self.job_workers.clone(),
+        );
+        r.register(
+            "avap_job_runs_in_flight",
+            "Job attempts running on this node now",
+            self.job_runs_in_flight.clone(),
+        );
         r.register(
             "avap_requests",
             "HTTP responses by route and status",
@@ -624,6 +729,56 @@ impl Metrics {
         "other".to_owned()
     }
 
+    /// Jobs by state and priority, before a scrape (pairs not listed are 0).
+    pub fn set_jobs(&self, counts: &[(crate::jobs::JobState, crate::jobs::Priority, i64)]) {
+        for state in crate::jobs::JobState::ALL {
+            for priority in crate::jobs::Priority::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, p, _)| *s == state && *p == priority)
+                    .map_or(0, |(_, _, n)| *n);
+                self.jobs
+                    .get_or_create(&JobLabels {
+                        state: state.as_str(),
+                        priority: priority.as_str(),
+                    })
+                    .set(n);
+            }
+        }
+    }
+
+    pub fn job_submitted(&self) {
+        self.jobs_submitted.inc();
+    }
+
+    /// A job attempt started `waited_s` after the job was due.
+    pub fn job_started(&self, waited_s: f64) {
+        self.job_queue_seconds.observe(waited_s);
+        self.job_runs_in_flight.inc();
+    }
+
+    /// A job attempt's run ended after `took`.
+    pub fn job_ran(&self, took: Duration) {
+        self.job_run_seconds.observe(took.as_secs_f64());
+        self.job_runs_in_flight.dec();
+    }
+
+    pub fn job_attempt(&self, outcome: &'static str) {
+        self.job_attempts.get_or_create(&StaticOutcome { outcome }).inc();
+    }
+
+    pub fn job_retried(&self) {
+        self.job_retries.inc();
+    }
+
+    pub fn job_finished(&self, state: &'static str) {
+        self.jobs_finished.get_or_create(&StateLabel { state }).inc();
+    }
+
+    pub fn set_job_workers(&self, workers: usize) {
+        self.job_workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
+    }
+
     /// The `OpenMetrics` text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -687,6 +842,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .set_databases(databases.map(Breakers::stats).unwrap_or_default());
     let process = ProcessStats::read(state.config().data_dir.as_deref());
     state.metrics().set_process(&process, state.store().pool_stats());
+    match state.jobs().counts().await {
+        Ok(counts) => state.metrics().set_jobs(&counts),
+        // The gauges keep their last values; the database's own metrics say why.
+        Err(e) => tracing::debug!("cannot count jobs for the metrics: {e:#}"),
+    }
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -40,6 +40,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/scripts/{name}"),
     ("DELETE", "/api/v1/scripts/{name}"),
     ("POST", "/api/v1/scripts/{name}/rollback"),
+    ("GET", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs/{id}"),
+    ("DELETE", "/api/v1/jobs/{id}"),
+    ("POST", "/api/v1/jobs/{id}/retry"),
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/audit/export"),
     ("GET", "/api/v1/registry/scripts"),
@@ -81,6 +86,11 @@ pub fn openapi_path(path: &str) -> String {
         super::registry::show,
         super::registry::delete,
         super::registry::rollback,
+        super::jobs::api::list,
+        super::jobs::api::submit,
+        super::jobs::api::show,
+        super::jobs::api::cancel,
+        super::jobs::api::retry,
         super::audit::list,
         super::audit::export,
         super::registry_sync::scripts,
@@ -99,11 +109,13 @@ pub fn openapi_path(path: &str) -> String {
     components(schemas(
         Envelope, RunError, ApiErrorBody, ApiErrorDetail, EnvelopeOrError,
         super::execute::ExecuteRequest, super::execute::LimitsSpec, super::execute::RequestSpec,
+        super::jobs::SubmitJob, super::jobs::SubmittedJob, super::jobs::JobView, super::jobs::JobList,
     )),
     tags(
         (name = "runs", description = "Running scripts (`execute` scope)."),
         (name = "registry", description = "Stored scripts and the audit trail (`admin` scope)."),
         (name = "edge", description = "The registry read API edge nodes follow (`registry` scope)."),
+        (name = "jobs", description = "Work that outlives the request: queued, retried, dead-lettered (`jobs` scope)."),
         (name = "meta", description = "Health, information, metrics and this document (no key)."),
         (name = "debug", description = "Looking inside a running server (`admin` scope)."),
     ),
@@ -261,6 +273,13 @@ fn refine(doc: &mut Value) {
         {"title": "stored", "required": ["name"],
          "properties": {"name": {"type": "string"}, "script": {"type": "null"}}},
     ]);
+    // A job runs what an execute request does: the same rule.
+    let one_of = doc["components"]["schemas"]["ExecuteRequest"]["oneOf"].clone();
+    let submit = &mut doc["components"]["schemas"]["SubmitJob"];
+    submit["oneOf"] = one_of;
+    // A time or a delay, not both.
+    submit["not"] = json!({"required": ["run_at", "delay_s"],
+        "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}}});
     // A batch is also the bare array of its items (no transaction).
     let batch =
         &mut doc["paths"]["/api/v1/execute/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"];

@@ -376,6 +376,12 @@ impl Store {
         self.backend
     }
 
+    /// The pool, for the job queue's SQL (`jobs/store.rs`), which keeps its
+    /// own tables and follows the rules above.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Every connection of the pool is open and busy: a timeout waiting for
     /// one then means load (perhaps a client's doing), not a database that
     /// went away.
@@ -388,7 +394,7 @@ impl Store {
     /// transaction that reads first and writes later fails with "database
     /// is locked" whenever another writer committed in between, without
     /// waiting, which under concurrent registry writes meant 500s.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
@@ -721,6 +727,15 @@ impl<'a> From<&'a AuditEntry> for AuditValues<'a> {
             subject: r.subject.as_deref(),
         }
     }
+}
+
+/// Insert new audit rows inside `tx`: a job's state change commits with its row.
+pub(crate) async fn insert_audit_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[AuditRow],
+) -> Result<(), sqlx::Error> {
+    let values: Vec<AuditValues<'_>> = rows.iter().map(AuditValues::from).collect();
+    insert_audit(tx, &values).await
 }
 
 /// Insert audit rows inside `tx`, in order: the one place that writes
