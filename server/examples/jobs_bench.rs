@@ -66,6 +66,7 @@ async fn node(backend: JobsBackend, tag: &str) -> (Router, AppState, avap_server
         // As many workers as run slots: the queue, not the slots, is measured.
         workers: config.max_concurrent_runs,
         prefix: prefix.clone(),
+        max_unfinished: JobsConfig::DEFAULT_MAX_UNFINISHED,
         ..JobsConfig::default()
     };
     let workers = config.jobs.workers;

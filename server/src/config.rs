@@ -187,6 +187,9 @@ pub struct Settings {
     /// The namespace of the NATS stream (`PREFIX_jobs`), subjects and
     /// consumers, so several clusters can share one NATS.
     pub jobs_prefix: String,
+    /// Unfinished jobs (queued, waiting for a retry, running) the queue
+    /// holds at most; one more submission is refused with 503 `JobQueueFull`.
+    pub jobs_max_queued: u64,
     /// Capability classes scripts may not use (refused at load with 403).
     pub deny_capabilities: Vec<String>,
     /// Non-public destinations `RequestGet`/`RequestPost`/`functionAI` may
@@ -650,6 +653,7 @@ impl Settings {
             jobs_lease_ms: millis(server.jobs.lease),
             jobs_retention_s: server.jobs.retention.as_secs(),
             jobs_prefix: server.jobs.prefix.clone(),
+            jobs_max_queued: server.jobs.max_unfinished,
             deny_capabilities: Vec::new(),
             outbound_allow: outbound.allow,
             outbound_timeout_ms: outbound.timeout_ms,
@@ -739,6 +743,7 @@ impl Settings {
             lease: Duration::from_millis(self.jobs_lease_ms),
             retention: Duration::from_secs(self.jobs_retention_s),
             prefix: self.jobs_prefix.clone(),
+            max_unfinished: self.jobs_max_queued,
         };
         config.policy = policy;
         config.allow_anonymous = auth::anonymous_allowed(self);
@@ -1137,6 +1142,7 @@ impl Resolved {
         in_range("jobs_max_time_ms", s.jobs_max_time_ms, 1, DAY_MS)?;
         in_range("jobs_lease_ms", s.jobs_lease_ms, 300, DAY_MS)?;
         in_range("jobs_retention_s", s.jobs_retention_s, 1, 36_500 * 24 * 3600)?;
+        in_range("jobs_max_queued", s.jobs_max_queued, 1, 100_000_000)?;
         let prefix_ok = (1..=32).contains(&s.jobs_prefix.len())
             && s.jobs_prefix
                 .bytes()
@@ -1875,12 +1881,12 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 6,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
              max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms, \
-             6 jobs keys"
+             7 jobs keys"
         );
     }
 

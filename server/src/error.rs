@@ -58,6 +58,10 @@ pub enum ApiError {
     Overloaded {
         waited: Duration,
     },
+    /// The job queue holds its most unfinished jobs (503).
+    JobQueueFull {
+        limit: u64,
+    },
     /// The client sent more requests than its rate allows (429).
     RateLimited {
         retry_after_secs: u64,
@@ -160,7 +164,9 @@ impl ApiError {
             }
             ApiError::ArtifactRejected { .. } => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded { .. } | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::JobQueueFull { .. } | ApiError::DatabaseUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::ClusterKeyMismatch { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +190,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Overloaded { .. } => "Overloaded",
+            ApiError::JobQueueFull { .. } => "JobQueueFull",
             ApiError::RateLimited { .. } => "RateLimited",
             ApiError::RequestTimeout { .. } => "RequestTimeout",
             ApiError::DatabaseUnavailable(_) => "DatabaseUnavailable",
@@ -252,6 +259,10 @@ impl fmt::Display for ApiError {
                 f,
                 "the server is at its limit of concurrent runs and none finished within {} ms; retry later",
                 waited.as_millis()
+            ),
+            ApiError::JobQueueFull { limit } => write!(
+                f,
+                "the job queue holds {limit} unfinished jobs, its most (jobs_max_queued); retry once some have run"
             ),
             ApiError::RateLimited { retry_after_secs } => {
                 write!(f, "too many requests from this client; retry in {retry_after_secs} s")
@@ -324,7 +335,10 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, ApiError::Overloaded { .. } | ApiError::DatabaseUnavailable(_)) {
+        if matches!(
+            self,
+            ApiError::Overloaded { .. } | ApiError::JobQueueFull { .. } | ApiError::DatabaseUnavailable(_)
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -52,6 +52,8 @@ struct Options {
     /// The server's (request) time limit.
     request_time_ms: u64,
     anonymous: bool,
+    /// `jobs_max_queued`.
+    max_unfinished: u64,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             retention: Duration::from_hours(1),
             request_time_ms: 10_000,
             anonymous: true,
+            max_unfinished: 10_000,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Node {
             lease: Duration::from_millis(1500),
             retention: options.retention,
             prefix: prefix.clone(),
+            max_unfinished: options.max_unfinished,
         };
         let state = AppState::new(config, store, key).expect("the state");
         let workers = vec![avap_server::jobs::start(&state, options.workers)];
@@ -561,6 +565,34 @@ async fn the_jobs_scope_guards_the_routes(backend: Backend) {
     node.finish().await;
 }
 
+async fn a_full_queue_refuses_more_jobs(backend: Backend) {
+    let node = Node::start(
+        backend,
+        "full",
+        Options {
+            workers: 0,
+            max_unfinished: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let job = |n: u32| json!({"script": HELLO, "params": {"name": format!("n{n}")}});
+    let first = node.submit(job(1)).await;
+    node.submit(job(2)).await;
+    let (status, reply) = node.send(Method::POST, "/api/v1/jobs", Some(job(3))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(reply["error"]["kind"], "JobQueueFull", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("jobs_max_queued"), "{message}");
+    // A finished (here: cancelled) job makes room.
+    let (status, reply) = node
+        .send(Method::DELETE, &format!("/api/v1/jobs/{first}"), None)
+        .await;
+    assert!(status.is_success(), "{reply}");
+    node.submit(job(3)).await;
+    node.finish().await;
+}
+
 /// Each test once per backend.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -594,4 +626,5 @@ on_both_backends!(
     finished_jobs_are_pruned_after_their_retention,
     bad_requests_are_clear_errors,
     the_jobs_scope_guards_the_routes,
+    a_full_queue_refuses_more_jobs,
 );

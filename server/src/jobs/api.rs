@@ -340,7 +340,7 @@ async fn check_target(state: &AppState, body: &SubmitJob) -> Result<(), ApiError
         (status = 404, description = "No such stored script or version (`ScriptNotFound`).", body = ApiErrorBody),
         (status = 409, description = "The `idempotency_key` belongs to a job submitted with another body (`IdempotencyConflict`).", body = ApiErrorBody),
         (status = 413, description = "The body (`BodyTooLarge`) or the script (`ScriptTooLarge`) is over the server's limit.", body = ApiErrorBody),
-        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`): nothing was queued.", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "The database is unavailable (`DatabaseUnavailable`), or the queue holds `jobs_max_queued` unfinished jobs (`JobQueueFull`): nothing was queued.", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
 pub async fn submit(State(state): State<AppState>, actor: Actor, request: Request) -> Result<Response, ApiError> {
@@ -364,6 +364,13 @@ pub async fn submit(State(state): State<AppState>, actor: Actor, request: Reques
         run_at: due_at(&body, now)?,
     };
     let jobs = state.jobs();
+    // The queue is bounded: past the cap a submission is refused (it is
+    // counted before it is written, so two racing submissions may both
+    // pass at the cap: the bound holds to within the concurrent ones).
+    let limit = jobs.config().max_unfinished;
+    if u64::try_from(jobs.store().unfinished().await?).unwrap_or(0) >= limit {
+        return Err(ApiError::JobQueueFull { limit });
+    }
     match jobs.store().submit(&job, &actor).await? {
         Submitted::Created => {
             jobs.announce();

@@ -203,12 +203,17 @@ pub struct JobsConfig {
     pub retention: Duration,
     /// The namespace of the NATS stream, subjects and consumers.
     pub prefix: String,
+    /// Jobs not finished (queued, waiting for a retry, running) the queue
+    /// holds at most: one more submission is refused (503 `JobQueueFull`),
+    /// so a client cannot fill the registry's disk.
+    pub max_unfinished: u64,
 }
 
 impl JobsConfig {
     pub const DEFAULT_MAX_TIME: Duration = Duration::from_mins(5);
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
     pub const DEFAULT_RETENTION: Duration = Duration::from_hours(24 * 7);
+    pub const DEFAULT_MAX_UNFINISHED: u64 = 100_000;
 }
 
 impl Default for JobsConfig {
@@ -220,6 +225,7 @@ impl Default for JobsConfig {
             lease: JobsConfig::DEFAULT_LEASE,
             retention: JobsConfig::DEFAULT_RETENTION,
             prefix: "avap".to_owned(),
+            max_unfinished: JobsConfig::DEFAULT_MAX_UNFINISHED,
         }
     }
 }

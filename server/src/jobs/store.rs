@@ -727,6 +727,14 @@ impl JobStore {
         Ok(rows.into_iter().map(job_record).collect())
     }
 
+    /// How many jobs are not finished: queued, waiting for a retry, running.
+    pub async fn unfinished(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'failed', 'running')")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n)
+    }
+
     /// How many jobs there are by state and priority.
     pub async fn counts(&self) -> Result<Vec<(JobState, Priority, i64)>> {
         let rows: Vec<(String, i64, i64)> =
