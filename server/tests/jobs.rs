@@ -585,9 +585,7 @@ async fn a_full_queue_refuses_more_jobs(backend: Backend) {
     let message = reply["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("jobs_max_queued"), "{message}");
     // A finished (here: cancelled) job makes room.
-    let (status, reply) = node
-        .send(Method::DELETE, &format!("/api/v1/jobs/{first}"), None)
-        .await;
+    let (status, reply) = node.send(Method::DELETE, &format!("/api/v1/jobs/{first}"), None).await;
     assert!(status.is_success(), "{reply}");
     node.submit(job(3)).await;
     node.finish().await;
