@@ -4,7 +4,10 @@
 //! deleted at the end). Requests go through `app(state)` with `oneshot`;
 //! the workers are the real ones ([`avap_server::jobs::start`]). What
 //! needs processes (a worker killed with SIGKILL, nats-server restarted, a server
-//! restarted) is in the workspace's `tests/jobs_*.rs`.
+//! restarted) is in the workspace's `tests/jobs_*.rs`. With
+//! `TEST_SERVER_DATABASE=postgres` (as `.ci/run` runs it a second time) the
+//! registry, and so the jobs' state, is a fresh `PostgreSQL` database per
+//! node instead of a `SQLite` file, as in a cluster.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +25,17 @@ const NATS_URL: &str = "nats://127.0.0.1:4222";
 /// The application database scripts sleep in (`pg_sleep`), to make runs
 /// that take a known time.
 const APP_DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Where a node's `PostgreSQL` registry database is created and dropped.
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Run one administrative statement (`CREATE DATABASE`, `DROP DATABASE`).
+async fn postgres_admin(sql: &str) {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(&format!("{POSTGRES}/test"))
+        .await
+        .expect("PostgreSQL");
+    sqlx::query(sql).execute(&mut admin).await.expect(sql);
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Backend {
@@ -44,6 +58,8 @@ struct Node {
     backend: Backend,
     /// The registry's directory, removed at the end.
     dir: PathBuf,
+    /// The registry's `PostgreSQL` database, dropped at the end.
+    postgres: Option<String>,
 }
 
 struct Options {
@@ -73,9 +89,14 @@ impl Node {
         let prefix = unique(name);
         let dir: PathBuf = std::env::temp_dir().join(format!("avap-jobs-{prefix}"));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let store = Store::connect(&Location::Sqlite(dir.join("avap.sqlite")))
-            .await
-            .expect("the registry");
+        let (location, postgres) = if std::env::var("TEST_SERVER_DATABASE").as_deref() == Ok("postgres") {
+            let database = format!("avap_it_jobs_{prefix}");
+            postgres_admin(&format!("CREATE DATABASE {database}")).await;
+            (Location::Postgres(format!("{POSTGRES}/{database}")), Some(database))
+        } else {
+            (Location::Sqlite(dir.join("avap.sqlite")), None)
+        };
+        let store = Store::connect(&location).await.expect("the registry");
         let key = avap_hostfns::artifact::generate_key().expect("a key");
         let mut config = ServerConfig {
             allow_anonymous: options.anonymous,
@@ -110,6 +131,7 @@ impl Node {
             prefix,
             backend,
             dir,
+            postgres,
         }
     }
 
@@ -179,6 +201,10 @@ impl Node {
             js.delete_stream(format!("{}_jobs", self.prefix))
                 .await
                 .expect("delete the test stream");
+        }
+        if let Some(database) = self.postgres {
+            drop(self.state);
+            postgres_admin(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await;
         }
     }
 }
