@@ -87,35 +87,7 @@ pub(crate) fn start(c: &mut Caller<'_, RunState>, id: Pair, block: i32, captured
             },
         )
     };
-    let generation = {
-        let mut blocks = run.lock_blocks();
-        if blocks.live >= run.max_blocks {
-            return Err(wasmtime::Error::new(LimitHit::new(
-                LimitKind::MemoryLimit,
-                format!(
-                    "go_async: {} blocks of this run are started and not gathered, the most one run \
-                     may hold (max_async_blocks); gather some before starting more",
-                    blocks.live
-                ),
-            )));
-        }
-        blocks.started += 1;
-        blocks.live += 1;
-        blocks.running += 1;
-        run.flows_running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let generation = blocks.started;
-        let entry = BlockEntry {
-            generation,
-            outcome: None,
-            kept: 0,
-            gathered: false,
-            done: Arc::new(tokio::sync::Notify::new()),
-        };
-        if let Some(old) = blocks.by_id.insert(id.clone(), entry) {
-            run.release(old.kept);
-        }
-        generation
-    };
+    let generation = register(&run, &id, true)?;
     // The snapshot is the run's until the block's store takes it over.
     run.keep(snapshot.bytes);
     let block_run = Arc::clone(&run);
@@ -167,30 +139,46 @@ pub(crate) fn done_inline(c: &mut Caller<'_, RunState>, id: Pair, result: Pair) 
             Err(HostError::Script(e))
         }
     };
-    let generation = {
-        let mut blocks = run.lock_blocks();
-        blocks.started += 1;
-        blocks.live += 1;
-        blocks.running += 1;
-        run.flows_running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let generation = blocks.started;
-        let entry = BlockEntry {
-            generation,
-            outcome: None,
-            kept: 0,
-            gathered: false,
-            done: Arc::new(tokio::sync::Notify::new()),
-        };
-        if let Some(old) = blocks.by_id.insert(id.clone(), entry) {
-            run.release(old.kept);
-        }
-        generation
-    };
+    let generation = register(&run, &id, false)?;
     run.keep(kept);
     finish_kept(&run, &id, generation, outcome, kept);
     let state = c.data_mut();
     state.heap.shared = run.shared_for(state.published);
     Ok(())
+}
+
+/// Enter a block started under `id` in the run's table (replacing an earlier
+/// one with that id); its generation. With `capped`, refused with
+/// `MemoryLimit` when the run already holds `max_async_blocks` blocks
+/// started and not gathered.
+fn register(run: &RunShared, id: &str, capped: bool) -> wasmtime::Result<u32> {
+    let mut blocks = run.lock_blocks();
+    if capped && blocks.live >= run.max_blocks {
+        return Err(wasmtime::Error::new(LimitHit::new(
+            LimitKind::MemoryLimit,
+            format!(
+                "go_async: {} blocks of this run are started and not gathered, the most one run \
+                 may hold (max_async_blocks); gather some before starting more",
+                blocks.live
+            ),
+        )));
+    }
+    blocks.started += 1;
+    blocks.live += 1;
+    blocks.running += 1;
+    run.flows_running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let generation = blocks.started;
+    let entry = BlockEntry {
+        generation,
+        outcome: None,
+        kept: 0,
+        gathered: false,
+        done: Arc::new(tokio::sync::Notify::new()),
+    };
+    if let Some(old) = blocks.by_id.insert(id.to_owned(), entry) {
+        run.release(old.kept);
+    }
+    Ok(generation)
 }
 
 /// What a block starts from: the top-level slots and the captured values.

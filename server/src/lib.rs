@@ -813,6 +813,35 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a long-running command (`serve`, `worker`) starts with: the async
+/// runtime first (the trace exporter's connections live on it), then
+/// tracing, then logging. `Err(code)` after printing why `command` cannot
+/// start.
+fn start_process(
+    settings: &config::Settings,
+    command: &str,
+) -> Result<Result<(tokio::runtime::Runtime, telemetry::TracesGuard, logs::LogGuard), ExitCode>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (trace_layer, trace_exporter) = match runtime.block_on(async { telemetry::start(&settings.telemetry_config()) })
+    {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("{command}: {e}");
+            return Ok(Err(ExitCode::from(2)));
+        }
+    };
+    match logs::init(&settings.log_options(), trace_layer) {
+        Ok(log_writer) => Ok(Ok((runtime, trace_exporter, log_writer))),
+        Err(e) => {
+            eprintln!("{command}: {e}");
+            Ok(Err(ExitCode::from(2)))
+        }
+    }
+}
+
 /// `avap serve`: resolve the configuration ([`config`]), then serve until
 /// SIGINT or SIGTERM and let in-flight requests finish. A configuration
 /// problem exits with 2 before anything starts.
@@ -839,25 +868,9 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         Ok(location) => location,
         Err(e) => return Ok(config_error(e)),
     };
-    // The runtime first: the trace exporter's connections live on it.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let (trace_layer, trace_exporter) = match runtime.block_on(async { telemetry::start(&settings.telemetry_config()) })
-    {
+    let (runtime, trace_exporter, log_writer) = match start_process(settings, "avap serve")? {
         Ok(started) => started,
-        Err(e) => {
-            eprintln!("avap serve: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let log_writer = match logs::init(&settings.log_options(), trace_layer) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("avap serve: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let mut server_config = settings.server_config();
     server_config.effective_config = resolved.to_toml().ok().map(Arc::from);
@@ -951,24 +964,9 @@ pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
         Ok(location) => location,
         Err(e) => return Ok(config_error(&e)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let (trace_layer, trace_exporter) = match runtime.block_on(async { telemetry::start(&settings.telemetry_config()) })
-    {
+    let (runtime, trace_exporter, log_writer) = match start_process(settings, "avap worker")? {
         Ok(started) => started,
-        Err(e) => {
-            eprintln!("avap worker: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let log_writer = match logs::init(&settings.log_options(), trace_layer) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("avap worker: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let mut server_config = settings.server_config();
     server_config.data_dir = Some(settings.data_dir.clone());
