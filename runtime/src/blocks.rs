@@ -388,7 +388,7 @@ pub(crate) async fn gather(
             let notified = done.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let running = run.lock_blocks().by_id.get(&id).is_some_and(|e| e.outcome.is_none());
+            let running = run.block_running(&id);
             // A timeout already over does not wait at all (tokio's timer
             // would round it up to its next millisecond tick).
             if !running || Instant::now() >= until || tokio::time::timeout_at(until.into(), notified).await.is_err() {
@@ -396,7 +396,7 @@ pub(crate) async fn gather(
             }
         }
         shared::resume(c.as_context_mut())?;
-        let still_running = run.lock_blocks().by_id.get(&id).is_some_and(|e| e.outcome.is_none());
+        let still_running = run.block_running(&id);
         if still_running && run.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Error::new(LimitHit::new(
                 LimitKind::TimeLimit,

@@ -213,6 +213,11 @@ impl RunShared {
         self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether the block started last under `id` is still running.
+    pub(crate) fn block_running(&self, id: &str) -> bool {
+        self.lock_blocks().by_id.get(id).is_some_and(|e| e.outcome.is_none())
+    }
+
     pub(crate) fn lock_results(&self) -> MutexGuard<'_, Results> {
         self.results.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
