@@ -678,6 +678,69 @@ fn sighup_without_a_log_file_does_not_stop_the_server() {
     assert!(s.stop().success());
 }
 
+/// `systemctl reload`: SIGHUP reads the configuration file again; the new
+/// log level applies to the next lines (the reload's own line is logged),
+/// and the server keeps serving.
+#[test]
+fn sighup_reloads_the_configuration_and_the_log_level() {
+    let dir = fresh_dir("hangup-reload");
+    let data_dir = dir.join("data");
+    let log = dir.join("avap.log");
+    let config = dir.join("config.toml");
+    let write = |level: &str, rate_limit: u32| {
+        std::fs::write(
+            &config,
+            format!("log_format = \"json\"\nlog_level = \"{level}\"\nrate_limit = {rate_limit}\n"),
+        )
+        .unwrap();
+    };
+    write("warn", 50);
+    let mut cmd = serve_command(&data_dir);
+    cmd.arg("--config").arg(&config).env("AVAP_LOG_FILE", &log);
+    let s = Server::spawn(cmd, data_dir);
+    let health = |id: &str| {
+        let r = s.request_with_headers("GET", "/api/v1/health", &[("X-Request-Id", id)], None);
+        assert_eq!(r.status, 200);
+    };
+    health("at-warn");
+    write("info", 1);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    health("at-info");
+    // rate_limit = 1 (burst 100 still): the limit is on, and the info says so.
+    let info = s.get("/api/v1/debug/config");
+    assert!(info.body.contains("rate_limit = 1 "), "{}", info.body);
+    assert!(s.stop().success(), "SIGHUP did not stop the server");
+    let lines = log_lines(&log);
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter(|line| line["message"] == "request")
+        .filter_map(|line| line["span"]["request_id"].as_str())
+        .filter(|id| id.starts_with("at-"))
+        .collect();
+    assert_eq!(
+        ids,
+        ["at-info"],
+        "access lines are INFO: none at warn, then one at info"
+    );
+    let reloaded = lines
+        .iter()
+        .find(|line| line["message"] == "configuration reloaded")
+        .unwrap_or_else(|| panic!("no reload line in {lines:?}"));
+    let applied = reloaded["fields"]["applied"]
+        .as_str()
+        .or(reloaded["applied"].as_str())
+        .unwrap_or_default();
+    assert!(
+        applied.contains("log_level") && applied.contains("rate_limit"),
+        "{reloaded}"
+    );
+}
+
 #[test]
 fn an_unwritable_log_file_stops_the_start_with_a_clear_error() {
     let dir = fresh_dir("bad-log");

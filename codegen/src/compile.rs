@@ -2,7 +2,9 @@
 //! `avap.meta` and `avap.srcmap` → (optionally) signed with `avap.sig`.
 
 use avap_hostfns::abi;
-use avap_hostfns::artifact::{self, EndpointMeta, FunctionMap, ImportMeta, Meta, SigningKey, SourceMap, SrcEntry};
+use avap_hostfns::artifact::{
+    self, EndpointMeta, FunctionMap, ImportMeta, Meta, RunPolicy, SigningKey, SourceMap, SrcEntry,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::check::CheckedProgram;
@@ -28,10 +30,22 @@ pub struct Artifact {
 /// refused programs beyond the compile budget (`lower::MAX_FUNCTION_BYTES`
 /// and its siblings), so what is compiled here fits it.
 pub fn compile(checked: &CheckedProgram, key: Option<&SigningKey>) -> Artifact {
+    compile_with_policy(checked, key, RunPolicy::default())
+}
+
+/// [`compile`], recording `policy` (a stored script's own limits and rate
+/// limit) in the artifact's meta, under its signature.
+///
+/// # Panics
+/// As [`compile`].
+pub fn compile_with_policy(checked: &CheckedProgram, key: Option<&SigningKey>, policy: RunPolicy) -> Artifact {
     assert_eq!(checked.error_count(), 0, "compile() needs a program without errors");
     let lowered = lower(checked);
     let root = checked.sources.get(0);
-    let meta = meta_of(&lowered, root.name(), root.text());
+    let meta = Meta {
+        policy,
+        ..meta_of(&lowered, root.name(), root.text())
+    };
     let srcmap = srcmap_of(&lowered, checked);
     let unsigned = artifact::append_sections(&lowered.wasm, &meta, &srcmap);
     let (bytes, signed) = match key {
@@ -68,6 +82,7 @@ fn meta_of(lowered: &LoweredModule, name: &str, text: &str) -> Meta {
             })
             .collect(),
         functions: lowered.functions.clone(),
+        policy: RunPolicy::default(),
     }
 }
 

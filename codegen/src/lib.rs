@@ -27,7 +27,7 @@ pub mod parser;
 pub mod span;
 
 pub use check::{CheckOptions, CheckedProgram, IncludeError, SourceLoader, check_file, check_source};
-pub use compile::{Artifact, compile};
+pub use compile::{Artifact, compile, compile_with_policy};
 pub use diag::{Code, Diagnostic, Severity, Sources};
 pub use parser::parse;
 pub use span::{SourceFile, Span};

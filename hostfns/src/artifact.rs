@@ -126,6 +126,56 @@ pub struct Meta {
     pub endpoints: Vec<EndpointMeta>,
     /// User function names.
     pub functions: Vec<String>,
+    /// What the registry stored with the script: its own limits and rate
+    /// limit (absent for scripts stored without them, and for inline
+    /// scripts). Signed with the rest, so an edge node or a restored backup
+    /// applies exactly what the registry accepted.
+    #[serde(default, skip_serializing_if = "RunPolicy::is_empty")]
+    pub policy: RunPolicy,
+}
+
+/// A stored script's own limits and rate limit ([`Meta::policy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPolicy {
+    /// Per-run limits, each at most the server's maximum (it clamps them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PolicyLimits>,
+    /// Requests per second per client to this script, on top of the
+    /// server's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RatePolicy>,
+}
+
+impl RunPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_none() && self.rate_limit.is_none()
+    }
+}
+
+/// Limits in the units of the execute request's `limits`; absent: the
+/// server's maximum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_kb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_kb: Option<u64>,
+}
+
+/// A GCRA quota: `per_second` requests per second, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatePolicy {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// One imported command.

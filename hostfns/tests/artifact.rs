@@ -2,10 +2,10 @@
 
 use avap_hostfns::abi;
 use avap_hostfns::artifact::{
-    ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, META_SECTION, Meta, SIG_SECTION, SRCMAP_SECTION,
-    SignatureStatus, SigningKey, SourceMap, SrcEntry, TrustedKeys, append_sections, decode_public_key,
-    decode_secret_key, encode_public_key, encode_secret_key, generate_key, inspect, key_id, sign, signer_key_id,
-    strip_signature, verify,
+    ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, META_SECTION, Meta, PolicyLimits, RatePolicy,
+    RunPolicy, SIG_SECTION, SRCMAP_SECTION, SignatureStatus, SigningKey, SourceMap, SrcEntry, TrustedKeys,
+    append_sections, decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, generate_key, inspect,
+    key_id, sign, signer_key_id, strip_signature, verify,
 };
 use sha2::{Digest, Sha256};
 use wasm_encoder::{
@@ -80,7 +80,32 @@ fn meta() -> Meta {
             description: "says hello".into(),
         }],
         functions: vec!["greet".into()],
+        policy: RunPolicy {
+            limits: Some(PolicyLimits {
+                fuel: Some(5000),
+                ..PolicyLimits::default()
+            }),
+            rate_limit: Some(RatePolicy {
+                per_second: 2,
+                burst: 3,
+            }),
+        },
     }
+}
+
+#[test]
+fn meta_without_a_policy_reads_as_the_empty_policy() {
+    let mut plain = meta();
+    plain.policy = RunPolicy::default();
+    let json = String::from_utf8(plain.to_json()).unwrap();
+    assert!(!json.contains("policy"), "an empty policy is not written: {json}");
+    let back: Meta = serde_json::from_str(&json).unwrap();
+    assert!(back.policy.is_empty());
+    let with = String::from_utf8(meta().to_json()).unwrap();
+    assert!(
+        with.contains(r#""policy":{"limits":{"fuel":5000},"rate_limit":{"per_second":2,"burst":3}}"#),
+        "{with}"
+    );
 }
 
 fn srcmap() -> SourceMap {

@@ -4,8 +4,8 @@
 //! time to idle, keyed by the artifact's SHA-256).
 
 use std::hash::Hasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub struct RuntimeConfig {
     /// is ever loaded.
     pub precompiled_keys: TrustedKeys,
     pub allow_unsigned: bool,
+    /// The capability classes modules may import (the start value;
+    /// [`Runtime::set_policy`] changes it while the runtime lives).
     pub policy: CapabilityPolicy,
     /// Turn fuel metering and epoch checks off (for measuring their cost).
     pub unmetered: bool,
@@ -89,6 +91,8 @@ pub struct Runtime {
     cache: Cache<String, Arc<LoadedModule>>,
     /// Modules compiled by wasmtime (not taken from a cache or a `.cwasm`).
     compiled: AtomicU64,
+    /// The capability policy now in force (a reload may change it).
+    policy: RwLock<CapabilityPolicy>,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Free instance slots for `go_async` blocks
     /// ([`RuntimeConfig::async_block_slots`]).
@@ -127,6 +131,7 @@ impl Runtime {
             engine,
             linker,
             cache: module_cache(&config),
+            policy: RwLock::new(config.policy.clone()),
             config,
             compiled: AtomicU64::new(0),
             ticker,
@@ -136,6 +141,24 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// The capability policy now in force.
+    pub fn policy(&self) -> CapabilityPolicy {
+        self.policy.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Put `policy` in force: loads check against it from now on, and so
+    /// does [`Runtime::check_policy`], which callers run before every run
+    /// of a module, however long it was cached.
+    pub fn set_policy(&self, policy: CapabilityPolicy) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    /// Refuse `module` if the policy now in force denies a class it imports
+    /// (it may have been loaded under an older policy).
+    pub fn check_policy(&self, module: &LoadedModule) -> Result<(), LoadError> {
+        module.allowed_by(&self.policy.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -177,7 +200,7 @@ impl Runtime {
             return Ok(m);
         }
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
-        crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
+        crate::load::check_policy(&verified.info.meta, &self.policy())?;
         let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
@@ -229,7 +252,7 @@ impl Runtime {
             return Ok(m);
         }
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
-        crate::load::check_policy(&verified.info.meta, &self.config.policy)?;
+        crate::load::check_policy(&verified.info.meta, &self.policy())?;
         let native = precompiled::open(
             cwasm,
             &self.config.precompiled_keys,

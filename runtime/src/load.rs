@@ -1,5 +1,6 @@
 //! A verified, compiled artifact ready to instantiate.
 
+use avap_hostfns::Capability;
 use avap_hostfns::artifact::{Meta, SourceMap, Verified};
 use wasmtime::{InstancePre, Linker, Module};
 
@@ -26,6 +27,9 @@ pub fn check_policy(meta: &Meta, policy: &CapabilityPolicy) -> Result<(), LoadEr
 pub struct LoadedModule {
     pub(crate) pre: InstancePre<RunState>,
     pub verified: Verified,
+    /// The capability classes its imports belong to, once each: what
+    /// [`LoadedModule::allowed_by`] checks at every run.
+    classes: Vec<Capability>,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -41,7 +45,27 @@ impl LoadedModule {
         let pre = linker
             .instantiate_pre(module)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok(LoadedModule { pre, verified })
+        let mut classes: Vec<Capability> = verified
+            .info
+            .meta
+            .imports
+            .iter()
+            .filter_map(|import| CapabilityPolicy::class_by_name(&import.capability))
+            .collect();
+        classes.sort_unstable();
+        classes.dedup();
+        Ok(LoadedModule { pre, verified, classes })
+    }
+
+    /// Whether `policy` admits every command this module imports. Cheap
+    /// enough for every run, so a module cached before the policy changed
+    /// (a reload) is checked again; [`check_policy`] says which command is
+    /// refused.
+    pub fn allowed_by(&self, policy: &CapabilityPolicy) -> Result<(), LoadError> {
+        if self.classes.iter().all(|class| policy.allows(*class)) {
+            return Ok(());
+        }
+        check_policy(self.meta(), policy)
     }
 
     pub fn meta(&self) -> &Meta {

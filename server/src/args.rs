@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// `avap serve`. Every setting can also come from a TOML config file or an
 /// `AVAP_<KEY>` environment variable (see `--print-config`); a flag given
 /// here wins over both.
-#[derive(Debug, Default, clap::Args, serde::Serialize)]
+#[derive(Debug, Default, Clone, clap::Args, serde::Serialize)]
 pub struct ServeArgs {
     /// TOML config file (default: `$XDG_CONFIG_HOME/avap/config.toml` or `~/.config/avap/config.toml`, if it exists)
     #[arg(long, value_name = "FILE")]

@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -76,11 +76,13 @@ struct Queue {
     /// One writer at a time, so a flush returns only after every row queued
     /// before it is written, even when the timer's write is under way.
     writing: tokio::sync::Mutex<()>,
+    /// `audit_retention_days` in seconds (0: rows are kept); a reload may change it.
+    retention_secs: AtomicU64,
 }
 
 impl AuditLog {
-    /// Start the writer on the current tokio runtime, and the pruner when
-    /// rows are kept for at most `retention`.
+    /// Start the writer and the pruner on the current tokio runtime; rows
+    /// are kept for at most `retention` (`None`: forever).
     pub fn start(store: Store, retention: Option<Duration>) -> Result<AuditLog> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("the audit log writer needs a tokio runtime (start the server inside one)")?;
@@ -90,23 +92,25 @@ impl AuditLog {
                 pending: std::sync::Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 writing: tokio::sync::Mutex::new(()),
+                retention_secs: AtomicU64::new(0),
             }),
         };
-        if let Some(keep) = retention {
-            let queue = Arc::downgrade(&log.inner);
-            runtime.spawn(async move {
-                tokio::time::sleep(Duration::from_mins(1)).await;
-                let mut tick = tokio::time::interval(PRUNE_EVERY);
-                loop {
-                    tick.tick().await;
-                    let Some(queue) = queue.upgrade() else { return };
-                    if queue.closed.load(Ordering::Acquire) {
-                        return;
-                    }
+        log.set_retention(retention);
+        let queue = Arc::downgrade(&log.inner);
+        runtime.spawn(async move {
+            tokio::time::sleep(Duration::from_mins(1)).await;
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(queue) = queue.upgrade() else { return };
+                if queue.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Some(keep) = queue.retention() {
                     prune(&queue.store, keep, chrono::Utc::now()).await;
                 }
-            });
-        }
+            }
+        });
         // The task holds only a weak reference: it ends with the last log handle.
         let queue = Arc::downgrade(&log.inner);
         runtime.spawn(async move {
@@ -122,6 +126,18 @@ impl AuditLog {
             }
         });
         Ok(log)
+    }
+
+    /// Keep rows for at most `retention` from the pruner's next round on
+    /// (`None`: forever).
+    pub fn set_retention(&self, retention: Option<Duration>) {
+        let secs = retention.map_or(0, |keep| keep.as_secs().max(1));
+        self.inner.retention_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// How long rows are kept; `None`: forever.
+    pub fn retention(&self) -> Option<Duration> {
+        self.inner.retention()
     }
 
     /// Queue `row` without waiting; `false` if it was dropped (queue full, or
@@ -151,6 +167,13 @@ impl AuditLog {
 }
 
 impl Queue {
+    fn retention(&self) -> Option<Duration> {
+        match self.retention_secs.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        }
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<AuditRow>> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

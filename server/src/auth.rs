@@ -146,7 +146,7 @@ pub(crate) fn needed_scope(path: &str) -> Option<Scope> {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if under("/api/v1/scripts") || under("/api/v1/audit") || under("/api/v1/debug") {
+    if under("/api/v1/scripts") || under("/api/v1/audit") || under("/api/v1/debug") || under("/api/v1/admin") {
         Some(Scope::Admin)
     } else if under("/api/v1/execute") || path.starts_with("/api/v1/run/") {
         Some(Scope::Execute)
@@ -249,6 +249,7 @@ mod tests {
         assert_eq!(needed_scope("/api/v1/run/x"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/audit"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/debug/profile"), Some(Scope::Admin));
+        assert_eq!(needed_scope("/api/v1/admin/reload"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/execute/file"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/health"), None);
         assert_eq!(needed_scope("/api/v1/jobs"), Some(Scope::Jobs));

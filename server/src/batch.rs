@@ -296,7 +296,7 @@ mod transactional {
     /// transaction of its own (no database configured: the effects as they
     /// are, and no transaction).
     fn shared_effects(state: &AppState) -> (Effects, Option<Arc<Transaction>>) {
-        let mut effects = state.config().effects.clone();
+        let mut effects = state.live().effects.clone();
         match effects.db.as_deref().map(Databases::in_transaction) {
             Some((databases, transaction)) => {
                 effects.db = Some(Arc::new(databases));
@@ -308,7 +308,7 @@ mod transactional {
 
     /// The sum of the items' time limits (each as clamped for its run).
     fn time_budget(state: &AppState, requests: &[Result<ExecuteRequest, ApiError>]) -> Duration {
-        let max = state.config().limits;
+        let max = state.live().limits;
         let ms = requests
             .iter()
             .filter_map(|r| r.as_ref().ok())

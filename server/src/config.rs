@@ -61,7 +61,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn problem(message: impl Into<String>) -> ConfigError {
+pub(crate) fn problem(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
 
@@ -277,6 +277,19 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `[connectors]`: `avapConnector` token → database URL.
     pub connectors: BTreeMap<String, String>,
+    /// `[route_rate_limits]`: a path prefix (`/api/v1/…`) → its own quota
+    /// per client, on top of `rate_limit` (the longest prefix applies).
+    pub route_rate_limits: BTreeMap<String, RouteRate>,
+}
+
+/// One `[route_rate_limits]` entry: `"/api/v1/execute" = { per_second = 5, burst = 10 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRate {
+    pub per_second: u32,
+    /// Default: `per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// `[limits]`: the server's per-run maximums.
@@ -697,26 +710,15 @@ impl Settings {
                 output_kb: server.limits.output_bytes >> 10,
             },
             connectors: BTreeMap::new(),
+            route_rate_limits: BTreeMap::new(),
         }
     }
 
     /// The server's settings; call after [`Resolved::validate`].
     pub fn server_config(&self) -> ServerConfig {
-        let policy = self
-            .deny_capabilities
-            .iter()
-            .filter_map(|name| CapabilityPolicy::class_by_name(name))
-            .fold(CapabilityPolicy::allow_all(), CapabilityPolicy::deny);
-        let l = self.limits;
         // Field by field, so keys added to `ServerConfig` later keep their defaults.
         let mut config = ServerConfig::for_this_machine();
-        config.limits = Limits {
-            fuel: l.fuel,
-            time_ms: l.time_ms,
-            memory_bytes: l.memory_mb << 20,
-            stack_bytes: l.stack_kb << 10,
-            output_bytes: l.output_kb << 10,
-        };
+        config.limits = self.limits();
         config.max_body_bytes = self.max_body_bytes;
         config.max_script_bytes = self.max_script_bytes;
         config.max_concurrent_runs = self.max_concurrent_runs;
@@ -730,8 +732,7 @@ impl Settings {
         config.redis_url = RedisUrl::parse(&self.redis_url).ok();
         config.redis_ca_file = (!self.redis_ca_file.is_empty()).then(|| self.redis_ca_file.clone().into());
         config.redis_prefix.clone_from(&self.redis_prefix);
-        config.audit_retention =
-            (self.audit_retention_days > 0).then(|| Duration::from_hours(24 * u64::from(self.audit_retention_days)));
+        config.audit_retention = self.audit_retention();
         config.jobs = JobsConfig {
             backend: if self.jobs_url.is_empty() {
                 JobsBackend::Database
@@ -745,28 +746,77 @@ impl Settings {
             prefix: self.jobs_prefix.clone(),
             max_unfinished: self.jobs_max_queued,
         };
-        config.policy = policy;
+        config.policy = self.policy();
         config.allow_anonymous = auth::anonymous_allowed(self);
-        config.protect = protect::ProtectConfig {
-            rate_limit: self.rate_limit,
-            rate_burst: self.rate_burst,
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
-            cors_origins: self.cors_origins.clone(),
-            hsts_max_age: self.hsts_max_age,
-        };
+        config.protect = self.protect_config();
         config.connections = listen::ConnectionLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
         };
-        config.effects.http = Outbound::new(&self.outbound_config())
-            .ok()
-            .map(|outbound| Arc::new(outbound.with_trace_headers(Arc::new(super::telemetry::outbound_headers))));
-        config.effects.ai = AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new);
+        config.effects.http = self.outbound();
+        config.effects.ai = self.ai();
         config.effects.db = self.databases().ok().map(Arc::new);
         config.edge = self.edge_config();
         config
+    }
+
+    /// `[limits]`: the per-run maximums.
+    pub fn limits(&self) -> Limits {
+        let l = self.limits;
+        Limits {
+            fuel: l.fuel,
+            time_ms: l.time_ms,
+            memory_bytes: l.memory_mb << 20,
+            stack_bytes: l.stack_kb << 10,
+            output_bytes: l.output_kb << 10,
+        }
+    }
+
+    /// `deny_capabilities` as a policy (validated names).
+    pub fn policy(&self) -> CapabilityPolicy {
+        self.deny_capabilities
+            .iter()
+            .filter_map(|name| CapabilityPolicy::class_by_name(name))
+            .fold(CapabilityPolicy::allow_all(), CapabilityPolicy::deny)
+    }
+
+    /// `audit_retention_days`; `None` keeps rows forever.
+    pub fn audit_retention(&self) -> Option<Duration> {
+        (self.audit_retention_days > 0).then(|| Duration::from_hours(24 * u64::from(self.audit_retention_days)))
+    }
+
+    /// Rate limits, request timeout, CORS and HSTS.
+    pub fn protect_config(&self) -> protect::ProtectConfig {
+        protect::ProtectConfig {
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            cors_origins: self.cors_origins.clone(),
+            hsts_max_age: self.hsts_max_age,
+            route_limits: self
+                .route_rate_limits
+                .iter()
+                .map(|(prefix, rate)| protect::RouteLimit {
+                    prefix: prefix.clone(),
+                    per_second: rate.per_second,
+                    burst: rate.burst.unwrap_or(rate.per_second),
+                })
+                .collect(),
+        }
+    }
+
+    /// The outbound HTTP client and its policy (`outbound_*`).
+    pub fn outbound(&self) -> Option<Arc<Outbound>> {
+        Outbound::new(&self.outbound_config())
+            .ok()
+            .map(|outbound| Arc::new(outbound.with_trace_headers(Arc::new(super::telemetry::outbound_headers))))
+    }
+
+    /// The model endpoint of `functionAI` (`ai_endpoint`).
+    pub fn ai(&self) -> Option<Arc<AiEndpoint>> {
+        AiEndpoint::new(&self.ai_endpoint).ok().map(Arc::new)
     }
 
     /// The application database and connectors of the `orm*` commands and
@@ -1105,6 +1155,23 @@ impl Resolved {
             return Err(self.invalid(key, format_args!("{:?}", e.url), &e.to_string()));
         }
         self.validate_observability()?;
+        for (prefix, rate) in &s.route_rate_limits {
+            let key = format!("route_rate_limits.\"{prefix}\"");
+            if !prefix.starts_with("/api/v1/") {
+                return Err(self.invalid(
+                    &key,
+                    format_args!("{{ per_second = {} }}", rate.per_second),
+                    "the key is a path prefix under /api/v1/, such as \"/api/v1/execute\" or \"/api/v1/run/report\"",
+                ));
+            }
+            in_range(&format!("{key}.per_second"), u64::from(rate.per_second), 1, 1_000_000)?;
+            in_range(
+                &format!("{key}.burst"),
+                u64::from(rate.burst.unwrap_or(rate.per_second)),
+                1,
+                1_000_000,
+            )?;
+        }
         let l = s.limits;
         in_range("limits.fuel", l.fuel, 1, u64::MAX >> 1)?;
         in_range("limits.time_ms", l.time_ms, 1, DAY_MS)?;

@@ -181,7 +181,7 @@ pub async fn cache(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     responses((status = 200, description = "TOML text, as `avap serve --print-config` prints it.", body = String, content_type = "text/plain")),
 )]
 pub async fn config(State(state): State<AppState>) -> Response {
-    let text = match &state.config().effective_config {
+    let text = match &state.live().effective_config {
         Some(text) => text.lines().fold(String::new(), |mut out, line| {
             // The secrets filter after `--print-config`'s own redaction:
             // a key pasted into a URL or a list still does not get out.
@@ -255,7 +255,7 @@ pub fn default_profile_seconds(timeout: Duration) -> u64 {
     ),
 )]
 pub async fn profile(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let timeout = state.config().protect.request_timeout;
+    let timeout = state.protect().config().request_timeout;
     let most = max_profile_seconds(timeout);
     let seconds = profile_seconds(query.as_deref(), default_profile_seconds(timeout))?;
     if seconds == 0 || seconds > most {

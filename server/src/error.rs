@@ -111,6 +111,11 @@ pub enum ApiError {
     JobStateConflict(String),
     /// An idempotency key reused for a different job body (409).
     IdempotencyConflict(String),
+    /// A reload found the configuration invalid; nothing changed (422).
+    /// Only admins reach the reload, so the message names the file and key.
+    ConfigInvalid(String),
+    /// A reload asked of a server not started from a configuration (409).
+    ReloadUnavailable(String),
     /// Something failed on our side; the detail is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -159,9 +164,11 @@ impl ApiError {
             | ApiError::NotMirrored { .. }
             | ApiError::ArtifactNotFound { .. }
             | ApiError::JobNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::EdgeReadOnly { .. } | ApiError::JobStateConflict(_) | ApiError::IdempotencyConflict(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::EdgeReadOnly { .. }
+            | ApiError::JobStateConflict(_)
+            | ApiError::IdempotencyConflict(_)
+            | ApiError::ReloadUnavailable(_) => StatusCode::CONFLICT,
+            ApiError::ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::ArtifactRejected { .. } => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::JobQueueFull { .. } | ApiError::DatabaseUnavailable(_) => {
@@ -198,6 +205,8 @@ impl ApiError {
             ApiError::JobNotFound { .. } => "JobNotFound",
             ApiError::JobStateConflict(_) => "JobStateConflict",
             ApiError::IdempotencyConflict(_) => "IdempotencyConflict",
+            ApiError::ConfigInvalid(_) => "ConfigInvalid",
+            ApiError::ReloadUnavailable(_) => "ReloadUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -247,7 +256,9 @@ impl fmt::Display for ApiError {
             ApiError::CapabilityDenied(message)
             | ApiError::Unauthorized(message)
             | ApiError::JobStateConflict(message)
-            | ApiError::IdempotencyConflict(message) => f.write_str(message),
+            | ApiError::IdempotencyConflict(message)
+            | ApiError::ConfigInvalid(message)
+            | ApiError::ReloadUnavailable(message) => f.write_str(message),
             ApiError::NotFound { path } => write!(f, "no such endpoint: {path} (the API is under /api/v1/)"),
             ApiError::ScriptNotFound { name, version: None } => write!(f, "no stored script named `{name}`"),
             ApiError::ScriptNotFound { name, version: Some(v) } => {

@@ -84,6 +84,33 @@ impl LimitsSpec {
     }
 }
 
+/// A stored script's own policy at the start of a run: its `rate_limit`
+/// charged to the client being served (429 past it), and `max` tightened
+/// by its `limits`. Precedence: the server's maximums, then the script's
+/// limits, then what the request asks — the tightest wins.
+pub(crate) async fn admit_stored(
+    state: &AppState,
+    name: &str,
+    module: &avap_runtime::LoadedModule,
+    max: Limits,
+) -> Result<Limits, ApiError> {
+    let policy = &module.meta().policy;
+    if let Some(rate) = policy.rate_limit {
+        state.protect().admit_script(name, rate.per_second, rate.burst).await?;
+    }
+    Ok(match &policy.limits {
+        None => max,
+        Some(limits) => LimitsSpec {
+            fuel: limits.fuel,
+            time_ms: limits.time_ms,
+            memory_mb: limits.memory_mb,
+            stack_kb: limits.stack_kb,
+            output_kb: limits.output_kb,
+        }
+        .clamp(max),
+    })
+}
+
 /// Method, path, query and headers of the request the script sees
 /// (default `GET /`, nothing else).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -214,7 +241,7 @@ async fn run_request(
     target: &mut RunTarget,
     effects: Option<avap_runtime::Effects>,
 ) -> Result<RunReport, ApiError> {
-    let run = prepare_run(state, body, target, state.config().limits).await?;
+    let run = prepare_run(state, body, target, state.live().limits).await?;
     state
         .execute_script_with(&run.script_name, run.program, run.request, run.settings, effects)
         .await
@@ -236,7 +263,7 @@ pub(crate) async fn prepare_run(
     state: &AppState,
     body: ExecuteRequest,
     target: &mut RunTarget,
-    max: Limits,
+    mut max: Limits,
 ) -> Result<PreparedRun, ApiError> {
     let config = state.config();
     let request = body.script_request()?;
@@ -260,10 +287,11 @@ pub(crate) async fn prepare_run(
                 .stored(&name, body.version)
                 .await?
                 .ok_or(ApiError::ScriptNotFound {
-                    name,
+                    name: name.clone(),
                     version: body.version,
                 })?;
             target.resolved(stored.version, stored.module.sha256());
+            max = admit_stored(state, &name, &stored.module, max).await?;
             Program::Loaded(stored.module)
         }
         _ => {

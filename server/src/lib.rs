@@ -70,6 +70,7 @@ mod protect;
 mod redis;
 mod registry;
 mod registry_sync;
+pub mod reload;
 mod request_id;
 mod run;
 mod store;
@@ -78,14 +79,15 @@ mod upload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use avap_codegen::check::NoIncludes;
-use avap_codegen::{SourceFile, check_file, compile};
+use avap_codegen::{SourceFile, check_file, compile_with_policy};
 use avap_hostfns::Request;
-use avap_hostfns::artifact::{SigningKey, TrustedKeys, key_id};
+use avap_hostfns::artifact::{RunPolicy, SigningKey, TrustedKeys, key_id};
 use avap_runtime::{CapabilityPolicy, Limits, LoadError, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -244,6 +246,12 @@ struct Shared {
     active_runs: debug::ActiveRuns,
     /// The job queue ([`jobs`]).
     jobs: jobs::Jobs,
+    /// Rate limits, request timeout, CORS: changed in place by a reload.
+    protect: protect::Protect,
+    /// What runs read at their start; a reload swaps it ([`reload`]).
+    live: ArcSwap<reload::Live>,
+    /// How to read the configuration again; set by `avap serve`.
+    reloader: OnceLock<reload::Reloader>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -315,6 +323,7 @@ impl AppState {
             ..RuntimeConfig::default()
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
+        let api_keys: Arc<api_key_cache::ApiKeyCache> = Arc::default();
         let metrics = metrics::Metrics::default();
         metrics.set_run_slots(config.max_concurrent_runs);
         let cluster = match config.redis_url.clone() {
@@ -337,8 +346,21 @@ impl AppState {
                 Some(cluster)
             }
         };
+        let protect = protect::Protect::new(
+            config.protect.clone(),
+            cluster.as_ref().map(|c| c.rate_limit.clone()),
+            Some(api_keys.clone()),
+        );
+        let live = ArcSwap::from_pointee(reload::Live {
+            limits: config.limits,
+            effects: config.effects.clone(),
+            effective_config: config.effective_config.clone(),
+        });
         Ok(AppState {
             shared: Arc::new(Shared {
+                protect,
+                live,
+                reloader: OnceLock::new(),
                 scripts: ScriptCache::new(config.cache_entries, config.cache_ttl),
                 stored: StoredCache::new(config.cache_entries, config.cache_ttl),
                 runs: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -347,7 +369,7 @@ impl AppState {
                 cluster,
                 audit: audit::AuditLog::start(store.clone(), config.audit_retention)?,
                 trusted_keys,
-                api_keys: Arc::default(),
+                api_keys,
                 active_runs: debug::ActiveRuns::default(),
                 edge: config.edge.as_ref().map(edge::Edge::open).transpose()?.map(Arc::new),
                 jobs: jobs::Jobs::new(store.clone(), config.jobs.clone()),
@@ -359,8 +381,40 @@ impl AppState {
         })
     }
 
+    /// The configuration the server started with. What a reload can change
+    /// is read from [`AppState::live`], [`AppState::protect`] and the
+    /// runtime's policy instead.
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
+    }
+
+    /// The settings in force now (limits, effects, the effective
+    /// configuration); hold the returned `Arc` for one request or run.
+    pub fn live(&self) -> Arc<reload::Live> {
+        self.shared.live.load_full()
+    }
+
+    pub(crate) fn set_live(&self, live: reload::Live) {
+        self.shared.live.store(Arc::new(live));
+    }
+
+    /// The protection layer's settings and buckets.
+    pub(crate) fn protect(&self) -> &protect::Protect {
+        &self.shared.protect
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.shared.runtime
+    }
+
+    /// Let [`reload`] read the configuration again from `reloader`; only
+    /// the first call counts.
+    pub fn set_reloader(&self, reloader: reload::Reloader) {
+        let _ = self.shared.reloader.set(reloader);
+    }
+
+    pub(crate) fn reloader(&self) -> Option<&reload::Reloader> {
+        self.shared.reloader.get()
     }
 
     pub fn store(&self) -> &Store {
@@ -561,12 +615,17 @@ impl AppState {
             }
             Program::Loaded(module) => module,
         };
+        // Cached modules were loaded under the policy of their time; a reload may have changed it.
+        self.shared
+            .runtime
+            .check_policy(&module)
+            .map_err(|e| load_error(e, "checking the capability policy"))?;
         let input = RunInput {
             request,
             limits: settings.limits,
             time_zone: settings.time_zone,
             now: settings.now,
-            effects: effects.unwrap_or_else(|| self.shared.config.effects.clone()),
+            effects: effects.unwrap_or_else(|| self.live().effects.clone()),
         };
         Ok(self.shared.runtime.run(&module, input).await)
     }
@@ -580,7 +639,10 @@ impl AppState {
             return Ok(hit);
         }
         shared.metrics.cache_miss();
-        let built = Box::pin(self.off_thread(move |shared| shared.build("inline.avap".to_owned(), script))).await?;
+        let built = Box::pin(
+            self.off_thread(move |shared| shared.build("inline.avap".to_owned(), script, RunPolicy::default())),
+        )
+        .await?;
         let compiled = match built {
             Ok(built) => Compiled::Module(built.module),
             Err(report) => Compiled::CompileError(Arc::new(report)),
@@ -631,9 +693,16 @@ impl AppState {
     /// Check, compile and sign `source` for the registry, and make sure this
     /// server can load it (policy included). `Err(report)` inside is the
     /// 400 `CompileError` report.
-    pub async fn build(&self, name: &str, source: String) -> Result<Result<Built, RunReport>, ApiError> {
+    pub async fn build(
+        &self,
+        name: &str,
+        source: String,
+        policy: RunPolicy,
+    ) -> Result<Result<Built, RunReport>, ApiError> {
         let file_name = format!("{name}.avap");
-        let built = self.blocking(move |shared| shared.build(file_name, source)).await?;
+        let built = self
+            .blocking(move |shared| shared.build(file_name, source, policy))
+            .await?;
         if let Ok(built) = &built {
             // The other nodes will run it soon: give them the compiled module.
             self.share_module(built.module.clone(), built.artifact.clone());
@@ -713,7 +782,12 @@ impl Drop for WantedGuard {
 
 impl Shared {
     /// Check, compile, sign with the server key and load, in a `compile` span.
-    fn build(&self, file_name: String, source: String) -> Result<Result<Built, RunReport>, ApiError> {
+    fn build(
+        &self,
+        file_name: String,
+        source: String,
+        policy: RunPolicy,
+    ) -> Result<Result<Built, RunReport>, ApiError> {
         let span = tracing::info_span!(
             "compile",
             script.file = %file_name,
@@ -721,7 +795,7 @@ impl Shared {
             otel.status_code = tracing::field::Empty,
         );
         let _in = span.enter();
-        let built = self.compile_and_load(file_name, source);
+        let built = self.compile_and_load(file_name, source, policy);
         let outcome = match &built {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "CompileError",
@@ -734,12 +808,17 @@ impl Shared {
         built
     }
 
-    fn compile_and_load(&self, file_name: String, source: String) -> Result<Result<Built, RunReport>, ApiError> {
+    fn compile_and_load(
+        &self,
+        file_name: String,
+        source: String,
+        policy: RunPolicy,
+    ) -> Result<Result<Built, RunReport>, ApiError> {
         let checked = check_file(SourceFile::new(file_name, source), &NoIncludes);
         if checked.error_count() > 0 {
             return Ok(Err(compile_error_report(&checked)));
         }
-        let artifact = compile(&checked, Some(&self.key)).bytes;
+        let artifact = compile_with_policy(&checked, Some(&self.key), policy).bytes;
         let module = self
             .runtime
             .load(&artifact)
@@ -761,13 +840,7 @@ fn load_error(e: LoadError, doing: &'static str) -> ApiError {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    let shared_limit = state.shared.cluster.as_ref().map(|c| c.rate_limit.clone());
-    let protect = protect::Protect::new(
-        state.config().protect.clone(),
-        shared_limit,
-        Some(state.shared.api_keys.clone()),
-    );
-    let protect_config = state.config().protect.clone();
+    let protect = state.protect().clone();
     let router = Router::new()
         .route("/api/v1/execute", post(execute::execute))
         .route("/api/v1/execute/batch", post(batch::execute_batch))
@@ -792,10 +865,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/debug/cache", get(debug::cache))
         .route("/api/v1/debug/config", get(debug::config))
         .route("/api/v1/debug/profile", post(debug::profile))
+        .route("/api/v1/admin/reload", post(reload::reload_handler))
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
-    let router = protect::timeout(router, protect_config.request_timeout)
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(protect.clone(), protect::timeout))
         .layer(axum::middleware::from_fn_with_state(
             protect.clone(),
             protect::rate_limit,
@@ -805,8 +880,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             metrics::count_requests,
         ))
-        .layer(tower::util::option_layer(protect::cors(&protect_config)));
-    protect::security_headers(router, &protect_config)
+        .layer(axum::middleware::from_fn_with_state(protect, protect::cors_layer));
+    protect::security_headers(router, &state.config().protect)
         // gzip for clients that accept it (tower-http skips bodies under 32 bytes).
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn(request_id::request_id))
@@ -883,8 +958,8 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         let store = Store::connect(&database).await?;
         let trusted = keys::load_trusted(data_dir)?;
         let cluster_keys = keys::load_cluster_keys(data_dir)?;
-        tokio::spawn(logs::on_hangup(log_writer.reopener()));
         let state = AppState::with_trusted_keys(server_config, store, key, trusted, cluster_keys)?;
+        follow_hangups(&state, args.clone(), settings, &log_writer);
         // An edge node serves its mirror at once and follows the registry in the background.
         edge::spawn_sync(&state);
         run(&settings.listen, data_dir, state).await
@@ -981,6 +1056,7 @@ pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
         let trusted = keys::load_trusted(&data_dir)?;
         let cluster_keys = keys::load_cluster_keys(&data_dir)?;
         let state = AppState::with_trusted_keys(server_config, store, key, trusted, cluster_keys)?;
+        follow_hangups(&state, args.serve_args(), settings, &log_writer);
         state.start_background().await;
         let workers = state.config().jobs.workers;
         let jobs = jobs::start(&state, workers);
@@ -998,6 +1074,22 @@ pub fn worker(args: &WorkerArgs) -> Result<ExitCode> {
     drop(trace_exporter);
     drop(log_writer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Let `state` be reloaded from `args` (whose resolved settings are
+/// `settings`), on `POST /api/v1/admin/reload` and on every SIGHUP, which
+/// also reopens the log file.
+fn follow_hangups(state: &AppState, args: ServeArgs, settings: &config::Settings, log_writer: &logs::LogGuard) {
+    state.set_reloader(reload::Reloader::new(
+        args,
+        settings.clone(),
+        Some(log_writer.level_setter()),
+    ));
+    let on_signal = state.clone();
+    tokio::spawn(logs::on_hangup(log_writer.reopener(), move || {
+        let state = on_signal.clone();
+        async move { reload::on_signal(&state).await }
+    }));
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -93,14 +93,22 @@ pub fn init(options: &LogOptions, traces: impl Layer<Registry> + Send + Sync) ->
         LogFormat::Text => false,
     };
     let lines = LogLayer::new(output, json);
+    // The level can change while serving (a reload): a reloadable filter.
+    let (level, handle) = tracing_subscriber::reload::Layer::new(LevelFilter::from_level(options.level.level()));
     // Only fails when a subscriber is already set: keep that one.
     let _ = tracing_subscriber::registry()
         .with(traces)
-        .with(lines.with_filter(LevelFilter::from_level(options.level.level())))
+        .with(lines.with_filter(level))
         .try_init();
+    let set_level: Arc<dyn Fn(LogLevel) -> Result<(), String> + Send + Sync> = Arc::new(move |level: LogLevel| {
+        handle
+            .reload(LevelFilter::from_level(level.level()))
+            .map_err(|e| e.to_string())
+    });
     Ok(LogGuard {
         _worker: worker,
         reopen,
+        set_level,
     })
 }
 
@@ -488,11 +496,20 @@ fn log_file_options() -> OpenOptions {
 }
 
 /// Keeps the writer thread; dropping it writes what is queued.
-#[derive(Debug)]
 pub struct LogGuard {
     _worker: WorkerGuard,
     /// Logging to a file (which SIGHUP reopens).
     reopen: Option<LogReopen>,
+    /// Changes the level of the lines written.
+    set_level: Arc<dyn Fn(LogLevel) -> Result<(), String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogGuard")
+            .field("reopen", &self.reopen)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Asks the log writer to reopen its file.
@@ -504,29 +521,39 @@ impl LogGuard {
     pub fn reopener(&self) -> Option<LogReopen> {
         self.reopen.clone()
     }
+
+    /// Sets the level of the lines from now on (`log_level` on a reload).
+    pub fn level_setter(&self) -> super::reload::SetLogLevel {
+        let set = self.set_level.clone();
+        Box::new(move |level| set(level))
+    }
 }
 
 /// Handle every SIGHUP until the process ends: reopen the log file (for an
-/// external logrotate with `postrotate kill -HUP`), or, logging to stderr,
-/// say there is nothing to reopen. Either way the signal no longer has its
-/// default effect, which would end the server (`systemctl reload`, a
-/// closing terminal).
-pub async fn on_hangup(reopen: Option<LogReopen>) {
+/// external logrotate with `postrotate kill -HUP`), then `reload` (read the
+/// configuration again, as `systemctl reload` means). The signal no longer
+/// has its default effect, which would end the server (a closing terminal).
+pub async fn on_hangup<F, R>(reopen: Option<LogReopen>, reload: F)
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = ()>,
+{
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => signal,
         Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP, the log file will not be reopened on it: {e}");
+            tracing::warn!(
+                "cannot listen for SIGHUP, the log file will not be reopened nor the configuration reloaded on it: {e}"
+            );
             return;
         }
     };
     while hangups.recv().await.is_some() {
-        match &reopen {
-            Some(reopen) => {
-                reopen.0.store(true, Ordering::Release);
-                tracing::info!("SIGHUP: reopening the log file");
-            }
-            None => tracing::info!("SIGHUP: nothing to reopen (the log goes to stderr); the server goes on"),
+        if let Some(reopen) = &reopen {
+            reopen.0.store(true, Ordering::Release);
+            tracing::info!("SIGHUP: reopening the log file");
         }
+        tracing::info!("SIGHUP: reloading the configuration");
+        reload().await;
     }
 }
 

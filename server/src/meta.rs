@@ -144,12 +144,13 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 )]
 pub async fn info(State(state): State<AppState>) -> Json<Value> {
     let config = state.config();
-    let l = config.limits;
+    let l = state.live().limits;
     let commands: Vec<Value> = avap_hostfns::commands()
         .iter()
         .map(|c| json!({"name": c.name, "capability": c.capability.as_str(), "summary": c.summary}))
         .collect();
-    let allowed: Vec<&str> = config.policy.allowed().map(avap_hostfns::Capability::as_str).collect();
+    let policy = state.runtime().policy();
+    let allowed: Vec<&str> = policy.allowed().map(avap_hostfns::Capability::as_str).collect();
     Json(json!({
         "version": VERSION,
         "limits": {

@@ -180,6 +180,8 @@ pub struct Metrics {
     job_run_seconds: Histogram,
     job_workers: Gauge,
     job_runs_in_flight: Gauge,
+    /// Configuration reloads by outcome (`applied`, `failed`).
+    config_reloads: Family<StaticOutcome, Counter>,
 }
 
 /// Stored scripts with series of their own; later ones count as `other`.
@@ -324,6 +326,7 @@ impl Default for Metrics {
             jobs: Family::default(),
             jobs_submitted: Counter::default(),
             job_attempts: Family::default(),
+            config_reloads: Family::default(),
             job_retries: Counter::default(),
             jobs_finished: Family::default(),
             job_queue_seconds: Histogram::new(JOB_BUCKETS),
@@ -371,6 +374,11 @@ impl Metrics {
             "avap_job_attempts",
             "Job attempts this node ended, by outcome: succeeded, failed (retry due), dead, lost (a worker's lease ran out), stopped (cancelled or lost while running)",
             self.job_attempts.clone(),
+        );
+        r.register(
+            "avap_config_reloads",
+            "Configuration reloads (SIGHUP or POST /api/v1/admin/reload) by outcome: applied, or failed (the file did not validate; nothing changed)",
+            self.config_reloads.clone(),
         );
         r.register(
             "avap_job_retries",
@@ -767,6 +775,12 @@ impl Metrics {
         self.job_attempts.get_or_create(&StaticOutcome { outcome }).inc();
     }
 
+    /// A reload ended: applied, or refused whole.
+    pub fn config_reloaded(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "failed" };
+        self.config_reloads.get_or_create(&StaticOutcome { outcome }).inc();
+    }
+
     pub fn job_retried(&self) {
         self.job_retries.inc();
     }
@@ -831,7 +845,8 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     responses((status = 200, description = "Metrics.", body = String, content_type = "application/openmetrics-text")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let effects = &state.config().effects;
+    let live = state.live();
+    let effects = &live.effects;
     let http = effects.http.as_ref().and_then(|http| http.breakers());
     state
         .metrics()

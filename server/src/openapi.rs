@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/debug/cache"),
     ("GET", "/api/v1/debug/config"),
     ("POST", "/api/v1/debug/profile"),
+    ("POST", "/api/v1/admin/reload"),
 ];
 
 /// The methods an `ANY` route is documented with: every method `OpenAPI` 3.1 names.
@@ -105,11 +106,13 @@ pub fn openapi_path(path: &str) -> String {
         super::debug::cache,
         super::debug::config,
         super::debug::profile,
+        super::reload::reload_handler,
     ),
     components(schemas(
         Envelope, RunError, ApiErrorBody, ApiErrorDetail, EnvelopeOrError,
         super::execute::ExecuteRequest, super::execute::LimitsSpec, super::execute::RequestSpec,
         super::jobs::SubmitJob, super::jobs::SubmittedJob, super::jobs::JobView, super::jobs::JobList,
+        super::reload::ReloadReport,
     )),
     tags(
         (name = "runs", description = "Running scripts (`execute` scope)."),
@@ -117,7 +120,7 @@ pub fn openapi_path(path: &str) -> String {
         (name = "edge", description = "The registry read API edge nodes follow (`registry` scope)."),
         (name = "jobs", description = "Work that outlives the request: queued, retried, dead-lettered (`jobs` scope)."),
         (name = "meta", description = "Health, information, metrics and this document (no key)."),
-        (name = "debug", description = "Looking inside a running server (`admin` scope)."),
+        (name = "debug", description = "Looking inside a running server, and reloading its configuration (`admin` scope)."),
     ),
 )]
 struct ApiDoc;

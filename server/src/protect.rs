@@ -1,6 +1,6 @@
 //! Protection middleware of `avap serve`:
 //!
-//! * [`cors`] and [`security_headers`] (outermost, tower-http layers):
+//! * [`cors_layer`] and [`security_headers`] (outermost, tower-http layers):
 //!   CORS for the configured origins (preflights answered by the layer)
 //!   and security headers on every response. HSTS only when
 //!   `hsts_max_age` is set: the server speaks plain HTTP, so HSTS is for
@@ -16,8 +16,11 @@
 //!   one for the whole cluster ([`SharedLimit`]: GCRA in one Lua script,
 //!   one round trip per request); while Redis is unreachable each node
 //!   falls back to its own bucket.
-//! * [`timeout`]: the outer bound of a request (tower's `Timeout`, 504 `RequestTimeout`); runs
+//! * [`timeout`]: the outer bound of a request (504 `RequestTimeout`); runs
 //!   have their own, tighter wall-time limit.
+//!
+//! Rate, burst, request timeout and CORS origins change while serving
+//! ([`Protect::reconfigure`], called by a reload).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
@@ -36,6 +40,7 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -45,6 +50,8 @@ use super::redis::{Redis, RedisError, Reply};
 
 /// The most clients tracked at once.
 const MAX_CLIENTS: usize = 100_000;
+/// The most distinct route and script quotas with buckets of their own.
+const MAX_QUOTAS: usize = 1024;
 /// How often the map is swept for idle entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -63,6 +70,19 @@ pub struct ProtectConfig {
     pub cors_origins: Vec<String>,
     /// `Strict-Transport-Security` max-age in seconds; 0 = not sent.
     pub hsts_max_age: u64,
+    /// `[route_rate_limits]`: a path prefix → its own quota per client, on
+    /// top of `rate_limit` (the longest matching prefix applies).
+    pub route_limits: Vec<RouteLimit>,
+}
+
+/// One `[route_rate_limits]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// A path prefix, matched on whole segments (`/api/v1/run/report`
+    /// covers `/api/v1/run/report/x`, not `/api/v1/run/reports`).
+    pub prefix: String,
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 impl Default for ProtectConfig {
@@ -73,11 +93,13 @@ impl Default for ProtectConfig {
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             hsts_max_age: 0,
+            route_limits: Vec::new(),
         }
     }
 }
 
-/// The middleware state: the settings and the buckets.
+/// The middleware state: the settings and the buckets. Cheap to clone; a
+/// reload ([`Protect::reconfigure`]) changes the settings of every clone.
 #[derive(Debug, Clone)]
 pub struct Protect {
     inner: Arc<Inner>,
@@ -85,9 +107,8 @@ pub struct Protect {
 
 #[derive(Debug)]
 struct Inner {
-    config: ProtectConfig,
-    /// `None` when rate limiting is off.
-    limiter: Option<Limiter>,
+    /// The settings in force and what is built from them.
+    rules: ArcSwap<Rules>,
     /// When the limiter last dropped clients whose buckets are full again.
     last_sweep: Mutex<Instant>,
     /// The cluster-wide limit, when Redis is configured.
@@ -95,6 +116,19 @@ struct Inner {
     /// API keys the server has verified: a request is charged to its key
     /// only when the key is one of them ([`client_of`]).
     known_keys: Option<Arc<ApiKeyCache>>,
+    /// This node's buckets for the quotas of routes and stored scripts, one
+    /// limiter per distinct quota (clients are keyed by route or script).
+    quotas: Mutex<HashMap<(u32, u32), Arc<Limiter>>>,
+}
+
+/// One version of the settings, swapped whole by a reload.
+#[derive(Debug)]
+struct Rules {
+    config: ProtectConfig,
+    /// `None` when rate limiting is off.
+    limiter: Option<Arc<Limiter>>,
+    /// `None` when no origin is allowed.
+    cors: Option<CorsLayer>,
 }
 
 impl Protect {
@@ -104,37 +138,88 @@ impl Protect {
     /// charged to that key (each key its own budget); every other request
     /// to its peer address.
     pub fn new(config: ProtectConfig, shared: Option<SharedLimit>, known_keys: Option<Arc<ApiKeyCache>>) -> Protect {
-        let limiter = quota(&config).map(|quota| Limiter::new(quota, BoundedStore::default(), MonotonicClock));
         Protect {
             inner: Arc::new(Inner {
+                rules: ArcSwap::from_pointee(Rules::new(config, None)),
                 shared,
                 known_keys,
-                config,
-                limiter,
                 last_sweep: Mutex::new(Instant::now()),
+                quotas: Mutex::default(),
             }),
         }
     }
 
-    fn config(&self) -> &ProtectConfig {
-        &self.inner.config
+    /// The settings in force.
+    pub fn config(&self) -> ProtectConfig {
+        self.inner.rules.load().config.clone()
+    }
+
+    /// Put `config` in force for the next requests. This node's buckets are
+    /// kept unless the rate or the burst changed (then every client starts
+    /// with a full bucket); the cluster's buckets in Redis always carry on.
+    pub fn reconfigure(&self, config: ProtectConfig) {
+        let old = self.inner.rules.load();
+        self.inner.rules.store(Arc::new(Rules::new(config, Some(&old))));
     }
 
     /// Admit one request of `client`, or the whole seconds to wait: by the
     /// cluster-wide limit when Redis answers, else by this node's bucket.
-    async fn admit(&self, client: &str) -> Result<(), u64> {
-        let config = self.config();
+    async fn admit(&self, rules: &Rules, client: &str) -> Result<(), u64> {
+        let config = &rules.config;
         if let Some(shared) = &self.inner.shared
             && let Ok(verdict) = shared.take(client, config.rate_limit, config.rate_burst.max(1)).await
         {
             return verdict;
         }
-        self.check(client, Instant::now())
+        self.check(rules, client, Instant::now())
+    }
+
+    /// Admit one request of `client` under a quota of its own (a route's, a
+    /// script's): through Redis when it answers, else this node's limiter
+    /// of that quota.
+    async fn admit_quota(&self, client: &str, per_second: u32, burst: u32) -> Result<(), u64> {
+        if let Some(shared) = &self.inner.shared
+            && let Ok(verdict) = shared.take(client, per_second, burst.max(1)).await
+        {
+            return verdict;
+        }
+        let limiter = {
+            let mut quotas = self.inner.quotas.lock().unwrap_or_else(PoisonError::into_inner);
+            if quotas.len() >= MAX_QUOTAS && !quotas.contains_key(&(per_second, burst)) {
+                // So many distinct quotas only come from a registry full of
+                // them; start over rather than grow (buckets refill anyway).
+                quotas.clear();
+            }
+            let config = ProtectConfig {
+                rate_limit: per_second,
+                rate_burst: burst,
+                ..ProtectConfig::default()
+            };
+            let Some(quota) = quota(&config) else { return Ok(()) };
+            quotas
+                .entry((per_second, burst))
+                .or_insert_with(|| Arc::new(Limiter::new(quota, BoundedStore::default(), MonotonicClock)))
+                .clone()
+        };
+        limiter.retain_recent();
+        take(&limiter, client)
+    }
+
+    /// Admit one request to stored script `name` under its own `rate_limit`,
+    /// charged to the client of the request being served ([`current_client`]);
+    /// work without a client (a job) is not limited here.
+    pub async fn admit_script(&self, name: &str, per_second: u32, burst: u32) -> Result<(), ApiError> {
+        let Some(client) = current_client() else {
+            return Ok(());
+        };
+        self.admit_quota(&format!("script:{name}|{client}"), per_second, burst)
+            .await
+            .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
     }
 
     /// Admit one request of `client` by this node's limiter, or the whole seconds to wait.
-    fn check(&self, client: &str, now: Instant) -> Result<(), u64> {
-        let Some(limiter) = &self.inner.limiter else {
+    fn check(&self, rules: &Rules, client: &str, now: Instant) -> Result<(), u64> {
+        let Some(limiter) = &rules.limiter else {
             return Ok(());
         };
         {
@@ -145,6 +230,24 @@ impl Protect {
             }
         }
         take(limiter, client)
+    }
+}
+
+impl Rules {
+    /// The rules of `config`, keeping `old`'s buckets when the quota is the same.
+    fn new(config: ProtectConfig, old: Option<&Rules>) -> Rules {
+        let same_quota = old.is_some_and(|old| {
+            (old.config.rate_limit, old.config.rate_burst) == (config.rate_limit, config.rate_burst)
+        });
+        let limiter = match old {
+            Some(old) if same_quota => old.limiter.clone(),
+            _ => quota(&config).map(|quota| Arc::new(Limiter::new(quota, BoundedStore::default(), MonotonicClock))),
+        };
+        Rules {
+            cors: cors(&config),
+            limiter,
+            config,
+        }
     }
 }
 
@@ -290,11 +393,12 @@ impl SharedLimit {
     }
 }
 
-/// Paths never rate limited.
+/// Paths never rate limited; the reload too, so a limit set too tight can
+/// always be undone (it needs the `admin` scope).
 pub(crate) fn exempt(path: &str) -> bool {
     matches!(
         path,
-        "/api/v1/health" | "/api/v1/info" | "/api/v1/metrics" | "/api/v1/openapi.json"
+        "/api/v1/health" | "/api/v1/info" | "/api/v1/metrics" | "/api/v1/openapi.json" | "/api/v1/admin/reload"
     )
 }
 
@@ -317,40 +421,88 @@ fn client_of(request: &Request, known: Option<&ApiKeyCache>) -> String {
     }
 }
 
-/// Middleware: the per-client limit, cluster-wide through Redis when it is
-/// configured and reachable, else this node's token bucket.
+tokio::task_local! {
+    /// The rate-limit client (`key:<id>` or `ip:<addr>`) of the request
+    /// being served, for the limits handlers apply (stored scripts').
+    static CLIENT: String;
+}
+
+/// The client of the request this task serves, if any.
+pub fn current_client() -> Option<String> {
+    CLIENT.try_with(Clone::clone).ok()
+}
+
+/// Middleware: the per-client limit, then the route's own
+/// (`[route_rate_limits]`, longest prefix), cluster-wide through Redis when
+/// it is configured and reachable, else this node's token buckets. The
+/// client is kept for the handlers ([`current_client`]).
 pub async fn rate_limit(State(protect): State<Protect>, request: Request, next: Next) -> Response {
-    let config = protect.config();
-    if config.rate_limit == 0 || exempt(request.uri().path()) {
+    let path = request.uri().path();
+    if exempt(path) {
         return next.run(request).await;
     }
-    match protect
-        .admit(&client_of(&request, protect.inner.known_keys.as_deref()))
-        .await
+    let rules = protect.inner.rules.load_full();
+    let client = client_of(&request, protect.inner.known_keys.as_deref());
+    let route = route_limit(&rules.config.route_limits, path);
+    let mut verdict = Ok(());
+    if rules.config.rate_limit > 0 {
+        verdict = protect.admit(&rules, &client).await;
+    }
+    if verdict.is_ok()
+        && let Some(route) = route
     {
-        Ok(()) => next.run(request).await,
+        let key = format!("route:{}|{client}", route.prefix);
+        verdict = protect.admit_quota(&key, route.per_second, route.burst).await;
+    }
+    match verdict {
+        Ok(()) => CLIENT.scope(client, next.run(request)).await,
         Err(retry_after_secs) => ApiError::RateLimited { retry_after_secs }.into_response(),
     }
 }
 
-/// `router` under tower's `Timeout`: 504 `RequestTimeout` (our JSON
-/// error, not an empty body) when it takes longer than `limit`; zero: no limit.
-pub fn timeout<S: Clone + Send + Sync + 'static>(router: Router<S>, limit: Duration) -> Router<S> {
+/// The entry of the longest prefix of `path` (on segment boundaries).
+fn route_limit<'a>(limits: &'a [RouteLimit], path: &str) -> Option<&'a RouteLimit> {
+    limits
+        .iter()
+        .filter(|limit| {
+            let prefix = limit.prefix.trim_end_matches('/');
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .max_by_key(|limit| limit.prefix.len())
+}
+
+/// Middleware: the outer bound of a request, `request_timeout_ms` as in
+/// force when the request arrives: 504 `RequestTimeout` (our JSON error, not
+/// an empty body) when the response takes longer; zero: no limit.
+pub async fn timeout(State(protect): State<Protect>, request: Request, next: Next) -> Response {
+    let limit = protect.inner.rules.load().config.request_timeout;
     if limit.is_zero() {
-        return router;
+        return next.run(request).await;
     }
-    let elapsed = move |_: tower::BoxError| async move { ApiError::RequestTimeout { limit }.into_response() };
-    router.layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(elapsed))
-            .layer(tower::timeout::TimeoutLayer::new(limit)),
-    )
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout { limit }.into_response(),
+    }
+}
+
+/// Middleware: CORS for the origins in force ([`cors`]); without origins
+/// the request passes untouched (no preflight answers, no CORS headers).
+pub async fn cors_layer(State(protect): State<Protect>, request: Request, next: Next) -> Response {
+    let cors = protect.inner.rules.load().cors.clone();
+    match cors {
+        None => next.run(request).await,
+        Some(cors) => match cors.layer(next).oneshot(request).await {
+            Ok(response) => response.map(axum::body::Body::new),
+            Err(never) => match never {},
+        },
+    }
 }
 
 /// CORS for the configured origins (exact matches), or none when there
 /// are none: browsers then get no cross-origin access. Preflights are
 /// answered by the layer itself; every response says `Vary: origin`.
-pub fn cors(config: &ProtectConfig) -> Option<CorsLayer> {
+fn cors(config: &ProtectConfig) -> Option<CorsLayer> {
     if config.cors_origins.is_empty() {
         return None;
     }
@@ -581,24 +733,60 @@ mod tests {
         );
         let mut verdicts = Vec::new();
         for _ in 0..3 {
-            verdicts.push(protect.admit("ip:1.2.3.4").await);
+            verdicts.push(protect.admit(&protect.inner.rules.load(), "ip:1.2.3.4").await);
         }
         assert_eq!(verdicts, [Ok(()), Ok(()), Err(1)], "the local bucket (burst 2) applies");
     }
 
+    /// Three requests of one client under the rules in force.
+    fn three_takes(protect: &Protect) -> Vec<Result<(), u64>> {
+        let rules = protect.inner.rules.load();
+        (0..3)
+            .map(|_| protect.check(&rules, "ip:10.9.9.9", Instant::now()))
+            .collect()
+    }
+
+    #[test]
+    fn a_reconfigured_quota_applies_to_the_next_request() {
+        let config = |rate_limit, rate_burst| ProtectConfig {
+            rate_limit,
+            rate_burst,
+            ..ProtectConfig::default()
+        };
+        let protect = Protect::new(config(1, 1), None, None);
+        assert_eq!(three_takes(&protect), [Ok(()), Err(1), Err(1)]);
+        // The same quota with another timeout keeps the buckets (still empty).
+        protect.reconfigure(ProtectConfig {
+            request_timeout: Duration::from_secs(1),
+            ..config(1, 1)
+        });
+        assert_eq!(three_takes(&protect)[0], Err(1), "buckets kept");
+        assert_eq!(protect.config().request_timeout, Duration::from_secs(1));
+        // A larger burst: fresh buckets under the new quota.
+        protect.reconfigure(config(1, 3));
+        assert_eq!(three_takes(&protect), [Ok(()), Ok(()), Ok(())]);
+        protect.reconfigure(config(0, 3));
+        assert!(protect.inner.rules.load().limiter.is_none(), "0 turns the limit off");
+    }
+
     #[tokio::test]
     async fn slow_requests_time_out() {
-        use tower::ServiceExt as _;
         let slow = || async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             StatusCode::OK
         };
-        let app = timeout(
-            Router::new()
-                .route("/slow", axum::routing::get(slow))
-                .route("/fast", axum::routing::get(|| async { StatusCode::OK })),
-            Duration::from_millis(20),
+        let protect = Protect::new(
+            ProtectConfig {
+                request_timeout: Duration::from_millis(20),
+                ..ProtectConfig::default()
+            },
+            None,
+            None,
         );
+        let app: Router = Router::new()
+            .route("/slow", axum::routing::get(slow))
+            .route("/fast", axum::routing::get(|| async { StatusCode::OK }))
+            .layer(axum::middleware::from_fn_with_state(protect, timeout));
         let get = |path: &str| axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
         let response = app.clone().oneshot(get("/slow")).await.unwrap();
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);

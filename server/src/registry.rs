@@ -13,6 +13,7 @@
 //! writes answer 409 `EdgeReadOnly` naming the registry to write to (and are
 //! audited as refused); the list and a script's entry reflect the mirror.
 
+use avap_hostfns::artifact::{PolicyLimits, RatePolicy, RunPolicy};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -25,7 +26,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::audit;
 use super::error::ApiError;
-use super::execute::envelope_response;
+use super::execute::{LimitsSpec, envelope_response};
 use super::extract::{JsonBody, whole};
 use super::openapi::{ApiErrorBody, EnvelopeOrError};
 use super::store::{Actor, AuditRow, NewVersion, Put, Rollback, ScriptSummary, VersionMeta};
@@ -39,6 +40,89 @@ pub struct StoreRequest {
     pub name: String,
     /// AVAP source; compile errors are a 400 and nothing is stored.
     pub source: String,
+    /// This script's own per-run limits, each clamped to the server's
+    /// maximum when it runs (unset: the maximum). Stored in its signed
+    /// artifact: changing them makes a new version.
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
+    /// Requests per second per client to this script (`/api/v1/run/{name}`),
+    /// on top of the server's own rate limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A stored script's rate limit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Requests per second per client (API key, else IP), 1 or more.
+    #[serde(deserialize_with = "whole::one")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub per_second: i64,
+    /// Requests a client may send at once before the rate applies (default: `per_second`).
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub burst: Option<u64>,
+}
+
+/// The policy a store request asks for, checked: every limit at least 1,
+/// the rate 1 to 1,000,000 per second.
+fn run_policy(body: &StoreRequest) -> Result<RunPolicy, ApiError> {
+    let limits = match &body.limits {
+        None => None,
+        Some(spec) => {
+            let given = [
+                ("fuel", spec.fuel),
+                ("time_ms", spec.time_ms),
+                ("memory_mb", spec.memory_mb),
+                ("stack_kb", spec.stack_kb),
+                ("output_kb", spec.output_kb),
+            ];
+            if let Some((key, _)) = given.iter().find(|(_, value)| *value == Some(0)) {
+                return Err(ApiError::invalid(format!(
+                    "`limits.{key}` must be at least 1 (leave it out for the server's maximum)"
+                )));
+            }
+            Some(PolicyLimits {
+                fuel: spec.fuel,
+                time_ms: spec.time_ms,
+                memory_mb: spec.memory_mb,
+                stack_kb: spec.stack_kb,
+                output_kb: spec.output_kb,
+            })
+        }
+    };
+    let rate_limit = match &body.rate_limit {
+        None => None,
+        Some(rate) => {
+            let in_range = |n: u64| (1..=MAX_RATE).contains(&n);
+            let per_second = u64::try_from(rate.per_second).unwrap_or(0);
+            let burst = rate.burst.unwrap_or(per_second);
+            if !in_range(per_second) || !in_range(burst) {
+                return Err(ApiError::invalid(format!(
+                    "`rate_limit.per_second` and `rate_limit.burst` must be 1 to {MAX_RATE}"
+                )));
+            }
+            Some(RatePolicy {
+                per_second: u32::try_from(per_second).unwrap_or(u32::MAX),
+                burst: u32::try_from(burst).unwrap_or(u32::MAX),
+            })
+        }
+    };
+    Ok(RunPolicy { limits, rate_limit })
+}
+
+/// The highest rate (and burst) a stored script may ask for.
+const MAX_RATE: u64 = 1_000_000;
+
+/// The policy recorded in a stored artifact (empty if it cannot be read).
+fn policy_of(artifact: &[u8]) -> RunPolicy {
+    avap_hostfns::artifact::inspect(artifact).map_or_else(|_| RunPolicy::default(), |info| info.meta.policy)
+}
+
+/// `limits` and `rate_limit` of a stored script's JSON (nulls when unset).
+fn policy_json(policy: &RunPolicy) -> (Value, Value) {
+    (json!(policy.limits), json!(policy.rate_limit))
 }
 
 /// The body of `POST /api/v1/scripts/{name}/rollback`.
@@ -201,6 +285,7 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
             limit,
         });
     }
+    let policy = run_policy(&body)?;
     let source_sha256 = hex::encode(Sha256::digest(body.source.as_bytes()));
     let unchanged = |meta: &VersionMeta| Stored::NotStored {
         response: Json(stored(&body.name, meta, true)).into_response(),
@@ -209,10 +294,15 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
     };
     if let Some(current) = state.store().current(&body.name).await?
         && current.meta.source_sha256 == source_sha256
+        && state
+            .store()
+            .artifact(&body.name, Some(current.meta.version))
+            .await?
+            .is_some_and(|(_, artifact)| policy_of(&artifact) == policy)
     {
         return Ok(unchanged(&current.meta));
     }
-    let built = match state.build(&body.name, body.source.clone()).await? {
+    let built = match state.build(&body.name, body.source.clone(), policy).await? {
         Ok(built) => built,
         Err(report) => {
             return Ok(Stored::NotStored {
@@ -286,6 +376,12 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         .await?
         .ok_or(ApiError::ScriptNotFound { name, version: None })?;
     let versions = store.versions(&current.name).await?;
+    let policy = store
+        .artifact(&current.name, Some(current.meta.version))
+        .await?
+        .map(|(_, artifact)| policy_of(&artifact))
+        .unwrap_or_default();
+    let (limits, rate_limit) = policy_json(&policy);
     Ok(Json(json!({
         "name": current.name,
         "version": current.meta.version,
@@ -295,6 +391,8 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         "created_at": current.created_at,
         "updated_at": current.updated_at,
         "versions": versions,
+        "limits": limits,
+        "rate_limit": rate_limit,
     })))
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::audit::{self, RunRecord, RunTarget};
 use super::error::ApiError;
-use super::execute::envelope_response;
+use super::execute::{admit_stored, envelope_response};
 use super::extract::{parse, read_body};
 use super::openapi::{ApiErrorBody, Envelope, EnvelopeOrError};
 use super::{AppState, Program};
@@ -81,6 +81,13 @@ async fn run(state: AppState, name: String, rest: Option<String>, req: Request) 
         return Err(ApiError::ScriptNotFound { name, version: None });
     };
     target.resolved(stored.version, stored.module.sha256());
+    let limits = match admit_stored(&state, &name, &stored.module, state.live().limits).await {
+        Ok(limits) => limits,
+        Err(refused) => {
+            audit::record_outcome(&state, &actor, target, refused.kind().to_owned());
+            return Err(refused);
+        }
+    };
     let body = read_body(req, &state).await?;
     let BodyParams { json, form } = body_params(&content_type, &body)?;
     let request = ScriptRequest {
@@ -92,7 +99,7 @@ async fn run(state: AppState, name: String, rest: Option<String>, req: Request) 
         headers,
     };
     let settings = RunSettings {
-        limits: state.config().limits,
+        limits,
         time_zone: None,
         now: None,
     };

@@ -560,8 +560,11 @@ impl Store {
         .bind(new.name)
         .fetch_optional(&mut *tx)
         .await?;
+        // The same source and the same artifact (the same policy, signed by
+        // the same compiler): nothing new. Another policy makes a new version.
         if let Some(row) = current
             && row.1 == new.source_sha256
+            && row.2 == new.artifact_sha256
         {
             return Ok(Put::Unchanged(version_meta(row)));
         }

@@ -177,7 +177,7 @@ async fn run_artifact(
     }
     let script_request = request.script_request()?;
     let settings = RunSettings {
-        limits: request.limits.unwrap_or_default().clamp(state.config().limits),
+        limits: request.limits.unwrap_or_default().clamp(state.live().limits),
         time_zone: None,
         now: None,
     };

@@ -371,7 +371,7 @@ async fn execute(state: &AppState, claimed: &Claimed) -> Result<RunReport, ApiEr
         .insert("avap_job_attempt".to_owned(), Value::from(claimed.attempt));
     let max = Limits {
         time_ms: u64::try_from(state.jobs().config().max_time.as_millis()).unwrap_or(u64::MAX),
-        ..state.config().limits
+        ..state.live().limits
     };
     let stored = claimed.script.clone();
     let run = async {
