@@ -54,6 +54,7 @@ enum Command {
     /// Restore a backup written by `avap backup` into the server database
     Restore(crate::cmd_db::RestoreArgs),
     /// Start the language server for editors on stdin/stdout (diagnostics, hover, completion, definitions)
+    #[command(long_about = crate::cmd_lsp::LONG_ABOUT)]
     Lsp(crate::cmd_lsp::LspArgs),
 }
 

@@ -11,9 +11,8 @@ use avap_server::fs_loader::FsLoader;
 
 use crate::cli::IncludeArgs;
 
-#[derive(Debug, clap::Args)]
-#[command(
-    long_about = "Start the AVAP language server on stdin/stdout (JSON-RPC with Content-Length framing).
+/// `avap lsp --help`.
+pub const LONG_ABOUT: &str = "Start the AVAP language server on stdin/stdout (JSON-RPC with Content-Length framing).
 
 Editors start it themselves; see docs/editors.md for VS Code and Neovim. It reports the \
 diagnostics of `avap check` as you type (includes resolve from the document's directory and \
@@ -22,8 +21,9 @@ doc line; user functions; where a variable is first assigned), completion (comma
 parameter placeholders, built-ins, statements, functions, variables in scope), go to \
 definition (functions, includes, variables) and document symbols (functions, endpoints).
 
-Exits 0 after the editor's shutdown and exit, 1 when the editor goes away without them."
-)]
+Exits 0 after the editor's shutdown and exit, 1 when the editor goes away without them.";
+
+#[derive(Debug, clap::Args)]
 pub struct LspArgs {
     #[command(flatten)]
     includes: IncludeArgs,

@@ -3,7 +3,7 @@
 //! once as the real `avap lsp` process over stdio with Content-Length
 //! framing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
@@ -219,7 +219,7 @@ fn diagnostics_are_those_of_avap_check_and_clear_when_fixed() {
     let d = dir("diagnostics");
     let text = "addParam(name, name)\naddvar(greeting, name)\nif(name, None, \"~\")\nend()\naddResult(greeting)\n";
     let (path, uri) = file(&d, "main.avap", text);
-    let mut client = Client::vscode();
+    let client = Client::vscode();
     client.open(&uri, text);
     let published = client.diagnostics(&uri);
 
@@ -277,26 +277,30 @@ fn diagnostics_are_those_of_avap_check_and_clear_when_fixed() {
 #[test]
 fn positions_count_utf16_units_or_utf8_bytes_as_negotiated() {
     // `ñ` is 1 UTF-16 unit and 2 bytes, `😀` 2 units and 4 bytes.
-    let text = "addVar(t, \"ñ😀\" + nope(1))\naddResult(t)\n";
+    let text = "addVar(t, \"ñ😀\" + str(nope(1)))\naddResult(t)\n";
     let d = dir("positions");
     let (_, uri) = file(&d, "p.avap", text);
-    let prefix_utf16: u32 = "addVar(t, \"ñ😀\" + "
-        .chars()
-        .map(|c| u32::try_from(c.len_utf16()).unwrap())
-        .sum();
-    let prefix_utf8 = u32::try_from("addVar(t, \"ñ😀\" + ".len()).unwrap();
+    let utf16 = |s: &str| -> u32 { s.chars().map(|c| u32::try_from(c.len_utf16()).unwrap()).sum() };
+    let utf8 = |s: &str| u32::try_from(s.len()).unwrap();
+    let before_str = "addVar(t, \"ñ😀\" + ";
+    let before_nope = "addVar(t, \"ñ😀\" + str(";
 
     let mut client = Client::vscode();
     client.open(&uri, text);
     let published = client.diagnostics(&uri);
+    assert_eq!(published[0]["code"], "W0001");
     assert_eq!(
         published[0]["range"]["start"],
-        json!({ "line": 0, "character": prefix_utf16 })
+        json!({ "line": 0, "character": utf16(before_nope) })
     );
-    assert_eq!(published[0]["range"]["end"]["character"], prefix_utf16 + 4);
-    // Hover at a UTF-16 column after the non-ASCII text finds `nope`.
-    let hover = client.at("textDocument/hover", &uri, 0, prefix_utf16 + 1).ok();
-    assert_eq!(hover["range"]["start"]["character"], prefix_utf16);
+    assert_eq!(published[0]["range"]["end"]["character"], utf16(before_nope) + 4);
+    // Hover at a UTF-16 column after the non-ASCII text finds `str`.
+    let hover = client.at("textDocument/hover", &uri, 0, utf16(before_str) + 1).ok();
+    assert_eq!(hover["range"]["start"]["character"], utf16(before_str));
+    assert!(
+        hover["contents"]["value"].as_str().unwrap().contains("str(value)"),
+        "{hover}"
+    );
     assert_eq!(client.shutdown(), Exit::Clean);
 
     let (mut client, _) = Client::initialized(json!({ "general": { "positionEncodings": ["utf-8"] } }));
@@ -304,10 +308,10 @@ fn positions_count_utf16_units_or_utf8_bytes_as_negotiated() {
     let published = client.diagnostics(&uri);
     assert_eq!(
         published[0]["range"]["start"],
-        json!({ "line": 0, "character": prefix_utf8 })
+        json!({ "line": 0, "character": utf8(before_nope) })
     );
-    let hover = client.at("textDocument/hover", &uri, 0, prefix_utf8 + 2).ok();
-    assert_eq!(hover["range"]["start"]["character"], prefix_utf8);
+    let hover = client.at("textDocument/hover", &uri, 0, utf8(before_str) + 2).ok();
+    assert_eq!(hover["range"]["start"]["character"], utf8(before_str));
     assert_eq!(client.shutdown(), Exit::Clean);
 }
 
@@ -680,8 +684,10 @@ fn a_large_document_is_checked_in_reasonable_time() {
     client.open(&uri, &text);
     let published = client.diagnostics(&uri);
     let took = started.elapsed();
-    assert_eq!(published.len(), 1, "{published:?}");
-    assert_eq!(published[0]["range"]["start"]["line"], 20_000);
+    // The typo, and (as `avap check` says too) the compile budget.
+    let typo = published.iter().find(|d| d["code"] == "W0001").expect("the typo");
+    assert_eq!(typo["range"]["start"]["line"], 20_000);
+    assert!(published.iter().any(|d| d["code"] == "E0082"), "{published:?}");
     assert!(took < Duration::from_secs(10), "checking 20 000 lines took {took:?}");
     let items = client.at("textDocument/completion", &uri, 20_001, 0).ok();
     assert!(items.as_array().unwrap().len() > 20_000);
