@@ -3,6 +3,7 @@
 //! once as the real `avap lsp` process over stdio with Content-Length
 //! framing.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,7 +45,7 @@ impl Client {
     }
 
     /// Started and initialized with these client capabilities.
-    fn initialized(capabilities: Value) -> (Client, Value) {
+    fn initialized(capabilities: &Value) -> (Client, Value) {
         let mut client = Client::start();
         let result = client
             .request(
@@ -59,7 +60,7 @@ impl Client {
 
     /// A client as VS Code is one: UTF-16, snippets, nested symbols.
     fn vscode() -> Client {
-        Client::initialized(json!({
+        Client::initialized(&json!({
             "textDocument": {
                 "completion": { "completionItem": { "snippetSupport": true } },
                 "documentSymbol": { "hierarchicalDocumentSymbolSupport": true },
@@ -202,14 +203,14 @@ fn pos(text: &str, needle: &str) -> (u32, u32) {
 
 #[test]
 fn initialize_announces_what_the_server_does() {
-    let (client, result) = Client::initialized(json!({}));
+    let (client, result) = Client::initialized(&json!({}));
     let mut result = result;
     result["serverInfo"]["version"] = json!("[version]");
     insta::assert_json_snapshot!("initialize_result", result);
     assert_eq!(client.shutdown(), Exit::Clean);
 
     // A client that offers UTF-8 gets it.
-    let (client, result) = Client::initialized(json!({ "general": { "positionEncodings": ["utf-16", "utf-8"] } }));
+    let (client, result) = Client::initialized(&json!({ "general": { "positionEncodings": ["utf-16", "utf-8"] } }));
     assert_eq!(result["capabilities"]["positionEncoding"], "utf-8");
     assert_eq!(client.shutdown(), Exit::Clean);
 }
@@ -303,7 +304,7 @@ fn positions_count_utf16_units_or_utf8_bytes_as_negotiated() {
     );
     assert_eq!(client.shutdown(), Exit::Clean);
 
-    let (mut client, _) = Client::initialized(json!({ "general": { "positionEncodings": ["utf-8"] } }));
+    let (mut client, _) = Client::initialized(&json!({ "general": { "positionEncodings": ["utf-8"] } }));
     client.open(&uri, text);
     let published = client.diagnostics(&uri);
     assert_eq!(
@@ -674,7 +675,7 @@ fn random_edits_and_requests_never_break_the_server() {
 fn a_large_document_is_checked_in_reasonable_time() {
     let mut text = String::new();
     for i in 0..20_000 {
-        text.push_str(&format!("addVar(v{i}, {i})\n"));
+        writeln!(text, "addVar(v{i}, {i})").unwrap();
     }
     text.push_str("addvar(oops, 1)\n");
     let d = dir("large");

@@ -4,6 +4,8 @@
 //! included file is shown at the `include` that brought it in, prefixed
 //! with where it really is (and that place as related information).
 
+use std::fmt::Write as _;
+
 use avap_codegen::Diagnostic as Finding;
 use avap_codegen::Severity;
 use avap_codegen::diag::FileId;
@@ -50,7 +52,7 @@ fn convert(analysis: &Analysis, uri: &Uri, encoding: Encoding, d: &Finding) -> D
         // In an included file: at the include, saying where.
         let source = analysis.checked.sources.get(d.file);
         let at = source.line_col(d.span.start as usize);
-        message.push_str(&format!("in {}:{}:{}: ", source.name(), at.line, at.column));
+        let _ = write!(message, "in {}:{}:{}: ", source.name(), at.line, at.column);
         if let Some(here) = location(analysis, uri, d.file, span_range(d.file, d.span)) {
             related.push(DiagnosticRelatedInformation {
                 location: here,
@@ -59,14 +61,14 @@ fn convert(analysis: &Analysis, uri: &Uri, encoding: Encoding, d: &Finding) -> D
         }
         analysis
             .include_site(d.file)
-            .map_or_else(|| Range::default(), |site| span_range(0, site))
+            .map_or_else(Range::default, |site| span_range(0, site))
     };
     message.push_str(&d.message);
     for note in &d.notes {
-        message.push_str(&format!("\nnote: {note}"));
+        let _ = write!(message, "\nnote: {note}");
     }
     if let Some(help) = &d.help {
-        message.push_str(&format!("\nhelp: {help}"));
+        let _ = write!(message, "\nhelp: {help}");
     }
     for label in &d.secondary {
         if let Some(place) = location(analysis, uri, label.file, span_range(label.file, label.span)) {

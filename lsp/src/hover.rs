@@ -1,6 +1,8 @@
 //! Hover: a command's forms, capability class and doc line; a user
 //! function's signature; where a variable is first written.
 
+use std::fmt::Write as _;
+
 use avap_codegen::ast::Function;
 use avap_hostfns::signature::{self, CommandSig, ParamKind, Returns};
 
@@ -51,33 +53,32 @@ fn describe(analysis: &Analysis, word: &Word, offset: usize) -> Option<String> {
 pub fn command(sig: &CommandSig) -> String {
     let mut out = String::from("```avap\n");
     for form in sig.forms {
-        out.push_str(&format!("{}({})\n", sig.name, param_list(form)));
+        let _ = writeln!(out, "{}({})", sig.name, param_list(form));
     }
     out.push_str("```\n");
     out.push_str(sig.summary);
-    out.push_str(&format!("\n\n*capability:* `{}`", sig.capability.as_str()));
+    let _ = write!(out, "\n\n*capability:* `{}`", sig.capability.as_str());
     let widest = sig.forms.iter().max_by_key(|f| f.len()).copied().unwrap_or_default();
     if !widest.is_empty() {
         let params: Vec<String> = widest
             .iter()
             .map(|p| format!("`{}` {}", p.name, kind_text(p.kind)))
             .collect();
-        out.push_str(&format!(" · *parameters:* {}", params.join(", ")));
+        let _ = write!(out, " · *parameters:* {}", params.join(", "));
     }
     match sig.returns {
         Returns::Target => {
             let without_target = &widest[..widest.len().saturating_sub(1)];
-            out.push_str(&format!(
+            let _ = write!(
+                out,
                 "\n\n*assignment form:* `x = {}({})` (the target may be left out)",
                 sig.name,
                 param_list(without_target)
-            ));
+            );
         }
-        Returns::Value => out.push_str(&format!(
-            "\n\n*yields a value:* `x = {}({})`",
-            sig.name,
-            param_list(widest)
-        )),
+        Returns::Value => {
+            let _ = write!(out, "\n\n*yields a value:* `x = {}({})`", sig.name, param_list(widest));
+        }
         Returns::Nothing => out.push_str("\n\n*yields no value:* call it on its own line"),
     }
     out

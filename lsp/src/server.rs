@@ -324,17 +324,17 @@ impl Server<'_> {
 
     /// Open, change, save, close; other notifications are ignored.
     fn document_event(&mut self, n: Notification) -> Result<(), String> {
-        let bad = |e: serde_json::Error| format!("invalid `{}` params: {e}", n.method);
-        match n.method.as_str() {
+        let Notification { method, params } = n;
+        let bad = |e: serde_json::Error| format!("invalid `{method}` params: {e}");
+        match method.as_str() {
             DidOpenTextDocument::METHOD => {
-                let p: lsp_types::DidOpenTextDocumentParams = serde_json::from_value(n.params.clone()).map_err(bad)?;
+                let p: lsp_types::DidOpenTextDocumentParams = serde_json::from_value(params).map_err(bad)?;
                 let d = p.text_document;
                 let document = Document::new(&d.uri, d.text, d.version);
                 self.documents.open(d.uri, document);
             }
             DidChangeTextDocument::METHOD => {
-                let p: lsp_types::DidChangeTextDocumentParams =
-                    serde_json::from_value(n.params.clone()).map_err(bad)?;
+                let p: lsp_types::DidChangeTextDocumentParams = serde_json::from_value(params).map_err(bad)?;
                 let uri = p.text_document.uri;
                 let Some(document) = self.documents.get_mut(&uri) else {
                     return Err(format!("`didChange` for {} which is not open", uri.as_str()));
@@ -349,7 +349,7 @@ impl Server<'_> {
                 }
             }
             DidCloseTextDocument::METHOD => {
-                let p: lsp_types::DidCloseTextDocumentParams = serde_json::from_value(n.params.clone()).map_err(bad)?;
+                let p: lsp_types::DidCloseTextDocumentParams = serde_json::from_value(params).map_err(bad)?;
                 if self.documents.close(&p.text_document.uri) {
                     // Clear what was shown for it.
                     self.publish(p.text_document.uri, Vec::new(), None)
