@@ -54,3 +54,45 @@ pub fn serve_stdio(resolver: &dyn IncludeResolver) -> Result<Exit, LspError> {
     threads.finish_writing()?;
     exit
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use crate::analysis::{Analysis, NoIncludeResolver};
+    use crate::position::{Encoding, LineIndex};
+
+    proptest! {
+        /// Every feature at every position of arbitrary, mostly half-typed
+        /// AVAP: none panics.
+        #[test]
+        fn features_never_panic_on_half_typed_text(
+            pieces in proptest::collection::vec(prop_oneof![
+                Just("addVar("), Just("x"), Just(")"), Just("("), Just("\""), Just("`${"), Just("}"),
+                Just("{"), Just("function f(a, b) {"), Just("if(x, 1, =)"), Just("end()"), Just("\n"),
+                Just("startLoop(i,1,"), Just("ñ"), Just("😀"), Just("include(\"l.avap\")"), Just("$"),
+                Just("."), Just(","), Just("//"), Just("/*"), Just("*/"), Just("return("), Just(" = "),
+                Just("registerEndpoint(\"/a\", \"GET\", [], \"\", f, o)"), Just("try()"), Just("exception(e)"),
+                Just("x = RequestGet("), Just("\r\n"), Just("[1, 2]"), Just("f(x)"),
+            ], 0..40),
+            positions in proptest::collection::vec((0u32..12, 0u32..60), 1..8),
+        ) {
+            let text: String = pieces.concat();
+            let analysis = Analysis::new(&text, Some(std::path::Path::new("/nonexistent/t.avap")), &NoIncludeResolver);
+            let uri: lsp_types::Uri = "file:///nonexistent/t.avap".parse().unwrap();
+            let _ = crate::diagnostics::to_lsp(&analysis, &uri, Encoding::Utf16);
+            let _ = crate::navigation::symbols(&analysis);
+            let main = analysis.main();
+            for encoding in [Encoding::Utf16, Encoding::Utf8] {
+                let index = LineIndex::new(main.text(), main.line_starts(), encoding);
+                for &(line, character) in &positions {
+                    let offset = index.offset(lsp_types::Position::new(line, character));
+                    prop_assert!(main.text().is_char_boundary(offset));
+                    let _ = crate::hover::hover(&analysis, offset);
+                    let _ = crate::completion::complete(&analysis, offset, true);
+                    let _ = crate::navigation::definition(&analysis, offset);
+                }
+            }
+        }
+    }
+}
