@@ -379,6 +379,12 @@ fn hover_on_commands_functions_and_variables() {
     assert!(person.contains("*parameter*, line 7"), "{person}");
     let len = hover_text(&mut client, &uri, "startLoop", 0);
     assert!(len.contains("startLoop(var, from, to)"), "{len}");
+    let include = client.at("textDocument/hover", &uri, 0, 12).ok();
+    let text = include["contents"]["value"].as_str().unwrap();
+    assert!(
+        text.starts_with("included file `/") && text.contains("lib.avap"),
+        "{text}"
+    );
     // Nothing to say about a string.
     let (line, col) = pos(SCRIPT, "Hello ");
     assert_eq!(client.at("textDocument/hover", &uri, line, col + 1).ok(), Value::Null);

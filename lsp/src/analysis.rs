@@ -194,13 +194,14 @@ impl Analysis {
         })
     }
 
-    /// The file an `include("…")` of the main file at `offset` loaded.
-    pub fn include_at(&self, offset: usize) -> Option<PathBuf> {
+    /// The file an `include("…")` of the main file at `offset` loaded, and
+    /// the span of the written path.
+    pub fn include_at(&self, offset: usize) -> Option<(PathBuf, Span)> {
         let main = self.main().name();
-        let (path, _) = self.top_level_includes().find(|(_, s)| contains(*s, offset))?;
+        let (path, span) = self.top_level_includes().find(|(_, s)| contains(*s, offset))?;
         let load = self.loads.iter().find(|l| l.from == main && l.path == path)?;
         let target = PathBuf::from(&load.name);
-        target.is_absolute().then_some(target)
+        target.is_absolute().then_some((target, span))
     }
 
     /// The identifier at `offset` (or ending there: the cursor just after

@@ -11,6 +11,10 @@ use crate::statements;
 
 /// The hover text (Markdown) and the span of the word it is about.
 pub fn hover(analysis: &Analysis, offset: usize) -> Option<(String, avap_codegen::Span)> {
+    if let Some((path, span)) = analysis.include_at(offset) {
+        let text = format!("included file `{}` (go to definition opens it)", path.display());
+        return Some((text, span));
+    }
     let word = analysis.word_at(offset)?;
     let text = describe(analysis, &word, offset)?;
     Some((text, word.span))

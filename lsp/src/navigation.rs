@@ -21,7 +21,7 @@ pub struct Target {
 }
 
 pub fn definition(analysis: &Analysis, offset: usize) -> Option<Target> {
-    if let Some(path) = analysis.include_at(offset) {
+    if let Some((path, _)) = analysis.include_at(offset) {
         let file_id = analysis.checked.sources.find(&path.display().to_string());
         return Some(Target {
             file: Some(path),
