@@ -53,6 +53,9 @@ enum Command {
     Backup(crate::cmd_db::BackupArgs),
     /// Restore a backup written by `avap backup` into the server database
     Restore(crate::cmd_db::RestoreArgs),
+    /// Start the language server for editors on stdin/stdout (diagnostics, hover, completion, definitions)
+    #[command(long_about = crate::cmd_lsp::LONG_ABOUT)]
+    Lsp(crate::cmd_lsp::LspArgs),
 }
 
 /// Machine-readable or not: every command that can print JSON takes
@@ -150,6 +153,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => crate::cmd_db::migrate(&args),
         Command::Backup(args) => crate::cmd_db::backup(&args),
         Command::Restore(args) => crate::cmd_db::restore(&args),
+        Command::Lsp(args) => crate::cmd_lsp::lsp(&args),
     };
     match result {
         Ok(code) => code,

@@ -17,6 +17,7 @@ mod cmd_db;
 mod cmd_health;
 mod cmd_inspect;
 mod cmd_keys;
+mod cmd_lsp;
 mod cmd_run;
 // The server library under its old module names, for the commands.
 use avap_server as server;

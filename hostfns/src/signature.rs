@@ -431,6 +431,10 @@ pub struct BuiltinFn {
     pub name: &'static str,
     pub min_args: usize,
     pub max_args: usize,
+    /// The call as written, for editor hovers and completions.
+    pub form: &'static str,
+    /// One line for editor hovers (what `summary` is for commands).
+    pub summary: &'static str,
 }
 
 static BUILTINS: &[BuiltinFn] = &[
@@ -438,21 +442,29 @@ static BUILTINS: &[BuiltinFn] = &[
         name: "str",
         min_args: 0,
         max_args: 1,
+        form: "str(value)",
+        summary: "Text of a value, as Python's `str()`",
     },
     BuiltinFn {
         name: "int",
         min_args: 0,
         max_args: 1,
+        form: "int(value)",
+        summary: "Integer from a number or a numeric string, as Python's `int()`",
     },
     BuiltinFn {
         name: "float",
         min_args: 0,
         max_args: 1,
+        form: "float(value)",
+        summary: "Float from a number or a numeric string, as Python's `float()`",
     },
     BuiltinFn {
         name: "len",
         min_args: 1,
         max_args: 1,
+        form: "len(value)",
+        summary: "Length of a string (in characters), list or dict",
     },
 ];
 
