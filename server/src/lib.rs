@@ -324,7 +324,11 @@ impl AppState {
         };
         let runtime = Runtime::new(runtime).context("cannot start the wasm runtime")?;
         let api_keys: Arc<api_key_cache::ApiKeyCache> = Arc::default();
-        let metrics = metrics::Metrics::default();
+        let mut metrics = metrics::Metrics::default();
+        metrics.watch_registry_pool(store.pool_watch());
+        if let Some(db) = &config.effects.db {
+            db.set_acquire_observer(metrics.app_db_acquire_observer());
+        }
         metrics.set_run_slots(config.max_concurrent_runs);
         let cluster = match config.redis_url.clone() {
             None => None,

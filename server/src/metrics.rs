@@ -53,6 +53,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use avap_hostfns::effects::db::PoolStats;
 
 use super::AppState;
 use super::error::ApiError;
@@ -124,6 +125,49 @@ fn duration_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// One connection pool's waiters and acquire times: counted while a
+/// caller waits for a connection (a cancelled wait too), timed when it has
+/// one. The registry's [`Store`](super::store::Store) holds one; the
+/// application databases report through [`Metrics::app_db_acquire_observer`].
+#[derive(Debug)]
+pub struct PoolWatch {
+    waiting: std::sync::atomic::AtomicUsize,
+    acquire_seconds: Histogram,
+}
+
+impl Default for PoolWatch {
+    fn default() -> PoolWatch {
+        PoolWatch {
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            acquire_seconds: duration_histogram(),
+        }
+    }
+}
+
+impl PoolWatch {
+    /// Await `acquire` (a pool's acquire or begin), counted and timed.
+    pub async fn acquiring<T>(&self, acquire: impl std::future::Future<Output = T>) -> T {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let waiting = Waiting(&self.waiting);
+        let started = std::time::Instant::now();
+        let acquired = acquire.await;
+        drop(waiting);
+        self.acquire_seconds.observe(started.elapsed().as_secs_f64());
+        acquired
+    }
+
+    /// Callers waiting for a connection now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The server's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -164,6 +208,8 @@ pub struct Metrics {
     db_pool: Family<PoolState, Gauge>,
     /// The application databases' pools, by database and `state`.
     app_db_pool: Family<DatabasePoolState, Gauge>,
+    /// How long application-database statements waited for a connection.
+    app_db_acquire_seconds: Family<DatabaseLabel, Histogram>,
     /// Application-database statements over `db_slow_statement_ms`.
     slow_statements: Counter,
     /// Runs of stored scripts and their seconds, by script (bounded).
@@ -201,6 +247,11 @@ struct ScriptLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PoolState {
     state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DatabaseLabel {
+    database: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -319,6 +370,7 @@ impl Default for Metrics {
             disk_size_bytes: Gauge::default(),
             db_pool: Family::default(),
             app_db_pool: Family::default(),
+            app_db_acquire_seconds: Family::new_with_constructor(duration_histogram),
             slow_statements: Counter::default(),
             script_runs: Family::default(),
             script_seconds: Family::default(),
@@ -547,13 +599,18 @@ impl Metrics {
         );
         r.register(
             "avap_db_pool_connections",
-            "The registry database's connection pool: in_use, idle, and its max",
+            "The registry database's connection pool: in_use, idle, its max, and callers waiting for a connection",
             self.db_pool.clone(),
         );
         r.register(
             "avap_app_db_pool_connections",
-            "The application databases' connection pools (the orm* commands and connectors): in_use, idle, and max",
+            "The application databases' connection pools (the orm* commands and connectors): in_use, idle, max, and statements waiting for a connection",
             self.app_db_pool.clone(),
+        );
+        r.register(
+            "avap_app_db_pool_acquire_seconds",
+            "How long application-database statements waited for a connection of their database's pool",
+            self.app_db_acquire_seconds.clone(),
         );
         r.register(
             "avap_db_slow_statements",
@@ -566,8 +623,28 @@ impl Metrics {
             .register(r, "avap_db", "database", "statements", "on one database");
     }
 
+    /// Register the registry pool's acquire times (once, at start).
+    pub fn watch_registry_pool(&mut self, watch: &PoolWatch) {
+        self.registry.register(
+            "avap_db_pool_acquire_seconds",
+            "How long the server waited for a connection of the registry database's pool",
+            watch.acquire_seconds.clone(),
+        );
+    }
+
+    /// What the application databases call with each statement's wait for a connection.
+    pub fn app_db_acquire_observer(&self) -> avap_hostfns::effects::db::AcquireObserver {
+        let family = self.app_db_acquire_seconds.clone();
+        std::sync::Arc::new(move |database: &str, waited: Duration| {
+            let label = DatabaseLabel {
+                database: database.to_owned(),
+            };
+            family.get_or_create(&label).observe(waited.as_secs_f64());
+        })
+    }
+
     /// The process, its disk and the registry pool, before a scrape.
-    pub fn set_process(&self, stats: &ProcessStats, pool: (u32, usize, u32)) {
+    pub fn set_process(&self, stats: &ProcessStats, pool: (u32, usize, u32, usize)) {
         let gauge = |gauge: &Gauge, value: Option<u64>| {
             if let Some(value) = value {
                 gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -585,9 +662,15 @@ impl Metrics {
         gauge(&self.threads, stats.threads);
         gauge(&self.disk_free_bytes, stats.disk_free_bytes);
         gauge(&self.disk_size_bytes, stats.disk_size_bytes);
-        let (open, idle, max) = pool;
+        let (open, idle, max, waiting) = pool;
         let idle = u32::try_from(idle).unwrap_or(u32::MAX);
-        for (state, value) in [("in_use", open.saturating_sub(idle)), ("idle", idle), ("max", max)] {
+        let waiting = u32::try_from(waiting).unwrap_or(u32::MAX);
+        for (state, value) in [
+            ("in_use", open.saturating_sub(idle)),
+            ("idle", idle),
+            ("max", max),
+            ("waiting", waiting),
+        ] {
             self.db_pool.get_or_create(&PoolState { state }).set(i64::from(value));
         }
     }
@@ -603,12 +686,18 @@ impl Metrics {
     }
 
     /// The application databases' pools and slow statements, before a scrape.
-    pub fn set_app_databases(&self, pools: &[(String, u32, usize, u32)], slow_statements: u64) {
-        for (database, open, idle, max) in pools {
-            let idle = u32::try_from(*idle).unwrap_or(u32::MAX);
-            for (state, value) in [("in_use", open.saturating_sub(idle)), ("idle", idle), ("max", *max)] {
+    pub fn set_app_databases(&self, pools: &[PoolStats], slow_statements: u64) {
+        for pool in pools {
+            let idle = u32::try_from(pool.idle).unwrap_or(u32::MAX);
+            let waiting = u32::try_from(pool.waiting).unwrap_or(u32::MAX);
+            for (state, value) in [
+                ("in_use", pool.open.saturating_sub(idle)),
+                ("idle", idle),
+                ("max", pool.max),
+                ("waiting", waiting),
+            ] {
                 let labels = DatabasePoolState {
-                    database: database.clone(),
+                    database: pool.database.clone(),
                     state,
                 };
                 self.app_db_pool.get_or_create(&labels).set(i64::from(value));
@@ -851,6 +940,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics()
         .set_outbound(http.map(Breakers::stats).unwrap_or_default());
+    if let Some(db) = &effects.db {
+        state.metrics().set_app_databases(&db.pool_stats(), db.slow_statements());
+    }
     let databases = effects.db.as_ref().and_then(|db| db.breakers());
     state
         .metrics()
@@ -979,7 +1071,13 @@ mod tests {
             refused_open_total: 4,
             ..Default::default()
         });
-        let pools = [("application database (sqlite)".to_owned(), 3, 1, 8)];
+        let pools = [PoolStats {
+            database: "application database (sqlite)".to_owned(),
+            open: 3,
+            idle: 1,
+            max: 8,
+            waiting: 5,
+        }];
         m.set_app_databases(&pools, 2);
         m.set_app_databases(&pools, 2);
         let process = ProcessStats {
@@ -991,8 +1089,9 @@ mod tests {
             disk_free_bytes: Some(10),
             disk_size_bytes: None,
         };
-        m.set_process(&process, (3, 1, 4));
-        m.set_process(&process, (3, 1, 4));
+        m.set_process(&process, (3, 1, 4, 0));
+        m.set_process(&process, (3, 1, 4, 7));
+        (m.app_db_acquire_observer())("application database (sqlite)", Duration::from_millis(3));
         let text = m.render();
         assert!(
             text.contains("process_cpu_seconds_total 1.5\n"),
@@ -1009,6 +1108,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("avap_db_pool_connections{state=\"max\"} 4\n"), "{text}");
+        assert!(text.contains("avap_db_pool_connections{state=\"waiting\"} 7\n"), "{text}");
+        assert!(
+            text.contains(
+                "avap_app_db_pool_connections{database=\"application database (sqlite)\",state=\"waiting\"} 5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "avap_app_db_pool_acquire_seconds_bucket{le=\"0.005\",database=\"application database (sqlite)\"} 1\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("avap_outbound_circuits_open 1\n"), "{text}");
         assert!(
             text.contains("avap_outbound_circuits_opened_total 3\n"),

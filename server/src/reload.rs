@@ -170,7 +170,10 @@ pub fn reload(state: &AppState) -> Result<ReloadReport, ReloadError> {
         live.effects.http = new.outbound();
     }
     if touched("db_") || touched("app_database_url") || touched("connectors") {
-        live.effects.db = new.databases().ok().map(Arc::new);
+        live.effects.db = new.databases().ok().map(|db| {
+            db.set_acquire_observer(state.metrics().app_db_acquire_observer());
+            Arc::new(db)
+        });
     }
     if touched("ai_endpoint") {
         live.effects.ai = new.ai();

@@ -19,11 +19,14 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
+
+use super::metrics::PoolWatch;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
@@ -137,6 +140,8 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Waiting for the pool's connections, counted and timed (the metrics).
+    watch: Arc<PoolWatch>,
 }
 
 /// One migration as [`Store::migrations`] reports it.
@@ -369,17 +374,15 @@ impl Store {
             // listings and the audit writer.
             Backend::Postgres => options.max_connections(10).connect(&location.url()).await?,
         };
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            watch: Arc::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// The pool, for the job queue's SQL (`jobs/store.rs`), which keeps its
-    /// own tables and follows the rules above.
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     /// Every connection of the pool is open and busy: a timeout waiting for
@@ -396,9 +399,19 @@ impl Store {
     /// waiting, which under concurrent registry writes meant 500s.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.watch.acquiring(self.pool.begin_with("BEGIN IMMEDIATE")).await,
+            Backend::Postgres => self.watch.acquiring(self.pool.begin()).await,
         }
+    }
+
+    /// A connection of the pool, the wait counted and timed.
+    pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        self.watch.acquiring(self.pool.acquire()).await
+    }
+
+    /// The pool's waiters and acquire times, for the metrics.
+    pub fn pool_watch(&self) -> &PoolWatch {
+        &self.watch
     }
 
     /// Apply the migrations this database has not seen (at start, and by
@@ -416,7 +429,7 @@ impl Store {
     pub async fn migrations(&self) -> Result<Vec<MigrationState>> {
         let applied: Vec<(i64,)> = match sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = $1")
             .bind(true)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await
         {
             Ok(rows) => rows,
@@ -439,7 +452,7 @@ impl Store {
     /// Readiness: the database answers a trivial query.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await
             .context("the database does not answer")?;
         Ok(())
@@ -473,7 +486,7 @@ impl Store {
     pub async fn list(&self) -> Result<Vec<ScriptSummary>> {
         let rows: Vec<(String, i64, String)> =
             sqlx::query_as("SELECT name, current_version, updated_at FROM scripts ORDER BY name")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?;
         Ok(rows
             .into_iter()
@@ -493,7 +506,7 @@ impl Store {
              WHERE s.name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(row.map(
             |(version, ssha, asha, vcreated, source, created_at, updated_at)| CurrentScript {
@@ -513,7 +526,7 @@ impl Store {
              WHERE name = $1 ORDER BY version",
         )
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(version_meta).collect())
     }
@@ -530,7 +543,7 @@ impl Store {
                 .bind(name)
                 .bind(n),
         };
-        Ok(query.fetch_optional(&self.pool).await?)
+        Ok(query.fetch_optional(&mut *self.conn().await?).await?)
     }
 
     /// Store `new` as the next version and make it current, unless its
@@ -814,11 +827,12 @@ fn audit_entry(
 
 /// The registry's connection pool now: open connections, idle ones, the most it opens.
 impl Store {
-    pub fn pool_stats(&self) -> (u32, usize, u32) {
+    pub fn pool_stats(&self) -> (u32, usize, u32, usize) {
         (
             self.pool.size(),
             self.pool.num_idle(),
             self.pool.options().get_max_connections(),
+            self.watch.waiting(),
         )
     }
 }
@@ -861,7 +875,7 @@ impl Store {
         if let Some(before) = query.before {
             select = select.bind(before);
         }
-        let rows = select.bind(query.limit).fetch_all(&self.pool).await?;
+        let rows = select.bind(query.limit).fetch_all(&mut *self.conn().await?).await?;
         Ok(rows.into_iter().map(audit_entry).collect())
     }
 
@@ -876,7 +890,7 @@ impl Store {
         .bind(after)
         .bind(since.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(audit_entry).collect())
     }
@@ -885,7 +899,7 @@ impl Store {
     pub async fn prune_audit(&self, before: &str) -> Result<u64> {
         let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await
             .context("cannot prune the audit trail")?;
         Ok(done.rows_affected())
@@ -942,7 +956,11 @@ type FullVersionRow = (i64, String, String, Vec<u8>, String, String);
 
 impl Store {
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        let mut tx = self.pool.begin().await.context("cannot start a read transaction")?;
+        let mut tx = self
+            .watch
+            .acquiring(self.pool.begin())
+            .await
+            .context("cannot start a read transaction")?;
         match self.backend {
             Backend::Postgres => {
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -961,7 +979,7 @@ impl Store {
             "SELECT (SELECT COUNT(*) FROM scripts) + (SELECT COUNT(*) FROM script_versions) \
              + (SELECT COUNT(*) FROM api_keys) + (SELECT COUNT(*) FROM audit_log)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(rows == 0)
     }
@@ -1136,7 +1154,7 @@ impl Store {
             .bind(key_hash)
             .bind(scopes)
             .bind(&at)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await
             .with_context(|| format!("cannot store API key {id}"))?;
         Ok(at)
@@ -1147,7 +1165,7 @@ impl Store {
         let rows: Vec<ApiKeyRow> = sqlx::query_as(
             "SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(api_key_record).collect())
     }
@@ -1156,7 +1174,7 @@ impl Store {
         let row: Option<ApiKeyRow> =
             sqlx::query_as("SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(row.map(api_key_record))
     }
@@ -1166,7 +1184,7 @@ impl Store {
         let revoked = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(revoked > 0)
@@ -1182,7 +1200,7 @@ impl Store {
             "SELECT s.name, v.version, v.artifact_sha256, s.updated_at FROM scripts s \
              JOIN script_versions v ON v.name = s.name AND v.version = s.current_version ORDER BY s.name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows)
     }
@@ -1192,7 +1210,7 @@ impl Store {
         let row: Option<(Vec<u8>,)> =
             sqlx::query_as("SELECT artifact FROM script_versions WHERE artifact_sha256 = $1 LIMIT 1")
                 .bind(sha256)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(row.map(|(artifact,)| artifact))
     }

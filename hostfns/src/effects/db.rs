@@ -163,7 +163,24 @@ pub struct Databases {
     transaction: Option<Arc<Transaction>>,
     /// The tokens and URLs above (with their passwords and file paths).
     secrets: Arc<Secrets>,
+    /// Told how long each statement waited for a connection (set once,
+    /// by whoever keeps the metrics).
+    acquire_observer: Arc<ObserverSlot>,
 }
+
+/// Where the [`AcquireObserver`] goes once it is set.
+#[derive(Default)]
+struct ObserverSlot(std::sync::OnceLock<AcquireObserver>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ObserverSlot(set)" } else { "ObserverSlot(empty)" })
+    }
+}
+
+/// Told, for each statement, which database (its label) it waited on for
+/// a connection and how long (the metrics' acquire-time histogram).
+pub type AcquireObserver = Arc<dyn Fn(&str, Duration) + Send + Sync>;
 
 #[derive(Debug)]
 enum Target {
@@ -177,6 +194,17 @@ enum Pool {
     Postgres(PgPool),
 }
 
+/// One database's pool as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Its label: role and system, never its URL.
+    pub database: String,
+    pub open: u32,
+    pub idle: usize,
+    pub max: u32,
+    pub waiting: usize,
+}
+
 /// Debug shows the label only: connection options may hold a password.
 struct Conn {
     /// What the connection is, for messages: its role and database system
@@ -184,6 +212,8 @@ struct Conn {
     label: String,
     target: Target,
     pool: OnceCell<Pool>,
+    /// Statements waiting for a connection of the pool now.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Databases {
@@ -221,7 +251,14 @@ impl Databases {
             limits,
             transaction: None,
             secrets: Arc::new(secrets),
+            acquire_observer: Arc::default(),
         })
+    }
+
+    /// Tell `observer` how long each statement waits for a connection from
+    /// now on; only the first call counts.
+    pub fn set_acquire_observer(&self, observer: AcquireObserver) {
+        let _ = self.acquire_observer.0.set(observer);
     }
 
     /// Every token, URL, password and database file configured here: what
@@ -245,6 +282,7 @@ impl Databases {
             limits: self.limits.clone(),
             transaction: Some(Arc::clone(&transaction)),
             secrets: Arc::clone(&self.secrets),
+            acquire_observer: Arc::clone(&self.acquire_observer),
         };
         (databases, transaction)
     }
@@ -267,8 +305,9 @@ impl Databases {
     }
 
     /// Each configured database whose pool is open: its label (role and
-    /// system, never its URL), connections open, idle, and the pool's most.
-    pub fn pool_stats(&self) -> Vec<(String, u32, usize, u32)> {
+    /// system, never its URL), connections open, idle, the pool's most, and
+    /// statements waiting for a connection.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
         self.app
             .as_deref()
             .into_iter()
@@ -278,7 +317,13 @@ impl Databases {
                     Pool::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
                     Pool::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
                 };
-                Some((conn.label.clone(), size, idle, max))
+                Some(PoolStats {
+                    database: conn.label.clone(),
+                    open: size,
+                    idle,
+                    max,
+                    waiting: conn.waiting.load(std::sync::atomic::Ordering::Relaxed),
+                })
             })
             .collect()
     }
@@ -365,6 +410,7 @@ impl Conn {
             label: format!("{what} ({system})"),
             target,
             pool: OnceCell::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -1108,8 +1154,15 @@ async fn statement(command: &str, conn: &Conn, db: &Databases, want: Want, q: Sq
     let work = async {
         match (&pool, db.transaction_for(conn)) {
             (pool, Some(transaction)) => transaction.run(pool, want, &q).await,
-            (Pool::Sqlite(p), None) => run_sqlite(p, want, &q, limits).await,
-            (Pool::Postgres(p), None) => run_postgres(p, want, &q, limits).await,
+            (Pool::Sqlite(p), None) => {
+                refuse_attach(&q)?;
+                let c = acquiring(conn, db.acquire_observer.0.get(), p.acquire()).await?;
+                run_sqlite(c, want, &q, limits).await
+            }
+            (Pool::Postgres(p), None) => {
+                let tx = acquiring(conn, db.acquire_observer.0.get(), p.begin()).await?;
+                run_postgres(tx, want, &q, limits).await
+            }
         }
     };
     match tokio::time::timeout(limits.statement_timeout, work).await {
@@ -1239,9 +1292,33 @@ async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
 }
 
-async fn run_sqlite(pool: &SqlitePool, want: Want, q: &Sql, limits: &DbLimits) -> Result<Value, Failure> {
-    refuse_attach(q)?;
-    let mut c = pool.acquire().await?;
+/// Wait for a connection of `conn`'s pool (`acquire`): counted in
+/// `conn.waiting` while it waits (a cancelled wait too), its time told to
+/// `observer`.
+async fn acquiring<T>(conn: &Conn, observer: Option<&AcquireObserver>, acquire: impl Future<Output = T>) -> T {
+    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    conn.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let waiting = Waiting(&conn.waiting);
+    let started = Instant::now();
+    let acquired = acquire.await;
+    drop(waiting);
+    if let Some(observe) = observer {
+        observe(&conn.label, started.elapsed());
+    }
+    acquired
+}
+
+async fn run_sqlite(
+    mut c: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    want: Want,
+    q: &Sql,
+    limits: &DbLimits,
+) -> Result<Value, Failure> {
     sqlite_statement(&mut c, want, q, limits).await
 }
 
@@ -1365,8 +1442,12 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Untyped<'_> {
     }
 }
 
-async fn run_postgres(pool: &PgPool, want: Want, q: &Sql, limits: &DbLimits) -> Result<Value, Failure> {
-    let mut tx = pool.begin().await?;
+async fn run_postgres(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    want: Want,
+    q: &Sql,
+    limits: &DbLimits,
+) -> Result<Value, Failure> {
     if limits.read_only {
         tx.execute("SET TRANSACTION READ ONLY").await?;
     }

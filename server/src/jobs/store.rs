@@ -220,10 +220,6 @@ impl JobStore {
         JobStore { store }
     }
 
-    fn pool(&self) -> &sqlx::AnyPool {
-        self.store.pool()
-    }
-
     /// Store a new job, or find the one its idempotency key names.
     pub async fn submit(&self, job: &NewJob, actor: &Actor) -> Result<Submitted, JobError> {
         let mut tx = self.store.begin_write().await?;
@@ -313,7 +309,7 @@ impl JobStore {
         let found: Option<(String, i64, i64)> =
             sqlx::query_as("SELECT state, attempts, run_at FROM jobs WHERE id = $1")
                 .bind(id)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *self.store.conn().await?)
                 .await?;
         Ok(match found {
             Some((state, at, run_at))
@@ -391,7 +387,7 @@ impl JobStore {
                 .bind(now_ms() + lease_ms)
                 .bind(id)
                 .bind(attempt)
-                .execute(self.pool())
+                .execute(&mut *self.store.conn().await?)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -515,7 +511,7 @@ impl JobStore {
              WHERE state = 'running' AND lease_until < $1 ORDER BY lease_until LIMIT 100",
         )
         .bind(now)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.store.conn().await?)
         .await?;
         let mut changed = Vec::new();
         for (id, attempt, max_attempts, floor, script) in expired {
@@ -653,7 +649,7 @@ impl JobStore {
         .bind(now)
         .bind(now - redispatch_ms)
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.store.conn().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -669,7 +665,7 @@ impl JobStore {
         .bind(now_ms())
         .bind(id)
         .bind(attempts)
-        .execute(self.pool())
+        .execute(&mut *self.store.conn().await?)
         .await?;
         Ok(())
     }
@@ -678,7 +674,7 @@ impl JobStore {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
         let Some(row) = sqlx::query_as::<_, JobRow>(&sql)
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.store.conn().await?)
             .await?
         else {
             return Ok(None);
@@ -688,7 +684,7 @@ impl JobStore {
              WHERE job_id = $1 ORDER BY attempt",
         )
         .bind(id)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.store.conn().await?)
         .await?;
         let attempts = attempts
             .into_iter()
@@ -716,12 +712,12 @@ impl JobStore {
                 sqlx::query_as(&sql)
                     .bind(state.as_str())
                     .bind(limit)
-                    .fetch_all(self.pool())
+                    .fetch_all(&mut *self.store.conn().await?)
                     .await?
             }
             None => {
                 let sql = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT $1");
-                sqlx::query_as(&sql).bind(limit).fetch_all(self.pool()).await?
+                sqlx::query_as(&sql).bind(limit).fetch_all(&mut *self.store.conn().await?).await?
             }
         };
         Ok(rows.into_iter().map(job_record).collect())
@@ -730,7 +726,7 @@ impl JobStore {
     /// How many jobs are not finished: queued, waiting for a retry, running.
     pub async fn unfinished(&self) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'failed', 'running')")
-            .fetch_one(self.pool())
+            .fetch_one(&mut *self.store.conn().await?)
             .await?;
         Ok(n)
     }
@@ -739,7 +735,7 @@ impl JobStore {
     pub async fn counts(&self) -> Result<Vec<(JobState, Priority, i64)>> {
         let rows: Vec<(String, i64, i64)> =
             sqlx::query_as("SELECT state, priority, COUNT(*) FROM jobs GROUP BY state, priority")
-                .fetch_all(self.pool())
+                .fetch_all(&mut *self.store.conn().await?)
                 .await?;
         Ok(rows
             .into_iter()
