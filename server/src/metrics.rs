@@ -788,8 +788,13 @@ impl Metrics {
     }
 }
 
-/// The route template of `path` among [`ROUTES`], or `unmatched`.
+/// The route template of `path` among [`ROUTES`], `/playground` for the
+/// playground's files, or `unmatched`.
 pub fn route_of(path: &str) -> &'static str {
+    if path == "/playground" || path.starts_with("/playground/") {
+        // The page and its files: one series.
+        return "/playground";
+    }
     ROUTES
         .iter()
         .map(|&(_, template)| template)
