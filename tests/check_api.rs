@@ -28,9 +28,15 @@ fn the_check_endpoint_answers_what_the_cli_prints() {
     let dir = fresh_dir("check-api");
     let server = Server::start("check-api-server");
     let scripts = [
-        ("clean.avap", "addParam(name, who)\nrandomString(\"[a-z]\", 8, tag)\naddResult(who)\naddResult(tag)\n"),
+        (
+            "clean.avap",
+            "addParam(name, who)\nrandomString(\"[a-z]\", 8, tag)\naddResult(who)\naddResult(tag)\n",
+        ),
         ("broken.avap", "if(x, 1, =)\naddVar(y, 2)\nz = (1 +\n"),
-        ("warned.avap", "addvar(x, 1)\n// ünïcödé in a comment, then an error past it\nx = ]\n"),
+        (
+            "warned.avap",
+            "addvar(x, 1)\n// ünïcödé in a comment, then an error past it\nx = ]\n",
+        ),
         ("empty.avap", ""),
     ];
     for (name, source) in scripts {

@@ -488,7 +488,11 @@ async function start() {
     }
     scheduleCheck();
   });
-  source.addEventListener("input", onSourceChanged);
+  source.addEventListener("input", () => {
+    // Edited: no longer the example the menu names.
+    $("examples").value = "";
+    onSourceChanged();
+  });
   source.addEventListener("scroll", syncScroll);
   source.addEventListener("keydown", onKeyDown);
   source.addEventListener("mousemove", onMouseMove);
@@ -500,7 +504,11 @@ async function start() {
   setLanguage(language);
   examples = exampleList;
   const select = $("examples");
+  const yours = document.createElement("option");
+  yours.value = "";
+  yours.textContent = "Your script";
   select.replaceChildren(
+    yours,
     ...examples.map((e) => {
       const option = document.createElement("option");
       option.value = e.id;

@@ -1457,8 +1457,13 @@ mod tests {
         let from_env = resolved(&none, &env(&[("AVAP_PLAYGROUND", "off")]).unwrap(), &none);
         assert!(!from_env.settings.server_config().playground);
         assert_eq!(from_env.origin("playground"), "environment variable AVAP_PLAYGROUND");
-        let wrong = parse_file(Path::new("avap.toml"), "playground = \"yes\"\n").unwrap_err().to_string();
-        assert!(wrong.contains("unknown variant `yes`") && wrong.contains("`auto`"), "{wrong}");
+        let wrong = parse_file(Path::new("avap.toml"), "playground = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("unknown variant `yes`") && wrong.contains("`auto`"),
+            "{wrong}"
+        );
     }
 
     fn invalid(file_text: &str) -> String {

@@ -125,7 +125,15 @@ macro_rules! example {
 /// The examples menu, in order.
 pub static EXAMPLES: &[Example] = &[
     example!("hello", "Hello, name (query)", "GET", "/", "name=Ada", "", 0),
-    example!("json_total", "Total of a JSON body", "POST", "/", "", r#"{"prices": [12.5, 7, 30]}"#, 0),
+    example!(
+        "json_total",
+        "Total of a JSON body",
+        "POST",
+        "/",
+        "",
+        r#"{"prices": [12.5, 7, 30]}"#,
+        0
+    ),
     example!("functions", "Functions", "GET", "/", "price=150&percent=20", "", 0),
     example!("errors", "try / exception and _status", "GET", "/", "age=forty", "", 0),
     example!("collections", "Lists, dicts and loops", "GET", "/", "", "", 0),
@@ -212,8 +220,7 @@ static FILES: LazyLock<Vec<(&'static str, Asset)>> = LazyLock::new(|| {
     ]
 });
 
-static PAGE: LazyLock<Asset> =
-    LazyLock::new(|| Asset::new(HTML, include_bytes!("../playground/index.html").to_vec()));
+static PAGE: LazyLock<Asset> = LazyLock::new(|| Asset::new(HTML, include_bytes!("../playground/index.html").to_vec()));
 
 /// A generated JSON file.
 fn json_asset<T: Serialize + ?Sized>(value: &T) -> Asset {
@@ -260,7 +267,13 @@ mod tests {
         let add_param = &language["commands"][names.iter().position(|n| *n == "addParam").unwrap()];
         assert_eq!(add_param["signature"], "addParam(param, target)");
         assert_eq!(add_param["class"], "request");
-        assert!(language["statements"].as_array().unwrap().iter().any(|w| w == "startLoop"));
+        assert!(
+            language["statements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w == "startLoop")
+        );
     }
 
     #[test]

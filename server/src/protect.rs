@@ -373,7 +373,10 @@ pub fn cors(config: &ProtectConfig) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 HeaderName::from_static("x-api-key"),
             ])
-            .expose_headers([header::RETRY_AFTER, HeaderName::from_static(super::execute::USAGE_HEADER)])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static(super::execute::USAGE_HEADER),
+            ])
             .max_age(Duration::from_mins(10))
             .vary([header::ORIGIN]),
     )

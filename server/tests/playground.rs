@@ -42,8 +42,8 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    fn header(&self, name: header::HeaderName) -> &str {
-        self.headers.get(&name).map_or("", |v| v.to_str().expect("text"))
+    fn header(&self, name: impl header::AsHeaderName) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().expect("text"))
     }
 }
 
@@ -83,9 +83,18 @@ async fn the_page_and_its_files_are_served_with_types_etags_and_their_own_csp() 
     assert_eq!(page.header(header::CONTENT_TYPE), "text/html; charset=utf-8");
     assert!(page.body.contains("<title>AVAP playground</title>"));
     let csp = page.header(header::CONTENT_SECURITY_POLICY);
-    assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && csp.contains("frame-ancestors 'none'"), "{csp}");
-    assert!(!page.body.contains("<script>") && !page.body.contains("style="), "nothing inline");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe-inline") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(
+        !page.body.contains("<script>") && !page.body.contains("style="),
+        "nothing inline"
+    );
     assert_eq!(page.header(header::CACHE_CONTROL), "no-cache");
     assert_eq!(page.header(header::X_FRAME_OPTIONS), "DENY");
 
@@ -120,7 +129,13 @@ async fn the_page_and_its_files_are_served_with_types_etags_and_their_own_csp() 
     let language = get(&app, "/playground/language.json").await.json();
     let commands = language["commands"].as_array().unwrap();
     assert_eq!(commands.len(), avap_hostfns::commands().len());
-    assert!(language["statements"].as_array().unwrap().iter().any(|w| w == "go_async"));
+    assert!(
+        language["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == "go_async")
+    );
 
     let missing = get(&app, "/playground/nope.js").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -153,7 +168,12 @@ async fn when_off_the_playground_is_a_404() {
 #[tokio::test]
 async fn check_reports_diagnostics_and_imports() {
     let app = server(true).await;
-    let broken = post(&app, "/api/v1/check", &json!({"script": "addParam(name, who)\nif(who, 1, =)\n"})).await;
+    let broken = post(
+        &app,
+        "/api/v1/check",
+        &json!({"script": "addParam(name, who)\nif(who, 1, =)\n"}),
+    )
+    .await;
     assert_eq!(broken.status, StatusCode::OK);
     assert_eq!(broken.header(header::CONTENT_TYPE), "application/json");
     let doc = broken.json();
@@ -162,7 +182,10 @@ async fn check_reports_diagnostics_and_imports() {
     assert_eq!(file["file"], "inline.avap");
     assert_eq!(file["errors"], 1);
     let diagnostic = &file["diagnostics"][0];
-    assert_eq!((&diagnostic["code"], &diagnostic["line"], &diagnostic["column"]), (&json!("E0020"), &json!(2), &json!(1)));
+    assert_eq!(
+        (&diagnostic["code"], &diagnostic["line"], &diagnostic["column"]),
+        (&json!("E0020"), &json!(2), &json!(1))
+    );
     assert!(file["imports"].is_null() && file["capabilities"].is_null());
 
     let clean = post(
@@ -175,7 +198,10 @@ async fn check_reports_diagnostics_and_imports() {
     assert_eq!(clean["ok"], true);
     assert_eq!(clean["files"][0]["file"], "year.avap");
     assert_eq!(clean["files"][0]["capabilities"], json!(["request", "clock"]));
-    assert_eq!(clean["files"][0]["imports"][1], json!({"name": "getDateTime", "class": "clock", "line": 2}));
+    assert_eq!(
+        clean["files"][0]["imports"][1],
+        json!({"name": "getDateTime", "class": "clock", "line": 2})
+    );
 
     let warned = json!({"script": "addvar(x, 1)\n", "deny_warnings": true});
     assert_eq!(post(&app, "/api/v1/check", &warned).await.json()["ok"], false);
@@ -184,7 +210,11 @@ async fn check_reports_diagnostics_and_imports() {
     let reply = post(&app, "/api/v1/check", &json!({"script": too_large})).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.json()["error"]["kind"], "ScriptTooLarge");
-    for bad in [json!({"script": "", "file": ""}), json!({"script": "", "file": "a\nb"}), json!({"file": "x"})] {
+    for bad in [
+        json!({"script": "", "file": ""}),
+        json!({"script": "", "file": "a\nb"}),
+        json!({"file": "x"}),
+    ] {
         let reply = post(&app, "/api/v1/check", &bad).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
     }
@@ -259,7 +289,9 @@ async fn every_example_checks_clean_and_runs_as_its_comment_says() {
     assert!(examples.len() >= 5);
     for example in examples {
         let id = example["id"].as_str().unwrap();
-        let check = post(&app, "/api/v1/check", &json!({"script": example["script"]})).await.json();
+        let check = post(&app, "/api/v1/check", &json!({"script": example["script"]}))
+            .await
+            .json();
         assert_eq!(check["files"][0]["errors"], 0, "{id}: {check}");
         assert_eq!(check["files"][0]["warnings"], 0, "{id}: {check}");
         let reply = post(&app, "/api/v1/execute", &run_request(example)).await;

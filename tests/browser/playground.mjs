@@ -58,7 +58,7 @@ try {
   assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
   await page.waitForSelector("body[data-ready=true]");
   const exampleCount = await page.locator("#examples option").count();
-  assert.ok(exampleCount >= 5, `${exampleCount} examples`);
+  assert.ok(exampleCount >= 6, `${exampleCount - 1} examples`);
 
   step("type a script with an error: the diagnostic appears");
   const editor = page.locator("#source");

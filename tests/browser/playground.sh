@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The playground in a real browser: Debian's chromium driven by
+# The playground in a real browser: its highlighter's unit tests (node
+# --test tests/browser/highlight.test.mjs), then Debian's chromium driven by
 # playwright-core against a real `avap serve` (loopback, fresh data
 # directory, the playground on by default there). tests/browser/playground.mjs
 # types a script with an error, waits for the diagnostic, fixes it, runs it
@@ -41,6 +42,10 @@ if [ "$(cat "$CACHE/.pin" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ] || [ ! -d "$C
         "playwright-core@$PLAYWRIGHT_VERSION"
     printf '%s' "$PLAYWRIGHT_VERSION" > "$CACHE/.pin"
 fi
+
+# The tokenizer alone first: no browser, no server.
+echo "== playground highlighter (node --test)"
+node --test --test-reporter=spec "$ROOT/tests/browser/highlight.test.mjs"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/avap-browser.XXXXXX")"
 server_pid=""
