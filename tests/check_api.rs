@@ -1,7 +1,8 @@
 //! `avap check --format json` and `POST /api/v1/check` answer the same
 //! document, byte for byte; and the playground follows its config key on a
 //! real `avap serve` (on by default on loopback, off with `--playground
-//! off` or `AVAP_PLAYGROUND=off`).
+//! off` or `AVAP_PLAYGROUND=off`), its files open and its API calls
+//! needing a key where keys are required.
 
 use std::process::Command;
 
@@ -9,7 +10,7 @@ use serde_json::json;
 
 mod support;
 
-use support::{Server, fresh_dir, serve_command};
+use support::{Server, create_api_key, fresh_dir, serve_command};
 
 /// What `avap check --format json [--deny-warnings] FILE` prints.
 fn cli_report(file: &std::path::Path, deny_warnings: bool) -> String {
@@ -74,4 +75,25 @@ fn the_playground_follows_its_config_key() {
     cmd.env("AVAP_PLAYGROUND", "off");
     let off = Server::spawn(cmd, data_dir);
     assert_eq!(off.get("/playground/playground.js").status, 404);
+}
+
+#[test]
+fn the_page_is_open_and_its_checks_need_an_execute_key_where_keys_are_required() {
+    let data_dir = fresh_dir("playground-keys").join("data");
+    let execute = create_api_key(&data_dir, "execute");
+    let registry = create_api_key(&data_dir, "registry");
+    let mut cmd = serve_command(&data_dir);
+    cmd.arg("--require-api-key");
+    let server = Server::spawn(cmd, data_dir);
+    assert_eq!(server.get("/playground").status, 200);
+    assert_eq!(server.get("/playground/language.json").status, 200);
+    let body = json!({"script": "x = 1\n"});
+    assert_eq!(
+        server.post("/api/v1/check", &body.to_string()).error_kind(),
+        (401, "Unauthorized".to_owned())
+    );
+    let checked = server.as_key(&execute, "POST", "/api/v1/check", Some(&body));
+    assert_eq!((checked.status, &checked.json()["ok"]), (200, &json!(true)));
+    let wrong_scope = server.as_key(&registry, "POST", "/api/v1/check", Some(&body));
+    assert_eq!(wrong_scope.error_kind(), (403, "Forbidden".to_owned()));
 }
