@@ -393,8 +393,9 @@ fn csp_of(response: &Response) -> &'static str {
 }
 
 /// The security headers of every response: no sniffing, no framing, no
-/// referrer, a closed CSP (the playground's page has its own), `Cache-Control: no-store` unless the handler
-/// chose (registry reads send `no-cache` with their `ETag`), and HSTS when
+/// referrer, a closed CSP (the playground's files have their own),
+/// `Cache-Control: no-store` unless the handler chose (registry reads and
+/// the playground send `no-cache` with their `ETag`), and HSTS when
 /// configured.
 pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &ProtectConfig) -> Router<S> {
     let fixed = [
