@@ -28,8 +28,9 @@ function step(text) {
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM,
-  // CI runs as root, where chromium's sandbox cannot start.
-  args: ["--no-sandbox"],
+  // CI runs as root, where chromium's sandbox cannot start; containers
+  // often have a small /dev/shm.
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
 });
 try {
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 });

@@ -85,6 +85,11 @@ PLAYWRIGHT_CORE="$CACHE/node_modules/playwright-core" CHROMIUM="$CHROMIUM" \
 if [ "$status" -ne 0 ]; then
     echo "== server log (last 30 lines)"
     tail -n 30 "$work/server.log"
-    fail "the browser test failed (exit $status); screenshots: $shots"
+    [ -n "${PLAYGROUND_SCREENSHOTS:-}" ] || cp -r "$shots" "${TMPDIR:-/tmp}/avap-browser-failed-screenshots"
+    fail "the browser test failed (exit $status); screenshots: ${PLAYGROUND_SCREENSHOTS:-${TMPDIR:-/tmp}/avap-browser-failed-screenshots}"
 fi
-echo "== playground: the browser test passed (screenshots: $shots)"
+if [ -n "${PLAYGROUND_SCREENSHOTS:-}" ]; then
+    echo "== playground: the browser test passed (screenshots: $shots)"
+else
+    echo "== playground: the browser test passed (PLAYGROUND_SCREENSHOTS=DIR keeps its screenshots)"
+fi
