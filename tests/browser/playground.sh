@@ -85,8 +85,12 @@ PLAYWRIGHT_CORE="$CACHE/node_modules/playwright-core" CHROMIUM="$CHROMIUM" \
 if [ "$status" -ne 0 ]; then
     echo "== server log (last 30 lines)"
     tail -n 30 "$work/server.log"
-    [ -n "${PLAYGROUND_SCREENSHOTS:-}" ] || cp -r "$shots" "${TMPDIR:-/tmp}/avap-browser-failed-screenshots"
-    fail "the browser test failed (exit $status); screenshots: ${PLAYGROUND_SCREENSHOTS:-${TMPDIR:-/tmp}/avap-browser-failed-screenshots}"
+    kept="${PLAYGROUND_SCREENSHOTS:-${TMPDIR:-/tmp}/avap-browser-failed-screenshots}"
+    if [ -z "${PLAYGROUND_SCREENSHOTS:-}" ]; then
+        rm -rf "$kept"
+        cp -r "$shots" "$kept"
+    fi
+    fail "the browser test failed (exit $status); screenshots: $kept"
 fi
 if [ -n "${PLAYGROUND_SCREENSHOTS:-}" ]; then
     echo "== playground: the browser test passed (screenshots: $shots)"
