@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use avap_codegen::check::{CheckOptions, check_file};
-use avap_codegen::diag::{render_text, to_json};
-use avap_codegen::{Sources, parse};
+use avap_codegen::diag::render_text;
+use avap_codegen::{CheckReport, Sources, parse};
 use avap_server::ServeArgs;
 use avap_server::fs_loader::{FsLoader, read_source};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -108,7 +108,7 @@ struct CheckArgs {
     /// Script files to check
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// With json: {"ok", "files": [{"file", "errors", "warnings", "diagnostics": […]}]}
+    /// With json: {"ok", "files": [{"file", "errors", "warnings", "diagnostics": […], "capabilities", "imports"}]}
     #[command(flatten)]
     output: OutputArgs,
     /// Treat warnings (unknown commands, …) as errors
@@ -207,34 +207,25 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
         deny_warnings: args.deny_warnings,
     };
     let color = !args.no_color && !args.output.json() && std::io::stderr().is_terminal();
-    let mut failed = false;
-    let mut json_files = Vec::new();
-    let (mut errors, mut warnings) = (0, 0);
+    let mut checked_files = Vec::with_capacity(args.files.len());
     let include_paths = args.includes.resolve()?;
     for path in &args.files {
         let file = read_source(path)?;
         let checked = check_file(file, &FsLoader::for_script(path, &include_paths)?);
-        failed |= checked.fails(options);
-        errors += checked.error_count();
-        warnings += checked.warning_count();
-        if args.output.json() {
-            json_files.push(serde_json::json!({
-                "file": path.display().to_string(),
-                "errors": checked.error_count(),
-                "warnings": checked.warning_count(),
-                "diagnostics": to_json(&checked.sources, &checked.diagnostics),
-            }));
-        } else {
+        if !args.output.json() {
             eprint!("{}", render_text(&checked.sources, &checked.diagnostics, color));
         }
+        checked_files.push((path.display().to_string(), checked));
     }
+    let failed = checked_files.iter().any(|(_, checked)| checked.fails(options));
     if args.output.json() {
-        let doc = serde_json::json!({ "ok": !failed, "files": json_files });
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &doc)?;
-        writeln!(out)?;
+        // The same document `POST /api/v1/check` answers (one library writes both).
+        let report = CheckReport::new(checked_files.iter().map(|(name, c)| (name.clone(), c)), options);
+        std::io::stdout().lock().write_all(report.to_json_text().as_bytes())?;
     } else {
         let files = args.files.len();
+        let errors: usize = checked_files.iter().map(|(_, c)| c.error_count()).sum();
+        let warnings: usize = checked_files.iter().map(|(_, c)| c.warning_count()).sum();
         let verdict = if failed { "failed" } else { "ok" };
         eprintln!(
             "{verdict}: {files} file{} checked, {errors} error{}, {warnings} warning{}{}",

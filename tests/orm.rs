@@ -953,6 +953,11 @@ async fn slow_statements_are_counted_and_fingerprinted_without_their_values() {
         ..DbLimits::default()
     };
     let db = Databases::new(Some(PG), [], limits).expect("config");
+    let waits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = waits.clone();
+    db.set_acquire_observer(std::sync::Arc::new(move |database: &str, waited| {
+        seen.lock().unwrap().push((database.to_owned(), waited));
+    }));
     ok(&db, "ormDirect", vec![s("SELECT 1 AS quick")]).await;
     assert_eq!(db.slow_statements(), 0);
     ok(
@@ -964,7 +969,22 @@ async fn slow_statements_are_counted_and_fingerprinted_without_their_values() {
     assert_eq!(db.slow_statements(), 1);
     let pools = db.pool_stats();
     assert_eq!(pools.len(), 1, "{pools:?}");
-    assert!(pools[0].0.starts_with("application database (postgresql"), "{pools:?}");
+    assert!(
+        pools[0].database.starts_with("application database (postgresql"),
+        "{pools:?}"
+    );
+    assert_eq!(pools[0].waiting, 0, "nobody waits once the statements are done");
+    let waits = waits.lock().unwrap();
+    assert_eq!(
+        waits.len(),
+        2,
+        "each statement's wait for a connection is told: {waits:?}"
+    );
+    assert!(
+        waits
+            .iter()
+            .all(|(database, _)| database.starts_with("application database (postgresql"))
+    );
     assert_eq!(
         avap_hostfns::effects::db::fingerprint(
             "SELECT  pg_sleep(0.15), 'it''s secret' AS s\n FROM t WHERE id = 42 AND c2 = $1"

@@ -24,10 +24,12 @@ pub mod diag;
 pub mod lexer;
 pub mod lower;
 pub mod parser;
+pub mod report;
 pub mod span;
 
 pub use check::{CheckOptions, CheckedProgram, IncludeError, SourceLoader, check_file, check_source};
 pub use compile::{Artifact, compile, compile_with_policy};
 pub use diag::{Code, Diagnostic, Severity, Sources};
 pub use parser::parse;
+pub use report::CheckReport;
 pub use span::{SourceFile, Span};

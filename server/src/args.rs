@@ -31,6 +31,9 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub allow_anonymous: bool,
+    /// Serve the browser playground at /playground [default: auto = only on a loopback address]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub playground: Option<crate::config::PlaygroundMode>,
     /// Requests per second per client (API key, else IP) [default: 50]; 0 turns rate limiting off
     #[arg(long, value_name = "N")]
     pub rate_limit: Option<u32>,

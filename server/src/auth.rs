@@ -4,17 +4,16 @@
 //! time. Keys are never logged.
 //!
 //! [`require_key`] guards the routes: `admin` for `/api/v1/scripts*`,
-//! `/api/v1/audit` and `/api/v1/debug/*`, `execute` for `/api/v1/execute*` and `/api/v1/run/*`,
+//! `/api/v1/audit` and `/api/v1/debug/*`, `execute` for `/api/v1/execute*`, `/api/v1/check` and `/api/v1/run/*`,
 //! `registry` (read-only, for edge nodes) for `/api/v1/registry/*`,
-//! `jobs` for `/api/v1/jobs*` (`admin` implies the others); everything else (health, info, …) is open.
+//! `jobs` for `/api/v1/jobs*` (`admin` implies the others); everything else (health, info, the
+//! playground's static files, …) is open.
 //! It tells handlers who is calling with a [`Caller`]. A request without
 //! a key gets every scope when [`ServerConfig::allow_anonymous`] is on (by
 //! default only on a loopback listener); a request with a key is always
 //! checked, so a bad key is 401 even where anonymous access is allowed.
 //!
 //! [`ServerConfig::allow_anonymous`]: super::ServerConfig::allow_anonymous
-
-use std::net::ToSocketAddrs;
 
 use anyhow::{Result, anyhow};
 use axum::extract::{Request, State};
@@ -34,7 +33,7 @@ const PREFIX: &str = "avap_";
 pub enum Scope {
     /// The script registry (and everything `execute` allows)
     Admin,
-    /// Running scripts: `/api/v1/execute*` and `/api/v1/run/*`
+    /// Running and checking scripts: `/api/v1/execute*`, `/api/v1/check` and `/api/v1/run/*`
     Execute,
     /// Reading the registry for edge nodes: `/api/v1/registry/*` (no writes, no runs)
     Registry,
@@ -132,12 +131,7 @@ pub fn anonymous_allowed(settings: &Settings) -> bool {
     if settings.allow_anonymous {
         return true;
     }
-    let addrs: Vec<_> = settings
-        .listen
-        .to_socket_addrs()
-        .map(Iterator::collect)
-        .unwrap_or_default();
-    !addrs.is_empty() && addrs.iter().all(|a: &std::net::SocketAddr| a.ip().is_loopback())
+    super::config::listens_on_loopback_only(&settings.listen)
 }
 
 /// The scope a path needs, or `None` for an open one.
@@ -148,7 +142,7 @@ pub(crate) fn needed_scope(path: &str) -> Option<Scope> {
     };
     if under("/api/v1/scripts") || under("/api/v1/audit") || under("/api/v1/debug") || under("/api/v1/admin") {
         Some(Scope::Admin)
-    } else if under("/api/v1/execute") || path.starts_with("/api/v1/run/") {
+    } else if under("/api/v1/execute") || under("/api/v1/check") || path.starts_with("/api/v1/run/") {
         Some(Scope::Execute)
     } else if under("/api/v1/registry") {
         Some(Scope::Registry)
@@ -251,6 +245,9 @@ mod tests {
         assert_eq!(needed_scope("/api/v1/debug/profile"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/admin/reload"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/execute/file"), Some(Scope::Execute));
+        assert_eq!(needed_scope("/api/v1/check"), Some(Scope::Execute));
+        assert_eq!(needed_scope("/playground"), None);
+        assert_eq!(needed_scope("/playground/playground.js"), None);
         assert_eq!(needed_scope("/api/v1/health"), None);
         assert_eq!(needed_scope("/api/v1/jobs"), Some(Scope::Jobs));
         assert_eq!(needed_scope("/api/v1/jobs/abc/retry"), Some(Scope::Jobs));

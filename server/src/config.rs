@@ -75,6 +75,18 @@ pub enum LogFormat {
     Text,
 }
 
+/// Whether `avap serve` serves the browser playground at `/playground`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaygroundMode {
+    /// Only when every address `listen` names is a loopback one
+    Auto,
+    /// Always (its API calls still need a key where anonymous requests are not let in)
+    On,
+    /// Never: `/playground` is a 404
+    Off,
+}
+
 /// The least severe log events written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +126,9 @@ pub struct Settings {
     pub allow_anonymous: bool,
     /// Require an API key even on a loopback address.
     pub require_api_key: bool,
+    /// Serve the browser playground at `/playground`: `auto` (only on a
+    /// loopback listener), `on` or `off`.
+    pub playground: PlaygroundMode,
     /// Requests per second per client (API key, else IP); 0 turns rate limiting off.
     pub rate_limit: u32,
     /// Requests a client may send at once before the rate applies.
@@ -637,6 +652,7 @@ impl Settings {
             data_dir,
             allow_anonymous: false,
             require_api_key: false,
+            playground: PlaygroundMode::Auto,
             rate_limit: protect.rate_limit,
             rate_burst: protect.rate_burst,
             request_timeout_ms: millis(protect.request_timeout),
@@ -748,6 +764,11 @@ impl Settings {
         };
         config.policy = self.policy();
         config.allow_anonymous = auth::anonymous_allowed(self);
+        config.playground = match self.playground {
+            PlaygroundMode::On => true,
+            PlaygroundMode::Off => false,
+            PlaygroundMode::Auto => listens_on_loopback_only(&self.listen),
+        };
         config.protect = self.protect_config();
         config.connections = listen::ConnectionLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
@@ -882,6 +903,14 @@ impl Settings {
             ))),
         }
     }
+}
+
+/// Whether every address `listen` names is a loopback one (an address
+/// that does not resolve is not: binding it then fails with its own message).
+pub fn listens_on_loopback_only(listen: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = listen.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
 }
 
 fn default_database_url(data_dir: &Path) -> String {
@@ -1477,6 +1506,33 @@ mod tests {
         r
     }
 
+    #[test]
+    fn the_playground_is_on_by_default_only_on_a_loopback_listener() {
+        let none = Layer::default();
+        let playground = |file_text: &str| {
+            let r = resolved(&none, &none, &file(file_text));
+            (r.settings.playground, r.settings.server_config().playground)
+        };
+        assert_eq!(playground(""), (PlaygroundMode::Auto, true), "127.0.0.1:8080");
+        assert_eq!(playground("listen = \"[::1]:0\"\n"), (PlaygroundMode::Auto, true));
+        assert_eq!(playground("listen = \"0.0.0.0:8080\"\n"), (PlaygroundMode::Auto, false));
+        assert_eq!(
+            playground("listen = \"0.0.0.0:8080\"\nplayground = \"on\"\n"),
+            (PlaygroundMode::On, true)
+        );
+        assert_eq!(playground("playground = \"off\"\n"), (PlaygroundMode::Off, false));
+        let from_env = resolved(&none, &env(&[("AVAP_PLAYGROUND", "off")]).unwrap(), &none);
+        assert!(!from_env.settings.server_config().playground);
+        assert_eq!(from_env.origin("playground"), "environment variable AVAP_PLAYGROUND");
+        let wrong = parse_file(Path::new("avap.toml"), "playground = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("unknown variant `yes`") && wrong.contains("`auto`"),
+            "{wrong}"
+        );
+    }
+
     fn invalid(file_text: &str) -> String {
         let r = Resolved::from_layers(&Layer::default(), &Layer::default(), &file(file_text), None, || {
             Ok(PathBuf::from("/data"))
@@ -1948,12 +2004,12 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7 + 1,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
              max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms, \
-             7 jobs keys"
+             7 jobs keys, playground"
         );
     }
 

@@ -6,7 +6,7 @@ use avap_hostfns::Request;
 use avap_runtime::{Limits, RunReport};
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -184,7 +184,7 @@ fn pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
     tag = "runs",
     request_body = ExecuteRequest,
     responses(
-        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one.", body = Envelope),
+        (status = 200, description = "The run's envelope; the status is the script's `_status` when it sets one. `Avap-Usage` says what the run used.", body = Envelope, headers(("Avap-Usage" = String, description = "What the run used: `fuel=N, wall_ms=F, peak_memory_bytes=N` (an RFC 8941 dictionary)."))),
         (status = 400, description = "A compile or runtime error (envelope), or an invalid request (`InvalidJson`, `InvalidRequest`).", body = EnvelopeOrError),
         (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`).", body = ApiErrorBody),
         (status = 404, description = "No such stored script or version (`ScriptNotFound`), or a `registerEndpoint` script has no endpoint on the path (envelope).", body = EnvelopeOrError),
@@ -202,7 +202,25 @@ pub async fn execute(
     actor: Actor,
     JsonBody(body): JsonBody<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
-    execute_one(&state, &actor, body).await.map(envelope_response)
+    let report = execute_one(&state, &actor, body).await?;
+    let usage = usage_header(&report.usage);
+    let mut response = envelope_response(report);
+    response.headers_mut().insert(USAGE_HEADER, usage);
+    Ok(response)
+}
+
+/// The response header with what a run used (see [`usage_header`]).
+pub const USAGE_HEADER: &str = "avap-usage";
+
+/// What a run used, as an RFC 8941 structured-field dictionary:
+/// `fuel=1234, wall_ms=0.412, peak_memory_bytes=65536` (the numbers of
+/// `avap run --usage`; `wall_ms` with at most three decimals).
+pub fn usage_header(usage: &avap_runtime::Usage) -> HeaderValue {
+    let text = format!(
+        "fuel={}, wall_ms={:.3}, peak_memory_bytes={}",
+        usage.fuel, usage.wall_ms, usage.peak_memory_bytes
+    );
+    HeaderValue::try_from(text).expect("digits, letters and punctuation are a valid header value")
 }
 
 /// One execute request, run (and counted in the metrics and the audit

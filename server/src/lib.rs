@@ -46,6 +46,7 @@ pub mod auth;
 pub mod backup;
 mod batch;
 mod cache;
+mod check;
 mod cluster;
 pub mod config;
 mod debug;
@@ -65,6 +66,7 @@ mod logs;
 mod meta;
 mod metrics;
 mod openapi;
+mod playground;
 mod process_stats;
 mod protect;
 mod redis;
@@ -149,6 +151,9 @@ pub struct ServerConfig {
     /// Requests without an API key get every scope ([`auth`]); `avap serve`
     /// turns this on only for a loopback listener unless told otherwise.
     pub allow_anonymous: bool,
+    /// Serve the browser playground at `/playground` ([`playground`]);
+    /// `avap serve` turns it on by default only for a loopback listener.
+    pub playground: bool,
     /// Rate limits, request timeout, CORS ([`protect`]).
     pub protect: protect::ProtectConfig,
     /// Header-read and idle timeouts, connection caps ([`listen`]).
@@ -201,6 +206,7 @@ impl ServerConfig {
             audit_retention: None,
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
+            playground: false,
             protect: protect::ProtectConfig::default(),
             connections: listen::ConnectionLimits::default(),
             effects: avap_runtime::Effects::default(),
@@ -845,8 +851,9 @@ fn load_error(e: LoadError, doing: &'static str) -> ApiError {
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     let protect = state.protect().clone();
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/api/v1/execute", post(execute::execute))
+        .route("/api/v1/check", post(check::check))
         .route("/api/v1/execute/batch", post(batch::execute_batch))
         .route("/api/v1/execute/file", post(upload::execute_file))
         .route("/api/v1/scripts", get(registry::list).post(registry::create))
@@ -869,7 +876,14 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/debug/cache", get(debug::cache))
         .route("/api/v1/debug/config", get(debug::config))
         .route("/api/v1/debug/profile", post(debug::profile))
-        .route("/api/v1/admin/reload", post(reload::reload_handler))
+        .route("/api/v1/admin/reload", post(reload::reload_handler));
+    if state.config().playground {
+        router = router
+            .route("/playground", get(playground::page))
+            .route("/playground/", get(playground::trailing_slash))
+            .route("/playground/{file}", get(playground::asset));
+    }
+    let router = router
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
@@ -989,6 +1003,9 @@ async fn run(listen: &str, data_dir: &Path, state: AppState) -> Result<()> {
         data_dir.display()
     );
     tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
+    if state.config().playground {
+        tracing::info!("playground at http://{addr}/playground");
+    }
     if !addr.ip().is_loopback() && state.config().allow_anonymous {
         tracing::warn!(
             %addr,

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avap_hostfns::effects::breaker::{BreakerStats, Breakers};
+use avap_hostfns::effects::db::PoolStats;
 use avap_runtime::RunReport;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -53,7 +54,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use avap_hostfns::effects::db::PoolStats;
 
 use super::AppState;
 use super::error::ApiError;
@@ -891,8 +891,13 @@ impl Metrics {
     }
 }
 
-/// The route template of `path` among [`ROUTES`], or `unmatched`.
+/// The route template of `path` among [`ROUTES`], `/playground` for the
+/// playground's files, or `unmatched`.
 pub fn route_of(path: &str) -> &'static str {
+    if path == "/playground" || path.starts_with("/playground/") {
+        // The page and its files: one series.
+        return "/playground";
+    }
     ROUTES
         .iter()
         .map(|&(_, template)| template)
@@ -941,7 +946,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .metrics()
         .set_outbound(http.map(Breakers::stats).unwrap_or_default());
     if let Some(db) = &effects.db {
-        state.metrics().set_app_databases(&db.pool_stats(), db.slow_statements());
+        state
+            .metrics()
+            .set_app_databases(&db.pool_stats(), db.slow_statements());
     }
     let databases = effects.db.as_ref().and_then(|db| db.breakers());
     state
@@ -1108,7 +1115,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("avap_db_pool_connections{state=\"max\"} 4\n"), "{text}");
-        assert!(text.contains("avap_db_pool_connections{state=\"waiting\"} 7\n"), "{text}");
+        assert!(
+            text.contains("avap_db_pool_connections{state=\"waiting\"} 7\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "avap_app_db_pool_connections{database=\"application database (sqlite)\",state=\"waiting\"} 5\n"

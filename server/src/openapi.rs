@@ -30,9 +30,11 @@ use utoipa::{OpenApi, ToSchema};
 use super::{AppState, ServerConfig};
 
 /// Every route of [`app`](super::app) as (method, `OpenAPI` path); `ANY` is a
-/// route that accepts every method.
+/// route that accepts every method. The playground's page and files
+/// ([`playground`](super::playground)) are not part of the API and not here.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/execute"),
+    ("POST", "/api/v1/check"),
     ("POST", "/api/v1/execute/batch"),
     ("POST", "/api/v1/execute/file"),
     ("GET", "/api/v1/scripts"),
@@ -80,6 +82,7 @@ pub fn openapi_path(path: &str) -> String {
     servers((url = "/")),
     paths(
         super::execute::execute,
+        super::check::check,
         super::batch::execute_batch,
         super::upload::execute_file,
         super::registry::list,
@@ -111,6 +114,7 @@ pub fn openapi_path(path: &str) -> String {
     components(schemas(
         Envelope, RunError, ApiErrorBody, ApiErrorDetail, EnvelopeOrError,
         super::execute::ExecuteRequest, super::execute::LimitsSpec, super::execute::RequestSpec,
+        super::check::CheckRequest, CheckReportBody, CheckedFile, CheckedImport,
         super::jobs::SubmitJob, super::jobs::SubmittedJob, super::jobs::JobView, super::jobs::JobList,
         super::reload::ReloadReport,
     )),
@@ -350,6 +354,41 @@ pub struct ApiErrorDetail {
     pub line: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<u64>,
+}
+
+/// What `POST /api/v1/check` answers, the document `avap check --format
+/// json` prints: `ok` when the script compiles (under `deny_warnings`).
+#[derive(Serialize, ToSchema)]
+pub struct CheckReportBody {
+    pub ok: bool,
+    pub files: Vec<CheckedFile>,
+}
+
+/// One checked script.
+#[derive(Serialize, ToSchema)]
+pub struct CheckedFile {
+    pub file: String,
+    pub errors: u64,
+    pub warnings: u64,
+    /// `{code, severity, message, file, start, end, line, column, end_line,
+    /// end_column, label, labels, notes, help}`: byte offsets, 1-based
+    /// lines and columns in characters.
+    #[schema(value_type = Vec<Object>)]
+    pub diagnostics: Value,
+    /// The capability classes the compiled module would import; `null`
+    /// while the script has errors.
+    pub capabilities: Option<Vec<String>>,
+    /// The commands it would import, each with its class and first line;
+    /// `null` while the script has errors.
+    pub imports: Option<Vec<CheckedImport>>,
+}
+
+/// A command a checked script would import.
+#[derive(Serialize, ToSchema)]
+pub struct CheckedImport {
+    pub name: String,
+    pub class: String,
+    pub line: u64,
 }
 
 /// A run's envelope, or an error for a request that was not run.

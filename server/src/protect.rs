@@ -46,6 +46,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::api_key_cache::ApiKeyCache;
 use super::error::ApiError;
+use super::playground::PlaygroundAsset;
 use super::redis::{Redis, RedisError, Reply};
 
 /// The most clients tracked at once.
@@ -524,27 +525,47 @@ fn cors(config: &ProtectConfig) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 HeaderName::from_static("x-api-key"),
             ])
-            .expose_headers([header::RETRY_AFTER])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static(super::execute::USAGE_HEADER),
+            ])
             .max_age(Duration::from_mins(10))
             .vary([header::ORIGIN]),
     )
 }
 
+/// The content security policy of a response: closed, except for the
+/// playground's files ([`PAGE_CSP`](super::playground::PAGE_CSP)).
+fn csp_of(response: &Response) -> &'static str {
+    if response.extensions().get::<PlaygroundAsset>().is_some() {
+        super::playground::PAGE_CSP
+    } else {
+        CSP
+    }
+}
+
 /// The security headers of every response: no sniffing, no framing, no
-/// referrer, a closed CSP, `Cache-Control: no-store` unless the handler
-/// chose (registry reads send `no-cache` with their `ETag`), and HSTS when
+/// referrer, a closed CSP (the playground's files have their own),
+/// `Cache-Control: no-store` unless the handler chose (registry reads and
+/// the playground send `no-cache` with their `ETag`), and HSTS when
 /// configured.
 pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &ProtectConfig) -> Router<S> {
     let fixed = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CONTENT_SECURITY_POLICY, CSP),
         (header::REFERRER_POLICY, "no-referrer"),
     ];
-    let mut router = router.layer(SetResponseHeaderLayer::if_not_present(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    ));
+    let mut router = router
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        // Overriding, whatever a handler (or a script's response) set: only
+        // the playground's own files, marked by its handler, get its policy.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            |response: &Response| Some(HeaderValue::from_static(csp_of(response))),
+        ));
     for (name, value) in fixed {
         router = router.layer(SetResponseHeaderLayer::overriding(
             name,

@@ -478,6 +478,7 @@ impl Store {
         let store = Store {
             pool,
             backend: Backend::Sqlite,
+            watch: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -554,6 +554,21 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
     }
 }
 
+/// The commands a program that checked without errors imports, in
+/// first-use order, each with its capability class and first line: what
+/// its artifact's `avap.meta` lists (and `avap audit` shows), found
+/// without lowering.
+pub fn imported_commands(checked: &CheckedProgram) -> Vec<ImportedCommand> {
+    collect_commands(checked)
+        .values()
+        .map(|(_, sig, line)| ImportedCommand {
+            name: sig.name,
+            capability: sig.capability,
+            line: *line,
+        })
+        .collect()
+}
+
 /// Every command the program calls, in first-use order, with its import
 /// index and first line.
 fn collect_commands(checked: &CheckedProgram) -> IndexMap<&'static str, (u32, &'static CommandSig, u32)> {

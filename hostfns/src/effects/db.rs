@@ -174,7 +174,11 @@ struct ObserverSlot(std::sync::OnceLock<AcquireObserver>);
 
 impl std::fmt::Debug for ObserverSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "ObserverSlot(set)" } else { "ObserverSlot(empty)" })
+        f.write_str(if self.0.get().is_some() {
+            "ObserverSlot(set)"
+        } else {
+            "ObserverSlot(empty)"
+        })
     }
 }
 

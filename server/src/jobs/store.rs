@@ -717,7 +717,10 @@ impl JobStore {
             }
             None => {
                 let sql = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT $1");
-                sqlx::query_as(&sql).bind(limit).fetch_all(&mut *self.store.conn().await?).await?
+                sqlx::query_as(&sql)
+                    .bind(limit)
+                    .fetch_all(&mut *self.store.conn().await?)
+                    .await?
             }
         };
         Ok(rows.into_iter().map(job_record).collect())
