@@ -451,8 +451,9 @@ impl Store {
 
     /// Readiness: the database answers a trivial query.
     pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await.context("the database does not answer")?;
         sqlx::query("SELECT 1")
-            .execute(&mut *self.conn().await?)
+            .execute(&mut *conn)
             .await
             .context("the database does not answer")?;
         Ok(())
@@ -898,9 +899,10 @@ impl Store {
 
     /// Delete the rows written before `before` (RFC 3339 UTC); how many.
     pub async fn prune_audit(&self, before: &str) -> Result<u64> {
+        let mut conn = self.conn().await.context("cannot prune the audit trail")?;
         let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
             .bind(before)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut *conn)
             .await
             .context("cannot prune the audit trail")?;
         Ok(done.rows_affected())
@@ -1149,13 +1151,14 @@ impl Store {
     /// Store a new key's hash; returns its `created_at`.
     pub async fn create_api_key(&self, id: &str, name: Option<&str>, key_hash: &str, scopes: &str) -> Result<String> {
         let at = now();
+        let mut conn = self.conn().await.with_context(|| format!("cannot store API key {id}"))?;
         sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(name)
             .bind(key_hash)
             .bind(scopes)
             .bind(&at)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut *conn)
             .await
             .with_context(|| format!("cannot store API key {id}"))?;
         Ok(at)
