@@ -114,6 +114,10 @@ pub struct Settings {
     pub allow_anonymous: bool,
     /// Require an API key even on a loopback address.
     pub require_api_key: bool,
+    /// How far (seconds, either way) the `X-Avap-Timestamp` of a signed
+    /// request may be from the server's clock; a signature is remembered
+    /// (replays refused) for as long as its timestamp is inside.
+    pub request_signing_window_s: u64,
     /// Requests per second per client (API key, else IP); 0 turns rate limiting off.
     pub rate_limit: u32,
     /// Requests a client may send at once before the rate applies.
@@ -624,6 +628,7 @@ impl Settings {
             data_dir,
             allow_anonymous: false,
             require_api_key: false,
+            request_signing_window_s: server.signing_window.as_secs(),
             rate_limit: protect.rate_limit,
             rate_burst: protect.rate_burst,
             request_timeout_ms: millis(protect.request_timeout),
@@ -747,6 +752,7 @@ impl Settings {
         };
         config.policy = policy;
         config.allow_anonymous = auth::anonymous_allowed(self);
+        config.signing_window = Duration::from_secs(self.request_signing_window_s);
         config.protect = protect::ProtectConfig {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
@@ -973,6 +979,7 @@ impl Resolved {
             )));
         }
         in_range("rate_burst", u64::from(s.rate_burst), 1, u64::from(u32::MAX))?;
+        in_range("request_signing_window_s", s.request_signing_window_s, 1, 3600)?;
         in_range("request_timeout_ms", s.request_timeout_ms, 0, DAY_MS)?;
         // No zero: a connection bound cannot be turned off. 100 ms at least,
         // or no client could send a head over a real network.
@@ -1881,12 +1888,12 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7 + 1,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
              max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms, \
-             7 jobs keys"
+             7 jobs keys, request_signing_window_s"
         );
     }
 

@@ -71,7 +71,9 @@ mod redis;
 mod registry;
 mod registry_sync;
 mod request_id;
+mod request_signing;
 mod run;
+pub mod signing_secrets;
 mod store;
 mod telemetry;
 mod upload;
@@ -147,6 +149,9 @@ pub struct ServerConfig {
     /// Requests without an API key get every scope ([`auth`]); `avap serve`
     /// turns this on only for a loopback listener unless told otherwise.
     pub allow_anonymous: bool,
+    /// How far a signed request's timestamp may be from this server's clock
+    /// ([`request_signing`]).
+    pub signing_window: Duration,
     /// Rate limits, request timeout, CORS ([`protect`]).
     pub protect: protect::ProtectConfig,
     /// Header-read and idle timeouts, connection caps ([`listen`]).
@@ -199,6 +204,7 @@ impl ServerConfig {
             audit_retention: None,
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
+            signing_window: request_signing::DEFAULT_WINDOW,
             protect: protect::ProtectConfig::default(),
             connections: listen::ConnectionLimits::default(),
             effects: avap_runtime::Effects::default(),
@@ -236,6 +242,8 @@ struct Shared {
     trusted_keys: TrustedKeys,
     /// API key records read recently ([`api_key_cache`]).
     api_keys: Arc<api_key_cache::ApiKeyCache>,
+    /// Checks the requests of signing keys ([`request_signing`]).
+    signatures: request_signing::Verifier,
     /// The registry mirror of an edge node ([`edge`]).
     edge: Option<Arc<edge::Edge>>,
     /// Redis: L2, invalidations, the shared rate limit; `None` for a single node.
@@ -337,6 +345,11 @@ impl AppState {
                 Some(cluster)
             }
         };
+        let signatures = request_signing::Verifier::new(
+            config.signing_window,
+            config.data_dir.clone(),
+            cluster.as_ref().map(|c| (c.redis.clone(), c.prefix.clone())),
+        );
         Ok(AppState {
             shared: Arc::new(Shared {
                 scripts: ScriptCache::new(config.cache_entries, config.cache_ttl),
@@ -348,6 +361,7 @@ impl AppState {
                 audit: audit::AuditLog::start(store.clone(), config.audit_retention)?,
                 trusted_keys,
                 api_keys: Arc::default(),
+                signatures,
                 active_runs: debug::ActiveRuns::default(),
                 edge: config.edge.as_ref().map(edge::Edge::open).transpose()?.map(Arc::new),
                 jobs: jobs::Jobs::new(store.clone(), config.jobs.clone()),
@@ -393,6 +407,11 @@ impl AppState {
     /// [`api_key_cache`]).
     pub async fn api_key(&self, id: &str) -> Result<Option<store::ApiKeyRecord>, ApiError> {
         Ok(self.shared.api_keys.get(&self.shared.store, id).await?)
+    }
+
+    /// The signature check of signing keys ([`request_signing`]).
+    pub(crate) fn signatures(&self) -> &request_signing::Verifier {
+        &self.shared.signatures
     }
 
     /// What the health endpoint reports of the caches and run slots.
