@@ -51,7 +51,7 @@ pub const TIMESTAMP_HEADER: &str = "x-avap-timestamp";
 /// The header with the hex HMAC-SHA256 of the canonical string.
 pub const SIGNATURE_HEADER: &str = "x-avap-signature";
 /// The default of `request_signing_window_s`.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+pub const DEFAULT_WINDOW: Duration = Duration::from_mins(5);
 /// Signatures one node remembers at most: about 35 MB when full (a set
 /// of 16-byte digests and a queue of expiries).
 const MAX_REMEMBERED: usize = 1 << 19;
