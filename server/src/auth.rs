@@ -206,7 +206,15 @@ async fn authorize(state: &AppState, request: Request, needed: Scope) -> Result<
         return Err(invalid());
     }
     let request = match &record.signing_secret {
-        Some(sealed) => state.signatures().check(state, &record.id, sealed, request).await?,
+        Some(sealed) => match state.signatures().check(state, &record.id, sealed, request).await {
+            Ok(request) => request,
+            Err(e) => {
+                if let ApiError::BadSignature(rejection) = &e {
+                    state.metrics().signature_refused(rejection.reason.code());
+                }
+                return Err(e);
+            }
+        },
         None => request,
     };
     if needed.granted_by(&record.scopes) {

@@ -310,6 +310,24 @@ async fn signed_requests_run_and_each_failure_has_its_reason() {
     assert_eq!(send(&node, once()).await.status, StatusCode::OK);
     send(&node, once()).await.assert_refused("signature_replayed");
 
+    // Refusals are counted by reason.
+    let metrics = send(
+        &node,
+        Request::get("/api/v1/metrics").body(Body::empty()).expect("a request"),
+    )
+    .await;
+    for (reason, count) in [
+        ("signature_missing", 1),
+        ("signature_malformed", 1),
+        ("timestamp_invalid", 1),
+        ("timestamp_outside_window", 2),
+        ("signature_mismatch", 3),
+        ("signature_replayed", 1),
+    ] {
+        let line = format!("avap_signed_requests_refused_total{{reason=\"{reason}\"}} {count}\n");
+        assert!(metrics.text.contains(&line), "{line} in {}", metrics.text);
+    }
+
     // The signature is checked before the scope: unsigned is 401, signed 403.
     send(&node, request("GET", "/api/v1/scripts", &key, "", None))
         .await
