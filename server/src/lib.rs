@@ -15,7 +15,9 @@
 //!   on upload; stored scripts run as endpoints under `/api/v1/run/{name}`
 //!   ([`run`]).
 //!
-//! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`).
+//! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`);
+//!   keys made with `--signed` must also HMAC-sign each request
+//!   ([`request_signing`], secrets sealed at rest by [`signing_secrets`]).
 //!
 //! * Rate limits, the request timeout, CORS and security headers: [`protect`].
 //!
