@@ -269,8 +269,9 @@ impl Verifier {
         if !self.replays.first_use(key_id, &claimed.signature, forget_after).await? {
             return Err(reject(
                 Reason::Replayed,
-                "this signature was already used: sign every request afresh (a new timestamp, \
-                 or a different body)",
+                "this signature was already used: sign every request afresh. Timestamps are whole \
+                 seconds, so the same method, path, query and body within one second sign the same: \
+                 wait for the next second, or make the request differ (a query parameter)",
             ));
         }
         Ok(Request::from_parts(parts, Body::from(body)))
