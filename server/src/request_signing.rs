@@ -44,7 +44,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::error::ApiError;
 use super::redis::{Redis, Reply};
-use super::signing_secrets::SecretsKey;
+use super::signing_secrets::{SecretsError, SecretsKey};
 
 /// The header with the time of signing, Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "x-avap-timestamp";
@@ -187,7 +187,8 @@ pub struct Verifier {
     /// Where the secrets key is read from; `None` for a server without a
     /// data directory (an embedder's): signed keys then cannot be checked.
     data_dir: Option<PathBuf>,
-    /// Read at the first signed request (again while it is missing).
+    /// Read at the first signed request (again while it is missing, and
+    /// when a secret was sealed by another key).
     secrets_key: Mutex<Option<Arc<SecretsKey>>>,
 }
 
@@ -217,6 +218,20 @@ impl Verifier {
         Ok(key)
     }
 
+    /// The signing secret of `key_id`. Sealed by another key than the one
+    /// held: the file is read again first (it may have been replaced, to
+    /// rotate it, since it was read).
+    fn open_secret(&self, key_id: &str, sealed: &str) -> Result<String, ApiError> {
+        match self.secrets_key()?.open(key_id, sealed) {
+            Err(SecretsError::WrongKey { .. }) => {
+                *self.secrets_key.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                self.secrets_key()?.open(key_id, sealed)
+            }
+            opened => opened,
+        }
+        .map_err(|e| ApiError::Internal(e.into()))
+    }
+
     /// Check the signature of `request`, made with API key `key_id` whose
     /// stored signing secret is `sealed`; the request back (its body read
     /// into memory) when it holds.
@@ -240,10 +255,7 @@ impl Verifier {
                 ),
             ));
         }
-        let secret = self
-            .secrets_key()?
-            .open(key_id, sealed)
-            .map_err(|e| ApiError::Internal(e.into()))?;
+        let secret = self.open_secret(key_id, sealed)?;
         let (parts, body) = request.into_parts();
         // The body under the router's `DefaultBodyLimit` (`max_body_bytes`):
         // no more than a handler would hold.

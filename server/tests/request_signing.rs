@@ -387,7 +387,7 @@ async fn replays_are_caught_across_nodes_through_redis() {
 }
 
 #[tokio::test]
-async fn a_node_without_the_secrets_key_refuses_signed_requests() {
+async fn the_secrets_key_file_is_read_when_needed_and_again_when_replaced() {
     let registry = Registry::new("nokey").await;
     let (key, secret) = registry.signing_key(&[Scope::Execute]).await;
     // Another data directory: the secrets key file was not copied there.
@@ -410,6 +410,23 @@ async fn a_node_without_the_secrets_key_refuses_signed_requests() {
     .expect("copied");
     let r = send(&node, signed("POST", "/api/v1/execute", &key, &secret, &hello("Y"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // The file replaced (rotated) under a running node: keys sealed with
+    // the new one work without a restart, the old ones no longer open.
+    std::fs::remove_file(registry.dir.join(signing_secrets::SECRETS_KEY_FILE)).expect("removed");
+    let (new_key, new_secret) = registry.signing_key(&[Scope::Execute]).await;
+    std::fs::copy(
+        registry.dir.join(signing_secrets::SECRETS_KEY_FILE),
+        elsewhere.join(signing_secrets::SECRETS_KEY_FILE),
+    )
+    .expect("copied");
+    let r = send(
+        &node,
+        signed("POST", "/api/v1/execute", &new_key, &new_secret, &hello("Z")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(&node, signed("POST", "/api/v1/execute", &key, &secret, &hello("W"))).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text);
     registry.close().await;
 }
 
