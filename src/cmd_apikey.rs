@@ -3,12 +3,18 @@
 //! `--config`, `--data-dir`, `AVAP_*` variables). Running servers see a new
 //! key at once and a revocation within 5 s (they keep a key's record for
 //! that long).
+//!
+//! `create --signed` also makes a signing secret: requests with that key
+//! must then be HMAC-signed with it (docs/security.md, "Request signing").
+//! The secret is stored sealed under `<data-dir>/keys/api_key_secrets.key`,
+//! made here on first use; every server node needs the same file.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
 use crate::server::auth::{self, Scope};
+use crate::server::signing_secrets::{self, SecretsKey};
 use crate::server::{Actor, AuditRow, Store};
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +27,7 @@ pub struct ApikeyArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum ApikeyCommand {
-    /// Create a key and print it (once: only its hash is kept)
+    /// Create a key and print it (once: only its hash is kept); with --signed, also a signing secret
     Create {
         /// What the key may do (repeatable; `admin` implies `execute` and `registry`; `registry` is for edge nodes)
         #[arg(long = "scope", value_enum, required = true)]
@@ -29,6 +35,12 @@ enum ApikeyCommand {
         /// A label for `avap apikey list`
         #[arg(long)]
         name: Option<String>,
+        /// Also make a signing secret (printed once, on the line after the key): every request
+        /// with this key must then carry `X-Avap-Timestamp` and an `X-Avap-Signature` HMAC made
+        /// with it (see docs/security.md, "Request signing"). The secret is stored encrypted with
+        /// `<data-dir>/keys/api_key_secrets.key` (made on first use), which every server node needs
+        #[arg(long)]
+        signed: bool,
     },
     /// List keys (never the keys themselves)
     List,
@@ -47,7 +59,13 @@ pub fn apikey(args: &ApikeyArgs) -> Result<ExitCode> {
     runtime.block_on(async {
         let store = args.database.open().await?;
         let code = match &args.command {
-            ApikeyCommand::Create { scopes, name } => create(&store, scopes, name.as_deref()).await,
+            ApikeyCommand::Create { scopes, name, signed } => {
+                if *signed {
+                    create_signed(&store, &args.database, scopes, name.as_deref()).await
+                } else {
+                    create(&store, scopes, name.as_deref()).await
+                }
+            }
             ApikeyCommand::List => list(&store).await,
             ApikeyCommand::Revoke { id } => revoke(&store, id).await,
         };
@@ -66,6 +84,46 @@ async fn create(store: &Store, scopes: &[Scope], name: Option<&str>) -> Result<E
         "Created API key {} (scopes: {scopes}). This is the only time it is shown: keep it now.\n\
          Send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`; revoke it with `avap apikey revoke {}`.",
         new.id, new.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `create --signed`: a key and its signing secret, sealed with the data
+/// directory's secrets key (made now if there is none).
+async fn create_signed(
+    store: &Store,
+    database: &crate::cmd_db::DatabaseArgs,
+    scopes: &[Scope],
+    name: Option<&str>,
+) -> Result<ExitCode> {
+    let (_, data_dir) = database.location()?;
+    let (secrets_key, made_now) = SecretsKey::load_or_create(&data_dir)?;
+    if made_now {
+        eprintln!(
+            "Made {}: it encrypts the signing secrets in the database. Every server node \
+             (and wherever `avap apikey create --signed` runs) needs this same file; keep it with keys/server.key.",
+            data_dir.join(signing_secrets::SECRETS_KEY_FILE).display()
+        );
+    }
+    let new = auth::generate()?;
+    let secret = signing_secrets::generate_secret()?;
+    let sealed = secrets_key.seal(&new.id, &secret)?;
+    let scopes = auth::scopes_text(scopes);
+    store
+        .create_signing_api_key(&new.id, name, &new.hash, &scopes, &sealed)
+        .await?;
+    audit(store, "apikey_create_signed", &new.id, "ok").await;
+    outln!("{}\n{secret}", new.key)?;
+    eprintln!(
+        "Created signing API key {} (scopes: {scopes}; secrets key {}). Line 1 is the key, line 2 its signing \
+         secret; this is the only time they are shown: keep them now.\n\
+         Every request with this key must be signed: `X-Avap-Timestamp: <unix seconds>` and \
+         `X-Avap-Signature: <hex HMAC-SHA256 of METHOD\\nPATH?QUERY\\nTIMESTAMP\\nhex(sha256(body)), keyed \
+         with the secret>` (docs/security.md, \"Request signing\"; docs/examples/signed-request.sh). \
+         Revoke it with `avap apikey revoke {}`.",
+        new.id,
+        secrets_key.id(),
+        new.id
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -101,19 +159,21 @@ async fn list(store: &Store) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
-        "{:<8}  {:<20}  {:<16}  {:<24}  REVOKED",
+        "{:<8}  {:<20}  {:<16}  {:<24}  {:<6}  REVOKED",
         "ID",
         "NAME",
         "SCOPES",
-        "CREATED"
+        "CREATED",
+        "SIGNED"
     )?;
     for k in keys {
         outln!(
-            "{:<8}  {:<20}  {:<16}  {:<24}  {}",
+            "{:<8}  {:<20}  {:<16}  {:<24}  {:<6}  {}",
             k.id,
             k.name.as_deref().unwrap_or("-"),
             k.scopes,
             k.created_at,
+            if k.signing_secret.is_some() { "yes" } else { "no" },
             k.revoked_at.as_deref().unwrap_or("-")
         )?;
     }

@@ -182,3 +182,79 @@ fn other_interfaces_need_a_key_unless_anonymous_is_allowed() {
         assert_eq!(s.get("/api/v1/health").status, 200);
     }
 }
+
+/// `avap apikey create --signed`: the key on line 1, its signing secret on line 2.
+fn create_signing_key(data_dir: &Path, scope: &str) -> (String, String) {
+    let out = avap(data_dir, &["create", "--signed", "--name", "signer", "--scope", scope]);
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    match lines.as_slice() {
+        [key, secret] if key.starts_with("avap_") && secret.starts_with("avapsig_") => {
+            ((*key).to_owned(), (*secret).to_owned())
+        }
+        _ => panic!("expected a key and a secret, got {stdout:?}"),
+    }
+}
+
+/// The documented client (docs/examples/signed-request.sh: curl and
+/// openssl) against `s` with `key` and `secret`: (success, stdout).
+fn signed_request(s: &Server, key: &str, secret: &str, args: &[&str]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/signed-request.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("AVAP_URL", format!("http://{}", s.addr))
+        .env("AVAP_KEY", key)
+        .env("AVAP_SECRET", secret)
+        .output()
+        .expect("run bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("command not found"),
+        "curl and openssl are needed: {stderr}"
+    );
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_documented_curl_and_openssl_client_signs_requests() {
+    let data_dir = fresh_dir("signed").join("data");
+    let admin = create_key(&data_dir, &["admin"]);
+    let (key, secret) = create_signing_key(&data_dir, "execute");
+    // The sealed secret's key file was made beside the server key, private.
+    let secrets_key = data_dir.join("keys/api_key_secrets.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secrets_key).expect("made").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let s = start_requiring_keys(&data_dir);
+    assert_eq!(store(&s, &[("X-API-Key", &admin)]).status, 201);
+
+    // A body and a query, signed by the script.
+    let body = json!({"script": HELLO, "params": {"name": "curl"}}).to_string();
+    let (ok, out) = signed_request(&s, &key, &secret, &["POST", "/api/v1/execute", &body]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Hello, curl"), "{out}");
+    let (ok, out) = signed_request(&s, &key, &secret, &["GET", "/api/v1/run/hello?name=open%20ssl"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Hello, open ssl"), "{out}");
+
+    // The wrong secret, or none at all: 401 with the reason.
+    let (ok, out) = signed_request(&s, &key, &format!("{secret}x"), &["POST", "/api/v1/execute", &body]);
+    assert!(!ok && out.contains("signature_mismatch"), "{out}");
+    let r = execute(&s, &[("Authorization", &format!("Bearer {key}"))]);
+    assert_unauthorized(&r);
+    assert_eq!(r.json()["error"]["reason"], "signature_missing", "{}", r.body);
+
+    // Listed as signed, its secret nowhere; created with an audit row that says so.
+    let listed = String::from_utf8(avap(&data_dir, &["list"]).stdout).expect("utf-8");
+    let line = listed.lines().find(|l| l.starts_with(key_id(&key))).expect("listed");
+    assert!(line.contains(" yes "), "{listed}");
+    assert!(!listed.contains(&secret), "{listed}");
+    let audit = s.request_with_headers("GET", "/api/v1/audit?limit=100", &[("X-API-Key", &admin)], None);
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    let created = audit.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .any(|e| e["action"] == "apikey_create_signed" && e["subject"] == key_id(&key));
+    assert!(created, "{}", audit.body);
+}

@@ -13,6 +13,11 @@
 //! default only on a loopback listener); a request with a key is always
 //! checked, so a bad key is 401 even where anonymous access is allowed.
 //!
+//! A key with a signing secret (`avap apikey create --signed`) is not
+//! enough by itself: its requests must carry a fresh HMAC signature
+//! ([`super::request_signing`]), checked after the key and before its
+//! scope, so an unsigned request with it is 401 whatever it asks for.
+//!
 //! [`ServerConfig::allow_anonymous`]: super::ServerConfig::allow_anonymous
 
 use anyhow::{Result, anyhow};
@@ -176,10 +181,12 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiErro
     }
 }
 
-async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<Caller, ApiError> {
-    let Some(key) = presented_key(headers)? else {
+/// Who `request` comes from, and the request back (a signed one with its
+/// body read, to check the signature).
+async fn authorize(state: &AppState, request: Request, needed: Scope) -> Result<(Caller, Request), ApiError> {
+    let Some(key) = presented_key(request.headers())? else {
         return if state.config().allow_anonymous {
-            Ok(Caller::default())
+            Ok((Caller::default(), request))
         } else {
             Err(ApiError::unauthorized(
                 "this server requires an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
@@ -192,10 +199,25 @@ async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Resu
     if !constant_time_eq(hash(key).as_bytes(), record.key_hash.as_bytes()) || record.revoked_at.is_some() {
         return Err(invalid());
     }
+    let request = match &record.signing_secret {
+        Some(sealed) => match state.signatures().check(state, &record.id, sealed, request).await {
+            Ok(request) => request,
+            Err(e) => {
+                if let ApiError::BadSignature(rejection) = &e {
+                    state.metrics().signature_refused(rejection.reason.code());
+                }
+                return Err(e);
+            }
+        },
+        None => request,
+    };
     if needed.granted_by(&record.scopes) {
-        Ok(Caller {
-            key_id: Some(record.id),
-        })
+        Ok((
+            Caller {
+                key_id: Some(record.id),
+            },
+            request,
+        ))
     } else {
         Err(ApiError::Forbidden {
             needed: needed.as_str(),
@@ -204,12 +226,12 @@ async fn authorize(state: &AppState, headers: &HeaderMap, needed: Scope) -> Resu
 }
 
 /// Middleware: the key check of every guarded route.
-pub async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(needed) = needed_scope(request.uri().path()) else {
         return next.run(request).await;
     };
-    match authorize(&state, request.headers(), needed).await {
-        Ok(caller) => {
+    match authorize(&state, request, needed).await {
+        Ok((caller, mut request)) => {
             request.extensions_mut().insert(caller.clone());
             let mut response = next.run(request).await;
             response.extensions_mut().insert(caller);

@@ -129,6 +129,10 @@ pub struct Settings {
     /// Serve the browser playground at `/playground`: `auto` (only on a
     /// loopback listener), `on` or `off`.
     pub playground: PlaygroundMode,
+    /// How far (seconds, either way) the `X-Avap-Timestamp` of a signed
+    /// request may be from the server's clock; a signature is remembered
+    /// (replays refused) for as long as its timestamp is inside.
+    pub request_signing_window_s: u64,
     /// Requests per second per client (API key, else IP); 0 turns rate limiting off.
     pub rate_limit: u32,
     /// Requests a client may send at once before the rate applies.
@@ -653,6 +657,7 @@ impl Settings {
             allow_anonymous: false,
             require_api_key: false,
             playground: PlaygroundMode::Auto,
+            request_signing_window_s: server.signing_window.as_secs(),
             rate_limit: protect.rate_limit,
             rate_burst: protect.rate_burst,
             request_timeout_ms: millis(protect.request_timeout),
@@ -769,6 +774,7 @@ impl Settings {
             PlaygroundMode::Off => false,
             PlaygroundMode::Auto => listens_on_loopback_only(&self.listen),
         };
+        config.signing_window = Duration::from_secs(self.request_signing_window_s);
         config.protect = self.protect_config();
         config.connections = listen::ConnectionLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
@@ -1052,6 +1058,7 @@ impl Resolved {
             )));
         }
         in_range("rate_burst", u64::from(s.rate_burst), 1, u64::from(u32::MAX))?;
+        in_range("request_signing_window_s", s.request_signing_window_s, 1, 3600)?;
         in_range("request_timeout_ms", s.request_timeout_ms, 0, DAY_MS)?;
         // No zero: a connection bound cannot be turned off. 100 ms at least,
         // or no client could send a head over a real network.
@@ -2009,7 +2016,7 @@ mod tests {
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
              max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms, \
-             7 jobs keys, playground"
+             7 jobs keys, playground, request_signing_window_s"
         );
     }
 

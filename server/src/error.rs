@@ -50,6 +50,14 @@ pub enum ApiError {
     MethodNotAllowed,
     /// No API key where one is required, or a wrong or revoked one (401).
     Unauthorized(String),
+    /// A request made with a signing API key whose signature does not hold
+    /// (401, kind `Unauthorized`, with the `reason`; see `request_signing`).
+    BadSignature(super::request_signing::Rejection),
+    /// This node's replay check is full of signatures still inside the
+    /// window (503): refused rather than forgetting one early.
+    ReplayCacheFull {
+        capacity: usize,
+    },
     /// A valid API key without the scope this route needs (403).
     Forbidden {
         needed: &'static str,
@@ -158,7 +166,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } | ApiError::ScriptTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::CapabilityDenied(_) | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. }
             | ApiError::ScriptNotFound { .. }
             | ApiError::NotMirrored { .. }
@@ -171,9 +179,10 @@ impl ApiError {
             ApiError::ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::ArtifactRejected { .. } => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded { .. } | ApiError::JobQueueFull { .. } | ApiError::DatabaseUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded { .. }
+            | ApiError::JobQueueFull { .. }
+            | ApiError::ReplayCacheFull { .. }
+            | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::ClusterKeyMismatch { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -194,9 +203,9 @@ impl ApiError {
             ApiError::ArtifactRejected { .. } => "ArtifactRejected",
             ApiError::ArtifactNotFound { .. } => "ArtifactNotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
-            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Unauthorized(_) | ApiError::BadSignature(_) => "Unauthorized",
             ApiError::Forbidden { .. } => "Forbidden",
-            ApiError::Overloaded { .. } => "Overloaded",
+            ApiError::Overloaded { .. } | ApiError::ReplayCacheFull { .. } => "Overloaded",
             ApiError::JobQueueFull { .. } => "JobQueueFull",
             ApiError::RateLimited { .. } => "RateLimited",
             ApiError::RequestTimeout { .. } => "RequestTimeout",
@@ -221,6 +230,9 @@ impl ApiError {
         if let Some((line, column)) = position {
             error["line"] = json!(line);
             error["column"] = json!(column);
+        }
+        if let ApiError::BadSignature(rejection) = self {
+            error["reason"] = json!(rejection.reason.code());
         }
         json!({ "error": error })
     }
@@ -265,6 +277,11 @@ impl fmt::Display for ApiError {
                 write!(f, "stored script `{name}` has no version {v}")
             }
             ApiError::MethodNotAllowed => f.write_str("this endpoint does not accept that HTTP method"),
+            ApiError::BadSignature(rejection) => f.write_str(&rejection.message),
+            ApiError::ReplayCacheFull { capacity } => write!(
+                f,
+                "this server remembers {capacity} signed requests within the replay window, its most; retry shortly"
+            ),
             ApiError::Forbidden { needed } => write!(f, "this API key does not have the `{needed}` scope"),
             ApiError::Overloaded { waited } => write!(
                 f,
@@ -348,7 +365,10 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(self.body())).into_response();
         if matches!(
             self,
-            ApiError::Overloaded { .. } | ApiError::JobQueueFull { .. } | ApiError::DatabaseUnavailable(_)
+            ApiError::Overloaded { .. }
+                | ApiError::JobQueueFull { .. }
+                | ApiError::ReplayCacheFull { .. }
+                | ApiError::DatabaseUnavailable(_)
         ) {
             response
                 .headers_mut()
@@ -359,7 +379,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
-        if matches!(self, ApiError::Unauthorized(_)) {
+        if matches!(self, ApiError::Unauthorized(_) | ApiError::BadSignature(_)) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

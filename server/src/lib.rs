@@ -15,7 +15,9 @@
 //!   on upload; stored scripts run as endpoints under `/api/v1/run/{name}`
 //!   ([`run`]).
 //!
-//! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`).
+//! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`);
+//!   keys made with `--signed` must also HMAC-sign each request
+//!   ([`request_signing`], secrets sealed at rest by [`signing_secrets`]).
 //!
 //! * Rate limits, the request timeout, CORS and security headers: [`protect`].
 //!
@@ -74,7 +76,9 @@ mod registry;
 mod registry_sync;
 pub mod reload;
 mod request_id;
+mod request_signing;
 mod run;
+pub mod signing_secrets;
 mod store;
 mod telemetry;
 mod upload;
@@ -154,6 +158,9 @@ pub struct ServerConfig {
     /// Serve the browser playground at `/playground` ([`playground`]);
     /// `avap serve` turns it on by default only for a loopback listener.
     pub playground: bool,
+    /// How far a signed request's timestamp may be from this server's clock
+    /// ([`request_signing`]).
+    pub signing_window: Duration,
     /// Rate limits, request timeout, CORS ([`protect`]).
     pub protect: protect::ProtectConfig,
     /// Header-read and idle timeouts, connection caps ([`listen`]).
@@ -207,6 +214,7 @@ impl ServerConfig {
             policy: CapabilityPolicy::allow_all(),
             allow_anonymous: false,
             playground: false,
+            signing_window: request_signing::DEFAULT_WINDOW,
             protect: protect::ProtectConfig::default(),
             connections: listen::ConnectionLimits::default(),
             effects: avap_runtime::Effects::default(),
@@ -244,6 +252,8 @@ struct Shared {
     trusted_keys: TrustedKeys,
     /// API key records read recently ([`api_key_cache`]).
     api_keys: Arc<api_key_cache::ApiKeyCache>,
+    /// Checks the requests of signing keys ([`request_signing`]).
+    signatures: request_signing::Verifier,
     /// The registry mirror of an edge node ([`edge`]).
     edge: Option<Arc<edge::Edge>>,
     /// Redis: L2, invalidations, the shared rate limit; `None` for a single node.
@@ -366,6 +376,11 @@ impl AppState {
             effects: config.effects.clone(),
             effective_config: config.effective_config.clone(),
         });
+        let signatures = request_signing::Verifier::new(
+            config.signing_window,
+            config.data_dir.clone(),
+            cluster.as_ref().map(|c| (c.redis.clone(), c.prefix.clone())),
+        );
         Ok(AppState {
             shared: Arc::new(Shared {
                 protect,
@@ -380,6 +395,7 @@ impl AppState {
                 audit: audit::AuditLog::start(store.clone(), config.audit_retention)?,
                 trusted_keys,
                 api_keys,
+                signatures,
                 active_runs: debug::ActiveRuns::default(),
                 edge: config.edge.as_ref().map(edge::Edge::open).transpose()?.map(Arc::new),
                 jobs: jobs::Jobs::new(store.clone(), config.jobs.clone()),
@@ -457,6 +473,11 @@ impl AppState {
     /// [`api_key_cache`]).
     pub async fn api_key(&self, id: &str) -> Result<Option<store::ApiKeyRecord>, ApiError> {
         Ok(self.shared.api_keys.get(&self.shared.store, id).await?)
+    }
+
+    /// The signature check of signing keys ([`request_signing`]).
+    pub(crate) fn signatures(&self) -> &request_signing::Verifier {
+        &self.shared.signatures
     }
 
     /// What the health endpoint reports of the caches and run slots.

@@ -32,6 +32,9 @@
 //!   `avap_job_retries_total`, `avap_jobs_finished_total{state}`,
 //!   `avap_job_queue_seconds` (due to started) and `avap_job_run_seconds`
 //!   (histograms), `avap_job_workers` and `avap_job_runs_in_flight` on this node.
+//! * `avap_signed_requests_refused_total{reason}`: requests of signing API
+//!   keys refused with 401 ([`request_signing`](super::request_signing)), by
+//!   `reason` (`signature_replayed` and `signature_mismatch` are worth an alert).
 //! * With Redis: `avap_l2_hits_total` / `avap_l2_misses_total` /
 //!   `avap_l2_refused_total` (stored modules loaded from, not found in, or
 //!   refused from Redis: [`l2`](super::l2)), `avap_redis_errors_total`,
@@ -79,6 +82,11 @@ struct JobLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StaticOutcome {
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -224,6 +232,8 @@ pub struct Metrics {
     jobs_finished: Family<StateLabel, Counter>,
     job_queue_seconds: Histogram,
     job_run_seconds: Histogram,
+    /// Signed requests refused, by reason ([`super::request_signing`]).
+    signatures_refused: Family<ReasonLabel, Counter>,
     job_workers: Gauge,
     job_runs_in_flight: Gauge,
     /// Configuration reloads by outcome (`applied`, `failed`).
@@ -383,6 +393,7 @@ impl Default for Metrics {
             jobs_finished: Family::default(),
             job_queue_seconds: Histogram::new(JOB_BUCKETS),
             job_run_seconds: Histogram::new(JOB_BUCKETS),
+            signatures_refused: Family::default(),
             job_workers: Gauge::default(),
             job_runs_in_flight: Gauge::default(),
         };
@@ -416,6 +427,12 @@ impl Metrics {
             "avap_jobs",
             "Jobs in the queue's database by state and priority (the same on every node of a cluster)",
             self.jobs.clone(),
+        );
+        r.register(
+            "avap_signed_requests_refused",
+            "Requests of signing API keys refused with 401, by reason: signature_missing, signature_malformed, \
+             timestamp_invalid, timestamp_outside_window, signature_mismatch, signature_replayed",
+            self.signatures_refused.clone(),
         );
         r.register(
             "avap_jobs_submitted",
@@ -868,6 +885,11 @@ impl Metrics {
     pub fn config_reloaded(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "failed" };
         self.config_reloads.get_or_create(&StaticOutcome { outcome }).inc();
+    }
+
+    /// A signed request refused for `reason` (a `request_signing::Reason` code).
+    pub fn signature_refused(&self, reason: &'static str) {
+        self.signatures_refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn job_retried(&self) {

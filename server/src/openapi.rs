@@ -200,9 +200,24 @@ fn with_header(mut response: Value, name: &str, description: &str, schema_type: 
 /// [`protect::timeout`](super::protect::timeout) may answer instead of the
 /// handler. A status the handler documents itself keeps its description.
 fn add_middleware(doc: &mut Value) {
+    // A signing key's requests need both signing headers besides the key.
+    // They are described as schemes of their own but left out of the
+    // operations' `security`: which keys sign is the server's data, not
+    // the document's, and a key without a secret ignores them.
+    const SIGNED: &str = " A key created with `avap apikey create --signed` must also sign every request: \
+        `X-Avap-Timestamp` and `X-Avap-Signature` (see those schemes; 401 with a `reason` otherwise).";
     doc["components"]["securitySchemes"] = json!({
-        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer avap_<id>_<secret>`."},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An API key."},
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": format!("An API key: `Authorization: Bearer avap_<id>_<secret>`.{SIGNED}")},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                   "description": format!("An API key.{SIGNED}")},
+        "avapTimestamp": {"type": "apiKey", "in": "header", "name": "X-Avap-Timestamp",
+                          "description": "Request signing (signing keys only): the time of signing in Unix seconds, \
+                          within `request_signing_window_s` (default 300) of the server's clock."},
+        "avapSignature": {"type": "apiKey", "in": "header", "name": "X-Avap-Signature",
+                          "description": "Request signing (signing keys only): hex HMAC-SHA256, keyed with the key's \
+                          signing secret, of `METHOD\\nPATH?QUERY\\nTIMESTAMP\\nhex(sha256(body))` (the path and \
+                          query exactly as sent). A signature is accepted once (replays: 401 `signature_replayed`)."},
     });
     for (path, operation) in operations(doc) {
         let mut added = Vec::new();
@@ -211,7 +226,12 @@ fn add_middleware(doc: &mut Value) {
             added.push((
                 "401",
                 with_header(
-                    error_response("No API key where one is required, or a wrong or revoked one (`Unauthorized`)."),
+                    error_response(
+                        "No API key where one is required, or a wrong or revoked one (`Unauthorized`); for a \
+                         signing key, a request whose signature does not hold (`Unauthorized` with a `reason`: \
+                         `signature_missing`, `signature_malformed`, `timestamp_invalid`, \
+                         `timestamp_outside_window`, `signature_mismatch`, `signature_replayed`).",
+                    ),
                     "WWW-Authenticate",
                     "`Bearer`.",
                     "string",
@@ -228,7 +248,8 @@ fn add_middleware(doc: &mut Value) {
                 "503",
                 with_header(
                     error_response(
-                        "The database, where API keys are looked up, is unavailable (`DatabaseUnavailable`).",
+                        "The database, where API keys are looked up, is unavailable (`DatabaseUnavailable`); \
+                         or this node's replay check of signed requests is full (`Overloaded`).",
                     ),
                     "Retry-After",
                     "Seconds to wait.",
@@ -344,7 +365,7 @@ pub struct ApiErrorBody {
 }
 
 /// `kind` is stable (clients match on it); `line` and `column` point into
-/// a malformed JSON body.
+/// a malformed JSON body; `reason` says why a signed request was refused.
 #[derive(Serialize, ToSchema)]
 pub struct ApiErrorDetail {
     #[schema(example = "InvalidRequest")]
@@ -354,6 +375,11 @@ pub struct ApiErrorDetail {
     pub line: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<u64>,
+    /// With `Unauthorized` for a signing key: `signature_missing`,
+    /// `signature_malformed`, `timestamp_invalid`, `timestamp_outside_window`,
+    /// `signature_mismatch` or `signature_replayed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What `POST /api/v1/check` answers, the document `avap check --format
@@ -457,6 +483,15 @@ mod tests {
             assert!(execute["responses"][status].is_object(), "{status}");
         }
         assert!(execute["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["avapSignature"]["name"], "X-Avap-Signature");
+        assert_eq!(schemes["avapTimestamp"]["name"], "X-Avap-Timestamp");
+        assert!(
+            execute["responses"]["401"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("signature_replayed")
+        );
         let health = &doc["paths"]["/api/v1/health"]["get"];
         assert_eq!(health["security"], json!([]));
         for (status, documented) in [("200", true), ("401", false), ("429", false), ("504", true)] {

@@ -213,7 +213,7 @@ pub struct AuditRow {
     pub at: String,
     pub actor: String,
     /// `store`, `delete`, `rollback`, `run`, or an administrative action:
-    /// `apikey_create`, `apikey_revoke`, `restore`.
+    /// `apikey_create`, `apikey_create_signed`, `apikey_revoke`, `restore`.
     pub action: &'static str,
     /// The script's name; `None` for inline runs, uploads and administrative rows.
     pub script: Option<String>,
@@ -251,7 +251,7 @@ pub struct AuditEntry {
     pub at: String,
     /// The API key id, or `anonymous`.
     pub actor: String,
-    /// `store`, `delete`, `rollback`, `run`, `apikey_create`, `apikey_revoke` or `restore`.
+    /// `store`, `delete`, `rollback`, `run`, `apikey_create`, `apikey_create_signed`, `apikey_revoke` or `restore`.
     pub action: String,
     /// Null for inline runs, uploads and administrative rows.
     pub script: Option<String>,
@@ -261,7 +261,7 @@ pub struct AuditEntry {
     pub outcome: String,
     pub request_id: Option<String>,
     /// What an administrative row is about: the API key id of
-    /// `apikey_create`/`apikey_revoke`, the backup's SHA-256 of `restore`.
+    /// `apikey_create`/`apikey_create_signed`/`apikey_revoke`, the backup's SHA-256 of `restore`.
     /// (Absent in backups made before it existed.)
     #[serde(default)]
     pub subject: Option<String>,
@@ -1025,7 +1025,8 @@ impl Store {
         }
         for k in &contents.api_keys {
             sqlx::query(
-                "INSERT INTO api_keys (id, name, key_hash, scopes, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO api_keys (id, name, key_hash, scopes, created_at, revoked_at, signing_secret) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&k.id)
             .bind(&k.name)
@@ -1033,6 +1034,7 @@ impl Store {
             .bind(&k.scopes)
             .bind(&k.created_at)
             .bind(&k.revoked_at)
+            .bind(&k.signing_secret)
             .execute(&mut *tx)
             .await
             .with_context(|| format!("cannot restore API key {}", k.id))?;
@@ -1099,7 +1101,7 @@ impl Snapshot {
 
     pub async fn api_keys(&mut self) -> Result<Vec<ApiKeyRecord>> {
         let rows: Vec<ApiKeyRow> = sqlx::query_as(
-            "SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            "SELECT id, name, key_hash, scopes, created_at, revoked_at, signing_secret FROM api_keys ORDER BY created_at, id",
         )
         .fetch_all(&mut *self.tx)
         .await?;
@@ -1131,11 +1133,23 @@ pub struct ApiKeyRecord {
     pub scopes: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// A signing key's secret, sealed (`signing_secrets`); `None`: requests
+    /// with this key are not signed. Absent from backups of keys without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
 }
 
-type ApiKeyRow = (String, Option<String>, String, String, String, Option<String>);
+type ApiKeyRow = (
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
 
-fn api_key_record((id, name, key_hash, scopes, created_at, revoked_at): ApiKeyRow) -> ApiKeyRecord {
+fn api_key_record((id, name, key_hash, scopes, created_at, revoked_at, signing_secret): ApiKeyRow) -> ApiKeyRecord {
     ApiKeyRecord {
         id,
         name,
@@ -1143,31 +1157,64 @@ fn api_key_record((id, name, key_hash, scopes, created_at, revoked_at): ApiKeyRo
         scopes,
         created_at,
         revoked_at,
+        signing_secret,
     }
 }
 
-/// API keys (`api_keys`, migration 0002).
+/// API keys (`api_keys`, migrations 0002 and 0007).
 impl Store {
     /// Store a new key's hash; returns its `created_at`.
     pub async fn create_api_key(&self, id: &str, name: Option<&str>, key_hash: &str, scopes: &str) -> Result<String> {
+        self.insert_api_key(id, name, key_hash, scopes, None).await
+    }
+
+    /// Store a new signing key: its hash and its signing secret, sealed
+    /// (`signing_secrets::SecretsKey::seal`); returns its `created_at`.
+    pub async fn create_signing_api_key(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        key_hash: &str,
+        scopes: &str,
+        sealed_secret: &str,
+    ) -> Result<String> {
+        self.insert_api_key(id, name, key_hash, scopes, Some(sealed_secret))
+            .await
+    }
+
+    async fn insert_api_key(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        key_hash: &str,
+        scopes: &str,
+        sealed_secret: Option<&str>,
+    ) -> Result<String> {
         let at = now();
-        let mut conn = self.conn().await.with_context(|| format!("cannot store API key {id}"))?;
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(name)
-            .bind(key_hash)
-            .bind(scopes)
-            .bind(&at)
-            .execute(&mut *conn)
+        let mut conn = self
+            .conn()
             .await
             .with_context(|| format!("cannot store API key {id}"))?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, scopes, created_at, signing_secret) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(key_hash)
+        .bind(scopes)
+        .bind(&at)
+        .bind(sealed_secret)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("cannot store API key {id}"))?;
         Ok(at)
     }
 
     /// Every key, revoked ones included, oldest first.
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         let rows: Vec<ApiKeyRow> = sqlx::query_as(
-            "SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            "SELECT id, name, key_hash, scopes, created_at, revoked_at, signing_secret FROM api_keys ORDER BY created_at, id",
         )
         .fetch_all(&mut *self.conn().await?)
         .await?;
@@ -1175,11 +1222,12 @@ impl Store {
     }
 
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
-        let row: Option<ApiKeyRow> =
-            sqlx::query_as("SELECT id, name, key_hash, scopes, created_at, revoked_at FROM api_keys WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *self.conn().await?)
-                .await?;
+        let row: Option<ApiKeyRow> = sqlx::query_as(
+            "SELECT id, name, key_hash, scopes, created_at, revoked_at, signing_secret FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
         Ok(row.map(api_key_record))
     }
 
@@ -1298,6 +1346,7 @@ mod tests {
     on_both_backends!(
         versions_count_up_and_roll_back,
         api_keys_are_stored_hashed_and_revoked_once,
+        signing_keys_keep_their_sealed_secret_through_a_restore,
         ping_answers_until_the_pool_is_closed,
         delete_removes_every_version,
         registry_changes_write_their_audit_rows,
@@ -1374,6 +1423,29 @@ mod tests {
         assert!(!store.revoke_api_key("nope").await.unwrap());
         assert!(store.api_key("0000abcd").await.unwrap().unwrap().revoked_at.is_some());
         assert_eq!(store.api_keys().await.unwrap().len(), 2);
+    }
+
+    async fn signing_keys_keep_their_sealed_secret_through_a_restore(store: Store) {
+        store.create_api_key("0000abcd", None, "h1", "execute").await.unwrap();
+        store
+            .create_signing_api_key("0000abce", Some("signer"), "h2", "execute", "v1.1234abcd.c2VhbGVk")
+            .await
+            .unwrap();
+        let plain = store.api_key("0000abcd").await.unwrap().unwrap();
+        let signing = store.api_key("0000abce").await.unwrap().unwrap();
+        assert_eq!(plain.signing_secret, None);
+        assert_eq!(signing.signing_secret.as_deref(), Some("v1.1234abcd.c2VhbGVk"));
+        // A backup line of a key without a secret has no such field (older
+        // backups read the same), and a restore writes the sealed secret back.
+        let line = serde_json::to_string(&plain).unwrap();
+        assert!(!line.contains("signing_secret"), "{line}");
+        let contents = Contents {
+            api_keys: store.api_keys().await.unwrap(),
+            ..Contents::default()
+        };
+        store.restore(&contents, true).await.unwrap();
+        assert_eq!(store.api_key("0000abce").await.unwrap().unwrap(), signing);
+        assert_eq!(store.api_key("0000abcd").await.unwrap().unwrap(), plain);
     }
 
     async fn ping_answers_until_the_pool_is_closed(store: Store) {
