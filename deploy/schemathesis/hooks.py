@@ -19,6 +19,9 @@ source did (docs/ARCHITECTURE.md, README "Server"):
 An envelope is a JSON object with a boolean `status` (`{"status": false,
 "elapsed", "error": {"kind", ...}}`); API errors are `{"error": {...}}` with
 no `status`, so every request the server itself refuses is still checked.
+A HEAD answer has no body to tell: on the run routes a 400, 405 or 422 to
+HEAD is the stored script's envelope status (a stored script may carry
+tight `limits`), as the same request with GET shows.
 2. `/api/v1/run/{name}[/{rest}]` hands every method to the stored script,
 which is the endpoint: a DELETE or POST there is the script's business and
 deletes or creates nothing on the server (the registry is /api/v1/scripts,
@@ -56,6 +59,14 @@ RESOURCE_CHECKS = {"use_after_free", "ensure_resource_availability"}
 def filter_failure(context, failure, case, response):
     checks = set(getattr(failure, "checks", ()))
     if checks & RESOURCE_CHECKS and case.operation.path.startswith("/api/v1/run/"):
+        _note(checks, response.status_code, None, case)
+        return False
+    if (
+        case.method.upper() == "HEAD"
+        and case.operation.path.startswith("/api/v1/run/")
+        and "positive_data_acceptance" in checks
+        and response.status_code in (400, 405, 422)
+    ):
         _note(checks, response.status_code, None, case)
         return False
     envelope = _envelope(response)

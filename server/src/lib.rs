@@ -363,6 +363,7 @@ impl AppState {
                     metrics.redis_errors(),
                 )
                 .map_err(anyhow::Error::msg)?;
+                metrics.watch_redis(cluster.redis.commands());
                 Some(cluster)
             }
         };

@@ -649,6 +649,20 @@ impl Metrics {
         );
     }
 
+    /// Register Redis' commands in flight and their durations (once, at start).
+    pub fn watch_redis(&mut self, commands: &super::redis::CommandWatch) {
+        self.registry.register(
+            "avap_redis_commands_in_flight",
+            "Redis commands waiting for their reply, by lane: command (short commands) and bulk (the module cache); each lane is one multiplexed connection, so there is no pool to wait for",
+            commands.in_flight.clone(),
+        );
+        self.registry.register(
+            "avap_redis_command_seconds",
+            "How long Redis commands took, by lane, timeouts included",
+            commands.seconds.clone(),
+        );
+    }
+
     /// What the application databases call with each statement's wait for a connection.
     pub fn app_db_acquire_observer(&self) -> avap_hostfns::effects::db::AcquireObserver {
         let family = self.app_db_acquire_seconds.clone();

@@ -31,7 +31,11 @@ use std::time::Duration;
 use ::redis::aio::{MultiplexedConnection, PubSub};
 use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind};
 use futures_core::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
 /// What a command returns: the crate's reply type.
@@ -258,6 +262,46 @@ struct Inner {
     errors: Counter,
     /// Wakes the monitor when a command finds Redis gone.
     lost: Notify,
+    /// Commands in flight and their durations, by lane (for the metrics).
+    commands: CommandWatch,
+}
+
+/// Redis commands in flight and how long they took, by lane (`command`,
+/// `bulk`). There is no pool to wait for: each lane is one multiplexed
+/// connection, so "in use" is the commands in flight on it.
+#[derive(Debug, Clone)]
+pub struct CommandWatch {
+    pub in_flight: Family<LaneLabel, Gauge>,
+    pub seconds: Family<LaneLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for CommandWatch {
+    fn default() -> CommandWatch {
+        fn histogram() -> Histogram {
+            // 100 µs to the command timeout and past it (a bulk lane's limit).
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 1.0])
+        }
+        CommandWatch {
+            in_flight: Family::default(),
+            seconds: Family::new_with_constructor(histogram),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LaneLabel {
+    lane: &'static str,
+}
+
+impl Lane {
+    fn label(self) -> LaneLabel {
+        LaneLabel {
+            lane: match self {
+                Lane::Command => "command",
+                Lane::Bulk => "bulk",
+            },
+        }
+    }
 }
 
 impl fmt::Debug for Redis {
@@ -293,6 +337,7 @@ impl Redis {
                 status: AtomicU8::new(0),
                 errors,
                 lost: Notify::new(),
+                commands: CommandWatch::default(),
             }),
         })
     }
@@ -303,6 +348,11 @@ impl Redis {
 
     pub fn is_up(&self) -> bool {
         self.status() == Status::Up
+    }
+
+    /// Commands in flight and their durations, for the metrics to register.
+    pub fn commands(&self) -> &CommandWatch {
+        &self.inner.commands
     }
 
     /// Commands that failed because of the connection or a timeout.
@@ -369,8 +419,25 @@ impl Redis {
         deadline: tokio::time::Instant,
         attempt: impl Future<Output = Result<Reply, RedisError>>,
     ) -> Result<Reply, RedisError> {
-        let result = tokio::time::timeout_at(deadline, attempt)
-            .await
+        struct InFlight(Gauge);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let label = lane.label();
+        let in_flight = self.inner.commands.in_flight.get_or_create(&label).clone();
+        in_flight.inc();
+        let in_flight = InFlight(in_flight);
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout_at(deadline, attempt).await;
+        drop(in_flight);
+        self.inner
+            .commands
+            .seconds
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        let result = result
             .unwrap_or(Err(RedisError::Timeout))
             .and_then(|reply| {
                 if reply_bytes(&reply) > MAX_VALUE_BYTES + 64 {
@@ -650,6 +717,15 @@ mod tests {
         let script = ::redis::Script::new("return {tonumber(ARGV[1]) + 1, KEYS[1]}");
         let ran = redis.script(&script, &["x"], &[b"41"]).await;
         assert_eq!(ran, Ok(Reply::Array(vec![Reply::Int(42), bulk("x")])));
+        // Every command was timed on its lane, and none is in flight now.
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("c", "in flight", redis.commands().in_flight.clone());
+        registry.register("s", "seconds", redis.commands().seconds.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("s_count{lane=\"bulk\"} 2\n"), "{text}");
+        assert!(text.contains("s_count{lane=\"command\"} 6\n"), "{text}");
+        assert!(text.contains("c{lane=\"command\"} 0\n"), "{text}");
         // Many callers at once share the multiplexed connection.
         let calls = (0..64).map(|i| {
             let redis = redis.clone();

@@ -27,7 +27,7 @@ use super::AppState;
 use super::audit;
 use super::error::ApiError;
 use super::execute::{LimitsSpec, envelope_response};
-use super::extract::{JsonBody, whole};
+use super::extract::{JsonBody, object, whole};
 use super::openapi::{ApiErrorBody, EnvelopeOrError};
 use super::store::{Actor, AuditRow, NewVersion, Put, Rollback, ScriptSummary, VersionMeta};
 
@@ -43,11 +43,11 @@ pub struct StoreRequest {
     /// This script's own per-run limits, each clamped to the server's
     /// maximum when it runs (unset: the maximum). Stored in its signed
     /// artifact: changing them makes a new version.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::opt")]
     pub limits: Option<LimitsSpec>,
     /// Requests per second per client to this script (`/api/v1/run/{name}`),
     /// on top of the server's own rate limits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::opt")]
     pub rate_limit: Option<RateLimitSpec>,
 }
 
@@ -65,33 +65,17 @@ pub struct RateLimitSpec {
     pub burst: Option<u64>,
 }
 
-/// The policy a store request asks for, checked: every limit at least 1,
-/// the rate 1 to 1,000,000 per second.
+/// The policy a store request asks for, checked: the rate 1 to 1,000,000
+/// per second. Limits are taken as a request's are (clamped when the
+/// script runs; a zero is a script that cannot run, as asked).
 fn run_policy(body: &StoreRequest) -> Result<RunPolicy, ApiError> {
-    let limits = match &body.limits {
-        None => None,
-        Some(spec) => {
-            let given = [
-                ("fuel", spec.fuel),
-                ("time_ms", spec.time_ms),
-                ("memory_mb", spec.memory_mb),
-                ("stack_kb", spec.stack_kb),
-                ("output_kb", spec.output_kb),
-            ];
-            if let Some((key, _)) = given.iter().find(|(_, value)| *value == Some(0)) {
-                return Err(ApiError::invalid(format!(
-                    "`limits.{key}` must be at least 1 (leave it out for the server's maximum)"
-                )));
-            }
-            Some(PolicyLimits {
-                fuel: spec.fuel,
-                time_ms: spec.time_ms,
-                memory_mb: spec.memory_mb,
-                stack_kb: spec.stack_kb,
-                output_kb: spec.output_kb,
-            })
-        }
-    };
+    let limits = body.limits.as_ref().map(|spec| PolicyLimits {
+        fuel: spec.fuel,
+        time_ms: spec.time_ms,
+        memory_mb: spec.memory_mb,
+        stack_kb: spec.stack_kb,
+        output_kb: spec.output_kb,
+    });
     let rate_limit = match &body.rate_limit {
         None => None,
         Some(rate) => {
