@@ -90,6 +90,9 @@ def exported_series(avap):
         endless = "s = 0\nstartLoop(i, 1, 9000000000000)\n  s = s + 1\nendLoop()\naddResult(s)\n"
         assert s.request("POST", "/api/v1/execute", {"script": endless, "limits": {"fuel": 1000}})[0] == 422
         assert s.request("GET", "/api/v1/nope")[0] == 404
+        # The application database (the default SQLite file): its pool's series.
+        rows = "ormDirect(\"SELECT 1 AS a\", r)\naddResult(r)\n"
+        assert s.request("POST", "/api/v1/execute", {"script": rows})[0] == 200
         status, text = s.request("GET", "/api/v1/metrics")
         assert status == 200, (status, text)
     series = parse_exposition(text)
@@ -361,11 +364,11 @@ def self_test():
             for name, _ in promql_names(r["expr"])[0]:
                 names.add(name)
     # A fake export of exactly what the files use, so the real files pass.
-    series = {n: {"job", "instance", "le", "route", "status", "outcome", "kind", "state", "priority"} for n in names}
+    series = {n: {"job", "instance", "le", "route", "status", "outcome", "kind", "state", "priority", "database"} for n in names}
     for p in dashboard["panels"]:
         for t in p.get("targets", []):
             for name, _ in promql_names(t["expr"])[0]:
-                series.setdefault(name, {"job", "instance", "le", "route", "status", "outcome", "kind", "state", "priority"})
+                series.setdefault(name, {"job", "instance", "le", "route", "status", "outcome", "kind", "state", "priority", "database"})
     baseline = check_all(alerts, dashboard, series)
     assert not baseline, baseline
 

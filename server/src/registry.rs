@@ -69,6 +69,21 @@ pub struct RateLimitSpec {
 /// per second. Limits are taken as a request's are (clamped when the
 /// script runs; a zero is a script that cannot run, as asked).
 fn run_policy(body: &StoreRequest) -> Result<RunPolicy, ApiError> {
+    if let Some(spec) = &body.limits {
+        let given = [
+            ("fuel", spec.fuel),
+            ("time_ms", spec.time_ms),
+            ("memory_mb", spec.memory_mb),
+            ("stack_kb", spec.stack_kb),
+            ("output_kb", spec.output_kb),
+        ];
+        // Stored in the artifact's JSON meta: keep to what every JSON reader holds exactly.
+        if let Some((key, _)) = given.iter().find(|(_, value)| value.is_some_and(|n| n > MAX_LIMIT)) {
+            return Err(ApiError::invalid(format!(
+                "`limits.{key}` must be at most {MAX_LIMIT} (leave it out for the server's maximum)"
+            )));
+        }
+    }
     let limits = body.limits.as_ref().map(|spec| PolicyLimits {
         fuel: spec.fuel,
         time_ms: spec.time_ms,
@@ -95,6 +110,9 @@ fn run_policy(body: &StoreRequest) -> Result<RunPolicy, ApiError> {
     };
     Ok(RunPolicy { limits, rate_limit })
 }
+
+/// The largest limit a stored script may carry (the schema's maximum).
+const MAX_LIMIT: u64 = i64::MAX as u64;
 
 /// The highest rate (and burst) a stored script may ask for.
 const MAX_RATE: u64 = 1_000_000;
