@@ -206,7 +206,7 @@ addParam("also kept", e)
     #[test]
     fn mutual_recursion_terminates_and_top_level_includes_called_functions() {
         let params = params_of(
-            r#"function ping(n){
+            r"function ping(n){
     addParam(a, a)
     if(n, 0, >)
         pong(n - 1)
@@ -217,7 +217,7 @@ function pong(n){
     ping(n)
 }
 ping(2)
-"#,
+",
         );
         assert_eq!(params.functions["ping"], names(&["a", "b"]));
         assert_eq!(params.functions["pong"], names(&["b", "a"]));

@@ -23,6 +23,7 @@
 //! their mirror like the run routes.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use avap_hostfns::artifact::{EndpointMeta, Meta};
 use axum::Json;
@@ -89,10 +90,17 @@ pub fn describe(name: &str, version: i64, meta: &Meta, config: &ServerConfig) ->
     let mut description = format!(
         "Routes of the stored script `{name}` (source SHA-256 {}), from its signed artifact. Parameters are the \
          `addParam` names written in the source: read from the query string, else a JSON body's field, else a \
-         form field; names computed at run time are not listed.",
+         form field. Names reached only through middleware or calls computed at run time are not listed.",
         meta.source_sha256
     );
-    let paths = if !registers {
+    let paths = if registers {
+        if meta.endpoints.is_empty() {
+            description.push_str(
+                " The script registers its endpoints from computed values only, so none is known before it runs.",
+            );
+        }
+        endpoint_paths(meta)
+    } else {
         let operations = ANY_METHODS
             .iter()
             .map(|method| {
@@ -101,13 +109,6 @@ pub fn describe(name: &str, version: i64, meta: &Meta, config: &ServerConfig) ->
             })
             .collect();
         BTreeMap::from([("/".to_owned(), operations)])
-    } else {
-        if meta.endpoints.is_empty() {
-            description.push_str(
-                " The script registers its endpoints from computed values only, so none is known before it runs.",
-            );
-        }
-        endpoint_paths(meta)
     };
     json!({
         "openapi": "3.1.0",
@@ -157,7 +158,7 @@ fn operation(summary: &str, endpoint: Option<&EndpointMeta>, method: &str, param
     if let Some(e) = endpoint {
         let mut text = format!("Handled by `{}`", e.handler);
         if !e.middleware.is_empty() {
-            text.push_str(&format!(" after the middleware `{}`", e.middleware.join("`, `")));
+            let _ = write!(text, " after the middleware `{}`", e.middleware.join("`, `"));
         }
         text.push('.');
         op.insert("description".into(), json!(text));
