@@ -3,7 +3,7 @@
 
 use avap_hostfns::abi;
 use avap_hostfns::artifact::{
-    self, EndpointMeta, FunctionMap, ImportMeta, Meta, RunPolicy, SigningKey, SourceMap, SrcEntry,
+    self, EndpointMeta, FunctionMap, ImportMeta, Meta, ParamsMeta, RunPolicy, SigningKey, SourceMap, SrcEntry,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -44,6 +44,7 @@ pub fn compile_with_policy(checked: &CheckedProgram, key: Option<&SigningKey>, p
     let root = checked.sources.get(0);
     let meta = Meta {
         policy,
+        params: crate::params::read_params(checked),
         ..meta_of(&lowered, root.name(), root.text())
     };
     let srcmap = srcmap_of(&lowered, checked);
@@ -79,10 +80,12 @@ fn meta_of(lowered: &LoweredModule, name: &str, text: &str) -> Meta {
                 path: e.path.clone(),
                 handler: e.handler.clone(),
                 description: e.description.clone(),
+                middleware: e.middleware.clone(),
             })
             .collect(),
         functions: lowered.functions.clone(),
         policy: RunPolicy::default(),
+        params: ParamsMeta::default(),
     }
 }
 
