@@ -132,6 +132,24 @@ pub struct Meta {
     /// applies exactly what the registry accepted.
     #[serde(default, skip_serializing_if = "RunPolicy::is_empty")]
     pub policy: RunPolicy,
+    /// The stored scripts the registry resolved this script's `include`s
+    /// to, by name (absent when it includes nothing, and in artifacts of
+    /// the CLI, whose includes are files). Signed with the rest: what a
+    /// version was built with is fixed until it is rebuilt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libraries: Vec<LibraryMeta>,
+}
+
+/// One library (stored script) an artifact was built with ([`Meta::libraries`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibraryMeta {
+    /// The stored script's name.
+    pub name: String,
+    /// Its version, as the registry numbers them.
+    pub version: i64,
+    /// SHA-256 of that version's source, lowercase hex.
+    pub source_sha256: String,
 }
 
 /// A stored script's own limits and rate limit ([`Meta::policy`]).

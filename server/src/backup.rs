@@ -275,6 +275,8 @@ mod tests {
                 source_sha256: &hex::encode(Sha256::digest(source.as_bytes())),
                 artifact_sha256: &hex::encode(Sha256::digest(&artifact)),
                 artifact: &artifact,
+                libraries: &[],
+                action: "store",
             };
             store.put(&new, &actor()).await.unwrap();
         }

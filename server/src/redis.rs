@@ -279,7 +279,9 @@ impl Default for CommandWatch {
     fn default() -> CommandWatch {
         fn histogram() -> Histogram {
             // 100 µs to the command timeout and past it (a bulk lane's limit).
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 1.0])
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 1.0,
+            ])
         }
         CommandWatch {
             in_flight: Family::default(),
@@ -437,16 +439,14 @@ impl Redis {
             .seconds
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
-        let result = result
-            .unwrap_or(Err(RedisError::Timeout))
-            .and_then(|reply| {
-                if reply_bytes(&reply) > MAX_VALUE_BYTES + 64 {
-                    return Err(RedisError::Protocol(format!(
-                        "a reply over the {MAX_VALUE_BYTES} bytes this server stores"
-                    )));
-                }
-                Ok(reply)
-            });
+        let result = result.unwrap_or(Err(RedisError::Timeout)).and_then(|reply| {
+            if reply_bytes(&reply) > MAX_VALUE_BYTES + 64 {
+                return Err(RedisError::Protocol(format!(
+                    "a reply over the {MAX_VALUE_BYTES} bytes this server stores"
+                )));
+            }
+            Ok(reply)
+        });
         if let Err(e) = &result
             && e.is_connection_problem()
         {

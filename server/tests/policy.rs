@@ -179,7 +179,10 @@ async fn bad_policies_are_refused_with_what_to_fix() {
     let app = server("bad", ServerConfig::for_this_machine()).await;
     for (policy, expected) in [
         (json!({"limits": [null, null]}), "expected a JSON object"),
-        (json!({"limits": {"output_kb": 9_223_372_036_854_775_808_u64}}), "must be at most"),
+        (
+            json!({"limits": {"output_kb": 9_223_372_036_854_775_808_u64}}),
+            "must be at most",
+        ),
         (json!({"limits": {"fule": 5}}), "unknown field `fule`"),
         (json!({"rate_limit": {"per_second": 0}}), "must be 1 to 1000000"),
         (
