@@ -212,14 +212,22 @@ fn libraries_are_pinned_until_rebuilt() {
     assert_eq!(message(&s.get("/api/v1/run/other")), "Hello, other");
     let app = s.get("/api/v1/scripts/app").json();
     assert_eq!(
-        (app["libraries"][0]["current_version"].as_i64(), &app["libraries"][0]["stale"]),
+        (
+            app["libraries"][0]["current_version"].as_i64(),
+            &app["libraries"][0]["stale"]
+        ),
         (Some(2), &json!(true)),
         "{app}"
     );
     assert_eq!(s.get("/api/v1/scripts/greet").json()["dependents"][0]["stale"], true);
     // Storing the same source again is still `unchanged`: only a rebuild moves a script on.
     let r = store(&s, "app", APP);
-    assert_eq!((r.status, r.json()["unchanged"].as_bool()), (200, Some(true)), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["unchanged"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.body
+    );
 
     // A rebuild picks up the library's current version, as a new version.
     let r = s.post_json("/api/v1/scripts/app/rebuild", &json!({}));
@@ -227,15 +235,30 @@ fn libraries_are_pinned_until_rebuilt() {
     assert_eq!(message(&s.get("/api/v1/run/app?name=Lin")), "Howdy, Lin");
     assert_eq!(message(&s.get("/api/v1/run/other")), "Hello, other", "not rebuilt yet");
     let r = s.post_json("/api/v1/scripts/app/rebuild", &json!({}));
-    assert_eq!((r.status, r.json()["unchanged"].as_bool()), (200, Some(true)), "{}", r.body);
-    let r = s.post_json("/api/v1/execute", &json!({"name": "app", "version": 1, "params": {"name": "Ed"}}));
-    assert_eq!(message(&r), "Hello, Ed", "version 1 keeps the library it was built with");
+    assert_eq!(
+        (r.status, r.json()["unchanged"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.body
+    );
+    let r = s.post_json(
+        "/api/v1/execute",
+        &json!({"name": "app", "version": 1, "params": {"name": "Ed"}}),
+    );
+    assert_eq!(
+        message(&r),
+        "Hello, Ed",
+        "version 1 keeps the library it was built with"
+    );
     let r = s.post_json("/api/v1/scripts/nope/rebuild", &json!({}));
     assert_eq!(r.error_kind(), (404, "ScriptNotFound".to_owned()), "{}", r.body);
 
     // Inline scripts include stored libraries, at their current version.
     let inline = "include(\"greet\")\nmessage = greet(\"inline\")\naddResult(message)\n";
-    assert_eq!(message(&s.post_json("/api/v1/execute", &json!({"script": inline}))), "Howdy, inline");
+    assert_eq!(
+        message(&s.post_json("/api/v1/execute", &json!({"script": inline}))),
+        "Howdy, inline"
+    );
     let r = s.post_json("/api/v1/execute", &json!({"script": "include(\"nothere\")\n"}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("no stored script named `nothere`"), "{}", r.body);

@@ -752,7 +752,11 @@ impl AppState {
     /// The stored scripts `source` includes (the stored script `root`, or an
     /// inline script), at their current versions. An edge node mirrors
     /// artifacts, not sources: its inline scripts include nothing.
-    pub(crate) async fn resolve_includes(&self, root: Option<&str>, source: &str) -> Result<libraries::Resolved, ApiError> {
+    pub(crate) async fn resolve_includes(
+        &self,
+        root: Option<&str>,
+        source: &str,
+    ) -> Result<libraries::Resolved, ApiError> {
         if self.shared.edge.is_some() {
             return Ok(libraries::Resolved::without_sources(
                 "an edge node mirrors compiled scripts, not the sources of libraries",
