@@ -176,7 +176,7 @@ fn scripts_and_key_survive_a_restart() {
 /// of the library leaves them on the code they were built with until each
 /// is rebuilt; the registry shows which libraries are stale and who
 /// depends on what; a library in use is deleted only when forced; inline
-/// scripts include stored libraries too. Runs on PostgreSQL with
+/// scripts include stored libraries too. Runs on `PostgreSQL` with
 /// `TEST_SERVER_DATABASE=postgres` (`.ci/run`).
 #[test]
 fn libraries_are_pinned_until_rebuilt() {

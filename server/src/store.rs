@@ -1489,7 +1489,7 @@ mod tests {
             version: 1,
             library_version: 1,
         };
-        assert_eq!(dependents, [expected.clone()]);
+        assert_eq!(dependents, [expected]);
         store.rollback("a", 1, &actor()).await.unwrap();
         let names: Vec<String> = store
             .dependents("lib")
