@@ -259,6 +259,8 @@ fn libraries_are_pinned_until_rebuilt() {
         message(&s.post_json("/api/v1/execute", &json!({"script": inline}))),
         "Howdy, inline"
     );
+    let r = s.post_json("/api/v1/check", &json!({"script": inline}));
+    assert_eq!((r.status, &r.json()["ok"]), (200, &json!(true)), "{}", r.body);
     let r = s.post_json("/api/v1/execute", &json!({"script": "include(\"nothere\")\n"}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("no stored script named `nothere`"), "{}", r.body);
