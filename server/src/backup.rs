@@ -277,6 +277,7 @@ mod tests {
                 artifact: &artifact,
                 libraries: &[],
                 action: "store",
+                rebuilds: None,
             };
             store.put(&new, &actor()).await.unwrap();
         }
@@ -351,6 +352,7 @@ mod tests {
             artifact: &artifact,
             libraries: std::slice::from_ref(&greet),
             action: "store",
+            rebuilds: None,
         };
         store.put(&new, &actor()).await.unwrap();
         assert_eq!(store.dependents("greet").await.unwrap().len(), 1);

@@ -84,6 +84,12 @@ pub enum ApiError {
         name: String,
         dependents: Vec<String>,
     },
+    /// A rebuild of `version`, which a store or rollback replaced while it
+    /// compiled (409): nothing stored.
+    RebuildSuperseded {
+        name: String,
+        version: i64,
+    },
     /// A registry write (or the registry API) on an edge node, whose
     /// scripts are a read-only mirror of `registry` (409).
     EdgeReadOnly {
@@ -180,6 +186,7 @@ impl ApiError {
             | ApiError::JobNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::EdgeReadOnly { .. }
             | ApiError::LibraryInUse { .. }
+            | ApiError::RebuildSuperseded { .. }
             | ApiError::JobStateConflict(_)
             | ApiError::IdempotencyConflict(_)
             | ApiError::ReloadUnavailable(_) => StatusCode::CONFLICT,
@@ -208,6 +215,7 @@ impl ApiError {
             ApiError::ScriptNotFound { .. } | ApiError::NotMirrored { .. } => "ScriptNotFound",
             ApiError::EdgeReadOnly { .. } => "EdgeReadOnly",
             ApiError::LibraryInUse { .. } => "LibraryInUse",
+            ApiError::RebuildSuperseded { .. } => "RebuildSuperseded",
             ApiError::ArtifactRejected { .. } => "ArtifactRejected",
             ApiError::ArtifactNotFound { .. } => "ArtifactNotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
@@ -318,6 +326,11 @@ impl fmt::Display for ApiError {
                  versions keep working: they contain the library's code)",
                 dependents.len(),
                 dependents.join(", ")
+            ),
+            ApiError::RebuildSuperseded { name, version } => write!(
+                f,
+                "script `{name}` was stored or rolled back while version {version} was being rebuilt: \
+                 nothing stored (rebuild again to rebuild the new current version)"
             ),
             ApiError::EdgeReadOnly { registry } => write!(
                 f,

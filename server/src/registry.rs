@@ -368,8 +368,10 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
             });
         }
     };
-    let put = put_built(state, actor, &body.name, &body.source, &built, "store").await?;
+    let put = put_built(state, actor, &body.name, &body.source, &built, None).await?;
     Ok(match put {
+        // Only a rebuild can be superseded.
+        Put::Superseded => return Err(ApiError::Internal(anyhow::anyhow!("a store was superseded"))),
         Put::Unchanged(meta) => unchanged(&meta),
         Put::Created(meta) => {
             Stored::Created((StatusCode::CREATED, Json(stored(&body.name, &meta, false))).into_response())
@@ -378,14 +380,16 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
 }
 
 /// Store `built` as the next version of `name` (unless its source and
-/// artifact are the current version's), audited as `action`.
+/// artifact are the current version's), audited as `store`, or as
+/// `rebuild` when it rebuilds version `rebuilds` (then only while that
+/// version is still current).
 async fn put_built(
     state: &AppState,
     actor: &Actor,
     name: &str,
     source: &str,
     built: &Built,
-    action: &'static str,
+    rebuilds: Option<i64>,
 ) -> Result<Put, ApiError> {
     let source_sha256 = hex::encode(Sha256::digest(source.as_bytes()));
     let artifact_sha256 = hex::encode(Sha256::digest(&built.artifact));
@@ -399,7 +403,8 @@ async fn put_built(
                 artifact: &built.artifact,
                 artifact_sha256: &artifact_sha256,
                 libraries: &built.libraries,
-                action,
+                action: if rebuilds.is_some() { "rebuild" } else { "store" },
+                rebuilds,
             },
             actor,
         )
@@ -457,33 +462,32 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
     let (limits, rate_limit) = policy_json(&policy_of(&artifact));
     let mut libraries = Vec::new();
     for lib in libraries_of(&artifact) {
-        let current_version = store.current(&lib.name).await?.map(|c| c.meta.version);
+        let current = store.current(&lib.name).await?.map(|c| c.meta);
+        // By source too: a library deleted and stored again counts from version 1 again.
+        let stale = current
+            .as_ref()
+            .is_none_or(|c| c.version != lib.version || c.source_sha256 != lib.source_sha256);
         libraries.push(json!({
             "name": lib.name,
             "version": lib.version,
             "source_sha256": lib.source_sha256,
-            "current_version": current_version,
-            "stale": current_version != Some(lib.version),
+            "current_version": current.map(|c| c.version),
+            "stale": stale,
         }));
     }
     let dependents: Vec<Value> = store
         .dependents(&current.name)
         .await?
         .into_iter()
-        .map(
-            |Dependent {
-                 name,
-                 version,
-                 library_version,
-             }| {
-                json!({
-                    "name": name,
-                    "version": version,
-                    "library_version": library_version,
-                    "stale": library_version != current.meta.version,
-                })
-            },
-        )
+        .map(|d: Dependent| {
+            json!({
+                "name": d.name,
+                "version": d.version,
+                "library_version": d.library_version,
+                "stale": d.library_version != current.meta.version
+                    || d.library_source_sha256 != current.meta.source_sha256,
+            })
+        })
         .collect();
     Ok(Json(json!({
         "name": current.name,
@@ -629,7 +633,7 @@ async fn roll_back(state: &AppState, actor: &Actor, name: &str, version: i64) ->
         (status = 400, description = "The current source no longer compiles against the current libraries (envelope `CompileError`; nothing stored).", body = EnvelopeOrError),
         (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`), or the key lacks the `admin` scope (`Forbidden`).", body = ApiErrorBody),
         (status = 404, description = "No such script (`ScriptNotFound`).", body = ApiErrorBody),
-        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`).", body = ApiErrorBody),
+        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`), or the script was stored or rolled back while it was rebuilt (`RebuildSuperseded`: nothing stored; rebuild again if needed).", body = ApiErrorBody),
         (status = 503, description = "No compile slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
@@ -683,7 +687,13 @@ async fn rebuild_script(state: &AppState, actor: &Actor, name: &str) -> Result<S
         }
     };
     Ok(
-        match put_built(state, actor, name, &current.source, &built, "rebuild").await? {
+        match put_built(state, actor, name, &current.source, &built, Some(current.meta.version)).await? {
+            Put::Superseded => {
+                return Err(ApiError::RebuildSuperseded {
+                    name: name.to_owned(),
+                    version: current.meta.version,
+                });
+            }
             Put::Unchanged(meta) => Stored::NotStored {
                 response: Json(stored(name, &meta, true)).into_response(),
                 outcome: "unchanged",

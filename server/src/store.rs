@@ -192,6 +192,9 @@ pub struct NewVersion<'a> {
     pub libraries: &'a [LibraryMeta],
     /// The audit action: `store`, or `rebuild`.
     pub action: &'static str,
+    /// A rebuild: the version it rebuilt, which must still be current (a
+    /// store or rollback in between wins: [`Put::Superseded`]). `None`: a store.
+    pub rebuilds: Option<i64>,
 }
 
 /// A current version of a stored script that includes a library.
@@ -203,6 +206,9 @@ pub struct Dependent {
     pub version: i64,
     /// The library's version it was built with.
     pub library_version: i64,
+    /// SHA-256 of that version's source (a library deleted and stored
+    /// again numbers its versions from 1 again).
+    pub library_source_sha256: String,
 }
 
 /// What [`Store::delete`] did.
@@ -220,6 +226,8 @@ pub enum Put {
     /// The source is the current version's: nothing stored.
     Unchanged(VersionMeta),
     Created(VersionMeta),
+    /// A rebuild of a version that is no longer current: nothing stored.
+    Superseded,
 }
 
 /// Who asked for a change or a run, for its audit row.
@@ -602,6 +610,11 @@ impl Store {
         .await?;
         // The same source and the same artifact (the same policy, signed by
         // the same compiler): nothing new. Another policy makes a new version.
+        if let Some(rebuilt) = new.rebuilds
+            && current.as_ref().is_none_or(|row| row.0 != rebuilt)
+        {
+            return Ok(Put::Superseded);
+        }
         if let Some(row) = current
             && row.1 == new.source_sha256
             && row.2 == new.artifact_sha256
@@ -748,8 +761,8 @@ impl Store {
 
 /// [`Store::dependents`], on a connection or in a transaction.
 async fn dependents_of(conn: &mut AnyConnection, library: &str) -> Result<Vec<Dependent>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT l.name, l.version, l.library_version FROM script_libraries l \
+    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "SELECT l.name, l.version, l.library_version, l.library_source_sha256 FROM script_libraries l \
          JOIN scripts s ON s.name = l.name AND s.current_version = l.version \
          WHERE l.library = $1 AND l.name <> $1 ORDER BY l.name",
     )
@@ -758,10 +771,11 @@ async fn dependents_of(conn: &mut AnyConnection, library: &str) -> Result<Vec<De
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, version, library_version)| Dependent {
+        .map(|(name, version, library_version, library_source_sha256)| Dependent {
             name,
             version,
             library_version,
+            library_source_sha256,
         })
         .collect())
 }
@@ -774,13 +788,17 @@ async fn insert_libraries(
     libraries: &[LibraryMeta],
 ) -> Result<(), sqlx::Error> {
     for lib in libraries {
-        sqlx::query("INSERT INTO script_libraries (name, version, library, library_version) VALUES ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(version)
-            .bind(&lib.name)
-            .bind(lib.version)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO script_libraries (name, version, library, library_version, library_source_sha256) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(&lib.name)
+        .bind(lib.version)
+        .bind(&lib.source_sha256)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -1459,6 +1477,7 @@ mod tests {
             artifact_sha256: "a",
             libraries: &[],
             action: "store",
+            rebuilds: None,
         }
     }
 
@@ -1488,6 +1507,7 @@ mod tests {
             name: "b".to_owned(),
             version: 1,
             library_version: 1,
+            library_source_sha256: String::new(),
         };
         assert_eq!(dependents, [expected]);
         store.rollback("a", 1, &actor()).await.unwrap();
@@ -1513,6 +1533,21 @@ mod tests {
             .map(|d| d.name)
             .collect();
         assert_eq!(names, ["a"], "a deleted dependent's rows go with it");
+
+        // A rebuild of a version that is no longer current stores nothing.
+        let rebuild = NewVersion {
+            action: "rebuild",
+            rebuilds: Some(2),
+            ..new("a", "a3", "a3")
+        };
+        assert_eq!(store.put(&rebuild, &actor()).await.unwrap(), Put::Superseded);
+        store.rollback("a", 2, &actor()).await.unwrap();
+        let rebuild = NewVersion {
+            rebuilds: Some(1),
+            ..rebuild
+        };
+        assert_eq!(store.put(&rebuild, &actor()).await.unwrap(), Put::Superseded);
+        assert_eq!(store.current("a").await.unwrap().unwrap().meta.version, 2);
     }
 
     fn actor() -> Actor {
@@ -1526,6 +1561,7 @@ mod tests {
         match put {
             Put::Created(m) => (true, m.version),
             Put::Unchanged(m) => (false, m.version),
+            Put::Superseded => panic!("only a rebuild is superseded"),
         }
     }
 

@@ -10,6 +10,7 @@ CREATE TABLE script_libraries (
     version         BIGINT NOT NULL,
     library         TEXT NOT NULL,
     library_version BIGINT NOT NULL,
+    library_source_sha256 TEXT NOT NULL,
     PRIMARY KEY (name, version, library)
 );
 

@@ -9,6 +9,7 @@ CREATE TABLE script_libraries (
     version         INTEGER NOT NULL,
     library         TEXT NOT NULL,
     library_version INTEGER NOT NULL,
+    library_source_sha256 TEXT NOT NULL,
     PRIMARY KEY (name, version, library)
 );
 
