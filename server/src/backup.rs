@@ -342,8 +342,13 @@ mod tests {
             avap_codegen::SourceFile::new("app.avap", "x = 1\naddResult(x)\n".to_owned()),
             &avap_codegen::check::NoIncludes,
         );
-        let artifact =
-            avap_codegen::compile_with_libraries(&checked, None, Default::default(), vec![greet.clone()]).bytes;
+        let artifact = avap_codegen::compile_with_libraries(
+            &checked,
+            None,
+            avap_hostfns::artifact::RunPolicy::default(),
+            vec![greet.clone()],
+        )
+        .bytes;
         let new = NewVersion {
             name: "app",
             source: "x = 1\naddResult(x)\n",
