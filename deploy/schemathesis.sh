@@ -21,6 +21,10 @@
 # resource checks do not apply to the run routes, whose methods belong to
 # the script. Fixed seed and example budget: about a minute on two cores.
 #
+# Then a stored script's own document (GET /api/v1/run/{name}/openapi.json)
+# is checked against the OpenAPI 3.1 meta-schema and its routes called as it
+# describes them.
+#
 # Usage: deploy/schemathesis.sh [extra schemathesis run options]
 # SCHEMATHESIS_SEED and SCHEMATHESIS_MAX_EXAMPLES change the seed and budget;
 # SCHEMATHESIS_SERVER_LOG=FILE keeps the server's log, SCHEMATHESIS_DROPPED=FILE
@@ -107,6 +111,57 @@ status=0
         --request-timeout 30 \
         "$@"
 ) || status=$?
+
+# A stored script's own document (GET /api/v1/run/{name}/openapi.json):
+# checked against the OpenAPI 3.1 meta-schema (the one schemathesis ships),
+# then schemathesis calls the script's routes as it describes them, checking every answer
+# against it. Positive data only, and the checks that hold for any script:
+# the parameters have no constraints to violate, and what a script does with
+# an unexpected body or method is its own business (the server's document
+# above covers the run routes' own refusals).
+if [ "$status" -eq 0 ]; then
+    echo "== a stored script's own document against the OpenAPI 3.1 meta-schema"
+    AVAP_ADDR="$addr" AVAP_KEY="$key" "$VENV/bin/python" - <<'PY' || fail "GET /api/v1/run/users/openapi.json: see above"
+import json, os, urllib.request
+from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+SOURCE = """addParam(lang, lang)
+function listUsers(){
+    addParam(limit, limit)
+    users = [limit, lang]
+}
+function createUser(){
+    addParam(name, name)
+    created = name
+}
+registerEndpoint("/users", "GET", [], "List users", listUsers, users)
+registerEndpoint("/users", "POST", [], "Create a user", createUser, created)
+"""
+base = "http://" + os.environ["AVAP_ADDR"]
+headers = {"Authorization": "Bearer " + os.environ["AVAP_KEY"], "Content-Type": "application/json"}
+body = json.dumps({"name": "users", "source": SOURCE}).encode()
+urllib.request.urlopen(urllib.request.Request(base + "/api/v1/scripts", body, headers), timeout=30)
+with urllib.request.urlopen(urllib.request.Request(base + "/api/v1/run/users/openapi.json", None, headers), timeout=30) as r:
+    document = json.load(r)
+OPENAPI_31_VALIDATOR.validate(document)
+print("valid OpenAPI 3.1:", ", ".join(f"{m.upper()} {p}" for p, item in document["paths"].items() for m in item))
+PY
+    echo "== schemathesis run against the stored script's own document"
+    (
+        cd "$work"
+        PYTHONPATH="$ROOT/deploy/schemathesis" SCHEMATHESIS_HOOKS=hooks \
+            "$VENV/bin/schemathesis" --no-color run "http://$addr/api/v1/run/users/openapi.json" \
+            --url "http://$addr/api/v1/run/users" \
+            --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+            --mode positive \
+            --phases examples,coverage,fuzzing \
+            --header "Authorization: Bearer $key" \
+            --seed "$SEED" \
+            --max-examples "$MAX_EXAMPLES" \
+            --generation-database none \
+            --request-timeout 30
+    ) || status=$?
+fi
 
 if [ "$status" -ne 0 ]; then
     echo "== server log (last 50 lines)"

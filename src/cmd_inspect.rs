@@ -185,6 +185,7 @@ fn to_json(
         "imports": meta.imports,
         "endpoints": meta.endpoints,
         "functions": meta.functions,
+        "params": meta.params,
     })
 }
 

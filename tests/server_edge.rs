@@ -291,9 +291,17 @@ fn an_edge_node_serves_its_mirror_without_the_registry_and_catches_up() {
     let r = edge.post_json("/api/v1/execute", &json!({"name": "answer", "version": 1}));
     assert_eq!(r.status, 200, "{}", r.body);
 
-    // The registry dies: the edge keeps serving every synced script.
+    // The registry dies: the edge keeps serving every synced script…
     registry.kill();
     expect_runs(&edge, &all_three);
+    // …and describes each from its mirrored artifact's meta.
+    let doc = edge.get("/api/v1/run/hello/openapi.json").json();
+    assert_eq!(
+        (&doc["info"]["title"], &doc["info"]["version"]),
+        (&json!("hello"), &json!("1")),
+        "{doc}"
+    );
+    assert_eq!(doc["paths"]["/"]["get"]["parameters"][0]["name"], "name", "{doc}");
     wait_until("the edge notices the registry is gone", CATCH_UP, || {
         health(&edge)["registry"]["state"] == "unreachable"
     });

@@ -3,7 +3,8 @@
 
 use avap_hostfns::abi;
 use avap_hostfns::artifact::{
-    self, EndpointMeta, FunctionMap, ImportMeta, LibraryMeta, Meta, RunPolicy, SigningKey, SourceMap, SrcEntry,
+    self, EndpointMeta, FunctionMap, ImportMeta, LibraryMeta, Meta, ParamsMeta, RunPolicy, SigningKey, SourceMap,
+    SrcEntry,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -60,6 +61,7 @@ pub fn compile_with_libraries(
     let meta = Meta {
         policy,
         libraries,
+        params: crate::params::read_params(checked),
         ..meta_of(&lowered, root.name(), root.text())
     };
     let srcmap = srcmap_of(&lowered, checked);
@@ -95,11 +97,13 @@ fn meta_of(lowered: &LoweredModule, name: &str, text: &str) -> Meta {
                 path: e.path.clone(),
                 handler: e.handler.clone(),
                 description: e.description.clone(),
+                middleware: e.middleware.clone(),
             })
             .collect(),
         functions: lowered.functions.clone(),
         policy: RunPolicy::default(),
         libraries: Vec::new(),
+        params: ParamsMeta::default(),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod compile;
 pub mod diag;
 pub mod lexer;
 pub mod lower;
+pub mod params;
 pub mod parser;
 pub mod report;
 pub mod span;

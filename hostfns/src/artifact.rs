@@ -138,6 +138,11 @@ pub struct Meta {
     /// version was built with is fixed until it is rebuilt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub libraries: Vec<LibraryMeta>,
+    /// Request parameters the script reads with `addParam`, where the name
+    /// is written as a literal (absent when it reads none, and in artifacts
+    /// from compilers before this field: their meta bytes stay the same).
+    #[serde(default, skip_serializing_if = "ParamsMeta::is_empty")]
+    pub params: ParamsMeta,
 }
 
 /// One library (stored script) an artifact was built with ([`Meta::libraries`]).
@@ -150,6 +155,40 @@ pub struct LibraryMeta {
     pub version: i64,
     /// SHA-256 of that version's source, lowercase hex.
     pub source_sha256: String,
+}
+
+/// Statically known `addParam` names ([`Meta::params`]): a string literal or
+/// bare name as the parameter argument. Names built at run time cannot be
+/// known and are left out, so these lists are a lower bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamsMeta {
+    /// Read by the top level (it runs on every request, before dispatch),
+    /// including the user functions it calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_level: Vec<String>,
+    /// Per user function: read by its body or by the user functions it
+    /// calls by name, transitively. Functions that read none are left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub functions: BTreeMap<String, Vec<String>>,
+}
+
+impl ParamsMeta {
+    pub fn is_empty(&self) -> bool {
+        self.top_level.is_empty() && self.functions.is_empty()
+    }
+
+    /// What a request to `endpoint` reads: the top level's names, then its
+    /// middleware's, then its handler's, each name once, in that order.
+    pub fn for_endpoint(&self, endpoint: &EndpointMeta) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        let functions = endpoint.middleware.iter().chain(std::iter::once(&endpoint.handler));
+        self.top_level
+            .iter()
+            .chain(functions.filter_map(|f| self.functions.get(f)).flatten())
+            .filter(|name| seen.insert(name.as_str()))
+            .cloned()
+            .collect()
+    }
 }
 
 /// A stored script's own limits and rate limit ([`Meta::policy`]).
@@ -214,6 +253,10 @@ pub struct EndpointMeta {
     pub path: String,
     pub handler: String,
     pub description: String,
+    /// Middleware functions, when written as a list of names or a literal
+    /// text (absent when there are none or they are computed at run time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub middleware: Vec<String>,
 }
 
 impl Meta {

@@ -2,10 +2,10 @@
 
 use avap_hostfns::abi;
 use avap_hostfns::artifact::{
-    ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, LibraryMeta, META_SECTION, Meta, PolicyLimits,
-    RatePolicy, RunPolicy, SIG_SECTION, SRCMAP_SECTION, SignatureStatus, SigningKey, SourceMap, SrcEntry, TrustedKeys,
-    append_sections, decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, generate_key, inspect,
-    key_id, sign, signer_key_id, strip_signature, verify,
+    ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, LibraryMeta, META_SECTION, Meta, ParamsMeta,
+    PolicyLimits, RatePolicy, RunPolicy, SIG_SECTION, SRCMAP_SECTION, SignatureStatus, SigningKey, SourceMap, SrcEntry,
+    TrustedKeys, append_sections, decode_public_key, decode_secret_key, encode_public_key, encode_secret_key,
+    generate_key, inspect, key_id, sign, signer_key_id, strip_signature, verify,
 };
 use sha2::{Digest, Sha256};
 use wasm_encoder::{
@@ -78,6 +78,7 @@ fn meta() -> Meta {
             path: "/hello".into(),
             handler: "greet".into(),
             description: "says hello".into(),
+            middleware: Vec::new(),
         }],
         functions: vec!["greet".into()],
         policy: RunPolicy {
@@ -95,6 +96,7 @@ fn meta() -> Meta {
             version: 2,
             source_sha256: hex::encode(Sha256::digest(b"function greet() {}")),
         }],
+        params: ParamsMeta::default(),
     }
 }
 
@@ -111,6 +113,36 @@ fn meta_without_libraries_is_written_as_before() {
         with.contains(r#""libraries":[{"name":"greetings","version":2,"source_sha256":""#),
         "{with}"
     );
+}
+
+#[test]
+fn meta_without_params_keeps_its_old_bytes_and_reads_back() {
+    let old = String::from_utf8(meta().to_json()).unwrap();
+    assert!(!old.contains("params") && !old.contains("middleware"), "{old}");
+    let back = Meta::from_json(old.as_bytes()).unwrap();
+    assert!(back.params.is_empty());
+    assert!(back.endpoints[0].middleware.is_empty());
+}
+
+#[test]
+fn endpoint_params_are_top_level_then_middleware_then_handler_once_each() {
+    let params = ParamsMeta {
+        top_level: vec!["lang".into()],
+        functions: [
+            ("auth".to_owned(), vec!["token".to_owned(), "lang".to_owned()]),
+            ("greet".to_owned(), vec!["name".to_owned(), "token".to_owned()]),
+        ]
+        .into(),
+    };
+    let mut endpoint = meta().endpoints.remove(0);
+    endpoint.middleware = vec!["auth".into(), "unknown".into()];
+    assert_eq!(params.for_endpoint(&endpoint), ["lang", "token", "name"]);
+    let mut with = meta();
+    with.params = params;
+    with.endpoints = vec![endpoint];
+    let json = with.to_json();
+    assert!(String::from_utf8_lossy(&json).contains(r#""middleware":["auth","unknown"]"#));
+    assert_eq!(Meta::from_json(&json).unwrap(), with);
 }
 
 #[test]

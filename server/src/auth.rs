@@ -263,6 +263,7 @@ mod tests {
         assert_eq!(needed_scope("/api/v1/scripts/x/rollback"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/execute/batch"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/run/x"), Some(Scope::Execute));
+        assert_eq!(needed_scope("/api/v1/run/x/openapi.json"), Some(Scope::Execute));
         assert_eq!(needed_scope("/api/v1/audit"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/debug/profile"), Some(Scope::Admin));
         assert_eq!(needed_scope("/api/v1/admin/reload"), Some(Scope::Admin));

@@ -13,7 +13,8 @@
 //! * The script registry lives in the embedded database ([`store`], all the
 //!   SQL): sources are compiled and signed with the server key ([`keys`])
 //!   on upload; stored scripts run as endpoints under `/api/v1/run/{name}`
-//!   ([`run`]).
+//!   ([`run`]), each describing its own routes at
+//!   `/api/v1/run/{name}/openapi.json` ([`script_api`]).
 //!
 //! * API keys ([`auth`]) guard the registry (`admin`) and runs (`execute`);
 //!   keys made with `--signed` must also HMAC-sign each request
@@ -79,6 +80,7 @@ pub mod reload;
 mod request_id;
 mod request_signing;
 mod run;
+mod script_api;
 pub mod signing_secrets;
 mod store;
 mod telemetry;
@@ -920,6 +922,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/registry/scripts", get(registry_sync::scripts))
         .route("/api/v1/registry/artifacts/{sha256}", get(registry_sync::artifact))
         .route("/api/v1/run/{name}", any(run::run_stored))
+        // A static segment beats the wildcard: GET (and HEAD) describe the
+        // script; other methods still run its endpoint at `/openapi.json`.
+        .route(
+            "/api/v1/run/{name}/openapi.json",
+            get(script_api::script_openapi).fallback(script_api::run_at_openapi_path),
+        )
         .route("/api/v1/run/{name}/{*rest}", any(run::run_stored_at))
         .route("/api/v1/health", get(meta::health))
         .route("/api/v1/info", get(meta::info))

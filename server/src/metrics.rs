@@ -1091,6 +1091,10 @@ mod tests {
         );
         assert_eq!(route_of("/api/v1/run/hello"), "/api/v1/run/{name}");
         assert_eq!(route_of("/api/v1/run/hello/users/7"), "/api/v1/run/{name}/{*rest}");
+        assert_eq!(
+            route_of("/api/v1/run/hello/openapi.json"),
+            "/api/v1/run/{name}/openapi.json"
+        );
         assert_eq!(route_of("/api/v1/nope"), "unmatched");
         assert_eq!(route_of("/api/v1/scripts/"), "unmatched");
     }

@@ -53,6 +53,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/registry/scripts"),
     ("GET", "/api/v1/registry/artifacts/{sha256}"),
     ("ANY", "/api/v1/run/{name}"),
+    // Before the wildcard: `metrics::route_of` takes the first match.
+    ("GET", "/api/v1/run/{name}/openapi.json"),
     ("ANY", "/api/v1/run/{name}/{*rest}"),
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/info"),
@@ -102,6 +104,7 @@ pub fn openapi_path(path: &str) -> String {
         super::registry_sync::scripts,
         super::registry_sync::artifact,
         super::run::run_stored,
+        super::script_api::script_openapi,
         super::run::run_stored_at,
         super::meta::health,
         super::meta::info,
@@ -168,6 +171,61 @@ pub fn document(config: &ServerConfig) -> Value {
     seconds["maximum"] = json!(most.max(1));
     seconds["default"] = json!(super::debug::default_profile_seconds(config.protect.request_timeout).max(1));
     doc
+}
+
+/// The component schemas `roots` refer to, with those they refer to in
+/// turn, as this document has them: a document that describes runs (a
+/// stored script's own, [`script_api`](super::script_api)) answers with the
+/// same envelope and error shapes.
+pub fn schemas_for(roots: &[&str]) -> Map<String, Value> {
+    let schemas = &GENERATED["components"]["schemas"];
+    let mut out = Map::new();
+    let mut pending: Vec<String> = roots.iter().map(|r| (*r).to_owned()).collect();
+    while let Some(name) = pending.pop() {
+        if out.contains_key(&name) {
+            continue;
+        }
+        let schema = schemas[&name].clone();
+        collect_refs(&schema, &mut pending);
+        out.insert(name, schema);
+    }
+    out
+}
+
+/// The names of the component schemas `value` refers to (`$ref`).
+fn collect_refs(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(name) = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            {
+                into.push(name.to_owned());
+            }
+            map.values().for_each(|v| collect_refs(v, into));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, into)),
+        _ => {}
+    }
+}
+
+/// The security schemes of this document (an API key, two ways to send it).
+pub fn security_schemes() -> Value {
+    GENERATED["components"]["securitySchemes"].clone()
+}
+
+/// The `security` of the operations on `path`, as a server with `config`
+/// applies it (the same rule as [`add_middleware`] and [`document`]).
+pub fn security_of(config: &ServerConfig, path: &str) -> Value {
+    if super::auth::needed_scope(path).is_none() {
+        return json!([]);
+    }
+    let mut security = vec![json!({"bearer": []}), json!({"apiKey": []})];
+    if config.allow_anonymous {
+        security.push(json!({}));
+    }
+    Value::Array(security)
 }
 
 /// Every (path, operation) of `doc`.

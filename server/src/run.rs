@@ -60,7 +60,14 @@ pub async fn run_stored_at(
     run(state, name, Some(rest), req).await
 }
 
-async fn run(state: AppState, name: String, rest: Option<String>, req: Request) -> Result<Response, ApiError> {
+/// Run the stored script `name` with the request; `rest` is the path after
+/// its name.
+pub(crate) async fn run(
+    state: AppState,
+    name: String,
+    rest: Option<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let actor = audit::actor_of(req.extensions());
     let mut target = RunTarget::stored(&name, None);
     let method = req.method().as_str().to_owned();

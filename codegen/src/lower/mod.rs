@@ -81,6 +81,8 @@ pub struct StaticEndpoint {
     pub path: String,
     pub handler: String,
     pub description: String,
+    /// Middleware names, when written literally (else empty).
+    pub middleware: Vec<String>,
 }
 
 /// Source-map marks of one function: `(offset in body, line, column)`.
@@ -616,11 +618,38 @@ fn collect_endpoints(checked: &CheckedProgram, m: &mut ModuleCtx<'_>) -> Vec<Sta
                     path,
                     handler: h,
                     description: text(&call.args[3]).unwrap_or_default(),
+                    middleware: static_middleware(&call.args[2]),
                 });
             }
         });
     }
     out
+}
+
+/// The middleware argument of `registerEndpoint` when it is written out:
+/// a list of bare or quoted names, or a text (a JSON array or names
+/// separated by commas, as the runtime reads it). Anything computed at run
+/// time gives no names.
+fn static_middleware(arg: &Arg) -> Vec<String> {
+    let names: Option<Vec<String>> = match arg.value.as_ref().map(|e| &e.kind) {
+        Some(ExprKind::List(items)) => items
+            .iter()
+            .map(|item| match &item.kind {
+                ExprKind::Name(id) => Some(id.name.clone()),
+                ExprKind::Str { value, .. } => Some(value.trim().to_owned()),
+                _ => None,
+            })
+            .collect(),
+        Some(ExprKind::Str { value, .. }) => match serde_json::from_str::<serde_json::Value>(value) {
+            Ok(serde_json::Value::Array(items)) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect(),
+            Ok(_) => None,
+            Err(_) => Some(value.split(',').map(|n| n.trim().to_owned()).collect()),
+        },
+        _ => None,
+    };
+    let mut names = names.unwrap_or_default();
+    names.retain(|n| !n.is_empty());
+    names
 }
 
 /// Visit every call in statements and their expressions.
