@@ -253,6 +253,11 @@ fn libraries_are_pinned_until_rebuilt() {
     let r = s.post_json("/api/v1/scripts/nope/rebuild", &json!({}));
     assert_eq!(r.error_kind(), (404, "ScriptNotFound".to_owned()), "{}", r.body);
 
+    // A library that would include its own dependent is a cycle: nothing stored.
+    let r = store(&s, "greet", &format!("include(\"app\")\n{GREET_V2}"));
+    assert_eq!(r.error_kind(), (400, "CompileError".to_owned()), "{}", r.body);
+    assert!(r.body.contains("E0061"), "{}", r.body);
+
     // Inline scripts include stored libraries, at their current version.
     let inline = "include(\"greet\")\nmessage = greet(\"inline\")\naddResult(message)\n";
     assert_eq!(
