@@ -285,6 +285,56 @@ mod tests {
         assert_eq!(codes("include(\"noisy\")\n", &loader), [Code::IncludeTopLevel]);
     }
 
+    async fn put(store: &Store, name: &str, source: &str) {
+        let version = crate::store::NewVersion {
+            name,
+            source,
+            source_sha256: &format!("sha of {source}"),
+            artifact: b"\0asm",
+            artifact_sha256: &format!("artifact of {source}"),
+            libraries: &[],
+            action: "store",
+            rebuilds: None,
+        };
+        let actor = crate::store::Actor {
+            actor: "test".to_owned(),
+            request_id: None,
+        };
+        store.put(&version, &actor).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn resolving_reads_current_versions_level_by_level_within_bounds() {
+        let store = Store::in_memory().await.unwrap();
+        put(&store, "outer", "include(\"inner\")\nfunction f() { return(1) }\n").await;
+        put(&store, "inner", "function g() { return(1) }\n").await;
+        put(&store, "inner", "function g() { return(2) }\n").await;
+        let resolved = resolve(&store, Some("app"), "include(\"outer\")\ninclude(\"gone\")\n")
+            .await
+            .unwrap();
+        let used: Vec<(String, i64)> = resolved.used().into_iter().map(|l| (l.name, l.version)).collect();
+        assert_eq!(used, [("inner".to_owned(), 2), ("outer".to_owned(), 1)]);
+        assert!(matches!(resolved.unresolved.get("gone"), Some(Unresolved::NotStored)));
+
+        // Past MAX_LIBRARIES, names are not read, and say why.
+        let mut source = String::new();
+        for i in 0..=MAX_LIBRARIES {
+            put(
+                &store,
+                &format!("lib{i}"),
+                &format!("function f{i}() {{ return({i}) }}\n"),
+            )
+            .await;
+            source.push_str(&format!("include(\"lib{i}\")\n"));
+        }
+        let resolved = resolve(&store, None, &source).await.unwrap();
+        assert_eq!(resolved.used().len(), MAX_LIBRARIES);
+        let checked = check_file(SourceFile::new("main.avap", source), &resolved);
+        let d = &checked.diagnostics[0];
+        assert_eq!((d.code, checked.error_count()), (Code::IncludeNotFound, 1));
+        assert!(d.notes[0].contains("past the 64 libraries"), "{d:?}");
+    }
+
     #[test]
     fn edge_nodes_have_no_sources_to_include() {
         let loader = Resolved::without_sources("an edge node has no sources");
