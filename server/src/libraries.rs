@@ -210,6 +210,7 @@ impl SourceLoader for Resolved {
 mod tests {
     use super::*;
     use avap_codegen::{Code, check_file};
+    use std::fmt::Write as _;
 
     fn lib(version: i64, source: &str) -> Library {
         Library {
@@ -325,7 +326,7 @@ mod tests {
                 &format!("function f{i}() {{ return({i}) }}\n"),
             )
             .await;
-            source.push_str(&format!("include(\"lib{i}\")\n"));
+            writeln!(source, "include(\"lib{i}\")").unwrap();
         }
         let resolved = resolve(&store, None, &source).await.unwrap();
         assert_eq!(resolved.used().len(), MAX_LIBRARIES);
