@@ -614,11 +614,7 @@ fn log_files_rotate_keep_whole_lines_and_reopen_on_sighup() {
     std::thread::sleep(Duration::from_millis(300));
     let moved = dir.join("moved.log");
     std::fs::rename(&log, &moved).expect("move the log away");
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &s.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(hup.success());
+    hang_up(&s);
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..3 {
         s.request_with_headers(
@@ -665,14 +661,19 @@ fn log_files_rotate_keep_whole_lines_and_reopen_on_sighup() {
     );
 }
 
-#[test]
-fn sighup_without_a_log_file_does_not_stop_the_server() {
-    let s = Server::start("hangup-stderr");
+/// Send the server SIGHUP (as `systemctl reload` or logrotate would).
+fn hang_up(s: &Server) {
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &s.child.id().to_string()])
         .status()
         .expect("run kill");
     assert!(hup.success());
+}
+
+#[test]
+fn sighup_without_a_log_file_does_not_stop_the_server() {
+    let s = Server::start("hangup-stderr");
+    hang_up(&s);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.get("/api/v1/health").status, 200, "still serving after SIGHUP");
     assert!(s.stop().success());
@@ -704,11 +705,7 @@ fn sighup_reloads_the_configuration_and_the_log_level() {
     };
     health("at-warn");
     write("info", 1);
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &s.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(hup.success());
+    hang_up(&s);
     std::thread::sleep(Duration::from_millis(300));
     health("at-info");
     // rate_limit = 1 (burst 100 still): the limit is on, and the info says so.

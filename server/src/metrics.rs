@@ -212,6 +212,7 @@ pub struct Metrics {
     threads: Gauge,
     disk_free_bytes: Gauge,
     disk_size_bytes: Gauge,
+    memory_limit_bytes: Gauge,
     /// The registry database's pool, by `state` (`in_use`, `idle`, `max`).
     db_pool: Family<PoolState, Gauge>,
     /// The application databases' pools, by database and `state`.
@@ -378,6 +379,7 @@ impl Default for Metrics {
             threads: Gauge::default(),
             disk_free_bytes: Gauge::default(),
             disk_size_bytes: Gauge::default(),
+            memory_limit_bytes: Gauge::default(),
             db_pool: Family::default(),
             app_db_pool: Family::default(),
             app_db_acquire_seconds: Family::new_with_constructor(duration_histogram),
@@ -601,6 +603,11 @@ impl Metrics {
                 "Size of the data directory's filesystem",
                 &self.disk_size_bytes,
             ),
+            (
+                "avap_memory_limit_bytes",
+                "The memory limit of the server's cgroup (a container's limit); 0 when there is none",
+                &self.memory_limit_bytes,
+            ),
         ] {
             r.register(name, help, gauge.clone());
         }
@@ -693,6 +700,7 @@ impl Metrics {
         gauge(&self.threads, stats.threads);
         gauge(&self.disk_free_bytes, stats.disk_free_bytes);
         gauge(&self.disk_size_bytes, stats.disk_size_bytes);
+        gauge(&self.memory_limit_bytes, Some(stats.memory_limit_bytes.unwrap_or(0)));
         let (open, idle, max, waiting) = pool;
         let idle = u32::try_from(idle).unwrap_or(u32::MAX);
         let waiting = u32::try_from(waiting).unwrap_or(u32::MAX);
@@ -1135,6 +1143,7 @@ mod tests {
             threads: Some(5),
             disk_free_bytes: Some(10),
             disk_size_bytes: None,
+            memory_limit_bytes: Some(1 << 30),
         };
         m.set_process(&process, (3, 1, 4, 0));
         m.set_process(&process, (3, 1, 4, 7));
@@ -1145,6 +1154,7 @@ mod tests {
             "read twice, counted once: {text}"
         );
         assert!(text.contains("process_resident_memory_bytes 1048576\n"), "{text}");
+        assert!(text.contains("avap_memory_limit_bytes 1073741824\n"), "{text}");
         assert!(
             text.contains("process_open_fds 12\n") && text.contains("process_max_fds 1024\n"),
             "{text}"

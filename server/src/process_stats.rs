@@ -17,6 +17,9 @@ pub struct ProcessStats {
     /// Bytes free to this process on the data directory's filesystem, and its size.
     pub disk_free_bytes: Option<u64>,
     pub disk_size_bytes: Option<u64>,
+    /// The memory limit of this process' cgroup (a container's limit);
+    /// `None` when there is none.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 impl ProcessStats {
@@ -41,8 +44,38 @@ impl ProcessStats {
             threads,
             disk_free_bytes: disk.as_ref().map(|d| d.f_bavail.saturating_mul(d.f_frsize)),
             disk_size_bytes: disk.as_ref().map(|d| d.f_blocks.saturating_mul(d.f_frsize)),
+            memory_limit_bytes: std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|cgroups| memory_limit(&cgroups, |path| std::fs::read_to_string(path).ok())),
         }
     }
+}
+
+/// The memory limit of the cgroup named in `/proc/self/cgroup` (`cgroups`):
+/// v2 `memory.max`, else v1 `memory.limit_in_bytes`, in the process' own
+/// cgroup or (inside a container, whose cgroup namespace hides the path)
+/// at the root of the mount. "max", or v1's "no limit" (near 2^63), is `None`.
+fn memory_limit(cgroups: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    const ROOT: &str = "/sys/fs/cgroup";
+    let mut candidates = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        if controllers.is_empty() {
+            candidates.push(format!("{ROOT}{path}/memory.max"));
+            candidates.push(format!("{ROOT}/memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(format!("{ROOT}/memory{path}/memory.limit_in_bytes"));
+            candidates.push(format!("{ROOT}/memory/memory.limit_in_bytes"));
+        }
+    }
+    let limit = candidates.iter().find_map(|path| read(path))?;
+    let limit = limit.trim().parse::<u64>().ok()?;
+    // cgroup v1 writes "no limit" as the largest page-aligned i64.
+    (limit < 1 << 62).then_some(limit)
 }
 
 /// CPU seconds (user + system) and threads from `/proc/self/stat`. The
@@ -65,6 +98,26 @@ fn parse_stat(stat: &str) -> (Option<f64>, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_limit_comes_from_the_processs_cgroup() {
+        let files = |pairs: &'static [(&'static str, &'static str)]| {
+            move |path: &str| pairs.iter().find(|(p, _)| *p == path).map(|(_, v)| (*v).to_owned())
+        };
+        // cgroup v2, the process' own cgroup.
+        let v2 = files(&[("/sys/fs/cgroup/kubepods/pod1/memory.max", "536870912\n")]);
+        assert_eq!(memory_limit("0::/kubepods/pod1\n", v2), Some(512 << 20));
+        // v2 inside a container (the namespace's root), no limit.
+        let unlimited = files(&[("/sys/fs/cgroup/memory.max", "max\n")]);
+        assert_eq!(memory_limit("0::/\n", unlimited), None);
+        // cgroup v1 (hybrid: the memory controller is v1's).
+        let v1 = files(&[("/sys/fs/cgroup/memory/app/x/memory.limit_in_bytes", "1073741824")]);
+        assert_eq!(memory_limit("4:memory:/app/x\n0::/\n", v1), Some(1 << 30));
+        let v1_none = files(&[("/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712")]);
+        assert_eq!(memory_limit("4:cpu,memory:/gone\n", v1_none), None, "v1's no limit");
+        assert_eq!(memory_limit("", files(&[])), None);
+        assert_eq!(memory_limit("garbage", files(&[])), None);
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {

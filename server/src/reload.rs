@@ -226,7 +226,15 @@ fn apply(state: &AppState, reloader: &Reloader, applied: &[String], new: &Settin
 
 /// Reload, then log, count and audit the outcome as done by `actor`.
 pub async fn reload_audited(state: &AppState, actor: &Actor) -> Result<ReloadReport, ReloadError> {
-    let result = reload(state);
+    // Reading files and building clients and pools blocks: not on an async worker.
+    let reloading = state.clone();
+    let result = tokio::task::spawn_blocking(move || reload(&reloading))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ReloadError::Invalid(config::problem(format!(
+                "the reload stopped unexpectedly: {e}"
+            ))))
+        });
     let (outcome, subject) = match &result {
         Ok(report) => {
             tracing::info!(

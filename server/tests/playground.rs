@@ -4,9 +4,9 @@
 //! every example of the menu checked and run with the request it shows.
 //! The page itself, in a browser: `tests/browser/playground.sh`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
 
-use avap_server::{AppState, Location, ServerConfig, Store, app};
+use avap_server::ServerConfig;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
@@ -14,21 +14,11 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 async fn server(playground: bool) -> Router {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("avap-playground-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let store = Store::connect(&Location::Sqlite(dir.join("avap.sqlite")))
-        .await
-        .expect("the registry");
-    let key = avap_hostfns::artifact::generate_key().expect("a key");
     let config = ServerConfig {
-        allow_anonymous: true,
         playground,
         ..ServerConfig::for_this_machine()
     };
-    app(AppState::new(config, store, key).expect("the state"))
+    support::router("playground", config).await
 }
 
 struct Reply {

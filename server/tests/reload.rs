@@ -61,10 +61,17 @@ fn strings(value: &Value) -> Vec<String> {
 
 /// The configuration file of these tests: `extra` lines after the fixed ones.
 fn write_config(path: &Path, data_dir: &Path, extra: &str) {
+    let app_database = if extra.contains("app_database_url") {
+        String::new()
+    } else {
+        format!(
+            "app_database_url = \"sqlite:{}\"\n",
+            data_dir.join("app.sqlite").display()
+        )
+    };
     let text = format!(
-        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\napp_database_url = \"sqlite:{}\"\n{extra}\n",
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{app_database}{extra}\n",
         data_dir.display().to_string(),
-        data_dir.join("app.sqlite").display(),
     );
     std::fs::write(path, text).expect("write the config file");
 }
@@ -258,6 +265,53 @@ async fn every_live_key_takes_effect_without_a_restart() {
         .collect();
     assert!(rows.len() >= 9, "{}", audit.body);
     assert!(rows.iter().all(|row| row["outcome"] == "ok"), "{}", audit.body);
+}
+
+#[tokio::test]
+async fn the_application_database_route_limits_and_breakers_change_live() {
+    let server = Server::start("databases", "").await;
+    let app = &server.app;
+    let other = format!(
+        "app_database_url = \"sqlite:{}\"\n",
+        server.data_dir.join("other.sqlite").display()
+    );
+    let report = server.reload_with(&other).await;
+    assert_eq!(strings(&report["applied"]), ["app_database_url"]);
+    let create = "ormDirect(\"CREATE TABLE t (x INTEGER)\", r)\normDirect(\"INSERT INTO t VALUES (42)\", r)\n";
+    assert_eq!(execute(app, create).await.status, StatusCode::OK);
+    let read = "ormDirect(\"SELECT x FROM t\", r)\naddResult(r)\n";
+    assert_eq!(execute(app, read).await.body["result"]["r"], json!([{"x": 42}]));
+    server.reload_with("").await;
+    assert_eq!(
+        kind(&execute(app, read).await),
+        "DatabaseError",
+        "back on app.sqlite: no table t"
+    );
+    server.reload_with(&other).await;
+    assert_eq!(execute(app, read).await.body["result"]["r"], json!([{"x": 42}]));
+
+    let report = server
+        .reload_with(&format!(
+            "{other}outbound_breaker_failure_pct = 0\n[route_rate_limits]\n\"/api/v1/execute\" = {{ per_second = 1, burst = 1 }}\n"
+        ))
+        .await;
+    assert_eq!(
+        strings(&report["applied"]),
+        ["outbound_breaker_failure_pct", "route_rate_limits"]
+    );
+    let first = execute(app, "x = 1\naddResult(x)\n").await;
+    assert_eq!(first.status, StatusCode::OK);
+    let second = execute(app, "x = 1\naddResult(x)\n").await;
+    assert_eq!(
+        (second.status, kind(&second)),
+        (StatusCode::TOO_MANY_REQUESTS, "RateLimited")
+    );
+    let info = send(app, Request::get("/api/v1/info").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        info.status,
+        StatusCode::OK,
+        "other routes keep the server-wide limit only"
+    );
 }
 
 #[tokio::test]

@@ -5,10 +5,11 @@
 //! connection bounds, the data directory, the printed address) stays in
 //! the workspace's `tests/server*.rs`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use avap_server::{AppState, Location, ServerConfig, Store, app};
+mod support;
+
+use avap_server::ServerConfig;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -18,19 +19,7 @@ use tower::ServiceExt as _;
 /// A server on a fresh `SQLite` registry with the defaults of `avap serve` on
 /// a loopback address (requests without an API key are let in).
 async fn server(name: &str) -> Router {
-    let dir: PathBuf = std::env::temp_dir().join(format!("avap-router-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let store = Store::connect(&Location::Sqlite(dir.join("avap.sqlite")))
-        .await
-        .expect("the registry");
-    let key = avap_hostfns::artifact::generate_key().expect("a key");
-    let config = ServerConfig {
-        allow_anonymous: true,
-        ..ServerConfig::for_this_machine()
-    };
-    let state = AppState::new(config, store, key).expect("the state");
-    app(state)
+    support::router(&format!("router-{name}"), ServerConfig::for_this_machine()).await
 }
 
 /// A response: status, content type and body (JSON when it parses).

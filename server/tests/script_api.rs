@@ -3,42 +3,19 @@
 //! checked against utoipa's typed model of 3.1 (it refuses a wrong
 //! `openapi` version, an unknown parameter location, a malformed operation).
 
-use std::path::PathBuf;
+mod support;
 
-use avap_server::{AppState, Location, ServerConfig, Store, app};
+use avap_server::ServerConfig;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 async fn server(name: &str) -> Router {
-    let dir: PathBuf = std::env::temp_dir().join(format!("avap-script-api-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let store = Store::connect(&Location::Sqlite(dir.join("avap.sqlite")))
-        .await
-        .expect("the registry");
-    let key = avap_hostfns::artifact::generate_key().expect("a key");
-    let config = ServerConfig {
-        allow_anonymous: true,
-        ..ServerConfig::for_this_machine()
-    };
-    app(AppState::new(config, store, key).expect("the state"))
+    support::router(&format!("script-api-{name}"), ServerConfig::for_this_machine()).await
 }
 
 async fn send(app: &Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(path);
-    if body.is_some() {
-        request = request.header(header::CONTENT_TYPE, "application/json");
-    }
-    let request = request
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.expect("the router answers");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    support::send_json(app, method, path, body).await
 }
 
 async fn store(app: &Router, name: &str, source: &str) {
