@@ -721,3 +721,58 @@ fn a_registry_api_key_is_never_sent_over_plain_http_to_another_host() {
         assert_eq!(out.status.code(), Some(0), "{registry}: {out:?}");
     }
 }
+
+/// Issue 18: libraries are stored scripts, mirrored like any other; an
+/// including script's artifact holds the library's code, so an edge node
+/// runs it as built, and follows a rebuild on the registry.
+#[test]
+fn an_edge_node_serves_scripts_that_include_libraries() {
+    const GREET_V1: &str = "function greet(who) {\n  m = \"Hello, \" + who\n  return(m)\n}\n";
+    const GREET_V2: &str = "function greet(who) {\n  m = \"Howdy, \" + who\n  return(m)\n}\n";
+    const APP: &str = "include(\"greet\")\naddParam(name, who)\nmessage = greet(who)\naddResult(message)\n";
+    let root = fresh_dir("edge-libraries");
+    let registry_dir = root.join("registry");
+    let edge_dir = root.join("edge");
+    let registry = start_registry(&registry_dir, "127.0.0.1:0");
+    let admin = create_api_key(&registry_dir, "admin");
+    let follower = create_api_key(&registry_dir, "registry");
+    store(&registry, &admin, "greet", GREET_V1);
+    store(&registry, &admin, "app", APP);
+    trust(&edge_dir, &registry_dir);
+    let edge = start_edge(&edge_dir, &registry.addr, &follower);
+    wait_until("the edge mirrors app", CATCH_UP, || {
+        run(&edge, "app", "?name=Lin").is_ok()
+    });
+    expect_runs(&edge, &[("app", "?name=Lin", json!({"message": "Hello, Lin"}))]);
+    assert_eq!(edge.get("/api/v1/scripts").json().as_array().map(Vec::len), Some(2));
+
+    // The library changes on the registry: the edge keeps app as built ...
+    store(&registry, &admin, "greet", GREET_V2);
+    wait_until("the edge mirrors greet v2", CATCH_UP, || {
+        edge.get("/api/v1/scripts/greet").json()["version"] == 2
+    });
+    expect_runs(&edge, &[("app", "?name=Lin", json!({"message": "Hello, Lin"}))]);
+    // ... until app is rebuilt there.
+    let [(h, v)] = auth(&admin);
+    let r = registry.request_with_headers("POST", "/api/v1/scripts/app/rebuild", &[(h, &v)], None);
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_until("the edge follows the rebuild", CATCH_UP, || {
+        run(&edge, "app", "?name=Lin").is_ok_and(|r| r == json!({"message": "Howdy, Lin"}))
+    });
+    // An edge node shows the mirror: no sources, so no `libraries`/`dependents`.
+    let shown = edge.get("/api/v1/scripts/app").json();
+    assert_eq!(shown["version"], 2, "{shown}");
+    assert!(
+        shown.get("libraries").is_none() && shown.get("dependents").is_none(),
+        "{shown}"
+    );
+    // Inline scripts there have no library sources to include: said so.
+    let r = edge.post_json(
+        "/api/v1/execute",
+        &json!({"script": "include(\"greet\")\nm = greet(\"x\")\naddResult(m)\n"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("E0060") && r.body.contains("edge node"), "{}", r.body);
+    edge.stop();
+    registry.stop();
+}

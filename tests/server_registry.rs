@@ -171,3 +171,130 @@ fn scripts_and_key_survive_a_restart() {
     let r = store(&s, "hello", "x = 3\naddResult(x)\n");
     assert_eq!(r.json()["version"], 3, "{}", r.body);
 }
+
+/// Issue 18: a stored library, included by two stored scripts. An update
+/// of the library leaves them on the code they were built with until each
+/// is rebuilt; the registry shows which libraries are stale and who
+/// depends on what; a library in use is deleted only when forced; inline
+/// scripts include stored libraries too. Runs on `PostgreSQL` with
+/// `TEST_SERVER_DATABASE=postgres` (`.ci/run`).
+#[test]
+fn libraries_are_pinned_until_rebuilt() {
+    const GREET_V1: &str = "function greet(who) {\n  m = \"Hello, \" + who\n  return(m)\n}\n";
+    const GREET_V2: &str = "function greet(who) {\n  m = \"Howdy, \" + who\n  return(m)\n}\n";
+    const APP: &str = "include(\"greet\")\naddParam(name, who)\nmessage = greet(who)\naddResult(message)\n";
+    // The CLI's spelling (`.avap`) names the same stored script.
+    const OTHER: &str = "import \"greet.avap\"\nmessage = greet(\"other\")\naddResult(message)\n";
+    let s = Server::start("libraries");
+    assert_eq!(store(&s, "greet", GREET_V1).status, 201);
+    assert_eq!(store(&s, "app", APP).status, 201, "{}", store(&s, "app", APP).body);
+    assert_eq!(store(&s, "other", OTHER).status, 201);
+    assert_eq!(message(&s.get("/api/v1/run/app?name=Lin")), "Hello, Lin");
+    assert_eq!(message(&s.get("/api/v1/run/other")), "Hello, other");
+
+    let app = s.get("/api/v1/scripts/app").json();
+    assert_eq!(app["libraries"][0]["name"], "greet");
+    assert_eq!(app["libraries"][0]["version"], 1);
+    assert_eq!(app["libraries"][0]["stale"], false);
+    let greet = s.get("/api/v1/scripts/greet").json();
+    let dependents: Vec<&str> = greet["dependents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(dependents, ["app", "other"], "{greet}");
+    assert_eq!(greet["libraries"], json!([]));
+
+    // The library changes: its dependents keep the code they were built with.
+    assert_eq!(store(&s, "greet", GREET_V2).status, 201);
+    assert_eq!(message(&s.get("/api/v1/run/app?name=Lin")), "Hello, Lin");
+    assert_eq!(message(&s.get("/api/v1/run/other")), "Hello, other");
+    let app = s.get("/api/v1/scripts/app").json();
+    assert_eq!(
+        (
+            app["libraries"][0]["current_version"].as_i64(),
+            &app["libraries"][0]["stale"]
+        ),
+        (Some(2), &json!(true)),
+        "{app}"
+    );
+    assert_eq!(s.get("/api/v1/scripts/greet").json()["dependents"][0]["stale"], true);
+    // Storing the same source again is still `unchanged`: only a rebuild moves a script on.
+    let r = store(&s, "app", APP);
+    assert_eq!(
+        (r.status, r.json()["unchanged"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.body
+    );
+
+    // A rebuild picks up the library's current version, as a new version.
+    let r = s.post_json("/api/v1/scripts/app/rebuild", &json!({}));
+    assert_eq!((r.status, r.json()["version"].as_i64()), (201, Some(2)), "{}", r.body);
+    assert_eq!(message(&s.get("/api/v1/run/app?name=Lin")), "Howdy, Lin");
+    assert_eq!(message(&s.get("/api/v1/run/other")), "Hello, other", "not rebuilt yet");
+    let r = s.post_json("/api/v1/scripts/app/rebuild", &json!({}));
+    assert_eq!(
+        (r.status, r.json()["unchanged"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.body
+    );
+    let r = s.post_json(
+        "/api/v1/execute",
+        &json!({"name": "app", "version": 1, "params": {"name": "Ed"}}),
+    );
+    assert_eq!(
+        message(&r),
+        "Hello, Ed",
+        "version 1 keeps the library it was built with"
+    );
+    let r = s.post_json("/api/v1/scripts/nope/rebuild", &json!({}));
+    assert_eq!(r.error_kind(), (404, "ScriptNotFound".to_owned()), "{}", r.body);
+
+    // A library that would include its own dependent is a cycle: nothing stored.
+    let r = store(&s, "greet", &format!("include(\"app\")\n{GREET_V2}"));
+    assert_eq!(r.error_kind(), (400, "CompileError".to_owned()), "{}", r.body);
+    assert!(r.body.contains("E0061"), "{}", r.body);
+
+    // Inline scripts include stored libraries, at their current version.
+    let inline = "include(\"greet\")\nmessage = greet(\"inline\")\naddResult(message)\n";
+    assert_eq!(
+        message(&s.post_json("/api/v1/execute", &json!({"script": inline}))),
+        "Howdy, inline"
+    );
+    let r = s.post_json("/api/v1/check", &json!({"script": inline}));
+    assert_eq!((r.status, &r.json()["ok"]), (200, &json!(true)), "{}", r.body);
+    let r = s.post_json("/api/v1/execute", &json!({"script": "include(\"nothere\")\n"}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("no stored script named `nothere`"), "{}", r.body);
+
+    // Deleting a library in use is refused, naming the dependents; forced, it goes.
+    let r = s.delete("/api/v1/scripts/greet");
+    assert_eq!(r.error_kind(), (409, "LibraryInUse".to_owned()), "{}", r.body);
+    assert_eq!(r.json()["error"]["dependents"], json!(["app", "other"]));
+    assert_eq!(s.get("/api/v1/scripts/greet").status, 200, "nothing deleted");
+    assert_eq!(s.delete("/api/v1/scripts/greet?force=true").status, 204);
+    // The dependents still run (their artifacts contain the library's code) ...
+    assert_eq!(message(&s.get("/api/v1/run/other")), "Hello, other");
+    let app = s.get("/api/v1/scripts/app").json();
+    assert_eq!(app["libraries"][0]["current_version"], Value::Null, "{app}");
+    // ... but a rebuild now fails to compile, and stores nothing.
+    let r = s.post_json("/api/v1/scripts/app/rebuild", &json!({}));
+    assert_eq!(r.error_kind(), (400, "CompileError".to_owned()), "{}", r.body);
+    assert_eq!(message(&s.get("/api/v1/run/app?name=Lin")), "Howdy, Lin");
+
+    let audit = s.get("/api/v1/audit?script=app").json();
+    let rebuilds: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "rebuild")
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(rebuilds.len(), 3, "{audit}");
+    for outcome in ["ok", "unchanged", "CompileError"] {
+        assert!(rebuilds.contains(&outcome), "{audit}");
+    }
+}

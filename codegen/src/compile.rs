@@ -3,7 +3,8 @@
 
 use avap_hostfns::abi;
 use avap_hostfns::artifact::{
-    self, EndpointMeta, FunctionMap, ImportMeta, Meta, ParamsMeta, RunPolicy, SigningKey, SourceMap, SrcEntry,
+    self, EndpointMeta, FunctionMap, ImportMeta, LibraryMeta, Meta, ParamsMeta, RunPolicy, SigningKey, SourceMap,
+    SrcEntry,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -39,11 +40,27 @@ pub fn compile(checked: &CheckedProgram, key: Option<&SigningKey>) -> Artifact {
 /// # Panics
 /// As [`compile`].
 pub fn compile_with_policy(checked: &CheckedProgram, key: Option<&SigningKey>, policy: RunPolicy) -> Artifact {
+    compile_with_libraries(checked, key, policy, Vec::new())
+}
+
+/// [`compile_with_policy`], recording also the stored scripts the
+/// registry resolved the program's includes to (`libraries`), under the
+/// signature.
+///
+/// # Panics
+/// As [`compile`].
+pub fn compile_with_libraries(
+    checked: &CheckedProgram,
+    key: Option<&SigningKey>,
+    policy: RunPolicy,
+    libraries: Vec<LibraryMeta>,
+) -> Artifact {
     assert_eq!(checked.error_count(), 0, "compile() needs a program without errors");
     let lowered = lower(checked);
     let root = checked.sources.get(0);
     let meta = Meta {
         policy,
+        libraries,
         params: crate::params::read_params(checked),
         ..meta_of(&lowered, root.name(), root.text())
     };
@@ -85,6 +102,7 @@ fn meta_of(lowered: &LoweredModule, name: &str, text: &str) -> Meta {
             .collect(),
         functions: lowered.functions.clone(),
         policy: RunPolicy::default(),
+        libraries: Vec::new(),
         params: ParamsMeta::default(),
     }
 }

@@ -29,7 +29,7 @@ pub mod report;
 pub mod span;
 
 pub use check::{CheckOptions, CheckedProgram, IncludeError, SourceLoader, check_file, check_source};
-pub use compile::{Artifact, compile, compile_with_policy};
+pub use compile::{Artifact, compile, compile_with_libraries, compile_with_policy};
 pub use diag::{Code, Diagnostic, Severity, Sources};
 pub use parser::parse;
 pub use report::CheckReport;

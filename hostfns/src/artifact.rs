@@ -132,11 +132,29 @@ pub struct Meta {
     /// applies exactly what the registry accepted.
     #[serde(default, skip_serializing_if = "RunPolicy::is_empty")]
     pub policy: RunPolicy,
+    /// The stored scripts the registry resolved this script's `include`s
+    /// to, by name (absent when it includes nothing, and in artifacts of
+    /// the CLI, whose includes are files). Signed with the rest: what a
+    /// version was built with is fixed until it is rebuilt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libraries: Vec<LibraryMeta>,
     /// Request parameters the script reads with `addParam`, where the name
     /// is written as a literal (absent when it reads none, and in artifacts
     /// from compilers before this field: their meta bytes stay the same).
     #[serde(default, skip_serializing_if = "ParamsMeta::is_empty")]
     pub params: ParamsMeta,
+}
+
+/// One library (stored script) an artifact was built with ([`Meta::libraries`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibraryMeta {
+    /// The stored script's name.
+    pub name: String,
+    /// Its version, as the registry numbers them.
+    pub version: i64,
+    /// SHA-256 of that version's source, lowercase hex.
+    pub source_sha256: String,
 }
 
 /// Statically known `addParam` names ([`Meta::params`]): a string literal or

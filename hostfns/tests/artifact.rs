@@ -2,10 +2,10 @@
 
 use avap_hostfns::abi;
 use avap_hostfns::artifact::{
-    ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, META_SECTION, Meta, ParamsMeta, PolicyLimits,
-    RatePolicy, RunPolicy, SIG_SECTION, SRCMAP_SECTION, SignatureStatus, SigningKey, SourceMap, SrcEntry, TrustedKeys,
-    append_sections, decode_public_key, decode_secret_key, encode_public_key, encode_secret_key, generate_key, inspect,
-    key_id, sign, signer_key_id, strip_signature, verify,
+    ArtifactError, EndpointMeta, FunctionMap, ImportMeta, KeyError, LibraryMeta, META_SECTION, Meta, ParamsMeta,
+    PolicyLimits, RatePolicy, RunPolicy, SIG_SECTION, SRCMAP_SECTION, SignatureStatus, SigningKey, SourceMap, SrcEntry,
+    TrustedKeys, append_sections, decode_public_key, decode_secret_key, encode_public_key, encode_secret_key,
+    generate_key, inspect, key_id, sign, signer_key_id, strip_signature, verify,
 };
 use sha2::{Digest, Sha256};
 use wasm_encoder::{
@@ -91,8 +91,28 @@ fn meta() -> Meta {
                 burst: 3,
             }),
         },
+        libraries: vec![LibraryMeta {
+            name: "greetings".into(),
+            version: 2,
+            source_sha256: hex::encode(Sha256::digest(b"function greet() {}")),
+        }],
         params: ParamsMeta::default(),
     }
+}
+
+#[test]
+fn meta_without_libraries_is_written_as_before() {
+    let mut plain = meta();
+    plain.libraries = Vec::new();
+    let json = String::from_utf8(plain.to_json()).unwrap();
+    assert!(!json.contains("libraries"), "no libraries are not written: {json}");
+    let back: Meta = serde_json::from_str(&json).unwrap();
+    assert!(back.libraries.is_empty());
+    let with = String::from_utf8(meta().to_json()).unwrap();
+    assert!(
+        with.contains(r#""libraries":[{"name":"greetings","version":2,"source_sha256":""#),
+        "{with}"
+    );
 }
 
 #[test]

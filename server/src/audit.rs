@@ -395,7 +395,7 @@ pub async fn list(
 }
 
 /// The query string of an audit route, or a 400 saying what is wrong with it.
-fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<Query<T>, ApiError> {
+pub(crate) fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<Query<T>, ApiError> {
     params.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
 }
 

@@ -275,6 +275,9 @@ mod tests {
                 source_sha256: &hex::encode(Sha256::digest(source.as_bytes())),
                 artifact_sha256: &hex::encode(Sha256::digest(&artifact)),
                 artifact: &artifact,
+                libraries: &[],
+                action: "store",
+                rebuilds: None,
             };
             store.put(&new, &actor()).await.unwrap();
         }
@@ -323,6 +326,52 @@ mod tests {
         };
         let (first, second) = (records(&bytes), records(&again));
         assert_eq!(first[..first.len() - 1], second[..second.len() - 1]);
+    }
+
+    /// A backup does not carry the `script_libraries` index: a restore
+    /// rebuilds it from the libraries each signed artifact records.
+    #[tokio::test]
+    async fn a_restore_rebuilds_the_libraries_index_from_the_artifacts() {
+        let store = Store::in_memory().await.unwrap();
+        let greet = avap_hostfns::artifact::LibraryMeta {
+            name: "greet".to_owned(),
+            version: 3,
+            source_sha256: "0".repeat(64),
+        };
+        let checked = avap_codegen::check_file(
+            avap_codegen::SourceFile::new("app.avap", "x = 1\naddResult(x)\n".to_owned()),
+            &avap_codegen::check::NoIncludes,
+        );
+        let artifact = avap_codegen::compile_with_libraries(
+            &checked,
+            None,
+            avap_hostfns::artifact::RunPolicy::default(),
+            vec![greet.clone()],
+        )
+        .bytes;
+        let new = NewVersion {
+            name: "app",
+            source: "x = 1\naddResult(x)\n",
+            source_sha256: &hex::encode(Sha256::digest(b"x = 1\naddResult(x)\n")),
+            artifact_sha256: &hex::encode(Sha256::digest(&artifact)),
+            artifact: &artifact,
+            libraries: std::slice::from_ref(&greet),
+            action: "store",
+            rebuilds: None,
+        };
+        store.put(&new, &actor()).await.unwrap();
+        assert_eq!(store.dependents("greet").await.unwrap().len(), 1);
+        let contents = read(backup_of(&store).await.as_slice()).unwrap();
+        let copy = Store::in_memory().await.unwrap();
+        copy.restore(&contents, false).await.unwrap();
+        let dependents = copy.dependents("greet").await.unwrap();
+        assert_eq!(
+            dependents
+                .iter()
+                .map(|d| (d.name.as_str(), d.version, d.library_version))
+                .collect::<Vec<_>>(),
+            [("app", 1, 3)]
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,21 @@ pub fn source_hash(source: &str) -> SourceHash {
     Sha256::digest(source.as_bytes()).into()
 }
 
+/// The key of an inline script that includes `libraries`: its source and
+/// each library's name and version (the plain source hash when none).
+pub fn resolved_hash(source: &str, libraries: &[avap_hostfns::artifact::LibraryMeta]) -> SourceHash {
+    if libraries.is_empty() {
+        return source_hash(source);
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(source.as_bytes());
+    for lib in libraries {
+        // NUL never occurs in a name: no two lists hash alike.
+        hasher.update(format!("\0{}\0{}\0{}", lib.name, lib.version, lib.source_sha256).as_bytes());
+    }
+    hasher.finalize().into()
+}
+
 /// A moka cache of at most `capacity` entries, each dropped after `idle`
 /// without a read or write (`None`: only the bound evicts).
 fn bounded<K, V>(capacity: usize, idle: Option<Duration>) -> Cache<K, V>

@@ -5,7 +5,7 @@
 //! Editors and the playground ([`playground`](super::playground)) call it as
 //! the user types.
 
-use avap_codegen::check::{CheckOptions, NoIncludes, check_file};
+use avap_codegen::check::{CheckOptions, check_file};
 use avap_codegen::{CheckReport, SourceFile};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -80,11 +80,13 @@ pub async fn check(
         deny_warnings: body.deny_warnings,
     };
     let script = body.script;
+    // Includes name stored scripts, as for an inline run.
+    let includes = state.resolve_includes(None, &script).await?;
     // Checking lowers a clean program to hold it to the compile budget:
     // CPU work that cannot yield, so it runs in the compile pool.
     let text = state
         .off_thread(move |_| {
-            let checked = check_file(SourceFile::new(file.clone(), script), &NoIncludes);
+            let checked = check_file(SourceFile::new(file.clone(), script), &includes);
             Ok(CheckReport::new([(file, &checked)], options).to_json_text())
         })
         .await?;

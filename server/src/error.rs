@@ -78,6 +78,18 @@ pub enum ApiError {
     RequestTimeout {
         limit: Duration,
     },
+    /// Deleting a library that current versions of other stored scripts
+    /// include, without `?force=true` (409, with `dependents`).
+    LibraryInUse {
+        name: String,
+        dependents: Vec<String>,
+    },
+    /// A rebuild of `version`, which a store or rollback replaced while it
+    /// compiled (409): nothing stored.
+    RebuildSuperseded {
+        name: String,
+        version: i64,
+    },
     /// A registry write (or the registry API) on an edge node, whose
     /// scripts are a read-only mirror of `registry` (409).
     EdgeReadOnly {
@@ -173,6 +185,8 @@ impl ApiError {
             | ApiError::ArtifactNotFound { .. }
             | ApiError::JobNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::EdgeReadOnly { .. }
+            | ApiError::LibraryInUse { .. }
+            | ApiError::RebuildSuperseded { .. }
             | ApiError::JobStateConflict(_)
             | ApiError::IdempotencyConflict(_)
             | ApiError::ReloadUnavailable(_) => StatusCode::CONFLICT,
@@ -200,6 +214,8 @@ impl ApiError {
             ApiError::NotFound { .. } => "NotFound",
             ApiError::ScriptNotFound { .. } | ApiError::NotMirrored { .. } => "ScriptNotFound",
             ApiError::EdgeReadOnly { .. } => "EdgeReadOnly",
+            ApiError::LibraryInUse { .. } => "LibraryInUse",
+            ApiError::RebuildSuperseded { .. } => "RebuildSuperseded",
             ApiError::ArtifactRejected { .. } => "ArtifactRejected",
             ApiError::ArtifactNotFound { .. } => "ArtifactNotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
@@ -230,6 +246,9 @@ impl ApiError {
         if let Some((line, column)) = position {
             error["line"] = json!(line);
             error["column"] = json!(column);
+        }
+        if let ApiError::LibraryInUse { dependents, .. } = self {
+            error["dependents"] = json!(dependents);
         }
         if let ApiError::BadSignature(rejection) = self {
             error["reason"] = json!(rejection.reason.code());
@@ -299,6 +318,19 @@ impl fmt::Display for ApiError {
                 f,
                 "the request took longer than this server's limit of {} ms",
                 limit.as_millis()
+            ),
+            ApiError::LibraryInUse { name, dependents } => write!(
+                f,
+                "script `{name}` is a library that the current versions of {} include ({}); \
+                 store them without the include and rebuild, or delete with ?force=true (their stored \
+                 versions keep working: they contain the library's code)",
+                dependents.len(),
+                dependents.join(", ")
+            ),
+            ApiError::RebuildSuperseded { name, version } => write!(
+                f,
+                "script `{name}` was stored or rolled back while version {version} was being rebuilt: \
+                 nothing stored (rebuild again to rebuild the new current version)"
             ),
             ApiError::EdgeReadOnly { registry } => write!(
                 f,

@@ -64,6 +64,7 @@ pub mod jobs;
 pub mod key_files;
 mod keys;
 mod l2;
+mod libraries;
 mod listen;
 mod logs;
 mod meta;
@@ -92,8 +93,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use avap_codegen::check::NoIncludes;
-use avap_codegen::{SourceFile, check_file, compile_with_policy};
+use avap_codegen::{SourceFile, check_file, compile_with_libraries};
 use avap_hostfns::Request;
 use avap_hostfns::artifact::{RunPolicy, SigningKey, TrustedKeys, key_id};
 use avap_runtime::{CapabilityPolicy, Limits, LoadError, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig};
@@ -301,6 +301,8 @@ pub struct Built {
     /// The signed `.wasm` artifact.
     pub artifact: Vec<u8>,
     module: Arc<LoadedModule>,
+    /// The stored scripts its includes resolved to (also in its meta).
+    pub libraries: Vec<avap_hostfns::artifact::LibraryMeta>,
 }
 
 impl AppState {
@@ -666,17 +668,21 @@ impl AppState {
 
     /// The compiled form of an inline script, from the cache or compiled now.
     async fn compiled(&self, script: String) -> Result<Compiled, ApiError> {
-        let key = cache::source_hash(&script);
+        let resolved = Box::pin(self.resolve_includes(None, &script)).await?;
+        // Keyed by the source and the library versions it resolved to, so
+        // a library update is never answered with a module built before it.
+        let key = cache::resolved_hash(&script, &resolved.used());
         let shared = &self.shared;
         if let Some(hit) = shared.scripts.get(&key) {
             shared.metrics.cache_hit();
             return Ok(hit);
         }
         shared.metrics.cache_miss();
-        let built = Box::pin(
-            self.off_thread(move |shared| shared.build("inline.avap".to_owned(), script, RunPolicy::default())),
-        )
-        .await?;
+        let built =
+            Box::pin(self.off_thread(move |shared| {
+                shared.build("inline.avap".to_owned(), script, RunPolicy::default(), &resolved)
+            }))
+            .await?;
         let compiled = match built {
             Ok(built) => Compiled::Module(built.module),
             Err(report) => Compiled::CompileError(Arc::new(report)),
@@ -734,14 +740,31 @@ impl AppState {
         policy: RunPolicy,
     ) -> Result<Result<Built, RunReport>, ApiError> {
         let file_name = format!("{name}.avap");
+        let resolved = self.resolve_includes(Some(name), &source).await?;
         let built = self
-            .blocking(move |shared| shared.build(file_name, source, policy))
+            .blocking(move |shared| shared.build(file_name, source, policy, &resolved))
             .await?;
         if let Ok(built) = &built {
             // The other nodes will run it soon: give them the compiled module.
             self.share_module(built.module.clone(), built.artifact.clone());
         }
         Ok(built)
+    }
+
+    /// The stored scripts `source` includes (the stored script `root`, or an
+    /// inline script), at their current versions. An edge node mirrors
+    /// artifacts, not sources: its inline scripts include nothing.
+    pub(crate) async fn resolve_includes(
+        &self,
+        root: Option<&str>,
+        source: &str,
+    ) -> Result<libraries::Resolved, ApiError> {
+        if self.shared.edge.is_some() {
+            return Ok(libraries::Resolved::without_sources(
+                "an edge node mirrors compiled scripts, not the sources of libraries",
+            ));
+        }
+        libraries::resolve(self.store(), root, source).await
     }
 
     /// Run `work` in a run slot on a blocking thread.
@@ -821,6 +844,7 @@ impl Shared {
         file_name: String,
         source: String,
         policy: RunPolicy,
+        includes: &libraries::Resolved,
     ) -> Result<Result<Built, RunReport>, ApiError> {
         let span = tracing::info_span!(
             "compile",
@@ -829,7 +853,7 @@ impl Shared {
             otel.status_code = tracing::field::Empty,
         );
         let _in = span.enter();
-        let built = self.compile_and_load(file_name, source, policy);
+        let built = self.compile_and_load(file_name, source, policy, includes);
         let outcome = match &built {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "CompileError",
@@ -847,17 +871,23 @@ impl Shared {
         file_name: String,
         source: String,
         policy: RunPolicy,
+        includes: &libraries::Resolved,
     ) -> Result<Result<Built, RunReport>, ApiError> {
-        let checked = check_file(SourceFile::new(file_name, source), &NoIncludes);
+        let checked = check_file(SourceFile::new(file_name, source), includes);
         if checked.error_count() > 0 {
             return Ok(Err(compile_error_report(&checked)));
         }
-        let artifact = compile_with_policy(&checked, Some(&self.key), policy).bytes;
+        let libraries = includes.used();
+        let artifact = compile_with_libraries(&checked, Some(&self.key), policy, libraries.clone()).bytes;
         let module = self
             .runtime
             .load(&artifact)
             .map_err(|e| load_error(e, "loading a freshly compiled script"))?;
-        Ok(Ok(Built { artifact, module }))
+        Ok(Ok(Built {
+            artifact,
+            module,
+            libraries,
+        }))
     }
 }
 
@@ -883,6 +913,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/scripts", get(registry::list).post(registry::create))
         .route("/api/v1/scripts/{name}", get(registry::show).delete(registry::delete))
         .route("/api/v1/scripts/{name}/rollback", post(registry::rollback))
+        .route("/api/v1/scripts/{name}/rebuild", post(registry::rebuild))
         .route("/api/v1/jobs", get(jobs::api::list).post(jobs::api::submit))
         .route("/api/v1/jobs/{id}", get(jobs::api::show).delete(jobs::api::cancel))
         .route("/api/v1/jobs/{id}/retry", post(jobs::api::retry))

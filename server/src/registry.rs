@@ -1,4 +1,4 @@
-//! The script registry: `/api/v1/scripts[/{name}[/rollback]]`.
+//! The script registry: `/api/v1/scripts[/{name}[/rollback|/rebuild]]`.
 //!
 //! Storing checks, compiles and signs the source with the server key; a
 //! source with compile errors gets the 400 `CompileError` envelope (with
@@ -9,19 +9,30 @@
 //! (in [`store`](super::store)); a refused one (compile error, not found,
 //! unchanged) is written here afterwards with its outcome.
 //!
+//! Libraries ([`libraries`](super::libraries)): a stored script may
+//! `include("name")` another. A version is built against the libraries'
+//! versions current at the time, recorded in its signed meta and indexed in
+//! `script_libraries`; a library update changes nothing until a dependent
+//! is rebuilt (`POST .../rebuild`). Storing the same source again is still
+//! `unchanged` when a library has moved on: only a rebuild picks it up, so
+//! what a store does never depends on other scripts' updates. A library
+//! that current versions include is not deleted (409 `LibraryInUse`)
+//! unless `?force=true`.
+//!
 //! On an edge node the registry is a read-only mirror ([`edge`](super::edge)):
 //! writes answer 409 `EdgeReadOnly` naming the registry to write to (and are
 //! audited as refused); the list and a script's entry reflect the mirror.
 
-use avap_hostfns::artifact::{PolicyLimits, RatePolicy, RunPolicy};
+use avap_hostfns::artifact::{LibraryMeta, PolicyLimits, RatePolicy, RunPolicy};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::audit;
@@ -29,7 +40,8 @@ use super::error::ApiError;
 use super::execute::{LimitsSpec, envelope_response};
 use super::extract::{JsonBody, object, whole};
 use super::openapi::{ApiErrorBody, EnvelopeOrError};
-use super::store::{Actor, AuditRow, NewVersion, Put, Rollback, ScriptSummary, VersionMeta};
+use super::store::{Actor, AuditRow, Deleted, Dependent, NewVersion, Put, Rollback, ScriptSummary, VersionMeta};
+use super::{Built, audit::query};
 
 /// The body of `POST /api/v1/scripts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -122,6 +134,11 @@ fn policy_of(artifact: &[u8]) -> RunPolicy {
     avap_hostfns::artifact::inspect(artifact).map_or_else(|_| RunPolicy::default(), |info| info.meta.policy)
 }
 
+/// The libraries recorded in a stored artifact (none if it cannot be read).
+fn libraries_of(artifact: &[u8]) -> Vec<LibraryMeta> {
+    avap_hostfns::artifact::inspect(artifact).map_or_else(|_| Vec::new(), |info| info.meta.libraries)
+}
+
 /// `limits` and `rate_limit` of a stored script's JSON (nulls when unset).
 fn policy_json(policy: &RunPolicy) -> (Value, Value) {
     (json!(policy.limits), json!(policy.rate_limit))
@@ -172,6 +189,43 @@ pub struct ScriptDetail {
     /// Edge nodes: the registry the mirror follows.
     #[serde(skip_serializing_if = "Option::is_none")]
     mirrored_from: Option<String>,
+    /// The stored scripts the current version includes, at the versions it
+    /// was built with (empty when it includes none). Registry nodes only:
+    /// an edge node runs the mirrored artifacts, which contain the
+    /// libraries' code, and shows neither this nor `dependents`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    libraries: Option<Vec<LibraryUse>>,
+    /// The current versions of other stored scripts that include this one
+    /// (registry nodes only: an edge node does not know).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dependents: Option<Vec<DependentScript>>,
+}
+
+/// A library of a stored script's current version (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct LibraryUse {
+    name: String,
+    /// The library's version this script was built with.
+    version: i64,
+    source_sha256: String,
+    /// The library's current version; `null` when it was deleted since.
+    current_version: Option<i64>,
+    /// `true` when the library has changed since: rebuild to pick it up.
+    stale: bool,
+}
+
+/// A stored script that includes this one (described only: built as JSON).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DependentScript {
+    name: String,
+    /// Its current version.
+    version: i64,
+    /// This library's version it was built with.
+    library_version: i64,
+    /// `true` when built with an older version of this library.
+    stale: bool,
 }
 
 /// A rollback done (described only: built as JSON).
@@ -314,27 +368,49 @@ async fn store_script(state: &AppState, actor: &Actor, body: StoreRequest) -> Re
             });
         }
     };
-    let artifact_sha256 = hex::encode(Sha256::digest(&built.artifact));
-    let put = state
-        .store()
-        .put(
-            &NewVersion {
-                name: &body.name,
-                source: &body.source,
-                source_sha256: &source_sha256,
-                artifact: &built.artifact,
-                artifact_sha256: &artifact_sha256,
-            },
-            actor,
-        )
-        .await?;
-    state.script_changed(&body.name);
+    let put = put_built(state, actor, &body.name, &body.source, &built, None).await?;
     Ok(match put {
+        // Only a rebuild can be superseded.
+        Put::Superseded => return Err(ApiError::Internal(anyhow::anyhow!("a store was superseded"))),
         Put::Unchanged(meta) => unchanged(&meta),
         Put::Created(meta) => {
             Stored::Created((StatusCode::CREATED, Json(stored(&body.name, &meta, false))).into_response())
         }
     })
+}
+
+/// Store `built` as the next version of `name` (unless its source and
+/// artifact are the current version's), audited as `store`, or as
+/// `rebuild` when it rebuilds version `rebuilds` (then only while that
+/// version is still current).
+async fn put_built(
+    state: &AppState,
+    actor: &Actor,
+    name: &str,
+    source: &str,
+    built: &Built,
+    rebuilds: Option<i64>,
+) -> Result<Put, ApiError> {
+    let source_sha256 = hex::encode(Sha256::digest(source.as_bytes()));
+    let artifact_sha256 = hex::encode(Sha256::digest(&built.artifact));
+    let put = state
+        .store()
+        .put(
+            &NewVersion {
+                name,
+                source,
+                source_sha256: &source_sha256,
+                artifact: &built.artifact,
+                artifact_sha256: &artifact_sha256,
+                libraries: &built.libraries,
+                action: if rebuilds.is_some() { "rebuild" } else { "store" },
+                rebuilds,
+            },
+            actor,
+        )
+        .await?;
+    state.script_changed(name);
+    Ok(put)
 }
 
 /// `GET /api/v1/scripts`: `[{name, version, updated_at}]` by name.
@@ -378,12 +454,41 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         .await?
         .ok_or(ApiError::ScriptNotFound { name, version: None })?;
     let versions = store.versions(&current.name).await?;
-    let policy = store
+    let artifact = store
         .artifact(&current.name, Some(current.meta.version))
         .await?
-        .map(|(_, artifact)| policy_of(&artifact))
+        .map(|(_, artifact)| artifact)
         .unwrap_or_default();
-    let (limits, rate_limit) = policy_json(&policy);
+    let (limits, rate_limit) = policy_json(&policy_of(&artifact));
+    let mut libraries = Vec::new();
+    for lib in libraries_of(&artifact) {
+        let current = store.current(&lib.name).await?.map(|c| c.meta);
+        // By source too: a library deleted and stored again counts from version 1 again.
+        let stale = current
+            .as_ref()
+            .is_none_or(|c| c.version != lib.version || c.source_sha256 != lib.source_sha256);
+        libraries.push(json!({
+            "name": lib.name,
+            "version": lib.version,
+            "source_sha256": lib.source_sha256,
+            "current_version": current.map(|c| c.version),
+            "stale": stale,
+        }));
+    }
+    let dependents: Vec<Value> = store
+        .dependents(&current.name)
+        .await?
+        .into_iter()
+        .map(|d: Dependent| {
+            json!({
+                "name": d.name,
+                "version": d.version,
+                "library_version": d.library_version,
+                "stale": d.library_version != current.meta.version
+                    || d.library_source_sha256 != current.meta.source_sha256,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "name": current.name,
         "version": current.meta.version,
@@ -395,20 +500,34 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         "versions": versions,
         "limits": limits,
         "rate_limit": rate_limit,
+        "libraries": libraries,
+        "dependents": dependents,
     })))
 }
 
-/// `DELETE /api/v1/scripts/{name}`: 204, or 404 (audited either way).
+/// The query of `DELETE /api/v1/scripts/{name}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// Delete a library even though current versions of other scripts
+    /// include it (their stored versions keep running: they contain its code).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /api/v1/scripts/{name}`: 204, 404, or 409 for a library in use
+/// (audited either way).
 #[utoipa::path(
     delete,
     path = "/api/v1/scripts/{name}",
     tag = "registry",
     summary = "Delete a stored script and every version of it",
-    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The script.")),
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The script."), DeleteParams),
     responses(
         (status = 204, description = "Deleted."),
+        (status = 400, description = "A bad query string (`InvalidRequest`).", body = ApiErrorBody),
         (status = 404, description = "No such script (`ScriptNotFound`).", body = ApiErrorBody),
-        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`).", body = ApiErrorBody),
+        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`), or the script is a library that current versions of other scripts include (`LibraryInUse`, with `dependents`; `?force=true` deletes it anyway).", body = ApiErrorBody),
         (status = 503, description = "The database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
@@ -416,14 +535,19 @@ pub async fn delete(
     State(state): State<AppState>,
     actor: Actor,
     Path(name): Path<String>,
+    params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let result = match refuse_on_edge(&state) {
+    let result = match refuse_on_edge(&state).and_then(|()| query(params)) {
         Err(refused) => Err(refused),
-        Ok(()) => match state.store().delete(&name, &actor).await {
-            Ok(true) => Ok(StatusCode::NO_CONTENT),
-            Ok(false) => Err(ApiError::ScriptNotFound {
+        Ok(Query(params)) => match state.store().delete(&name, &actor, params.force).await {
+            Ok(Deleted::Done) => Ok(StatusCode::NO_CONTENT),
+            Ok(Deleted::NoScript) => Err(ApiError::ScriptNotFound {
                 name: name.clone(),
                 version: None,
+            }),
+            Ok(Deleted::InUse(dependents)) => Err(ApiError::LibraryInUse {
+                name: name.clone(),
+                dependents: dependents.into_iter().map(|d| d.name).collect(),
             }),
             Err(e) => Err(ApiError::from(e)),
         },
@@ -491,6 +615,95 @@ async fn roll_back(state: &AppState, actor: &Actor, name: &str, version: i64) ->
             version: Some(version),
         }),
     }
+}
+
+/// `POST /api/v1/scripts/{name}/rebuild`: compile the current source
+/// against the libraries' current versions, with its own policy; a new
+/// version (201) if the artifact differs, else 200 `unchanged` (audited as
+/// `rebuild` either way).
+#[utoipa::path(
+    post,
+    path = "/api/v1/scripts/{name}/rebuild",
+    tag = "registry",
+    summary = "Rebuild a stored script against the current versions of its libraries",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The script.")),
+    responses(
+        (status = 201, description = "Rebuilt as a new version.", body = StoredVersion),
+        (status = 200, description = "Built the same as the current version (`unchanged`): nothing stored.", body = StoredVersion),
+        (status = 400, description = "The current source no longer compiles against the current libraries (envelope `CompileError`; nothing stored).", body = EnvelopeOrError),
+        (status = 403, description = "The script uses a capability this server denies (`CapabilityDenied`), or the key lacks the `admin` scope (`Forbidden`).", body = ApiErrorBody),
+        (status = 404, description = "No such script (`ScriptNotFound`).", body = ApiErrorBody),
+        (status = 409, description = "An edge node's registry is read-only (`EdgeReadOnly`), or the script was stored or rolled back while it was rebuilt (`RebuildSuperseded`: nothing stored; rebuild again if needed).", body = ApiErrorBody),
+        (status = 503, description = "No compile slot became free in time (`Overloaded`), or the database is unavailable (`DatabaseUnavailable`).", body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+pub async fn rebuild(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let refused = |outcome: &str, version: Option<i64>| AuditRow {
+        script: Some(name.clone()),
+        version,
+        ..AuditRow::new(&actor, "rebuild", outcome)
+    };
+    match rebuild_script(&state, &actor, &name).await {
+        Ok(Stored::Created(response)) => Ok(response),
+        Ok(Stored::NotStored {
+            response,
+            outcome,
+            version,
+        }) => {
+            audit::refused(&state, refused(outcome, version)).await;
+            Ok(response)
+        }
+        Err(e) => {
+            audit::refused(&state, refused(e.kind(), None)).await;
+            Err(e)
+        }
+    }
+}
+
+async fn rebuild_script(state: &AppState, actor: &Actor, name: &str) -> Result<Stored, ApiError> {
+    refuse_on_edge(state)?;
+    let not_found = || ApiError::ScriptNotFound {
+        name: name.to_owned(),
+        version: None,
+    };
+    let current = state.store().current(name).await?.ok_or_else(not_found)?;
+    let (_, artifact) = state
+        .store()
+        .artifact(name, Some(current.meta.version))
+        .await?
+        .ok_or_else(not_found)?;
+    let built = match state.build(name, current.source.clone(), policy_of(&artifact)).await? {
+        Ok(built) => built,
+        Err(report) => {
+            return Ok(Stored::NotStored {
+                response: envelope_response(report),
+                outcome: "CompileError",
+                version: Some(current.meta.version),
+            });
+        }
+    };
+    Ok(
+        match put_built(state, actor, name, &current.source, &built, Some(current.meta.version)).await? {
+            Put::Superseded => {
+                return Err(ApiError::RebuildSuperseded {
+                    name: name.to_owned(),
+                    version: current.meta.version,
+                });
+            }
+            Put::Unchanged(meta) => Stored::NotStored {
+                response: Json(stored(name, &meta, true)).into_response(),
+                outcome: "unchanged",
+                version: Some(meta.version),
+            },
+            Put::Created(meta) => {
+                Stored::Created((StatusCode::CREATED, Json(stored(name, &meta, false))).into_response())
+            }
+        },
+    )
 }
 
 #[cfg(test)]

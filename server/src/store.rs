@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use avap_hostfns::artifact::LibraryMeta;
 use serde::{Deserialize, Serialize};
-use sqlx::AnyPool;
+use sqlx::{AnyConnection, AnyPool};
 
 use super::metrics::PoolWatch;
 use sqlx::any::AnyPoolOptions;
@@ -187,6 +188,36 @@ pub struct NewVersion<'a> {
     pub source_sha256: &'a str,
     pub artifact: &'a [u8],
     pub artifact_sha256: &'a str,
+    /// The libraries it was built with (its artifact's meta says the same).
+    pub libraries: &'a [LibraryMeta],
+    /// The audit action: `store`, or `rebuild`.
+    pub action: &'static str,
+    /// A rebuild: the version it rebuilt, which must still be current (a
+    /// store or rollback in between wins: [`Put::Superseded`]). `None`: a store.
+    pub rebuilds: Option<i64>,
+}
+
+/// A current version of a stored script that includes a library.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Dependent {
+    /// The including script.
+    pub name: String,
+    /// Its current version.
+    pub version: i64,
+    /// The library's version it was built with.
+    pub library_version: i64,
+    /// SHA-256 of that version's source (a library deleted and stored
+    /// again numbers its versions from 1 again).
+    pub library_source_sha256: String,
+}
+
+/// What [`Store::delete`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    Done,
+    NoScript,
+    /// A library that these current versions include: nothing deleted.
+    InUse(Vec<Dependent>),
 }
 
 /// What [`Store::put`] did.
@@ -195,6 +226,8 @@ pub enum Put {
     /// The source is the current version's: nothing stored.
     Unchanged(VersionMeta),
     Created(VersionMeta),
+    /// A rebuild of a version that is no longer current: nothing stored.
+    Superseded,
 }
 
 /// Who asked for a change or a run, for its audit row.
@@ -577,6 +610,11 @@ impl Store {
         .await?;
         // The same source and the same artifact (the same policy, signed by
         // the same compiler): nothing new. Another policy makes a new version.
+        if let Some(rebuilt) = new.rebuilds
+            && current.as_ref().is_none_or(|row| row.0 != rebuilt)
+        {
+            return Ok(Put::Superseded);
+        }
         if let Some(row) = current
             && row.1 == new.source_sha256
             && row.2 == new.artifact_sha256
@@ -603,6 +641,7 @@ impl Store {
         .bind(&at)
         .execute(&mut *tx)
         .await?;
+        insert_libraries(&mut tx, new.name, version, new.libraries).await?;
         sqlx::query(
             "INSERT INTO scripts (name, current_version, created_at, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET current_version = excluded.current_version, updated_at = excluded.updated_at",
@@ -618,7 +657,7 @@ impl Store {
             version: Some(version),
             artifact_sha256: Some(new.artifact_sha256.to_owned()),
             at: at.clone(),
-            ..AuditRow::new(actor, "store", "ok")
+            ..AuditRow::new(actor, new.action, "ok")
         };
         insert_audit(&mut tx, &[AuditValues::from(&row)]).await?;
         tx.commit().await?;
@@ -633,7 +672,10 @@ impl Store {
     /// Delete `name` and all its versions; `false` if there was no such
     /// script. The audit row (with the version that was current) commits
     /// with the change.
-    pub async fn delete(&self, name: &str, actor: &Actor) -> Result<bool> {
+    /// Unless `force`, a library that current versions of other scripts
+    /// include is not deleted ([`Deleted::InUse`]), checked in the same
+    /// transaction.
+    pub async fn delete(&self, name: &str, actor: &Actor, force: bool) -> Result<Deleted> {
         let mut tx = self.begin_write().await?;
         let current: Option<(i64, String)> = sqlx::query_as(
             "SELECT v.version, v.artifact_sha256 FROM scripts s \
@@ -643,9 +685,19 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((version, artifact_sha256)) = current else {
-            return Ok(false);
+            return Ok(Deleted::NoScript);
         };
+        if !force {
+            let dependents = dependents_of(&mut tx, name).await?;
+            if !dependents.is_empty() {
+                return Ok(Deleted::InUse(dependents));
+            }
+        }
         sqlx::query("DELETE FROM script_versions WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM script_libraries WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -662,7 +714,13 @@ impl Store {
         };
         insert_audit(&mut tx, &[AuditValues::from(&row)]).await?;
         tx.commit().await?;
-        Ok(deleted > 0)
+        Ok(if deleted > 0 { Deleted::Done } else { Deleted::NoScript })
+    }
+
+    /// The current versions of other stored scripts that include `library`, by name.
+    pub async fn dependents(&self, library: &str) -> Result<Vec<Dependent>> {
+        let mut conn = self.conn().await?;
+        Ok(dependents_of(&mut conn, library).await?)
     }
 
     /// Make `version` the current version of `name`; the audit row commits
@@ -699,6 +757,50 @@ impl Store {
         tx.commit().await?;
         Ok(Rollback::Done)
     }
+}
+
+/// [`Store::dependents`], on a connection or in a transaction.
+async fn dependents_of(conn: &mut AnyConnection, library: &str) -> Result<Vec<Dependent>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "SELECT l.name, l.version, l.library_version, l.library_source_sha256 FROM script_libraries l \
+         JOIN scripts s ON s.name = l.name AND s.current_version = l.version \
+         WHERE l.library = $1 AND l.name <> $1 ORDER BY l.name",
+    )
+    .bind(library)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, version, library_version, library_source_sha256)| Dependent {
+            name,
+            version,
+            library_version,
+            library_source_sha256,
+        })
+        .collect())
+}
+
+/// The `script_libraries` rows of version `version` of `name`.
+async fn insert_libraries(
+    conn: &mut AnyConnection,
+    name: &str,
+    version: i64,
+    libraries: &[LibraryMeta],
+) -> Result<(), sqlx::Error> {
+    for lib in libraries {
+        sqlx::query(
+            "INSERT INTO script_libraries (name, version, library, library_version, library_source_sha256) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(&lib.name)
+        .bind(lib.version)
+        .bind(&lib.source_sha256)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The columns of one `audit_log` row to insert, borrowed from a new
@@ -992,7 +1094,13 @@ impl Store {
     pub async fn restore(&self, contents: &Contents, replace: bool) -> Result<()> {
         let mut tx = self.begin_write().await?;
         if replace {
-            for table in ["audit_log", "api_keys", "script_versions", "scripts"] {
+            for table in [
+                "audit_log",
+                "api_keys",
+                "script_libraries",
+                "script_versions",
+                "scripts",
+            ] {
                 sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
             }
         }
@@ -1012,6 +1120,12 @@ impl Store {
             .execute(&mut *tx)
             .await
             .with_context(|| format!("cannot restore version {} of `{}`", v.version, v.name))?;
+            // The libraries index is not in a backup: the signed artifacts are its record.
+            let libraries =
+                avap_hostfns::artifact::inspect(&v.artifact).map_or_else(|_| Vec::new(), |i| i.meta.libraries);
+            insert_libraries(&mut tx, &v.name, v.version, &libraries)
+                .await
+                .with_context(|| format!("cannot restore the libraries of version {} of `{}`", v.version, v.name))?;
         }
         for s in &contents.scripts {
             sqlx::query("INSERT INTO scripts (name, current_version, created_at, updated_at) VALUES ($1, $2, $3, $4)")
@@ -1349,6 +1463,7 @@ mod tests {
         signing_keys_keep_their_sealed_secret_through_a_restore,
         ping_answers_until_the_pool_is_closed,
         delete_removes_every_version,
+        dependents_follow_current_versions_and_hold_back_a_delete,
         registry_changes_write_their_audit_rows,
         appended_audit_rows_read_back
     );
@@ -1360,7 +1475,79 @@ mod tests {
             source_sha256: sha,
             artifact: b"\0asm",
             artifact_sha256: "a",
+            libraries: &[],
+            action: "store",
+            rebuilds: None,
         }
+    }
+
+    fn library(name: &str, version: i64) -> LibraryMeta {
+        LibraryMeta {
+            name: name.to_owned(),
+            version,
+            source_sha256: String::new(),
+        }
+    }
+
+    async fn dependents_follow_current_versions_and_hold_back_a_delete(store: Store) {
+        store.put(&new("lib", "l1", "l1"), &actor()).await.unwrap();
+        store.put(&new("lib", "l2", "l2"), &actor()).await.unwrap();
+        let on_v1 = [library("lib", 1)];
+        let on_v2 = [library("lib", 2)];
+        for (name, sha, libraries) in [("b", "b1", &on_v1[..]), ("a", "a1", &on_v2[..]), ("a", "a2", &[][..])] {
+            let version = NewVersion {
+                libraries,
+                ..new(name, sha, sha)
+            };
+            store.put(&version, &actor()).await.unwrap();
+        }
+        // `a` no longer includes it at its current version; `b` does, built with version 1.
+        let dependents = store.dependents("lib").await.unwrap();
+        let expected = Dependent {
+            name: "b".to_owned(),
+            version: 1,
+            library_version: 1,
+            library_source_sha256: String::new(),
+        };
+        assert_eq!(dependents, [expected]);
+        store.rollback("a", 1, &actor()).await.unwrap();
+        let names: Vec<String> = store
+            .dependents("lib")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, ["a", "b"], "a rollback brings back what that version included");
+
+        let held = store.delete("lib", &actor(), false).await.unwrap();
+        assert!(matches!(&held, Deleted::InUse(d) if d.len() == 2), "{held:?}");
+        assert!(store.current("lib").await.unwrap().is_some(), "nothing deleted");
+        assert_eq!(store.delete("lib", &actor(), true).await.unwrap(), Deleted::Done);
+        assert_eq!(store.delete("b", &actor(), false).await.unwrap(), Deleted::Done);
+        let names: Vec<String> = store
+            .dependents("lib")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, ["a"], "a deleted dependent's rows go with it");
+
+        // A rebuild of a version that is no longer current stores nothing.
+        let rebuild = NewVersion {
+            action: "rebuild",
+            rebuilds: Some(2),
+            ..new("a", "a3", "a3")
+        };
+        assert_eq!(store.put(&rebuild, &actor()).await.unwrap(), Put::Superseded);
+        store.rollback("a", 2, &actor()).await.unwrap();
+        let rebuild = NewVersion {
+            rebuilds: Some(1),
+            ..rebuild
+        };
+        assert_eq!(store.put(&rebuild, &actor()).await.unwrap(), Put::Superseded);
+        assert_eq!(store.current("a").await.unwrap().unwrap().meta.version, 2);
     }
 
     fn actor() -> Actor {
@@ -1374,6 +1561,7 @@ mod tests {
         match put {
             Put::Created(m) => (true, m.version),
             Put::Unchanged(m) => (false, m.version),
+            Put::Superseded => panic!("only a rebuild is superseded"),
         }
     }
 
@@ -1495,8 +1683,8 @@ mod tests {
     async fn delete_removes_every_version(store: Store) {
         store.put(&new("s", "one", "1"), &actor()).await.unwrap();
         store.put(&new("s", "two", "2"), &actor()).await.unwrap();
-        assert!(store.delete("s", &actor()).await.unwrap());
-        assert!(!store.delete("s", &actor()).await.unwrap());
+        assert_eq!(store.delete("s", &actor(), false).await.unwrap(), Deleted::Done);
+        assert_eq!(store.delete("s", &actor(), false).await.unwrap(), Deleted::NoScript);
         assert!(store.current("s").await.unwrap().is_none());
         assert!(store.versions("s").await.unwrap().is_empty());
         assert!(store.artifact("s", Some(1)).await.unwrap().is_none());
@@ -1532,8 +1720,8 @@ mod tests {
         store.put(&new("s", "two", "2"), &actor()).await.unwrap();
         store.rollback("s", 1, &actor()).await.unwrap();
         store.rollback("s", 9, &actor()).await.unwrap();
-        store.delete("s", &actor()).await.unwrap();
-        store.delete("s", &actor()).await.unwrap();
+        store.delete("s", &actor(), false).await.unwrap();
+        store.delete("s", &actor(), false).await.unwrap();
         let rows = audit(&store, Some("s"), None, 100).await;
         let seen: Vec<_> = rows.iter().map(|r| (r.action.as_str(), r.version)).collect();
         // Newest first; unchanged stores and refused changes write nothing here.
