@@ -3,9 +3,14 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// `avap ARGS`, its default data and config directories inside the target
+/// directory (never the user's: `serve` and `audit` open the database there).
 fn avap(args: &[&str]) -> Output {
+    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests-home");
     Command::new(env!("CARGO_BIN_EXE_avap"))
         .args(args)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
         .output()
         .expect("run avap")
 }
