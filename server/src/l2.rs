@@ -94,9 +94,10 @@ impl L2 {
             )));
         }
         let ttl = TTL.as_millis().to_string();
+        // The artifact first: whoever sees the module can find its artifact.
         for (key, value) in [
-            (self.cwasm_key(artifact_sha256), sealed),
             (self.artifact_key(artifact_sha256), artifact),
+            (self.cwasm_key(artifact_sha256), sealed),
         ] {
             self.redis
                 .call_bulk(WRITE_TIMEOUT, &[b"SET", key.as_bytes(), value, b"PX", ttl.as_bytes()])
