@@ -314,18 +314,30 @@ pub async fn create(
         version,
         ..AuditRow::new(&actor, "store", outcome)
     };
-    match store_script(&state, &actor, body).await {
+    let stored = store_script(&state, &actor, body).await;
+    answer_audited(&state, stored, refused).await
+}
+
+/// The answer to a registry write: a change was audited with its commit;
+/// anything else (unchanged, a compile error, a refusal) is audited here
+/// with its outcome, through `refused`.
+async fn answer_audited(
+    state: &AppState,
+    stored: Result<Stored, ApiError>,
+    refused: impl Fn(&str, Option<i64>) -> AuditRow,
+) -> Result<Response, ApiError> {
+    match stored {
         Ok(Stored::Created(response)) => Ok(response),
         Ok(Stored::NotStored {
             response,
             outcome,
             version,
         }) => {
-            audit::refused(&state, refused(outcome, version)).await;
+            audit::refused(state, refused(outcome, version)).await;
             Ok(response)
         }
         Err(e) => {
-            audit::refused(&state, refused(e.kind(), None)).await;
+            audit::refused(state, refused(e.kind(), None)).await;
             Err(e)
         }
     }
@@ -647,21 +659,8 @@ pub async fn rebuild(
         version,
         ..AuditRow::new(&actor, "rebuild", outcome)
     };
-    match rebuild_script(&state, &actor, &name).await {
-        Ok(Stored::Created(response)) => Ok(response),
-        Ok(Stored::NotStored {
-            response,
-            outcome,
-            version,
-        }) => {
-            audit::refused(&state, refused(outcome, version)).await;
-            Ok(response)
-        }
-        Err(e) => {
-            audit::refused(&state, refused(e.kind(), None)).await;
-            Err(e)
-        }
-    }
+    let rebuilt = rebuild_script(&state, &actor, &name).await;
+    answer_audited(&state, rebuilt, refused).await
 }
 
 async fn rebuild_script(state: &AppState, actor: &Actor, name: &str) -> Result<Stored, ApiError> {
