@@ -23,7 +23,7 @@
 //! writes answer 409 `EdgeReadOnly` naming the registry to write to (and are
 //! audited as refused); the list and a script's entry reflect the mirror.
 
-use avap_hostfns::artifact::{LibraryMeta, PolicyLimits, RatePolicy, RunPolicy};
+use avap_hostfns::artifact::{Meta, PolicyLimits, RatePolicy, RunPolicy};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -131,12 +131,12 @@ const MAX_RATE: u64 = 1_000_000;
 
 /// The policy recorded in a stored artifact (empty if it cannot be read).
 fn policy_of(artifact: &[u8]) -> RunPolicy {
-    avap_hostfns::artifact::inspect(artifact).map_or_else(|_| RunPolicy::default(), |info| info.meta.policy)
+    stored_meta(artifact).map(|meta| meta.policy).unwrap_or_default()
 }
 
-/// The libraries recorded in a stored artifact (none if it cannot be read).
-fn libraries_of(artifact: &[u8]) -> Vec<LibraryMeta> {
-    avap_hostfns::artifact::inspect(artifact).map_or_else(|_| Vec::new(), |info| info.meta.libraries)
+/// The meta of a stored artifact; `None` if it cannot be read.
+fn stored_meta(artifact: &[u8]) -> Option<Meta> {
+    avap_hostfns::artifact::inspect(artifact).ok().map(|info| info.meta)
 }
 
 /// `limits` and `rate_limit` of a stored script's JSON (nulls when unset).
@@ -471,9 +471,11 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         .await?
         .map(|(_, artifact)| artifact)
         .unwrap_or_default();
-    let (limits, rate_limit) = policy_json(&policy_of(&artifact));
+    // One read of the meta for both its policy and its libraries.
+    let (policy, used) = stored_meta(&artifact).map_or_else(Default::default, |meta| (meta.policy, meta.libraries));
+    let (limits, rate_limit) = policy_json(&policy);
     let mut libraries = Vec::new();
-    for lib in libraries_of(&artifact) {
+    for lib in used {
         let current = store.current(&lib.name).await?.map(|c| c.meta);
         // By source too: a library deleted and stored again counts from version 1 again.
         let stale = current
