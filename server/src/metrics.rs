@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avap_hostfns::effects::breaker::{BreakerStats, Breakers};
-use avap_hostfns::effects::db::PoolStats;
+use avap_hostfns::effects::db::{PoolStats, Waiters};
 use avap_runtime::RunReport;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -139,14 +139,14 @@ fn duration_histogram() -> Histogram {
 /// application databases report through [`Metrics::app_db_acquire_observer`].
 #[derive(Debug)]
 pub struct PoolWatch {
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: Waiters,
     acquire_seconds: Histogram,
 }
 
 impl Default for PoolWatch {
     fn default() -> PoolWatch {
         PoolWatch {
-            waiting: std::sync::atomic::AtomicUsize::new(0),
+            waiting: Waiters::default(),
             acquire_seconds: duration_histogram(),
         }
     }
@@ -155,24 +155,14 @@ impl Default for PoolWatch {
 impl PoolWatch {
     /// Await `acquire` (a pool's acquire or begin), counted and timed.
     pub async fn acquiring<T>(&self, acquire: impl std::future::Future<Output = T>) -> T {
-        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let waiting = Waiting(&self.waiting);
-        let started = std::time::Instant::now();
-        let acquired = acquire.await;
-        drop(waiting);
-        self.acquire_seconds.observe(started.elapsed().as_secs_f64());
+        let (acquired, waited) = self.waiting.wait(acquire).await;
+        self.acquire_seconds.observe(waited.as_secs_f64());
         acquired
     }
 
     /// Callers waiting for a connection now.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+        self.waiting.now()
     }
 }
 

@@ -217,7 +217,7 @@ struct Conn {
     target: Target,
     pool: OnceCell<Pool>,
     /// Statements waiting for a connection of the pool now.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: Waiters,
 }
 
 impl Databases {
@@ -326,7 +326,7 @@ impl Databases {
                     open: size,
                     idle,
                     max,
-                    waiting: conn.waiting.load(std::sync::atomic::Ordering::Relaxed),
+                    waiting: conn.waiting.now(),
                 })
             })
             .collect()
@@ -414,7 +414,7 @@ impl Conn {
             label: format!("{what} ({system})"),
             target,
             pool: OnceCell::new(),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
+            waiting: Waiters::default(),
         })
     }
 
@@ -1296,23 +1296,41 @@ async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
 }
 
-/// Wait for a connection of `conn`'s pool (`acquire`): counted in
-/// `conn.waiting` while it waits (a cancelled wait too), its time told to
-/// `observer`.
-async fn acquiring<T>(conn: &Conn, observer: Option<&AcquireObserver>, acquire: impl Future<Output = T>) -> T {
-    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-    impl Drop for Waiting<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+/// Callers waiting for a connection of one pool now (the registry's in the
+/// server uses it too).
+#[derive(Debug, Default)]
+pub struct Waiters(std::sync::atomic::AtomicUsize);
+
+impl Waiters {
+    /// Await `acquire` (a pool's acquire or begin), counted among the
+    /// waiters while it waits (a cancelled wait too); how long it took.
+    pub async fn wait<T>(&self, acquire: impl Future<Output = T>) -> (T, Duration) {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let waiting = Waiting(&self.0);
+        let started = Instant::now();
+        let acquired = acquire.await;
+        drop(waiting);
+        (acquired, started.elapsed())
     }
-    conn.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let waiting = Waiting(&conn.waiting);
-    let started = Instant::now();
-    let acquired = acquire.await;
-    drop(waiting);
+
+    /// How many wait now.
+    pub fn now(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Wait for a connection of `conn`'s pool (`acquire`), counted among its
+/// waiters, the wait told to `observer`.
+async fn acquiring<T>(conn: &Conn, observer: Option<&AcquireObserver>, acquire: impl Future<Output = T>) -> T {
+    let (acquired, waited) = conn.waiting.wait(acquire).await;
     if let Some(observe) = observer {
-        observe(&conn.label, started.elapsed());
+        observe(&conn.label, waited);
     }
     acquired
 }
