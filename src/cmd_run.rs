@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use avap_codegen::check_file;
 use avap_codegen::diag::render_text;
 use avap_hostfns::Request;
+use avap_runtime::module_cache::{CacheOutcome, DiskCache};
 use avap_runtime::precompiled::SealError;
 use avap_runtime::{CapabilityPolicy, Limits, LoadError, Runtime, RuntimeConfig};
 
@@ -55,9 +56,13 @@ pub struct RunArgs {
     /// are not (they are trusted for sandboxed artifacts only)
     #[arg(long, value_name = "PATH")]
     pub trust_precompiled: Vec<PathBuf>,
-    /// Also print the usage report (fuel, wall time, peak memory) to stderr
+    /// Also print the usage report (fuel, wall time, peak memory, where the compiled module came from) to stderr
     #[arg(long)]
     pub usage: bool,
+    /// Compile the module in this process instead of using the on-disk cache of compiled modules
+    /// (`$AVAP_CACHE_DIR`, else `$XDG_CACHE_HOME/avap/modules` or `~/.cache/avap/modules`)
+    #[arg(long)]
+    pub no_cache: bool,
     /// Turn fuel metering and epoch checks off (measures their overhead; never use in production)
     #[arg(long, hide = true)]
     pub unmetered: bool,
@@ -217,10 +222,20 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         allow_unsigned: args.allow_unsigned,
         policy: CapabilityPolicy::allow_all(),
         unmetered: args.unmetered,
+        // One run and exit: instances are allocated when created instead of
+        // reserving a pool of slots for runs that never come.
+        pooling: false,
         max_concurrent_runs: 4,
         ..RuntimeConfig::default()
     };
     let mut executor = Executor::with_config(config)?;
+    if !args.no_cache && args.precompiled.is_none() {
+        match module_cache_dir().map(|dir| DiskCache::open(&dir)) {
+            Some(Ok(cache)) => executor.set_disk_cache(cache),
+            Some(Err(e)) => eprintln!("warning: {e}; compiling without the module cache (--no-cache silences this)"),
+            None => {}
+        }
+    }
     executor.set_effects(cli_effects(args)?);
     executor.set_include_paths(args.includes.resolve()?);
     let settings = RunSettings {
@@ -242,8 +257,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     outln!("{}", serde_json::to_string_pretty(&report.envelope)?)?;
     if args.usage {
+        let module = match (&args.precompiled, executor.last_load()) {
+            (Some(_), _) => "precompiled",
+            (None, Some(CacheOutcome::Hit)) => "from the module cache",
+            (None, Some(CacheOutcome::Miss)) => "compiled, cached",
+            (None, Some(CacheOutcome::Memory) | None) => "compiled",
+        };
         eprintln!(
-            "status {} · fuel {} · wall {:.3} ms · peak memory {} bytes",
+            "status {} · fuel {} · wall {:.3} ms · peak memory {} bytes · module {module}",
             report.http_status, report.usage.fuel, report.usage.wall_ms, report.usage.peak_memory_bytes
         );
     }
@@ -252,6 +273,18 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The module cache's directory: `$AVAP_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/avap/modules`, else `~/.cache/avap/modules`; `None`
+/// when none of those is set (the run compiles without a cache).
+fn module_cache_dir() -> Option<PathBuf> {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = non_empty("AVAP_CACHE_DIR") {
+        return Some(dir);
+    }
+    let cache_home = non_empty("XDG_CACHE_HOME").or_else(|| non_empty("HOME").map(|h| h.join(".cache")))?;
+    Some(cache_home.join("avap").join("modules"))
 }
 
 /// Why `avap run --precompiled` refused, with what to do about it.

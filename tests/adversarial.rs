@@ -40,6 +40,9 @@ fn run(file: &std::path::Path, limits: &str) -> Outcome {
     let child = Command::new(env!("CARGO_BIN_EXE_avap"))
         .arg("run")
         .arg(file)
+        // Compiled in the process, as before the module cache: what is
+        // measured includes Cranelift, and attacks stay out of the cache.
+        .arg("--no-cache")
         .arg("--limits")
         .arg(limits)
         .stdout(Stdio::piped())

@@ -11,6 +11,7 @@ fn avap(args: &[&str]) -> Output {
         .args(args)
         .env("XDG_DATA_HOME", home.join("data"))
         .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
         .output()
         .expect("run avap")
 }

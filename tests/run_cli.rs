@@ -4,9 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `avap ARGS`, with the module cache in the target directory (not the
+/// user's).
 fn avap(args: &[&str]) -> Output {
+    avap_with_cache(
+        args,
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-cli-module-cache"),
+    )
+}
+
+fn avap_with_cache(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_avap"))
         .args(args)
+        .env("AVAP_CACHE_DIR", cache)
         .output()
         .expect("run avap")
 }
@@ -34,6 +44,58 @@ fn stderr(out: &Output) -> String {
 }
 
 const GREET: &str = "addParam(name, who)\nmessage = \"Hello, \" + who\naddResult(message)\n";
+
+#[test]
+fn a_second_run_takes_the_compiled_module_from_the_cache() {
+    let d = dir("module_cache");
+    let cache = d.join("cache");
+    let f = write(&d, "greet.avap", GREET);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", f.as_str(), "--query", "name=Lin", "--usage"];
+        args.extend_from_slice(extra);
+        let out = avap_with_cache(&args, &cache);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(json(&out)["result"]["message"], "Hello, Lin");
+        stderr(&out)
+    };
+    assert!(run(&[]).contains("module compiled, cached"));
+    assert!(run(&[]).contains("module from the module cache"));
+    assert!(run(&["--no-cache"]).contains("module compiled"));
+    assert!(cache.join("cache.key").is_file());
+
+    // A changed script is a new entry; a damaged entry is compiled again.
+    let f2 = write(&d, "greet2.avap", &GREET.replace("Hello", "Hi"));
+    let out = avap_with_cache(&["run", &f2, "-q", "name=Lin", "--usage"], &cache);
+    assert_eq!(json(&out)["result"]["message"], "Hi, Lin");
+    assert!(stderr(&out).contains("module compiled, cached"));
+    for engine in std::fs::read_dir(&cache).unwrap() {
+        let engine = engine.unwrap().path();
+        if engine.is_dir() {
+            for entry in std::fs::read_dir(&engine).unwrap() {
+                std::fs::write(entry.unwrap().path(), b"AVAP-CWASM-2\nnot native code").unwrap();
+            }
+        }
+    }
+    assert!(run(&[]).contains("module compiled, cached"));
+    assert!(run(&[]).contains("module from the module cache"));
+}
+
+#[test]
+fn an_unusable_cache_directory_warns_and_runs_without_it() {
+    let d = dir("module_cache_unusable");
+    let f = write(&d, "greet.avap", GREET);
+    // A file where the directory should be.
+    let blocked = d.join("not-a-dir");
+    std::fs::write(&blocked, "x").unwrap();
+    let out = avap_with_cache(&["run", &f, "-q", "name=Lin", "--usage"], &blocked);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["result"]["message"], "Hello, Lin");
+    let err = stderr(&out);
+    assert!(err.contains("warning: cannot use the module cache directory"), "{err}");
+    assert!(err.contains("--no-cache"), "{err}");
+    let quiet = avap_with_cache(&["run", &f, "-q", "name=Lin", "--no-cache"], &blocked);
+    assert!(stderr(&quiet).is_empty(), "{}", stderr(&quiet));
+}
 
 #[test]
 fn run_prints_the_envelope_and_exits_zero() {

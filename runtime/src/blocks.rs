@@ -243,7 +243,7 @@ async fn run_block(
         run.pre.instantiate_async(&mut store).await.map_err(|e| {
             classify(e, &mut store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}")))
         })?;
-    prepare(&instance, &mut store, &run.limits)?;
+    prepare(&instance, &mut store, &run.layout, &run.limits)?;
     let func = instance
         .get_func(&mut store, export)
         .ok_or_else(|| Failure::Internal(format!("module exports no `{export}`")))?;

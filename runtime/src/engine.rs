@@ -12,10 +12,13 @@ use std::time::Duration;
 use avap_hostfns::artifact::{self, SigningKey, TrustedKeys};
 use moka::sync::Cache;
 use sha2::{Digest as _, Sha256};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig,
+};
 
 use crate::error::LoadError;
 use crate::load::LoadedModule;
+use crate::module_cache::{CacheOutcome, DiskCache};
 use crate::policy::CapabilityPolicy;
 use crate::precompiled;
 use crate::state::RunState;
@@ -50,6 +53,12 @@ pub struct RuntimeConfig {
     pub policy: CapabilityPolicy,
     /// Turn fuel metering and epoch checks off (for measuring their cost).
     pub unmetered: bool,
+    /// Reserve instance slots up front (wasmtime's pooling allocator: the
+    /// cheapest instantiation, for servers). `false` allocates each instance
+    /// when it is created, which is what a process that runs one script and
+    /// exits wants: the pool's address-space reservation costs more than
+    /// the one instantiation it speeds up.
+    pub pooling: bool,
     /// `go_async` blocks one run may hold started and not yet gathered;
     /// starting one more ends the run with `MemoryLimit` (each block costs
     /// an instance, a heap and its outcome).
@@ -74,6 +83,7 @@ impl Default for RuntimeConfig {
             allow_unsigned: false,
             policy: CapabilityPolicy::default(),
             unmetered: false,
+            pooling: true,
             max_async_blocks: 32,
             async_block_slots: 64,
         }
@@ -117,8 +127,11 @@ impl Runtime {
             let handle = std::thread::Builder::new()
                 .name("avap-epoch".into())
                 .spawn(move || {
+                    // Parked rather than asleep, so dropping the runtime
+                    // wakes it at once: a one-shot `avap run` would
+                    // otherwise wait up to a tick to exit.
                     while !s.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
+                        std::thread::park_timeout(tick);
                         e.increment_epoch();
                     }
                 })
@@ -277,6 +290,59 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// [`Runtime::load`] through the on-disk cache of native code `cache`
+    /// ([`crate::module_cache`]): the artifact is verified and checked
+    /// against the policy exactly as there; then its native code comes from
+    /// the cache when an entry sealed by the cache's key for this engine and
+    /// this artifact's signed region is there, and is compiled (and written
+    /// to the cache) otherwise. A broken or foreign entry is never loaded:
+    /// it is compiled again and overwritten. Failing to write the cache is
+    /// not an error (the next run compiles again).
+    pub fn load_cached(&self, bytes: &[u8], cache: &DiskCache) -> Result<(Arc<LoadedModule>, CacheOutcome), LoadError> {
+        let key = hex::encode(Sha256::digest(bytes));
+        if let Some(m) = self.cache.get(&key) {
+            return Ok((m, CacheOutcome::Memory));
+        }
+        let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
+        crate::load::check_policy(&verified.info.meta, &self.policy())?;
+        let signed_sha256 = verified.info.signed_sha256.clone();
+        let entry = cache.entry(&self.fingerprint, &signed_sha256);
+        let from_disk = std::fs::read(&entry).ok().and_then(|sealed| {
+            let native = precompiled::open(&sealed, cache.trusted(), &self.fingerprint, &signed_sha256).ok()?;
+            // SAFETY: as in `load_precompiled`: these bytes are what the
+            // cache's own key sealed as wasmtime's output for this engine
+            // fingerprint and this verified artifact's signed region (the
+            // wasm the native code was compiled from); wasmtime also refuses
+            // output of another version or configuration.
+            #[allow(unsafe_code)]
+            let module = unsafe { Module::deserialize(&self.engine, native) };
+            module.ok()
+        });
+        let (module, outcome) = match from_disk {
+            Some(module) => {
+                DiskCache::touch(&entry);
+                (module, CacheOutcome::Hit)
+            }
+            None => {
+                let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                self.compiled.fetch_add(1, Ordering::Relaxed);
+                let written = module.serialize().map_err(std::io::Error::other).and_then(|native| {
+                    let sealed = precompiled::seal(cache.key(), &self.fingerprint, &signed_sha256, &native);
+                    cache.store(&entry, &sealed)
+                });
+                if let Err(e) = written {
+                    tracing::debug!(path = %entry.display(), "module cache not written: {e}");
+                }
+                (module, CacheOutcome::Miss)
+            }
+        };
+        let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
+        self.cache.insert(key, loaded.clone());
+        Ok((loaded, outcome))
+    }
+}
+
 /// See [`Runtime::engine_fingerprint`].
 fn fingerprint(engine: &Engine) -> String {
     let mut hasher = Sha256Hasher(Sha256::new());
@@ -316,6 +382,7 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         if let Some((stop, handle)) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
+            handle.thread().unpark();
             let _ = handle.join();
         }
     }
@@ -343,9 +410,18 @@ fn engine_config(c: &RuntimeConfig) -> Config {
         // semaphore could find the pool full (seen under load as
         // "maximum concurrent limit … reached").
         .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
+        .table_keep_resident(KEEP_RESIDENT)
+        // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the
+        // pages a run wrote instead of all of the kept-resident bytes: a
+        // small script dirties one or two pages of its 64 KiB.
+        .pagemap_scan(Enabled::Auto);
+    let strategy = if c.pooling {
+        InstanceAllocationStrategy::Pooling(pool)
+    } else {
+        InstanceAllocationStrategy::OnDemand
+    };
     let mut cfg = Config::new();
-    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+    cfg.allocation_strategy(strategy)
         .consume_fuel(!c.unmetered)
         .epoch_interruption(!c.unmetered)
         .max_wasm_stack(c.max_wasm_stack)

@@ -9,6 +9,8 @@
 //! * [`Runtime::load_precompiled`] — the same with a sealed `.cwasm`
 //!   ([`precompiled`]) instead of compiling: native code is loaded only
 //!   when a key trusted for it sealed it for this engine and artifact.
+//! * [`Runtime::load_cached`] — [`Runtime::load`] through an on-disk cache
+//!   of native code ([`module_cache`]), for one-shot processes (`avap run`).
 //! * [`Runtime::run`] — a fresh store per run with its [`Limits`]; returns a
 //!   [`RunReport`] (HTTP status, response envelope, [`Usage`]) for every
 //!   outcome, sandbox limits included.
@@ -23,6 +25,7 @@ mod error;
 mod heap;
 mod linker;
 mod load;
+pub mod module_cache;
 mod policy;
 pub mod precompiled;
 mod run;

@@ -2,7 +2,10 @@
 
 use avap_hostfns::Capability;
 use avap_hostfns::artifact::{Meta, SourceMap, Verified};
-use wasmtime::{InstancePre, Linker, Module};
+use std::sync::{Arc, OnceLock};
+
+use avap_hostfns::abi;
+use wasmtime::{InstancePre, Linker, Module, ModuleExport};
 
 use crate::error::LoadError;
 use crate::policy::CapabilityPolicy;
@@ -23,9 +26,38 @@ pub fn check_policy(meta: &Meta, policy: &CapabilityPolicy) -> Result<(), LoadEr
     Ok(())
 }
 
+/// Where a module keeps what every run sets up: its exports, found once
+/// by name when the module is loaded (a run then reaches them by index),
+/// and its string constants, read once out of the first run's pristine
+/// memory (every run starts from the same data segments).
+pub(crate) struct Layout {
+    pub memory: Option<ModuleExport>,
+    pub consts: Option<ModuleExport>,
+    pub global_count: Option<ModuleExport>,
+    pub gc_countdown: Option<ModuleExport>,
+    pub stack_left: Option<ModuleExport>,
+    pub main: Option<ModuleExport>,
+    pub constants: OnceLock<Vec<String>>,
+}
+
+impl Layout {
+    fn of(module: &Module) -> Layout {
+        Layout {
+            memory: module.get_export_index(abi::EXPORT_MEMORY),
+            consts: module.get_export_index(abi::EXPORT_CONSTS),
+            global_count: module.get_export_index(abi::EXPORT_GLOBAL_COUNT),
+            gc_countdown: module.get_export_index(abi::EXPORT_GC_COUNTDOWN),
+            stack_left: module.get_export_index(abi::EXPORT_STACK_LEFT),
+            main: module.get_export_index(abi::EXPORT_MAIN),
+            constants: OnceLock::new(),
+        }
+    }
+}
+
 /// One artifact, compiled once, instantiated per run.
 pub struct LoadedModule {
     pub(crate) pre: InstancePre<RunState>,
+    pub(crate) layout: Arc<Layout>,
     pub verified: Verified,
     /// The capability classes its imports belong to, once each: what
     /// [`LoadedModule::allowed_by`] checks at every run.
@@ -54,7 +86,12 @@ impl LoadedModule {
             .collect();
         classes.sort_unstable();
         classes.dedup();
-        Ok(LoadedModule { pre, verified, classes })
+        Ok(LoadedModule {
+            pre,
+            layout: Arc::new(Layout::of(module)),
+            verified,
+            classes,
+        })
     }
 
     /// Whether `policy` admits every command this module imports. Cheap

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use avap_hostfns::abi;
 use avap_hostfns::{AvapError, ErrorKind, LimitHit, LimitKind, Request, Value};
 use serde_json::json;
-use wasmtime::{AsContextMut as _, Instance, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{AsContextMut as _, Extern, Instance, ModuleExport, Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use crate::engine::Runtime;
 use crate::linker::value;
-use crate::load::LoadedModule;
+use crate::load::{Layout, LoadedModule};
 use crate::shared::{self, RunShared};
 use crate::state::{CodeLocation, RunState};
 use crate::{Limits, RunReport, Usage};
@@ -47,6 +47,7 @@ impl Runtime {
         let deadline = start + Duration::from_millis(limits.time_ms);
         let run = Arc::new(RunShared::new(
             module.pre.clone(),
+            Arc::clone(&module.layout),
             limits,
             (!self.config.unmetered).then_some(deadline),
             input.request,
@@ -133,9 +134,14 @@ impl Runtime {
             .instantiate_async(&mut *store)
             .await
             .map_err(|e| classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}"))))?;
-        prepare(&instance, store, limits)?;
-        let main = instance
-            .get_typed_func::<(), i32>(&mut *store, abi::EXPORT_MAIN)
+        prepare(&instance, store, &module.layout, limits)?;
+        let main = module
+            .layout
+            .main
+            .and_then(|main| instance.get_module_export(&mut *store, &main))
+            .and_then(wasmtime::Extern::into_func)
+            .ok_or_else(|| Failure::Internal("module exports no main".into()))?
+            .typed::<(), i32>(&*store)
             .map_err(|e| Failure::Internal(format!("{e:#}")))?;
         match main.call_async(&mut *store, ()).await {
             Ok(0) => {}
@@ -253,9 +259,22 @@ pub(crate) fn new_store(run: &Arc<RunShared>) -> Store<RunState> {
 
 /// Instance set-up before `main` (or a block): memory accounting,
 /// constants, stack budget.
-pub(crate) fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: &Limits) -> Result<(), Failure> {
-    let memory = instance
-        .get_memory(&mut *store, abi::EXPORT_MEMORY)
+pub(crate) fn prepare(
+    instance: &Instance,
+    store: &mut Store<RunState>,
+    layout: &Layout,
+    limits: &Limits,
+) -> Result<(), Failure> {
+    let export = |store: &mut Store<RunState>, index: &Option<ModuleExport>| {
+        index.as_ref().and_then(|i| instance.get_module_export(&mut *store, i))
+    };
+    let global = |store: &mut Store<RunState>, index: &Option<ModuleExport>, what: &str| {
+        export(store, index)
+            .and_then(Extern::into_global)
+            .ok_or_else(|| Failure::Internal(format!("module exports no {what}")))
+    };
+    let memory = export(store, &layout.memory)
+        .and_then(Extern::into_memory)
         .ok_or_else(|| Failure::Internal("module exports no memory".into()))?;
     store.data_mut().memory = Some(memory);
     let linear = memory.data_size(&*store) as u64;
@@ -272,37 +291,42 @@ pub(crate) fn prepare(instance: &Instance, store: &mut Store<RunState>, limits: 
             None,
         ));
     }
-    let table = instance
-        .get_global(&mut *store, abi::EXPORT_CONSTS)
-        .and_then(|g| g.get(&mut *store).i32())
-        .ok_or_else(|| Failure::Internal("module exports no constant table".into()))?;
-    let consts =
-        read_consts(memory.data(&*store), table).ok_or_else(|| Failure::Internal("bad constant table".into()))?;
-    for c in consts {
+    let constants = match layout.constants.get() {
+        Some(constants) => constants,
+        None => {
+            let table = global(store, &layout.consts, "constant table")?
+                .get(&mut *store)
+                .i32()
+                .ok_or_else(|| Failure::Internal("bad constant table".into()))?;
+            let read = read_consts(memory.data(&*store), table)
+                .ok_or_else(|| Failure::Internal("bad constant table".into()))?;
+            layout.constants.get_or_init(|| read)
+        }
+    };
+    for c in constants {
         store
             .data_mut()
             .heap
-            .alloc(Value::Str(c))
+            .alloc(Value::Str(c.clone()))
             .map_err(|l| Failure::Limit(l, None))?;
     }
     store.data_mut().heap.pin_all();
-    let global_count = instance
-        .get_global(&mut *store, abi::EXPORT_GLOBAL_COUNT)
-        .and_then(|g| g.get(&mut *store).i32())
+    let global_count = global(store, &layout.global_count, "global count")?
+        .get(&mut *store)
+        .i32()
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| Failure::Internal("module exports no global count".into()))?;
+        .ok_or_else(|| Failure::Internal("bad global count".into()))?;
     store.data_mut().global_count = global_count;
-    store.data_mut().gc_countdown = instance.get_global(&mut *store, abi::EXPORT_GC_COUNTDOWN);
-    let stack = instance
-        .get_global(&mut *store, abi::EXPORT_STACK_LEFT)
-        .ok_or_else(|| Failure::Internal("module exports no stack budget".into()))?;
+    store.data_mut().gc_countdown = export(store, &layout.gc_countdown).and_then(Extern::into_global);
     let budget = i64::try_from(limits.stack_bytes).unwrap_or(i64::MAX);
-    stack
+    global(store, &layout.stack_left, "stack budget")?
         .set(&mut *store, wasmtime::Val::I64(budget))
         .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     Ok(())
 }
 
+/// The string constants in the module's data: a count, then (offset,
+/// length) pairs of UTF-8 text.
 fn read_consts(mem: &[u8], table: i32) -> Option<Vec<String>> {
     let at = usize::try_from(table).ok()?;
     let u32_at = |i: usize| {

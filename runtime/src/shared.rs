@@ -42,12 +42,14 @@ use wasmtime::{AsContextMut as _, InstancePre, StoreContextMut};
 
 use crate::Limits;
 use crate::blocks::BlockFuture;
+use crate::load::Layout;
 use crate::run::Failure;
 use crate::state::RunState;
 
 /// One run's shared state, behind an `Arc` in every store of the run.
 pub struct RunShared {
     pub(crate) pre: InstancePre<RunState>,
+    pub(crate) layout: Arc<Layout>,
     pub(crate) limits: Limits,
     /// The run's wall-clock deadline (`None` when unmetered).
     pub(crate) deadline: Option<Instant>,
@@ -85,6 +87,7 @@ impl RunShared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pre: InstancePre<RunState>,
+        layout: Arc<Layout>,
         limits: Limits,
         deadline: Option<Instant>,
         request: Request,
@@ -96,6 +99,7 @@ impl RunShared {
     ) -> RunShared {
         RunShared {
             pre,
+            layout,
             limits,
             metered: deadline.is_some(),
             deadline,

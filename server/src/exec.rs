@@ -13,6 +13,7 @@ use avap_codegen::diag::Diagnostic;
 use avap_codegen::{CheckedProgram, check_file, compile};
 use avap_hostfns::Request;
 use avap_hostfns::artifact::{SigningKey, TrustedKeys, generate_key};
+use avap_runtime::module_cache::{CacheOutcome, DiskCache};
 use avap_runtime::{
     CapabilityPolicy, Effects, Limits, LoadError, LoadedModule, RunInput, RunReport, Runtime, RuntimeConfig,
 };
@@ -39,6 +40,11 @@ pub struct Executor {
     /// Directories `include` may read besides the script's own
     /// (`--include-path`, canonical).
     include_paths: Vec<PathBuf>,
+    /// Native code of earlier processes' compilations (`avap run`); `None`
+    /// compiles every module in this process.
+    disk_cache: Option<DiskCache>,
+    /// Where the last module [`Executor::prepare`] loaded came from.
+    last_load: std::sync::Mutex<Option<CacheOutcome>>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -84,6 +90,8 @@ impl Executor {
             key,
             effects: Effects::default(),
             include_paths: Vec::new(),
+            disk_cache: None,
+            last_load: std::sync::Mutex::new(None),
         })
     }
 
@@ -99,12 +107,34 @@ impl Executor {
         self.include_paths = dirs;
     }
 
+    /// Load modules through this on-disk cache of native code (see
+    /// `avap_runtime::module_cache`).
+    pub fn set_disk_cache(&mut self, cache: DiskCache) {
+        self.disk_cache = Some(cache);
+    }
+
+    /// Where the module of the last [`Executor::prepare`] came from (with a
+    /// disk cache: memory, a cache hit or a compilation); `None` before any
+    /// load or without a disk cache.
+    pub fn last_load(&self) -> Option<CacheOutcome> {
+        *self.last_load.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Verify and load an artifact, through the disk cache when there is one.
+    fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        let Some(cache) = &self.disk_cache else {
+            return self.runtime.load(bytes);
+        };
+        let (module, outcome) = self.runtime.load_cached(bytes, cache)?;
+        *self.last_load.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
+        Ok(module)
+    }
+
     /// Compile a `.avap` file (or load a `.wasm` artifact).
     pub fn prepare(&self, path: &Path) -> Result<Prepared> {
         if path.extension().is_some_and(|e| e == "wasm") {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let module = self
-                .runtime
                 .load(&bytes)
                 .with_context(|| format!("cannot load {}", path.display()))?;
             return Ok(Prepared::Module(module));
@@ -120,7 +150,7 @@ impl Executor {
             return Ok(Prepared::CompileError(compile_error_report(checked)));
         }
         let artifact = compile(checked, Some(&self.key));
-        let module = self.runtime.load(&artifact.bytes)?;
+        let module = self.load(&artifact.bytes)?;
         Ok(Prepared::Module(module))
     }
 
