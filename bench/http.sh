@@ -88,26 +88,49 @@ case $(curl -sf -X POST -H 'Content-Type: application/json' --data '{"name": "he
     *) echo "http.sh: the stored hello script does not answer as expected" >&2; exit 1 ;;
 esac
 
-# run MODE CONNECTIONS ADDR PATH -> "rps p50_ms p99_ms requests non2xx socket_errors"
+# CPU time (user + system, clock ticks) the processes PIDS… have used so far.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+ticks_per_s=$(getconf CLK_TCK)
+
+# run MODE CONNECTIONS ADDR PATH PIDS… -> "rps p50_ms p99_ms requests non2xx socket_errors cpu_us_per_request"
+# (the CPU the server's processes PIDS… used during the run, per request answered)
 run() {
-    local line
-    line=$(BENCH_MODE=$1 wrk -t2 -c"$2" -d"$duration" -s "$lua" "http://$3$4" | grep '^RESULT ') \
-        || { echo "http.sh: wrk failed against $3$4" >&2; exit 1; }
-    echo "${line#RESULT }"
+    local line mode=$1 conns=$2 addr=$3 path=$4 before after
+    shift 4
+    before=$(cpu_ticks "$@")
+    line=$(BENCH_MODE=$mode wrk -t2 -c"$conns" -d"$duration" -s "$lua" "http://$addr$path" | grep '^RESULT ') \
+        || { echo "http.sh: wrk failed against $addr$path" >&2; exit 1; }
+    after=$(cpu_ticks "$@")
+    line=${line#RESULT }
+    read -r _ _ _ requests _ <<<"$line"
+    echo "$line $(awk -v t="$((after - before))" -v hz="$ticks_per_s" -v n="$requests" \
+        'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
 }
 
 rows=()
+cpu_rows=()
 bad=0
 for case in "stored 8 /api/v1/execute" "stored 64 /api/v1/execute" "execute 8 /api/v1/execute" \
     "execute 64 /api/v1/execute" "health 8 /api/v1/health"; do
     read -r mode conns path <<<"$case"
     echo "== $mode, $conns connections, $duration each" >&2
-    read -r o_rps o_p50 o_p99 o_n o_st o_se <<<"$(run "$mode" "$conns" "$ours" "$path")"
-    read -r b_rps b_p50 b_p99 b_n b_st b_se <<<"$(run "$mode" "$conns" "$bare" "$path")"
-    t_rps=0 t_p50=0 t_p99=0 t_st=0 t_se=0
+    read -r o_rps o_p50 o_p99 _ o_st o_se o_cpu <<<"$(run "$mode" "$conns" "$ours" "$path" "$ours_pid")"
+    read -r b_rps b_p50 b_p99 _ b_st b_se b_cpu <<<"$(run "$mode" "$conns" "$bare" "$path" "$bare_pid")"
+    t_rps=0 t_p50=0 t_p99=0 t_st=0 t_se=0 t_cpu=n/a
     if [ -n "$tornado_pgid" ]; then
-        read -r t_rps t_p50 t_p99 t_n t_st t_se <<<"$(run "$mode" "$conns" "$tornado" "$path")"
+        # shellcheck disable=SC2046 # one argument per process of the group
+        read -r t_rps t_p50 t_p99 _ t_st t_se t_cpu <<<"$(run "$mode" "$conns" "$tornado" "$path" \
+            $(ps -o pid= --sid "$tornado_pgid"))"
     fi
+    echo "HTTPCPU $mode $conns $path $o_cpu $b_cpu $t_cpu" >>"$raw"
+    cpu_rows+=("$(awk -v m="$mode" -v c="$conns" -v o="$o_cpu" -v b="$b_cpu" -v t="$t_cpu" 'BEGIN {
+        printf "| %s | %d | %.1f | %.1f | **%.2f** | %s |", m, c, o, b, (b > 0 ? o / b : 0), t }')")
     if [ "$o_st" != 0 ] || [ "$o_se" != 0 ] || [ "$b_st" != 0 ] || [ "$b_se" != 0 ] \
         || [ "$t_st" != 0 ] || [ "$t_se" != 0 ]; then
         echo "http.sh: errors in $mode/$conns: ours non-2xx=$o_st socket=$o_se, bare non-2xx=$b_st socket=$b_se," \
@@ -134,6 +157,12 @@ echo
 echo "| request | conns | ours req/s | bare req/s | req/s ours/bare | ours p50 ms | bare p50 ms | p50 ours/bare | ours p99 ms | bare p99 ms | p99 ours/bare | tornado req/s | req/s ours/tornado | tornado p50 ms | p50 ours/tornado | tornado p99 ms | p99 ours/tornado |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+echo
+echo "CPU per request (user + system of the server's processes during the run / requests answered):"
+echo
+echo "| case | conns | ours CPU µs/req | bare CPU µs/req | ours/bare | tornado CPU µs/req |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${cpu_rows[@]}"
 peak() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
 echo
 tornado_peak=n/a
