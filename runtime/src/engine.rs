@@ -13,7 +13,7 @@ use avap_hostfns::artifact::{self, SigningKey, TrustedKeys};
 use moka::sync::Cache;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig,
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig,
 };
 
 use crate::error::LoadError;
