@@ -12,9 +12,7 @@ use std::time::Duration;
 use avap_hostfns::artifact::{self, SigningKey, TrustedKeys};
 use moka::sync::Cache;
 use sha2::{Digest as _, Sha256};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig};
 
 use crate::error::LoadError;
 use crate::load::LoadedModule;

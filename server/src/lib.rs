@@ -948,12 +948,11 @@ pub fn app(state: AppState) -> Router {
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+    // The rate limits and the request timeout are one layer (`gate`):
+    // every `from_fn` layer costs each request a service clone and a boxed
+    // future.
     let router = router
-        .layer(axum::middleware::from_fn_with_state(protect.clone(), protect::timeout))
-        .layer(axum::middleware::from_fn_with_state(
-            protect.clone(),
-            protect::rate_limit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(protect.clone(), protect::gate))
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -218,8 +218,9 @@ impl LogLayer {
     }
 }
 
-/// A span's fields as its log lines show them: its ancestors' fields, then
-/// its own (a child's value wins), already filtered.
+/// A span's own fields, already filtered. A line shows its span's
+/// ancestors' fields, then its own (a child's value wins): merged when a
+/// line is written, not copied into every span (spans outnumber lines).
 struct SpanFields {
     name: &'static str,
     fields: Map<String, Value>,
@@ -235,10 +236,7 @@ where
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = span
-            .parent()
-            .and_then(|parent| parent.extensions().get::<SpanFields>().map(|p| p.fields.clone()))
-            .unwrap_or_default();
+        let mut fields = Map::new();
         attrs.record(&mut JsonFields(&mut fields));
         span.extensions_mut().insert(SpanFields {
             name: attrs.metadata().name(),
@@ -262,14 +260,24 @@ where
             .as_ref()
             .zip(dispatch)
             .and_then(|(span, dispatch)| telemetry::ids(&span.id(), &dispatch));
-        let extensions = span.as_ref().map(|s| s.extensions());
-        let span_fields = extensions.as_ref().and_then(|e| e.get::<SpanFields>());
+        // The event's span and its ancestors, root first: their fields.
+        let span_fields = span.as_ref().map(|span| {
+            let mut fields = Map::new();
+            let mut name = span.name();
+            for scope in span.scope().from_root() {
+                if let Some(own) = scope.extensions().get::<SpanFields>() {
+                    fields.extend(own.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    name = own.name;
+                }
+            }
+            SpanFields { name, fields }
+        });
         let meta = event.metadata();
         let line = Line {
             level: meta.level().as_str(),
             target: meta.target(),
             fields,
-            span: span_fields,
+            span: span_fields.as_ref(),
             ids,
         };
         let text = if self.json { line.json() } else { line.text() };

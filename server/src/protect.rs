@@ -438,9 +438,18 @@ pub fn current_client() -> Option<String> {
 /// it is configured and reachable, else this node's token buckets. The
 /// client is kept for the handlers ([`current_client`]).
 pub async fn rate_limit(State(protect): State<Protect>, request: Request, next: Next) -> Response {
+    limited(&protect, request, |request| next.run(request)).await
+}
+
+/// [`rate_limit`]'s work around `inner`, for [`gate`] and the middleware.
+async fn limited<F, Fut>(protect: &Protect, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let path = request.uri().path();
     if exempt(path) {
-        return next.run(request).await;
+        return inner(request).await;
     }
     let rules = protect.inner.rules.load_full();
     let client = client_of(&request, protect.inner.known_keys.as_deref());
@@ -456,9 +465,16 @@ pub async fn rate_limit(State(protect): State<Protect>, request: Request, next: 
         verdict = protect.admit_quota(&key, route.per_second, route.burst).await;
     }
     match verdict {
-        Ok(()) => CLIENT.scope(client, next.run(request)).await,
+        Ok(()) => CLIENT.scope(client, inner(request)).await,
         Err(retry_after_secs) => ApiError::RateLimited { retry_after_secs }.into_response(),
     }
+}
+
+/// Middleware: [`rate_limit`], then [`timeout`] around the rest, in one
+/// layer. Each `from_fn` layer costs every request a clone of the service
+/// it wraps and a boxed future; the server stacks these two as one.
+pub async fn gate(State(protect): State<Protect>, request: Request, next: Next) -> Response {
+    limited(&protect, request, |request| bounded(&protect, next.run(request))).await
 }
 
 /// The entry of the longest prefix of `path` (on segment boundaries).
@@ -477,11 +493,16 @@ fn route_limit<'a>(limits: &'a [RouteLimit], path: &str) -> Option<&'a RouteLimi
 /// force when the request arrives: 504 `RequestTimeout` (our JSON error, not
 /// an empty body) when the response takes longer; zero: no limit.
 pub async fn timeout(State(protect): State<Protect>, request: Request, next: Next) -> Response {
+    bounded(&protect, next.run(request)).await
+}
+
+/// [`timeout`]'s bound on `response`.
+async fn bounded(protect: &Protect, response: impl std::future::Future<Output = Response>) -> Response {
     let limit = protect.inner.rules.load().config.request_timeout;
     if limit.is_zero() {
-        return next.run(request).await;
+        return response.await;
     }
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, response).await {
         Ok(response) => response,
         Err(_) => ApiError::RequestTimeout { limit }.into_response(),
     }
