@@ -1,6 +1,6 @@
 //! Statements and blocks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use avap_hostfns::abi::{self, BinOp, Helper, IfCmp};
 use wasm_encoder::{BlockType, ValType};
@@ -309,8 +309,7 @@ impl<'a> FuncCtx<'_, 'a> {
             }
             self.allocates |= outer_allocates;
             let end = self.facts();
-            let holds = start.0.is_subset(&end.0) && start.1.iter().all(|n| n == &var.name || end.1.contains(n));
-            if holds || conservative {
+            if conservative || start.preserved_by(&end, &var.name) {
                 break;
             }
             self.rollback(checkpoint);
@@ -363,9 +362,9 @@ impl<'a> FuncCtx<'_, 'a> {
         self.close();
         self.close();
         let mut after = meet(&before, &self.facts());
-        after.1.remove(&var.name);
+        after.ints.remove(&var.name);
+        after.ranges.remove(&var.name);
         self.set_facts(after);
-        self.ranges.remove(&var.name);
     }
 
     /// Top-level loop back-edge: every so many iterations, write the
@@ -390,14 +389,19 @@ impl<'a> FuncCtx<'_, 'a> {
         self.close();
     }
 
-    /// What is known about locals here: `(defined, ints)`.
+    /// What is known about locals here.
     fn facts(&self) -> Facts {
-        (self.defined.clone(), self.ints.clone())
+        Facts {
+            defined: self.defined.clone(),
+            ints: self.ints.clone(),
+            ranges: self.ranges.clone(),
+        }
     }
 
     fn set_facts(&mut self, f: Facts) {
-        self.defined = f.0;
-        self.ints = f.1;
+        self.defined = f.defined;
+        self.ints = f.ints;
+        self.ranges = f.ranges;
     }
 
     /// Forget int knowledge of everything `body` may write (and, on the
@@ -405,9 +409,11 @@ impl<'a> FuncCtx<'_, 'a> {
     fn forget_writes(&mut self, body: &[Stmt]) {
         for name in super::scope::written_names(body, &statement_target) {
             self.ints.remove(&name);
+            self.ranges.remove(&name);
         }
         if self.kind == FuncKind::Main && self.m.calls_user_function(body) {
             self.ints.clear();
+            self.ranges.clear();
         }
     }
 
@@ -532,14 +538,46 @@ impl<'a> FuncCtx<'_, 'a> {
     }
 }
 
-type Facts = (HashSet<String>, HashSet<String>);
+/// What is known about the locals at one point of the code.
+#[derive(Debug, Clone)]
+struct Facts {
+    /// Certainly assigned.
+    defined: HashSet<String>,
+    /// Certainly holding an int.
+    ints: HashSet<String>,
+    /// Ints certainly within a range (loop counters; meaningful only for
+    /// names in `ints`).
+    ranges: HashMap<String, (i64, i64)>,
+}
+
+impl Facts {
+    /// Whether what `self` says at the start of a loop body still holds at
+    /// its end (`end`), so the next iteration may assume it too; the
+    /// counter, stored anew at every start, is not judged.
+    fn preserved_by(&self, end: &Facts, counter: &str) -> bool {
+        self.defined.is_subset(&end.defined)
+            && self.ints.iter().all(|n| n == counter || end.ints.contains(n))
+            && self
+                .ranges
+                .iter()
+                .all(|(n, &(lo, hi))| n == counter || end.ranges.get(n).is_some_and(|&(l, h)| lo <= l && h <= hi))
+    }
+}
 
 /// Facts that hold on both paths.
 fn meet(a: &Facts, b: &Facts) -> Facts {
-    (
-        a.0.intersection(&b.0).cloned().collect(),
-        a.1.intersection(&b.1).cloned().collect(),
-    )
+    Facts {
+        defined: a.defined.intersection(&b.defined).cloned().collect(),
+        ints: a.ints.intersection(&b.ints).cloned().collect(),
+        ranges: a
+            .ranges
+            .iter()
+            .filter_map(|(n, &(lo, hi))| {
+                let &(l, h) = b.ranges.get(n)?;
+                Some((n.clone(), (lo.min(l), hi.max(h))))
+            })
+            .collect(),
+    }
 }
 
 fn if_cmp(c: Comparator) -> IfCmp {
