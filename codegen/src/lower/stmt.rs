@@ -590,13 +590,14 @@ impl<'a> FuncCtx<'_, 'a> {
             }
             _ => self.value_arg(e),
         }
+        // The conversion stays even for a bound known to be an int (it
+        // runs once, before the loop): without it, `loop_arith`'s bounds
+        // reach Cranelift as plain constants, and its register allocator
+        // then kept the sum on the stack inside the loop — 1.4× slower with
+        // fuel metering (BENCHMARKS.md, "Request-bound loops").
         let known = self.last;
         let s = self.lhs;
         self.store_pair(s);
-        if known.int {
-            self.ins().local_get(s.payload());
-            return known.range;
-        }
         self.ins()
             .local_get(s.tag())
             .i32_const(abi::TAG_INT)
@@ -618,7 +619,7 @@ impl<'a> FuncCtx<'_, 'a> {
         let s = self.lhs;
         self.ins().local_get(s.payload());
         self.close();
-        None
+        known.range.filter(|_| known.int)
     }
 
     /// The normal exit of a function: give back the stack budget, report
