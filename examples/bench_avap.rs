@@ -14,6 +14,11 @@
 //! `loop_arith` on two `i64` locals in wasmtime with fuel + epochs off and on
 //! (`wasm_ideal`, `wasm_ideal_metered`).
 //!
+//! A workload that reads the request (`addParam`) gets the JSON body in
+//! `bench/workloads/NAME.body.json` when that file exists (`loop_param`: the
+//! bound of `loop_arith`'s loop, so the two compare a request-bound loop with
+//! a constant-bound one, issue 20); the others get an empty request.
+//!
 //! Every run's result is checked against `bench/workloads/expected.txt`
 //! before anything is timed. Output: one line per figure, read by
 //! `bench/report.py`:
@@ -144,9 +149,9 @@ impl Sandbox {
     }
 
     /// One run, the envelope serialised as a server would send it.
-    fn run(&self, runtime: &Runtime, module: &LoadedModule) -> (RunReport, String) {
+    fn run(&self, runtime: &Runtime, module: &LoadedModule, request: &Request) -> (RunReport, String) {
         let input = RunInput {
-            request: Request::default(),
+            request: request.clone(),
             limits: Limits::CLI,
             ..RunInput::default()
         };
@@ -182,17 +187,33 @@ fn expected(dir: &Path) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The request a workload runs with: its `NAME.body.json` as the JSON body,
+/// or an empty request.
+fn request(dir: &Path, name: &str) -> Result<Request> {
+    let path = dir.join(format!("{name}.body.json"));
+    if !path.exists() {
+        return Ok(Request::default());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    Ok(Request {
+        json: Some(json),
+        ..Request::default()
+    })
+}
+
 fn load_checked(
     sandbox: &Sandbox,
     runtime: &Runtime,
     artifact: &[u8],
     name: &str,
     want: &str,
+    request: &Request,
 ) -> Result<Arc<LoadedModule>> {
     let module = runtime
         .load(artifact)
         .with_context(|| format!("{name}: the artifact does not load"))?;
-    let got = result_text(&sandbox.run(runtime, &module).0).with_context(|| name.to_owned())?;
+    let got = result_text(&sandbox.run(runtime, &module, request).0).with_context(|| name.to_owned())?;
     ensure!(got == want, "{name}: result {got}, expected {want}");
     Ok(module)
 }
@@ -201,8 +222,9 @@ fn bench_workload(sandbox: &Sandbox, sampling: Sampling, dir: &Path, name: &str,
     let file = format!("{name}.avap");
     let source = std::fs::read_to_string(dir.join(&file)).with_context(|| format!("cannot read {file}"))?;
     let artifact = sandbox.artifact(&file, &source)?;
-    let metered = load_checked(sandbox, &sandbox.metered, &artifact, name, want)?;
-    let unmetered = load_checked(sandbox, &sandbox.unmetered, &artifact, name, want)?;
+    let request = request(dir, name)?;
+    let metered = load_checked(sandbox, &sandbox.metered, &artifact, name, want, &request)?;
+    let unmetered = load_checked(sandbox, &sandbox.unmetered, &artifact, name, want, &request)?;
 
     let (compile_s, _) = sampling.median(|| {
         std::hint::black_box(sandbox.artifact(&file, &source).ok());
@@ -216,7 +238,7 @@ fn bench_workload(sandbox: &Sandbox, sampling: Sampling, dir: &Path, name: &str,
         ("avap_unmetered", &sandbox.unmetered, &unmetered),
     ] {
         let (median, samples) = sampling.median(|| {
-            std::hint::black_box(sandbox.run(runtime, module));
+            std::hint::black_box(sandbox.run(runtime, module, &request));
         });
         println!("RESULT {label} {name} {want} {median:.9} {samples}");
     }

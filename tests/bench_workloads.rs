@@ -50,7 +50,11 @@ fn every_workload_has_an_expected_result() {
     names.sort();
     files.sort();
     assert_eq!(names, files, "bench/workloads/*.avap and expected.txt disagree");
-    assert_eq!(files.len(), 5, "the five workloads of issue 8");
+    assert_eq!(
+        files.len(),
+        6,
+        "the five workloads of issue 8 and loop_param (issue 20)"
+    );
 }
 
 #[test]
@@ -75,8 +79,17 @@ fn every_workload_compiles_and_produces_its_expected_result() {
         let module = runtime
             .load(&compile(&checked, Some(&key)).bytes)
             .unwrap_or_else(|e| panic!("{file} does not load: {e}"));
+        // A workload reading the request gets NAME.body.json as its body
+        // (what examples/bench_avap.rs sends).
+        let body = workloads_dir().join(format!("{name}.body.json"));
+        let json = body.exists().then(|| {
+            serde_json::from_str(&std::fs::read_to_string(&body).expect("body is readable")).expect("body is JSON")
+        });
         let input = RunInput {
-            request: Request::default(),
+            request: Request {
+                json,
+                ..Request::default()
+            },
             limits: Limits::CLI,
             ..RunInput::default()
         };

@@ -128,3 +128,120 @@ proptest! {
         }
     }
 }
+
+/// A loop bound as the request sends it: an int, or a float the loop
+/// converts like `int(float(x))` (ints are taken as they are).
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Int(i64),
+    Float(f64),
+}
+
+impl Bound {
+    fn json(self) -> serde_json::Value {
+        match self {
+            Bound::Int(i) => serde_json::json!(i),
+            Bound::Float(f) => serde_json::json!(f),
+        }
+    }
+
+    #[allow(clippy::cast_possible_truncation)]
+    fn value(self) -> i64 {
+        match self {
+            Bound::Int(i) => i,
+            // Within i64 by construction (the strategy keeps floats small).
+            Bound::Float(f) => f.trunc() as i64,
+        }
+    }
+}
+
+/// Bounds around the edges of the fast copy's range `0..=i32::MAX` and of
+/// the places where `i * i` or the counter's step overflow.
+fn request_bound() -> impl Strategy<Value = i64> {
+    let edges = prop_oneof![
+        Just(0i64),
+        Just(i64::from(i32::MAX)),
+        Just(3_037_000_499),
+        Just(i64::MAX - 4),
+        Just(i64::MIN),
+        Just(-5),
+    ];
+    prop_oneof![-50i64..50, (edges, -4i64..5).prop_map(|(e, d)| e.saturating_add(d))]
+}
+
+/// The loop below, the reference way: `(s, i)` after it, or its error.
+fn reference_request_loop(
+    from: i64,
+    to: i64,
+    factor: i64,
+    divisor: i64,
+) -> Result<(Value, Option<i64>), avap_hostfns::AvapError> {
+    let int = Value::Int;
+    let mut sum = int(0);
+    let mut counter = from;
+    while counter <= to {
+        let product = op(BinOp::Mul, &int(counter), &int(factor))?;
+        sum = op(BinOp::Add, &sum, &op(BinOp::Mod, &product, &int(divisor))?)?;
+        sum = op(BinOp::Sub, &sum, &op(BinOp::FloorDiv, &int(counter), &int(divisor))?)?;
+        let square = op(BinOp::Mul, &int(counter), &int(counter))?;
+        sum = op(BinOp::Add, &sum, &op(BinOp::Mod, &square, &int(divisor))?)?;
+        if counter == to {
+            // After the last iteration the counter holds `to + 1`.
+            let Value::Int(after) = op(BinOp::Add, &int(to), &int(1))? else {
+                unreachable!("int + int is an int or an error")
+            };
+            return Ok((sum, Some(after)));
+        }
+        counter += 1;
+    }
+    Ok((sum, None))
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 150, failure_persistence: None, ..Config::default() })]
+
+    /// Loops over request bounds run a fast copy when the bounds lie in
+    /// `0..=i32::MAX` and the general one otherwise (issue 20): either way
+    /// the result, the counter after the loop and the error are those of
+    /// the reference semantics.
+    #[test]
+    fn loops_with_request_bounds_match_the_reference(
+        from in request_bound(),
+        len in -2i64..6,
+        float in prop_oneof![3 => Just(None), 1 => (0u8..4).prop_map(Some)],
+        c in prop_oneof![-3i64..4, Just(i64::from(i32::MAX)), Just(3_037_000_500)],
+        d in 1i64..9,
+    ) {
+        let to = from.saturating_add(len);
+        // Now and then a bound as a float with a fraction (small values
+        // only: a float holds them exactly).
+        let (a, b) = match float {
+            Some(which) if from.unsigned_abs() < 1 << 40 && to.unsigned_abs() < 1 << 40 => {
+                #[allow(clippy::cast_precision_loss)]
+                let f = |v: i64| Bound::Float(v as f64 + if v < 0 { -0.5 } else { 0.5 });
+                match which {
+                    0 => (f(from), Bound::Int(to)),
+                    1 => (Bound::Int(from), f(to)),
+                    _ => (f(from), f(to)),
+                }
+            }
+            _ => (Bound::Int(from), Bound::Int(to)),
+        };
+        let expected = reference_request_loop(a.value(), b.value(), c, d);
+        let lit = |v: i64| if v < 0 { format!("(0 - {})", v.unsigned_abs()) } else { v.to_string() };
+        let src = format!(
+            "addParam(from, a)\naddParam(to, b)\ns = 0\nstartLoop(i, a, b)\n  s = s + i * {} % {d}\n  s = s - (i // {d})\n  s = s + i * i % {d}\nendLoop()\naddResult(s)\naddResult(i)\n",
+            lit(c)
+        );
+        let body = serde_json::json!({"from": a.json(), "to": b.json()});
+        let r = HARNESS.with(|h| h.run_with_body(&src, body.clone()));
+        match expected {
+            Ok((s, i)) => {
+                prop_assert_eq!(r.http_status, 200, "{} with {} gave {}", src, body, r.envelope);
+                prop_assert_eq!(&r.envelope["result"]["s"], &s.to_json(), "{} with {}", src, body);
+                prop_assert_eq!(&r.envelope["result"]["i"], &serde_json::json!(i), "{} with {}", src, body);
+            }
+            Err(e) => prop_assert_eq!(r.envelope["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} with {} gave {}", src, body, r.envelope),
+        }
+    }
+}

@@ -93,6 +93,28 @@ pub(crate) struct FuncCtx<'m, 'a> {
     /// Loop bodies this function may still emit again to refine what is
     /// known at their start (bounds compile time under deep nesting).
     pub speculation_budget: u32,
+    /// Code and locals that loop versioning added on top of what the
+    /// unversioned loops would take (see `FuncCtx::loop_`): the compile
+    /// budget judges a script without them, and they have a budget of their
+    /// own ([`super::VERSIONING_FUNCTION_BYTES`]).
+    pub versioned: Versioned,
+    /// Inside one copy of a versioned loop: loops in it are not versioned
+    /// again, so code grows at most twofold, never with nesting depth.
+    pub in_versioned_copy: bool,
+    /// While emitting the general copy of a versioned loop, new locals
+    /// reuse the fast copy's (same types, same order) so that two copies of
+    /// the same code are byte for byte the same: `(next, end)` indices into
+    /// `locals`.
+    reuse: Option<(usize, usize)>,
+    /// Locals handed out so far (reused ones included).
+    allocations: usize,
+}
+
+/// What loop versioning added to a function: bytes of code, wasm locals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Versioned {
+    pub bytes: usize,
+    pub locals: usize,
 }
 
 /// A point in the emitted code to return to (see [`FuncCtx::rollback`]).
@@ -101,6 +123,7 @@ pub(crate) struct Checkpoint {
     body: usize,
     marks: usize,
     labels: usize,
+    versioned: Versioned,
 }
 
 impl<'m, 'a> FuncCtx<'m, 'a> {
@@ -129,6 +152,10 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             ranges: HashMap::new(),
             speculation_budget: 32,
             allocates: false,
+            versioned: Versioned::default(),
+            in_versioned_copy: false,
+            reuse: None,
+            allocations: 0,
         };
         f.scratch = f.new_pair();
         f.lhs = f.new_pair();
@@ -142,9 +169,41 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
     }
 
     pub fn new_local(&mut self, ty: ValType) -> u32 {
+        self.alloc(&[ty])
+    }
+
+    /// Consecutive locals of the given types; the index of the first.
+    fn alloc(&mut self, types: &[ValType]) -> u32 {
+        self.allocations += types.len();
+        if let Some((next, end)) = self.reuse {
+            let fits = next + types.len() <= end && self.locals[next..next + types.len()] == *types;
+            if fits {
+                self.reuse = Some((next + types.len(), end));
+                return self.params + u32::try_from(next).expect("local count fits u32");
+            }
+            // The copies differ from here on: no point in lining them up.
+            self.reuse = None;
+        }
         let idx = self.params + u32::try_from(self.locals.len()).expect("local count fits u32");
-        self.locals.push(ty);
+        self.locals.extend_from_slice(types);
         idx
+    }
+
+    /// From now on, hand out the locals `from..` (declared so far) again
+    /// before declaring new ones (see [`FuncCtx::reuse`]); `None` stops.
+    pub fn reuse_locals(&mut self, from: Option<usize>) {
+        self.reuse = from.map(|f| (f, self.locals.len()));
+    }
+
+    /// Locals declared so far, parameters excluded (a position for
+    /// [`FuncCtx::reuse_locals`]).
+    pub fn declared_locals(&self) -> usize {
+        self.locals.len()
+    }
+
+    /// Locals handed out so far, reused ones included.
+    pub fn allocations(&self) -> usize {
+        self.allocations
     }
 
     /// Wasm locals declared so far, parameters included.
@@ -154,9 +213,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
 
     /// A fresh `(tag, payload)` pair of locals.
     pub fn new_pair(&mut self) -> Pair {
-        let t = self.new_local(ValType::I32);
-        self.new_local(ValType::I64);
-        Pair(t)
+        Pair(self.alloc(&[ValType::I32, ValType::I64]))
     }
 
     /// Record that the code emitted next belongs to `span`.
@@ -177,6 +234,7 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
             body: self.body.len(),
             marks: self.marks.len(),
             labels: self.labels.len(),
+            versioned: self.versioned,
         }
     }
 
@@ -186,6 +244,36 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         self.body.truncate(c.body);
         self.marks.truncate(c.marks);
         self.labels.truncate(c.labels);
+        self.versioned = c.versioned;
+    }
+
+    /// Where the code emitted next will start.
+    pub fn offset(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The code emitted between two offsets.
+    pub fn code(&self, from: usize, to: usize) -> &[u8] {
+        &self.body[from..to]
+    }
+
+    /// Replace the code emitted since `c` by `prefix` followed by the code
+    /// from offset `from` on (which must be after `c`), moving its
+    /// source-map marks along. Wasm code has no absolute offsets, so the
+    /// moved instructions mean the same as long as they sit at the same
+    /// label depth.
+    pub fn splice(&mut self, c: Checkpoint, prefix: &[u8], from: usize) {
+        let tail = self.body.split_off(from);
+        let first_mark = self.marks.partition_point(|&(o, _, _)| o < from);
+        let moved: Vec<(usize, u32, u32)> = self.marks.split_off(first_mark);
+        self.body.truncate(c.body);
+        self.marks.truncate(c.marks);
+        self.body.extend_from_slice(prefix);
+        let start = self.body.len();
+        self.marks
+            .extend(moved.into_iter().map(|(o, l, col)| (o - from + start, l, col)));
+        self.body.extend_from_slice(&tail);
+        self.versioned = c.versioned;
     }
 
     // ---- control labels ------------------------------------------------
@@ -426,7 +514,9 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
 
     /// Finish: the encoded function and its source-map marks (offsets
     /// relative to the start of the body as wasmtime reports them).
+    /// The module's versioning total counts this function's.
     pub fn finish(self) -> (Function, Vec<(u32, u32, u32)>) {
+        self.m.versioned_bytes += self.versioned.bytes;
         let mut f = Function::new_with_locals_types(self.locals.iter().copied());
         let header = f.byte_len();
         f.raw(self.body.iter().copied());

@@ -58,6 +58,13 @@ pub const MAX_LOCALS: usize = 16_384;
 /// about that much code's worth; BENCHMARKS.md, "Compile budget").
 pub const MAX_CODE_BYTES: usize = 1024 * 1024;
 pub const FUNCTION_COST: usize = 128;
+/// Loop versioning (a fast copy of a request-bound loop, `stmt.rs`) may add
+/// at most this much code to one function, and to the module, on top of
+/// the budget above. The budget judges a script by its unversioned code,
+/// so versioning never makes a script too large; these bound what it adds
+/// to Cranelift's work (an eighth of a function, a sixteenth of a module).
+pub const VERSIONING_FUNCTION_BYTES: usize = MAX_FUNCTION_BYTES / 8;
+pub const VERSIONING_MODULE_BYTES: usize = MAX_CODE_BYTES / 16;
 /// Top-level statements are grouped into chunk functions of at most this
 /// much source each (a statement expands to at most about 50 times its
 /// source size in code, so a chunk stays under `MAX_FUNCTION_BYTES` unless
@@ -105,6 +112,9 @@ pub struct LoweredModule {
     /// Functions or statements beyond the compile budget (errors): the
     /// module is still valid wasm, but must not be compiled.
     pub oversize: Vec<Diagnostic>,
+    /// Bytes of code the fast copies of versioned loops added (at most
+    /// [`VERSIONING_MODULE_BYTES`]; not judged by the compile budget).
+    pub versioned_bytes: usize,
 }
 
 /// Lower a program that checked without errors.
@@ -178,14 +188,14 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         cx.close();
         cx.give_back_stack();
         cx.ins().i32_const(abi::TAG_ERR).i64_const(0).end();
-        let locals = cx.local_count();
+        let (locals, versioned) = (cx.local_count(), cx.versioned);
         let (body, marks) = cx.finish();
         m.check_shape(
             &format!("function `{}`", f.name.name),
             *file,
             f.header,
-            body.byte_len(),
-            locals,
+            body.byte_len() - versioned.bytes,
+            locals - versioned.locals,
         );
         let type_index = m.user_fn_type(n);
         let export = (n == 0).then(|| format!("{}{}", abi::EXPORT_FN_PREFIX, f.name.name));
@@ -229,14 +239,14 @@ pub fn lower(checked: &CheckedProgram) -> LoweredModule {
         cx.epilogue();
         cx.close();
         cx.ins().i32_const(abi::TAG_ERR).i64_const(0).end();
-        let locals = cx.local_count();
+        let (locals, versioned) = (cx.local_count(), cx.versioned);
         let (body, marks) = cx.finish();
         m.check_shape(
             "this go_async block",
             pending.file,
             pending.span,
-            body.byte_len(),
-            locals,
+            body.byte_len() - versioned.bytes,
+            locals - versioned.locals,
         );
         let type_index = m.user_fn_type(n);
         let line = marks.first().map_or(0, |m| m.1);
@@ -264,8 +274,14 @@ fn lower_top_level<'a>(m: &mut ModuleCtx<'a>, main_index: u32, body: &'a [Stmt])
     let chunks = chunk_statements(body);
     let type_index = m.type_index(&[], &[ValType::I32]);
     if chunks.len() <= 1 {
-        let (code, marks, locals) = lower_chunk(m, body, false);
-        m.check_shape("the top level", 0, span_of(body_span(body)), code.byte_len(), locals);
+        let (code, marks, locals, versioned) = lower_chunk(m, body, false);
+        m.check_shape(
+            "the top level",
+            0,
+            span_of(body_span(body)),
+            code.byte_len() - versioned,
+            locals,
+        );
         m.set_function(
             main_index,
             DefinedFn {
@@ -282,13 +298,13 @@ fn lower_top_level<'a>(m: &mut ModuleCtx<'a>, main_index: u32, body: &'a [Stmt])
     let mut indices = Vec::with_capacity(chunks.len());
     for chunk in &chunks {
         let index = m.reserve_function();
-        let (code, marks, locals) = lower_chunk(m, chunk, true);
+        let (code, marks, locals, versioned) = lower_chunk(m, chunk, true);
         let span = span_of(body_span(chunk));
         let what = match chunk {
             [_] => "this statement",
             _ => "these statements",
         };
-        m.check_shape(what, 0, span, code.byte_len(), locals);
+        m.check_shape(what, 0, span, code.byte_len() - versioned, locals);
         let line = marks.first().map_or(0, |mark| mark.1);
         m.set_function(
             index,
@@ -328,11 +344,13 @@ fn lower_top_level<'a>(m: &mut ModuleCtx<'a>, main_index: u32, body: &'a [Stmt])
 
 /// One top-level function over `stmts`: globals cached in locals (loaded
 /// first when earlier chunks may have set them), written back at the end.
+/// Returns the function, its marks, its locals and the bytes versioning
+/// added (locals without versioning's).
 fn lower_chunk<'a>(
     m: &mut ModuleCtx<'a>,
     stmts: &'a [Stmt],
     reload: bool,
-) -> (wasm_encoder::Function, Vec<(u32, u32, u32)>, usize) {
+) -> (wasm_encoder::Function, Vec<(u32, u32, u32)>, usize, usize) {
     let mut cx = FuncCtx::new(m, 0, FuncKind::Main, 0);
     let mut names = scope::top_level_names(stmts);
     for fixed in abi::FIXED_GLOBALS {
@@ -348,9 +366,9 @@ fn lower_chunk<'a>(
     cx.ins().i32_const(0).return_();
     cx.close();
     cx.ins().i32_const(1).end();
-    let locals = cx.local_count();
+    let (locals, versioned) = (cx.local_count(), cx.versioned);
     let (body, marks) = cx.finish();
-    (body, marks, locals)
+    (body, marks, locals - versioned.locals, versioned.bytes)
 }
 
 /// Consecutive top-level statements in groups of about
@@ -419,7 +437,8 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
     let mut marks = Vec::new();
     let mut fn_names = Vec::new();
     let base = m.import_count();
-    let code_bytes: usize = m.defined.iter().flatten().map(|f| f.body.byte_len()).sum();
+    // Judged without what loop versioning added (bounded on its own).
+    let code_bytes: usize = m.defined.iter().flatten().map(|f| f.body.byte_len()).sum::<usize>() - m.versioned_bytes;
     let function_count = m.defined.len();
     let work = code_bytes + FUNCTION_COST * function_count;
     if work > MAX_CODE_BYTES {
@@ -553,6 +572,7 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
         functions: fn_names,
         marks,
         oversize: std::mem::take(&mut m.oversize),
+        versioned_bytes: m.versioned_bytes,
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct ModuleCtx<'a> {
     pub outputs: HashMap<String, String>,
     /// Functions beyond the compile budget (see `lower::MAX_FUNCTION_BYTES`).
     pub oversize: Vec<Diagnostic>,
+    /// Bytes of code loop versioning added in the functions finished so
+    /// far (see `lower::VERSIONING_MODULE_BYTES`).
+    pub versioned_bytes: usize,
 }
 
 pub(crate) struct DefinedFn {
@@ -76,6 +79,7 @@ impl<'a> ModuleCtx<'a> {
             async_blocks: 0,
             outputs: HashMap::new(),
             oversize: Vec::new(),
+            versioned_bytes: 0,
         }
     }
 

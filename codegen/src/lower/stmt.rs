@@ -1,6 +1,6 @@
 //! Statements and blocks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use avap_hostfns::abi::{self, BinOp, Helper, IfCmp};
 use wasm_encoder::{BlockType, ValType};
@@ -258,21 +258,176 @@ impl<'a> FuncCtx<'_, 'a> {
         }
     }
 
-    fn loop_(&mut self, var: &Ident, from: &Expr, to: &Expr, body: &'a [Stmt]) {
+    /// `startLoop(var, from, to)`: the counter lives in an `i64` local and
+    /// is stored into the variable at the start of every iteration, so a
+    /// body that assigns the variable does not change the iterations.
+    ///
+    /// When both bounds are known statically (constants, or counters of
+    /// enclosing loops), the counter's range is a fact the body compiles
+    /// with (no overflow or sign checks on `i * i`, `i % 7`, …). When one
+    /// comes from the request, the loop is *versioned*: a guard on the
+    /// evaluated bounds picks a fast copy compiled with the counter in
+    /// [`FAST_COUNTER`], or the general copy (see [`Self::versioned_loop`]).
+    fn loop_(&mut self, var: &'a Ident, from: &'a Expr, to: &'a Expr, body: &'a [Stmt]) {
         let lo = self.new_local(ValType::I64);
         let hi = self.new_local(ValType::I64);
-        let mut bounds = [None, None];
+        let mut known = [None, None];
         for (i, (e, local)) in [(from, lo), (to, hi)].into_iter().enumerate() {
-            self.value_arg(e);
-            bounds[i] = self.last.constant();
-            self.loop_bound();
+            known[i] = self.loop_bound(e);
             self.ins().local_set(local);
         }
-        let counter_range = match bounds {
-            [Some(a), Some(b)] if a <= b => Some((a, b)),
-            _ => None,
+        let lp = CountedLoop {
+            var,
+            body,
+            lo,
+            hi,
+            home: self.target_home(&var.name),
         };
-        let home = self.target_home(&var.name);
+        match known {
+            [Some(f), Some(t)] => {
+                // The counter runs within from's lowest and to's highest
+                // value (never, when those cross).
+                let range = (f.0 <= t.1).then_some((f.0, t.1));
+                self.counted_loop(&lp, range);
+            }
+            [f, t] => match fast_range(f, t) {
+                Some(fast) if self.may_version(var, body) => self.versioned_loop(&lp, fast),
+                _ => {
+                    self.counted_loop(&lp, None);
+                }
+            },
+        }
+    }
+
+    /// Whether a loop over `body` is worth a second copy: its body reads
+    /// the counter (else the range facts change nothing), holds no
+    /// `go_async` (each copy would queue a block function of its own) and
+    /// no loop that will be versioned itself — the innermost request-bound
+    /// loops are versioned, where the time goes, and nothing is copied
+    /// twice. Never inside a copy of a versioned loop (no growth with the
+    /// nesting depth).
+    fn may_version(&self, var: &Ident, body: &[Stmt]) -> bool {
+        if self.in_versioned_copy {
+            return false;
+        }
+        let mut reads_counter = false;
+        let mut blocked = false;
+        crate::ast::walk_stmts(body, &mut |s| {
+            match &s.kind {
+                StmtKind::Async { .. } => blocked = true,
+                StmtKind::Loop { from, to, .. }
+                    if !matches!((&from.kind, &to.kind), (ExprKind::Int(_), ExprKind::Int(_))) =>
+                {
+                    blocked = true;
+                }
+                _ => {}
+            }
+            crate::ast::walk_stmt_exprs(s, &mut |e| {
+                if matches!(&e.kind, ExprKind::Name(id) if id.name == var.name) {
+                    reads_counter = true;
+                }
+            });
+        });
+        reads_counter && !blocked
+    }
+
+    /// `if (bounds within fast) { loop with the counter in fast } else {
+    /// loop }`. Both copies have the same semantics (the fast one only
+    /// drops checks that cannot fire when the guard holds); facts after
+    /// the statement are those of both. The fast copy is dropped again
+    /// when its body compiled to the same bytes as the general one, or
+    /// when it does not fit the versioning budget.
+    fn versioned_loop(&mut self, lp: &CountedLoop<'a>, fast: FastRange) {
+        let c0 = self.checkpoint();
+        let start = self.offset();
+        let before = self.facts();
+        let budget = self.speculation_budget;
+        let first_local = self.declared_locals();
+        if fast.check_lo {
+            self.ins().local_get(lp.lo).i64_const(fast.range.0).i64_ge_s();
+        }
+        if fast.check_hi {
+            self.ins().local_get(lp.hi).i64_const(fast.range.1).i64_le_s();
+        }
+        if fast.check_lo && fast.check_hi {
+            self.ins().i32_and();
+        }
+        self.ins().if_(BlockType::Empty);
+        self.open(false);
+        let outer_copy = std::mem::replace(&mut self.in_versioned_copy, true);
+        let fast_body = self.counted_loop(lp, Some(fast.range));
+        let after_fast = self.facts();
+        let budget_fast = self.speculation_budget;
+        self.ins().else_();
+        let else_at = self.offset();
+        // What the fast copy adds: the guard, the copy, `else` and `end`.
+        let extra = else_at - start + 1;
+        if extra > self.versioning_left() {
+            // Too large to keep twice: the general copy alone, on the
+            // locals the fast one no longer uses.
+            self.in_versioned_copy = outer_copy;
+            self.rollback(c0);
+            self.set_facts(before);
+            self.speculation_budget = budget;
+            self.reuse_locals(Some(first_local));
+            let allocations = self.allocations();
+            self.counted_loop(lp, None);
+            let kept = self.allocations() - allocations;
+            self.reuse_locals(None);
+            self.note_versioned_locals(first_local, kept);
+            return;
+        }
+        self.set_facts(before);
+        self.speculation_budget = budget;
+        self.reuse_locals(Some(first_local));
+        let allocations = self.allocations();
+        let general_body = self.counted_loop(lp, None);
+        let general_allocations = self.allocations() - allocations;
+        self.reuse_locals(None);
+        self.in_versioned_copy = outer_copy;
+        self.speculation_budget = budget_fast.min(self.speculation_budget);
+        let after_general = self.facts();
+        let general_len = self.offset() - else_at;
+        if self.code(fast_body.0, fast_body.1) == self.code(general_body.0, general_body.1) {
+            // The counter's range changed nothing: keep the general copy
+            // alone, in a block where the `if` was (same label depths).
+            let mut block = Vec::new();
+            wasm_encoder::InstructionSink::new(&mut block).block(BlockType::Empty);
+            self.splice(c0, &block, else_at);
+        }
+        self.close();
+        self.versioned.bytes += self.offset() - start - general_len;
+        self.note_versioned_locals(first_local, general_allocations);
+        self.set_facts(meet(&after_fast, &after_general));
+    }
+
+    /// Versioning bytes this function may still spend (its own budget and
+    /// what is left of the module's).
+    fn versioning_left(&self) -> usize {
+        let module_left = super::VERSIONING_MODULE_BYTES.saturating_sub(self.m.versioned_bytes);
+        super::VERSIONING_FUNCTION_BYTES
+            .min(module_left)
+            .saturating_sub(self.versioned.bytes)
+    }
+
+    /// Locals declared since `first` beyond the `kept` an unversioned loop
+    /// would have declared count as versioning's.
+    fn note_versioned_locals(&mut self, first: usize, kept: usize) {
+        let declared = self.declared_locals() - first;
+        self.versioned.locals += declared.saturating_sub(kept);
+    }
+
+    /// Emit the loop; the counter lies in `range` when given. Leaves the
+    /// facts that hold after the loop; returns where the code of its body
+    /// (as finally emitted) starts and ends.
+    fn counted_loop(&mut self, lp: &CountedLoop<'a>, counter_range: Option<(i64, i64)>) -> (usize, usize) {
+        let CountedLoop {
+            var,
+            body,
+            lo,
+            hi,
+            home,
+        } = *lp;
         self.ins().block(BlockType::Empty);
         self.open(false);
         self.ins().local_get(lo).local_get(hi).i64_gt_s().br_if(0);
@@ -287,8 +442,9 @@ impl<'a> FuncCtx<'_, 'a> {
         let before = self.facts();
         let mut assumed = before.clone();
         let mut conservative = false;
-        loop {
+        let emitted = loop {
             let checkpoint = self.checkpoint();
+            let body_start = self.offset();
             if conservative {
                 self.set_facts(before.clone());
                 self.forget_writes(body);
@@ -309,9 +465,8 @@ impl<'a> FuncCtx<'_, 'a> {
             }
             self.allocates |= outer_allocates;
             let end = self.facts();
-            let holds = start.0.is_subset(&end.0) && start.1.iter().all(|n| n == &var.name || end.1.contains(n));
-            if holds || conservative {
-                break;
+            if conservative || start.preserved_by(&end, &var.name) {
+                break (body_start, self.offset());
             }
             self.rollback(checkpoint);
             if self.speculation_budget == 0 {
@@ -320,7 +475,7 @@ impl<'a> FuncCtx<'_, 'a> {
                 self.speculation_budget -= 1;
                 assumed = meet(&assumed, &end);
             }
-        }
+        };
         // Next iteration while the counter is below `to`: stepping only
         // then means the counter never wraps (at i64::MAX it would, and run
         // forever).
@@ -336,8 +491,8 @@ impl<'a> FuncCtx<'_, 'a> {
             .br(1)
             .end();
         // Counter after the loop: to + 1 (spec §5), an IntegerOverflow when
-        // `to` is i64::MAX, like any other int arithmetic. Constant bounds
-        // below the maximum need no check.
+        // `to` is i64::MAX, like any other int arithmetic. A counter known
+        // to stay below the maximum needs no check.
         if counter_range.is_none_or(|(_, to)| to == i64::MAX) {
             self.mark(var.span);
             self.ins()
@@ -362,10 +517,13 @@ impl<'a> FuncCtx<'_, 'a> {
         self.store(home);
         self.close();
         self.close();
+        // The body may not have run: what held before and at its end. The
+        // variable holds `to + 1` or its old value.
         let mut after = meet(&before, &self.facts());
-        after.1.remove(&var.name);
+        after.ints.remove(&var.name);
+        after.ranges.remove(&var.name);
         self.set_facts(after);
-        self.ranges.remove(&var.name);
+        emitted
     }
 
     /// Top-level loop back-edge: every so many iterations, write the
@@ -390,14 +548,19 @@ impl<'a> FuncCtx<'_, 'a> {
         self.close();
     }
 
-    /// What is known about locals here: `(defined, ints)`.
+    /// What is known about locals here.
     fn facts(&self) -> Facts {
-        (self.defined.clone(), self.ints.clone())
+        Facts {
+            defined: self.defined.clone(),
+            ints: self.ints.clone(),
+            ranges: self.ranges.clone(),
+        }
     }
 
     fn set_facts(&mut self, f: Facts) {
-        self.defined = f.0;
-        self.ints = f.1;
+        self.defined = f.defined;
+        self.ints = f.ints;
+        self.ranges = f.ranges;
     }
 
     /// Forget int knowledge of everything `body` may write (and, on the
@@ -405,14 +568,34 @@ impl<'a> FuncCtx<'_, 'a> {
     fn forget_writes(&mut self, body: &[Stmt]) {
         for name in super::scope::written_names(body, &statement_target) {
             self.ints.remove(&name);
+            self.ranges.remove(&name);
         }
         if self.kind == FuncKind::Main && self.m.calls_user_function(body) {
             self.ints.clear();
+            self.ranges.clear();
         }
     }
 
-    /// Stack `(tag, payload)` → `i64` bound, converted like `int(float(x))`.
-    fn loop_bound(&mut self) {
+    /// Evaluate a loop bound and leave it as an `i64`, converted like
+    /// `int(float(x))`; returns the range it is known to lie in.
+    fn loop_bound(&mut self, e: &Expr) -> Option<(i64, i64)> {
+        match &e.kind {
+            // An assigned variable reads the same as in an expression (the
+            // own-text rule is for unassigned names only), and keeps what is
+            // known about it: `startLoop(j, 1, i)` inside a loop over `i`.
+            ExprKind::Name(id)
+                if self.defined.contains(&id.name) && matches!(self.home(&id.name), super::func::Home::Local(_)) =>
+            {
+                self.expr(e);
+            }
+            _ => self.value_arg(e),
+        }
+        // The conversion stays even for a bound known to be an int (it
+        // runs once, before the loop): without it, `loop_arith`'s bounds
+        // reach Cranelift as plain constants, and its register allocator
+        // then kept the sum on the stack inside the loop — 1.4× slower with
+        // fuel metering (BENCHMARKS.md, "Request-bound loops").
+        let known = self.last;
         let s = self.lhs;
         self.store_pair(s);
         self.ins()
@@ -436,6 +619,7 @@ impl<'a> FuncCtx<'_, 'a> {
         let s = self.lhs;
         self.ins().local_get(s.payload());
         self.close();
+        known.range.filter(|_| known.int)
     }
 
     /// The normal exit of a function: give back the stack budget, report
@@ -532,14 +716,86 @@ impl<'a> FuncCtx<'_, 'a> {
     }
 }
 
-type Facts = (HashSet<String>, HashSet<String>);
+/// What is known about the locals at one point of the code.
+#[derive(Debug, Clone)]
+struct Facts {
+    /// Certainly assigned.
+    defined: HashSet<String>,
+    /// Certainly holding an int.
+    ints: HashSet<String>,
+    /// Ints certainly within a range (loop counters; meaningful only for
+    /// names in `ints`).
+    ranges: HashMap<String, (i64, i64)>,
+}
+
+impl Facts {
+    /// Whether what `self` says at the start of a loop body still holds at
+    /// its end (`end`), so the next iteration may assume it too; the
+    /// counter, stored anew at every start, is not judged.
+    fn preserved_by(&self, end: &Facts, counter: &str) -> bool {
+        self.defined.is_subset(&end.defined)
+            && self.ints.iter().all(|n| n == counter || end.ints.contains(n))
+            && self
+                .ranges
+                .iter()
+                .all(|(n, &(lo, hi))| n == counter || end.ranges.get(n).is_some_and(|&(l, h)| lo <= l && h <= hi))
+    }
+}
 
 /// Facts that hold on both paths.
 fn meet(a: &Facts, b: &Facts) -> Facts {
-    (
-        a.0.intersection(&b.0).cloned().collect(),
-        a.1.intersection(&b.1).cloned().collect(),
-    )
+    Facts {
+        defined: a.defined.intersection(&b.defined).cloned().collect(),
+        ints: a.ints.intersection(&b.ints).cloned().collect(),
+        ranges: a
+            .ranges
+            .iter()
+            .filter_map(|(n, &(lo, hi))| {
+                let &(l, h) = b.ranges.get(n)?;
+                Some((n.clone(), (lo.min(l), hi.max(h))))
+            })
+            .collect(),
+    }
+}
+
+/// Counters of a versioned loop's fast copy lie in `0..=i32::MAX`: then
+/// `i * i`, `i * k` and `i + k` for small constants `k` cannot overflow,
+/// `i * x` checks only `x`, and `i % c`, `i // c` need no sign fix-up —
+/// while the guard admits every loop counting up from zero or one to two
+/// thousand million.
+pub(crate) const FAST_COUNTER: (i64, i64) = (0, 0x7FFF_FFFF);
+
+/// The fast copy of a loop whose bounds are not both known: the counter's
+/// range there, and which bounds the guard tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FastRange {
+    range: (i64, i64),
+    check_lo: bool,
+    check_hi: bool,
+}
+
+/// The fast copy for bounds known to lie in `from` / `to` (when known):
+/// an unknown bound is tested against [`FAST_COUNTER`], a known one is
+/// used as it is. `None` when the fast copy could never run its body.
+fn fast_range(from: Option<(i64, i64)>, to: Option<(i64, i64)>) -> Option<FastRange> {
+    let lo = from.map_or(FAST_COUNTER.0, |f| f.0);
+    let hi = to.map_or(FAST_COUNTER.1, |t| t.1);
+    (lo <= hi).then_some(FastRange {
+        range: (lo, hi),
+        check_lo: from.is_none(),
+        check_hi: to.is_none(),
+    })
+}
+
+/// One `startLoop` as both copies of a versioned loop emit it: the bounds
+/// in `i64` locals, the counter variable's home.
+#[derive(Clone, Copy)]
+struct CountedLoop<'a> {
+    var: &'a Ident,
+    body: &'a [Stmt],
+    lo: u32,
+    hi: u32,
+    home: super::func::Home,
 }
 
 fn if_cmp(c: Comparator) -> IfCmp {

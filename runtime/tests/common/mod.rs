@@ -73,6 +73,22 @@ impl Harness {
     pub fn run(&self, source: &str) -> RunReport {
         self.run_with(source, Limits::CLI)
     }
+
+    /// Run with `json` as the request's JSON body (what `addParam` reads).
+    pub fn run_with_body(&self, source: &str, json: serde_json::Value) -> RunReport {
+        let module = self.load(source);
+        block_on(self.runtime.run(
+            &module,
+            RunInput {
+                request: Request {
+                    json: Some(json),
+                    ..Request::default()
+                },
+                limits: Limits::CLI,
+                ..RunInput::default()
+            },
+        ))
+    }
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
