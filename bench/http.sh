@@ -7,7 +7,8 @@
 # (pip install tornado), `bench/peers/tornado_hello.py` on 127.0.0.1:18082; runs wrk against each
 # (10 s per case, 2 threads) and prints requests/s, p50 and p99 with the ratios ours/bare and
 # ours/tornado. Needs `wrk` and `curl`.
-# Environment: CARGO_TARGET_DIR (default: target/), BENCH_DURATION (default 10s),
+# Environment: CARGO_TARGET_DIR (default: target/), BENCH_AVAP_BIN (the `avap` to measure; default the
+# release build under the target directory, e.g. an older build for a before/after), BENCH_DURATION (default 10s),
 # BENCH_HTTP_RAW (a file to which one machine-readable line per case is appended, for
 # bench/report.py).
 set -euo pipefail
@@ -48,7 +49,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$target/release/avap" serve --listen "$ours" --data-dir "$tmp/data" --rate-limit 0 >"$tmp/ours.log" 2>&1 &
+"${BENCH_AVAP_BIN:-$target/release/avap}" serve --listen "$ours" --data-dir "$tmp/data" --rate-limit 0 >"$tmp/ours.log" 2>&1 &
 ours_pid=$!
 pids+=("$ours_pid")
 "$target/release/examples/bare_axum" --listen "$bare" >"$tmp/bare.log" 2>&1 &

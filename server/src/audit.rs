@@ -43,10 +43,18 @@ use super::openapi::ApiErrorBody;
 use super::request_id::RequestId;
 use super::store::{Actor, AuditEntry, AuditQuery, AuditRow, Store, audit_time};
 
-/// How many rows wait for the writer before new ones are dropped.
-const QUEUE_ROWS: usize = 4096;
-/// The most rows one write transaction holds.
-const BATCH_ROWS: usize = 256;
+/// How many rows wait for the writer before new ones are dropped (a row
+/// is a few hundred bytes: at most a few MiB).
+const QUEUE_ROWS: usize = 32 * 1024;
+/// Queued rows that wake the writer before its timer: under load it
+/// writes as fast as the database takes rows instead of at most
+/// `QUEUE_ROWS` per [`FLUSH_EVERY`] (the old cap, 20k rows a second, and a
+/// writer slower than its timer on PostgreSQL dropped up to 40% of the
+/// rows at 8k requests a second).
+const WAKE_ROWS: usize = 4096;
+/// The most rows one write transaction holds: a commit (a WAL flush) per
+/// batch, not per row.
+const BATCH_ROWS: usize = 4096;
 /// How long a queued row waits for more to share its transaction.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Rows `GET /api/v1/audit` returns unless `limit` says otherwise, and the most it may ask.
@@ -61,7 +69,8 @@ const PRUNE_EVERY: Duration = Duration::from_hours(1);
 /// The queue of run rows and its writer task; cheap to clone.
 ///
 /// Runs push onto a plain locked vector and nobody is woken: the writer
-/// wakes up on its own every [`FLUSH_EVERY`] and takes the lot. A channel
+/// wakes up on its own every [`FLUSH_EVERY`] and takes the lot, or when
+/// [`WAKE_ROWS`] are waiting (one wake-up per that many runs). A channel
 /// would wake the writer (a cross-thread futex) on every run.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
@@ -76,6 +85,10 @@ struct Queue {
     /// One writer at a time, so a flush returns only after every row queued
     /// before it is written, even when the timer's write is under way.
     writing: tokio::sync::Mutex<()>,
+    /// Wakes the writer before its timer ([`WAKE_ROWS`]).
+    full: tokio::sync::Notify,
+    /// How often that happened.
+    early_writes: AtomicU64,
     /// `audit_retention_days` in seconds (0: rows are kept); a reload may change it.
     retention_secs: AtomicU64,
 }
@@ -92,6 +105,8 @@ impl AuditLog {
                 pending: std::sync::Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 writing: tokio::sync::Mutex::new(()),
+                full: tokio::sync::Notify::new(),
+                early_writes: AtomicU64::new(0),
                 retention_secs: AtomicU64::new(0),
             }),
         };
@@ -117,7 +132,19 @@ impl AuditLog {
             let mut tick = tokio::time::interval(FLUSH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                // Held for one wait (a tick at most): once the last log
+                // handle is gone, the next round ends the task.
+                let Some(waiting) = queue.upgrade() else { return };
+                let full = async {
+                    waiting.full.notified().await;
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = full => {
+                        waiting.early_writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(waiting);
                 let Some(queue) = queue.upgrade() else { return };
                 if queue.closed.load(Ordering::Acquire) {
                     return;
@@ -151,6 +178,10 @@ impl AuditLog {
             return false;
         }
         pending.push(row);
+        if pending.len() >= WAKE_ROWS {
+            // Stored as one permit if the writer is busy: it comes back at once.
+            self.inner.full.notify_one();
+        }
         true
     }
 
@@ -518,15 +549,36 @@ mod tests {
     async fn rows_are_written_in_batches_and_on_flush() {
         let store = Store::in_memory().await.unwrap();
         let log = AuditLog::start(store.clone(), None).unwrap();
-        for _ in 0..BATCH_ROWS + 3 {
+        // More than a statement's 64 rows, fewer than `count` reads back.
+        for _ in 0..300 {
             assert!(log.record(row("ok")));
         }
         log.flush().await;
-        assert_eq!(count(&store).await, BATCH_ROWS + 3);
+        assert_eq!(count(&store).await, 300);
         // Without a flush, the timer writes a lone row.
         assert!(log.record(row("TimeLimit")));
         tokio::time::sleep(FLUSH_EVERY * 3).await;
-        assert_eq!(count(&store).await, BATCH_ROWS + 4);
+        assert_eq!(count(&store).await, 301);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_filling_queue_wakes_the_writer_before_its_timer() {
+        let store = Store::in_memory().await.unwrap();
+        let log = AuditLog::start(store.clone(), None).unwrap();
+        // Past the timer's first (immediate) round; the next is 200 ms away.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..WAKE_ROWS - 1 {
+            assert!(log.record(row("ok")));
+        }
+        assert_eq!(log.inner.early_writes.load(Ordering::Relaxed), 0);
+        assert!(log.record(row("ok")));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.inner.early_writes.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.inner.early_writes.load(Ordering::Relaxed), 1);
+        log.flush().await;
+        assert_eq!(count(&store).await, usize::try_from(MAX_LIMIT).unwrap());
     }
 
     #[tokio::test]

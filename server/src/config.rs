@@ -39,8 +39,10 @@ use crate::ServeArgs;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Variables with our prefix that belong to other tools (the test suites), not to the server.
-const FOREIGN_VARS: [&str; 1] = ["AVAP_CONFORMANCE_DIR"];
+/// Variables with our prefix that belong to other tools (the test suites,
+/// `avap run`'s module cache), not to the server: a shell that sets them
+/// must still start it.
+const FOREIGN_VARS: [&str; 2] = ["AVAP_CONFORMANCE_DIR", "AVAP_CACHE_DIR"];
 
 const ENV_PREFIX: &str = "AVAP_";
 
@@ -1576,6 +1578,7 @@ mod tests {
             ("AVAP_REQUIRE_API_KEY", "yes"),
             ("AVAP_LOG_FORMAT", "json"),
             ("AVAP_CONFORMANCE_DIR", "/not/ours"),
+            ("AVAP_CACHE_DIR", "/home/u/.cache/avap-modules"),
             ("PATH", "/bin"),
         ])
         .unwrap();
