@@ -156,6 +156,15 @@ cpu_ticks() { # PID... -> the sum of utime + stime, in clock ticks
     echo "$sum"
 }
 
+# The machine's busy and total clock ticks (all cores), from the first line of /proc/stat.
+machine_ticks() {
+    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
+}
+# The CPU ticks of this shell's waited-for children (fields 16 and 17): around a wrk case, wrk's.
+children_ticks() {
+    awk '{ print $16 + $17 }' "/proc/$$/stat"
+}
+
 # "PID TICKS" of every PostgreSQL and Redis server process (the backing services of part 2; in
 # part 1 their share is the machine's background noise).
 svc_snapshot() {
@@ -168,20 +177,26 @@ svc_snapshot() {
 # measure LABEL CONNS URL BODY "SERVER PIDS" [BALANCER PID]
 # Runs one wrk case and sets m_rps m_p50 m_p95 m_p99 (ms) m_n m_bytes (per response, headers
 # included) m_cpu, m_lb and m_svc (CPU µs per request of the server processes, of the balancer,
-# and of PostgreSQL + Redis: processes that appear during the run count from 0).
+# and of PostgreSQL + Redis: processes that appear during the run count from 0), m_wrk (wrk's CPU
+# µs per request) and m_other (the share of the machine's CPU, in %, that none of these used:
+# other work on the machine, e.g. a build, while the case ran).
 # Not called in a subshell, so that `die` ends the script.
 measure() {
-    local label=$1 conns=$2 url=$3 body=$4 lb_pid=${6:-} s0 s1 l0=0 l1=0 line st se
+    local label=$1 conns=$2 url=$3 body=$4 lb_pid=${6:-} s0 s1 l0=0 l1=0 line st se mach0 mach1 w0 w1
     local -a spids
     read -r -a spids <<<"$5"
     echo "== $label, $conns connections, $duration" >&2
     svc_snapshot >"$tmp/svc0"
+    mach0=$(machine_ticks)
+    w0=$(children_ticks)
     s0=$(cpu_ticks "${spids[@]}")
     if [ -n "$lb_pid" ]; then l0=$(cpu_ticks "$lb_pid"); fi
     line=$(BENCH_BODY=$body wrk -t2 -c"$conns" -d"$duration" -s "$lua" "$url" | grep '^RESULT ') \
         || die "wrk failed against $url"
     s1=$(cpu_ticks "${spids[@]}")
     if [ -n "$lb_pid" ]; then l1=$(cpu_ticks "$lb_pid"); fi
+    w1=$(children_ticks)
+    mach1=$(machine_ticks)
     svc_snapshot >"$tmp/svc1"
     read -r m_rps m_p50 m_p95 m_p99 m_n st se m_bytes <<<"${line#RESULT }"
     if [ "$st" != 0 ] || [ "$se" != 0 ]; then
@@ -191,8 +206,20 @@ measure() {
     [ "$m_n" -gt 0 ] || die "wrk made no request against $url"
     m_cpu=$(awk -v d=$((s1 - s0)) -v hz="$clk_tck" -v n="$m_n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
     m_lb=$(awk -v d=$((l1 - l0)) -v hz="$clk_tck" -v n="$m_n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
-    m_svc=$(awk -v hz="$clk_tck" -v n="$m_n" 'NR == FNR { before[$1] = $2; next } { d += $2 - before[$1] }
-        END { printf "%.1f", d * 1e6 / hz / n }' "$tmp/svc0" "$tmp/svc1")
+    read -r m_svc m_wrk m_other <<<"$(awk -v hz="$clk_tck" -v n="$m_n" -v m0="$mach0" -v m1="$mach1" \
+        -v ds=$((s1 - s0)) -v dl=$((l1 - l0)) -v dw=$((w1 - w0)) '
+        NR == FNR { before[$1] = $2; next }
+        { dsvc += $2 - before[$1] }
+        END {
+            split(m0, a, " "); split(m1, b, " ")
+            busy = b[1] - a[1]; total = b[2] - a[2]
+            other = busy - ds - dl - dw - dsvc
+            if (other < 0) other = 0
+            printf "%.1f %.1f %.1f\n", dsvc * 1e6 / hz / n, dw * 1e6 / hz / n, (total > 0 ? 100 * other / total : 0)
+        }' "$tmp/svc0" "$tmp/svc1")"
+    [ -n "$m_other" ] || die "cannot compute the CPU figures of $label/$conns"
+    echo "   $m_n requests, $st non-2xx, $se socket errors; CPU µs/req: servers $m_cpu, balancer $m_lb," \
+        "PostgreSQL + Redis $m_svc, wrk $m_wrk; other work: $m_other% of the machine" >&2
 }
 
 # avap_audit_dropped_total of the node at ADDR: run audit rows dropped because the queue was full.
@@ -236,36 +263,36 @@ if [ -n "$single" ]; then
     rows=()
     for conns in 8 64; do
         measure bare "$conns" "http://$bare/api/v1/execute" "$hello_body" "$bare_pid"
-        b_rps=$m_rps b_p50=$m_p50 b_p95=$m_p95 b_p99=$m_p99 b_n=$m_n b_bytes=$m_bytes b_cpu=$m_cpu
+        b_rps=$m_rps b_p50=$m_p50 b_p95=$m_p95 b_p99=$m_p99 b_n=$m_n b_bytes=$m_bytes b_cpu=$m_cpu b_oth=$m_other
         measure hello "$conns" "http://$ours/api/v1/execute" "$hello_body" "$ours_pid"
-        h_rps=$m_rps h_p50=$m_p50 h_p95=$m_p95 h_p99=$m_p99 h_n=$m_n h_bytes=$m_bytes h_cpu=$m_cpu
+        h_rps=$m_rps h_p50=$m_p50 h_p95=$m_p95 h_p99=$m_p99 h_n=$m_n h_bytes=$m_bytes h_cpu=$m_cpu h_oth=$m_other
         measure realistic "$conns" "http://$ours/api/v1/execute" "$realistic_body" "$ours_pid"
-        r_rps=$m_rps r_p50=$m_p50 r_p95=$m_p95 r_p99=$m_p99 r_n=$m_n r_bytes=$m_bytes r_cpu=$m_cpu
+        r_rps=$m_rps r_p50=$m_p50 r_p95=$m_p95 r_p99=$m_p99 r_n=$m_n r_bytes=$m_bytes r_cpu=$m_cpu r_oth=$m_other
         {
             echo "LOAD single $conns bare $b_rps $b_p50 $b_p95 $b_p99 $b_n $b_bytes $b_cpu"
             echo "LOAD single $conns hello $h_rps $h_p50 $h_p95 $h_p99 $h_n $h_bytes $h_cpu"
             echo "LOAD single $conns realistic $r_rps $r_p50 $r_p95 $r_p99 $r_n $r_bytes $r_cpu"
         } >>"$raw"
-        fmt='| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %d | %s | %s | %s |\n'
+        fmt='| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %d | %s | %s | %s | %.0f |\n'
         rows+=("$(awk -v c="$conns" -v f="$fmt" \
-            -v br="$b_rps" -v b50="$b_p50" -v b95="$b_p95" -v b99="$b_p99" -v bc="$b_cpu" -v bb="$b_bytes" \
-            -v hr="$h_rps" -v h50="$h_p50" -v h95="$h_p95" -v h99="$h_p99" -v hc="$h_cpu" -v hb="$h_bytes" \
-            -v rr="$r_rps" -v r50="$r_p50" -v r95="$r_p95" -v r99="$r_p99" -v rc="$r_cpu" -v rb="$r_bytes" 'BEGIN {
-            printf f, "bare axum (constant hello)", c, br, b50, b95, b99, bc, bb, "1.00", "—", "1.00"
+            -v br="$b_rps" -v b50="$b_p50" -v b95="$b_p95" -v b99="$b_p99" -v bc="$b_cpu" -v bb="$b_bytes" -v bo="$b_oth" \
+            -v hr="$h_rps" -v h50="$h_p50" -v h95="$h_p95" -v h99="$h_p99" -v hc="$h_cpu" -v hb="$h_bytes" -v ho="$h_oth" \
+            -v rr="$r_rps" -v r50="$r_p50" -v r95="$r_p95" -v r99="$r_p99" -v rc="$r_cpu" -v rb="$r_bytes" -v ro="$r_oth" 'BEGIN {
+            printf f, "bare axum (constant hello)", c, br, b50, b95, b99, bc, bb, "1.00", "—", "1.00", bo
             printf f, "hello, stored", c, hr, h50, h95, h99, hc, hb, sprintf("%.2f", hr / br), "1.00",
-                sprintf("%.2f", h99 / b99)
+                sprintf("%.2f", h99 / b99), ho
             printf f, "**realistic, stored**", c, rr, r50, r95, r99, rc, rb, sprintf("**%.2f**", rr / br),
-                sprintf("**%.2f**", rr / hr), sprintf("%.2f", r99 / b99)
-            printf "| ratio realistic/hello | %d | %.2f | %.2f | %.2f | %.2f | %.2f | | | | |\n",
+                sprintf("**%.2f**", rr / hr), sprintf("%.2f", r99 / b99), ro
+            printf "| ratio realistic/hello | %d | %.2f | %.2f | %.2f | %.2f | %.2f | | | | | |\n",
                 c, rr / hr, r50 / h50, r95 / h95, r99 / h99, rc / hc
-            printf "| ratio realistic/bare | %d | %.2f | %.2f | %.2f | %.2f | %.2f | | | | |",
+            printf "| ratio realistic/bare | %d | %.2f | %.2f | %.2f | %.2f | %.2f | | | | | |",
                 c, rr / br, r50 / b50, r95 / b95, r99 / b99, rc / bc }')")
     done
     echo
     echo "One node, embedded SQLite (POST /api/v1/execute; CPU = the server process's utime + stime per request)"
     echo
-    echo "| workload | conns | req/s | p50 ms | p95 ms | p99 ms | CPU µs/req | bytes/resp (with headers) | req/s vs bare | req/s vs hello | p99 vs bare |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| workload | conns | req/s | p50 ms | p95 ms | p99 ms | CPU µs/req | bytes/resp (with headers) | req/s vs bare | req/s vs hello | p99 vs bare | other work, % CPU |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
     peak() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
     echo
@@ -382,13 +409,13 @@ EOF
     all_nodes="${node_pid[*]}"
     for conns in 8 64; do
         measure "node 1 direct" "$conns" "http://${node_addr[0]}/api/v1/execute" "$realistic_body" "$all_nodes"
-        d_rps=$m_rps d_p50=$m_p50 d_p95=$m_p95 d_p99=$m_p99 d_n=$m_n d_cpu=$m_cpu d_svc=$m_svc
+        d_rps=$m_rps d_p50=$m_p50 d_p95=$m_p95 d_p99=$m_p99 d_n=$m_n d_cpu=$m_cpu d_svc=$m_svc d_oth=$m_other
         measure "haproxy -> 1 node" "$conns" "http://$lb_one/api/v1/execute" "$realistic_body" "$all_nodes" "$lb_pid"
-        o_rps=$m_rps o_p50=$m_p50 o_p95=$m_p95 o_p99=$m_p99 o_n=$m_n o_cpu=$m_cpu o_lb=$m_lb o_svc=$m_svc
+        o_rps=$m_rps o_p50=$m_p50 o_p95=$m_p95 o_p99=$m_p99 o_n=$m_n o_cpu=$m_cpu o_lb=$m_lb o_svc=$m_svc o_oth=$m_other
         counts=$(lb_counts) || die "cannot read HAProxy's statistics"
         read -r c1 c2 c3 co <<<"$counts"
         measure "haproxy -> 3 nodes" "$conns" "http://$lb_three/api/v1/execute" "$realistic_body" "$all_nodes" "$lb_pid"
-        t_rps=$m_rps t_p50=$m_p50 t_p95=$m_p95 t_p99=$m_p99 t_n=$m_n t_cpu=$m_cpu t_lb=$m_lb t_svc=$m_svc
+        t_rps=$m_rps t_p50=$m_p50 t_p95=$m_p95 t_p99=$m_p99 t_n=$m_n t_cpu=$m_cpu t_lb=$m_lb t_svc=$m_svc t_oth=$m_other
         cluster_requests=$((cluster_requests + d_n + o_n + t_n))
         counts=$(lb_counts) || die "cannot read HAProxy's statistics"
         read -r e1 e2 e3 eo <<<"$counts"
@@ -398,24 +425,24 @@ EOF
             echo "LOAD cluster $conns lb1 $o_rps $o_p50 $o_p95 $o_p99 $o_n $o_cpu $o_lb $o_svc"
             echo "LOAD cluster $conns lb3 $t_rps $t_p50 $t_p95 $t_p99 $t_n $t_cpu $t_lb $t_svc"
         } >>"$raw"
-        fmt='| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %s | %.0f |\n'
+        fmt='| %s | %d | %.0f | %.2f | %.2f | %.2f | %.0f | %s | %.0f | %.0f |\n'
         rows+=("$(awk -v c="$conns" -v f="$fmt" \
-            -v dr="$d_rps" -v d50="$d_p50" -v d95="$d_p95" -v d99="$d_p99" -v dc="$d_cpu" -v ds="$d_svc" \
-            -v lr="$o_rps" -v o50="$o_p50" -v o95="$o_p95" -v o99="$o_p99" -v oc="$o_cpu" -v ol="$o_lb" -v os="$o_svc" \
-            -v tr="$t_rps" -v t50="$t_p50" -v t95="$t_p95" -v t99="$t_p99" -v tc="$t_cpu" -v tl="$t_lb" -v ts="$t_svc" 'BEGIN {
-            printf f, "node 1 direct (no balancer)", c, dr, d50, d95, d99, dc, "—", ds
-            printf f, "HAProxy -> 1 node (baseline)", c, lr, o50, o95, o99, oc, sprintf("%.0f", ol), os
-            printf f, "**HAProxy -> 3 nodes, round-robin**", c, tr, t50, t95, t99, tc, sprintf("%.0f", tl), ts
-            printf "| ratio 3 nodes / 1 node | %d | **%.2f** | %.2f | %.2f | **%.2f** | %.2f | %.2f | %.2f |\n",
+            -v dr="$d_rps" -v d50="$d_p50" -v d95="$d_p95" -v d99="$d_p99" -v dc="$d_cpu" -v ds="$d_svc" -v dx="$d_oth" \
+            -v lr="$o_rps" -v o50="$o_p50" -v o95="$o_p95" -v o99="$o_p99" -v oc="$o_cpu" -v ol="$o_lb" -v os="$o_svc" -v ox="$o_oth" \
+            -v tr="$t_rps" -v t50="$t_p50" -v t95="$t_p95" -v t99="$t_p99" -v tc="$t_cpu" -v tl="$t_lb" -v ts="$t_svc" -v tx="$t_oth" 'BEGIN {
+            printf f, "node 1 direct (no balancer)", c, dr, d50, d95, d99, dc, "—", ds, dx
+            printf f, "HAProxy -> 1 node (baseline)", c, lr, o50, o95, o99, oc, sprintf("%.0f", ol), os, ox
+            printf f, "**HAProxy -> 3 nodes, round-robin**", c, tr, t50, t95, t99, tc, sprintf("%.0f", tl), ts, tx
+            printf "| ratio 3 nodes / 1 node | %d | **%.2f** | %.2f | %.2f | **%.2f** | %.2f | %.2f | %.2f | |\n",
                 c, tr / lr, t50 / o50, t95 / o95, t99 / o99, tc / oc, tl / ol, (os > 0 ? ts / os : 0)
-            printf "| ratio HAProxy -> 1 node / direct | %d | %.2f | %.2f | %.2f | %.2f | %.2f | | %.2f |",
+            printf "| ratio HAProxy -> 1 node / direct | %d | %.2f | %.2f | %.2f | %.2f | %.2f | | %.2f | |",
                 c, lr / dr, o50 / d50, o95 / d95, o99 / d99, oc / dc, (ds > 0 ? os / ds : 0) }')")
     done
     echo
     echo "Three nodes on PostgreSQL + Redis behind HAProxy (realistic script; CPU = the three nodes' utime + stime per request, and HAProxy's)"
     echo
-    echo "| path | conns | req/s | p50 ms | p95 ms | p99 ms | nodes' CPU µs/req | HAProxy CPU µs/req | PostgreSQL + Redis CPU µs/req |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| path | conns | req/s | p50 ms | p95 ms | p99 ms | nodes' CPU µs/req | HAProxy CPU µs/req | PostgreSQL + Redis CPU µs/req | other work, % CPU |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
     echo
     printf 'HAProxy backend "three": %s\n' "${spread[@]}"
