@@ -156,9 +156,11 @@ cpu_ticks() { # PID... -> the sum of utime + stime, in clock ticks
     echo "$sum"
 }
 
-# The machine's busy and total clock ticks (all cores), from the first line of /proc/stat.
+# The machine's process-context busy ticks (user, nice, system, steal) and total ticks (all cores),
+# from the first line of /proc/stat. Interrupt and softirq time (the loopback TCP path of the
+# test's own traffic, 10-20% of the machine under load) is charged to no process and left out.
 machine_ticks() {
-    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
+    awk '/^cpu / { busy = $2 + $3 + $4 + $9; print busy, busy + $5 + $6 + $7 + $8; exit }' /proc/stat
 }
 # The CPU ticks of this shell's waited-for children (fields 16 and 17): around a wrk case, wrk's.
 children_ticks() {
@@ -169,7 +171,7 @@ children_ticks() {
 # part 1 their share is the machine's background noise).
 svc_snapshot() {
     local pid t
-    for pid in $(pgrep -x 'postgres|redis-server'); do
+    for pid in $(pgrep -x postgres) $(pgrep -x redis-server); do
         if t=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null); then echo "$pid $t"; fi
     done
 }
@@ -182,10 +184,11 @@ svc_snapshot() {
 # other work on the machine, e.g. a build, while the case ran).
 # Not called in a subshell, so that `die` ends the script.
 measure() {
-    local label=$1 conns=$2 url=$3 body=$4 lb_pid=${6:-} s0 s1 l0=0 l1=0 line st se mach0 mach1 w0 w1
+    local label=$1 conns=$2 url=$3 body=$4 lb_pid=${6:-} s0 s1 l0=0 l1=0 line st se mach0 mach1 w0 w1 d0
     local -a spids
     read -r -a spids <<<"$5"
     echo "== $label, $conns connections, $duration" >&2
+    d0=$(dropped_sum)
     svc_snapshot >"$tmp/svc0"
     mach0=$(machine_ticks)
     w0=$(children_ticks)
@@ -198,6 +201,7 @@ measure() {
     w1=$(children_ticks)
     mach1=$(machine_ticks)
     svc_snapshot >"$tmp/svc1"
+    m_dropped=$(($(dropped_sum) - d0))
     read -r m_rps m_p50 m_p95 m_p99 m_n st se m_bytes <<<"${line#RESULT }"
     if [ "$st" != 0 ] || [ "$se" != 0 ]; then
         echo "load.sh: $label/$conns: $st non-2xx answers and $se socket errors in $m_n requests" >&2
@@ -219,12 +223,22 @@ measure() {
         }' "$tmp/svc0" "$tmp/svc1")"
     [ -n "$m_other" ] || die "cannot compute the CPU figures of $label/$conns"
     echo "   $m_n requests, $st non-2xx, $se socket errors; CPU µs/req: servers $m_cpu, balancer $m_lb," \
-        "PostgreSQL + Redis $m_svc, wrk $m_wrk; other work: $m_other% of the machine" >&2
+        "PostgreSQL + Redis $m_svc, wrk $m_wrk; other work: $m_other% of the machine;" \
+        "audit rows dropped: $m_dropped" >&2
 }
 
 # avap_audit_dropped_total of the node at ADDR: run audit rows dropped because the queue was full.
 audit_dropped() {
     curl -sf "http://$1/api/v1/metrics" | awk '/^avap_audit_dropped_total/ { s += $2 } END { print s + 0 }'
+}
+# The sum of audit_dropped over the nodes in audit_addrs (set before each group of cases).
+audit_addrs=()
+dropped_sum() {
+    local sum=0 addr
+    for addr in "${audit_addrs[@]}"; do
+        sum=$((sum + $(audit_dropped "$addr")))
+    done
+    echo "$sum"
 }
 
 bad=0
@@ -261,13 +275,18 @@ if [ -n "$single" ]; then
     esac
 
     rows=()
+    drops=()
     for conns in 8 64; do
+        audit_addrs=()
         measure bare "$conns" "http://$bare/api/v1/execute" "$hello_body" "$bare_pid"
         b_rps=$m_rps b_p50=$m_p50 b_p95=$m_p95 b_p99=$m_p99 b_n=$m_n b_bytes=$m_bytes b_cpu=$m_cpu b_oth=$m_other
+        audit_addrs=("$ours")
         measure hello "$conns" "http://$ours/api/v1/execute" "$hello_body" "$ours_pid"
         h_rps=$m_rps h_p50=$m_p50 h_p95=$m_p95 h_p99=$m_p99 h_n=$m_n h_bytes=$m_bytes h_cpu=$m_cpu h_oth=$m_other
+        drops+=("hello/$conns: $m_dropped of $m_n")
         measure realistic "$conns" "http://$ours/api/v1/execute" "$realistic_body" "$ours_pid"
         r_rps=$m_rps r_p50=$m_p50 r_p95=$m_p95 r_p99=$m_p99 r_n=$m_n r_bytes=$m_bytes r_cpu=$m_cpu r_oth=$m_other
+        drops+=("realistic/$conns: $m_dropped of $m_n")
         {
             echo "LOAD single $conns bare $b_rps $b_p50 $b_p95 $b_p99 $b_n $b_bytes $b_cpu"
             echo "LOAD single $conns hello $h_rps $h_p50 $h_p95 $h_p99 $h_n $h_bytes $h_cpu"
@@ -297,7 +316,7 @@ if [ -n "$single" ]; then
     peak() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
     echo
     echo "peak RSS (VmHWM) after part 1: avap $(peak "$ours_pid"), bare $(peak "$bare_pid");" \
-        "audit rows dropped (avap_audit_dropped_total): $(audit_dropped "$ours")"
+        "audit rows dropped (avap_audit_dropped_total), per case: ${drops[*]/%/;}"
     kill "$ours_pid" "$bare_pid"
     wait "$ours_pid" "$bare_pid" 2>/dev/null || true
 fi
@@ -404,18 +423,23 @@ EOF
     }
 
     rows=()
+    drops=()
     spread=()
     cluster_requests=0
     all_nodes="${node_pid[*]}"
     for conns in 8 64; do
+        audit_addrs=("${node_addr[@]}")
         measure "node 1 direct" "$conns" "http://${node_addr[0]}/api/v1/execute" "$realistic_body" "$all_nodes"
         d_rps=$m_rps d_p50=$m_p50 d_p95=$m_p95 d_p99=$m_p99 d_n=$m_n d_cpu=$m_cpu d_svc=$m_svc d_oth=$m_other
+        drops+=("direct/$conns: $m_dropped of $m_n")
         measure "haproxy -> 1 node" "$conns" "http://$lb_one/api/v1/execute" "$realistic_body" "$all_nodes" "$lb_pid"
         o_rps=$m_rps o_p50=$m_p50 o_p95=$m_p95 o_p99=$m_p99 o_n=$m_n o_cpu=$m_cpu o_lb=$m_lb o_svc=$m_svc o_oth=$m_other
+        drops+=("HAProxy->1/$conns: $m_dropped of $m_n")
         counts=$(lb_counts) || die "cannot read HAProxy's statistics"
         read -r c1 c2 c3 co <<<"$counts"
         measure "haproxy -> 3 nodes" "$conns" "http://$lb_three/api/v1/execute" "$realistic_body" "$all_nodes" "$lb_pid"
         t_rps=$m_rps t_p50=$m_p50 t_p95=$m_p95 t_p99=$m_p99 t_n=$m_n t_cpu=$m_cpu t_lb=$m_lb t_svc=$m_svc t_oth=$m_other
+        drops+=("HAProxy->3/$conns: $m_dropped of $m_n")
         cluster_requests=$((cluster_requests + d_n + o_n + t_n))
         counts=$(lb_counts) || die "cannot read HAProxy's statistics"
         read -r e1 e2 e3 eo <<<"$counts"
@@ -446,6 +470,7 @@ EOF
     printf '%s\n' "${rows[@]}"
     echo
     printf 'HAProxy backend "three": %s\n' "${spread[@]}"
+    echo "audit rows dropped (avap_audit_dropped_total, all nodes), per case: ${drops[*]/%/;}"
 
     # Every run is audited: rows are batched in the background and dropped (and counted) only if
     # the queue is full. Stopping the nodes flushes what is queued.
