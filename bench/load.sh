@@ -19,12 +19,18 @@
 # stored once through node 1; every node and the balancer must answer it exactly as the SQLite
 # node did. Then wrk runs the realistic script against node 1 directly, HAProxy -> node 1 (the
 # baseline: one node, same balancer, same database and Redis) and HAProxy -> three nodes
-# round-robin. Ratio: three nodes / one node behind the same HAProxy.
+# round-robin. Ratio: three nodes / one node behind the same HAProxy. HAProxy's statistics give
+# how many requests each node answered.
+#
+# Every case also reports the CPU per request of PostgreSQL + Redis and of wrk, the share of the
+# machine's CPU that none of the measured processes used ("other work": a build running beside
+# the test shows here), and the audit rows the nodes dropped (avap_audit_dropped_total).
 #
 # The servers, wrk and HAProxy share the machine's cores: on a 2-core machine part 2 measures the
 # cost and correctness of the cluster path and the balancer, not scale-out.
 #
-# Needs: wrk, curl, and for part 2 haproxy, psql and redis-cli with PostgreSQL and Redis running.
+# Needs: wrk, curl, python3, and for part 2 haproxy, psql and redis-cli with PostgreSQL and Redis
+# running.
 # Builds nothing: build first with `cargo build --release --bin avap --example bare_axum`.
 # Environment:
 #   BENCH_DURATION  length of each wrk case (default 10s)
@@ -33,7 +39,7 @@
 #   BENCH_PG_URL    PostgreSQL server, no database (default postgres://postgres@127.0.0.1:5432)
 #   BENCH_REDIS_URL Redis (default redis://127.0.0.1:6379)
 #   BENCH_LOAD_RAW  a file to which one machine-readable line per case is appended
-#   BENCH_PORT      first of the 10 loopback ports used (default 18180)
+#   BENCH_PORT      first of the 8 loopback ports used (default 18180)
 set -euo pipefail
 
 usage() {
