@@ -102,8 +102,10 @@ tmp=$(mktemp -d)
 pids=()
 pg_db=
 redis_prefix=
+wrk_pid=
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
+    if [ -n "$wrk_pid" ]; then kill "$wrk_pid" 2>/dev/null || true; fi
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -168,7 +170,8 @@ cpu_ticks() { # PID... -> the sum of utime + stime, in clock ticks
 machine_ticks() {
     awk '/^cpu / { busy = $2 + $3 + $4 + $9; print busy, busy + $5 + $6 + $7 + $8; exit }' /proc/stat
 }
-# The CPU ticks of this shell's waited-for children (fields 16 and 17): around a wrk case, wrk's.
+# The CPU ticks of this shell's waited-for children (fields 16 and 17): around a wrk case, wrk's
+# (and the few short commands of `measure` itself).
 children_ticks() {
     awk '{ print $16 + $17 }' "/proc/$$/stat"
 }
@@ -200,8 +203,13 @@ measure() {
     w0=$(children_ticks)
     s0=$(cpu_ticks "${spids[@]}")
     if [ -n "$lb_pid" ]; then l0=$(cpu_ticks "$lb_pid"); fi
-    line=$(BENCH_BODY=$body wrk -t2 -c"$conns" -d"$duration" -s "$lua" "$url" | grep '^RESULT ') \
-        || die "wrk failed against $url"
+    # In the background and waited for, so that a signal to this script ends the run at once
+    # (bash runs traps only between foreground commands, and `wait` is one it interrupts).
+    BENCH_BODY=$body wrk -t2 -c"$conns" -d"$duration" -s "$lua" "$url" >"$tmp/wrk.out" 2>&1 &
+    wrk_pid=$!
+    wait "$wrk_pid" || die "wrk failed against $url: $(tail -3 "$tmp/wrk.out")"
+    wrk_pid=
+    line=$(grep '^RESULT ' "$tmp/wrk.out") || die "wrk printed no result against $url: $(tail -3 "$tmp/wrk.out")"
     s1=$(cpu_ticks "${spids[@]}")
     if [ -n "$lb_pid" ]; then l1=$(cpu_ticks "$lb_pid"); fi
     w1=$(children_ticks)
