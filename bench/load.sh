@@ -34,7 +34,7 @@
 # Builds nothing: build first with `cargo build --release --bin avap --example bare_axum`.
 # Environment:
 #   BENCH_DURATION  length of each wrk case (default 10s)
-#   AVAP_BIN        the avap binary (default ${CARGO_TARGET_DIR:-target}/release/avap)
+#   BENCH_AVAP_BIN        the avap binary (default ${CARGO_TARGET_DIR:-target}/release/avap)
 #   BARE_BIN        the baseline (default ${CARGO_TARGET_DIR:-target}/release/examples/bare_axum)
 #   BENCH_PG_URL    PostgreSQL server, no database (default postgres://postgres@127.0.0.1:5432)
 #   BENCH_REDIS_URL Redis (default redis://127.0.0.1:6379)
@@ -43,7 +43,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: bench/load.sh [--no-single] [--no-cluster]   (env: BENCH_DURATION AVAP_BIN BARE_BIN BENCH_PG_URL BENCH_REDIS_URL BENCH_LOAD_RAW BENCH_PORT)"
+    echo "usage: bench/load.sh [--no-single] [--no-cluster]   (env: BENCH_DURATION BENCH_AVAP_BIN BARE_BIN BENCH_PG_URL BENCH_REDIS_URL BENCH_LOAD_RAW BENCH_PORT)"
 }
 
 single=1
@@ -60,10 +60,8 @@ done
 cd "$(dirname "$0")/.."
 root=$(pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
-avap_bin=${AVAP_BIN:-$target/release/avap}
+avap_bin=${BENCH_AVAP_BIN:-$target/release/avap}
 bare_bin=${BARE_BIN:-$target/release/examples/bare_axum}
-# `avap serve` refuses unknown AVAP_* variables (a config error, exit 2): AVAP_BIN is ours, not its.
-unset AVAP_BIN
 duration=${BENCH_DURATION:-10s}
 pg_url=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
 redis_url=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
@@ -83,7 +81,7 @@ need() {
 need wrk "apt-get install -y wrk"
 need curl "apt-get install -y curl"
 need python3 "used to build JSON bodies and compare answers"
-[ -x "$avap_bin" ] || die "no avap binary at $avap_bin (cargo build --release --bin avap, or set AVAP_BIN)"
+[ -x "$avap_bin" ] || die "no avap binary at $avap_bin (cargo build --release --bin avap, or set BENCH_AVAP_BIN)"
 if [ -n "$single" ]; then
     [ -x "$bare_bin" ] || die "no baseline at $bare_bin (cargo build --release --example bare_axum, or set BARE_BIN)"
 fi

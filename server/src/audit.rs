@@ -49,7 +49,7 @@ const QUEUE_ROWS: usize = 32 * 1024;
 /// Queued rows that wake the writer before its timer: under load it
 /// writes as fast as the database takes rows instead of at most
 /// `QUEUE_ROWS` per [`FLUSH_EVERY`] (the old cap, 20k rows a second, and a
-/// writer slower than its timer on PostgreSQL dropped up to 40% of the
+/// writer slower than its timer on `PostgreSQL` dropped up to 40% of the
 /// rows at 8k requests a second).
 const WAKE_ROWS: usize = 4096;
 /// The most rows one write transaction holds: a commit (a WAL flush) per

@@ -256,8 +256,8 @@ fn with_header(mut response: Value, name: &str, description: &str, schema_type: 
 }
 
 /// The security schemes, and per operation what [`auth::require_key`](super::auth::require_key),
-/// [`protect::rate_limit`](super::protect::rate_limit) and
-/// [`protect::timeout`](super::protect::timeout) may answer instead of the
+/// [`protect::gate`](super::protect::gate) (rate limits, request timeout)
+/// may answer instead of the
 /// handler. A status the handler documents itself keeps its description.
 fn add_middleware(doc: &mut Value) {
     // A signing key's requests need both signing headers besides the key.

@@ -433,15 +433,10 @@ pub fn current_client() -> Option<String> {
     CLIENT.try_with(Clone::clone).ok()
 }
 
-/// Middleware: the per-client limit, then the route's own
-/// (`[route_rate_limits]`, longest prefix), cluster-wide through Redis when
-/// it is configured and reachable, else this node's token buckets. The
-/// client is kept for the handlers ([`current_client`]).
-pub async fn rate_limit(State(protect): State<Protect>, request: Request, next: Next) -> Response {
-    limited(&protect, request, |request| next.run(request)).await
-}
-
-/// [`rate_limit`]'s work around `inner`, for [`gate`] and the middleware.
+/// The per-client limit, then the route's own (`[route_rate_limits]`,
+/// longest prefix), cluster-wide through Redis when it is configured and
+/// reachable, else this node's token buckets; then `inner`. The client is
+/// kept for the handlers ([`current_client`]).
 async fn limited<F, Fut>(protect: &Protect, request: Request, inner: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
@@ -470,9 +465,9 @@ where
     }
 }
 
-/// Middleware: [`rate_limit`], then [`timeout`] around the rest, in one
-/// layer. Each `from_fn` layer costs every request a clone of the service
-/// it wraps and a boxed future; the server stacks these two as one.
+/// Middleware: the rate limits ([`limited`]), then the request timeout
+/// ([`bounded`]) around the rest, in one layer: each `from_fn` layer costs
+/// every request a clone of the service it wraps and a boxed future.
 pub async fn gate(State(protect): State<Protect>, request: Request, next: Next) -> Response {
     limited(&protect, request, |request| bounded(&protect, next.run(request))).await
 }
@@ -489,14 +484,9 @@ fn route_limit<'a>(limits: &'a [RouteLimit], path: &str) -> Option<&'a RouteLimi
         .max_by_key(|limit| limit.prefix.len())
 }
 
-/// Middleware: the outer bound of a request, `request_timeout_ms` as in
-/// force when the request arrives: 504 `RequestTimeout` (our JSON error, not
-/// an empty body) when the response takes longer; zero: no limit.
-pub async fn timeout(State(protect): State<Protect>, request: Request, next: Next) -> Response {
-    bounded(&protect, next.run(request)).await
-}
-
-/// [`timeout`]'s bound on `response`.
+/// The outer bound of a request, `request_timeout_ms` as in force when the
+/// request arrives: 504 `RequestTimeout` (our JSON error, not an empty
+/// body) when `response` takes longer; zero: no limit.
 async fn bounded(protect: &Protect, response: impl std::future::Future<Output = Response>) -> Response {
     let limit = protect.inner.rules.load().config.request_timeout;
     if limit.is_zero() {
@@ -828,7 +818,7 @@ mod tests {
         let app: Router = Router::new()
             .route("/slow", axum::routing::get(slow))
             .route("/fast", axum::routing::get(|| async { StatusCode::OK }))
-            .layer(axum::middleware::from_fn_with_state(protect, timeout));
+            .layer(axum::middleware::from_fn_with_state(protect, gate));
         let get = |path: &str| axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
         let response = app.clone().oneshot(get("/slow")).await.unwrap();
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
