@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use avap_hostfns::artifact::{self, SigningKey, TrustedKeys};
+use avap_hostfns::artifact::{self, SigningKey, TrustedKeys, Verified};
 use moka::sync::Cache;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig};
@@ -204,19 +204,36 @@ impl Runtime {
 
     /// Verify, check against the policy, compile (or take from the cache).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
-        // Identical bytes were verified when they were cached (the trust
-        // configuration is fixed for the runtime's life).
+        Ok(self.load_with(bytes, |_| Ok((self.compile(bytes)?, ())))?.0)
+    }
+
+    /// What every load shares: the loaded module of identical bytes from
+    /// the cache (verified when they were cached: the trust configuration
+    /// is fixed for the runtime's life; `None` for `T` then), else verify,
+    /// check against the policy, let `native` make the module (compile it,
+    /// or deserialize sealed native code) and cache the result.
+    fn load_with<T>(
+        &self,
+        bytes: &[u8],
+        native: impl FnOnce(&Verified) -> Result<(Module, T), LoadError>,
+    ) -> Result<(Arc<LoadedModule>, Option<T>), LoadError> {
         let key = hex::encode(Sha256::digest(bytes));
         if let Some(m) = self.cache.get(&key) {
-            return Ok(m);
+            return Ok((m, None));
         }
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
         crate::load::check_policy(&verified.info.meta, &self.policy())?;
-        let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.compiled.fetch_add(1, Ordering::Relaxed);
+        let (module, made) = native(&verified)?;
         let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
         self.cache.insert(key, loaded.clone());
-        Ok(loaded)
+        Ok((loaded, Some(made)))
+    }
+
+    /// Cranelift, counted in [`Runtime::modules_compiled`].
+    fn compile(&self, bytes: &[u8]) -> Result<Module, LoadError> {
+        let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        Ok(module)
     }
 
     /// The sealed `.cwasm` form (as [`Runtime::precompile`] writes it) of a
@@ -258,37 +275,31 @@ impl Runtime {
     /// The loaded module joins the cache; an artifact already cached is
     /// returned as it is, without looking at `cwasm`.
     pub fn load_precompiled(&self, bytes: &[u8], cwasm: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
-        let key = hex::encode(Sha256::digest(bytes));
-        if let Some(m) = self.cache.get(&key) {
-            return Ok(m);
-        }
-        let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
-        crate::load::check_policy(&verified.info.meta, &self.policy())?;
-        let native = precompiled::open(
-            cwasm,
-            &self.config.precompiled_keys,
-            &self.fingerprint,
-            &verified.info.sha256,
-        )?;
-        // SAFETY: `deserialize` trusts its input to be wasmtime output. These
-        // bytes are exactly what a key the operator trusts for native code
-        // (`precompiled_keys`) signed as wasmtime's output for this engine
-        // fingerprint and this verified artifact (`precompiled::open` checked
-        // the signature over them); wasmtime itself also refuses output of
-        // another version or engine configuration.
-        #[allow(unsafe_code)]
-        let module = unsafe { Module::deserialize(&self.engine, native) }.map_err(|e| {
-            LoadError::Precompiled(format!(
-                "{e:#}; the .cwasm is tied to the wasmtime version and engine configuration — recompile it"
-            ))
+        let loaded = self.load_with(bytes, |verified| {
+            let native = precompiled::open(
+                cwasm,
+                &self.config.precompiled_keys,
+                &self.fingerprint,
+                &verified.info.sha256,
+            )?;
+            // SAFETY: `deserialize` trusts its input to be wasmtime output.
+            // These bytes are exactly what a key the operator trusts for
+            // native code (`precompiled_keys`) signed as wasmtime's output
+            // for this engine fingerprint and this verified artifact
+            // (`precompiled::open` checked the signature over them);
+            // wasmtime itself also refuses output of another version or
+            // engine configuration.
+            #[allow(unsafe_code)]
+            let module = unsafe { Module::deserialize(&self.engine, native) }.map_err(|e| {
+                LoadError::Precompiled(format!(
+                    "{e:#}; the .cwasm is tied to the wasmtime version and engine configuration — recompile it"
+                ))
+            })?;
+            Ok((module, ()))
         })?;
-        let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
-        self.cache.insert(key, loaded.clone());
-        Ok(loaded)
+        Ok(loaded.0)
     }
-}
 
-impl Runtime {
     /// [`Runtime::load`] through the on-disk cache of native code `cache`
     /// ([`crate::module_cache`]): the artifact is verified and checked
     /// against the policy exactly as there; then its native code comes from
@@ -298,46 +309,35 @@ impl Runtime {
     /// it is compiled again and overwritten. Failing to write the cache is
     /// not an error (the next run compiles again).
     pub fn load_cached(&self, bytes: &[u8], cache: &DiskCache) -> Result<(Arc<LoadedModule>, CacheOutcome), LoadError> {
-        let key = hex::encode(Sha256::digest(bytes));
-        if let Some(m) = self.cache.get(&key) {
-            return Ok((m, CacheOutcome::Memory));
-        }
-        let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
-        crate::load::check_policy(&verified.info.meta, &self.policy())?;
-        let signed_sha256 = verified.info.signed_sha256.clone();
-        let entry = cache.entry(&self.fingerprint, &signed_sha256);
-        let from_disk = std::fs::read(&entry).ok().and_then(|sealed| {
-            let native = precompiled::open(&sealed, cache.trusted(), &self.fingerprint, &signed_sha256).ok()?;
-            // SAFETY: as in `load_precompiled`: these bytes are what the
-            // cache's own key sealed as wasmtime's output for this engine
-            // fingerprint and this verified artifact's signed region (the
-            // wasm the native code was compiled from); wasmtime also refuses
-            // output of another version or configuration.
-            #[allow(unsafe_code)]
-            let module = unsafe { Module::deserialize(&self.engine, native) };
-            module.ok()
-        });
-        let (module, outcome) = match from_disk {
-            Some(module) => {
+        let (loaded, outcome) = self.load_with(bytes, |verified| {
+            let signed_sha256 = &verified.info.signed_sha256;
+            let entry = cache.entry(&self.fingerprint, signed_sha256);
+            let from_disk = std::fs::read(&entry).ok().and_then(|sealed| {
+                let native = precompiled::open(&sealed, cache.trusted(), &self.fingerprint, signed_sha256).ok()?;
+                // SAFETY: as in `load_precompiled`: these bytes are what the
+                // cache's own key sealed as wasmtime's output for this engine
+                // fingerprint and this verified artifact's signed region (the
+                // wasm the native code was compiled from); wasmtime also
+                // refuses output of another version or configuration.
+                #[allow(unsafe_code)]
+                let module = unsafe { Module::deserialize(&self.engine, native) };
+                module.ok()
+            });
+            if let Some(module) = from_disk {
                 DiskCache::touch(&entry);
-                (module, CacheOutcome::Hit)
+                return Ok((module, CacheOutcome::Hit));
             }
-            None => {
-                let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                self.compiled.fetch_add(1, Ordering::Relaxed);
-                let written = module.serialize().map_err(std::io::Error::other).and_then(|native| {
-                    let sealed = precompiled::seal(cache.key(), &self.fingerprint, &signed_sha256, &native);
-                    cache.store(&entry, &sealed)
-                });
-                if let Err(e) = written {
-                    tracing::debug!(path = %entry.display(), "module cache not written: {e}");
-                }
-                (module, CacheOutcome::Miss)
+            let module = self.compile(bytes)?;
+            let written = module.serialize().map_err(std::io::Error::other).and_then(|native| {
+                let sealed = precompiled::seal(cache.key(), &self.fingerprint, signed_sha256, &native);
+                cache.store(&entry, &sealed)
+            });
+            if let Err(e) = written {
+                tracing::debug!(path = %entry.display(), "module cache not written: {e}");
             }
-        };
-        let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
-        self.cache.insert(key, loaded.clone());
-        Ok((loaded, outcome))
+            Ok((module, CacheOutcome::Miss))
+        })?;
+        Ok((loaded, outcome.unwrap_or(CacheOutcome::Memory)))
     }
 }
 
