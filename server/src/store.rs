@@ -1490,6 +1490,17 @@ mod tests {
         }
     }
 
+    /// The names of `library`'s dependents.
+    async fn dependent_names(store: &Store, library: &str) -> Vec<String> {
+        store
+            .dependents(library)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect()
+    }
+
     fn library(name: &str, version: i64) -> LibraryMeta {
         LibraryMeta {
             name: name.to_owned(),
@@ -1520,13 +1531,7 @@ mod tests {
         };
         assert_eq!(dependents, [expected]);
         store.rollback("a", 1, &actor()).await.unwrap();
-        let names: Vec<String> = store
-            .dependents("lib")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
+        let names = dependent_names(&store, "lib").await;
         assert_eq!(names, ["a", "b"], "a rollback brings back what that version included");
 
         let held = store.delete("lib", &actor(), false).await.unwrap();
@@ -1534,13 +1539,7 @@ mod tests {
         assert!(store.current("lib").await.unwrap().is_some(), "nothing deleted");
         assert_eq!(store.delete("lib", &actor(), true).await.unwrap(), Deleted::Done);
         assert_eq!(store.delete("b", &actor(), false).await.unwrap(), Deleted::Done);
-        let names: Vec<String> = store
-            .dependents("lib")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
+        let names = dependent_names(&store, "lib").await;
         assert_eq!(names, ["a"], "a deleted dependent's rows go with it");
 
         // A rebuild of a version that is no longer current stores nothing.
