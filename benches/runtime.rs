@@ -300,7 +300,7 @@ impl Sandbox {
         let report = self.run(runtime, &module);
         assert_eq!(report.http_status, 200, "{}", report.envelope);
         assert_eq!(
-            report.envelope["result"][key].as_i64(),
+            report.envelope.json()["result"][key].as_i64(),
             Some(want),
             "{}",
             report.envelope
@@ -355,7 +355,7 @@ fn benches(c: &mut Criterion, sandbox: &Sandbox) {
         &sandbox.metered,
         &sandbox.metered.load(&order).expect("order script loads"),
     );
-    assert_eq!(report.envelope["status"], true, "{}", report.envelope);
+    assert_eq!(report.envelope.json()["status"], true, "{}", report.envelope);
     let mut g = c.benchmark_group("compile");
     g.warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
@@ -369,7 +369,12 @@ fn benches(c: &mut Criterion, sandbox: &Sandbox) {
     // 2.–4. Runs.
     let hello = sandbox.metered.load(&sandbox.artifact(HELLO)).expect("hello loads");
     let report = sandbox.run(&sandbox.metered, &hello);
-    assert_eq!(report.envelope["result"]["greeting"], "Hello", "{}", report.envelope);
+    assert_eq!(
+        report.envelope.json()["result"]["greeting"],
+        "Hello",
+        "{}",
+        report.envelope
+    );
     let loop_metered = sandbox.load_checked(&sandbox.metered, LOOP_ARITH, "s", want_loop);
     let loop_unmetered = sandbox.load_checked(&sandbox.unmetered, LOOP_ARITH, "s", want_loop);
     let fib_metered = sandbox.load_checked(&sandbox.metered, FIB, "r", want_fib);

@@ -165,7 +165,7 @@ impl Sandbox {
 /// `r`, or the length of its compact JSON text when it is a list or a dict.
 fn result_text(report: &RunReport) -> Result<String> {
     ensure!(report.http_status == 200, "the run failed: {}", report.envelope);
-    let r = &report.envelope["result"]["r"];
+    let r = &report.envelope.json()["result"]["r"];
     Ok(match r {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Array(_) | serde_json::Value::Object(_) => r.to_string().len().to_string(),

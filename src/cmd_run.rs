@@ -255,7 +255,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         None => rt.block_on(executor.execute_file(&args.file, request, &settings))?,
     };
-    outln!("{}", serde_json::to_string_pretty(&report.envelope)?)?;
+    outln!("{}", serde_json::to_string_pretty(report.envelope.json())?)?;
     if args.usage {
         let module = match (&args.precompiled, executor.last_load()) {
             (Some(_), _) => "precompiled",
@@ -268,7 +268,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             report.http_status, report.usage.fuel, report.usage.wall_ms, report.usage.peak_memory_bytes
         );
     }
-    Ok(if report.envelope["status"] == serde_json::Value::Bool(true) {
+    Ok(if report.envelope.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -95,6 +95,6 @@ fn every_workload_compiles_and_produces_its_expected_result() {
         };
         let report = tokio.block_on(runtime.run(&module, input));
         assert_eq!(report.http_status, 200, "{file}: {}", report.envelope);
-        assert_eq!(result_text(&report.envelope["result"]["r"]), want, "{file}");
+        assert_eq!(result_text(&report.envelope.json()["result"]["r"]), want, "{file}");
     }
 }

@@ -163,11 +163,11 @@ async fn reaches(counter: &AtomicUsize, n: usize) -> bool {
 }
 
 fn kind(report: &RunReport) -> &str {
-    report.envelope["error"]["kind"].as_str().unwrap_or("<no error>")
+    report.envelope.json()["error"]["kind"].as_str().unwrap_or("<no error>")
 }
 
 fn result(report: &RunReport) -> &Value {
-    &report.envelope["result"]
+    &report.envelope.json()["result"]
 }
 
 /// `n` blocks `b0`, `b1`, … each running `body` (indented lines), then
@@ -288,7 +288,7 @@ async fn blocks_share_the_run_memory_limit() {
     // A block's allocation is refused (each block is five lines; `big = …`
     // is its second).
     assert_eq!(
-        ten.envelope["error"]["line"].as_u64().map(|l| l % 5),
+        ten.envelope.json()["error"]["line"].as_u64().map(|l| l % 5),
         Some(2),
         "{}",
         ten.envelope
@@ -373,7 +373,7 @@ addResult(r)
     let (report, wall) = h.run(script, Some(&up), limits).await;
     assert_eq!(kind(&report), "FuelExhausted", "{}", report.envelope);
     // At the block's loop, never gathered.
-    assert_eq!(report.envelope["error"]["line"], json!(3), "{}", report.envelope);
+    assert_eq!(report.envelope.json()["error"]["line"], json!(3), "{}", report.envelope);
     assert!(wall < Duration::from_secs(3), "{wall:?}");
 }
 
@@ -436,9 +436,9 @@ async fn too_many_blocks_held_at_once_is_a_clear_error() {
     let held = "startLoop(i, 1, 5)\n    go_async(i)\n        x = i\n    end()\nendLoop()\naddResult(i)\n";
     let (report, _) = h.run(held, None, Limits::CLI).await;
     assert_eq!(kind(&report), "MemoryLimit", "{}", report.envelope);
-    let message = report.envelope["error"]["message"].as_str().unwrap_or_default();
+    let message = report.envelope.json()["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("max_async_blocks"), "{message}");
-    assert_eq!(report.envelope["error"]["line"], json!(2), "{}", report.envelope);
+    assert_eq!(report.envelope.json()["error"]["line"], json!(2), "{}", report.envelope);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -206,7 +206,7 @@ impl Harness {
             },
             ..RunInput::default()
         };
-        self.runtime.run(&module, input).await.envelope
+        self.runtime.run(&module, input).await.envelope.json().clone()
     }
 }
 
@@ -585,10 +585,18 @@ async fn function_ai_posts_the_prompt_to_the_configured_endpoint() {
         .runtime
         .run(&module, run(effects(vec![addr.to_string()])))
         .await
-        .envelope;
+        .envelope
+        .json()
+        .clone();
     assert_eq!(e["result"]["answer"], "echo: say hello", "{e}");
     // The endpoint goes through the same policy: not allowlisted, refused.
-    let e = h.runtime.run(&module, run(effects(Vec::new()))).await.envelope;
+    let e = h
+        .runtime
+        .run(&module, run(effects(Vec::new())))
+        .await
+        .envelope
+        .json()
+        .clone();
     assert_eq!(error_kind(&e), "CapabilityDenied", "{e}");
 }
 
@@ -600,7 +608,13 @@ async fn without_outbound_configured_requests_are_denied() {
         &NoIncludes,
     );
     let module = h.runtime.load(&compile(&checked, Some(&h.key)).bytes).expect("loads");
-    let e = h.runtime.run(&module, RunInput::default()).await.envelope;
+    let e = h
+        .runtime
+        .run(&module, RunInput::default())
+        .await
+        .envelope
+        .json()
+        .clone();
     assert_eq!(error_kind(&e), "CapabilityDenied", "{e}");
     assert!(error_message(&e).contains("not configured"), "{e}");
 }

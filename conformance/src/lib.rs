@@ -342,9 +342,9 @@ async fn run_case(
                         return (Verdict::Fail, format!("fixture: {why}"));
                     }
                 },
-                Prepared::CompileError(report) => report.clone(),
+                Prepared::CompileError(report) => avap_runtime::RunReport::clone(report),
             };
-            (report.http_status, report.envelope)
+            (report.http_status, report.envelope.json().clone())
         }
         (Target::Server(base), _, Run::Server(body)) => {
             if active.env.settings.time_zone.is_some() || active.env.settings.now.is_some() {

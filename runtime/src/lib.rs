@@ -21,6 +21,7 @@
 mod blocks;
 mod effects;
 mod engine;
+mod envelope;
 mod error;
 mod heap;
 mod linker;
@@ -34,6 +35,7 @@ mod state;
 
 pub use avap_hostfns::effects::Effects;
 pub use engine::{Runtime, RuntimeConfig};
+pub use envelope::Envelope;
 pub use error::LoadError;
 pub use linker::BYTES_PER_FUEL as HOST_BYTES_PER_FUEL;
 pub use load::LoadedModule;
@@ -87,6 +89,6 @@ pub struct RunReport {
     pub http_status: u16,
     /// `{"status": true, "elapsed": …, "result": {…}}` or
     /// `{"status": false, "elapsed": …, "error": {"kind", "message", "line", "column"}}`.
-    pub envelope: serde_json::Value,
+    pub envelope: Envelope,
     pub usage: Usage,
 }

@@ -18,6 +18,9 @@ use crate::heap::Heap;
 use crate::state::RunState;
 
 pub(crate) type Pair = (i32, i64);
+/// A command's arguments: most commands take at most 8 slots, kept on the
+/// stack (a heap allocation per call showed in profiles).
+pub(crate) type Slots<T> = smallvec::SmallVec<[T; 8]>;
 type Res<T> = wasmtime::Result<T>;
 
 /// Build the linker with every helper and command.
@@ -36,7 +39,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             {
                 return Ok(pair);
             }
-            with_values(&mut c, &[(ta, pa), (tb, pb)], |v, mem| ops::binary(op, v[0], v[1], mem))
+            with_values(&mut c, [(ta, pa), (tb, pb)], |v, mem| ops::binary(op, v[0], v[1], mem))
         },
     )?;
     l.func_wrap(
@@ -49,7 +52,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 2 => UnOp::Not,
                 _ => return Err(bad("unary operator code")),
             };
-            with_values(&mut c, &[(t, p)], |v, _| Ok(ops::unary(op, v[0])?))
+            with_values(&mut c, [(t, p)], |v, _| Ok(ops::unary(op, v[0])?))
         },
     )?;
     l.func_wrap(
@@ -92,25 +95,23 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 3 => BuiltinCode::Len,
                 _ => return Err(bad("builtin code")),
             };
-            with_values(&mut c, &[(t, p)], |v, mem| ops::builtin(code, v[0], mem))
+            with_values(&mut c, [(t, p)], |v, mem| ops::builtin(code, v[0], mem))
         },
     )?;
     l.func_wrap(
         rt,
         Helper::Index.name(),
         |mut c: Caller<'_, RunState>, t: i32, p: i64, ti: i32, pi: i64| {
-            with_values(&mut c, &[(t, p), (ti, pi)], |v, mem| ops::index(v[0], v[1], mem))
+            with_values(&mut c, [(t, p), (ti, pi)], |v, mem| ops::index(v[0], v[1], mem))
         },
     )?;
     l.func_wrap(
         rt,
         Helper::Attr.name(),
         |mut c: Caller<'_, RunState>, t: i32, p: i64, name: i32| {
-            with_values(&mut c, &[(t, p), (abi::TAG_STR, i64::from(name))], |v, mem| {
-                match v[1] {
-                    Value::Str(n) => ops::attr(v[0], n, mem),
-                    _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name").into()),
-                }
+            with_values(&mut c, [(t, p), (abi::TAG_STR, i64::from(name))], |v, mem| match v[1] {
+                Value::Str(n) => ops::attr(v[0], n, mem),
+                _ => Err(AvapError::new(ErrorKind::TypeError, "attribute name").into()),
             })
         },
     )?;
@@ -336,18 +337,21 @@ pub fn raise(c: &mut Caller<'_, RunState>, e: AvapError) {
     c.data_mut().pending = Some((e, loc));
 }
 
-/// Evaluate `f` on the values of `pairs`; store its result or its error.
 /// Evaluate `f` on the values of `pairs` with the run's memory budget;
-/// store its result or its error (a limit ends the run).
-fn with_values(
+/// store its result or its error (a limit ends the run). The operands sit
+/// in arrays: an operator's host call allocates nothing but its result.
+fn with_values<const N: usize>(
     c: &mut Caller<'_, RunState>,
-    pairs: &[Pair],
-    f: impl FnOnce(&[&Value], &mut MemoryBudget) -> Result<Value, HostError>,
+    pairs: [Pair; N],
+    f: impl FnOnce(&[&Value; N], &mut MemoryBudget) -> Result<Value, HostError>,
 ) -> Res<Pair> {
     let r = {
         let heap = &c.data().heap;
-        let vals: Vec<Cow<'_, Value>> = pairs.iter().map(|&(t, p)| value(heap, t, p)).collect::<Res<_>>()?;
-        let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
+        let mut vals: [Cow<'_, Value>; N] = std::array::from_fn(|_| Cow::Owned(Value::None));
+        for (val, &(t, p)) in vals.iter_mut().zip(&pairs) {
+            *val = value(heap, t, p)?;
+        }
+        let refs: [&Value; N] = std::array::from_fn(|i| vals[i].as_ref());
         f(&refs, &mut heap.budget())
     };
     match r {
@@ -455,7 +459,7 @@ fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path:
 /// parameters take two slots), and the slots read from the argument area at
 /// `ptr`. `argc` is checked against the forms before anything is read or
 /// allocated, so a corrupt count cannot make the host allocate.
-pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, argc: i32) -> Res<(usize, Vec<Pair>)> {
+pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, argc: i32) -> Res<(usize, Slots<Pair>)> {
     let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
     let argc = usize::try_from(argc).map_err(|_| bad("argument count"))?;
     let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
@@ -478,7 +482,7 @@ pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, a
             let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
             Ok((t, p))
         })
-        .collect::<Res<Vec<Pair>>>()?;
+        .collect::<Res<Slots<Pair>>>()?;
     Ok((form_index, slots))
 }
 
@@ -534,13 +538,13 @@ pub(crate) fn command(c: &mut Caller<'_, RunState>, sig: &'static CommandSig, pt
     };
     let result = {
         let heap = &state.heap;
-        let vals: Vec<Cow<'_, Value>> = slots
+        let vals: Slots<Cow<'_, Value>> = slots
             .iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != target_slot)
             .map(|(_, &(t, p))| value(heap, t, p))
             .collect::<Res<_>>()?;
-        let refs: Vec<&Value> = vals.iter().map(AsRef::as_ref).collect();
+        let refs: Slots<&Value> = vals.iter().map(AsRef::as_ref).collect();
         let r = commands::call(sig.name, form_index, &mut state.services, &refs, &mut target);
         // Updated in place, the target now holds a copy of an argument.
         let depth = 1 + state.services.memory.deepest();

@@ -10,6 +10,7 @@ use serde_json::json;
 use wasmtime::{AsContextMut as _, Extern, Instance, ModuleExport, Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use crate::engine::Runtime;
+use crate::envelope::Envelope;
 use crate::linker::value;
 use crate::load::{Layout, LoadedModule};
 use crate::shared::{self, RunShared};
@@ -84,11 +85,10 @@ impl Runtime {
         match outcome {
             Ok(()) => {
                 let status = status_code(&store);
-                let result: serde_json::Map<String, serde_json::Value> =
-                    std::mem::take(&mut run.lock_results().values).into_iter().collect();
+                let results = std::mem::take(&mut run.lock_results().values);
                 RunReport {
                     http_status: status,
-                    envelope: json!({"status": true, "elapsed": elapsed, "result": result}),
+                    envelope: Envelope::succeeded(elapsed, results.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
                     usage,
                 }
             }
@@ -116,7 +116,7 @@ impl Runtime {
                 }
                 RunReport {
                     http_status,
-                    envelope: json!({"status": false, "elapsed": elapsed, "error": error}),
+                    envelope: Envelope::failed(elapsed, error),
                     usage,
                 }
             }

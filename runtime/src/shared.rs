@@ -355,7 +355,8 @@ pub(crate) fn sync_memory(state: &mut RunState, run: &RunShared) {
 /// and the output limit they share.
 #[derive(Debug)]
 pub struct Results {
-    pub(crate) values: IndexMap<String, serde_json::Value>,
+    /// Each result's snapshot, as compact JSON text.
+    pub(crate) values: IndexMap<String, String>,
     /// Per result: its JSON size (the output limit) and its memory.
     sizes: HashMap<String, (u64, u64)>,
     bytes: u64,
@@ -372,40 +373,51 @@ impl Results {
         }
     }
 
-    /// Check `key = value` against the output limit: its JSON size and the
-    /// memory a snapshot of it keeps (which the caller claims), and the
-    /// memory of the snapshot it replaces.
-    pub(crate) fn measure(&self, key: &str, value: &Value) -> Result<Measured, HostError> {
-        // Measured, not built: the envelope is serialised once, at the end.
-        let size = value.json_len().saturating_add(key.len() as u64 + 4);
+    /// Write the snapshot of `key = value` as JSON text, within the output
+    /// limit and within `memory_available` (the buffer never grows past
+    /// either); the caller claims the memory it keeps and the memory of the
+    /// snapshot it replaces is released.
+    pub(crate) fn measure(&self, key: &str, value: &Value, memory_available: u64) -> Result<Measured, HostError> {
         let (old, old_memory) = self.sizes.get(key).copied().unwrap_or((0, 0));
-        let next = self.bytes - old + size;
-        if next > self.limit {
-            return Err(LimitHit::new(
-                LimitKind::OutputLimit,
-                format!(
-                    "response result would be {next} bytes; the limit is {} bytes",
-                    self.limit
-                ),
-            )
-            .into());
+        // The key, its quotes, the colon and a comma.
+        let overhead = key.len() as u64 + 4;
+        let room = (self.limit + old).saturating_sub(self.bytes + overhead);
+        let mut text = CappedBuffer::new(room.min(memory_available));
+        if serde_json::to_writer(&mut text, value).is_err() {
+            // Over one of the two limits: measured again, only to say by
+            // how much.
+            let size = value.json_len().saturating_add(overhead);
+            let next = self.bytes - old + size;
+            if next > self.limit {
+                return Err(LimitHit::new(
+                    LimitKind::OutputLimit,
+                    format!(
+                        "response result would be {next} bytes; the limit is {} bytes",
+                        self.limit
+                    ),
+                )
+                .into());
+            }
+            memory::MemoryBudget::new(memory_available).claim(size)?;
         }
-        // The snapshot is kept as JSON: about the size of the value itself
-        // (a `serde_json::Value` tree of the same shape).
-        let memory = value.footprint().bytes + memory::VALUE_BYTES + memory::alloc_bytes(key.len());
+        let size = text.buf.len() as u64 + overhead;
+        // The snapshot is kept as JSON text, under its key.
+        let memory = memory::alloc_bytes(text.buf.capacity()) + memory::alloc_bytes(key.len()) * 2 + RESULT_ENTRY_BYTES;
+        let text = String::from_utf8(text.buf).expect("serde_json writes UTF-8");
         Ok(Measured {
+            text,
             size,
             memory,
             old_memory,
-            next,
+            next: self.bytes - old + size,
         })
     }
 
-    /// Store a snapshot measured (and claimed) with [`Results::measure`].
-    pub(crate) fn insert(&mut self, key: &str, value: &Value, m: &Measured) {
+    /// Store a snapshot written (and claimed) with [`Results::measure`].
+    pub(crate) fn insert(&mut self, key: &str, m: Measured) {
         self.bytes = m.next;
         self.sizes.insert(key.to_owned(), (m.size, m.memory));
-        self.values.insert(key.to_owned(), value.to_json());
+        self.values.insert(key.to_owned(), m.text);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -413,12 +425,52 @@ impl Results {
     }
 }
 
+/// Bytes of the two table entries a result takes beside its texts: the
+/// snapshot's (key, text, hash) and the size record's.
+const RESULT_ENTRY_BYTES: u64 = 2 * (2 * size_of::<String>() as u64 + 16);
+
 /// What one `addResult` costs (see [`Results::measure`]).
 pub(crate) struct Measured {
+    text: String,
     size: u64,
     pub memory: u64,
     pub old_memory: u64,
     next: u64,
+}
+
+/// JSON text written into a buffer that refuses to grow past `cap` bytes
+/// (the write fails instead), doubling up to it.
+struct CappedBuffer {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl CappedBuffer {
+    fn new(cap: u64) -> CappedBuffer {
+        CappedBuffer {
+            buf: Vec::new(),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl std::io::Write for CappedBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let needed = self.buf.len().saturating_add(data.len());
+        if needed > self.cap {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        if needed > self.buf.capacity() {
+            let grown = (self.buf.capacity() * 2).max(needed).max(64).min(self.cap);
+            self.buf.reserve_exact(grown - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The `go_async` blocks of a run, by id.
@@ -446,4 +498,59 @@ pub(crate) struct BlockEntry {
     /// `gather` has read its outcome (it no longer counts against the cap).
     pub gathered: bool,
     pub done: Arc<tokio::sync::Notify>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: i64) -> Value {
+        Value::List(
+            (0..n)
+                .map(|i| Value::Dict([("id".to_owned(), Value::Int(i))].into_iter().collect()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_snapshot_is_written_once_and_replacing_it_frees_its_share_of_the_output() {
+        let mut results = Results::new(1000);
+        let m = results.measure("r", &rows(3), u64::MAX).unwrap();
+        assert_eq!(m.text, r#"[{"id":0},{"id":1},{"id":2}]"#);
+        assert_eq!(m.size, m.text.len() as u64 + 5);
+        assert!(m.memory >= m.text.len() as u64);
+        results.insert("r", m);
+        // The same key again: measured against the limit without the old one.
+        let m = results.measure("r", &rows(2), u64::MAX).unwrap();
+        assert_eq!(m.next, m.size);
+        assert!(m.old_memory > 0);
+    }
+
+    #[test]
+    fn a_snapshot_over_the_output_limit_says_how_big_it_would_be() {
+        let results = Results::new(100);
+        let Err(HostError::Limit(hit)) = results.measure("r", &rows(50), u64::MAX) else {
+            panic!("over the output limit");
+        };
+        assert_eq!(hit.kind, LimitKind::OutputLimit);
+        let size = rows(50).json_len() + 5;
+        assert!(
+            hit.message.contains(&format!("would be {size} bytes")),
+            "{}",
+            hit.message
+        );
+    }
+
+    #[test]
+    fn a_snapshot_never_grows_its_buffer_past_the_memory_left() {
+        let results = Results::new(u64::MAX / 4);
+        let Err(HostError::Limit(hit)) = results.measure("r", &rows(1000), 4096) else {
+            panic!("over the memory left");
+        };
+        assert_eq!(hit.kind, LimitKind::MemoryLimit);
+        let mut buffer = CappedBuffer::new(100);
+        assert!(std::io::Write::write_all(&mut buffer, &[b'x'; 60]).is_ok());
+        assert!(std::io::Write::write_all(&mut buffer, &[b'x'; 60]).is_err());
+        assert!(buffer.buf.capacity() <= 100);
+    }
 }

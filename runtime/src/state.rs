@@ -165,15 +165,16 @@ impl HostContext for Services {
     fn add_result(&mut self, key: &str, value: &avap_hostfns::Value) -> Result<(), HostError> {
         let run = Arc::clone(&self.run);
         let mut results = run.lock_results();
-        let measured = results.measure(key, value)?;
-        self.charge(measured.memory / crate::linker::BYTES_PER_FUEL)?;
-        self.memory.claim(measured.memory)?;
-        results.insert(key, value, &measured);
+        let measured = results.measure(key, value, self.memory.remaining().available())?;
+        let (memory, old_memory) = (measured.memory, measured.old_memory);
+        self.charge(memory / crate::linker::BYTES_PER_FUEL)?;
+        self.memory.claim(memory)?;
+        results.insert(key, measured);
         drop(results);
         // The snapshot belongs to the run, not to this store: a block's
         // results outlive its store.
-        run.keep(measured.memory);
-        run.release(measured.old_memory);
+        run.keep(memory);
+        run.release(old_memory);
         Ok(())
     }
 

@@ -64,11 +64,11 @@ proptest! {
             Ok(v) => {
                 prop_assert_eq!(r.http_status, 200, "{} gave {}", src, r.envelope);
                 let want = v.to_json();
-                prop_assert_eq!(&r.envelope["result"]["r1"], &want, "r1 of\n{}", src);
-                prop_assert_eq!(&r.envelope["result"]["r2"], &want, "r2 of\n{}", src);
+                prop_assert_eq!(&r.envelope.json()["result"]["r1"], &want, "r1 of\n{}", src);
+                prop_assert_eq!(&r.envelope.json()["result"]["r2"], &want, "r2 of\n{}", src);
             }
             Err(e) => {
-                prop_assert_eq!(r.envelope["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} gave {}", src, r.envelope);
+                prop_assert_eq!(r.envelope.json()["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} gave {}", src, r.envelope);
             }
         }
     }
@@ -123,8 +123,8 @@ proptest! {
         );
         let r = HARNESS.with(|h| h.run(&src));
         match expected {
-            Ok(v) => prop_assert_eq!(&r.envelope["result"]["s"], &v.to_json(), "{} gave {}", src, r.envelope),
-            Err(e) => prop_assert_eq!(r.envelope["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} gave {}", src, r.envelope),
+            Ok(v) => prop_assert_eq!(&r.envelope.json()["result"]["s"], &v.to_json(), "{} gave {}", src, r.envelope),
+            Err(e) => prop_assert_eq!(r.envelope.json()["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} gave {}", src, r.envelope),
         }
     }
 }
@@ -238,10 +238,10 @@ proptest! {
         match expected {
             Ok((s, i)) => {
                 prop_assert_eq!(r.http_status, 200, "{} with {} gave {}", src, body, r.envelope);
-                prop_assert_eq!(&r.envelope["result"]["s"], &s.to_json(), "{} with {}", src, body);
-                prop_assert_eq!(&r.envelope["result"]["i"], &serde_json::json!(i), "{} with {}", src, body);
+                prop_assert_eq!(&r.envelope.json()["result"]["s"], &s.to_json(), "{} with {}", src, body);
+                prop_assert_eq!(&r.envelope.json()["result"]["i"], &serde_json::json!(i), "{} with {}", src, body);
             }
-            Err(e) => prop_assert_eq!(r.envelope["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} with {} gave {}", src, body, r.envelope),
+            Err(e) => prop_assert_eq!(r.envelope.json()["error"]["kind"].as_str(), Some(e.kind.as_str()), "{} with {} gave {}", src, body, r.envelope),
         }
     }
 }

@@ -22,7 +22,7 @@ fn small() -> Limits {
 fn assert_next_run_fine(h: &Harness) {
     let r = h.run(HELLO);
     assert_eq!(r.http_status, 200, "{}", r.envelope);
-    assert_eq!(r.envelope["result"]["greeting"], "Hello");
+    assert_eq!(r.envelope.json()["result"]["greeting"], "Hello");
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn endless_loop_runs_out_of_fuel() {
         limits.fuel
     );
     // Fuel is checked at the loop header, so the loop statement is blamed.
-    assert_eq!(r.envelope["error"]["line"], 2, "{}", r.envelope);
+    assert_eq!(r.envelope.json()["error"]["line"], 2, "{}", r.envelope);
     assert_next_run_fine(&h);
 }
 
@@ -95,7 +95,7 @@ fn garbage_in_a_top_level_loop_is_collected() {
                startLoop(j, 1, 2000)\n  t = big + \"x\"\nendLoop()\nn = len(t)\naddResult(n)\n";
     let r = h.run_with(src, small());
     assert_eq!(r.http_status, 200, "{}", r.envelope);
-    assert_eq!(r.envelope["result"]["n"], 10_001);
+    assert_eq!(r.envelope.json()["result"]["n"], 10_001);
     assert!(
         r.usage.peak_memory_bytes < 8 << 20,
         "peak {}",
@@ -135,7 +135,7 @@ fn huge_add_result_hits_the_output_limit() {
     let r = h.run_with(src, limits);
     assert_eq!(error_kind(&r), "OutputLimit", "{}", r.envelope);
     assert_eq!(r.http_status, 422);
-    assert_eq!(r.envelope["error"]["line"], 5);
+    assert_eq!(r.envelope.json()["error"]["line"], 5);
     assert_next_run_fine(&h);
 }
 
@@ -151,7 +151,7 @@ fn limits_are_not_catchable() {
 fn every_run_reports_its_usage() {
     let h = Harness::new();
     let r = h.run("s = 0\nstartLoop(i, 1, 1000)\n  s = s + i\nendLoop()\naddResult(s)\n");
-    assert_eq!(r.envelope["result"]["s"], 500_500);
+    assert_eq!(r.envelope.json()["result"]["s"], 500_500);
     assert!(r.usage.fuel > 1000, "fuel {}", r.usage.fuel);
     assert!(r.usage.wall_ms > 0.0);
     assert!(r.usage.peak_memory_bytes > 0);
@@ -187,7 +187,7 @@ fn a_long_run_yields_to_other_runs_on_the_same_thread() {
         tokio::join!(long, quick)
     });
     assert_eq!(error_kind(&long), "TimeLimit", "{}", long.envelope);
-    assert_eq!(quick.envelope["result"]["x"], 1, "{}", quick.envelope);
+    assert_eq!(quick.envelope.json()["result"]["x"], 1, "{}", quick.envelope);
     assert!(
         quick_done < long_done && quick_done.as_millis() < 250,
         "the short run finished at {quick_done:?}, the long one at {long_done:?}"

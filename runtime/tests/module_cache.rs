@@ -53,7 +53,7 @@ fn entries(root: &Path) -> Vec<PathBuf> {
 
 fn greeting(runtime: &Runtime, module: &avap_runtime::LoadedModule) -> String {
     let report = block_on(runtime.run(module, RunInput::default()));
-    report.envelope["result"]["greeting"]
+    report.envelope.json()["result"]["greeting"]
         .as_str()
         .unwrap_or("<none>")
         .to_owned()
@@ -174,7 +174,7 @@ fn an_entry_sealed_by_another_cache_or_for_another_artifact_is_not_loaded() {
     let (module, outcome) = fresh.load_cached(&other, &cache).unwrap();
     assert_eq!(outcome, CacheOutcome::Miss);
     let report = block_on(fresh.run(&module, RunInput::default()));
-    assert_eq!(report.envelope["result"]["x"], 1);
+    assert_eq!(report.envelope.json()["result"]["x"], 1);
 }
 
 #[test]

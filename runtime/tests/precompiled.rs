@@ -69,7 +69,7 @@ fn a_sealed_cwasm_from_a_trusted_key_loads_and_runs() {
         ..avap_runtime::RunInput::default()
     };
     let report = block_on(rt.run(&module, input));
-    assert_eq!(report.envelope["result"]["who"], "Pre", "{}", report.envelope);
+    assert_eq!(report.envelope.json()["result"]["who"], "Pre", "{}", report.envelope);
 }
 
 #[test]

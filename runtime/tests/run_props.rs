@@ -48,12 +48,12 @@ proptest! {
         prop_assert!(r.usage.peak_memory_bytes <= limits.memory_bytes, "heap peak {} for\n{src}", r.usage.peak_memory_bytes);
         let budget_ms = std::time::Duration::from_millis(2 * limits.time_ms).as_secs_f64() * 1000.0;
         prop_assert!(r.usage.wall_ms <= budget_ms, "{} ms for\n{src}", r.usage.wall_ms);
-        let ok = r.envelope["status"] == true;
+        let ok = r.envelope.json()["status"] == true;
         if ok {
             prop_assert!((100..=599).contains(&r.http_status), "status {} for\n{src}", r.http_status);
-            prop_assert!(r.envelope["result"].is_object());
+            prop_assert!(r.envelope.json()["result"].is_object());
         } else {
-            let kind = r.envelope["error"]["kind"].as_str().unwrap_or("");
+            let kind = r.envelope.json()["error"]["kind"].as_str().unwrap_or("");
             prop_assert!(KINDS.contains(&kind), "unexpected error {} for\n{src}", r.envelope);
             let expected = match kind {
                 "TimeLimit" => 504,
@@ -62,7 +62,7 @@ proptest! {
             };
             prop_assert_eq!(r.http_status, expected);
             if !["FuelExhausted", "TimeLimit", "MemoryLimit", "StackOverflow", "OutputLimit"].contains(&kind) {
-                prop_assert!(r.envelope["error"]["line"].is_u64(), "no line in {} for\n{}", r.envelope, src);
+                prop_assert!(r.envelope.json()["error"]["line"].is_u64(), "no line in {} for\n{}", r.envelope, src);
             }
         }
     }

@@ -15,7 +15,7 @@ fn older_handles_keep_their_text_after_appends() {
                addResult(v)\naddResult(w)\naddResult(x)\n";
     let r = h.run(src);
     assert_eq!(r.http_status, 200, "{}", r.envelope);
-    let result = &r.envelope["result"];
+    let result = &r.envelope.json()["result"];
     assert_eq!(result["s"], "abcde");
     assert_eq!(result["t"], "abc");
     assert_eq!(result["u"], "abcd");
@@ -32,9 +32,9 @@ fn appending_in_a_function_leaves_the_callers_string_alone() {
                addResult(base)\naddResult(loud)\naddResult(louder)\n";
     let r = h.run(src);
     assert_eq!(r.http_status, 200, "{}", r.envelope);
-    assert_eq!(r.envelope["result"]["base"], "hi there");
-    assert_eq!(r.envelope["result"]["loud"], "hi there!");
-    assert_eq!(r.envelope["result"]["louder"], "hi there!!");
+    assert_eq!(r.envelope.json()["result"]["base"], "hi there");
+    assert_eq!(r.envelope.json()["result"]["loud"], "hi there!");
+    assert_eq!(r.envelope.json()["result"]["louder"], "hi there!!");
 }
 
 #[test]
@@ -49,10 +49,10 @@ fn an_old_version_survives_garbage_collections() {
                same = keep + \"\" == s\naddResult(n)\naddResult(m)\naddResult(last)\naddResult(same)\n";
     let r = h.run(src);
     assert_eq!(r.http_status, 200, "{}", r.envelope);
-    assert_eq!(r.envelope["result"]["n"], 1_000_000);
-    assert_eq!(r.envelope["result"]["m"], 3_000_000);
-    assert_eq!(r.envelope["result"]["last"], "9");
-    assert_eq!(r.envelope["result"]["same"], false);
+    assert_eq!(r.envelope.json()["result"]["n"], 1_000_000);
+    assert_eq!(r.envelope.json()["result"]["m"], 3_000_000);
+    assert_eq!(r.envelope.json()["result"]["last"], "9");
+    assert_eq!(r.envelope.json()["result"]["same"], false);
 }
 
 #[test]
@@ -63,6 +63,6 @@ fn a_long_concatenation_loop_is_linear() {
     let src = "s = \"\"\nstartLoop(i, 1, 200000)\n    s = s + \"x\"\nendLoop()\nn = len(s)\naddResult(n)\n";
     let r = h.run(src);
     assert_eq!(r.http_status, 200, "{}", r.envelope);
-    assert_eq!(r.envelope["result"]["n"], 200_000);
+    assert_eq!(r.envelope.json()["result"]["n"], 200_000);
     assert!(r.usage.fuel < 100_000_000, "fuel {}", r.usage.fuel);
 }

@@ -15,7 +15,7 @@ fn a_signed_artifact_from_a_trusted_key_runs() {
     let h = Harness::new();
     let module = h.runtime.load(&artifact(SRC, Some(&h.key))).expect("loads");
     let r = block_on(h.runtime.run(&module, avap_runtime::RunInput::default()));
-    assert_eq!(r.envelope["result"]["greeting"], "Hello");
+    assert_eq!(r.envelope.json()["result"]["greeting"], "Hello");
 }
 
 #[test]

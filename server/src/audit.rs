@@ -334,7 +334,7 @@ impl Drop for RunRecord<'_> {
 /// `ok`, or the kind of the run's error (envelope or API error).
 pub fn outcome(result: &Result<RunReport, ApiError>) -> String {
     match result {
-        Ok(report) => report.envelope["error"]["kind"].as_str().unwrap_or("ok").to_owned(),
+        Ok(report) => report.envelope.error_kind().unwrap_or("ok").to_owned(),
         Err(e) => e.kind().to_owned(),
     }
 }

@@ -329,7 +329,7 @@ mod transactional {
         };
         match report {
             Ok(report) => {
-                let succeeded = report.envelope["status"] == Value::Bool(true);
+                let succeeded = report.envelope.is_ok();
                 let result = into_result(envelope_response(report)).await;
                 if succeeded {
                     ItemEnd::Succeeded(result)

@@ -187,7 +187,7 @@ mod tests {
     fn report(status: u16) -> Compiled {
         Compiled::CompileError(Arc::new(RunReport {
             http_status: status,
-            envelope: serde_json::Value::Null,
+            envelope: avap_runtime::Envelope::failed(0.0, serde_json::json!({"kind": "CompileError"})),
             usage: avap_runtime::Usage::default(),
         }))
     }

@@ -58,7 +58,7 @@ impl std::fmt::Debug for Executor {
 /// What one file became: a loaded module, or the compile error response.
 pub enum Prepared {
     Module(Arc<LoadedModule>),
-    CompileError(RunReport),
+    CompileError(Box<RunReport>),
 }
 
 impl std::fmt::Debug for Prepared {
@@ -147,7 +147,7 @@ impl Executor {
     /// Compile an already checked program.
     pub fn prepare_checked(&self, checked: &CheckedProgram) -> Result<Prepared> {
         if checked.error_count() > 0 {
-            return Ok(Prepared::CompileError(compile_error_report(checked)));
+            return Ok(Prepared::CompileError(Box::new(compile_error_report(checked))));
         }
         let artifact = compile(checked, Some(&self.key));
         let module = self.load(&artifact.bytes)?;
@@ -190,7 +190,7 @@ impl Executor {
     pub async fn execute_file(&self, path: &Path, request: Request, settings: &RunSettings) -> Result<RunReport> {
         match self.prepare(path)? {
             Prepared::Module(m) => Ok(self.run(&m, request, settings).await),
-            Prepared::CompileError(r) => Ok(r),
+            Prepared::CompileError(r) => Ok(*r),
         }
     }
 }
@@ -216,7 +216,7 @@ pub fn compile_error_report(checked: &CheckedProgram) -> RunReport {
     error["diagnostics"] = avap_codegen::diag::to_json(&checked.sources, &checked.diagnostics);
     RunReport {
         http_status: 400,
-        envelope: json!({"status": false, "elapsed": 0.0, "error": error}),
+        envelope: avap_runtime::Envelope::failed(0.0, error),
         usage: avap_runtime::Usage::default(),
     }
 }

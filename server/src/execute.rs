@@ -4,9 +4,8 @@
 
 use avap_hostfns::Request;
 use avap_runtime::{Limits, RunReport};
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -334,17 +333,25 @@ pub(crate) async fn prepare_run(
 /// The envelope as the response body, with the run's status.
 pub fn envelope_response(report: RunReport) -> Response {
     let mut envelope = report.envelope;
-    if envelope["error"]["kind"] == "InternalError" {
+    if let Some(error) = envelope.error().filter(|e| e["kind"] == "InternalError") {
         // A runtime fault, not the script's doing: log it, do not show it.
-        tracing::error!("internal error in a run: {}", envelope["error"]["message"]);
-        envelope["error"]["message"] = Value::from("internal error while running the script");
+        tracing::error!("internal error in a run: {}", error["message"]);
+        let mut shown = error.clone();
+        shown["message"] = Value::from("internal error while running the script");
+        envelope = avap_runtime::Envelope::failed(envelope.elapsed(), shown);
     }
     // `_status` may be 100..=599, but a 1xx cannot be a final HTTP status.
     let status = StatusCode::from_u16(report.http_status)
         .ok()
         .filter(|s| !s.is_informational())
         .unwrap_or(StatusCode::OK);
-    (status, Json(envelope)).into_response()
+    // The envelope is JSON text already: sent as it is.
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        envelope.into_text(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -815,7 +815,7 @@ impl Metrics {
             self.fuel_used.inc_by(report.usage.fuel);
         }
         let outcome = match &result {
-            Ok(report) => report.envelope["error"]["kind"].as_str().unwrap_or("ok").to_owned(),
+            Ok(report) => report.envelope.error_kind().unwrap_or("ok").to_owned(),
             Err(e) => e.kind().to_owned(),
         };
         if let Some(kind) = LIMIT_KINDS.iter().find(|k| **k == outcome) {

@@ -100,5 +100,5 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub fn error_kind(r: &RunReport) -> &str {
-    r.envelope["error"]["kind"].as_str().unwrap_or("<no error>")
+    r.envelope.json()["error"]["kind"].as_str().unwrap_or("<no error>")
 }

@@ -387,7 +387,7 @@ async fn execute(state: &AppState, claimed: &Claimed) -> Result<RunReport, ApiEr
 fn finish(result: Result<RunReport, ApiError>) -> Finish {
     match result {
         Ok(report) => {
-            let error = report.envelope.get("error").cloned();
+            let error = report.envelope.error().cloned();
             let response = json!({"status": report.http_status, "body": report.envelope});
             match error {
                 None => Finish::Succeeded { result: response },

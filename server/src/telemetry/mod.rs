@@ -138,10 +138,10 @@ pub fn ids(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(Stri
 pub fn record_run(span: &tracing::Span, result: &Result<avap_runtime::RunReport, super::ApiError>) {
     match result {
         Ok(report) => {
-            let outcome = if report.envelope["status"] == true {
+            let outcome = if report.envelope.is_ok() {
                 "ok"
             } else {
-                report.envelope["error"]["kind"].as_str().unwrap_or("error")
+                report.envelope.error_kind().unwrap_or("error")
             };
             span.record("outcome", outcome);
             // As i64: OpenTelemetry has no unsigned integers (a u64 would be exported as text).
