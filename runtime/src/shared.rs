@@ -381,7 +381,7 @@ impl Results {
         let (old, old_memory) = self.sizes.get(key).copied().unwrap_or((0, 0));
         // The key, its quotes, the colon and a comma.
         let overhead = key.len() as u64 + 4;
-        let room = (self.limit + old).saturating_sub(self.bytes + overhead);
+        let room = self.limit.saturating_add(old).saturating_sub(self.bytes + overhead);
         let mut text = CappedBuffer::new(room.min(memory_available));
         if serde_json::to_writer(&mut text, value).is_err() {
             // Over one of the two limits: measured again, only to say by
@@ -398,7 +398,12 @@ impl Results {
                 )
                 .into());
             }
-            memory::MemoryBudget::new(memory_available).claim(size)?;
+            // Otherwise the text outgrew the memory left.
+            let hit = memory::MemoryBudget::new(memory_available)
+                .claim(size)
+                .err()
+                .unwrap_or_else(|| LimitHit::new(LimitKind::MemoryLimit, "memory limit exceeded by a result snapshot"));
+            return Err(hit.into());
         }
         let size = text.buf.len() as u64 + overhead;
         // The snapshot is kept as JSON text, under its key.
