@@ -88,7 +88,7 @@ impl Runtime {
                 let results = std::mem::take(&mut run.lock_results().values);
                 RunReport {
                     http_status: status,
-                    envelope: Envelope::succeeded(elapsed, results.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+                    envelope: Envelope::succeeded(elapsed, results.iter().map(|(k, v)| (k.as_str(), v.text.as_str()))),
                     usage,
                 }
             }

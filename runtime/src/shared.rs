@@ -355,10 +355,9 @@ pub(crate) fn sync_memory(state: &mut RunState, run: &RunShared) {
 /// and the output limit they share.
 #[derive(Debug)]
 pub struct Results {
-    /// Each result's snapshot, as compact JSON text.
-    pub(crate) values: IndexMap<String, String>,
-    /// Per result: its JSON size (the output limit) and its memory.
-    sizes: HashMap<String, (u64, u64)>,
+    /// Each result's snapshot, in the order first added.
+    pub(crate) values: IndexMap<String, Snapshot>,
+    /// What the snapshots add to the response, as JSON bytes.
     bytes: u64,
     limit: u64,
 }
@@ -367,7 +366,6 @@ impl Results {
     fn new(limit: u64) -> Results {
         Results {
             values: IndexMap::new(),
-            sizes: HashMap::new(),
             bytes: 0,
             limit,
         }
@@ -377,10 +375,12 @@ impl Results {
     /// limit and within `memory_available` (the buffer never grows past
     /// either); the caller claims the memory it keeps and the memory of the
     /// snapshot it replaces is released.
-    pub(crate) fn measure(&self, key: &str, value: &Value, memory_available: u64) -> Result<Measured, HostError> {
-        let (old, old_memory) = self.sizes.get(key).copied().unwrap_or((0, 0));
-        // The key, its quotes, the colon and a comma.
-        let overhead = key.len() as u64 + 4;
+    pub(crate) fn write(&self, key: &str, value: &Value, memory_available: u64) -> Result<Written, HostError> {
+        let (old, old_memory) = self
+            .values
+            .get(key)
+            .map_or((0, 0), |s| (output_size(key, &s.text), s.memory));
+        let overhead = output_size(key, "");
         let room = self.limit.saturating_add(old).saturating_sub(self.bytes + overhead);
         let mut text = CappedBuffer::new(room.min(memory_available));
         if serde_json::to_writer(&mut text, value).is_err() {
@@ -407,22 +407,24 @@ impl Results {
         }
         let size = text.buf.len() as u64 + overhead;
         // The snapshot is kept as JSON text, under its key.
-        let memory = memory::alloc_bytes(text.buf.capacity()) + memory::alloc_bytes(key.len()) * 2 + RESULT_ENTRY_BYTES;
+        let memory = memory::alloc_bytes(text.buf.capacity()) + memory::alloc_bytes(key.len()) + RESULT_ENTRY_BYTES;
         let text = String::from_utf8(text.buf).expect("serde_json writes UTF-8");
-        Ok(Measured {
+        Ok(Written {
             text,
-            size,
             memory,
             old_memory,
             next: self.bytes - old + size,
         })
     }
 
-    /// Store a snapshot written (and claimed) with [`Results::measure`].
-    pub(crate) fn insert(&mut self, key: &str, m: Measured) {
+    /// Store a snapshot written (and claimed) with [`Results::write`].
+    pub(crate) fn insert(&mut self, key: &str, m: Written) {
         self.bytes = m.next;
-        self.sizes.insert(key.to_owned(), (m.size, m.memory));
-        self.values.insert(key.to_owned(), m.text);
+        let snapshot = Snapshot {
+            text: m.text,
+            memory: m.memory,
+        };
+        self.values.insert(key.to_owned(), snapshot);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -430,14 +432,28 @@ impl Results {
     }
 }
 
-/// Bytes of the two table entries a result takes beside its texts: the
-/// snapshot's (key, text, hash) and the size record's.
-const RESULT_ENTRY_BYTES: u64 = 2 * (2 * size_of::<String>() as u64 + 16);
+/// One `addResult` snapshot.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    /// The value as compact JSON text.
+    pub text: String,
+    /// The memory it keeps (claimed when it was written).
+    memory: u64,
+}
 
-/// What one `addResult` costs (see [`Results::measure`]).
-pub(crate) struct Measured {
+/// JSON bytes `key: text` adds to the response: the text, the key, its
+/// quotes, the colon and a comma.
+fn output_size(key: &str, text: &str) -> u64 {
+    (text.len() + key.len() + 4) as u64
+}
+
+/// Bytes of the table entry a result takes beside its texts (key, snapshot,
+/// hash).
+const RESULT_ENTRY_BYTES: u64 = size_of::<String>() as u64 + size_of::<Snapshot>() as u64 + 16;
+
+/// What one `addResult` costs (see [`Results::write`]).
+pub(crate) struct Written {
     text: String,
-    size: u64,
     pub memory: u64,
     pub old_memory: u64,
     next: u64,
@@ -520,21 +536,21 @@ mod tests {
     #[test]
     fn a_snapshot_is_written_once_and_replacing_it_frees_its_share_of_the_output() {
         let mut results = Results::new(1000);
-        let m = results.measure("r", &rows(3), u64::MAX).unwrap();
+        let m = results.write("r", &rows(3), u64::MAX).unwrap();
         assert_eq!(m.text, r#"[{"id":0},{"id":1},{"id":2}]"#);
-        assert_eq!(m.size, m.text.len() as u64 + 5);
+        assert_eq!(m.next, m.text.len() as u64 + 5);
         assert!(m.memory >= m.text.len() as u64);
         results.insert("r", m);
         // The same key again: measured against the limit without the old one.
-        let m = results.measure("r", &rows(2), u64::MAX).unwrap();
-        assert_eq!(m.next, m.size);
+        let m = results.write("r", &rows(2), u64::MAX).unwrap();
+        assert_eq!(m.next, output_size("r", &m.text));
         assert!(m.old_memory > 0);
     }
 
     #[test]
     fn a_snapshot_over_the_output_limit_says_how_big_it_would_be() {
         let results = Results::new(100);
-        let Err(HostError::Limit(hit)) = results.measure("r", &rows(50), u64::MAX) else {
+        let Err(HostError::Limit(hit)) = results.write("r", &rows(50), u64::MAX) else {
             panic!("over the output limit");
         };
         assert_eq!(hit.kind, LimitKind::OutputLimit);
@@ -549,7 +565,7 @@ mod tests {
     #[test]
     fn a_snapshot_never_grows_its_buffer_past_the_memory_left() {
         let results = Results::new(u64::MAX / 4);
-        let Err(HostError::Limit(hit)) = results.measure("r", &rows(1000), 4096) else {
+        let Err(HostError::Limit(hit)) = results.write("r", &rows(1000), 4096) else {
             panic!("over the memory left");
         };
         assert_eq!(hit.kind, LimitKind::MemoryLimit);

@@ -165,11 +165,11 @@ impl HostContext for Services {
     fn add_result(&mut self, key: &str, value: &avap_hostfns::Value) -> Result<(), HostError> {
         let run = Arc::clone(&self.run);
         let mut results = run.lock_results();
-        let measured = results.measure(key, value, self.memory.remaining().available())?;
-        let (memory, old_memory) = (measured.memory, measured.old_memory);
+        let written = results.write(key, value, self.memory.remaining().available())?;
+        let (memory, old_memory) = (written.memory, written.old_memory);
         self.charge(memory / crate::linker::BYTES_PER_FUEL)?;
         self.memory.claim(memory)?;
-        results.insert(key, measured);
+        results.insert(key, written);
         drop(results);
         // The snapshot belongs to the run, not to this store: a block's
         // results outlive its store.
