@@ -1,10 +1,9 @@
 //! A verified, compiled artifact ready to instantiate.
 
-use avap_hostfns::Capability;
-use avap_hostfns::artifact::{Meta, SourceMap, Verified};
 use std::sync::{Arc, OnceLock};
 
-use avap_hostfns::abi;
+use avap_hostfns::artifact::{Meta, SourceMap, Verified};
+use avap_hostfns::{Capability, abi};
 use wasmtime::{InstancePre, Linker, Module, ModuleExport};
 
 use crate::error::LoadError;

@@ -814,10 +814,7 @@ impl Metrics {
         if let Ok(report) = &result {
             self.fuel_used.inc_by(report.usage.fuel);
         }
-        let outcome = match &result {
-            Ok(report) => report.envelope.error_kind().unwrap_or("ok").to_owned(),
-            Err(e) => e.kind().to_owned(),
-        };
+        let outcome = super::audit::outcome(&result);
         if let Some(kind) = LIMIT_KINDS.iter().find(|k| **k == outcome) {
             self.limit_hits.get_or_create(&LimitKind { kind }).inc();
         }
