@@ -367,23 +367,11 @@ impl<'a> FuncCtx<'_, 'a> {
             // locals the fast one no longer uses.
             self.in_versioned_copy = outer_copy;
             self.rollback(c0);
-            self.set_facts(before);
-            self.speculation_budget = budget;
-            self.reuse_locals(Some(first_local));
-            let allocations = self.allocations();
-            self.counted_loop(lp, None);
-            let kept = self.allocations() - allocations;
-            self.reuse_locals(None);
+            let (_, kept) = self.general_copy(lp, before, budget, first_local);
             self.note_versioned_locals(first_local, kept);
             return;
         }
-        self.set_facts(before);
-        self.speculation_budget = budget;
-        self.reuse_locals(Some(first_local));
-        let allocations = self.allocations();
-        let general_body = self.counted_loop(lp, None);
-        let general_allocations = self.allocations() - allocations;
-        self.reuse_locals(None);
+        let (general_body, general_allocations) = self.general_copy(lp, before, budget, first_local);
         self.in_versioned_copy = outer_copy;
         self.speculation_budget = budget_fast.min(self.speculation_budget);
         let after_general = self.facts();
@@ -399,6 +387,27 @@ impl<'a> FuncCtx<'_, 'a> {
         self.versioned.bytes += self.offset() - start - general_len;
         self.note_versioned_locals(first_local, general_allocations);
         self.set_facts(meet(&after_fast, &after_general));
+    }
+
+    /// The general copy of a versioned loop, compiled from the facts and
+    /// speculation budget that held before the fast copy, on the locals
+    /// from `first_local` on (the fast copy's, reused). Returns where its
+    /// body lies and how many locals it allocated.
+    fn general_copy(
+        &mut self,
+        lp: &CountedLoop<'a>,
+        before: Facts,
+        budget: u32,
+        first_local: usize,
+    ) -> ((usize, usize), usize) {
+        self.set_facts(before);
+        self.speculation_budget = budget;
+        self.reuse_locals(Some(first_local));
+        let allocations = self.allocations();
+        let body = self.counted_loop(lp, None);
+        let allocated = self.allocations() - allocations;
+        self.reuse_locals(None);
+        (body, allocated)
     }
 
     /// Versioning bytes this function may still spend (its own budget and
