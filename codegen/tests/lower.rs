@@ -33,10 +33,48 @@ fn every_corpus_program_lowers_to_a_valid_module() {
             continue;
         }
         let module = lower(&checked);
-        if let Err(e) = wasmparser::validate(&module.wasm) {
+        if let Err(e) = avap_hostfns::artifact::validate(&module.wasm) {
             panic!("{}: invalid module: {e}", path.display());
         }
         lowered += 1;
     }
     assert!(lowered > 40, "only {lowered} programs lowered");
+}
+
+/// The memory type of a lowered module.
+fn memory_of(wasm: &[u8]) -> wasmparser::MemoryType {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::MemorySection(reader) = payload.unwrap() {
+            return reader.into_iter().next().expect("one memory").unwrap();
+        }
+    }
+    panic!("no memory section");
+}
+
+fn lowered(source: &str) -> Vec<u8> {
+    let checked = check_file(SourceFile::new("memory.avap", source), &NoIncludes);
+    assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+    lower(&checked).wasm
+}
+
+#[test]
+fn linear_memory_is_sized_in_bytes_rounded_to_4_kib() {
+    // Format version 4: one-byte pages, a fixed size, whole host pages, so
+    // the pooling allocator resets 4 KiB after a small run, not 64 KiB.
+    let small = memory_of(&lowered("addVar(r, \"Hello\")\naddResult(r)\n"));
+    assert_eq!(small.page_size_log2, Some(0));
+    assert_eq!((small.initial, small.maximum), (4096, Some(4096)));
+
+    // Constants past one standard wasm page still fit: the size follows
+    // the constant bytes, rounded up.
+    let text = "x".repeat(70_000);
+    let large = memory_of(&lowered(&format!("r = \"{text}\"\naddResult(r)\n")));
+    assert_eq!(large.page_size_log2, Some(0));
+    assert_eq!(large.maximum, Some(large.initial));
+    assert_eq!(large.initial % 4096, 0);
+    assert!(
+        (70_000..70_000 + 8192).contains(&large.initial),
+        "memory of {} bytes for 70,000 bytes of constants",
+        large.initial
+    );
 }

@@ -18,7 +18,7 @@ proptest! {
         let checked = check_file(SourceFile::new("gen.avap", src.clone()), &NoIncludes);
         prop_assume!(checked.error_count() == 0);
         let module = lower(&checked);
-        if let Err(e) = wasmparser::validate(&module.wasm) {
+        if let Err(e) = avap_hostfns::artifact::validate(&module.wasm) {
             panic!("invalid module: {e}\n--- program ---\n{src}");
         }
     }

@@ -12,6 +12,8 @@
 //! says "an error is pending in the host; branch to the handler".
 //!
 //! ## Memory layout (linear memory 0, exported as `memory`)
+//! Its size is fixed (minimum = maximum) and counted in bytes (page size
+//! 1, format version 4): the end of the constant bytes rounded up to 4 KiB.
 //! * `[ARGS_BASE, ARGS_BASE + ARGS_BYTES)`: argument area for command calls,
 //!   [`SLOT_BYTES`] per argument (tag at +0, payload at +8).
 //! * `[GLOBALS_BASE, …)`: one slot per top-level variable, same layout. Host
@@ -25,8 +27,13 @@
 /// the collector on their own schedule only). Version 3 runs `go_async`
 /// blocks concurrently: each block is an export ([`EXPORT_ASYNC_PREFIX`])
 /// started by [`Helper::AsyncStart`]; older modules still run, their blocks
-/// to completion where they stand ([`Helper::AsyncDone`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// to completion where they stand ([`Helper::AsyncDone`]). Version 4 sizes
+/// linear memory in bytes (the custom-page-sizes proposal, one-byte pages,
+/// rounded up to 4 KiB) instead of 64 KiB wasm pages, so the pooling
+/// allocator resets a few KiB after each run; older modules still run, and
+/// a runtime of version 3 refuses version 4 by its number instead of
+/// failing to validate it.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Import module of the runtime helpers.
 pub const RT_MODULE: &str = "rt";

@@ -915,12 +915,21 @@ pub fn signer_key_id(bytes: &[u8]) -> Result<Option<String>, ArtifactError> {
     }
 }
 
+/// The WebAssembly features an artifact may use: the defaults plus custom
+/// page sizes (linear memory sized in bytes, format version 4).
+pub fn wasm_features() -> WasmFeatures {
+    WasmFeatures::default() | WasmFeatures::CUSTOM_PAGE_SIZES
+}
+
+/// Validates `wasm` with [`wasm_features`].
+pub fn validate(wasm: &[u8]) -> Result<(), wasmparser::BinaryReaderError> {
+    Validator::new_with_features(wasm_features()).validate_all(wasm).map(|_| ())
+}
+
 /// Validates the module and reads its sections. Does not check the
 /// signature (see [`check_signature`] and [`verify`]).
 pub fn inspect(bytes: &[u8]) -> Result<ArtifactInfo, ArtifactError> {
-    Validator::new_with_features(WasmFeatures::default())
-        .validate_all(bytes)
-        .map_err(|e| malformed(&e))?;
+    validate(bytes).map_err(|e| malformed(&e))?;
     let raw = walk_sections(bytes)?;
 
     let mut meta = None;

@@ -232,7 +232,7 @@ fn with_custom(bytes: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
 #[test]
 fn sections_are_valid_wasm_and_readable() {
     let bytes = unsigned_artifact();
-    wasmparser::validate(&bytes).unwrap();
+    avap_hostfns::artifact::validate(&bytes).unwrap();
     let info = inspect(&bytes).unwrap();
     assert_eq!(info.meta, meta());
     assert_eq!(info.srcmap, srcmap());

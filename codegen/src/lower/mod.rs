@@ -70,7 +70,11 @@ pub const VERSIONING_MODULE_BYTES: usize = MAX_CODE_BYTES / 16;
 /// source size in code, so a chunk stays under `MAX_FUNCTION_BYTES` unless
 /// one statement alone is too large).
 const CHUNK_SOURCE_BYTES: usize = 1024;
-const PAGE: u32 = 65_536;
+/// Linear memory is sized in bytes (custom page sizes of one byte), rounded
+/// up to whole host pages: the pooling allocator resets a run's memory
+/// after it, and a hello-sized module then resets 4 KiB instead of the
+/// 64 KiB of one standard wasm page.
+const MEMORY_GRANULE: u32 = 4096;
 
 /// A command the module imports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,7 +432,7 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
         bytes_addr += len;
     }
     let end = bytes_addr;
-    let pages = u64::from(end.div_ceil(PAGE).max(1));
+    let memory_bytes = u64::from(end.max(1).next_multiple_of(MEMORY_GRANULE));
 
     let mut functions = FunctionSection::new();
     let mut code = wasm_encoder::CodeSection::new();
@@ -490,11 +494,11 @@ fn assemble(mut m: ModuleCtx<'_>, endpoints: Vec<StaticEndpoint>) -> LoweredModu
 
     let mut memory = MemorySection::new();
     memory.memory(MemoryType {
-        minimum: pages,
-        maximum: Some(pages),
+        minimum: memory_bytes,
+        maximum: Some(memory_bytes),
         memory64: false,
         shared: false,
-        page_size_log2: None,
+        page_size_log2: Some(0),
     });
     exports.export(abi::EXPORT_MEMORY, ExportKind::Memory, 0);
 
