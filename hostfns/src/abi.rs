@@ -27,7 +27,8 @@
 /// the collector on their own schedule only). Version 3 runs `go_async`
 /// blocks concurrently: each block is an export ([`EXPORT_ASYNC_PREFIX`])
 /// started by [`Helper::AsyncStart`]; older modules still run, their blocks
-/// to completion where they stand ([`Helper::AsyncDone`]). Version 4 sizes
+/// to completion where they stand ([`Helper::AsyncDone`]). Version 4 adds
+/// [`Helper::DictFrom`] and sizes
 /// linear memory in bytes (the custom-page-sizes proposal, one-byte pages,
 /// rounded up to 4 KiB) instead of 64 KiB wasm pages, so the pooling
 /// allocator resets a few KiB after each run; older modules still run, and
@@ -286,10 +287,21 @@ pub enum Helper {
     /// absent and reaches the block unassigned). Returns at once; the block
     /// runs concurrently with the caller.
     AsyncStart,
+    /// `(ptr, count) -> i64`: a new dict of `count` entries read from the
+    /// value slots at `ptr` (key, value, key, value, …), in order, a later
+    /// duplicate key replacing the earlier value in its place. The compiler
+    /// uses it for a dict display whose keys are all string literals and
+    /// that fits the argument area ([`MAX_DICT_FROM`] entries): one host
+    /// call instead of `dict_new` and one `dict_set` per key. Format ≥ 4.
+    DictFrom,
 }
 
+/// Most entries of a dict display built by one [`Helper::DictFrom`] call
+/// (two argument slots each).
+pub const MAX_DICT_FROM: u32 = MAX_ARGS / 2;
+
 impl Helper {
-    pub const ALL: [Helper; 21] = [
+    pub const ALL: [Helper; 22] = [
         Helper::Binary,
         Helper::Unary,
         Helper::Truthy,
@@ -311,6 +323,7 @@ impl Helper {
         Helper::AsyncDone,
         Helper::Collect,
         Helper::AsyncStart,
+        Helper::DictFrom,
     ];
 
     /// Import name.
@@ -337,6 +350,7 @@ impl Helper {
             Helper::AsyncDone => "async_done",
             Helper::Collect => "collect",
             Helper::AsyncStart => "async_start",
+            Helper::DictFrom => "dict_from",
         }
     }
 
@@ -364,6 +378,7 @@ impl Helper {
             Helper::AsyncDone => (&[I32, I64, I32, I64], &[]),
             Helper::Collect => (&[], &[I32]),
             Helper::AsyncStart => (&[I32, I64, I32, I32, I64], &[]),
+            Helper::DictFrom => (&[I32, I32], &[I64]),
         }
     }
 }

@@ -923,7 +923,9 @@ pub fn wasm_features() -> WasmFeatures {
 
 /// Validates `wasm` with [`wasm_features`].
 pub fn validate(wasm: &[u8]) -> Result<(), wasmparser::BinaryReaderError> {
-    Validator::new_with_features(wasm_features()).validate_all(wasm).map(|_| ())
+    Validator::new_with_features(wasm_features())
+        .validate_all(wasm)
+        .map(|_| ())
 }
 
 /// Validates the module and reads its sections. Does not check the

@@ -183,6 +183,11 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
     )?;
     l.func_wrap(
         rt,
+        Helper::DictFrom.name(),
+        |mut c: Caller<'_, RunState>, ptr: i32, count: i32| -> Res<i64> { dict_from(&mut c, ptr, count) },
+    )?;
+    l.func_wrap(
+        rt,
         Helper::ToText.name(),
         |mut c: Caller<'_, RunState>, t: i32, p: i64| -> Res<Pair> {
             if t == abi::TAG_STR {
@@ -473,8 +478,12 @@ pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, a
         .iter()
         .position(|f| slot_count(f) == argc)
         .ok_or_else(|| bad("argument count"))?;
-    let data = memory.data(c);
-    let slots = (0..argc)
+    Ok((form_index, read_slots(memory.data(c), start, argc)?))
+}
+
+/// `count` value slots (tag at +0, payload at +8) from `start` in linear memory.
+fn read_slots(data: &[u8], start: usize, count: usize) -> Res<Slots<Pair>> {
+    (0..count)
         .map(|i| {
             let at = start + i * abi::SLOT_BYTES as usize;
             let bytes = data.get(at..at + 16).ok_or_else(|| bad("argument area"))?;
@@ -482,8 +491,45 @@ pub(crate) fn call_slots(c: &Caller<'_, RunState>, sig: &CommandSig, ptr: i32, a
             let p = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
             Ok((t, p))
         })
-        .collect::<Res<Slots<Pair>>>()?;
-    Ok((form_index, slots))
+        .collect()
+}
+
+/// `rt.dict_from`: a dict display with string-literal keys built in one
+/// call. Every key and value is copied and claimed as `dict_set` would,
+/// and fuel is charged the same, before the dict takes a heap slot.
+fn dict_from(c: &mut Caller<'_, RunState>, ptr: i32, count: i32) -> Res<i64> {
+    let memory = c.data().memory.ok_or_else(|| bad("memory export"))?;
+    let count = usize::try_from(count)
+        .ok()
+        .filter(|&n| n <= abi::MAX_DICT_FROM as usize)
+        .ok_or_else(|| bad("dict entry count"))?;
+    let start = usize::try_from(ptr).map_err(|_| bad("argument pointer"))?;
+    let slots = read_slots(memory.data(&*c), start, 2 * count)?;
+    let (dict, mem, fuel) = {
+        let heap = &c.data().heap;
+        let mut mem = heap.budget();
+        let mut dict = avap_hostfns::Dict::new();
+        let mut fuel = 0u64;
+        for entry in slots.chunks_exact(2) {
+            let [(tk, pk), (tv, pv)] = [entry[0], entry[1]];
+            if tk != abi::TAG_STR {
+                return Err(bad("dict_from key is not a string"));
+            }
+            let Value::Str(key) = mem.clone_value(value(heap, tk, pk)?.as_ref())?.0 else {
+                return Err(bad("string handle"));
+            };
+            let (v, footprint) = mem.clone_value(value(heap, tv, pv)?.as_ref())?;
+            fuel += 1 + (key.len() as u64 + footprint.bytes) / BYTES_PER_FUEL;
+            memory::insert(&mut dict, key, v, &mut mem)?;
+        }
+        (dict, mem, fuel)
+    };
+    charge(c, fuel)?;
+    let footprint = memory::Footprint {
+        bytes: u64::try_from(mem.net()).unwrap_or(0),
+        depth: mem.deepest() + 1,
+    };
+    Ok(c.data_mut().heap.alloc_measured(Value::Dict(dict), footprint)?)
 }
 
 /// A command call: read the argument slots, run the command, store the

@@ -157,6 +157,28 @@ fn every_run_reports_its_usage() {
     assert!(r.usage.peak_memory_bytes > 0);
 }
 
+/// A dict display with string-literal keys is built in one host call
+/// (`rt.dict_from`); it claims and counts exactly what the general form
+/// (`dict_new`, then one `dict_set` per key) does, duplicates included,
+/// and runs out of memory the same way.
+#[test]
+fn a_dict_display_is_counted_like_one_built_key_by_key() {
+    let h = Harness::new();
+    let values = r#""x" * 300, "b": [1, "yy"], "c": {"d": "z" * 40}, "a": "w" * 50"#;
+    let literal = h.run(&format!("d = {{\"a\": {values}}}\naddResult(d)\n"));
+    let general = h.run(&format!("k = \"a\"\nd = {{k: {values}}}\naddResult(d)\n"));
+    assert_eq!(literal.envelope.json()["result"], general.envelope.json()["result"]);
+    assert_eq!(literal.usage.peak_memory_bytes, general.usage.peak_memory_bytes);
+
+    let tight = Limits {
+        memory_bytes: 64 << 10,
+        ..Limits::CLI
+    };
+    let big = r#"d = {"a": "x" * 20000, "b": "y" * 20000, "c": "z" * 20000, "e": "w" * 20000}"#;
+    let r = h.run_with(big, tight);
+    assert_eq!(error_kind(&r), "MemoryLimit", "{}", r.envelope);
+}
+
 /// Runs are cooperative: at every epoch tick a running script yields to the
 /// executor, so one thread serves a long run and short ones side by side.
 #[test]

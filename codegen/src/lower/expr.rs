@@ -131,6 +131,7 @@ impl FuncCtx<'_, '_> {
                 self.read(home, &id.name, Undefined::NameError);
             }
             ExprKind::List(items) => self.list(items, false),
+            ExprKind::Dict(entries) if literal_keys(entries) => self.dict_from(entries, e.span),
             ExprKind::Dict(entries) => {
                 let h = self.new_local(ValType::I64);
                 self.helper(Helper::DictNew);
@@ -215,6 +216,48 @@ impl FuncCtx<'_, '_> {
             }
         }
         Known::ANY
+    }
+
+    /// A dict display whose keys are all string literals, in one
+    /// `rt.dict_from` call: the values are evaluated first, in order (they
+    /// may call commands or build displays of their own, which use the
+    /// argument area), then every key and value is stored in the argument
+    /// area. Such a dict cannot fail on a key, so no status check follows.
+    fn dict_from(&mut self, entries: &[(Expr, Expr)], span: crate::span::Span) {
+        let values: Vec<_> = entries
+            .iter()
+            .map(|(_, v)| {
+                self.expr(v);
+                let p = self.new_pair();
+                self.store_pair(p);
+                p
+            })
+            .collect();
+        let mem = super::func::mem;
+        for (i, ((k, _), v)) in entries.iter().zip(values).enumerate() {
+            let ExprKind::Str { value, .. } = &k.kind else {
+                unreachable!("literal_keys checked every key");
+            };
+            let key = i64::from(self.m.const_index(value));
+            let at = abi::ARGS_BASE + 2 * abi::SLOT_BYTES * u32::try_from(i).expect("few entries");
+            let (key_at, value_at) = (addr(at), addr(at + abi::SLOT_BYTES));
+            self.ins()
+                .i32_const(key_at)
+                .i32_const(abi::TAG_STR)
+                .i32_store(mem(0, 2));
+            self.ins().i32_const(key_at).i64_const(key).i64_store(mem(8, 3));
+            self.ins().i32_const(value_at).local_get(v.tag()).i32_store(mem(0, 2));
+            self.ins()
+                .i32_const(value_at)
+                .local_get(v.payload())
+                .i64_store(mem(8, 3));
+        }
+        self.mark(span);
+        let count = i32::try_from(entries.len()).expect("few entries");
+        self.ins().i32_const(addr(abi::ARGS_BASE)).i32_const(count);
+        self.helper(Helper::DictFrom);
+        let h = self.new_local(ValType::I64);
+        self.ins().local_set(h).i32_const(abi::TAG_DICT).local_get(h);
     }
 
     /// A list display. In value arguments (`own_text`), bare undefined names
@@ -891,6 +934,19 @@ pub(crate) fn builtin_code(name: &str) -> Option<BuiltinCode> {
         "len" => BuiltinCode::Len,
         _ => return None,
     })
+}
+
+/// A non-empty dict display that one `rt.dict_from` call can build: every
+/// key a string literal, and no more entries than the argument area holds.
+fn literal_keys(entries: &[(Expr, Expr)]) -> bool {
+    !entries.is_empty()
+        && entries.len() <= abi::MAX_DICT_FROM as usize
+        && entries.iter().all(|(k, _)| matches!(k.kind, ExprKind::Str { .. }))
+}
+
+/// An address in the first 64 KiB of linear memory as an `i32.const`.
+fn addr(at: u32) -> i32 {
+    i32::try_from(at).expect("argument area address fits i32")
 }
 
 fn binop(op: BinaryOp) -> BinOp {
