@@ -22,6 +22,7 @@
 //! cannot be logged safely is replaced, and the id, its span, the task-local
 //! and the access line are made in one place, in one layer.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -120,18 +121,33 @@ fn accepted(headers: &HeaderMap) -> Option<String> {
     fits.then(|| String::from_utf8_lossy(value).into_owned())
 }
 
-/// 16 hex digits from the OS random source.
+/// 16 hex digits, unique within the process and unpredictable across
+/// processes: a random 64-bit start (one read of the OS random source per
+/// process, not a system call per request) plus a counter, through
+/// SplitMix64's finalizer (a bijection, so no two requests of a process
+/// share an id).
 fn generate() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: an id only has to be unique, not secret.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        bytes = ((NEXT.fetch_add(1, Ordering::Relaxed) << 32) | u64::from(nanos)).to_be_bytes();
-    }
-    hex::encode(bytes)
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No OS randomness: an id only has to be unique, not secret.
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            bytes = u64::try_from(nanos % (1 << 64)).unwrap_or(0).to_le_bytes();
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    hex::encode(splitmix64(n).to_be_bytes())
+}
+
+/// SplitMix64's output function: a bijection on `u64` that spreads
+/// consecutive inputs over the whole range.
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -161,5 +177,16 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn generated_ids_do_not_repeat_and_do_not_count_up() {
+        let ids: Vec<String> = (0..10_000).map(|_| generate()).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Consecutive ids share no long common prefix (they are not a
+        // visible counter).
+        let common = ids[0].bytes().zip(ids[1].bytes()).take_while(|(a, b)| a == b).count();
+        assert!(common < 8, "{} then {}", ids[0], ids[1]);
     }
 }
