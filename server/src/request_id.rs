@@ -124,7 +124,7 @@ fn accepted(headers: &HeaderMap) -> Option<String> {
 /// 16 hex digits, unique within the process and unpredictable across
 /// processes: a random 64-bit start (one read of the OS random source per
 /// process, not a system call per request) plus a counter, through
-/// SplitMix64's finalizer (a bijection, so no two requests of a process
+/// the `SplitMix64` finalizer (a bijection, so no two requests of a process
 /// share an id).
 fn generate() -> String {
     static START: OnceLock<u64> = OnceLock::new();
@@ -142,7 +142,7 @@ fn generate() -> String {
     hex::encode(splitmix64(n).to_be_bytes())
 }
 
-/// SplitMix64's output function: a bijection on `u64` that spreads
+/// The `SplitMix64` output function: a bijection on `u64` that spreads
 /// consecutive inputs over the whole range.
 fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
