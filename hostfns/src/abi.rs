@@ -31,9 +31,11 @@
 /// [`Helper::DictFrom`] and sizes
 /// linear memory in bytes (the custom-page-sizes proposal, one-byte pages,
 /// rounded up to 4 KiB) instead of 64 KiB wasm pages, so the pooling
-/// allocator resets a few KiB after each run; older modules still run, and
-/// a runtime of version 3 refuses version 4 by its number instead of
-/// failing to validate it.
+/// allocator resets a few KiB after each run; older modules still run. A
+/// runtime of version 3 refuses version 4 modules as invalid WebAssembly
+/// (it does not enable custom page sizes); from version 4 on, a runtime
+/// names a newer format as such even when its WebAssembly does not
+/// validate (`artifact::inspect`).
 pub const FORMAT_VERSION: u32 = 4;
 
 /// Import module of the runtime helpers.

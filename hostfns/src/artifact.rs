@@ -931,7 +931,12 @@ pub fn validate(wasm: &[u8]) -> Result<(), wasmparser::BinaryReaderError> {
 /// Validates the module and reads its sections. Does not check the
 /// signature (see [`check_signature`] and [`verify`]).
 pub fn inspect(bytes: &[u8]) -> Result<ArtifactInfo, ArtifactError> {
-    validate(bytes).map_err(|e| malformed(&e))?;
+    if let Err(e) = validate(bytes) {
+        // A newer format may use WebAssembly this runtime does not accept
+        // (format 4's one-byte pages did): when its metadata says it is
+        // newer, say so instead of "malformed".
+        return Err(newer_format(bytes).unwrap_or_else(|| malformed(&e)));
+    }
     let raw = walk_sections(bytes)?;
 
     let mut meta = None;
@@ -991,6 +996,17 @@ pub fn inspect(bytes: &[u8]) -> Result<ArtifactInfo, ArtifactError> {
         sections,
         signed_digest,
     })
+}
+
+/// [`ArtifactError::FormatTooNew`] when `bytes`' sections can be walked and
+/// its metadata names a format newer than [`abi::FORMAT_VERSION`].
+fn newer_format(bytes: &[u8]) -> Option<ArtifactError> {
+    let sections = walk_sections(bytes).ok()?;
+    let meta = sections.iter().find(|s| s.custom_name == Some(META_SECTION))?;
+    match Meta::from_json(meta.custom_data) {
+        Err(e @ ArtifactError::FormatTooNew { .. }) => Some(e),
+        _ => None,
+    }
 }
 
 /// Checks the signature of an inspected artifact against `trusted`:

@@ -481,6 +481,42 @@ fn newer_format_is_refused_and_unknown_fields_are_allowed() {
         ArtifactError::FormatTooNew { .. }
     ));
 
+    // A newer format whose WebAssembly this runtime does not validate is
+    // still refused by its number (format 4 declared one-byte pages, which
+    // a runtime of format 3 called "malformed"); an unsupported page size
+    // stands in for whatever a later format may use.
+    let mut mems = MemorySection::new();
+    mems.memory(MemoryType {
+        minimum: 1,
+        maximum: Some(1),
+        memory64: false,
+        shared: false,
+        page_size_log2: Some(5),
+    });
+    let mut future = Module::new();
+    future.section(&mems);
+    let future = with_custom(
+        &with_custom(&future.finish(), META_SECTION, &json),
+        SRCMAP_SECTION,
+        &srcmap().encode(),
+    );
+    assert!(avap_hostfns::artifact::validate(&future).is_err());
+    assert!(matches!(
+        inspect(&future).unwrap_err(),
+        ArtifactError::FormatTooNew { .. }
+    ));
+    // The same module of our own format is malformed.
+    let mut current = serde_json::to_value(meta()).unwrap();
+    current["format_version"] = abi::FORMAT_VERSION.into();
+    let mut ours = Module::new();
+    ours.section(&mems);
+    let ours = with_custom(
+        &with_custom(&ours.finish(), META_SECTION, &serde_json::to_vec(&current).unwrap()),
+        SRCMAP_SECTION,
+        &srcmap().encode(),
+    );
+    assert!(matches!(inspect(&ours).unwrap_err(), ArtifactError::Malformed(_)));
+
     value["format_version"] = abi::FORMAT_VERSION.into();
     let parsed = Meta::from_json(&serde_json::to_vec(&value).unwrap()).unwrap();
     assert_eq!(parsed, meta());
