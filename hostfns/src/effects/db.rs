@@ -429,7 +429,12 @@ impl Conn {
         let pool = self
             .pool
             .get_or_try_init(|| async {
-                let acquire = limits.statement_timeout.max(Duration::from_millis(100));
+                // Getting a connection gives up a tenth before the statement's
+                // own timeout: a database that refuses connections (sqlx
+                // retries those until this deadline) is then always reported
+                // as unreachable, never as a statement that ran too long, which
+                // the two equal deadlines decided by a race under load.
+                let acquire = (limits.statement_timeout * 9 / 10).max(Duration::from_millis(100));
                 Ok::<Pool, String>(match &self.target {
                     Target::Sqlite(opts) => {
                         // `sqlite::memory:` is named `file:sqlx-in-memory-N`: one
