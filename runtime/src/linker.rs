@@ -162,16 +162,18 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
                 );
                 return Ok(-1);
             }
-            let (key, v, footprint, mut mem) = {
+            let (entry, mut mem) = {
                 let heap = &c.data().heap;
-                let (key, _, mut mem) = copy_in(heap, tk, pk)?;
-                let (v, footprint) = mem.clone_value(value(heap, tv, pv)?.as_ref())?;
-                let Value::Str(key) = key else {
-                    return Err(bad("string handle"));
-                };
-                (key, v, footprint, mem)
+                let mut mem = heap.budget();
+                (copy_entry(heap, &mut mem, (tk, pk), (tv, pv))?, mem)
             };
-            charge(&mut c, 1 + (key.len() as u64 + footprint.bytes) / BYTES_PER_FUEL)?;
+            charge(&mut c, entry.fuel)?;
+            let DictEntry {
+                key,
+                value: v,
+                footprint,
+                ..
+            } = entry;
             let heap = &mut c.data_mut().heap;
             match heap.get_mut(h)? {
                 Value::Dict(d) => memory::insert(d, key, v, &mut mem)?,
@@ -494,6 +496,30 @@ fn read_slots(data: &[u8], start: usize, count: usize) -> Res<Slots<Pair>> {
         .collect()
 }
 
+/// A key and value copied for a dict being built (`dict_set`, `dict_from`),
+/// claimed from `mem`, with the fuel the copy costs.
+struct DictEntry {
+    key: String,
+    value: Value,
+    footprint: memory::Footprint,
+    fuel: u64,
+}
+
+/// Copy the string key `k` and the value `v` for a dict entry.
+fn copy_entry(heap: &Heap, mem: &mut MemoryBudget, (tk, pk): Pair, (tv, pv): Pair) -> Res<DictEntry> {
+    let Value::Str(key) = mem.clone_value(value(heap, tk, pk)?.as_ref())?.0 else {
+        return Err(bad("string handle"));
+    };
+    let (value, footprint) = mem.clone_value(value(heap, tv, pv)?.as_ref())?;
+    let fuel = 1 + (key.len() as u64 + footprint.bytes) / BYTES_PER_FUEL;
+    Ok(DictEntry {
+        key,
+        value,
+        footprint,
+        fuel,
+    })
+}
+
 /// `rt.dict_from`: a dict display with string-literal keys built in one
 /// call. Every key and value is copied and claimed as `dict_set` would,
 /// and fuel is charged the same, before the dict takes a heap slot.
@@ -510,17 +536,13 @@ fn dict_from(c: &mut Caller<'_, RunState>, ptr: i32, count: i32) -> Res<i64> {
         let mut mem = heap.budget();
         let mut dict = avap_hostfns::Dict::new();
         let mut fuel = 0u64;
-        for entry in slots.chunks_exact(2) {
-            let [(tk, pk), (tv, pv)] = [entry[0], entry[1]];
-            if tk != abi::TAG_STR {
+        for pair in slots.chunks_exact(2) {
+            if pair[0].0 != abi::TAG_STR {
                 return Err(bad("dict_from key is not a string"));
             }
-            let Value::Str(key) = mem.clone_value(value(heap, tk, pk)?.as_ref())?.0 else {
-                return Err(bad("string handle"));
-            };
-            let (v, footprint) = mem.clone_value(value(heap, tv, pv)?.as_ref())?;
-            fuel += 1 + (key.len() as u64 + footprint.bytes) / BYTES_PER_FUEL;
-            memory::insert(&mut dict, key, v, &mut mem)?;
+            let entry = copy_entry(heap, &mut mem, pair[0], pair[1])?;
+            fuel += entry.fuel;
+            memory::insert(&mut dict, entry.key, entry.value, &mut mem)?;
         }
         (dict, mem, fuel)
     };

@@ -1,11 +1,10 @@
 //! Calls: user functions, commands (through the argument area), and names
 //! that are neither (a catchable `NameError` at run time, spec §1).
 
-use avap_hostfns::abi;
 use avap_hostfns::signature::{CommandSig, ParamKind, Returns};
 use avap_hostfns::{ErrorKind, command};
 
-use super::func::{FuncCtx, FuncKind, Home, Pair, Undefined, mem};
+use super::func::{FuncCtx, FuncKind, Home, Pair, Undefined, arg_slot};
 use crate::ast::{Arg, Call, Expr, ExprKind, Ident};
 
 /// How a call's result is used.
@@ -145,16 +144,13 @@ impl FuncCtx<'_, '_> {
                 }
             }
         }
-        let base = abi::ARGS_BASE;
         for (i, p) in slots.iter().enumerate() {
-            let addr = i32::try_from(base + u32::try_from(i).unwrap_or(0) * abi::SLOT_BYTES).unwrap_or(0);
-            self.ins().i32_const(addr).local_get(p.tag()).i32_store(mem(0, 2));
-            self.ins().i32_const(addr).local_get(p.payload()).i64_store(mem(8, 3));
+            self.store_arg(i, *p);
         }
         let idx = self.m.commands[sig.name].0;
         self.mark(call.span);
         self.ins()
-            .i32_const(i32::try_from(base).unwrap_or(0))
+            .i32_const(arg_slot(0))
             .i32_const(i32::try_from(slots.len()).unwrap_or(0));
         self.allocates = true;
         self.ins().call(idx);

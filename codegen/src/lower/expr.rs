@@ -233,28 +233,17 @@ impl FuncCtx<'_, '_> {
                 p
             })
             .collect();
-        let mem = super::func::mem;
         for (i, ((k, _), v)) in entries.iter().zip(values).enumerate() {
             let ExprKind::Str { value, .. } = &k.kind else {
                 unreachable!("literal_keys checked every key");
             };
             let key = i64::from(self.m.const_index(value));
-            let at = abi::ARGS_BASE + 2 * abi::SLOT_BYTES * u32::try_from(i).expect("few entries");
-            let (key_at, value_at) = (addr(at), addr(at + abi::SLOT_BYTES));
-            self.ins()
-                .i32_const(key_at)
-                .i32_const(abi::TAG_STR)
-                .i32_store(mem(0, 2));
-            self.ins().i32_const(key_at).i64_const(key).i64_store(mem(8, 3));
-            self.ins().i32_const(value_at).local_get(v.tag()).i32_store(mem(0, 2));
-            self.ins()
-                .i32_const(value_at)
-                .local_get(v.payload())
-                .i64_store(mem(8, 3));
+            self.store_arg_const(2 * i, abi::TAG_STR, key);
+            self.store_arg(2 * i + 1, v);
         }
         self.mark(span);
         let count = i32::try_from(entries.len()).expect("few entries");
-        self.ins().i32_const(addr(abi::ARGS_BASE)).i32_const(count);
+        self.ins().i32_const(super::func::arg_slot(0)).i32_const(count);
         self.helper(Helper::DictFrom);
         let h = self.new_local(ValType::I64);
         self.ins().local_set(h).i32_const(abi::TAG_DICT).local_get(h);
@@ -830,8 +819,7 @@ impl FuncCtx<'_, '_> {
         self.helper(Helper::DictSet);
         self.check_status();
         // Slot 0: the call; slot 1: ormDirect's (unused) target.
-        let base = i32::try_from(abi::ARGS_BASE).unwrap_or(0);
-        let second = i32::try_from(abi::ARGS_BASE + abi::SLOT_BYTES).unwrap_or(0);
+        let base = super::func::arg_slot(0);
         self.ins()
             .i32_const(base)
             .i32_const(abi::TAG_DICT)
@@ -840,14 +828,7 @@ impl FuncCtx<'_, '_> {
             .i32_const(base)
             .local_get(d)
             .i64_store(super::func::mem(8, 3));
-        self.ins()
-            .i32_const(second)
-            .i32_const(abi::TAG_NONE)
-            .i32_store(super::func::mem(0, 2));
-        self.ins()
-            .i32_const(second)
-            .i64_const(0)
-            .i64_store(super::func::mem(8, 3));
+        self.store_arg_const(1, abi::TAG_NONE, 0);
         self.mark(call.span);
         self.ins().i32_const(base).i32_const(2);
         self.allocates = true;
@@ -942,11 +923,6 @@ fn literal_keys(entries: &[(Expr, Expr)]) -> bool {
     !entries.is_empty()
         && entries.len() <= abi::MAX_DICT_FROM as usize
         && entries.iter().all(|(k, _)| matches!(k.kind, ExprKind::Str { .. }))
-}
-
-/// An address in the first 64 KiB of linear memory as an `i32.const`.
-fn addr(at: u32) -> i32 {
-    i32::try_from(at).expect("argument area address fits i32")
 }
 
 fn binop(op: BinaryOp) -> BinOp {

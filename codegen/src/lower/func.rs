@@ -489,6 +489,22 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
         self.ins().local_set(p.payload()).local_set(p.tag());
     }
 
+    /// Store local pair `p` in value slot `index` of the argument area
+    /// (what a command call or `rt.dict_from` reads).
+    pub fn store_arg(&mut self, index: usize, p: Pair) {
+        let at = arg_slot(index);
+        self.ins().i32_const(at).local_get(p.tag()).i32_store(mem(0, 2));
+        self.ins().i32_const(at).local_get(p.payload()).i64_store(mem(8, 3));
+    }
+
+    /// Store the constant value `(tag, payload)` in value slot `index` of
+    /// the argument area.
+    pub fn store_arg_const(&mut self, index: usize, tag: i32, payload: i64) {
+        let at = arg_slot(index);
+        self.ins().i32_const(at).i32_const(tag).i32_store(mem(0, 2));
+        self.ins().i32_const(at).i64_const(payload).i64_store(mem(8, 3));
+    }
+
     /// Read variable `name` with the given rule for unassigned variables.
     pub fn read(&mut self, home: Home, name: &str, undefined: Undefined) {
         self.load(home);
@@ -531,6 +547,15 @@ impl<'m, 'a> FuncCtx<'m, 'a> {
 
 pub(crate) fn global_addr(slot: u32) -> i32 {
     i32::try_from(abi::GLOBALS_BASE + slot * abi::SLOT_BYTES).expect("global slot address fits i32")
+}
+
+/// Address of value slot `index` of the argument area, as an `i32.const`.
+pub(crate) fn arg_slot(index: usize) -> i32 {
+    u32::try_from(index)
+        .ok()
+        .and_then(|i| i.checked_mul(abi::SLOT_BYTES))
+        .and_then(|off| i32::try_from(abi::ARGS_BASE + off).ok())
+        .expect("argument slot address fits i32")
 }
 
 pub(crate) fn mem(offset: u64, align: u32) -> MemArg {
