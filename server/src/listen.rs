@@ -36,8 +36,15 @@
 //! previous response (or the connect) to the end of the next head, so it
 //! would also close kept-alive connections after the header bound. The
 //! phases are tracked here instead (the socket's reads, the service's
-//! requests and their response bodies); hyper's timer stays set to
-//! idle + header as the outer bound, should that tracking ever miss a turn.
+//! requests and their response bodies), and hyper gets no timer: its
+//! header timer costs every request a boxed sleep on the timer wheel.
+//!
+//! The deadlines cost a request no timer work either. A phase change only
+//! writes the new deadline; the connection's one timer is re-armed when it
+//! fires, never later than the deadline it must enforce (see
+//! [`Connection::serve`]). Under load a busy connection's timer fires once
+//! per `min(header_read_timeout, idle_timeout)`, not several times per
+//! request.
 //!
 //! [`protect`]: super::protect
 
@@ -57,11 +64,11 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::service::Service as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::metrics::ConnectionCounters;
 
@@ -139,9 +146,8 @@ pub async fn serve(
 ) {
     let limits = limits.fit_fd_limit();
     let admission = Arc::new(Admission::new(&limits, counters));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout + limits.header_read_timeout);
+    // No timer for hyper: the phases below bound the head (module docs).
+    let http = hyper::server::conn::http1::Builder::new();
     // Every connection task holds a receiver: `stop.send` starts their
     // graceful shutdown, `stop.closed()` resolves once the last one ended.
     let (stop, stopped) = watch::channel(false);
@@ -374,9 +380,19 @@ impl Connection {
         });
         let conn = http.serve_connection(io, service);
         tokio::pin!(conn);
+        // The one timer: armed at `next_check` and re-armed when it fires.
+        // It never fires after the deadline it must enforce: every deadline
+        // is set `recheck` or more after the moment it is set, and the
+        // timer is never armed more than `recheck` ahead.
+        let recheck = limits.header_read_timeout.min(limits.idle_timeout);
+        let next_check = |now: Instant| match phase.deadline() {
+            Some((at, _)) => at.min(now + recheck),
+            None => now + recheck,
+        };
+        let timer = tokio::time::sleep_until(next_check(Instant::now()).into());
+        tokio::pin!(timer);
         let mut stopping = false;
         loop {
-            let deadline = phase.deadline();
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -384,15 +400,16 @@ impl Connection {
                     }
                     break;
                 }
-                () = phase.changed.notified() => {}
-                () = sleep_until(deadline.map(|(at, _)| at)) => {
+                () = timer.as_mut() => {
+                    let now = Instant::now();
                     if let Some((at, timeout)) = phase.deadline()
-                        && at <= Instant::now()
+                        && at <= now
                     {
                         slot.admission.counters.timed_out(timeout);
                         tracing::debug!(%peer, timeout = timeout.as_str(), "connection closed: timed out");
                         break;
                     }
+                    timer.as_mut().reset(next_check(now).into());
                 }
                 changed = stop.changed(), if !stopping => {
                     let _ = changed;
@@ -403,14 +420,6 @@ impl Connection {
         }
         // Dropping `conn` closes the socket; dropping `slot` uncounts it.
         drop(slot);
-    }
-}
-
-/// Sleep until `at`, or forever.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -444,10 +453,9 @@ enum Phase {
 
 /// A connection's phase, moved on by its socket reads ([`Watched`]), its
 /// requests and their response bodies ([`Guarded`]); the connection task
-/// waits on `changed` for a new deadline.
+/// reads it when its timer fires (no wake-up per change).
 struct PhaseWatch {
     phase: Mutex<Phase>,
-    changed: Notify,
     header_read: Duration,
     idle: Duration,
 }
@@ -458,7 +466,6 @@ impl PhaseWatch {
             phase: Mutex::new(Phase::Head {
                 deadline: Instant::now() + limits.header_read_timeout,
             }),
-            changed: Notify::new(),
             header_read: limits.header_read_timeout,
             idle: limits.idle_timeout,
         }
@@ -472,11 +479,6 @@ impl PhaseWatch {
         }
     }
 
-    fn set(&self, phase: &mut Phase, next: Phase) {
-        *phase = next;
-        self.changed.notify_one();
-    }
-
     /// Bytes arrived: the first byte of a request after an idle spell
     /// starts its header deadline.
     fn bytes_read(&self) {
@@ -485,7 +487,7 @@ impl PhaseWatch {
             let next = Phase::Head {
                 deadline: Instant::now() + self.header_read,
             };
-            self.set(&mut phase, next);
+            *phase = next;
         }
     }
 
@@ -496,7 +498,7 @@ impl PhaseWatch {
             Phase::Busy { requests } => requests + 1,
             Phase::Head { .. } | Phase::Idle { .. } => 1,
         };
-        self.set(&mut phase, Phase::Busy { requests });
+        *phase = Phase::Busy { requests };
         RequestGuard(self.clone())
     }
 
@@ -512,7 +514,7 @@ impl PhaseWatch {
                     deadline: Instant::now() + self.idle,
                 }
             };
-            self.set(&mut phase, next);
+            *phase = next;
         }
     }
 }

@@ -24,14 +24,12 @@
 //! and creates files with the umask's mode, where ours rotates by size,
 //! refuses symlinks (`O_NOFOLLOW`) and creates files `0640`.
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -223,7 +221,155 @@ impl LogLayer {
 /// line is written, not copied into every span (spans outnumber lines).
 struct SpanFields {
     name: &'static str,
-    fields: Map<String, Value>,
+    fields: Fields,
+}
+
+/// A field's value as recorded, through the secrets filter.
+#[derive(Debug, Clone, PartialEq)]
+enum FieldValue {
+    Str(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl FieldValue {
+    /// As a JSON value: strings quoted and escaped, numbers as
+    /// `serde_json` writes them (a non-finite float is `null`).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            FieldValue::Str(text) => write_json_str(out, text),
+            FieldValue::I64(n) => write_json_number(out, n),
+            FieldValue::U64(n) => write_json_number(out, n),
+            FieldValue::F64(n) => write_json_number(out, n),
+            FieldValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        }
+    }
+
+    /// As text: strings as they are, the rest as in JSON.
+    fn write_text(&self, out: &mut Vec<u8>) {
+        match self {
+            FieldValue::Str(text) => out.extend_from_slice(text.as_bytes()),
+            other => other.write_json(out),
+        }
+    }
+}
+
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn write_json_number(out: &mut Vec<u8>, n: &impl serde::Serialize) {
+    let _ = serde_json::to_writer(&mut *out, n);
+}
+
+/// Fields in the order they were first recorded; recording a name again
+/// replaces its value in place (as a JSON object's key would). Names are
+/// `tracing`'s static field names: no allocation per field name.
+#[derive(Debug, Clone, Default)]
+struct Fields(Vec<(&'static str, FieldValue)>);
+
+impl Fields {
+    fn set(&mut self, name: &'static str, value: FieldValue) {
+        match self.0.iter_mut().find(|(own, _)| *own == name) {
+            Some((_, slot)) => *slot = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<FieldValue> {
+        let at = self.0.iter().position(|(own, _)| *own == name)?;
+        Some(self.0.remove(at).1)
+    }
+}
+
+/// Records fields through the secrets filter. The `otel.*` fields steer
+/// the trace export and are left out.
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_text(field, || value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // Messages and `%value` fields arrive here, already formatted with Display.
+        self.record_text(field, || format!("{value:?}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_plain(field, FieldValue::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_plain(field, FieldValue::U64(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.record_plain(field, FieldValue::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_plain(field, FieldValue::Bool(value));
+    }
+}
+
+impl Fields {
+    /// A text value: hidden whole under a sensitive name, else scrubbed of
+    /// anything that looks like a secret (allocating again only then).
+    fn record_text(&mut self, field: &Field, text: impl FnOnce() -> String) {
+        let name = field.name();
+        if name.starts_with("otel.") {
+            return;
+        }
+        let shown = if sensitive(name) {
+            redact::REDACTED.to_owned()
+        } else {
+            let text = text();
+            match redact::scrub(&text) {
+                std::borrow::Cow::Owned(scrubbed) => scrubbed,
+                std::borrow::Cow::Borrowed(_) => text,
+            }
+        };
+        self.set(name, FieldValue::Str(shown));
+    }
+
+    fn record_plain(&mut self, field: &Field, value: FieldValue) {
+        let name = field.name();
+        if name.starts_with("otel.") {
+            return;
+        }
+        let value = if sensitive(name) {
+            FieldValue::Str(redact::REDACTED.to_owned())
+        } else {
+            value
+        };
+        self.set(name, value);
+    }
+}
+
+/// [`redact::is_sensitive`], remembered per field name: names are the
+/// static strings of `tracing`'s call sites, a few dozen in all, and every
+/// request records some twenty fields (a linear scan of the few seen beats
+/// hashing the name).
+fn sensitive(name: &'static str) -> bool {
+    thread_local! {
+        static SEEN: std::cell::RefCell<Vec<(&'static str, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SEEN.with_borrow_mut(|seen| {
+        // The same address and length are the same static string.
+        let known = seen
+            .iter()
+            .find(|(own, _)| std::ptr::eq(own.as_ptr(), name.as_ptr()) && own.len() == name.len());
+        match known {
+            Some(&(_, sensitive)) => sensitive,
+            None => {
+                let sensitive = redact::is_sensitive(name);
+                seen.push((name, sensitive));
+                sensitive
+            }
+        }
+    })
 }
 
 impl<S> Layer<S> for LogLayer
@@ -236,8 +382,8 @@ where
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = Map::new();
-        attrs.record(&mut JsonFields(&mut fields));
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
         span.extensions_mut().insert(SpanFields {
             name: attrs.metadata().name(),
             fields,
@@ -247,41 +393,51 @@ where
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         if let Some(own) = span.extensions_mut().get_mut::<SpanFields>() {
-            values.record(&mut JsonFields(&mut own.fields));
+            values.record(&mut own.fields);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Map::new();
-        event.record(&mut JsonFields(&mut fields));
+        let mut fields = Fields::default();
+        event.record(&mut fields);
         let span = ctx.event_span(event);
+        // Before the spans' extensions are read below: the trace layer
+        // writes to them when asked for the ids.
         let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
         let ids = span
             .as_ref()
             .zip(dispatch)
             .and_then(|(span, dispatch)| telemetry::ids(&span.id(), &dispatch));
         // The event's span and its ancestors, root first: their fields.
+        let scope: Vec<_> = span.iter().flat_map(|span| span.scope().from_root()).collect();
+        let extensions: Vec<_> = scope.iter().map(|span| span.extensions()).collect();
+        let owns = extensions.iter().filter_map(|own| own.get::<SpanFields>());
         let span_fields = span.as_ref().map(|span| {
-            let mut fields = Map::new();
-            let mut name = span.name();
-            for scope in span.scope().from_root() {
-                if let Some(own) = scope.extensions().get::<SpanFields>() {
-                    fields.extend(own.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    name = own.name;
+            let mut merged = MergedSpan {
+                name: span.name(),
+                fields: Vec::new(),
+            };
+            for own in owns {
+                merged.name = own.name;
+                for (name, value) in &own.fields.0 {
+                    match merged.fields.iter_mut().find(|(seen, _)| seen == name) {
+                        Some((_, slot)) => *slot = value,
+                        None => merged.fields.push((name, value)),
+                    }
                 }
             }
-            SpanFields { name, fields }
+            merged
         });
         let meta = event.metadata();
         let line = Line {
             level: meta.level().as_str(),
             target: meta.target(),
             fields,
-            span: span_fields.as_ref(),
+            span: span_fields,
             ids,
         };
         let text = if self.json { line.json() } else { line.text() };
-        self.output.push(text.as_bytes());
+        self.output.push(&text);
         let dropped = self.output.output.error_counter().dropped_lines();
         let reported = self.dropped_reported.load(Ordering::Relaxed);
         if dropped > reported && self.dropped_reported.swap(dropped, Ordering::Relaxed) < dropped {
@@ -294,139 +450,143 @@ where
     }
 }
 
+/// The fields of an event's spans, merged, borrowed from the spans.
+struct MergedSpan<'a> {
+    /// The innermost span's name.
+    name: &'static str,
+    fields: Vec<(&'static str, &'a FieldValue)>,
+}
+
 /// One event, ready to print.
 struct Line<'a> {
     level: &'static str,
     target: &'a str,
-    fields: Map<String, Value>,
-    span: Option<&'a SpanFields>,
+    fields: Fields,
+    span: Option<MergedSpan<'a>>,
     /// Trace id and span id.
     ids: Option<(String, String)>,
 }
 
+/// Add `name` to an ordered set of members, replacing its value in place
+/// if it is already there.
+fn put<'a>(members: &mut Vec<(&'static str, Member<'a>)>, name: &'static str, member: Member<'a>) {
+    match members.iter_mut().find(|(seen, _)| *seen == name) {
+        Some((_, slot)) => *slot = member,
+        None => members.push((name, member)),
+    }
+}
+
+/// A top-level member of a JSON line.
+enum Member<'a> {
+    Text(&'a str),
+    Field(&'a FieldValue),
+    Span(&'a MergedSpan<'a>),
+}
+
 impl Line<'_> {
-    fn json(self) -> String {
-        let mut out = Map::new();
-        out.insert("timestamp".into(), Value::String(timestamp()));
-        out.insert("level".into(), Value::String(self.level.to_owned()));
-        out.extend(self.fields);
-        out.insert("target".into(), Value::String(self.target.to_owned()));
-        if let Some(span) = self.span {
-            let mut fields = span.fields.clone();
-            fields.insert("name".into(), Value::String(span.name.to_owned()));
-            out.insert("span".into(), Value::Object(fields));
+    /// One JSON object: `timestamp`, `level`, the event's fields, `target`,
+    /// `span` (the spans' fields and the innermost span's `name`),
+    /// `trace_id`, `span_id`. A field named like one of those replaces it in
+    /// its place, as inserting into an ordered map would. Written straight
+    /// into the line's bytes: no JSON tree is built.
+    fn json(self) -> Vec<u8> {
+        let timestamp = timestamp();
+        let mut members: Vec<(&'static str, Member<'_>)> = Vec::with_capacity(self.fields.0.len() + 6);
+        put(&mut members, "timestamp", Member::Text(&timestamp));
+        put(&mut members, "level", Member::Text(self.level));
+        for (name, value) in &self.fields.0 {
+            put(&mut members, name, Member::Field(value));
         }
-        if let Some((trace_id, span_id)) = self.ids {
-            out.insert("trace_id".into(), Value::String(trace_id));
-            out.insert("span_id".into(), Value::String(span_id));
+        put(&mut members, "target", Member::Text(self.target));
+        if let Some(span) = &self.span {
+            put(&mut members, "span", Member::Span(span));
         }
-        let mut line = Value::Object(out).to_string();
-        line.push('\n');
-        line
+        if let Some((trace_id, span_id)) = &self.ids {
+            put(&mut members, "trace_id", Member::Text(trace_id));
+            put(&mut members, "span_id", Member::Text(span_id));
+        }
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        for (i, (name, member)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(&mut out, name);
+            out.push(b':');
+            match member {
+                Member::Text(text) => write_json_str(&mut out, text),
+                Member::Field(value) => value.write_json(&mut out),
+                Member::Span(span) => {
+                    out.push(b'{');
+                    let named = span.fields.iter().any(|(name, _)| *name == "name");
+                    for (name, value) in &span.fields {
+                        write_json_str(&mut out, name);
+                        out.push(b':');
+                        if *name == "name" {
+                            write_json_str(&mut out, span.name);
+                        } else {
+                            value.write_json(&mut out);
+                        }
+                        out.push(b',');
+                    }
+                    if !named {
+                        out.extend_from_slice(b"\"name\":");
+                        write_json_str(&mut out, span.name);
+                        out.push(b',');
+                    }
+                    // The trailing comma becomes the closing brace.
+                    out.pop();
+                    out.push(b'}');
+                }
+            }
+        }
+        out.extend_from_slice(b"}\n");
+        out
     }
 
     /// `TIME LEVEL span{k=v}: message k=v trace_id=…`
-    fn text(mut self) -> String {
-        let mut line = format!("{} {:>5} ", timestamp(), self.level);
-        if let Some(span) = self.span {
-            line.push_str(span.name);
+    fn text(mut self) -> Vec<u8> {
+        let mut line = Vec::with_capacity(256);
+        let _ = write!(line, "{} {:>5} ", timestamp(), self.level);
+        if let Some(span) = &self.span {
+            line.extend_from_slice(span.name.as_bytes());
             if !span.fields.is_empty() {
-                line.push('{');
-                push_pairs(&mut line, &span.fields);
-                line.push('}');
+                line.push(b'{');
+                push_pairs(&mut line, span.fields.iter().map(|(name, value)| (*name, *value)));
+                line.push(b'}');
             }
-            line.push_str(": ");
+            line.extend_from_slice(b": ");
         }
-        if let Some(message) = self.fields.remove("message") {
-            push_value(&mut line, &message);
-            line.push(' ');
+        if let Some(message) = self.fields.take("message") {
+            message.write_text(&mut line);
+            line.push(b' ');
         }
-        push_pairs(&mut line, &self.fields);
-        if let Some((trace_id, span_id)) = self.ids {
+        push_pairs(&mut line, self.fields.0.iter().map(|(name, value)| (*name, value)));
+        if let Some((trace_id, span_id)) = &self.ids {
             let _ = write!(line, " trace_id={trace_id} span_id={span_id}");
         }
-        let trimmed = line.trim_end().len();
-        line.truncate(trimmed);
-        line.push('\n');
+        while line.last().is_some_and(u8::is_ascii_whitespace) {
+            line.pop();
+        }
+        line.push(b'\n');
         line
     }
 }
 
-fn push_pairs(line: &mut String, fields: &Map<String, Value>) {
-    for (i, (key, value)) in fields.iter().enumerate() {
+fn push_pairs<'a>(line: &mut Vec<u8>, fields: impl Iterator<Item = (&'static str, &'a FieldValue)>) {
+    for (i, (name, value)) in fields.enumerate() {
         if i > 0 {
-            line.push(' ');
+            line.push(b' ');
         }
-        let _ = write!(line, "{key}=");
-        push_value(line, value);
-    }
-}
-
-fn push_value(line: &mut String, value: &Value) {
-    match value {
-        Value::String(s) => line.push_str(s),
-        other => {
-            let _ = write!(line, "{other}");
-        }
+        line.extend_from_slice(name.as_bytes());
+        line.push(b'=');
+        value.write_text(line);
     }
 }
 
 /// RFC 3339 in UTC with microseconds.
 fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-/// Records fields into a JSON map, through the secrets filter. The `otel.*`
-/// fields steer the trace export and are left out.
-struct JsonFields<'a>(&'a mut Map<String, Value>);
-
-impl JsonFields<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
-        let name = field.name();
-        if name.starts_with("otel.") {
-            return;
-        }
-        let value = if redact::is_sensitive(name) {
-            Value::String(redact::REDACTED.to_owned())
-        } else if let Value::String(text) = value {
-            // Allocate only when something was hidden.
-            let scrubbed = match redact::scrub(&text) {
-                std::borrow::Cow::Owned(shown) => Some(shown),
-                std::borrow::Cow::Borrowed(_) => None,
-            };
-            Value::String(scrubbed.unwrap_or(text))
-        } else {
-            value
-        };
-        self.0.insert(name.to_owned(), value);
-    }
-}
-
-impl Visit for JsonFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_owned()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        // Messages and `%value` fields arrive here, already formatted with Display.
-        self.put(field, Value::String(format!("{value:?}")));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, Value::from(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::from(value));
-    }
 }
 
 /// The log file: appended to, rotated by size, reopened on request.
@@ -851,7 +1011,7 @@ mod tests {
             tracing::debug!("below the level");
         });
         assert!(!text.contains("SECRET"), "{text}");
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 1, "{text}");
         let line = &lines[0];
         assert_eq!(line["level"], "INFO");
@@ -865,6 +1025,43 @@ mod tests {
         assert!(line["span"].get("otel.kind").is_none());
         assert_eq!(line["trace_id"].as_str().unwrap().len(), 32);
         assert_eq!(line["span_id"].as_str().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn json_lines_escape_text_and_keep_fields_in_place() {
+        let tricky = "say \"hi\"\n\tand \u{1} \\ done";
+        let text = logged(true, || {
+            tracing::error_span!("outer", name = "shadowed", a = 1).in_scope(|| {
+                tracing::info_span!("inner", a = 2, b = true).in_scope(|| {
+                    tracing::info!(
+                        level = "custom",
+                        ratio = 0.5,
+                        big = u64::MAX,
+                        nan = f64::NAN,
+                        tricky,
+                        "msg"
+                    );
+                });
+            });
+        });
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(&keys[..2], ["timestamp", "level"], "{text}");
+        assert_eq!(line["level"], "custom", "an event field replaces a member in its place");
+        assert_eq!(
+            &keys[keys.len() - 4..],
+            ["target", "span", "trace_id", "span_id"],
+            "{text}"
+        );
+        assert_eq!(line["tricky"], tricky);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["big"], u64::MAX);
+        assert!(line["nan"].is_null(), "{text}");
+        assert_eq!(
+            line["span"],
+            serde_json::json!({"name": "inner", "a": 2, "b": true}),
+            "ancestors first, the child's value wins in place, `name` is the innermost span's"
+        );
     }
 
     #[test]

@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
@@ -42,7 +41,6 @@ use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::api_key_cache::ApiKeyCache;
 use super::error::ApiError;
@@ -559,44 +557,44 @@ fn csp_of(response: &Response) -> &'static str {
 /// referrer, a closed CSP (the playground's files have their own),
 /// `Cache-Control: no-store` unless the handler chose (registry reads and
 /// the playground send `no-cache` with their `ETag`), and HSTS when
-/// configured.
-pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &ProtectConfig) -> Router<S> {
-    let fixed = [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-    ];
-    let mut router = router
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        // Overriding, whatever a handler (or a script's response) set: only
-        // the playground's own files, marked by its handler, get its policy.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            |response: &Response| Some(HeaderValue::from_static(csp_of(response))),
-        ));
-    for (name, value) in fixed {
-        router = router.layer(SetResponseHeaderLayer::overriding(
-            name,
-            HeaderValue::from_static(value),
-        ));
+/// configured. One value applied by one layer (`map_response`), not a
+/// layer per header: every layer is a service cloned per request.
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    hsts: Option<HeaderValue>,
+}
+
+impl SecurityHeaders {
+    pub fn new(config: &ProtectConfig) -> SecurityHeaders {
+        let hsts = (config.hsts_max_age > 0)
+            .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
+            .and_then(|v| HeaderValue::try_from(v).ok());
+        SecurityHeaders { hsts }
     }
-    let hsts = (config.hsts_max_age > 0)
-        .then(|| format!("max-age={}; includeSubDomains", config.hsts_max_age))
-        .and_then(|v| HeaderValue::try_from(v).ok());
-    match hsts {
-        Some(hsts) => router.layer(SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            hsts,
-        )),
-        None => router,
+
+    /// Set the headers on `response`. All but `Cache-Control` override
+    /// whatever a handler (or a script's response) set: only the
+    /// playground's own files, marked by its handler, get its policy.
+    pub fn apply(&self, mut response: Response) -> Response {
+        let csp = HeaderValue::from_static(csp_of(&response));
+        let headers = response.headers_mut();
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        if let Some(hsts) = &self.hsts {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        response
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::Router;
     use axum::http::StatusCode;
     use governor::clock::FakeRelativeClock;
 
