@@ -101,14 +101,23 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
     }
 }
 
-/// The `traceparent` header naming `span`, for a response.
+/// The `traceparent` header naming `span`, for a response: what
+/// `TraceContextPropagator` writes (version 00, the sampled flag only),
+/// formatted here without the header map and the `tracestate` it would
+/// also build for every response.
 pub fn traceparent(span: &tracing::Span) -> Option<(HeaderName, HeaderValue)> {
-    let mut headers = HeaderMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
-    let (name, value) = headers
-        .into_iter()
-        .find(|(name, _)| name.as_ref().is_some_and(|n| n == "traceparent"))?;
-    Some((name?, value))
+    let context = span.context();
+    let span = context.span();
+    let ids = span.span_context();
+    if !ids.is_valid() {
+        return None;
+    }
+    let flags = ids.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED;
+    let value = format!("00-{}-{}-{:02x}", ids.trace_id(), ids.span_id(), flags.to_u8());
+    Some((
+        HeaderName::from_static("traceparent"),
+        HeaderValue::from_str(&value).ok()?,
+    ))
 }
 
 /// The W3C trace-context headers for a call made from the current span
@@ -286,6 +295,12 @@ mod tests {
             let c = tracing::info_span!("c");
             continue_trace(&c, &unsampled);
             c.in_scope(|| tracing::info_span!("d").in_scope(|| {}));
+            // The response says what the propagator would: not sampled.
+            let (_, answered) = traceparent(&c).expect("a traceparent for the response");
+            let mut injected = HeaderMap::new();
+            TraceContextPropagator::new().inject_context(&c.context(), &mut HeaderInjector(&mut injected));
+            assert_eq!(Some(&answered), injected.get("traceparent"));
+            assert!(answered.to_str().unwrap().ends_with("-00"), "{answered:?}");
         });
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(names, ["a", "b"], "{spans:?}");
