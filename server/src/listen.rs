@@ -384,7 +384,12 @@ impl Connection {
         // It never fires after the deadline it must enforce: every deadline
         // is set `recheck` or more after the moment it is set, and the
         // timer is never armed more than `recheck` ahead.
-        let recheck = limits.header_read_timeout.min(limits.idle_timeout);
+        // (At least 1 ms: settings are 100 ms or more, but a zero here
+        // would spin while a request runs.)
+        let recheck = limits
+            .header_read_timeout
+            .min(limits.idle_timeout)
+            .max(Duration::from_millis(1));
         let next_check = |now: Instant| match phase.deadline() {
             Some((at, _)) => at.min(now + recheck),
             None => now + recheck,
