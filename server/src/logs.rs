@@ -279,14 +279,17 @@ fn write_json_number(out: &mut Vec<u8>, n: &impl serde::Serialize) {
 #[derive(Debug, Clone, Default)]
 struct Fields(Vec<(&'static str, FieldValue)>);
 
-impl Fields {
-    fn set(&mut self, name: &'static str, value: FieldValue) {
-        match self.0.iter_mut().find(|(own, _)| *own == name) {
-            Some((_, slot)) => *slot = value,
-            None => self.0.push((name, value)),
-        }
+/// Add `name` to `entries`, or replace its value where it already is (as
+/// inserting into an ordered map would): fields, a span's merged fields and
+/// a line's members all keep their order this way.
+fn set_in_place<V>(entries: &mut Vec<(&'static str, V)>, name: &'static str, value: V) {
+    match entries.iter_mut().find(|(own, _)| *own == name) {
+        Some((_, slot)) => *slot = value,
+        None => entries.push((name, value)),
     }
+}
 
+impl Fields {
     fn take(&mut self, name: &str) -> Option<FieldValue> {
         let at = self.0.iter().position(|(own, _)| *own == name)?;
         Some(self.0.remove(at).1)
@@ -297,62 +300,52 @@ impl Fields {
 /// the trace export and are left out.
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.record_text(field, || value.to_owned());
+        self.record(field, || FieldValue::Str(value.to_owned()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         // Messages and `%value` fields arrive here, already formatted with Display.
-        self.record_text(field, || format!("{value:?}"));
+        self.record(field, || FieldValue::Str(format!("{value:?}")));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record_plain(field, FieldValue::I64(value));
+        self.record(field, || FieldValue::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record_plain(field, FieldValue::U64(value));
+        self.record(field, || FieldValue::U64(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.record_plain(field, FieldValue::F64(value));
+        self.record(field, || FieldValue::F64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.record_plain(field, FieldValue::Bool(value));
+        self.record(field, || FieldValue::Bool(value));
     }
 }
 
 impl Fields {
-    /// A text value: hidden whole under a sensitive name, else scrubbed of
-    /// anything that looks like a secret (allocating again only then).
-    fn record_text(&mut self, field: &Field, text: impl FnOnce() -> String) {
+    /// A value hidden whole under a sensitive name (never formatted then),
+    /// else as it is, text scrubbed of anything that looks like a secret
+    /// (allocating again only then).
+    fn record(&mut self, field: &Field, value: impl FnOnce() -> FieldValue) {
         let name = field.name();
         if name.starts_with("otel.") {
             return;
         }
         let shown = if sensitive(name) {
-            redact::REDACTED.to_owned()
-        } else {
-            let text = text();
-            match redact::scrub(&text) {
-                std::borrow::Cow::Owned(scrubbed) => scrubbed,
-                std::borrow::Cow::Borrowed(_) => text,
-            }
-        };
-        self.set(name, FieldValue::Str(shown));
-    }
-
-    fn record_plain(&mut self, field: &Field, value: FieldValue) {
-        let name = field.name();
-        if name.starts_with("otel.") {
-            return;
-        }
-        let value = if sensitive(name) {
             FieldValue::Str(redact::REDACTED.to_owned())
         } else {
-            value
+            match value() {
+                FieldValue::Str(text) => match redact::scrub(&text) {
+                    std::borrow::Cow::Owned(scrubbed) => FieldValue::Str(scrubbed),
+                    std::borrow::Cow::Borrowed(_) => FieldValue::Str(text),
+                },
+                other => other,
+            }
         };
-        self.set(name, value);
+        set_in_place(&mut self.0, name, shown);
     }
 }
 
@@ -428,10 +421,7 @@ where
             for own in owns {
                 merged.name = own.name;
                 for (name, value) in &own.fields.0 {
-                    match merged.fields.iter_mut().find(|(seen, _)| seen == name) {
-                        Some((_, slot)) => *slot = value,
-                        None => merged.fields.push((name, value)),
-                    }
+                    set_in_place(&mut merged.fields, name, value);
                 }
             }
             merged
@@ -475,20 +465,29 @@ struct Line<'a> {
     ids: Option<(String, String)>,
 }
 
-/// Add `name` to an ordered set of members, replacing its value in place
-/// if it is already there.
-fn put<'a>(members: &mut Vec<(&'static str, Member<'a>)>, name: &'static str, member: Member<'a>) {
-    match members.iter_mut().find(|(seen, _)| *seen == name) {
-        Some((_, slot)) => *slot = member,
-        None => members.push((name, member)),
-    }
-}
-
-/// A top-level member of a JSON line.
+/// A member of a JSON line.
 enum Member<'a> {
     Text(&'a str),
     Field(&'a FieldValue),
-    Span(&'a MergedSpan<'a>),
+    Object(Vec<(&'static str, Member<'a>)>),
+}
+
+/// `{"name":value,…}`.
+fn write_object(out: &mut Vec<u8>, members: &[(&'static str, Member<'_>)]) {
+    out.push(b'{');
+    for (i, (name, member)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, name);
+        out.push(b':');
+        match member {
+            Member::Text(text) => write_json_str(out, text),
+            Member::Field(value) => value.write_json(out),
+            Member::Object(members) => write_object(out, members),
+        }
+    }
+    out.push(b'}');
 }
 
 impl Line<'_> {
@@ -499,56 +498,29 @@ impl Line<'_> {
     /// into the line's bytes: no JSON tree is built.
     fn json(self) -> Vec<u8> {
         let timestamp = timestamp();
-        let mut members: Vec<(&'static str, Member<'_>)> = Vec::with_capacity(self.fields.0.len() + 6);
-        put(&mut members, "timestamp", Member::Text(&timestamp));
-        put(&mut members, "level", Member::Text(self.level));
+        let mut members = Vec::with_capacity(self.fields.0.len() + 6);
+        set_in_place(&mut members, "timestamp", Member::Text(&timestamp));
+        set_in_place(&mut members, "level", Member::Text(self.level));
         for (name, value) in &self.fields.0 {
-            put(&mut members, name, Member::Field(value));
+            set_in_place(&mut members, name, Member::Field(value));
         }
-        put(&mut members, "target", Member::Text(self.target));
+        set_in_place(&mut members, "target", Member::Text(self.target));
         if let Some(span) = &self.span {
-            put(&mut members, "span", Member::Span(span));
+            let mut object: Vec<_> = span
+                .fields
+                .iter()
+                .map(|(name, value)| (*name, Member::Field(value)))
+                .collect();
+            set_in_place(&mut object, "name", Member::Text(span.name));
+            set_in_place(&mut members, "span", Member::Object(object));
         }
         if let Some((trace_id, span_id)) = &self.ids {
-            put(&mut members, "trace_id", Member::Text(trace_id));
-            put(&mut members, "span_id", Member::Text(span_id));
+            set_in_place(&mut members, "trace_id", Member::Text(trace_id));
+            set_in_place(&mut members, "span_id", Member::Text(span_id));
         }
         let mut out = Vec::with_capacity(256);
-        out.push(b'{');
-        for (i, (name, member)) in members.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_json_str(&mut out, name);
-            out.push(b':');
-            match member {
-                Member::Text(text) => write_json_str(&mut out, text),
-                Member::Field(value) => value.write_json(&mut out),
-                Member::Span(span) => {
-                    out.push(b'{');
-                    let named = span.fields.iter().any(|(name, _)| *name == "name");
-                    for (name, value) in &span.fields {
-                        write_json_str(&mut out, name);
-                        out.push(b':');
-                        if *name == "name" {
-                            write_json_str(&mut out, span.name);
-                        } else {
-                            value.write_json(&mut out);
-                        }
-                        out.push(b',');
-                    }
-                    if !named {
-                        out.extend_from_slice(b"\"name\":");
-                        write_json_str(&mut out, span.name);
-                        out.push(b',');
-                    }
-                    // The trailing comma becomes the closing brace.
-                    out.pop();
-                    out.push(b'}');
-                }
-            }
-        }
-        out.extend_from_slice(b"}\n");
+        write_object(&mut out, &members);
+        out.push(b'\n');
         out
     }
 
