@@ -12,8 +12,8 @@
 # Starts BIN under `valgrind --tool=callgrind --separate-threads=yes` on
 # 127.0.0.1:18190, warms it with wrk for 5 s, zeroes the counters, loads it
 # for 10 s (1 thread, 4 connections), dumps, and prints the instructions of
-# every thread divided by the requests answered, then the ten most costly
-# functions (self cost, all threads). Callgrind runs the server ~50x
+# every thread divided by the requests answered, then the ten (or $TOP) most
+# costly functions (self cost, all threads). Callgrind runs the server ~50x
 # slower: the request count is small but the count per request is exact.
 # Needs valgrind, wrk and curl.
 set -euo pipefail
@@ -65,12 +65,13 @@ sleep 1
 [ "${requests:-0}" -gt 0 ] || { echo "http_instructions.sh: no request answered" >&2; cat "$tmp/server.log" >&2; exit 1; }
 
 # The dump after zeroing: one file per thread, cg.PID.1-NN.
-python3 - "$requests" "$tmp"/cg."$pid".1-* <<'EOF'
+python3 - "$requests" "${TOP:-10}" "$tmp"/cg."$pid".1-* <<'EOF'
 import collections, re, subprocess, sys
 requests = int(sys.argv[1])
+top = int(sys.argv[2])
 total = 0
 own = collections.Counter()
-for part in sys.argv[2:]:
+for part in sys.argv[3:]:
     out = subprocess.run(["callgrind_annotate", "--inclusive=no", part], capture_output=True, text=True).stdout
     for line in out.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
@@ -82,6 +83,6 @@ for part in sys.argv[2:]:
         elif not m.group(2).startswith("./misc/") and "clone.S" not in m.group(2):
             own[m.group(2)] += n
 print(f"requests {requests}, instructions per request {total / requests:.0f}")
-for name, n in own.most_common(10):
+for name, n in own.most_common(top):
     print(f"{n / requests:9.0f}  {name[:140]}")
 EOF

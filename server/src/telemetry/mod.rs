@@ -2,10 +2,11 @@
 //! effects, with W3C trace context in and out, exported over OTLP when
 //! `otlp_endpoint` is set ([`export`]).
 //!
-//! `tracing` spans become OpenTelemetry spans through
-//! `tracing-opentelemetry` ([`start`] builds the layer). Every span gets a
-//! trace id and a span id whether or not anything is exported, so log lines
-//! name them ([`current_ids`]) and responses carry a `traceparent`. The
+//! With an exporter, `tracing` spans become OpenTelemetry spans through
+//! `tracing-opentelemetry`; without one, [`ids::IdsLayer`] only gives them
+//! ids ([`start`] builds one layer or the other). Either way every span has
+//! a trace id and a span id, so log lines name them ([`ids()`]) and
+//! responses carry a `traceparent`. The
 //! request middleware continues a client's trace ([`continue_trace`]);
 //! `RequestGet`/`RequestPost` send the host call's context upstream
 //! ([`outbound_headers`]). The secrets filter ([`redact`]) sits in front of
@@ -17,11 +18,12 @@
 //! attributes.
 
 pub mod export;
+mod ids;
 pub mod redact;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -40,6 +42,10 @@ pub struct TelemetryConfig {
     /// `service.name` of the exported resource.
     pub service_name: String,
 }
+
+/// What [`start`] gives the process subscriber: OpenTelemetry's layer when
+/// spans are exported, [`ids::IdsLayer`] otherwise.
+pub type TraceLayer<S> = Box<dyn Layer<S> + Send + Sync>;
 
 /// Keeps the tracer provider; dropping it sends the spans still queued
 /// (within five seconds) and stops the exporter.
@@ -60,9 +66,9 @@ impl Drop for TracesGuard {
 /// are the log layer's business) and the guard to keep until exit. With an
 /// endpoint, call this inside the Tokio runtime that is to carry the gRPC
 /// connection. The error says what is wrong with the exporter's settings.
-pub fn start<S>(config: &TelemetryConfig) -> Result<(impl Layer<S> + use<S>, TracesGuard), String>
+pub fn start<S>(config: &TelemetryConfig) -> Result<(TraceLayer<S>, TracesGuard), String>
 where
-    S: Subscriber + for<'a> LookupSpan<'a>,
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
     // A client's sampling decision is kept; a new trace is sampled.
     let mut builder = SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
@@ -76,9 +82,15 @@ where
             .with_span_processor(export::processor(endpoint)?);
     }
     let provider = builder.build();
-    let tracer = provider.tracer("avap");
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
+    let guard = TracesGuard {
+        provider: provider.clone(),
+    };
+    if config.endpoint.is_none() {
+        // Nothing to export: ids only (see `ids`).
+        return Ok((Box::new(ids::IdsLayer::default()), guard));
+    }
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("avap"))
         .with_location(false)
         .with_threads(false)
         .with_level(false)
@@ -87,18 +99,37 @@ where
         .with_filter(tracing_subscriber::filter::filter_fn(|meta: &Metadata<'_>| {
             meta.is_span()
         }));
-    Ok((layer, TracesGuard { provider }))
+    Ok((Box::new(spans), guard))
 }
 
 /// Make `span` continue the trace named by a valid W3C `traceparent` in
 /// `headers` (an invalid one is ignored, as the recommendation says: the
-/// span starts a new trace).
+/// span starts a new trace). Call it before the span has children: they
+/// took its ids when they were created.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
+    let remote = parent.span().span_context().clone();
+    if !remote.is_valid() {
+        return;
+    }
+    let adopted = span.with_subscriber(|(id, dispatch)| {
+        ids::with_ids(id, dispatch, |ids| {
+            ids.trace_id = remote.trace_id();
+            ids.sampled = remote.is_sampled();
+            ids.trace_state = remote.trace_state().clone();
+        })
+    });
+    if adopted.flatten().is_none() {
         // Fails only when the span is disabled or already started.
         let _ = span.set_parent(parent);
     }
+}
+
+/// The ids of `span`, from whichever layer made them.
+fn span_context(span: &tracing::Span) -> SpanContext {
+    let own = span.with_subscriber(|(id, dispatch)| ids::with_ids(id, dispatch, |ids| ids.context()));
+    own.flatten()
+        .unwrap_or_else(|| span.context().span().span_context().clone())
 }
 
 /// The `traceparent` header naming `span`, for a response: what
@@ -106,9 +137,7 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
 /// formatted here without the header map and the `tracestate` it would
 /// also build for every response.
 pub fn traceparent(span: &tracing::Span) -> Option<(HeaderName, HeaderValue)> {
-    let context = span.context();
-    let span = context.span();
-    let ids = span.span_context();
+    let ids = span_context(span);
     if !ids.is_valid() {
         return None;
     }
@@ -124,8 +153,8 @@ pub fn traceparent(span: &tracing::Span) -> Option<(HeaderName, HeaderValue)> {
 /// (a host call's span: the upstream's spans become its children).
 pub fn outbound_headers() -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = HeaderMap::new();
-    TraceContextPropagator::new()
-        .inject_context(&tracing::Span::current().context(), &mut HeaderInjector(&mut headers));
+    let context = opentelemetry::Context::new().with_remote_span_context(span_context(&tracing::Span::current()));
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
     headers
         .into_iter()
         .filter_map(|(name, value)| Some((name?, value)))
@@ -135,11 +164,15 @@ pub fn outbound_headers() -> Vec<(HeaderName, HeaderValue)> {
 /// Trace id (32 hex digits) and span id (16) of span `id` of `dispatch`,
 /// if it has any, for log lines. Do not hold the span's extensions.
 pub fn ids(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
+    let format = |ids: &SpanContext| {
+        ids.is_valid()
+            .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+    };
+    if let Some(own) = ids::with_ids(id, dispatch, |ids| format(&ids.context())) {
+        return own;
+    }
     let context = tracing_opentelemetry::get_otel_context(id, dispatch)?;
-    let span = context.span();
-    let ids = span.span_context();
-    ids.is_valid()
-        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+    format(context.span().span_context())
 }
 
 /// Note a run's outcome on its `run` span: `outcome` (`ok`, the error
@@ -323,5 +356,104 @@ mod tests {
         });
         let (trace_id, span_id) = seen.expect("ids inside a span");
         assert_eq!((trace_id.len(), span_id.len()), (32, 16));
+    }
+    /// Runs `work` under the layer `start` builds when nothing is exported.
+    fn without_exporter(work: impl FnOnce()) {
+        let (layer, _guard) = start(&TelemetryConfig::default()).unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), work);
+    }
+
+    fn ids_of(span: &tracing::Span) -> (String, String) {
+        span.with_subscriber(|(id, dispatch)| ids(id, dispatch))
+            .flatten()
+            .expect("the span has ids")
+    }
+
+    #[test]
+    fn without_an_exporter_spans_still_carry_the_remote_trace() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        headers.insert("tracestate", HeaderValue::from_static("vendor=abc"));
+        without_exporter(|| {
+            let request = tracing::error_span!("request");
+            continue_trace(&request, &headers);
+            let (host, sent) = request.in_scope(|| {
+                let run = tracing::info_span!("run");
+                run.in_scope(|| {
+                    let host = tracing::info_span!("host_call");
+                    let sent = host.in_scope(outbound_headers);
+                    (host, sent)
+                })
+            });
+            let trace = "0af7651916cd43dd8448eb211c80319c";
+            let (request_trace, request_span) = ids_of(&request);
+            let (host_trace, host_span) = ids_of(&host);
+            assert_eq!((request_trace.as_str(), host_trace.as_str()), (trace, trace));
+            assert_ne!(
+                request_span, "b7ad6b7169203331",
+                "the request is a new span of the remote trace"
+            );
+            assert_ne!(request_span, host_span);
+            let header = |name: &str| {
+                sent.iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.to_str().unwrap().to_owned())
+            };
+            assert_eq!(header("traceparent"), Some(format!("00-{trace}-{host_span}-01")));
+            assert_eq!(header("tracestate").as_deref(), Some("vendor=abc"));
+            let (_, answered) = traceparent(&request).expect("a traceparent for the response");
+            assert_eq!(answered.to_str().unwrap(), format!("00-{trace}-{request_span}-01"));
+        });
+    }
+
+    #[test]
+    fn without_an_exporter_roots_start_traces_and_the_sampled_flag_is_kept() {
+        let mut unsampled = HeaderMap::new();
+        unsampled.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        let mut invalid = HeaderMap::new();
+        invalid.insert("traceparent", HeaderValue::from_static("00-zz-b7ad6b7169203331-01"));
+        without_exporter(|| {
+            let a = tracing::info_span!("a");
+            let b = tracing::info_span!("b");
+            continue_trace(&b, &invalid);
+            let (a_trace, _) = ids_of(&a);
+            let (b_trace, b_span) = ids_of(&b);
+            assert_ne!(a_trace, b_trace, "two roots, two traces");
+            assert_ne!(b_trace, "0af7651916cd43dd8448eb211c80319c");
+            let (_, answered) = traceparent(&b).unwrap();
+            assert_eq!(
+                answered.to_str().unwrap(),
+                format!("00-{b_trace}-{b_span}-01"),
+                "a new trace is sampled"
+            );
+
+            let c = tracing::info_span!("c");
+            continue_trace(&c, &unsampled);
+            let d = c.in_scope(|| tracing::info_span!("d"));
+            let (_, answered) = traceparent(&c).unwrap();
+            assert!(answered.to_str().unwrap().ends_with("-00"), "{answered:?}");
+            let sent = d.in_scope(outbound_headers);
+            let (_, d_span) = ids_of(&d);
+            let parent = sent.iter().find(|(k, _)| k == "traceparent").unwrap();
+            assert_eq!(
+                parent.1.to_str().unwrap(),
+                format!("00-0af7651916cd43dd8448eb211c80319c-{d_span}-00"),
+                "a child of an unsampled trace is unsampled"
+            );
+        });
+    }
+
+    #[test]
+    fn without_an_exporter_nothing_outside_a_span_has_ids() {
+        without_exporter(|| {
+            assert!(outbound_headers().is_empty());
+            assert!(traceparent(&tracing::Span::none()).is_none());
+        });
     }
 }
