@@ -1,4 +1,4 @@
-//! Link the `avap` binary with packed relative relocations (DT_RELR) where
+//! Link the `avap` binary with packed relative relocations (`DT_RELR`) where
 //! the toolchain supports them.
 //!
 //! `avap` is a position-independent executable with about 90,000 relative
