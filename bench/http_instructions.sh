@@ -37,6 +37,8 @@ tmp=$(mktemp -d)
 pid=
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    # CALLGRIND_OUT=DIR keeps the per-thread profiles (callgrind_annotate --tree=caller …).
+    [ -n "${CALLGRIND_OUT:-}" ] && mkdir -p "$CALLGRIND_OUT" && cp "$tmp"/cg.* "$CALLGRIND_OUT"/
     rm -rf "$tmp"
 }
 trap cleanup EXIT

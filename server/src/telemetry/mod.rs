@@ -240,6 +240,13 @@ mod tests {
         sink.0.lock().unwrap().clone()
     }
 
+    /// A request's headers with this `traceparent`.
+    fn trace_headers(traceparent: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static(traceparent));
+        headers
+    }
+
     fn attr(span: &SpanData, key: &str) -> Option<opentelemetry::Value> {
         span.attributes
             .iter()
@@ -249,9 +256,7 @@ mod tests {
 
     #[test]
     fn children_inherit_the_remote_trace_and_secrets_stay_out() {
-        let mut headers = HeaderMap::new();
-        let remote = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        headers.insert("traceparent", HeaderValue::from_static(remote));
+        let headers = trace_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let mut upstream = Vec::new();
         let mut answered = None;
         let spans = collect(|| {
@@ -313,13 +318,8 @@ mod tests {
 
     #[test]
     fn a_span_without_parent_starts_a_trace_and_unsampled_traces_are_not_exported() {
-        let mut unsampled = HeaderMap::new();
-        unsampled.insert(
-            "traceparent",
-            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
-        );
-        let mut invalid = HeaderMap::new();
-        invalid.insert("traceparent", HeaderValue::from_static("00-zz-b7ad6b7169203331-01"));
+        let unsampled = trace_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
+        let invalid = trace_headers("00-zz-b7ad6b7169203331-01");
         let spans = collect(|| {
             tracing::info_span!("a").in_scope(|| {});
             let b = tracing::info_span!("b");
@@ -371,11 +371,7 @@ mod tests {
 
     #[test]
     fn without_an_exporter_spans_still_carry_the_remote_trace() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        );
+        let mut headers = trace_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         headers.insert("tracestate", HeaderValue::from_static("vendor=abc"));
         without_exporter(|| {
             let request = tracing::error_span!("request");
@@ -411,13 +407,8 @@ mod tests {
 
     #[test]
     fn without_an_exporter_roots_start_traces_and_the_sampled_flag_is_kept() {
-        let mut unsampled = HeaderMap::new();
-        unsampled.insert(
-            "traceparent",
-            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
-        );
-        let mut invalid = HeaderMap::new();
-        invalid.insert("traceparent", HeaderValue::from_static("00-zz-b7ad6b7169203331-01"));
+        let unsampled = trace_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
+        let invalid = trace_headers("00-zz-b7ad6b7169203331-01");
         without_exporter(|| {
             let a = tracing::info_span!("a");
             let b = tracing::info_span!("b");
