@@ -15,6 +15,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. bench/server_helpers.sh
 target=${CARGO_TARGET_DIR:-$root/target}
 duration=${BENCH_DURATION:-10s}
 ours=127.0.0.1:18080
@@ -81,9 +82,7 @@ for addr in "${servers[@]}"; do
 done
 
 # The stored-script cases run the same script from the registry.
-curl -sf -X POST -H 'Content-Type: application/json' \
-    --data '{"name": "hello", "source": "addVar(greeting, \"Hello\")\naddResult(greeting)\n"}' \
-    "http://$ours/api/v1/scripts" >/dev/null || { echo "http.sh: cannot store the hello script" >&2; exit 1; }
+store_hello "$ours" || { echo "http.sh: cannot store the hello script" >&2; exit 1; }
 case $(curl -sf -X POST -H 'Content-Type: application/json' --data '{"name": "hello"}' "http://$ours/api/v1/execute") in
     *'"greeting":"Hello"'*) ;;
     *) echo "http.sh: the stored hello script does not answer as expected" >&2; exit 1 ;;

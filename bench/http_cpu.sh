@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. bench/server_helpers.sh
 bin=${1:?"usage: bench/http_cpu.sh BIN [NAME=VALUE ...]"}
 shift
 port=${PORT:-18191}
@@ -24,13 +25,8 @@ cleanup() {
 trap cleanup EXIT
 env "$@" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" --rate-limit 0 >"$tmp/log" 2>&1 &
 pid=$!
-for _ in $(seq 300); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
-    sleep 0.1
-done
-curl -sf -X POST -H 'Content-Type: application/json' \
-    --data '{"name": "hello", "source": "addVar(greeting, \"Hello\")\naddResult(greeting)\n"}' \
-    "http://127.0.0.1:$port/api/v1/scripts" >/dev/null
+wait_until_answers "http://127.0.0.1:$port/" 300 0.1 || { echo "http_cpu.sh: the server did not start" >&2; cat "$tmp/log" >&2; exit 1; }
+store_hello "127.0.0.1:$port"
 load() { BENCH_MODE=stored wrk -t2 -c8 -d"$1" -s "$root/bench/http.lua" "http://127.0.0.1:$port/api/v1/execute"; }
 cpu() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 load 3s >/dev/null

@@ -20,6 +20,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. bench/server_helpers.sh
 target=${CARGO_TARGET_DIR:-$root/target}
 bin=${1:-$target/release/avap}
 mode=${2:-stored}
@@ -50,13 +51,9 @@ esac
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$tmp/cg.%p" "$bin" "${args[@]}" \
     >"$tmp/server.log" 2>&1 &
 pid=$!
-for _ in $(seq 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
-    sleep 0.2
-done
-curl -sf -X POST -H 'Content-Type: application/json' \
-    --data '{"name": "hello", "source": "addVar(greeting, \"Hello\")\naddResult(greeting)\n"}' \
-    "http://127.0.0.1:$port/api/v1/scripts" >/dev/null 2>&1 || true
+wait_until_answers "http://127.0.0.1:$port/" 600 0.2 || true
+# bare_axum has no registry: its stored case is the same request answered as any other.
+store_hello "127.0.0.1:$port" 2>/dev/null || true
 
 load() { BENCH_MODE=$mode wrk -t1 -c4 -d"$1" -s "$root/bench/http.lua" "http://127.0.0.1:$port$path"; }
 load 5s >/dev/null
