@@ -52,20 +52,21 @@ pub struct IdsLayer {
 
 impl IdsLayer {
     fn span_id(&self) -> SpanId {
-        loop {
-            let id = self.ids.new_span_id();
-            if id != SpanId::INVALID {
-                return id;
-            }
-        }
+        valid(|| self.ids.new_span_id(), &SpanId::INVALID)
     }
 
     fn trace_id(&self) -> TraceId {
-        loop {
-            let id = self.ids.new_trace_id();
-            if id != TraceId::INVALID {
-                return id;
-            }
+        valid(|| self.ids.new_trace_id(), &TraceId::INVALID)
+    }
+}
+
+/// The first id of `make` that is not `invalid` (all zeros, which W3C
+/// trace context rejects; the generator gives it once in 2^64 or 2^128).
+fn valid<T: PartialEq>(make: impl Fn() -> T, invalid: &T) -> T {
+    loop {
+        let id = make();
+        if id != *invalid {
+            return id;
         }
     }
 }

@@ -6,8 +6,8 @@
 //! `tracing-opentelemetry`; without one, [`ids::IdsLayer`] only gives them
 //! ids ([`start`] builds one layer or the other). Either way every span has
 //! a trace id and a span id, so log lines name them ([`ids()`]) and
-//! responses carry a `traceparent`. The
-//! request middleware continues a client's trace ([`continue_trace`]);
+//! responses carry a `traceparent`. The request middleware continues a
+//! client's trace ([`continue_trace`]);
 //! `RequestGet`/`RequestPost` send the host call's context upstream
 //! ([`outbound_headers`]). The secrets filter ([`redact`]) sits in front of
 //! the exporter, so no span attribute leaves the process unfiltered.
@@ -82,12 +82,9 @@ where
             .with_span_processor(export::processor(endpoint)?);
     }
     let provider = builder.build();
-    let guard = TracesGuard {
-        provider: provider.clone(),
-    };
     if config.endpoint.is_none() {
         // Nothing to export: ids only (see `ids`).
-        return Ok((Box::new(ids::IdsLayer::default()), guard));
+        return Ok((Box::new(ids::IdsLayer::default()), TracesGuard { provider }));
     }
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("avap"))
@@ -99,7 +96,7 @@ where
         .with_filter(tracing_subscriber::filter::filter_fn(|meta: &Metadata<'_>| {
             meta.is_span()
         }));
-    Ok((Box::new(spans), guard))
+    Ok((Box::new(spans), TracesGuard { provider }))
 }
 
 /// Make `span` continue the trace named by a valid W3C `traceparent` in
@@ -164,15 +161,15 @@ pub fn outbound_headers() -> Vec<(HeaderName, HeaderValue)> {
 /// Trace id (32 hex digits) and span id (16) of span `id` of `dispatch`,
 /// if it has any, for log lines. Do not hold the span's extensions.
 pub fn ids(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
-    let format = |ids: &SpanContext| {
-        ids.is_valid()
-            .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
-    };
-    if let Some(own) = ids::with_ids(id, dispatch, |ids| format(&ids.context())) {
-        return own;
+    // `IdsLayer` never makes an invalid id.
+    if let Some(own) = ids::with_ids(id, dispatch, |ids| (ids.trace_id.to_string(), ids.span_id.to_string())) {
+        return Some(own);
     }
     let context = tracing_opentelemetry::get_otel_context(id, dispatch)?;
-    format(context.span().span_context())
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
 }
 
 /// Note a run's outcome on its `run` span: `outcome` (`ok`, the error
@@ -357,6 +354,7 @@ mod tests {
         let (trace_id, span_id) = seen.expect("ids inside a span");
         assert_eq!((trace_id.len(), span_id.len()), (32, 16));
     }
+
     /// Runs `work` under the layer `start` builds when nothing is exported.
     fn without_exporter(work: impl FnOnce()) {
         let (layer, _guard) = start(&TelemetryConfig::default()).unwrap();
