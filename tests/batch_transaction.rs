@@ -327,7 +327,7 @@ mod handle {
     fn rows(n: i64) -> Value {
         let mut row = Dict::new();
         row.insert("n".to_owned(), Value::Int(n));
-        Value::List(vec![Value::Dict(row)])
+        Value::list(vec![Value::dict(row)])
     }
 
     #[tokio::test]
@@ -368,13 +368,13 @@ mod handle {
         let mut method = Dict::new();
         method.insert(
             METHOD_CALL_KEY.to_owned(),
-            Value::List(vec![
-                Value::Dict(handle),
+            Value::list(vec![
+                Value::dict(handle),
                 s("query"),
                 s("INSERT INTO items VALUES (7) RETURNING id"),
             ]),
         );
-        call("ormDirect", 0, vec![Value::Dict(method)], &in_tx)
+        call("ormDirect", 0, vec![Value::dict(method)], &in_tx)
             .await
             .expect("connector insert");
         drop(in_tx);

@@ -88,8 +88,8 @@ fn s(t: &str) -> Value {
 
 fn template(parts: Vec<Value>) -> Value {
     let mut d = Dict::new();
-    d.insert(SQL_TEMPLATE_KEY.to_owned(), Value::List(parts));
-    Value::Dict(d)
+    d.insert(SQL_TEMPLATE_KEY.to_owned(), Value::list(parts));
+    Value::dict(d)
 }
 
 async fn ok(db: &Databases, name: &str, args: Vec<Value>) -> Value {
@@ -137,7 +137,7 @@ async fn seed(db: &Databases) {
             vec![
                 s("id,name,age"),
                 s("people"),
-                Value::List(vec![Value::Int(id), s(name), Value::Int(age)]),
+                Value::list(vec![Value::Int(id), s(name), Value::Int(age)]),
             ],
         )
         .await;
@@ -159,7 +159,7 @@ async fn every_command(b: &Backend) {
     row.insert("name".into(), s("Dee"));
     row.insert("score".into(), Value::Float(2.5));
     assert_eq!(
-        ok(&db, "ormAccessInsert", vec![s(""), s("people"), Value::Dict(row)]).await,
+        ok(&db, "ormAccessInsert", vec![s(""), s("people"), Value::dict(row)]).await,
         Value::Int(1),
         "{ctx}"
     );
@@ -184,7 +184,7 @@ async fn every_command(b: &Backend) {
         &db,
         "ormAccessSelect",
         vec![
-            Value::List(vec![s("id")]),
+            Value::list(vec![s("id")]),
             s("people"),
             template(vec![s("name = '"), s("O'Brien"), s("'")]),
         ],
@@ -215,7 +215,7 @@ async fn every_command(b: &Backend) {
         vec![
             s("age"),
             s("people"),
-            Value::List(vec![Value::Int(50)]),
+            Value::list(vec![Value::Int(50)]),
             template(vec![s("id >= "), Value::Int(2), s(" AND id <= "), Value::Int(3), s("")]),
         ],
     )
@@ -262,13 +262,13 @@ async fn every_command(b: &Backend) {
     let mut call_dict = Dict::new();
     call_dict.insert(
         METHOD_CALL_KEY.into(),
-        Value::List(vec![
+        Value::list(vec![
             conn.clone(),
             s("query"),
             s("SELECT id FROM people WHERE id < 3 ORDER BY id"),
         ]),
     );
-    let got = ok(&db, "ormDirect", vec![Value::Dict(call_dict)]).await;
+    let got = ok(&db, "ormDirect", vec![Value::dict(call_dict)]).await;
     assert_eq!(
         rows(&got),
         vec![serde_json::json!({"id": 1}), serde_json::json!({"id": 2})]
@@ -278,9 +278,9 @@ async fn every_command(b: &Backend) {
     let mut bad = Dict::new();
     bad.insert(
         METHOD_CALL_KEY.into(),
-        Value::List(vec![s("not a connector"), s("query"), s("SELECT 1")]),
+        Value::list(vec![s("not a connector"), s("query"), s("SELECT 1")]),
     );
-    let (kind, message) = err(&db, "ormDirect", vec![Value::Dict(bad)]).await;
+    let (kind, message) = err(&db, "ormDirect", vec![Value::dict(bad)]).await;
     assert_eq!(kind, ErrorKind::TypeError, "{message}");
 }
 
@@ -326,7 +326,7 @@ async fn injection_is_inert(b: &Backend) {
             vec![
                 s("age"),
                 s("people"),
-                Value::List(vec![Value::Int(99)]),
+                Value::list(vec![Value::Int(99)]),
                 template(vec![s("name = '"), s(attack), s("'")]),
             ],
         )
@@ -337,7 +337,7 @@ async fn injection_is_inert(b: &Backend) {
         let n = ok(
             &db,
             "ormAccessInsert",
-            vec![s("id,name"), s("people"), Value::List(vec![Value::Int(id), s(attack)])],
+            vec![s("id,name"), s("people"), Value::list(vec![Value::Int(id), s(attack)])],
         )
         .await;
         assert_eq!(n, Value::Int(1), "{ctx}");
@@ -391,7 +391,7 @@ async fn identifiers_refused(b: &Backend) {
     let (kind, _) = err(
         &db,
         "ormAccessInsert",
-        vec![s("name) VALUES ('x'); --"), s("people"), Value::List(vec![s("y")])],
+        vec![s("name) VALUES ('x'); --"), s("people"), Value::list(vec![s("y")])],
     )
     .await;
     assert_eq!(kind, ErrorKind::DatabaseError);
@@ -400,7 +400,7 @@ async fn identifiers_refused(b: &Backend) {
     let (kind, _) = err(
         &db,
         "ormAccessUpdate",
-        vec![s(""), s("people"), Value::Dict(bad_key), s("")],
+        vec![s(""), s("people"), Value::dict(bad_key), s("")],
     )
     .await;
     assert_eq!(kind, ErrorKind::DatabaseError);
@@ -434,7 +434,7 @@ async fn read_only_and_caps(b: &Backend) {
     let (kind, _) = err(
         &ro,
         "ormAccessInsert",
-        vec![s("id,name"), s("people"), Value::List(vec![Value::Int(11), s("x")])],
+        vec![s("id,name"), s("people"), Value::list(vec![Value::Int(11), s("x")])],
     )
     .await;
     assert_eq!(kind, ErrorKind::DatabaseError, "{ctx}");

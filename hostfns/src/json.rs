@@ -167,7 +167,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
         while let Some(item) = seq.next_element_seed(ValueSeed(self.0))? {
             self.0.claim(|b| memory::push(&mut items, item, b))?;
         }
-        Ok(Value::List(items))
+        Ok(Value::list(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
@@ -177,7 +177,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
             let item = map.next_value_seed(ValueSeed(self.0))?;
             self.0.claim(|b| memory::insert(&mut out, key, item, b))?;
         }
-        Ok(Value::Dict(out))
+        Ok(Value::dict(out))
     }
 }
 

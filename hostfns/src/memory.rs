@@ -49,7 +49,7 @@ const ENTRY_SIZE: usize = size_of::<u64>() + size_of::<String>() + size_of::<Val
 /// for larger ones (mimalloc's size classes are spaced at most 12.5% apart;
 /// glibc's chunk header is smaller than either margin).
 #[inline]
-pub fn alloc_bytes(n: usize) -> u64 {
+pub const fn alloc_bytes(n: usize) -> u64 {
     let n = n as u64;
     match n {
         0 => 0,
@@ -57,6 +57,14 @@ pub fn alloc_bytes(n: usize) -> u64 {
         _ => n + n / 8,
     }
 }
+
+/// Bytes of the shared box a list lives in (copy-on-write, see [`Value`]):
+/// the two reference counts and the `Vec` header.
+pub const LIST_BOX: u64 = alloc_bytes(2 * size_of::<usize>() + size_of::<Vec<Value>>());
+
+/// Bytes of the shared box a dict lives in: the two reference counts and
+/// the map's header.
+pub const DICT_BOX: u64 = alloc_bytes(2 * size_of::<usize>() + size_of::<Dict>());
 
 /// Bytes of a list's buffer with room for `capacity` values.
 pub fn list_table(capacity: usize) -> u64 {
@@ -123,8 +131,8 @@ impl Value {
                 Value::Str(s) => bytes = bytes.saturating_add(alloc_bytes(s.capacity())),
                 Value::List(items) => {
                     depth = depth.max(level);
-                    bytes = bytes.saturating_add(list_table(items.capacity()));
-                    for item in items {
+                    bytes = bytes.saturating_add(LIST_BOX + list_table(items.capacity()));
+                    for item in items.iter() {
                         if item.is_container() {
                             stack.push((item, level + 1));
                         } else if let Value::Str(s) = item {
@@ -134,8 +142,8 @@ impl Value {
                 }
                 Value::Dict(map) => {
                     depth = depth.max(level);
-                    bytes = bytes.saturating_add(dict_table(map.capacity()));
-                    for (k, item) in map {
+                    bytes = bytes.saturating_add(DICT_BOX + dict_table(map.capacity()));
+                    for (k, item) in map.iter() {
                         bytes = bytes.saturating_add(alloc_bytes(k.capacity()));
                         if item.is_container() {
                             stack.push((item, level + 1));
@@ -253,9 +261,11 @@ impl MemoryBudget {
             self.claim(bytes)?;
             return Ok((Value::Str(s.clone()), Footprint { bytes, depth: 0 }));
         }
-        // Measured, claimed, then cloned: a clone of a dict copies its hash
-        // index as it is (no rehashing), and never holds more than the
-        // original.
+        // Measured and claimed as a whole copy, though the clone of a list
+        // or dict only shares it (copy-on-write, see `Value`): a holder is
+        // charged for its copy as if it owned it alone, so a write that
+        // later unshares it needs no claim of its own, and what is shared
+        // is never undercounted.
         let footprint = v.footprint();
         self.claim(footprint.bytes)?;
         self.deepest = self.deepest.max(footprint.depth);
@@ -359,6 +369,8 @@ pub fn replace(slot: &mut Value, v: Value, budget: &mut MemoryBudget) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -366,24 +378,24 @@ mod tests {
         let mut s = String::with_capacity(100);
         s.push('a');
         assert_eq!(Value::Str(s).footprint(), Footprint { bytes: 112, depth: 0 });
-        let nested = Value::List(vec![Value::List(vec![Value::Int(1)]), Value::Str("ab".into())]);
+        let nested = Value::list(vec![Value::list(vec![Value::Int(1)]), Value::Str("ab".into())]);
         let fp = nested.footprint();
         assert_eq!(fp.depth, 2);
-        assert_eq!(fp.bytes, list_table(2) + list_table(1) + 16);
-        assert_eq!(Value::Dict(Dict::new()).footprint().depth, 1);
+        assert_eq!(fp.bytes, 2 * LIST_BOX + list_table(2) + list_table(1) + 16);
+        assert_eq!(Value::dict(Dict::new()).footprint().depth, 1);
     }
 
     #[test]
     fn footprint_of_a_very_deep_value_does_not_recurse() {
-        let mut v = Value::List(Vec::new());
+        let mut v = Value::list(Vec::new());
         for _ in 0..100_000 {
-            v = Value::List(vec![v]);
+            v = Value::list(vec![v]);
         }
         assert_eq!(v.footprint().depth, 100_001);
         // Dropping it recursively would overflow the test thread's stack.
         let mut v = v;
-        while let Value::List(mut items) = v {
-            v = items.pop().unwrap_or(Value::None);
+        while let Value::List(items) = v {
+            v = Arc::unwrap_or_clone(items).pop().unwrap_or(Value::None);
         }
     }
 
@@ -413,9 +425,10 @@ mod tests {
             insert(&mut map, key, Value::Int(i), &mut budget).unwrap();
         }
         // (Measured on the map itself: a clone's tables may be smaller.)
-        let map = Value::Dict(map);
-        assert_eq!(u64::try_from(budget.net()).unwrap(), map.footprint().bytes);
-        let Value::Dict(mut map) = map else { unreachable!() };
+        let map = Value::dict(map);
+        assert_eq!(u64::try_from(budget.net()).unwrap() + DICT_BOX, map.footprint().bytes);
+        let Value::Dict(map) = map else { unreachable!() };
+        let mut map = Arc::unwrap_or_clone(map);
         // Overwriting keys frees the replaced values and the duplicate keys.
         let mut budget = MemoryBudget::unlimited();
         for i in 0..100 {

@@ -21,6 +21,7 @@
 //! bytes.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use crate::abi::{BinOp, BuiltinCode, IfCmp, UnOp};
 use crate::error::{AvapError, ErrorKind, HostError};
@@ -126,10 +127,10 @@ fn arithmetic(op: BinOp, a: &Value, b: &Value, mem: &mut MemoryBudget) -> Result
             let len = x.len().saturating_add(y.len());
             mem.claim(memory::list_table(len))?;
             let mut out = Vec::with_capacity(len);
-            for item in x.iter().chain(y) {
+            for item in x.iter().chain(y.iter()) {
                 out.push(mem.clone_value(item)?.0);
             }
-            Ok(Value::List(out))
+            Ok(Value::list(out))
         }
         (BinOp::Add, Value::Str(_) | Value::List(_), other) => Ok(err(
             ErrorKind::TypeError,
@@ -174,7 +175,7 @@ fn repeat(seq: &Value, count: i64, mem: &mut MemoryBudget) -> Result<Value, Host
     if unit == 0 || times == 0 {
         // Repeating nothing is nothing, however often.
         return Ok(match seq {
-            Value::List(_) => Value::List(Vec::new()),
+            Value::List(_) => Value::list(Vec::new()),
             _ => Value::Str(String::new()),
         });
     }
@@ -198,11 +199,11 @@ fn repeat(seq: &Value, count: i64, mem: &mut MemoryBudget) -> Result<Value, Host
             mem.claim(memory::list_table(len))?;
             let mut out = Vec::with_capacity(len);
             for _ in 0..times {
-                for item in items {
+                for item in items.iter() {
                     out.push(mem.clone_value(item)?.0);
                 }
             }
-            Value::List(out)
+            Value::list(out)
         }
         other => other.clone(),
     })
@@ -341,7 +342,7 @@ pub fn py_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::None, Value::None) => true,
         (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::List(x), Value::List(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q)),
+        (Value::List(x), Value::List(y)) => x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| py_eq(p, q)),
         (Value::Dict(x), Value::Dict(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| py_eq(v, w)))
         }
@@ -392,7 +393,7 @@ fn py_cmp(a: &Value, b: &Value) -> Result<Option<Ordering>, ()> {
     match (a, b) {
         (Value::Str(x), Value::Str(y)) => Ok(Some(x.cmp(y))),
         (Value::List(x), Value::List(y)) => {
-            for (p, q) in x.iter().zip(y) {
+            for (p, q) in x.iter().zip(y.iter()) {
                 if !py_eq(p, q) {
                     return py_cmp(p, q);
                 }
@@ -600,7 +601,7 @@ pub fn if_compare(cmp: IfCmp, a: &Value, b: &Value, mem: &mut MemoryBudget) -> R
 fn if_contains(container: &Value, item: &Value, mem: &mut MemoryBudget) -> Result<bool, HostError> {
     match container {
         Value::List(items) => {
-            for x in items {
+            for x in items.iter() {
                 if if_text_eq(x, item, mem)? {
                     return Ok(true);
                 }
@@ -837,9 +838,10 @@ pub fn set_index(obj: &mut Value, idx: &Value, value: Value, mem: &mut MemoryBud
     match obj {
         Value::List(items) => {
             let i = int_index(idx, "list")?;
-            match position(i, items.len()).and_then(|at| items.get_mut(at)) {
-                Some(slot) => {
-                    memory::replace(slot, value, mem);
+            match position(i, items.len()) {
+                Some(at) => {
+                    // Copied first if another value shares the list.
+                    memory::replace(&mut Arc::make_mut(items)[at], value, mem);
                     Ok(())
                 }
                 None => Ok(err(ErrorKind::IndexError, "list assignment index out of range")?),
@@ -848,7 +850,7 @@ pub fn set_index(obj: &mut Value, idx: &Value, value: Value, mem: &mut MemoryBud
         Value::Dict(map) => match idx {
             Value::Str(key) => {
                 mem.claim_str(key.len())?;
-                memory::insert(map, key.clone(), value, mem)?;
+                memory::insert(Arc::make_mut(map), key.clone(), value, mem)?;
                 Ok(())
             }
             other => Ok(err(

@@ -1,6 +1,7 @@
 //! AVAP values as the host sees them (spec §2).
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
@@ -9,6 +10,14 @@ pub type Dict = IndexMap<String, Value>;
 
 /// A value owned by host code. Inside the sandbox, `None`/bools/ints/floats
 /// never leave wasm; strings, lists and dicts are handles to these.
+///
+/// Lists and dicts are shared until written (copy-on-write): AVAP copies
+/// values on assignment and when they are stored in a container (spec §2),
+/// and a copy here is a reference count. Writers go through
+/// [`Arc::make_mut`], which copies the container first when anything else
+/// still shares it, so no holder ever sees another's change. The memory
+/// model counts every holder's copy in full (`crate::memory`), so sharing
+/// only ever makes the real allocation smaller than the accounted one.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Value {
     #[default]
@@ -17,11 +26,21 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Str(String),
-    List(Vec<Value>),
-    Dict(Dict),
+    List(Arc<Vec<Value>>),
+    Dict(Arc<Dict>),
 }
 
 impl Value {
+    /// A list value holding `items`.
+    pub fn list(items: Vec<Value>) -> Value {
+        Value::List(Arc::new(items))
+    }
+
+    /// A dict value holding `map`.
+    pub fn dict(map: Dict) -> Value {
+        Value::Dict(Arc::new(map))
+    }
+
     /// Python-style type name used in error messages (`int`, `str`, `list`…).
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -83,9 +102,9 @@ impl Value {
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::Str(s.clone()),
-            serde_json::Value::Array(items) => Value::List(items.iter().map(Value::from_json).collect()),
+            serde_json::Value::Array(items) => Value::list(items.iter().map(Value::from_json).collect()),
             serde_json::Value::Object(map) => {
-                Value::Dict(map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+                Value::dict(map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
             }
         }
     }
@@ -243,14 +262,14 @@ impl serde::Serialize for Value {
             Value::Str(s) => serializer.serialize_str(s),
             Value::List(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
+                for item in items.iter() {
                     seq.serialize_element(item)?;
                 }
                 seq.end()
             }
             Value::Dict(map) => {
                 let mut m = serializer.serialize_map(Some(map.len()))?;
-                for (k, v) in map {
+                for (k, v) in map.iter() {
                     m.serialize_entry(k, v)?;
                 }
                 m.end()

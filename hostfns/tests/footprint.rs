@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use avap_hostfns::memory::{self, MemoryBudget, VALUE_BYTES};
@@ -76,9 +77,10 @@ fn footprints_and_budgets_cover_what_the_allocator_holds() {
             for i in 0..n {
                 memory::push(&mut items, Value::Int(i), &mut budget).expect("unlimited");
             }
-            Value::List(items)
+            Value::list(items)
         });
-        let net = u64::try_from(budget.net()).expect("grew");
+        // Claimed as the buffer grew; the list's box comes with the value.
+        let net = u64::try_from(budget.net()).expect("grew") + memory::LIST_BOX;
         assert_covers(&format!("a list of {n} ints (claimed)"), requested, net);
         assert_covers(
             &format!("a list of {n} ints (footprint)"),
@@ -99,9 +101,9 @@ fn footprints_and_budgets_cover_what_the_allocator_holds() {
                 budget.claim_str(text.len()).expect("unlimited");
                 memory::insert(&mut map, key, Value::Str(text), &mut budget).expect("unlimited");
             }
-            Value::Dict(map)
+            Value::dict(map)
         });
-        let net = u64::try_from(budget.net()).expect("grew");
+        let net = u64::try_from(budget.net()).expect("grew") + memory::DICT_BOX;
         assert_covers(&format!("a dict of {n} entries (claimed)"), requested, net);
         assert_covers(
             &format!("a dict of {n} entries (footprint)"),
@@ -116,14 +118,38 @@ fn footprints_and_budgets_cover_what_the_allocator_holds() {
             let mut row = Dict::new();
             row.insert("id".into(), Value::Int(i));
             row.insert("name".into(), Value::Str(format!("user{i}")));
-            Value::Dict(row)
+            Value::dict(row)
         })
         .collect();
-    let original = Value::List(vec![Value::List(rows), Value::Str("tail".into())]);
+    let original = Value::list(vec![Value::list(rows), Value::Str("tail".into())]);
     let mut budget = MemoryBudget::unlimited();
-    let (requested, copy) = measured(|| budget.clone_value(&original).expect("unlimited").0);
-    assert_covers("a copy of 1,000 rows (claimed)", requested, budget.claimed());
-    assert_covers("a copy of 1,000 rows (footprint)", requested, copy.footprint().bytes);
+    let (shared, copy) = measured(|| budget.clone_value(&original).expect("unlimited").0);
+    assert_eq!(shared, 0, "a copy shares the original's containers until written");
+    // Writing into every row of the copy unshares all of it: what that
+    // allocates is what the copy was charged for.
+    let (requested, copy) = measured(move || {
+        let mut copy = copy;
+        if let Value::List(outer) = &mut copy
+            && let Value::List(rows) = &mut Arc::make_mut(outer)[0]
+        {
+            for row in Arc::make_mut(rows).iter_mut() {
+                if let Value::Dict(map) = row {
+                    Arc::make_mut(map).insert("id".into(), Value::Int(0));
+                }
+            }
+        }
+        copy
+    });
+    assert_covers(
+        "a copy of 1,000 rows, all written (claimed)",
+        requested,
+        budget.claimed(),
+    );
+    assert_covers(
+        "a copy of 1,000 rows, all written (footprint)",
+        requested,
+        copy.footprint().bytes,
+    );
 
     // A heap slot holds the value inline as well: `heap_bytes` counts it.
     assert_eq!(

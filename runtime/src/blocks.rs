@@ -268,9 +268,10 @@ async fn run_block(
             .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     }
     let arity = func.ty(&store).params().len() / 2;
-    let Value::Dict(mut captured) = snapshot.captured else {
+    let Value::Dict(captured) = snapshot.captured else {
         return Err(Failure::Internal("go_async captures are not a dict".into()));
     };
+    let mut captured = Arc::unwrap_or_clone(captured);
     let mut params = Vec::with_capacity(arity * 2);
     for i in 0..arity {
         let (t, p) = match captured.shift_remove(&i.to_string()) {

@@ -6,6 +6,7 @@
 //! error, which unwinds the whole run past every `try`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use avap_hostfns::abi::{self, BinOp, BuiltinCode, Helper, IfCmp, UnOp};
 use avap_hostfns::commands::{self, Outcome};
@@ -130,7 +131,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         },
     )?;
     l.func_wrap(rt, Helper::ListNew.name(), |mut c: Caller<'_, RunState>| -> Res<i64> {
-        Ok(c.data_mut().heap.alloc(Value::List(Vec::new()))?)
+        Ok(c.data_mut().heap.alloc(Value::list(Vec::new()))?)
     })?;
     l.func_wrap(
         rt,
@@ -140,7 +141,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             charge(&mut c, 1 + footprint.bytes / BYTES_PER_FUEL)?;
             let heap = &mut c.data_mut().heap;
             match heap.get_mut(h)? {
-                Value::List(items) => memory::push(items, v, &mut mem)?,
+                Value::List(items) => memory::push(Arc::make_mut(items), v, &mut mem)?,
                 _ => return Err(bad("list_push on a non-list")),
             }
             heap.settle(h, mem.net(), footprint.depth + 1)?;
@@ -148,7 +149,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
         },
     )?;
     l.func_wrap(rt, Helper::DictNew.name(), |mut c: Caller<'_, RunState>| -> Res<i64> {
-        Ok(c.data_mut().heap.alloc(Value::Dict(avap_hostfns::Dict::new()))?)
+        Ok(c.data_mut().heap.alloc(Value::dict(avap_hostfns::Dict::new()))?)
     })?;
     l.func_wrap(
         rt,
@@ -176,7 +177,7 @@ pub fn build(engine: &Engine) -> Res<Linker<RunState>> {
             } = entry;
             let heap = &mut c.data_mut().heap;
             match heap.get_mut(h)? {
-                Value::Dict(d) => memory::insert(d, key, v, &mut mem)?,
+                Value::Dict(d) => memory::insert(Arc::make_mut(d), key, v, &mut mem)?,
                 _ => return Err(bad("dict_set on a non-dict")),
             }
             heap.settle(h, mem.net(), footprint.depth + 1)?;
@@ -437,7 +438,7 @@ fn set_path(c: &mut Caller<'_, RunState>, obj: Pair, idx: Pair, val: Pair, path:
         let mut scratch = heap.budget();
         let (i, _) = scratch.clone_value(value(heap, idx.0, idx.1)?.as_ref())?;
         let indices = match (path, i) {
-            (true, Value::List(items)) => items,
+            (true, Value::List(items)) => Arc::unwrap_or_clone(items),
             (_, i) => vec![i],
         };
         let mut mem = MemoryBudget::new(heap.budget().available().saturating_sub(scratch.claimed()));
@@ -548,10 +549,10 @@ fn dict_from(c: &mut Caller<'_, RunState>, ptr: i32, count: i32) -> Res<i64> {
     };
     charge(c, fuel)?;
     let footprint = memory::Footprint {
-        bytes: u64::try_from(mem.net()).unwrap_or(0),
+        bytes: u64::try_from(mem.net()).unwrap_or(0) + memory::DICT_BOX,
         depth: mem.deepest() + 1,
     };
-    Ok(c.data_mut().heap.alloc_measured(Value::Dict(dict), footprint)?)
+    Ok(c.data_mut().heap.alloc_measured(Value::dict(dict), footprint)?)
 }
 
 /// A command call: read the argument slots, run the command, store the
@@ -673,10 +674,12 @@ fn index_mut<'v>(obj: &'v mut Value, idx: &Value) -> Result<&'v mut Value, AvapE
             let at = if *i < 0 { i + len } else { *i };
             usize::try_from(at)
                 .ok()
-                .and_then(|at| items.get_mut(at))
+                .filter(|&at| at < items.len())
+                // Copied first if another value shares the list.
+                .map(|at| &mut Arc::make_mut(items)[at])
                 .ok_or_else(|| AvapError::new(ErrorKind::IndexError, "list index out of range"))
         }
-        (Value::Dict(map), Value::Str(k)) => map
+        (Value::Dict(map), Value::Str(k)) => Arc::make_mut(map)
             .get_mut(k)
             .ok_or_else(|| AvapError::new(ErrorKind::KeyError, Value::Str(k.clone()).repr_short())),
         (_, i) => Err(AvapError::new(

@@ -526,9 +526,9 @@ mod tests {
     use super::*;
 
     fn rows(n: i64) -> Value {
-        Value::List(
+        Value::list(
             (0..n)
-                .map(|i| Value::Dict([("id".to_owned(), Value::Int(i))].into_iter().collect()))
+                .map(|i| Value::dict([("id".to_owned(), Value::Int(i))].into_iter().collect()))
                 .collect(),
         )
     }

@@ -1,6 +1,8 @@
 //! Variables, lists and dicts: `addVar`, `getListLen`, `itemFromList`,
 //! `variableToList`, `AddvariableToJSON`, `variableFromJSON`.
 
+use std::sync::Arc;
+
 use super::{Args, Outcome, charge, value};
 use crate::context::HostContext;
 use crate::error::{ErrorKind, HostError};
@@ -132,12 +134,12 @@ pub(super) fn variable_to_list(ctx: &mut dyn HostContext, a: &Args, target: &mut
     let (element, footprint) = ctx.memory().clone_value(a.get(0))?;
     charge(ctx, usize::try_from(footprint.bytes).unwrap_or(usize::MAX))?;
     if let Value::List(items) = target {
-        memory::push(items, element, ctx.memory())?;
+        memory::push(Arc::make_mut(items), element, ctx.memory())?;
         return Ok(Outcome::InPlace);
     }
     let mut items = Vec::new();
     memory::push(&mut items, element, ctx.memory())?;
-    value(Value::List(items))
+    value(Value::list(items))
 }
 
 /// `AddvariableToJSON(key, value, target)`: sets `target[str(key)] = value`.
@@ -155,7 +157,7 @@ pub(super) fn add_variable_to_json(
     charge(ctx, key.len() + item.heap_bytes())?;
     let (item, _) = ctx.memory().clone_value(item)?;
     if let Value::Dict(map) = target {
-        memory::insert(map, key, item, ctx.memory())?;
+        memory::insert(Arc::make_mut(map), key, item, ctx.memory())?;
         return Ok(Outcome::InPlace);
     }
     let mut map = match target {
@@ -167,14 +169,14 @@ pub(super) fn add_variable_to_json(
                 Err(JsonError::Invalid(_)) => None,
             };
             match parsed {
-                Some(Value::Dict(map)) => map,
+                Some(Value::Dict(map)) => Arc::unwrap_or_clone(map),
                 _ => Dict::new(),
             }
         }
         _ => Dict::new(),
     };
     memory::insert(&mut map, key, item, ctx.memory())?;
-    value(Value::Dict(map))
+    value(Value::dict(map))
 }
 
 /// `variableFromJSON(source, key, target)`: `source[key]` where `source` is

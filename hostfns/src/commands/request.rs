@@ -1,6 +1,8 @@
 //! The request, the response and the run: `addResult`, `addParam`,
 //! `getQueryParamList`, `registerEndpoint`, `gather`, `raise`.
 
+use std::sync::Arc;
+
 use super::{Args, Outcome, charge, value};
 use crate::context::{AsyncState, Endpoint, HostContext};
 use crate::error::{AvapError, ErrorKind, HostError};
@@ -102,11 +104,11 @@ pub(super) fn get_query_param_list(ctx: &mut dyn HostContext) -> Result<Outcome,
             mem.claim_str(k.len())?;
             mem.claim_str(v.len())?;
             memory::insert(&mut one, k.clone(), Value::Str(v.clone()), mem)?;
-            memory::push(&mut list, Value::Dict(one), mem)?;
+            memory::push(&mut list, Value::dict(one), mem)?;
         }
     }
     charge(ctx, bytes + list.len())?;
-    value(Value::List(list))
+    value(Value::list(list))
 }
 
 /// The middleware argument of `registerEndpoint`: a list of function names,
@@ -115,13 +117,14 @@ fn middleware_names(ctx: &mut dyn HostContext, a: &Args, v: &Value) -> Result<Ve
     let mem = ctx.memory();
     let list = match v {
         Value::None => return Ok(Vec::new()),
-        Value::List(items) => match mem.clone_value(v)?.0 {
-            Value::List(copy) => copy,
-            _ => items.clone(),
-        },
+        Value::List(items) => {
+            // Claimed as a copy, like every value a command keeps.
+            mem.clone_value(v)?;
+            items.to_vec()
+        }
         Value::Str(s) if s.trim().is_empty() => return Ok(Vec::new()),
         Value::Str(s) => match json::parse(s, mem) {
-            Ok(Value::List(items)) => items,
+            Ok(Value::List(items)) => Arc::unwrap_or_clone(items),
             Ok(_) => Vec::new(),
             Err(JsonError::Limit(hit)) => return Err(hit.into()),
             Err(JsonError::Invalid(_)) => {

@@ -638,7 +638,7 @@ pub async fn call(name: &str, _form: usize, args: Vec<Value>, db: &Databases) ->
             db.connector(&token, name)?;
             let mut d = Dict::new();
             d.insert(CONNECTOR_KEY.to_owned(), Value::Str(token));
-            Value::Dict(d)
+            Value::dict(d)
         }
         other => {
             return Err(HostError::script(
@@ -1406,7 +1406,7 @@ async fn sqlite_statement(
         out.room()?;
         out.push(sqlite_row(&row?)?)?;
     }
-    Ok(Value::List(out.out))
+    Ok(Value::list(out.out))
 }
 
 fn count_value(want: Want, n: u64) -> Value {
@@ -1444,7 +1444,7 @@ fn sqlite_row(row: &SqliteRow) -> Result<Value, Failure> {
         };
         d.insert(col.name().to_owned(), v);
     }
-    Ok(Value::Dict(d))
+    Ok(Value::dict(d))
 }
 
 /// Text bound with no declared type: `PostgreSQL` infers it from the
@@ -1557,7 +1557,7 @@ async fn pg_statement(tx: &mut sqlx::PgConnection, want: Want, q: &Sql, limits: 
                 out.push(pg_row(&row?)?)?;
             }
         }
-        Value::List(out.out)
+        Value::list(out.out)
     } else {
         let done = query.execute(&mut *tx).await?;
         count_value(want, done.rows_affected())
@@ -1576,7 +1576,7 @@ fn pg_row(row: &PgRow) -> Result<Value, Failure> {
         };
         d.insert(col.name().to_owned(), v);
     }
-    Ok(Value::Dict(d))
+    Ok(Value::dict(d))
 }
 
 fn pg_value(row: &PgRow, i: usize, raw: &PgValueRef<'_>) -> Result<Value, Failure> {
@@ -1751,8 +1751,8 @@ mod tests {
 
     fn template(parts: Vec<Value>) -> Value {
         let mut d = Dict::new();
-        d.insert(SQL_TEMPLATE_KEY.to_owned(), Value::List(parts));
-        Value::Dict(d)
+        d.insert(SQL_TEMPLATE_KEY.to_owned(), Value::list(parts));
+        Value::dict(d)
     }
 
     fn s(t: &str) -> Value {
@@ -1796,7 +1796,7 @@ mod tests {
         assert_eq!(fields("t", &s("id, name")).unwrap(), vec!["id", "name"]);
         assert!(fields("t", &s("*")).unwrap().is_empty());
         assert!(fields("t", &s("id, name--")).is_err());
-        assert!(fields("t", &Value::List(vec![s("ok"), s("x) --")])).is_err());
+        assert!(fields("t", &Value::list(vec![s("ok"), s("x) --")])).is_err());
     }
 
     #[test]

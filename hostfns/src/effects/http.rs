@@ -255,7 +255,7 @@ fn error_dict(e: &HostError) -> EffectOutcome {
     };
     let mut d = Dict::new();
     d.insert("error".into(), Value::Str(message));
-    EffectOutcome::Value(Value::Dict(d))
+    EffectOutcome::Value(Value::dict(d))
 }
 
 fn err(name: &str, kind: ErrorKind, message: impl fmt::Display) -> HostError {
@@ -384,7 +384,7 @@ fn mapping(name: &str, what: &str, v: &Value) -> Result<Vec<(String, String)>, H
         Value::Str(s) => match parse_json_lenient(s) {
             Some(serde_json::Value::Object(o)) => match Value::from_json(&serde_json::Value::Object(o)) {
                 Value::Dict(d) => d,
-                _ => Dict::new(),
+                _ => Arc::default(),
             },
             _ => {
                 return Err(err(
@@ -406,12 +406,12 @@ fn mapping(name: &str, what: &str, v: &Value) -> Result<Vec<(String, String)>, H
         }
     };
     let mut pairs = Vec::with_capacity(dict.len());
-    for (k, v) in dict {
+    for (k, v) in Arc::unwrap_or_clone(dict) {
         match v {
             Value::None => {}
             Value::List(items) => {
-                for item in items {
-                    pairs.push((k.clone(), crate::ops::template_text(&item)));
+                for item in items.iter() {
+                    pairs.push((k.clone(), crate::ops::template_text(item)));
                 }
             }
             v => pairs.push((k, crate::ops::template_text(&v))),
@@ -827,7 +827,7 @@ mod tests {
     fn urls_get_the_querystring_appended() {
         let mut d = Dict::new();
         d.insert("post Id".into(), Value::Int(1));
-        let url = build_url("T", &Value::Str("http://h/x?a=b".into()), &Value::Dict(d)).unwrap();
+        let url = build_url("T", &Value::Str("http://h/x?a=b".into()), &Value::dict(d)).unwrap();
         assert_eq!(url.as_str(), "http://h/x?a=b&post+Id=1");
         assert!(build_url("T", &Value::Str("ftp://h/".into()), &Value::None).is_err());
         assert!(build_url("T", &Value::Str("not a url".into()), &Value::None).is_err());
@@ -860,7 +860,7 @@ mod tests {
             Some((b"a=1&b=2".to_vec(), None))
         );
         assert_eq!(
-            post_body(&Value::List(vec![Value::Int(1)])),
+            post_body(&Value::list(vec![Value::Int(1)])),
             Some((b"[1]".to_vec(), Some("application/json")))
         );
     }
@@ -868,7 +868,7 @@ mod tests {
     #[test]
     fn bodies_decode_as_json_or_text() {
         let decode = |body: &[u8]| decode(body, MemoryBudget::unlimited()).expect("fits");
-        assert_eq!(decode(b"[1, 2]"), Value::List(vec![Value::Int(1), Value::Int(2)]));
+        assert_eq!(decode(b"[1, 2]"), Value::list(vec![Value::Int(1), Value::Int(2)]));
         assert_eq!(decode(b"hello"), Value::Str("hello".into()));
         let bomb = format!("[{}[]]", "[],".repeat(100_000));
         assert!(matches!(

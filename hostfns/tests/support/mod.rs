@@ -17,10 +17,10 @@ pub fn b(v: bool) -> Value {
     Value::Bool(v)
 }
 pub fn list(items: &[Value]) -> Value {
-    Value::List(items.to_vec())
+    Value::list(items.to_vec())
 }
 pub fn dict(pairs: &[(&str, Value)]) -> Value {
-    Value::Dict(
+    Value::dict(
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
