@@ -473,11 +473,10 @@ impl CappedBuffer {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
         }
     }
-}
 
-impl std::io::Write for CappedBuffer {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let needed = self.buf.len().saturating_add(data.len());
+    /// Room for `needed` bytes in all, or the error that stops the writer.
+    #[cold]
+    fn grow(&mut self, needed: usize) -> std::io::Result<()> {
         if needed > self.cap {
             return Err(std::io::Error::other("over the limit"));
         }
@@ -485,8 +484,27 @@ impl std::io::Write for CappedBuffer {
             let grown = (self.buf.capacity() * 2).max(needed).max(64).min(self.cap);
             self.buf.reserve_exact(grown - self.buf.len());
         }
-        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+impl std::io::Write for CappedBuffer {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data)?;
         Ok(data.len())
+    }
+
+    // serde_json writes through `write_all`, a token or a run of string
+    // bytes at a time: the default one loops over `write` out of line.
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let needed = self.buf.len().saturating_add(data.len());
+        if needed > self.buf.capacity() || needed > self.cap {
+            self.grow(needed)?;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
