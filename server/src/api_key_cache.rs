@@ -41,7 +41,10 @@ impl ApiKeyCache {
         {
             return Ok(Some(record.clone()));
         }
-        match store.api_key(id).await {
+        // Boxed: the database read's future is kilobytes, and every
+        // request's middleware future would otherwise carry (and move) it,
+        // cache hits included.
+        match Box::pin(store.api_key(id)).await {
             Ok(Some(record)) => {
                 let mut entries = self.lock();
                 if entries.len() >= CAPACITY {

@@ -200,7 +200,10 @@ async fn authorize(state: &AppState, request: Request, needed: Scope) -> Result<
         return Err(invalid());
     }
     let request = match &record.signing_secret {
-        Some(sealed) => match state.signatures().check(state, &record.id, sealed, request).await {
+        // Boxed, like the key's database read: only signing keys need it,
+        // and its future would make every request's middleware future
+        // kilobytes larger.
+        Some(sealed) => match Box::pin(state.signatures().check(state, &record.id, sealed, request)).await {
             Ok(request) => request,
             Err(e) => {
                 if let ApiError::BadSignature(rejection) = &e {
