@@ -11,9 +11,10 @@ pub type Dict = IndexMap<String, Value>;
 /// A value owned by host code. Inside the sandbox, `None`/bools/ints/floats
 /// never leave wasm; strings, lists and dicts are handles to these.
 ///
-/// Lists and dicts are shared until written (copy-on-write): AVAP copies
-/// values on assignment and when they are stored in a container (spec §2),
-/// and a copy here is a reference count. Writers go through
+/// Lists and dicts are shared until written (copy-on-write): AVAP copies a
+/// value read out of a container, stored into one or handed to a
+/// `go_async` block (docs/language.md, "Run-time decisions"), and such a
+/// copy here is a reference count. Writers go through
 /// [`Arc::make_mut`], which copies the container first when anything else
 /// still shares it, so no holder ever sees another's change. The memory
 /// model counts every holder's copy in full (`crate::memory`), so sharing

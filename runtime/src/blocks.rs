@@ -271,11 +271,11 @@ async fn run_block(
     let Value::Dict(captured) = snapshot.captured else {
         return Err(Failure::Internal("go_async captures are not a dict".into()));
     };
-    let mut captured = Arc::unwrap_or_clone(captured);
     let mut params = Vec::with_capacity(arity * 2);
     for i in 0..arity {
-        let (t, p) = match captured.shift_remove(&i.to_string()) {
-            Some(v) => to_pair(&mut store.data_mut().heap, v).map_err(|e| limit_or_internal(&e))?,
+        // A clone of a list or dict shares it (no copy of the captures).
+        let (t, p) = match captured.get(&i.to_string()) {
+            Some(v) => to_pair(&mut store.data_mut().heap, v.clone()).map_err(|e| limit_or_internal(&e))?,
             None => (abi::TAG_UNDEF, 0),
         };
         params.push(Val::I32(t));

@@ -406,7 +406,7 @@ fn mapping(name: &str, what: &str, v: &Value) -> Result<Vec<(String, String)>, H
         }
     };
     let mut pairs = Vec::with_capacity(dict.len());
-    for (k, v) in Arc::unwrap_or_clone(dict) {
+    for (k, v) in dict.iter() {
         match v {
             Value::None => {}
             Value::List(items) => {
@@ -414,7 +414,7 @@ fn mapping(name: &str, what: &str, v: &Value) -> Result<Vec<(String, String)>, H
                     pairs.push((k.clone(), crate::ops::template_text(item)));
                 }
             }
-            v => pairs.push((k, crate::ops::template_text(&v))),
+            v => pairs.push((k.clone(), crate::ops::template_text(v))),
         }
     }
     Ok(pairs)
