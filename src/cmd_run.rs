@@ -225,6 +225,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         // One run and exit: instances are allocated when created instead of
         // reserving a pool of slots for runs that never come.
         pooling: false,
+        // Nothing would take an instance back after the one run.
+        warm_instances: 0,
         max_concurrent_runs: 4,
         ..RuntimeConfig::default()
     };

@@ -42,6 +42,7 @@ fn health_reports_ok_and_the_cache() {
             "cache": {
                 "inline_scripts": 0, "stored_scripts": 0, "modules": 0, "modules_compiled": 0,
                 "capacity": 256, "runs": {"active": 0, "slots": 2 * cores},
+                "warm_instances": {"idle": 0, "cap": cores},
             },
         })
     );
@@ -50,6 +51,8 @@ fn health_reports_ok_and_the_cache() {
     }
     let cache = s.get("/api/v1/health").json()["cache"].clone();
     assert_eq!((&cache["inline_scripts"], &cache["modules"]), (&json!(1), &json!(1)));
+    // The second run took the instance the first gave back, and gave it back.
+    assert_eq!(cache["warm_instances"]["idle"], json!(1), "{cache}");
     let stored = s.post_json(
         "/api/v1/scripts",
         &json!({"name": "hi", "source": "x = 2\naddResult(x)\n"}),

@@ -25,7 +25,7 @@ use avap_hostfns::{AvapError, ErrorKind, HostError, LimitHit, LimitKind, Value, 
 use wasmtime::{AsContextMut as _, Caller, Val};
 
 use crate::linker::{Pair, call_slots, command, to_pair, value};
-use crate::run::{Failure, classify, new_store, prepare, uncaught};
+use crate::run::{Exports, Failure, classify, new_store, prepare, uncaught};
 use crate::shared::{self, BlockEntry, RunShared};
 use crate::state::RunState;
 
@@ -243,7 +243,8 @@ async fn run_block(
         run.pre.instantiate_async(&mut store).await.map_err(|e| {
             classify(e, &mut store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}")))
         })?;
-    prepare(&instance, &mut store, &run.layout, &run.limits)?;
+    let exports = Exports::of(&instance, &mut store, &run.layout)?;
+    prepare(&mut store, &exports, &run.layout, &run.limits)?;
     let func = instance
         .get_func(&mut store, export)
         .ok_or_else(|| Failure::Internal(format!("module exports no `{export}`")))?;

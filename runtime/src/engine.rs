@@ -4,7 +4,7 @@
 //! time to idle, keyed by the artifact's SHA-256).
 
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -65,6 +65,11 @@ pub struct RuntimeConfig {
     /// `max_concurrent_runs` slots of the runs themselves. A block waits
     /// for a free slot (within its run's deadline).
     pub async_block_slots: u32,
+    /// Instances of finished runs kept, reset, for the next run of the same
+    /// module, across all modules (`crate::recycle`; 0 turns reuse off).
+    /// The pool gets this many slots more, so idle instances never take a
+    /// run's slot.
+    pub warm_instances: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -84,6 +89,7 @@ impl Default for RuntimeConfig {
             pooling: true,
             max_async_blocks: 32,
             async_block_slots: 64,
+            warm_instances: 16,
         }
     }
 }
@@ -105,6 +111,9 @@ pub struct Runtime {
     /// Free instance slots for `go_async` blocks
     /// ([`RuntimeConfig::async_block_slots`]).
     pub(crate) block_slots: Arc<tokio::sync::Semaphore>,
+    /// Idle recycled instances across the loaded modules
+    /// ([`RuntimeConfig::warm_instances`]).
+    warm_total: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -147,6 +156,7 @@ impl Runtime {
             compiled: AtomicU64::new(0),
             ticker,
             block_slots,
+            warm_total: Arc::default(),
         })
     }
 
@@ -188,6 +198,12 @@ impl Runtime {
         self.cache.get(sha256)
     }
 
+    /// Instances of finished runs kept, reset, for the next run of their
+    /// module ([`RuntimeConfig::warm_instances`]).
+    pub fn idle_instances(&self) -> u32 {
+        self.warm_total.load(Ordering::Relaxed)
+    }
+
     /// How many modules wasmtime compiled since start (cache hits and
     /// `.cwasm` loads are not compilations).
     pub fn modules_compiled(&self) -> u64 {
@@ -224,7 +240,14 @@ impl Runtime {
         let verified = artifact::verify(bytes, &self.config.trusted_keys, self.config.allow_unsigned)?;
         crate::load::check_policy(&verified.info.meta, &self.policy())?;
         let (module, made) = native(&verified)?;
-        let loaded = Arc::new(LoadedModule::new(&self.linker, &module, verified)?);
+        let loaded = Arc::new(LoadedModule::new(
+            &self.linker,
+            &module,
+            bytes,
+            verified,
+            Arc::clone(&self.warm_total),
+            self.config.warm_instances,
+        )?);
         self.cache.insert(key, loaded.clone());
         Ok((loaded, Some(made)))
     }
@@ -391,7 +414,10 @@ const KEEP_RESIDENT: usize = 64 << 10;
 
 fn engine_config(c: &RuntimeConfig) -> Config {
     let mut pool = PoolingAllocationConfig::new();
-    let slots = c.max_concurrent_runs.saturating_add(c.async_block_slots);
+    let slots = c
+        .max_concurrent_runs
+        .saturating_add(c.async_block_slots)
+        .saturating_add(c.warm_instances);
     pool.total_memories(slots)
         .total_core_instances(slots)
         .total_tables(slots)

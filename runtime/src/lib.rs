@@ -29,6 +29,7 @@ mod load;
 pub mod module_cache;
 mod policy;
 pub mod precompiled;
+mod recycle;
 mod run;
 mod shared;
 mod state;

@@ -8,6 +8,8 @@ use wasmtime::{InstancePre, Linker, Module, ModuleExport};
 
 use crate::error::LoadError;
 use crate::policy::CapabilityPolicy;
+use crate::recycle::{Recyclable, WarmPool};
+use crate::shared::RunShared;
 use crate::state::RunState;
 
 /// Refuse an artifact that imports a command of a denied class.
@@ -37,6 +39,8 @@ pub(crate) struct Layout {
     pub stack_left: Option<ModuleExport>,
     pub main: Option<ModuleExport>,
     pub constants: OnceLock<Vec<String>>,
+    /// The `global_count` export's value (immutable), read once.
+    pub global_count_value: OnceLock<u32>,
 }
 
 impl Layout {
@@ -49,6 +53,7 @@ impl Layout {
             stack_left: module.get_export_index(abi::EXPORT_STACK_LEFT),
             main: module.get_export_index(abi::EXPORT_MAIN),
             constants: OnceLock::new(),
+            global_count_value: OnceLock::new(),
         }
     }
 }
@@ -58,6 +63,11 @@ pub struct LoadedModule {
     pub(crate) pre: InstancePre<RunState>,
     pub(crate) layout: Arc<Layout>,
     pub verified: Verified,
+    /// Instances of finished runs, reset for the next ([`crate::recycle`]).
+    pub(crate) warm: WarmPool,
+    /// The host state an idle instance holds: no request, no limits, no
+    /// effects (what a run left is dropped when it gives its instance back).
+    pub(crate) idle_run: Arc<RunShared>,
     /// The capability classes its imports belong to, once each: what
     /// [`LoadedModule::allowed_by`] checks at every run.
     classes: Vec<Capability>,
@@ -72,7 +82,16 @@ impl std::fmt::Debug for LoadedModule {
 }
 
 impl LoadedModule {
-    pub(crate) fn new(linker: &Linker<RunState>, module: &Module, verified: Verified) -> Result<Self, LoadError> {
+    /// `wasm`: the bytes `module` was compiled from; `warm_total` and
+    /// `warm_cap`: the runtime's idle instances and how many it may hold.
+    pub(crate) fn new(
+        linker: &Linker<RunState>,
+        module: &Module,
+        wasm: &[u8],
+        verified: Verified,
+        warm_total: Arc<std::sync::atomic::AtomicU32>,
+        warm_cap: u32,
+    ) -> Result<Self, LoadError> {
         let pre = linker
             .instantiate_pre(module)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
@@ -85,9 +104,13 @@ impl LoadedModule {
             .collect();
         classes.sort_unstable();
         classes.dedup();
+        let layout = Arc::new(Layout::of(module));
+        let idle_run = Arc::new(RunShared::idle(pre.clone(), Arc::clone(&layout)));
         Ok(LoadedModule {
+            warm: WarmPool::new(Recyclable::of(wasm, module), warm_total, warm_cap),
+            idle_run,
             pre,
-            layout: Arc::new(Layout::of(module)),
+            layout,
             verified,
             classes,
         })

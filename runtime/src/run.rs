@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use avap_hostfns::abi;
 use avap_hostfns::{AvapError, ErrorKind, LimitHit, LimitKind, Request, Value};
 use serde_json::json;
-use wasmtime::{AsContextMut as _, Extern, Instance, ModuleExport, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{
+    AsContextMut as _, Extern, Global, Instance, Memory, ModuleExport, Store, Trap, TypedFunc, UpdateDeadline,
+    WasmBacktrace,
+};
 
 use crate::engine::Runtime;
 use crate::envelope::Envelope;
@@ -58,13 +61,25 @@ impl Runtime {
             self.config.max_async_blocks,
             Arc::clone(&self.block_slots),
         ));
-        let mut store = new_store(&run);
+        // An instance a finished run of this module gave back, reset
+        // (`crate::recycle`), or a fresh one made in `execute`.
+        let (mut store, mut live) = match module.warm.take() {
+            Some((mut store, live)) => {
+                *store.data_mut() = RunState::new(&run);
+                configure(&mut store, &run);
+                (store, Some(live))
+            }
+            None => (new_store(&run), None),
+        };
+        // Whether every call into the instance returned (no trap, no
+        // cancellation): only then may it be reused.
+        let mut returned = false;
         // The main flow and the go_async blocks it starts run in this one
         // task: the blocks are polled beside it and dropped (cancelled) when
         // it is done; a limit a block hits ends the run.
         let outcome = tokio::select! {
             biased;
-            outcome = self.execute(module, &mut store, &limits) => outcome,
+            outcome = self.execute(module, &mut store, &mut live, &mut returned, &limits) => outcome,
             failure = crate::blocks::drive(Arc::clone(&run)) => Err(failure),
         };
         let _ = shared::suspend(store.as_context_mut());
@@ -82,7 +97,7 @@ impl Runtime {
             peak_memory_bytes: store.data().heap.peak().max(run.peak()),
         };
         let elapsed = wall.as_secs_f64();
-        match outcome {
+        let report = match outcome {
             Ok(()) => {
                 let status = status_code(&store);
                 let results = std::mem::take(&mut run.lock_results().values);
@@ -120,42 +135,78 @@ impl Runtime {
                     usage,
                 }
             }
+        };
+        if returned && let Some(live) = live {
+            module.warm.give_back(store, live, RunState::new(&module.idle_run));
         }
+        report
     }
 
+    /// The top level, then endpoint dispatch, in `live` (an instance made
+    /// here when `None`). `returned` ends `true` only if every call into
+    /// the instance returned (an uncaught script error returns too).
     async fn execute(
         &self,
         module: &LoadedModule,
         store: &mut Store<RunState>,
+        live: &mut Option<Live>,
+        returned: &mut bool,
         limits: &Limits,
     ) -> Result<(), Failure> {
-        let instance = module
-            .pre
-            .instantiate_async(&mut *store)
-            .await
-            .map_err(|e| classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}"))))?;
-        prepare(&instance, store, &module.layout, limits)?;
-        let main = module
-            .layout
-            .main
-            .and_then(|main| instance.get_module_export(&mut *store, &main))
-            .and_then(wasmtime::Extern::into_func)
-            .ok_or_else(|| Failure::Internal("module exports no main".into()))?
-            .typed::<(), i32>(&*store)
-            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
-        match main.call_async(&mut *store, ()).await {
+        if live.is_none() {
+            let instance =
+                module.pre.instantiate_async(&mut *store).await.map_err(|e| {
+                    classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}")))
+                })?;
+            let reset = module.warm.handles(store, &instance);
+            module.warm.observe_fresh(store, reset.as_ref());
+            let exports = Exports::of(&instance, store, &module.layout)?;
+            let main = module
+                .layout
+                .main
+                .and_then(|main| instance.get_module_export(&mut *store, &main))
+                .and_then(wasmtime::Extern::into_func)
+                .ok_or_else(|| Failure::Internal("module exports no main".into()))?
+                .typed::<(), i32>(&*store)
+                .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+            *live = Some(Live {
+                instance,
+                exports,
+                main,
+                reset,
+            });
+        }
+        let Some(Live {
+            instance,
+            exports,
+            main,
+            ..
+        }) = live.as_ref()
+        else {
+            unreachable!("made above")
+        };
+        let (instance, main) = (*instance, main.clone());
+        prepare(store, exports, &module.layout, limits)?;
+        let called = main.call_async(&mut *store, ()).await;
+        *returned = called.is_ok();
+        match called {
             Ok(0) => {}
             Ok(_) => return Err(uncaught(store)),
             Err(e) => return Err(classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("{e:#}")))),
         }
         if !store.data().services.endpoints.is_empty() {
-            self.dispatch(&instance, store).await?;
+            self.dispatch(&instance, store, returned).await?;
         }
         Ok(())
     }
 
     /// Route the request to a `registerEndpoint` handler (spec §7).
-    async fn dispatch(&self, instance: &Instance, store: &mut Store<RunState>) -> Result<(), Failure> {
+    async fn dispatch(
+        &self,
+        instance: &Instance,
+        store: &mut Store<RunState>,
+        returned: &mut bool,
+    ) -> Result<(), Failure> {
         let (method, path) = {
             let r = &store.data().services.request;
             (r.method.to_ascii_uppercase(), r.path.clone())
@@ -194,7 +245,10 @@ impl Runtime {
                     None,
                 ));
             };
-            match f.call_async(&mut *store, ()).await {
+            *returned = false;
+            let called = f.call_async(&mut *store, ()).await;
+            *returned = called.is_ok();
+            match called {
                 Ok((abi::TAG_ERR, _)) => return Err(uncaught(store)),
                 Ok(_) => {}
                 Err(e) => return Err(classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("{e:#}")))),
@@ -222,6 +276,20 @@ impl Runtime {
 pub(crate) fn new_store(run: &Arc<RunShared>) -> Store<RunState> {
     let mut store = Store::new(run.pre.module().engine(), RunState::new(run));
     store.limiter(|s| &mut s.limiter);
+    configure(&mut store, run);
+    store
+}
+
+/// Set what a store's run decides: its fuel lease (and whether it yields
+/// by fuel), its deadline and the epoch callback. Everything a store keeps
+/// from one run to the next is set here, so a recycled store
+/// (`crate::recycle`) starts exactly as a new one.
+pub(crate) fn configure(store: &mut Store<RunState>, run: &Arc<RunShared>) {
+    if run.metered {
+        // `resume` turns yielding by fuel on when the run is crowded; a
+        // recycled store may come from a run that was.
+        let _ = store.fuel_async_yield_interval(None);
+    }
     let _ = shared::resume(store.as_context_mut());
     if run.metered {
         let deadline = run.deadline.unwrap_or_else(Instant::now);
@@ -254,28 +322,58 @@ pub(crate) fn new_store(run: &Arc<RunShared>) -> Store<RunState> {
             Ok(UpdateDeadline::YieldCustom(0, Box::pin(tokio::task::yield_now())))
         });
     }
-    store
+}
+
+/// The exports of an instance a run reaches, looked up once per instance
+/// (a recycled instance keeps them).
+#[derive(Clone, Copy)]
+pub(crate) struct Exports {
+    pub(crate) memory: Memory,
+    consts: Global,
+    global_count: Global,
+    gc_countdown: Option<Global>,
+    stack_left: Global,
+}
+
+impl Exports {
+    pub(crate) fn of(instance: &Instance, store: &mut Store<RunState>, layout: &Layout) -> Result<Exports, Failure> {
+        let mut export =
+            |index: &Option<ModuleExport>| index.as_ref().and_then(|i| instance.get_module_export(&mut *store, i));
+        let global = |found: Option<Extern>, what: &str| {
+            found
+                .and_then(Extern::into_global)
+                .ok_or_else(|| Failure::Internal(format!("module exports no {what}")))
+        };
+        Ok(Exports {
+            memory: export(&layout.memory)
+                .and_then(Extern::into_memory)
+                .ok_or_else(|| Failure::Internal("module exports no memory".into()))?,
+            consts: global(export(&layout.consts), "constant table")?,
+            global_count: global(export(&layout.global_count), "global count")?,
+            gc_countdown: export(&layout.gc_countdown).and_then(Extern::into_global),
+            stack_left: global(export(&layout.stack_left), "stack budget")?,
+        })
+    }
+}
+
+/// An instance ready for runs: its exports and its top level, looked up
+/// once; what a reset restores when the module's instances are reused.
+pub(crate) struct Live {
+    pub(crate) instance: Instance,
+    pub(crate) exports: Exports,
+    main: TypedFunc<(), i32>,
+    pub(crate) reset: Option<crate::recycle::ResetHandles>,
 }
 
 /// Instance set-up before `main` (or a block): memory accounting,
 /// constants, stack budget.
 pub(crate) fn prepare(
-    instance: &Instance,
     store: &mut Store<RunState>,
+    exports: &Exports,
     layout: &Layout,
     limits: &Limits,
 ) -> Result<(), Failure> {
-    let export = |store: &mut Store<RunState>, index: &Option<ModuleExport>| {
-        index.as_ref().and_then(|i| instance.get_module_export(&mut *store, i))
-    };
-    let global = |store: &mut Store<RunState>, index: &Option<ModuleExport>, what: &str| {
-        export(store, index)
-            .and_then(Extern::into_global)
-            .ok_or_else(|| Failure::Internal(format!("module exports no {what}")))
-    };
-    let memory = export(store, &layout.memory)
-        .and_then(Extern::into_memory)
-        .ok_or_else(|| Failure::Internal("module exports no memory".into()))?;
+    let memory = exports.memory;
     store.data_mut().memory = Some(memory);
     let linear = memory.data_size(&*store) as u64;
     store.data_mut().heap.linear_bytes = linear;
@@ -294,7 +392,8 @@ pub(crate) fn prepare(
     let constants = match layout.constants.get() {
         Some(constants) => constants,
         None => {
-            let table = global(store, &layout.consts, "constant table")?
+            let table = exports
+                .consts
                 .get(&mut *store)
                 .i32()
                 .ok_or_else(|| Failure::Internal("bad constant table".into()))?;
@@ -311,15 +410,23 @@ pub(crate) fn prepare(
             .map_err(|l| Failure::Limit(l, None))?;
     }
     store.data_mut().heap.pin_all();
-    let global_count = global(store, &layout.global_count, "global count")?
-        .get(&mut *store)
-        .i32()
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| Failure::Internal("bad global count".into()))?;
+    let global_count = match layout.global_count_value.get() {
+        Some(count) => *count,
+        None => {
+            let count = exports
+                .global_count
+                .get(&mut *store)
+                .i32()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| Failure::Internal("bad global count".into()))?;
+            *layout.global_count_value.get_or_init(|| count)
+        }
+    };
     store.data_mut().global_count = global_count;
-    store.data_mut().gc_countdown = export(store, &layout.gc_countdown).and_then(Extern::into_global);
+    store.data_mut().gc_countdown = exports.gc_countdown;
     let budget = i64::try_from(limits.stack_bytes).unwrap_or(i64::MAX);
-    global(store, &layout.stack_left, "stack budget")?
+    exports
+        .stack_left
         .set(&mut *store, wasmtime::Val::I64(budget))
         .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     Ok(())

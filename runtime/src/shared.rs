@@ -121,6 +121,26 @@ impl RunShared {
         }
     }
 
+    /// The run an idle recycled instance belongs to ([`crate::recycle`]):
+    /// nothing to run, no request, no effects, no fuel, no block slots.
+    pub(crate) fn idle(pre: InstancePre<RunState>, layout: Arc<Layout>) -> RunShared {
+        RunShared::new(
+            pre,
+            layout,
+            Limits {
+                fuel: 0,
+                ..Limits::default()
+            },
+            None,
+            Request::default(),
+            chrono_tz::UTC,
+            None,
+            Effects::default(),
+            0,
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        )
+    }
+
     /// Fuel not leased to any flow.
     pub(crate) fn fuel_left(&self) -> u64 {
         self.fuel.load(Ordering::Relaxed)

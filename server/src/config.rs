@@ -170,6 +170,9 @@ pub struct Settings {
     /// Instances for `go_async` blocks across the server, besides the
     /// runs' own; a block waits (within its run's deadline) for a free one.
     pub async_block_slots: u32,
+    /// Instances of finished runs kept, reset, for the next run of the same
+    /// script (0 = every run instantiates afresh).
+    pub warm_instances: u32,
     /// How long a request waits for a run slot before 503.
     pub queue_wait_ms: u64,
     /// Compiled inline scripts kept.
@@ -675,6 +678,7 @@ impl Settings {
             max_concurrent_compiles: server.max_concurrent_compiles,
             max_async_blocks: server.max_async_blocks,
             async_block_slots: server.async_block_slots,
+            warm_instances: server.warm_instances,
             queue_wait_ms: millis(server.queue_wait),
             cache_entries: server.cache_entries,
             cache_ttl_s: server.cache_ttl.map_or(0, |idle| idle.as_secs()),
@@ -748,6 +752,7 @@ impl Settings {
         config.max_concurrent_compiles = self.max_concurrent_compiles;
         config.max_async_blocks = self.max_async_blocks;
         config.async_block_slots = self.async_block_slots;
+        config.warm_instances = self.warm_instances;
         config.queue_wait = Duration::from_millis(self.queue_wait_ms);
         config.cache_entries = self.cache_entries;
         config.cache_ttl = (self.cache_ttl_s > 0).then(|| Duration::from_secs(self.cache_ttl_s));
@@ -1089,6 +1094,7 @@ impl Resolved {
         in_range("max_concurrent_compiles", to_u64(s.max_concurrent_compiles), 1, 256)?;
         in_range("max_async_blocks", u64::from(s.max_async_blocks), 1, 1024)?;
         in_range("async_block_slots", u64::from(s.async_block_slots), 1, 4096)?;
+        in_range("warm_instances", u64::from(s.warm_instances), 0, 4096)?;
         in_range("cache_entries", to_u64(s.cache_entries), 1, 1 << 20)?;
         in_range("cache_ttl_s", s.cache_ttl_s, 0, DAY_MS / 1000 * 30)?;
         in_range("prewarm", to_u64(s.prewarm), 0, to_u64(s.cache_entries))?;
@@ -2006,6 +2012,7 @@ mod tests {
             "AVAP_MAX_CONCURRENT_COMPILES",
             "AVAP_MAX_ASYNC_BLOCKS",
             "AVAP_ASYNC_BLOCK_SLOTS",
+            "AVAP_WARM_INSTANCES",
             "AVAP_REDIS_CA_FILE",
             "AVAP_OTLP_PROTOCOL",
             "AVAP_OTLP_CA_FILE",
@@ -2014,12 +2021,12 @@ mod tests {
         }
         assert_eq!(
             names.len(),
-            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7 + 1 + 1,
+            22 + 5 + 5 + 1 + 4 + 5 + 4 + 4 + 1 + 1 + 2 + 5 + 1 + 2 + 6 + 7 + 1 + 1 + 1,
             "22 before issue 6, 5 outbound/ai keys, 5 database keys, hsts_max_age, 4 edge keys, \
              5 log file/trace keys, 4 Redis/cache keys, 4 connection keys, max_concurrent_compiles, \
              redis_ca_file, otlp_protocol and otlp_ca_file, 5 breaker/bulkhead keys, audit_retention_days, \
              max_async_blocks and async_block_slots, 5 database breaker/bulkhead keys, db_slow_statement_ms, \
-             7 jobs keys, playground, request_signing_window_s"
+             7 jobs keys, playground, request_signing_window_s, warm_instances"
         );
     }
 

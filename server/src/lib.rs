@@ -135,6 +135,9 @@ pub struct ServerConfig {
     /// Instances for `go_async` blocks across the process, besides the
     /// runs' own (a block waits for a free one).
     pub async_block_slots: u32,
+    /// Instances of finished runs kept, reset, for the next run of the same
+    /// script (`avap_runtime`'s `recycle`; 0 = none).
+    pub warm_instances: u32,
     /// How long a request waits for a run slot before 503.
     pub queue_wait: Duration,
     /// Inline scripts whose compiled form is kept.
@@ -205,6 +208,7 @@ impl ServerConfig {
             max_concurrent_compiles: cores,
             max_async_blocks: RuntimeConfig::default().max_async_blocks,
             async_block_slots: u32::try_from(4 * cores).unwrap_or(u32::MAX),
+            warm_instances: u32::try_from(cores).unwrap_or(u32::MAX),
             queue_wait: Duration::from_secs(2),
             cache_entries: 256,
             cache_ttl: Some(Duration::from_hours(1)),
@@ -336,6 +340,7 @@ impl AppState {
             cache_time_to_idle: config.cache_ttl,
             max_async_blocks: config.max_async_blocks,
             async_block_slots: config.async_block_slots,
+            warm_instances: config.warm_instances,
             policy: config.policy.clone(),
             trusted_keys: trusted_keys.clone(),
             // Native code from Redis: only what a cluster key sealed ([`l2`]).
@@ -496,6 +501,7 @@ impl AppState {
             "modules_compiled": shared.runtime.modules_compiled(),
             "capacity": shared.config.cache_entries,
             "runs": {"active": slots - shared.runs.available_permits(), "slots": slots},
+            "warm_instances": {"idle": shared.runtime.idle_instances(), "cap": shared.config.warm_instances},
         })
     }
 
