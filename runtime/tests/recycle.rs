@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use avap_hostfns::Request;
@@ -26,18 +27,30 @@ addResult(token)
 addResult(bag)
 "#;
 
-fn runtime(warm_instances: u32) -> (Runtime, Vec<u8>) {
+/// A runtime trusting a test key, with `config`'s reuse settings, and
+/// `source` loaded in it.
+fn runtime_with(config: RuntimeConfig, source: &str) -> (Runtime, Arc<LoadedModule>) {
     let key = test_key(11);
     let mut trusted = avap_hostfns::artifact::TrustedKeys::new();
     trusted.add(key.verifying_key());
     let runtime = Runtime::new(RuntimeConfig {
         trusted_keys: trusted,
         max_concurrent_runs: 4,
-        warm_instances,
-        ..RuntimeConfig::default()
+        ..config
     })
     .expect("runtime starts");
-    (runtime, artifact(LEAKY, Some(&key)))
+    let module = runtime.load(&artifact(source, Some(&key))).expect("loads");
+    (runtime, module)
+}
+
+fn leaky(warm_instances: u32) -> (Runtime, Arc<LoadedModule>) {
+    runtime_with(
+        RuntimeConfig {
+            warm_instances,
+            ..RuntimeConfig::default()
+        },
+        LEAKY,
+    )
 }
 
 fn run(runtime: &Runtime, module: &LoadedModule, first: &str, limits: Limits) -> RunReport {
@@ -63,14 +76,12 @@ fn answer(r: &RunReport) -> (u16, serde_json::Value) {
 
 #[test]
 fn a_recycled_instance_answers_as_a_fresh_one() {
-    let (fresh_runtime, bytes) = runtime(0);
-    let fresh_module = fresh_runtime.load(&bytes).expect("loads");
+    let (fresh_runtime, fresh_module) = leaky(0);
     let want = answer(&run(&fresh_runtime, &fresh_module, "no", Limits::CLI));
     assert_eq!(want.0, 200, "a second run has no status of its own: {want:?}");
     assert!(!want.1.to_string().contains("s3cr3t"));
 
-    let (runtime, bytes) = runtime(4);
-    let module = runtime.load(&bytes).expect("loads");
+    let (runtime, module) = leaky(4);
     let first = run(&runtime, &module, "yes", Limits::CLI);
     assert_eq!(first.http_status, 418, "{}", first.envelope);
     assert!(first.envelope.to_string().contains("s3cr3t"));
@@ -90,8 +101,7 @@ fn a_recycled_instance_answers_as_a_fresh_one() {
 
 #[test]
 fn a_run_that_hits_a_limit_drops_its_instance() {
-    let (runtime, bytes) = runtime(4);
-    let module = runtime.load(&bytes).expect("loads");
+    let (runtime, module) = leaky(4);
     let starved = run(
         &runtime,
         &module,
@@ -110,18 +120,7 @@ fn a_run_that_hits_a_limit_drops_its_instance() {
 
 #[test]
 fn an_uncaught_script_error_still_gives_the_instance_back() {
-    let key = test_key(12);
-    let mut trusted = avap_hostfns::artifact::TrustedKeys::new();
-    trusted.add(key.verifying_key());
-    let runtime = Runtime::new(RuntimeConfig {
-        trusted_keys: trusted,
-        max_concurrent_runs: 4,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime starts");
-    let module = runtime
-        .load(&artifact("x = 1 / 0\naddResult(x)\n", Some(&key)))
-        .expect("loads");
+    let (runtime, module) = runtime_with(RuntimeConfig::default(), "x = 1 / 0\naddResult(x)\n");
     for _ in 0..2 {
         let r = block_on(runtime.run(&module, RunInput::default()));
         assert_eq!(error_kind(&r), "ZeroDivisionError", "{}", r.envelope);
@@ -135,22 +134,13 @@ fn an_uncaught_script_error_still_gives_the_instance_back() {
 
 #[test]
 fn a_cancelled_run_drops_its_instance() {
-    let key = test_key(13);
-    let mut trusted = avap_hostfns::artifact::TrustedKeys::new();
-    trusted.add(key.verifying_key());
-    let runtime = Runtime::new(RuntimeConfig {
-        trusted_keys: trusted,
-        max_concurrent_runs: 4,
-        epoch_tick: Duration::from_millis(1),
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime starts");
-    let module = runtime
-        .load(&artifact(
-            "n = 0\nstartLoop(i, 1, 1000000000)\n    n = n + i\nendLoop()\naddResult(n)\n",
-            Some(&key),
-        ))
-        .expect("loads");
+    let (runtime, module) = runtime_with(
+        RuntimeConfig {
+            epoch_tick: Duration::from_millis(1),
+            ..RuntimeConfig::default()
+        },
+        "n = 0\nstartLoop(i, 1, 1000000000)\n    n = n + i\nendLoop()\naddResult(n)\n",
+    );
     let limits = Limits {
         fuel: u64::MAX / 4,
         time_ms: 60_000,
@@ -174,16 +164,12 @@ fn a_cancelled_run_drops_its_instance() {
 
 #[test]
 fn idle_instances_are_capped_across_modules() {
-    let key = test_key(14);
-    let mut trusted = avap_hostfns::artifact::TrustedKeys::new();
-    trusted.add(key.verifying_key());
-    let runtime = Runtime::new(RuntimeConfig {
-        trusted_keys: trusted,
-        max_concurrent_runs: 4,
+    let config = RuntimeConfig {
         warm_instances: 2,
         ..RuntimeConfig::default()
-    })
-    .expect("runtime starts");
+    };
+    let (runtime, _) = runtime_with(config, "r = 0\naddResult(r)\n");
+    let key = test_key(11);
     let modules: Vec<_> = (0..4)
         .map(|k| {
             runtime
