@@ -244,7 +244,7 @@ async fn run_block(
             classify(e, &mut store).unwrap_or_else(|e| Failure::Internal(format!("instantiate: {e:#}")))
         })?;
     let exports = Exports::of(&instance, &mut store, &run.layout)?;
-    prepare(&mut store, &exports, &run.layout, &run.limits)?;
+    prepare(&mut store, &instance, &exports, &run.layout, &run.limits)?;
     let func = instance
         .get_func(&mut store, export)
         .ok_or_else(|| Failure::Internal(format!("module exports no `{export}`")))?;

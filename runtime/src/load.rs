@@ -9,7 +9,6 @@ use wasmtime::{InstancePre, Linker, Module, ModuleExport};
 use crate::error::LoadError;
 use crate::policy::CapabilityPolicy;
 use crate::recycle::{Recyclable, WarmPool};
-use crate::shared::RunShared;
 use crate::state::RunState;
 
 /// Refuse an artifact that imports a command of a denied class.
@@ -65,9 +64,6 @@ pub struct LoadedModule {
     pub verified: Verified,
     /// Instances of finished runs, reset for the next ([`crate::recycle`]).
     pub(crate) warm: WarmPool,
-    /// The host state an idle instance holds: no request, no limits, no
-    /// effects (what a run left is dropped when it gives its instance back).
-    pub(crate) idle_run: Arc<RunShared>,
     /// The capability classes its imports belong to, once each: what
     /// [`LoadedModule::allowed_by`] checks at every run.
     classes: Vec<Capability>,
@@ -105,13 +101,12 @@ impl LoadedModule {
         classes.sort_unstable();
         classes.dedup();
         let layout = Arc::new(Layout::of(module));
-        let idle_run = Arc::new(RunShared::idle(pre.clone(), Arc::clone(&layout)));
+        let warm = WarmPool::new(Recyclable::of(wasm, module), &pre, &layout, warm_total, warm_cap);
         Ok(LoadedModule {
-            warm: WarmPool::new(Recyclable::of(wasm, module), warm_total, warm_cap),
-            idle_run,
             pre,
             layout,
             verified,
+            warm,
             classes,
         })
     }

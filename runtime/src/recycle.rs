@@ -38,14 +38,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use wasmparser::{DataKind, ExternalKind, Parser, Payload, TypeRef, ValType};
-use wasmtime::{Extern, Global, Instance, Memory, Module, ModuleExport, Store, Val};
+use wasmtime::{Extern, Global, Instance, InstancePre, Memory, Module, ModuleExport, Store, Val};
 
+use crate::load::Layout;
 use crate::run::Live;
+use crate::shared::RunShared;
 use crate::state::RunState;
 
 /// Largest linear memory a recycled instance may have: an idle instance
 /// holds its memory resident (the pool's own slots keep 64 KiB).
-pub(crate) const MAX_IMAGE_BYTES: u64 = 1 << 20;
+const MAX_IMAGE_BYTES: u64 = 1 << 20;
 
 /// How to reach a recyclable module's mutable state from the host.
 pub(crate) struct Recyclable {
@@ -157,7 +159,10 @@ pub(crate) struct Pristine {
 
 /// One module's idle instances, reset and ready.
 pub(crate) struct WarmPool {
-    pub(crate) plan: Option<Recyclable>,
+    /// `Some` when the module's instances are reused: how to reach their
+    /// state, and the run an idle instance's host state belongs to (no
+    /// request, no limits, no effects).
+    plan: Option<(Recyclable, Arc<RunShared>)>,
     pristine: OnceLock<Pristine>,
     idle: Mutex<Vec<(Store<RunState>, Live)>>,
     /// Idle instances across the runtime, and how many there may be.
@@ -166,9 +171,16 @@ pub(crate) struct WarmPool {
 }
 
 impl WarmPool {
-    pub(crate) fn new(plan: Option<Recyclable>, total: Arc<AtomicU32>, cap: u32) -> WarmPool {
+    pub(crate) fn new(
+        plan: Option<Recyclable>,
+        pre: &InstancePre<RunState>,
+        layout: &Arc<Layout>,
+        total: Arc<AtomicU32>,
+        cap: u32,
+    ) -> WarmPool {
+        let idle_run = || Arc::new(RunShared::idle(pre.clone(), Arc::clone(layout)));
         WarmPool {
-            plan: plan.filter(|_| cap > 0),
+            plan: plan.filter(|_| cap > 0).map(|plan| (plan, idle_run())),
             pristine: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
             total,
@@ -201,7 +213,7 @@ impl WarmPool {
     /// The handles a reset of `instance` needs, looked up once per
     /// instance; `None` when the module's instances are not reused.
     pub(crate) fn handles(&self, store: &mut Store<RunState>, instance: &Instance) -> Option<ResetHandles> {
-        let plan = self.plan.as_ref()?;
+        let (plan, _) = self.plan.as_ref()?;
         Some(ResetHandles {
             memory: instance
                 .get_module_export(&mut *store, &plan.memory)
@@ -217,9 +229,10 @@ impl WarmPool {
     /// Take back the instance of a run whose calls all returned: reset it
     /// (module documentation) and keep it, or drop it when the runtime
     /// holds as many idle instances as it may, or when it cannot be reset.
-    /// `idle` replaces the run's host state, which is dropped here.
-    pub(crate) fn give_back(&self, mut store: Store<RunState>, live: Live, idle: RunState) {
-        let (Some(handles), Some(pristine)) = (&live.reset, self.pristine.get()) else {
+    /// The run's host state is dropped here, replaced by an idle one.
+    pub(crate) fn give_back(&self, mut store: Store<RunState>, live: Live) {
+        let (Some((_, idle_run)), Some(handles), Some(pristine)) = (&self.plan, &live.reset, self.pristine.get())
+        else {
             return;
         };
         if self
@@ -235,7 +248,7 @@ impl WarmPool {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        *store.data_mut() = idle;
+        *store.data_mut() = RunState::new(idle_run);
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -330,7 +343,8 @@ mod tests {
         assert_eq!(module.warm.idle_count(), 1, "the run gave its instance back");
 
         // A fresh instance, as a run without reuse gets it.
-        let mut fresh_store = crate::run::new_store(&module.idle_run);
+        let (_, idle_run) = module.warm.plan.as_ref().expect("recyclable");
+        let mut fresh_store = crate::run::new_store(idle_run);
         fresh_store.set_fuel(1 << 20).expect("metered");
         fresh_store.set_epoch_deadline(1 << 20);
         let fresh = tokio
@@ -353,7 +367,7 @@ mod tests {
             g.set(&mut store, scribble).expect("mutable");
         }
         assert_ne!(state(&mut store, handles), want);
-        module.warm.give_back(store, live, RunState::new(&module.idle_run));
+        module.warm.give_back(store, live);
         let (mut store, live) = module.warm.take().expect("given back");
         assert_eq!(
             state(&mut store, live.reset.as_ref().expect("reset handles")),

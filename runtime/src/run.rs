@@ -137,7 +137,7 @@ impl Runtime {
             }
         };
         if returned && let Some(live) = live {
-            module.warm.give_back(store, live, RunState::new(&module.idle_run));
+            module.warm.give_back(store, live);
         }
         report
     }
@@ -176,17 +176,13 @@ impl Runtime {
                 reset,
             });
         }
-        let Some(Live {
+        let Live {
             instance,
             exports,
             main,
             ..
-        }) = live.as_ref()
-        else {
-            unreachable!("made above")
-        };
-        let (instance, main) = (*instance, main.clone());
-        prepare(store, exports, &module.layout, limits)?;
+        } = live.as_ref().expect("made above");
+        prepare(store, instance, exports, &module.layout, limits)?;
         let called = main.call_async(&mut *store, ()).await;
         *returned = called.is_ok();
         match called {
@@ -195,7 +191,7 @@ impl Runtime {
             Err(e) => return Err(classify(e, store).unwrap_or_else(|e| Failure::Internal(format!("{e:#}")))),
         }
         if !store.data().services.endpoints.is_empty() {
-            self.dispatch(&instance, store, returned).await?;
+            self.dispatch(instance, store, returned).await?;
         }
         Ok(())
     }
@@ -324,36 +320,40 @@ pub(crate) fn configure(store: &mut Store<RunState>, run: &Arc<RunShared>) {
     }
 }
 
-/// The exports of an instance a run reaches, looked up once per instance
-/// (a recycled instance keeps them).
+/// The exports of an instance every run reaches, looked up once per
+/// instance (a recycled instance keeps them).
 #[derive(Clone, Copy)]
 pub(crate) struct Exports {
     pub(crate) memory: Memory,
-    consts: Global,
-    global_count: Global,
     gc_countdown: Option<Global>,
     stack_left: Global,
 }
 
 impl Exports {
     pub(crate) fn of(instance: &Instance, store: &mut Store<RunState>, layout: &Layout) -> Result<Exports, Failure> {
-        let mut export =
-            |index: &Option<ModuleExport>| index.as_ref().and_then(|i| instance.get_module_export(&mut *store, i));
-        let global = |found: Option<Extern>, what: &str| {
-            found
-                .and_then(Extern::into_global)
-                .ok_or_else(|| Failure::Internal(format!("module exports no {what}")))
-        };
         Ok(Exports {
-            memory: export(&layout.memory)
+            memory: export(instance, store, layout.memory.as_ref())
                 .and_then(Extern::into_memory)
                 .ok_or_else(|| Failure::Internal("module exports no memory".into()))?,
-            consts: global(export(&layout.consts), "constant table")?,
-            global_count: global(export(&layout.global_count), "global count")?,
-            gc_countdown: export(&layout.gc_countdown).and_then(Extern::into_global),
-            stack_left: global(export(&layout.stack_left), "stack budget")?,
+            gc_countdown: export(instance, store, layout.gc_countdown.as_ref()).and_then(Extern::into_global),
+            stack_left: global(instance, store, layout.stack_left.as_ref(), "stack budget")?,
         })
     }
+}
+
+fn export(instance: &Instance, store: &mut Store<RunState>, index: Option<&ModuleExport>) -> Option<Extern> {
+    index.and_then(|i| instance.get_module_export(&mut *store, i))
+}
+
+fn global(
+    instance: &Instance,
+    store: &mut Store<RunState>,
+    index: Option<&ModuleExport>,
+    what: &str,
+) -> Result<Global, Failure> {
+    export(instance, store, index)
+        .and_then(Extern::into_global)
+        .ok_or_else(|| Failure::Internal(format!("module exports no {what}")))
 }
 
 /// An instance ready for runs: its exports and its top level, looked up
@@ -369,6 +369,7 @@ pub(crate) struct Live {
 /// constants, stack budget.
 pub(crate) fn prepare(
     store: &mut Store<RunState>,
+    instance: &Instance,
     exports: &Exports,
     layout: &Layout,
     limits: &Limits,
@@ -392,8 +393,7 @@ pub(crate) fn prepare(
     let constants = match layout.constants.get() {
         Some(constants) => constants,
         None => {
-            let table = exports
-                .consts
+            let table = global(instance, store, layout.consts.as_ref(), "constant table")?
                 .get(&mut *store)
                 .i32()
                 .ok_or_else(|| Failure::Internal("bad constant table".into()))?;
@@ -413,8 +413,7 @@ pub(crate) fn prepare(
     let global_count = match layout.global_count_value.get() {
         Some(count) => *count,
         None => {
-            let count = exports
-                .global_count
+            let count = global(instance, store, layout.global_count.as_ref(), "global count")?
                 .get(&mut *store)
                 .i32()
                 .and_then(|n| u32::try_from(n).ok())
