@@ -210,10 +210,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         Some(t) => parse_limits(t, Limits::CLI)?,
         None => Limits::CLI,
     };
-    let tz: chrono_tz::Tz = args
-        .tz
-        .parse()
-        .map_err(|_| anyhow::anyhow!("unknown time zone `{}`", args.tz))?;
+    let tz = avap_hostfns::zone::Zone::named(&args.tz).context("--tz")?;
     let request = build_request(args)?;
     let trusted = load_trusted_keys(&args.trust)?;
     let config = RuntimeConfig {

@@ -43,7 +43,7 @@ pub trait HostContext {
     /// Current time (the conformance runner may fix it).
     fn now(&self) -> chrono::DateTime<chrono::Utc>;
     /// The server's configured time zone (default UTC).
-    fn time_zone(&self) -> chrono_tz::Tz;
+    fn time_zone(&self) -> &crate::zone::Zone;
     /// Fill `buf` from a CSPRNG.
     fn fill_random(&mut self, buf: &mut [u8]) -> Result<(), HostError>;
     /// Charge `units` of fuel for host work (roughly one unit per byte or

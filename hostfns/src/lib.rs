@@ -51,6 +51,8 @@ pub mod ops;
 pub mod redact;
 #[cfg(feature = "commands")]
 pub mod value;
+#[cfg(feature = "commands")]
+pub mod zone;
 
 #[cfg(feature = "commands")]
 pub use context::{AsyncState, Endpoint, HostContext, Request};

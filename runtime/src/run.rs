@@ -26,7 +26,7 @@ pub struct RunInput {
     pub request: Request,
     pub limits: Limits,
     /// Server time zone (default UTC).
-    pub time_zone: Option<chrono_tz::Tz>,
+    pub time_zone: Option<avap_hostfns::zone::Zone>,
     /// A fixed clock (tests); `None` = the real clock.
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// What `RequestGet`, `orm*`, `functionAI`… may reach. The default
@@ -55,7 +55,7 @@ impl Runtime {
             limits,
             (!self.config.unmetered).then_some(deadline),
             input.request,
-            input.time_zone.unwrap_or(chrono_tz::UTC),
+            input.time_zone.unwrap_or(avap_hostfns::zone::Zone::UTC),
             input.now,
             input.effects,
             self.config.max_async_blocks,

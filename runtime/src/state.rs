@@ -78,7 +78,6 @@ impl RunState {
 pub struct Services {
     pub request: Arc<Request>,
     pub now: Option<chrono::DateTime<chrono::Utc>>,
-    pub time_zone: chrono_tz::Tz,
     /// The run this store belongs to: results, blocks, shared budgets.
     pub run: Arc<RunShared>,
     pub endpoints: Vec<Endpoint>,
@@ -98,7 +97,6 @@ impl Services {
         Services {
             request: Arc::clone(&run.request),
             now: run.now,
-            time_zone: run.time_zone,
             deadline: run.deadline,
             run,
             endpoints: Vec::new(),
@@ -129,8 +127,8 @@ impl HostContext for Services {
         self.now.unwrap_or_else(chrono::Utc::now)
     }
 
-    fn time_zone(&self) -> chrono_tz::Tz {
-        self.time_zone
+    fn time_zone(&self) -> &avap_hostfns::zone::Zone {
+        &self.run.time_zone
     }
 
     fn fill_random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {

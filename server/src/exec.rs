@@ -26,7 +26,7 @@ use crate::fs_loader::{FsLoader, read_source};
 pub struct RunSettings {
     pub limits: Limits,
     /// IANA time zone; `None` = UTC.
-    pub time_zone: Option<chrono_tz::Tz>,
+    pub time_zone: Option<avap_hostfns::zone::Zone>,
     /// A fixed clock; `None` = the real clock.
     pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -170,7 +170,7 @@ impl Executor {
         let input = RunInput {
             request,
             limits: settings.limits,
-            time_zone: settings.time_zone,
+            time_zone: settings.time_zone.clone(),
             now: settings.now,
             effects: effects.clone(),
         };

@@ -11,14 +11,14 @@
 use std::fmt::Write as _;
 
 use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
 
 use super::{Args, Outcome, charge, value};
 use crate::context::HostContext;
 use crate::error::{ErrorKind, HostError};
 use crate::ops;
 use crate::value::Value;
+use crate::zone::Zone;
 
 /// Largest magnitude, in seconds, of a delta or timestamp (about 317,000
 /// years; chrono's range is ±262,000 years, so larger values fail there).
@@ -66,12 +66,12 @@ fn items(a: &Args, format: &str) -> Result<Vec<Item<'static>>, HostError> {
         })
 }
 
-fn format_in(a: &Args, instant: DateTime<Utc>, zone: Tz, format: &str) -> Result<String, HostError> {
+fn format_in(a: &Args, instant: DateTime<Utc>, zone: &Zone, format: &str) -> Result<String, HostError> {
     let items = items(a, format)?;
     // A bounded amount, not claimed: one item expands to at most about 40
     // bytes (`%+`), and there are at most MAX_FORMAT_BYTES items.
     let mut out = String::with_capacity(format.len().min(MAX_FORMAT_BYTES) * 2);
-    write!(out, "{}", instant.with_timezone(&zone).format_with_items(items.iter()))
+    write!(out, "{}", instant.with_timezone(zone).format_with_items(items.iter()))
         .map_err(|_| a.error(ErrorKind::ValueError, format!("cannot format the date with {format:?}")))?;
     Ok(out)
 }
@@ -140,7 +140,7 @@ fn shift(a: &Args, instant: DateTime<Utc>, by: TimeDelta) -> Result<DateTime<Utc
 /// The zone argument: empty, `None`, `current` or `local` mean the server's
 /// zone; otherwise an IANA name (`Europe/Madrid`, `UTC`). Unknown names are a
 /// `ValueError` (the reference silently used local time).
-fn zone(ctx: &dyn HostContext, a: &Args, v: &Value) -> Result<Tz, HostError> {
+fn zone(ctx: &dyn HostContext, a: &Args, v: &Value) -> Result<Zone, HostError> {
     let name = match v {
         Value::None => "",
         Value::Str(s) => s.trim(),
@@ -152,9 +152,9 @@ fn zone(ctx: &dyn HostContext, a: &Args, v: &Value) -> Result<Tz, HostError> {
         }
     };
     if name.is_empty() || name.eq_ignore_ascii_case("current") || name.eq_ignore_ascii_case("local") {
-        return Ok(ctx.time_zone());
+        return Ok(ctx.time_zone().clone());
     }
-    name.parse::<Tz>().map_err(|_| {
+    Zone::named(name).map_err(|_| {
         a.error(
             ErrorKind::ValueError,
             format!("unknown time zone {}", Value::Str(name.to_owned()).repr_short()),
@@ -174,30 +174,22 @@ pub(super) fn get_date_time(ctx: &mut dyn HostContext, a: &Args) -> Result<Outco
     if format.is_empty() {
         return value(Value::Float(epoch_float(now)));
     }
-    let text = format_in(a, now, tz, &format)?;
+    let text = format_in(a, now, &tz, &format)?;
     charge(ctx, text.len())?;
     value(Value::Str(text))
 }
 
-/// The UTC instant of a wall-clock time in `tz`. Ambiguous times (clocks
-/// going back) take the earlier instant, like Python's `fold=0`; times in a
-/// gap (clocks going forward) use the offset in force before the gap.
-fn localize(naive: NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
-    match tz.from_local_datetime(&naive) {
-        LocalResult::Single(dt) | LocalResult::Ambiguous(dt, _) => Some(dt.with_timezone(&Utc)),
-        LocalResult::None => {
-            let offset = tz.offset_from_utc_datetime(&naive).fix();
-            let utc = naive.checked_sub_signed(TimeDelta::seconds(i64::from(offset.local_minus_utc())))?;
-            Some(Utc.from_utc_datetime(&utc))
-        }
-    }
+/// The UTC instant of a wall-clock time in `tz`, read as Python reads it
+/// (`fold=0`, see [`Zone::utc_of_local`]).
+fn localize(naive: NaiveDateTime, tz: &Zone) -> Option<DateTime<Utc>> {
+    Some(Utc.from_utc_datetime(&tz.utc_of_local(&naive)?))
 }
 
 /// Parse `text` with a Python `strptime` pattern in `tz`. A pattern with
 /// `%z` gives its own offset; a date-only pattern means midnight. An empty
 /// pattern accepts ISO 8601 (`2024-05-01`, `2024-05-01 10:00:00`,
 /// `2024-05-01T10:00:00.5`, RFC 3339 with an offset).
-fn parse_in(text: &str, format: &str, tz: Tz) -> Option<DateTime<Utc>> {
+fn parse_in(text: &str, format: &str, tz: &Zone) -> Option<DateTime<Utc>> {
     let text = text.trim();
     if format.is_empty() {
         if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
