@@ -30,8 +30,8 @@ fn corpus_passes_through_the_execute_endpoint() {
         if case["skipped"] == true {
             let detail = case["detail"].as_str().unwrap_or_default();
             // Over HTTP a case cannot set the server's clock or zone (the
-            // execute API has neither setting); such cases run in process
-            // (`tests/conformance.rs`).
+            // execute API has neither setting); such cases run without a
+            // server in `run_cli.rs` (`own_conformance_cases_all_pass`).
             assert!(
                 detail.contains("include()")
                     || detail.contains("no form body")

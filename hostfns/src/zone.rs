@@ -92,11 +92,13 @@ impl Zone {
 /// The jiff timestamp of a UTC time, clamped to jiff's range (which is
 /// narrower than chrono's).
 fn timestamp(utc: &NaiveDateTime) -> jiff::Timestamp {
-    let seconds = utc
-        .and_utc()
-        .timestamp()
-        .clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second());
-    jiff::Timestamp::from_second(seconds).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    timestamp_of_second(utc.and_utc().timestamp())
+}
+
+/// The jiff timestamp of `second` since the epoch, clamped to jiff's range.
+fn timestamp_of_second(second: i64) -> jiff::Timestamp {
+    let clamped = second.clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second());
+    jiff::Timestamp::from_second(clamped).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 fn fixed(offset: jiff::tz::Offset) -> FixedOffset {
@@ -161,11 +163,7 @@ impl TimeZone for Zone {
     fn offset_from_local_datetime(&self, local: &NaiveDateTime) -> LocalResult<ZoneOffset> {
         let at = |offset: jiff::tz::Offset| {
             let utc = local.and_utc().timestamp() - i64::from(offset.seconds());
-            let clamped = utc.clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second());
-            self.offset(
-                offset,
-                jiff::Timestamp::from_second(clamped).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-            )
+            self.offset(offset, timestamp_of_second(utc))
         };
         match self.ambiguous(local) {
             Some(AmbiguousOffset::Unambiguous { offset }) => LocalResult::Single(at(offset)),
